@@ -1,0 +1,41 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both install first (into .venv) when needed.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.gill-installed
+WORKDIR ?= work/demo
+
+# Offline-friendly defaults for every target (never override what the caller set).
+export HF_HUB_DISABLE_PROGRESS_BARS ?= 1
+export NO_ALBUMENTATIONS_UPDATE ?= 1
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+
+.PHONY: install demo test lint lock clean
+
+install: $(STAMP)
+
+# Re-runs only when pyproject.toml or the lock changed (or the venv is new): a no-op install takes ~0 s.
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[all,dev]"
+	@# img2dataset pulls the ancient `dataclasses` backport, which shadows the stdlib module and breaks
+	@# the Prefect server (tech-notes item 4). Python >= 3.7 has it built in.
+	$(BIN)/python -m pip uninstall --quiet -y dataclasses 2>/dev/null || true
+	@touch $(STAMP)
+
+demo: install
+	$(BIN)/gill demo --workdir $(WORKDIR)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check gill eval annotations flows tests bench
+
+# Refresh the pinned versions from the current venv (run after changing dependencies).
+lock:
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v -E '^(dataclasses|gill)==' > requirements.lock
+
+clean:
+	rm -rf $(VENV) work

@@ -1,0 +1,179 @@
+"""The one module that loads backbone configs and weights (style: model classes do no IO).
+
+Everything goes through ``from_pretrained(local_dir_or_id)``, so the tiny zoo and the real models take the
+same code path. Before any weight is read, :func:`load_backbones` checks that every requested backbone is on
+disk and otherwise fails at once with one message naming each missing model (:mod:`gill.hub`).
+
+:func:`derive_dims` reads only ``config.json`` files: from the model folder when present, else from the
+configs shipped in ``data_manifests/backbones/`` (so the paper preset's shapes are known with no weights).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gill.config import DerivedDims, GILLConfig, ModelRef, check_against_dims
+from gill.errors import ConfigError, MissingWeightsError
+from gill.hub import downloads_allowed, locate, require_backbones
+
+logger = logging.getLogger(__name__)
+
+
+def quiet_hf_logging() -> None:
+    """Keep transformers/diffusers at warning level (transformers 5 logs every save/load at info)."""
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+
+
+def shipped_config_dir(ref: ModelRef) -> Path | None:
+    """Folder of the config-only copy shipped for a paper backbone (``owner--name``), if there is one."""
+    if ref.is_local_path:
+        return None
+    path = manifests_dir() / "backbones" / ref.id.replace("/", "--")
+    return path if path.is_dir() else None
+
+
+def manifests_dir() -> Path:
+    """The installed ``data_manifests`` folder."""
+    import data_manifests
+
+    return Path(data_manifests.__file__).parent
+
+
+def config_dir(role: str, ref: ModelRef) -> Path:
+    """Where to read ``ref``'s configs: its local folder, else the shipped config-only copy."""
+    folder, why = locate(ref)
+    if folder is not None:
+        return folder
+    shipped = shipped_config_dir(ref)
+    if shipped is not None:
+        return shipped
+    raise MissingWeightsError(
+        f"cannot read the config of backbone {role!r}",
+        [f"{ref.id}: {why}; no config-only copy ships for it in data_manifests/backbones/"],
+        hint="pass a local folder saved with save_pretrained, or download the model (see `gill models check`).",
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def derive_dims(config: GILLConfig) -> DerivedDims:
+    """Read every width GILL needs from the backbones' own configs, and check the config against them."""
+    from transformers import AutoConfig, CLIPTextConfig, CLIPVisionConfig
+
+    roles = config.backbones
+    lm = AutoConfig.from_pretrained(config_dir("lm", roles.lm))
+    vision = CLIPVisionConfig.from_pretrained(config_dir("vision", roles.vision))
+    sd_dir = config_dir("sd", roles.sd)
+    text = CLIPTextConfig.from_pretrained(sd_dir / "text_encoder")
+    unet = _read_json(sd_dir / "unet" / "config.json")
+    metric = AutoConfig.from_pretrained(config_dir("clip_metric", roles.clip_metric))
+    if unet.get("cross_attention_dim") != text.hidden_size:
+        raise ConfigError(
+            f"SD pipeline {roles.sd.id!r} is inconsistent",
+            [
+                f"unet cross_attention_dim {unet.get('cross_attention_dim')} != "
+                f"text_encoder hidden_size {text.hidden_size}"
+            ],
+        )
+    dims = DerivedDims(
+        lm_hidden=getattr(lm, "word_embed_proj_dim", None) or lm.hidden_size,
+        lm_vocab_size=lm.vocab_size,
+        lm_max_positions=lm.max_position_embeddings,
+        lm_num_layers=lm.num_hidden_layers,
+        vision_hidden=vision.hidden_size,
+        vision_image_size=vision.image_size,
+        sd_text_dim=text.hidden_size,
+        sd_text_tokens=text.max_position_embeddings,
+        clip_projection_dim=metric.projection_dim,
+    )
+    check_against_dims(config, dims)
+    return dims
+
+
+@dataclass(kw_only=True)
+class LoadedBackbones:
+    """The frozen models of one config, loaded (each is None when its role was not requested)."""
+
+    tokenizer: Any = None
+    """The LM's tokenizer (without [IMG] tokens; see :func:`gill.tokenization.add_img_tokens`)."""
+    lm: Any = None
+    """``AutoModelForCausalLM`` in eval mode."""
+    vision: Any = None
+    """``CLIPVisionModel`` in eval mode."""
+    image_processor: Any = None
+    """The vision model's ``CLIPImageProcessor``."""
+    sd: Any = None
+    """``StableDiffusionPipeline``."""
+    clip_metric: Any = None
+    """``CLIPModel`` for metrics, in eval mode."""
+    clip_processor: Any = None
+    """``CLIPProcessor`` of the metric model."""
+
+
+def _sources(config: GILLConfig, roles: list[str]) -> dict[str, str]:
+    """Local folder for each role, after checking all of them (downloads allowed: hub ids pass through)."""
+    if downloads_allowed():
+        return {role: str(locate(ref)[0] or ref.id) for role, ref in config.backbones.roles().items() if role in roles}
+    return {role: str(path) for role, path in require_backbones(config.backbones, roles, config.preset).items()}
+
+
+def load_backbones(config: GILLConfig, roles: Iterable[str] = ("lm", "vision"), dtype: Any = None) -> LoadedBackbones:
+    """Load the requested backbones (``lm``, ``vision``, ``sd``, ``clip_metric``); fail at once if any is missing.
+
+    Args:
+        config: the configuration naming the backbones.
+        roles: which backbones to load.
+        dtype: torch dtype for the weights (default: as stored, float32 for the tiny zoo).
+    Returns:
+        A :class:`LoadedBackbones` with the requested fields filled.
+    """
+    import transformers
+
+    roles = list(roles)
+    src = _sources(config, roles)
+    quiet_hf_logging()
+    out = LoadedBackbones()
+    revision = {role: ref.revision for role, ref in config.backbones.roles().items()}
+    kw = {"dtype": dtype} if dtype is not None else {}
+    if "lm" in roles:
+        out.tokenizer = transformers.AutoTokenizer.from_pretrained(src["lm"], revision=revision["lm"])
+        out.lm = transformers.AutoModelForCausalLM.from_pretrained(src["lm"], revision=revision["lm"], **kw).eval()
+    if "vision" in roles:
+        out.vision = transformers.CLIPVisionModel.from_pretrained(
+            src["vision"], revision=revision["vision"], **kw
+        ).eval()
+        out.image_processor = transformers.AutoImageProcessor.from_pretrained(
+            src["vision"], revision=revision["vision"]
+        )
+    if "clip_metric" in roles:
+        out.clip_metric = transformers.CLIPModel.from_pretrained(
+            src["clip_metric"], revision=revision["clip_metric"], **kw
+        ).eval()
+        out.clip_processor = transformers.CLIPProcessor.from_pretrained(
+            src["clip_metric"], revision=revision["clip_metric"]
+        )
+    if "sd" in roles:
+        out.sd = load_sd_pipeline(src["sd"], revision["sd"], dtype)
+    return out
+
+
+def load_sd_pipeline(source: str, revision: str = "main", dtype: Any = None) -> Any:
+    """Load a ``StableDiffusionPipeline`` with its progress bar off."""
+    from diffusers import StableDiffusionPipeline
+
+    kw = {"torch_dtype": dtype} if dtype is not None else {}
+    pipe = StableDiffusionPipeline.from_pretrained(source, revision=revision, **kw)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,0 +1,188 @@
+"""Where backbones come from: offline defaults, local resolution and availability checks.
+
+GILL's backbones are large (OPT-6.7B is 13 GB in fp16), and the machines this project runs on may have no
+network. The rules here:
+
+* Downloads are **off** unless the user turns them on (``GILL_ALLOW_DOWNLOADS=1``, or by setting
+  ``HF_HUB_OFFLINE=0`` themselves). Off means ``HF_HUB_OFFLINE=1`` is set, so a missing model fails in
+  milliseconds instead of after ~20 s of Hub retries.
+* A :class:`~gill.config.ModelRef` resolves to a local directory: the path itself when it is one, otherwise
+  the snapshot in the Hugging Face cache (``HF_HOME`` / ``HF_HUB_CACHE``).
+* :func:`check_backbones` reports, per role, whether the model is complete on disk;
+  :func:`require_backbones` raises one :class:`~gill.errors.MissingWeightsError` naming every missing model
+  id and how to get it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gill.config import BackbonesConfig, ModelRef
+from gill.errors import MissingWeightsError
+
+logger = logging.getLogger(__name__)
+
+_TRUE = {"1", "true", "yes", "on"}
+WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "*.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
+
+REQUIRED_LAYOUT: dict[str, tuple[str, ...]] = {
+    # role -> sub-folders that must each hold a config and weights ("" = the model folder itself)
+    "lm": ("",),
+    "vision": ("",),
+    "clip_metric": ("",),
+    "sd": ("unet", "vae", "text_encoder"),
+}
+
+
+def downloads_allowed() -> bool:
+    """True when the user has opted in to Hub downloads (``GILL_ALLOW_DOWNLOADS=1`` or ``HF_HUB_OFFLINE=0``)."""
+    if os.environ.get("GILL_ALLOW_DOWNLOADS", "").lower() in _TRUE:
+        return True
+    explicit = os.environ.get("HF_HUB_OFFLINE")
+    return explicit is not None and explicit.lower() not in _TRUE
+
+
+def configure_environment() -> None:
+    """Set offline-friendly defaults for the Hugging Face libraries (never overriding what the user set).
+
+    Called when :mod:`gill` is imported, before transformers/diffusers read their environment.
+    """
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if downloads_allowed():
+        return
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:  # imported before gill: its module-level flag is already frozen
+        constants.HF_HUB_OFFLINE = True  # type: ignore[attr-defined]
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache in use (``HF_HUB_CACHE``, else ``$HF_HOME/hub``)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "huggingface"
+    )
+    return Path(home).expanduser() / "hub"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackboneStatus:
+    """Whether one backbone can be loaded from local disk."""
+
+    role: str
+    """Role in :class:`~gill.config.BackbonesConfig` (``lm``, ``vision``, ``sd``, ``clip_metric``)."""
+    ref: ModelRef
+    """The model asked for."""
+    local_dir: Path | None
+    """Directory it loads from, when found."""
+    problem: str | None
+    """Why it cannot be loaded, or None."""
+
+    @property
+    def available(self) -> bool:
+        """True when the model is complete on disk."""
+        return self.problem is None
+
+
+def locate(ref: ModelRef) -> tuple[Path | None, str | None]:
+    """Find ``ref`` on disk: returns ``(directory, None)`` or ``(None, why_not)``. Never touches the network."""
+    if ref.is_local_path:
+        path = Path(ref.id).expanduser()
+        if path.is_dir():
+            return path, None
+        return None, f"local path {str(path)!r} does not exist or is not a directory"
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(ref.id, revision=ref.revision, local_files_only=True)), None
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+        return None, f"not in the Hugging Face cache at {hub_cache_dir()} (revision {ref.revision!r})"
+
+
+def _has_weights(folder: Path) -> bool:
+    return any(next(folder.glob(pattern), None) is not None for pattern in WEIGHT_PATTERNS)
+
+
+def missing_parts(role: str, folder: Path) -> list[str]:
+    """Files a model folder lacks to be loadable for ``role`` (empty when complete)."""
+    missing = []
+    for sub in REQUIRED_LAYOUT[role]:
+        part = folder / sub if sub else folder
+        label = f"{sub}/" if sub else ""
+        if not (part / "config.json").is_file():
+            missing.append(f"{label}config.json")
+        if not _has_weights(part):
+            missing.append(f"{label}weights (*.safetensors or pytorch_model*.bin)")
+    if role == "sd" and not (folder / "model_index.json").is_file():
+        missing.append("model_index.json")
+    if role == "lm" and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        missing.append("tokenizer files (tokenizer.json or vocab.json)")
+    return missing
+
+
+def check_backbone(role: str, ref: ModelRef) -> BackboneStatus:
+    """Report whether the backbone in ``role`` is complete on local disk."""
+    folder, why = locate(ref)
+    if folder is None:
+        return BackboneStatus(role=role, ref=ref, local_dir=None, problem=why)
+    missing = missing_parts(role, folder)
+    problem = f"incomplete at {folder}: missing {', '.join(missing)}" if missing else None
+    return BackboneStatus(role=role, ref=ref, local_dir=folder, problem=problem)
+
+
+def check_backbones(backbones: BackbonesConfig, roles: Iterable[str] | None = None) -> list[BackboneStatus]:
+    """Check every backbone (or the given roles) without loading anything."""
+    wanted = list(roles) if roles is not None else list(backbones.roles())
+    return [check_backbone(role, ref) for role, ref in backbones.roles().items() if role in wanted]
+
+
+def require_backbones(
+    backbones: BackbonesConfig, roles: Iterable[str] | None = None, preset: str | None = None
+) -> dict[str, Path]:
+    """Return the local directory of each backbone, or raise one error naming every missing model."""
+    statuses = check_backbones(backbones, roles)
+    missing = [s for s in statuses if not s.available]
+    if missing:
+        raise missing_weights_error(missing, preset)
+    return {s.role: s.local_dir for s in statuses if s.local_dir is not None}
+
+
+def missing_weights_error(missing: list[BackboneStatus], preset: str | None) -> MissingWeightsError:
+    """Build the one error that names each missing model id once, with the roles that need it."""
+    by_id: dict[str, list[BackboneStatus]] = {}
+    for status in missing:
+        by_id.setdefault(status.ref.id, []).append(status)
+    problems = [
+        f"{ref_id} (needed as {', '.join(s.role for s in group)}): {group[0].problem}"
+        for ref_id, group in by_id.items()
+    ]
+    hub_ids = [i for i, g in by_id.items() if not g[0].ref.is_local_path]
+    where = f" for preset {preset!r}" if preset else ""
+    mode = "" if downloads_allowed() else " Downloads are off (HF_HUB_OFFLINE=1)."
+    hint_lines = ["How to fix (any one):"]
+    if hub_ids:
+        hint_lines.append(
+            "  1. on a machine with network, download them into a Hugging Face cache: "
+            + "; ".join(f"`hf download {i}`" for i in hub_ids)
+            + ", then copy that cache here and point HF_HOME (or HF_HUB_CACHE) at it;"
+        )
+        hint_lines.append("  2. or allow downloads on this machine: GILL_ALLOW_DOWNLOADS=1;")
+    hint_lines.append(
+        "  3. or pass local folders saved with save_pretrained: --lm DIR --vision DIR --sd DIR --clip-metric DIR "
+        "(or backbones.<role>.id in a --config JSON);"
+    )
+    hint_lines.append("  4. or run on the built-in tiny models: --preset tiny.")
+    return MissingWeightsError(
+        f"Missing model weights{where}.{mode} Checked {hub_cache_dir()}", problems, "\n".join(hint_lines)
+    )

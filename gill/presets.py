@@ -1,0 +1,76 @@
+"""Named configurations: ``paper`` (the published GILL run) and ``tiny`` (CPU-sized, same model classes).
+
+``paper`` follows the released ``model_args.json`` (gill-facts section 7.1): OPT-6.7B, CLIP ViT-L/14,
+Stable Diffusion v1.5, 8 [IMG] tokens, 4 visual tokens, 256-d retrieval, GILLMapper (512 wide, 4+4 layers,
+4 heads) to 77 tokens. ``tiny`` points at the tiny zoo (:mod:`gill.zoo`), built into the cache on first use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from gill.config import AdapterConfig, BackbonesConfig, GILLConfig, MapperConfig, ModelRef
+from gill.errors import ConfigError
+
+PAPER_LM = "facebook/opt-6.7b"
+PAPER_CLIP = "openai/clip-vit-large-patch14"
+PAPER_SD = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+"""SD v1.5. The official code names ``runwayml/stable-diffusion-v1-5``, which was removed from the Hub in
+2024; this is its maintained mirror with identical weights. Pass ``--sd runwayml/stable-diffusion-v1-5`` (or a
+local folder) if your cache holds the old id."""
+
+
+def cache_dir() -> Path:
+    """Where gill keeps built artefacts such as the tiny zoo (``GILL_CACHE_DIR``, else ``~/.cache/gill``)."""
+    if os.environ.get("GILL_CACHE_DIR"):
+        return Path(os.environ["GILL_CACHE_DIR"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache"))) / "gill"
+
+
+def tiny_zoo_dir() -> Path:
+    """Folder of the tiny zoo for the current builder version."""
+    from gill.zoo import ZOO_VERSION
+
+    return cache_dir() / f"tiny-zoo-v{ZOO_VERSION}"
+
+
+def paper_config() -> GILLConfig:
+    """The paper's configuration (every adapter default is the released value)."""
+    backbones = BackbonesConfig(
+        lm=ModelRef(id=PAPER_LM),
+        vision=ModelRef(id=PAPER_CLIP),
+        sd=ModelRef(id=PAPER_SD),
+        clip_metric=ModelRef(id=PAPER_CLIP),
+    )
+    return GILLConfig(preset="paper", backbones=backbones, adapters=AdapterConfig(), max_len=32)
+
+
+def tiny_config(zoo_dir: str | Path | None = None) -> GILLConfig:
+    """Same structure as the paper's, with CPU-sized adapters over the tiny zoo."""
+    zoo = Path(zoo_dir) if zoo_dir is not None else tiny_zoo_dir()
+    backbones = BackbonesConfig(
+        lm=ModelRef(id=str(zoo / "opt")),
+        vision=ModelRef(id=str(zoo / "clip")),
+        sd=ModelRef(id=str(zoo / "sd")),
+        clip_metric=ModelRef(id=str(zoo / "clip")),
+    )
+    mapper = MapperConfig(hidden_dim=32, num_heads=4, num_encoder_layers=2, num_decoder_layers=2, ffn_dim=64)
+    adapters = AdapterConfig(num_img_tokens=8, n_visual_tokens=4, ret_emb_dim=32, num_clip_tokens=77, mapper=mapper)
+    return GILLConfig(preset="tiny", backbones=backbones, adapters=adapters, max_len=32)
+
+
+PRESETS: dict[str, Callable[[], GILLConfig]] = {"paper": paper_config, "tiny": tiny_config}
+
+
+def get_preset(name: str, *, build: bool = True) -> GILLConfig:
+    """The named preset. For ``tiny`` with ``build=True`` the tiny zoo is built into the cache if missing."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}", [f"available presets: {sorted(PRESETS)}"])
+    config = PRESETS[name]()
+    if name == "tiny" and build:
+        from gill.zoo import ensure_tiny_zoo
+
+        ensure_tiny_zoo(tiny_zoo_dir())
+    return config

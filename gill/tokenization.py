@@ -1,0 +1,47 @@
+"""The single place where the LM tokenizer gains GILL's ``[IMG]`` tokens (paper section 3.1, gill-facts 1.2).
+
+The official code first adds an unused ``<|image|>`` cls token (a leftover that only shifts ids, gill-facts
+section 8 item 18); we do not. [IMG] ids are whatever the tokenizer assigns and are always read back from it,
+never hard-coded (the official 50266..50273 are an artefact of OPT's vocabulary).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+def img_token_strings(num_img_tokens: int) -> tuple[str, ...]:
+    """``("[IMG0]", ..., "[IMG{n-1}]")``."""
+    return tuple(f"[IMG{i}]" for i in range(num_img_tokens))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImgTokens:
+    """The [IMG] tokens as added to a tokenizer."""
+
+    strings: tuple[str, ...]
+    """Token strings, ``[IMG0]`` first."""
+    ids: tuple[int, ...]
+    """Their ids in the tokenizer, in the same order."""
+
+    @property
+    def suffix(self) -> str:
+        """What is appended to a caption: the tokens joined with no space (as the official last commit does)."""
+        return "".join(self.strings)
+
+
+def add_img_tokens(tokenizer: Any, num_img_tokens: int) -> ImgTokens:
+    """Add ``[IMG0]..[IMG{n-1}]`` as single tokens (idempotent) and return their ids.
+
+    Raises:
+        ValueError: if the tokenizer still splits a token (it would then not be a single embedding row).
+    """
+    strings = img_token_strings(num_img_tokens)
+    tokenizer.add_tokens(list(strings))
+    ids = tuple(tokenizer.convert_tokens_to_ids(s) for s in strings)
+    for s, i in zip(strings, ids, strict=True):
+        pieces = tokenizer(s, add_special_tokens=False).input_ids
+        if pieces != [i]:
+            raise ValueError(f"tokenizer splits {s!r} into {pieces}; expected the single id {i}")
+    return ImgTokens(strings=strings, ids=ids)

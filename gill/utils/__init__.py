@@ -1,0 +1,1 @@
+"""Small shared utilities for the gill library (IO, hashing, logging)."""

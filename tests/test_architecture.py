@@ -1,0 +1,33 @@
+"""Design rules as tests: the model library and metrics never import Prefect."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFECT_FREE = ("gill", "eval", "annotations")
+
+
+def test_no_prefect_import_statement_in_library_packages():
+    pattern = re.compile(r"^\s*(import prefect|from prefect)", re.MULTILINE)
+    offenders = [str(p.relative_to(ROOT)) for pkg in PREFECT_FREE for p in (ROOT / pkg).rglob("*.py")
+                 if pattern.search(p.read_text(encoding="utf-8"))]  # fmt: skip
+    assert offenders == []
+
+
+def test_importing_every_library_module_loads_no_prefect():
+    code = (
+        "import importlib, pkgutil, sys\n"
+        f"for pkg in {PREFECT_FREE!r}:\n"
+        "    mod = importlib.import_module(pkg)\n"
+        "    for info in pkgutil.walk_packages(mod.__path__, pkg + '.'):\n"
+        "        importlib.import_module(info.name)\n"
+        "bad = sorted(m for m in sys.modules if m == 'prefect' or m.startswith('prefect.'))\n"
+        "print(len(sys.modules)); assert not bad, bad\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout.strip()) > 50  # the walk really imported the packages

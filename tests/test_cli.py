@@ -1,0 +1,76 @@
+"""The ``gill`` command: help, config display, synthetic data and the demo, called as users call them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from gill.cli import main
+
+
+def test_gill_help_lists_the_commands():
+    proc = subprocess.run([sys.executable, "-m", "gill.cli", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    for command in ("models", "config", "data", "demo"):
+        assert command in proc.stdout
+
+
+def test_config_show_prints_paper_dims_from_shipped_configs(capsys, tmp_path):
+    assert main(["config", "show", "--preset", "paper", "--out", str(tmp_path / "paper.json")]) == 0
+    out = capsys.readouterr().out
+    payload = json.loads(out[out.index("{") :])
+    assert payload["derived_dims"]["lm_hidden"] == 4096
+    assert payload["config"]["backbones"]["lm"]["id"] == "facebook/opt-6.7b"
+    assert json.loads((tmp_path / "paper.json").read_text()) == payload["config"]
+
+
+def test_config_file_with_errors_is_rejected_with_field_names(capsys, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"backbones": {"lm": {"id": "x"}}, "max_len": "long"}))
+    assert main(["config", "show", "--config", str(bad), "--no-dims"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.json" in err and "backbones.vision: required field is missing" in err and "max_len: expected int" in err
+
+
+def test_data_synth_writes_the_world(tmp_path, capsys):
+    out = tmp_path / "world"
+    argv = [
+        "data",
+        "synth",
+        "--out",
+        str(out),
+        "--n-train",
+        "4",
+        "--n-val",
+        "2",
+        "--n-stories",
+        "1",
+        "--n-dialogs",
+        "1",
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n_train"] == 4
+    assert len((out / "cc3m" / "cc3m_train.tsv").read_text().splitlines()) == 4
+
+
+def test_demo_runs_every_stage_and_writes_a_report(tiny_zoo, tmp_path, capsys):
+    workdir = tmp_path / "demo"
+    assert main(["demo", "--workdir", str(workdir)]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((workdir / "demo_report.json").read_text())
+    names = [s["name"] for s in report["stages"]]
+    assert names == [
+        "tiny model zoo",
+        "backbones available",
+        "synthetic shapes world",
+        "derived dims",
+        "backbone smoke pass",
+    ]
+    smoke = report["stages"][-1]["outputs"]
+    assert smoke["img_hidden_shape"] == [8, 64] and smoke["vision_feature_dim"] == 48
+    assert (workdir / "samples" / "sd_sample.png").is_file()
+    assert -1.0 <= smoke["clip_similarity_to_gt"] <= 1.0
+    assert "backbone smoke pass" in out and str(workdir) in out
