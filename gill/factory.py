@@ -20,6 +20,7 @@ from typing import Any
 from gill.config import DerivedDims, GILLConfig, ModelRef, check_against_dims
 from gill.errors import ConfigError, MissingWeightsError
 from gill.hub import downloads_allowed, locate, require_backbones
+from gill.manifests import manifests_dir
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +42,6 @@ def shipped_config_dir(ref: ModelRef) -> Path | None:
     path = manifests_dir() / "backbones" / ref.id.replace("/", "--")
     return path if path.is_dir() else None
 
-
-def manifests_dir() -> Path:
-    """The installed ``data_manifests`` folder."""
-    import data_manifests
-
-    return Path(data_manifests.__file__).parent
 
 
 def config_dir(role: str, ref: ModelRef) -> Path:

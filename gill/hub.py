@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 _TRUE = {"1", "true", "yes", "on"}
 WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "*.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")  # transformers<5 / >=5 layouts
 
 REQUIRED_LAYOUT: dict[str, tuple[str, ...]] = {
     # role -> sub-folders that must each hold a config and weights ("" = the model folder itself)
@@ -128,6 +129,8 @@ def missing_parts(role: str, folder: Path) -> list[str]:
         missing.append("model_index.json")
     if role == "lm" and not any((folder / f).is_file() for f in TOKENIZER_FILES):
         missing.append("tokenizer files (tokenizer.json or vocab.json)")
+    if role in ("vision", "clip_metric") and not any((folder / f).is_file() for f in PROCESSOR_FILES):
+        missing.append("preprocessor_config.json (the CLIP image processor)")
     return missing
 
 

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from gill.errors import ConfigError
-from gill.factory import derive_dims, manifests_dir
+from gill.factory import derive_dims
+from gill.manifests import manifests_dir
 from gill.presets import get_preset, paper_config
 
 

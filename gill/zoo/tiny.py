@@ -30,7 +30,7 @@ from gill.utils.io import atomic_directory, atomic_write_json, sha256_tree
 
 logger = logging.getLogger(__name__)
 
-ZOO_VERSION = 1
+ZOO_VERSION = 2
 """Bump when the builder's output changes, so cached zoos are rebuilt."""
 COMPONENTS = ("opt", "clip", "sd")
 LM_WIDTH, VISION_WIDTH, CLIP_TEXT_WIDTH, CLIP_PROJ, SD_TEXT_WIDTH = 64, 48, 40, 40, 32
@@ -179,6 +179,7 @@ def _save_clip(out: Path, tok, seed: int) -> None:
     CLIPModel(config).save_pretrained(out)
     images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     CLIPProcessor(image_processor=images, tokenizer=tok).save_pretrained(out)
+    images.save_pretrained(out)  # preprocessor_config.json, as in the openai/clip-vit-large-patch14 repo
 
 
 def _save_sd(out: Path, tok, seed: int) -> None:
