@@ -106,6 +106,13 @@ class BackbonesConfig(_Validated):
         """Backbones by role name, in a fixed order."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
+    def check_roles(self, roles: typing.Iterable[str]) -> None:
+        """Raise one :class:`ConfigError` naming every role that is not a backbone role."""
+        allowed = sorted(self.roles())
+        unknown = sorted(set(roles) - set(allowed))
+        if unknown:
+            raise ConfigError("unknown backbone role", [f"{r}: allowed roles are {allowed}" for r in unknown])
+
 
 @dataclass(frozen=True, kw_only=True)
 class MapperConfig(_Validated):
@@ -244,11 +251,7 @@ class GILLConfig(_Validated):
             for role, ref in refs.items()
             if ref is not None
         }
-        unknown = sorted(set(updates) - set(self.backbones.roles()))
-        if unknown:
-            raise ConfigError(
-                "unknown backbone role", [f"{r}: allowed roles are {sorted(self.backbones.roles())}" for r in unknown]
-            )
+        self.backbones.check_roles(updates)
         return dataclasses.replace(self, backbones=dataclasses.replace(self.backbones, **updates))
 
 

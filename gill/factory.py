@@ -117,6 +117,14 @@ class LoadedBackbones:
     """``CLIPProcessor`` of the metric model."""
 
 
+_HF_LOADERS: dict[str, tuple[tuple[str, str, bool], ...]] = {
+    # role -> (LoadedBackbones field, transformers class, is a model to put in eval mode)
+    "lm": (("tokenizer", "AutoTokenizer", False), ("lm", "AutoModelForCausalLM", True)),
+    "vision": (("vision", "CLIPVisionModel", True), ("image_processor", "AutoImageProcessor", False)),
+    "clip_metric": (("clip_metric", "CLIPModel", True), ("clip_processor", "CLIPProcessor", False)),
+}
+
+
 def _sources(config: GILLConfig, roles: list[str]) -> dict[str, str]:
     """Local folder for each role, after checking all of them (downloads allowed: hub ids pass through)."""
     if downloads_allowed():
@@ -137,30 +145,19 @@ def load_backbones(config: GILLConfig, roles: Iterable[str] = ("lm", "vision"), 
     import transformers
 
     roles = list(roles)
+    config.backbones.check_roles(roles)
     src = _sources(config, roles)
     quiet_hf_logging()
     out = LoadedBackbones()
-    revision = {role: ref.revision for role, ref in config.backbones.roles().items()}
-    kw = {"dtype": dtype} if dtype is not None else {}
-    if "lm" in roles:
-        out.tokenizer = transformers.AutoTokenizer.from_pretrained(src["lm"], revision=revision["lm"])
-        out.lm = transformers.AutoModelForCausalLM.from_pretrained(src["lm"], revision=revision["lm"], **kw).eval()
-    if "vision" in roles:
-        out.vision = transformers.CLIPVisionModel.from_pretrained(
-            src["vision"], revision=revision["vision"], **kw
-        ).eval()
-        out.image_processor = transformers.AutoImageProcessor.from_pretrained(
-            src["vision"], revision=revision["vision"]
-        )
-    if "clip_metric" in roles:
-        out.clip_metric = transformers.CLIPModel.from_pretrained(
-            src["clip_metric"], revision=revision["clip_metric"], **kw
-        ).eval()
-        out.clip_processor = transformers.CLIPProcessor.from_pretrained(
-            src["clip_metric"], revision=revision["clip_metric"]
-        )
-    if "sd" in roles:
-        out.sd = load_sd_pipeline(src["sd"], revision["sd"], dtype)
+    for role in roles:
+        revision = config.backbones.roles()[role].revision
+        if role == "sd":
+            out.sd = load_sd_pipeline(src[role], revision, dtype)
+            continue
+        for attr, class_name, is_model in _HF_LOADERS[role]:
+            kw = {"dtype": dtype} if is_model and dtype is not None else {}
+            loaded = getattr(transformers, class_name).from_pretrained(src[role], revision=revision, **kw)
+            setattr(out, attr, loaded.eval() if is_model else loaded)
     return out
 
 

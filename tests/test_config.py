@@ -90,3 +90,12 @@ def test_settings_that_exceed_the_backbones_are_reported_together():
     assert (
         "adapters.num_clip_tokens" in str(info.value) and "layer 5" in str(info.value) and "max_len" in str(info.value)
     )
+
+
+def test_unknown_backbone_roles_are_rejected_by_name(tiny_config):
+    from gill.factory import load_backbones
+
+    with pytest.raises(ConfigError, match="unet: allowed roles are"):
+        paper_config().with_backbones(unet="/x")
+    with pytest.raises(ConfigError, match="decoder: allowed roles are"):
+        load_backbones(tiny_config, roles=("lm", "decoder"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -40,6 +41,10 @@ def test_models_check_command_reports_paper_backbones_missing(capsys):
 def test_models_check_passes_for_the_tiny_zoo(tiny_zoo, capsys):
     assert main(["models", "check", "--preset", "tiny"]) == 0
     assert capsys.readouterr().out.count("ok ") == 4
+    assert main(["models", "check", "--preset", "tiny", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["role"] for r in rows] == ["lm", "vision", "sd", "clip_metric"]
+    assert all(r["available"] and r["local_dir"].startswith(str(tiny_zoo)) for r in rows)
 
 
 def test_paper_demo_fails_before_doing_any_work(tmp_path, capsys):

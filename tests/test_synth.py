@@ -23,6 +23,7 @@ from gill.utils.io import sha256_tree
 
 SMALL = SynthConfig(seed=3, n_train=40, n_val=8, n_stories=12, n_dialogs=8, image_size=64)
 BACK_REFERENCES = {"it", "its", "same", "first", "original"}
+# Independent copies of the world's colour and grid tables: the test oracle must not import what it checks.
 RGB = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),
