@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gill.config import GILLConfig
-from gill.errors import GillError
+from gill.errors import GillError, InputError
 
 logger = logging.getLogger("gill")
 
@@ -128,6 +128,55 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_download(args: argparse.Namespace) -> int:
+    """Download a CC3M split into webdataset shards and record the yield in <workdir>/gill.duckdb."""
+    from eval.db import db_path, record_download
+    from gill.data.download import DownloadOptions, download_split
+
+    options = DownloadOptions(
+        processes=args.processes, threads=args.threads, image_size=args.image_size, resize_mode=args.resize_mode,
+        shard_size=args.shard_size, timeout=args.timeout, retries=args.retries, distributor=args.distributor,
+        respect_noai=args.respect_noai,
+    )  # fmt: skip
+    report = download_split(args.urls, args.split, args.workdir, options, progress=not args.quiet)
+    record_download(db_path(args.workdir), args.split, report.shard_rows(), report.failure_rows())
+    _out(report.summary())
+    _out(f"yield report: {db_path(args.workdir)} (tables download_shards, download_failures)")
+    return 0
+
+
+def cmd_data_precompute(args: argparse.Namespace) -> int:
+    """Precompute frozen vision features and SD text-encoder targets for every downloaded shard."""
+    from eval.db import db_path, record_precompute
+    from gill.data.precompute import PrecomputeOptions, feature_dir, precompute_split
+
+    options = PrecomputeOptions(batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+    results = precompute_split(args.split, args.workdir, resolve_config(args), options, progress=not args.quiet)
+    record_precompute(db_path(args.workdir), [r.row() for r in results])
+    done = [r for r in results if not r.skipped]
+    samples = sum(r.count for r in results)
+    _out(f"{len(results)} shards, {samples} samples: {len(done)} computed, {len(results) - len(done)} up to date")
+    _out(f"features: {feature_dir(args.split, args.workdir)}; rows in {db_path(args.workdir)} (precompute_shards)")
+    return 0
+
+
+def cmd_db_query(args: argparse.Namespace) -> int:
+    """Run SQL against <workdir>/gill.duckdb and print the result table."""
+    import pandas as pd
+
+    from eval.db import db_path, query
+
+    database = db_path(args.workdir)
+    if not database.is_file():
+        raise InputError(
+            f"no database at {database}", hint="run a stage first (e.g. gill data download) or fix --workdir"
+        )
+    frame = query(database, args.sql)
+    with pd.option_context("display.max_rows", args.max_rows, "display.max_columns", None, "display.width", 200):
+        _out(frame.to_csv(index=False) if args.csv else frame.to_string(index=False))
+    return 0
+
+
 # -- demo ------------------------------------------------------------------------------------------------
 
 
@@ -171,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config_show)
     config.add_parser("presets", help="list the named presets").set_defaults(func=cmd_config_presets)
 
-    data = groups.add_parser("data", help="datasets: synthetic world").add_subparsers(
+    data = groups.add_parser("data", help="datasets: synthetic world, CC3M, precomputed targets").add_subparsers(
         dest="command", metavar="SUBCOMMAND", required=True
     )
     p = data.add_parser("synth", help="write the synthetic shapes world in CC3M/VIST/VisDial formats")
@@ -184,6 +233,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=128, help="rendered image side in pixels")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_synth)
+    _add_download_parser(data)
+    p = data.add_parser("precompute", help="precompute frozen vision features and SD text targets per shard")
+    add_config_args(p)
+    p.add_argument("--split", choices=("train", "val"), required=True)
+    p.add_argument("--workdir", type=Path, required=True, help="work folder holding data/cc3m/<split>/")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="compute/storage precision")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_data_precompute)
+
+    db = groups.add_parser("db", help="query the results database").add_subparsers(
+        dest="command", metavar="SUBCOMMAND", required=True
+    )
+    p = db.add_parser("query", help="run SQL against <workdir>/gill.duckdb")
+    p.add_argument("sql", help='e.g. "SELECT * FROM download_shards"')
+    p.add_argument("--workdir", type=Path, required=True)
+    p.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    p.add_argument("--max-rows", type=int, default=200)
+    p.set_defaults(func=cmd_db_query)
 
     p = groups.add_parser("demo", help="run the pipeline stages that exist on the embedded default")
     add_config_args(p)
@@ -191,6 +260,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _add_download_parser(data: argparse._SubParsersAction) -> None:
+    p = data.add_parser("download", help="download a CC3M url list into webdataset shards, with a yield report")
+    p.add_argument("--urls", type=Path, required=True, help="CC3M TSV (caption<TAB>url, no header) or csv/tsv/parquet")
+    p.add_argument("--split", choices=("train", "val"), required=True)
+    p.add_argument("--workdir", type=Path, required=True, help="shards go to <workdir>/data/cc3m/<split>/")
+    p.add_argument("--processes", type=int, default=1, help="download processes")
+    p.add_argument("--threads", type=int, default=16, help="download threads per process")
+    p.add_argument("--image-size", type=int, default=224, help="side of the stored images")
+    p.add_argument("--resize-mode", choices=("center_crop", "border", "keep_ratio"), default="center_crop")
+    p.add_argument("--shard-size", type=int, default=10000, help="samples per shard")
+    p.add_argument("--timeout", type=float, default=10, help="seconds per url")
+    p.add_argument("--retries", type=int, default=2, help="retries per url")
+    p.add_argument("--distributor", choices=("multiprocessing", "pyspark", "ray"), default="multiprocessing")
+    noai = p.add_mutually_exclusive_group()
+    noai.add_argument("--respect-noai", dest="respect_noai", action="store_true", default=True,
+                      help="skip images whose X-Robots-Tag forbids AI use (default)")  # fmt: skip
+    noai.add_argument("--ignore-noai", dest="respect_noai", action="store_false", help="download them anyway")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_data_download)
 
 
 def _setup_logging(verbosity: int) -> None:

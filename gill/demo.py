@@ -1,10 +1,12 @@
 """``make demo``: every stage that exists so far, on the embedded default (tiny zoo + shapes world).
 
 Stages: check the backbones (failing at once when weights are missing), build the synthetic world, read the
-derived dims, and a smoke pass through each backbone (LM over a caption with its [IMG] tokens, CLIP vision
-features, one Stable Diffusion image, CLIP similarity of that image to its ground truth). The report is
-printed and saved as ``<workdir>/demo_report.json``. Later stages (download, training, benchmarks) join here
-as they land; the Prefect ``full-pipeline`` flow runs the same stage functions.
+derived dims, download the world's CC3M-format url lists with img2dataset (file:// urls) into webdataset
+shards, precompute the frozen targets, and a smoke pass through each backbone (LM over a caption with its
+[IMG] tokens, CLIP vision features, one Stable Diffusion image, CLIP similarity of that image to its ground
+truth). The report is printed and saved as ``<workdir>/demo_report.json``; yields and precompute rows go to
+``<workdir>/gill.duckdb``. Later stages (training, benchmarks) join here as they land; the Prefect
+``full-pipeline`` flow runs the same stage functions.
 """
 
 from __future__ import annotations
@@ -77,12 +79,45 @@ def run_demo(workdir: str | Path, config: GILLConfig, seed: int = 0) -> DemoRepo
         lambda: synthesize_world(workdir / "world", SynthConfig(seed=seed), progress=False),
         summarise=_world_outputs,
     )
-    report.run("derived dims", lambda: asdict(derive_dims(config)))
+    dims = report.run("derived dims", lambda: derive_dims(config), summarise=asdict)
+    for split, tsv in (("train", world.cc3m_train_tsv), ("val", world.cc3m_val_tsv)):
+        report.run(f"download cc3m {split}", lambda s=split, t=tsv: download_stage(workdir, s, t, dims))
+    for split in ("train", "val"):
+        report.run(f"precompute targets {split}", lambda s=split: precompute_stage(workdir, s, config))
     report.run("backbone smoke pass", lambda: smoke_pass(config, world, workdir / "samples", seed))
     atomic_write_json(
         workdir / "demo_report.json", {"preset": report.preset, "stages": [asdict(s) for s in report.stages]}
     )
     return report
+
+
+def download_stage(workdir: Path, split: str, urls: Path, dims: Any) -> dict[str, Any]:
+    """img2dataset over the world's file:// url list, yield recorded in DuckDB."""
+    from eval.db import db_path, record_download
+    from gill.data.download import DownloadOptions, download_split
+
+    image_size = min(224, max(64, dims.vision_image_size))  # 64 px for tiny, 224 px for the paper's CLIP
+    options = DownloadOptions(image_size=image_size, shard_size=100, threads=8, timeout=5, retries=0)
+    result = download_split(urls, split, workdir, options, progress=False)
+    record_download(db_path(workdir), split, result.shard_rows(), result.failure_rows())
+    return {"yield": result.summary().splitlines()[0], "shards": len(result.shards), "database": str(db_path(workdir))}
+
+
+def precompute_stage(workdir: Path, split: str, config: GILLConfig) -> dict[str, Any]:
+    """Frozen vision features and SD text targets for every shard, one row per shard in DuckDB."""
+    from eval.db import db_path, record_precompute
+    from gill.data.precompute import PrecomputeOptions, feature_dir, precompute_split
+
+    results = precompute_split(split, workdir, config, PrecomputeOptions(batch_size=32), progress=False)
+    record_precompute(db_path(workdir), [r.row() for r in results])
+    computed = [r for r in results if not r.skipped]
+    rate = sum(r.samples_per_s * r.count for r in computed) / max(1, sum(r.count for r in computed))
+    return {
+        "shards": f"{len(results)} ({len(computed)} computed, {len(results) - len(computed)} up to date)",
+        "samples": sum(r.count for r in results),
+        "samples_per_s": round(rate, 1) if computed else "n/a (all up to date)",
+        "features": str(feature_dir(split, workdir)),
+    }
 
 
 def _ensure_zoo(config: GILLConfig) -> dict[str, Any]:

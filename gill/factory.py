@@ -43,7 +43,6 @@ def shipped_config_dir(ref: ModelRef) -> Path | None:
     return path if path.is_dir() else None
 
 
-
 def config_dir(role: str, ref: ModelRef) -> Path:
     """Where to read ``ref``'s configs: its local folder, else the shipped config-only copy."""
     folder, why = locate(ref)
@@ -169,3 +168,28 @@ def load_sd_pipeline(source: str, revision: str = "main", dtype: Any = None) -> 
     pipe = StableDiffusionPipeline.from_pretrained(source, revision=revision, **kw)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@dataclass(kw_only=True)
+class SDTextEncoder:
+    """Only the text side of a Stable Diffusion pipeline: what GILL's generation targets come from."""
+
+    tokenizer: Any
+    """SD's ``CLIPTokenizer`` (pads to 77, truncates on the right)."""
+    text_encoder: Any
+    """SD's ``CLIPTextModel`` in eval mode; its ``last_hidden_state`` is the GILLMapper target."""
+    source: str
+    """Local folder it was loaded from."""
+
+
+def load_sd_text_encoder(config: GILLConfig, dtype: Any = None) -> SDTextEncoder:
+    """Load SD's tokenizer and text encoder without the UNet/VAE (a few hundred MB instead of GBs)."""
+    import transformers
+
+    source = _sources(config, ["sd"])["sd"]
+    revision = config.backbones.sd.revision
+    quiet_hf_logging()
+    kw = {"dtype": dtype} if dtype is not None else {}
+    tokenizer = transformers.CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", revision=revision)
+    encoder = transformers.CLIPTextModel.from_pretrained(source, subfolder="text_encoder", revision=revision, **kw)
+    return SDTextEncoder(tokenizer=tokenizer, text_encoder=encoder.eval(), source=source)

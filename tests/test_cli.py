@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+from eval.db import query
 from gill.cli import main
 
 
@@ -67,10 +68,32 @@ def test_demo_runs_every_stage_and_writes_a_report(tiny_zoo, tmp_path, capsys):
         "backbones available",
         "synthetic shapes world",
         "derived dims",
+        "download cc3m train",
+        "download cc3m val",
+        "precompute targets train",
+        "precompute targets val",
         "backbone smoke pass",
     ]
+    database = workdir / "gill.duckdb"
+    sql = "SELECT split, sum(count) n, sum(successes) ok FROM download_shards GROUP BY split ORDER BY split"
+    assert query(database, sql).to_dict("records") == [
+        {"split": "train", "n": 256, "ok": 256},
+        {"split": "val", "n": 64, "ok": 64},
+    ]
+    assert int(query(database, "SELECT sum(count) n FROM precompute_shards")["n"][0]) == 320
     smoke = report["stages"][-1]["outputs"]
     assert smoke["img_hidden_shape"] == [8, 64] and smoke["vision_feature_dim"] == 48
     assert (workdir / "samples" / "sd_sample.png").is_file()
     assert -1.0 <= smoke["clip_similarity_to_gt"] <= 1.0
     assert "backbone smoke pass" in out and str(workdir) in out
+
+
+def test_db_query_prints_results_and_names_a_missing_database(tmp_path, capsys):
+    from eval.db import db_path, record_precompute
+
+    row = {"split": "val", "shard": "00000", "count": 7, "fingerprint": "f", "duration_s": 1.0, "samples_per_s": 7.0}
+    record_precompute(db_path(tmp_path), [row])
+    assert main(["db", "query", "--workdir", str(tmp_path), "--csv", "SELECT split, count FROM precompute_shards"]) == 0
+    assert capsys.readouterr().out.strip().splitlines() == ["split,count", "val,7"]
+    assert main(["db", "query", "--workdir", str(tmp_path / "nowhere"), "SELECT 1"]) == 2
+    assert "no database at" in capsys.readouterr().err

@@ -1,0 +1,128 @@
+"""The project's DuckDB file (``<workdir>/gill.duckdb``): schema, locking-safe connections and writes.
+
+DuckDB allows one writing process per file, and a second process gets an immediate ``IOException`` rather
+than waiting (tech-notes item 6). So every writer opens, writes and closes in one short transaction, and
+:func:`connect` retries on a lock conflict for a bounded time. Users query the file with SQL, e.g.::
+
+    duckdb work/demo/gill.duckdb "SELECT split, sum(successes)/sum(count) FROM download_shards GROUP BY split"
+
+Rows are replaced by primary key, so re-running a stage updates its rows instead of duplicating them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+DB_NAME = "gill.duckdb"
+
+TABLES: dict[str, str] = {
+    "download_shards": """
+        split VARCHAR NOT NULL, shard VARCHAR NOT NULL, count INTEGER, successes INTEGER,
+        failed_to_download INTEGER, failed_to_resize INTEGER, duration_s DOUBLE,
+        PRIMARY KEY (split, shard)""",
+    "download_failures": """
+        split VARCHAR NOT NULL, shard VARCHAR NOT NULL, url VARCHAR, caption VARCHAR, status VARCHAR,
+        error_message VARCHAR""",
+    "precompute_shards": """
+        split VARCHAR NOT NULL, shard VARCHAR NOT NULL, count INTEGER, fingerprint VARCHAR, duration_s DOUBLE,
+        samples_per_s DOUBLE, PRIMARY KEY (split, shard)""",
+}
+"""Table name -> column definitions. ``download_failures`` rows are replaced per (split, shard)."""
+
+
+def db_path(workdir: str | Path) -> Path:
+    """The DuckDB file of a work folder."""
+    return Path(workdir) / DB_NAME
+
+
+@contextmanager
+def connect(path: str | Path, read_only: bool = False, timeout_s: float = 60.0) -> Iterator[Any]:
+    """Open the database (creating the schema when writable), retrying while another process holds the lock."""
+    import duckdb
+
+    path = Path(path)
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+            break
+        except duckdb.IOException as err:
+            if "lock" not in str(err).lower() or time.monotonic() > deadline:
+                raise
+            logger.debug("%s is locked by another process; retrying in %.2f s", path, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+    try:
+        if not read_only:
+            ensure_schema(con)
+        yield con
+    finally:
+        con.close()
+
+
+def ensure_schema(con: Any) -> None:
+    """Create every table that does not exist yet."""
+    for name, columns in TABLES.items():
+        con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
+
+
+def replace_rows(
+    path: str | Path, table: str, rows: Sequence[Mapping[str, Any]], scope: Mapping[str, Any] | None = None
+) -> int:
+    """Write ``rows`` into ``table`` in one transaction, replacing what they supersede.
+
+    Args:
+        path: the DuckDB file.
+        table: a table of :data:`TABLES`.
+        rows: dicts keyed by column name.
+        scope: if given, first delete every row matching these column values (e.g. ``{"split": "train"}``),
+            so the table holds exactly the new rows for that scope; otherwise rows replace by primary key.
+    Returns:
+        The number of rows written.
+    """
+    import pandas as pd
+
+    if table not in TABLES:
+        raise ValueError(f"unknown table {table!r}; known tables: {sorted(TABLES)}")
+    frame = pd.DataFrame(list(rows))
+    with connect(path) as con:
+        con.execute("BEGIN TRANSACTION")
+        if scope:
+            where = " AND ".join(f"{column} = ?" for column in scope)
+            con.execute(f"DELETE FROM {table} WHERE {where}", list(scope.values()))
+        if len(frame):
+            con.register("incoming", frame)
+            verb = "INSERT INTO" if scope else "INSERT OR REPLACE INTO"
+            con.execute(f"{verb} {table} BY NAME SELECT * FROM incoming")
+            con.unregister("incoming")
+        con.execute("COMMIT")
+    return len(frame)
+
+
+def query(path: str | Path, sql: str, params: Sequence[Any] = ()) -> Any:
+    """Run a read query and return a pandas DataFrame."""
+    with connect(path, read_only=True) as con:
+        return con.execute(sql, list(params)).df()
+
+
+def record_download(
+    path: str | Path, split: str, shards: Sequence[Mapping[str, Any]], failures: Sequence[Mapping[str, Any]]
+) -> None:
+    """Store a split's download yield: its shard rows and failure rows replace that split's previous ones."""
+    replace_rows(path, "download_shards", shards, scope={"split": split})
+    replace_rows(path, "download_failures", failures, scope={"split": split})
+
+
+def record_precompute(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Store one row per precomputed feature shard (replacing by split and shard)."""
+    replace_rows(path, "precompute_shards", rows)

@@ -1,0 +1,61 @@
+"""Pydantic parameter models at the flow boundary (validated, described), converted to gill's dataclasses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gill.config import GILLConfig
+
+
+class ModelParams(BaseModel):
+    """Which models a flow runs with: a preset or a config file, plus optional backbone overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: Literal["tiny", "paper"] = Field("tiny", description="named preset: tiny (CPU, built-in) or paper")
+    config_path: Path | None = Field(None, description="JSON config file; overrides preset when given")
+    lm: str | None = Field(None, description="override the LM backbone (Hub id or local folder)")
+    vision: str | None = Field(None, description="override the vision encoder (Hub id or local folder)")
+    sd: str | None = Field(None, description="override the Stable Diffusion pipeline (Hub id or local folder)")
+    clip_metric: str | None = Field(None, description="override the metric CLIP model (Hub id or local folder)")
+
+    def gill_config(self) -> GILLConfig:
+        """The validated :class:`gill.config.GILLConfig` (builds the tiny zoo on first use)."""
+        from gill.presets import get_preset
+
+        config = GILLConfig.load(self.config_path) if self.config_path else get_preset(self.preset)
+        return config.with_backbones(lm=self.lm, vision=self.vision, sd=self.sd, clip_metric=self.clip_metric)
+
+
+class DownloadParams(BaseModel):
+    """Parameters of the ``download-cc3m`` flow (see ``gill data download --help``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    urls: Path = Field(description="CC3M url list: Google's TSV (caption<TAB>url, no header) or csv/tsv/parquet")
+    split: Literal["train", "val"] = Field(description="which split the list is")
+    workdir: Path = Field(description="work folder; shards go to <workdir>/data/cc3m/<split>/")
+    processes: int = Field(1, ge=1, description="download processes")
+    threads: int = Field(16, ge=1, description="download threads per process")
+    image_size: int = Field(224, ge=8, description="side of the stored images in pixels")
+    resize_mode: Literal["center_crop", "border", "keep_ratio"] = Field("center_crop", description="how to resize")
+    shard_size: int = Field(10000, ge=1, description="samples per webdataset shard")
+    timeout: float = Field(10, gt=0, description="seconds per url before giving up")
+    retries: int = Field(2, ge=0, description="retries per url")
+    distributor: Literal["multiprocessing", "pyspark", "ray"] = Field(
+        "multiprocessing", description="img2dataset distributor (pyspark/ray for clusters)"
+    )
+    respect_noai: bool = Field(True, description="skip images whose X-Robots-Tag forbids AI use")
+
+
+class PrecomputeParams(ModelParams):
+    """Parameters of the ``precompute-targets`` flow (see ``gill data precompute --help``)."""
+
+    split: Literal["train", "val"] = Field(description="which downloaded split to precompute")
+    workdir: Path = Field(description="work folder holding data/cc3m/<split>/")
+    batch_size: int = Field(64, ge=1, description="images/captions per encoder forward")
+    device: str = Field("cpu", description="torch device: cpu or cuda")
+    dtype: Literal["fp16", "bf16", "fp32"] = Field("fp16", description="compute/storage precision")

@@ -1,0 +1,688 @@
+"""Precompute GILL's frozen training targets, once, as one aligned feature shard per image shard.
+
+GILL trains only adapters (paper section 3; gill-facts 1.1, 1.4): the CLIP vision encoder and the Stable
+Diffusion text encoder are frozen, so their outputs are computed once here and read by the trainer
+(:mod:`gill.data.reader`), which then needs no pixels at all:
+
+* ``vision.npy``: (N, Dv) the vision encoder's ``pooler_output`` (post-layernorm CLS, before CLIP's projection;
+  1024-d for ViT-L/14), from the encoder's own image processor;
+* ``sd_text.npy``: (N, 77, Dt) SD's text-encoder ``last_hidden_state`` of the caption, tokenised as SD 1.5 does
+  (pad to ``model_max_length``, truncate on the right, no attention mask; gill-facts 3.1);
+* ``keys.json``: ``{"keys": [...], "captions": [...]}``, the row order of both arrays (sorted by key);
+* ``manifest.json``: encoder identity (ids, revisions, sha256 of configs, tokenizer files and weights, image
+  processor settings), dtypes, shapes, count, the source tar's sha256 and the **fingerprint** (sha256 of the
+  canonical JSON of every input that determines the arrays).
+
+Storage dtype: ``fp32`` stores float32; ``fp16`` and ``bf16`` store float16 (numpy has no bfloat16; bf16 values
+fit fp16's range for these post-layernorm outputs and lose no mantissa bits, and a non-finite value after the
+cast is an error). On CPU the forward always runs in float32; on CUDA it runs under autocast in the requested
+dtype. The effective compute dtype and the storage dtype are both part of the fingerprint; the device, the batch
+size and the path of a local model folder (its file hashes identify it) are not.
+
+Throughput: reading, decoding, preprocessing and tokenising a batch overlap the forward of the previous one, in
+a background thread (default) or in ``num_workers`` DataLoader processes (for a GPU, which encodes faster than
+one core decodes JPEGs). ``bench/precompute.py`` compares the stage with a bare forward of the two encoders.
+
+Fixes over the official ``scripts/preprocess_sd_embeddings.py`` (gill-facts 3.1, 8): one memory-mappable file
+per shard instead of one ``.npy`` per caption; resume by fingerprint instead of by file existence (whose
+``str.strip('.npy')`` mis-skipped ids); every write atomic, so a crash never leaves half a shard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import io
+import json
+import logging
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from gill.config import GILLConfig, looks_like_path
+from gill.data.shards import (
+    WORKER_CONTEXT,
+    ShardIndex,
+    ShardSample,
+    complete_image_shards,
+    image_split_dir,
+    index_shard,
+    read_samples,
+    stats_path,
+)
+from gill.errors import ConfigError, InputError
+from gill.utils.io import atomic_directory, atomic_write_json, sha256_file
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+"""Bump when the layout or the computation changes (it is part of the fingerprint)."""
+VISION_FILE = "vision.npy"
+SD_TEXT_FILE = "sd_text.npy"
+KEYS_FILE = "keys.json"
+MANIFEST_FILE = "manifest.json"
+
+DTypeName = Literal["fp16", "bf16", "fp32"]
+TORCH_DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+STORAGE_DTYPES: dict[str, np.dtype] = {
+    "fp16": np.dtype("float16"),
+    "bf16": np.dtype("float16"),
+    "fp32": np.dtype("float32"),
+}
+_SHA256_NAME = re.compile(r"[0-9a-f]{64}")
+
+
+# -- options and results ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrecomputeOptions:
+    """How to run the precompute stage (none of these but ``dtype`` changes what is stored)."""
+
+    batch_size: int = 64
+    """Images (and captions) per forward pass."""
+    device: str = "cpu"
+    """Torch device for both encoders (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
+    dtype: DTypeName = "fp16"
+    """Compute dtype on accelerators; ``fp16``/``bf16`` store float16, ``fp32`` stores float32. CPU computes fp32."""
+    prefetch: int = 2
+    """Batches prepared ahead of the forward (per worker process, or in one background thread; 0: no overlap)."""
+    num_workers: int = 0
+    """Processes that read, decode, preprocess and tokenise (0: one background thread). With a GPU the forward is
+    far faster than JPEG decoding: give it most CPU cores. On a CPU-only machine the forward needs the cores."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size <= 0:
+            problems.append(f"batch_size: must be a positive int, got {self.batch_size!r}")
+        if self.dtype not in TORCH_DTYPES:
+            problems.append(f"dtype: must be one of {sorted(TORCH_DTYPES)}, got {self.dtype!r}")
+        for name in ("prefetch", "num_workers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                problems.append(f"{name}: must be an int >= 0, got {value!r}")
+        problems += _device_problems(self.device)
+        if problems:
+            raise ConfigError("invalid PrecomputeOptions", problems)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """float32 on CPU (half-precision CPU kernels are slow and inexact); the requested dtype elsewhere."""
+        return torch.float32 if torch.device(self.device).type == "cpu" else TORCH_DTYPES[self.dtype]
+
+    @property
+    def storage_dtype(self) -> np.dtype:
+        """numpy dtype of the stored arrays (float16 for fp16 and bf16, float32 for fp32)."""
+        return STORAGE_DTYPES[self.dtype]
+
+
+def _device_problems(device: str) -> list[str]:
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        return [f"device: not a torch device string ({err}), got {device!r}; use 'cpu', 'cuda' or 'cuda:N'"]
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            return [f"device: {device!r} requested but CUDA is not available on this machine; use device='cpu'"]
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            return [f"device: {device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible"]
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        return [f"device: {device!r} requested but MPS is not available; use device='cpu'"]
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        return [f"device: must be cpu, cuda[:N] or mps, got {device!r}"]
+    return []
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardResult:
+    """What precomputing one image shard did."""
+
+    split: str
+    """Dataset split (``train``, ``val``)."""
+    shard: str
+    """Shard name (the tar's stem, ``00000``)."""
+    count: int
+    """Rows in the feature shard."""
+    fingerprint: str
+    """sha256 of every input that determines the stored arrays (see module docstring)."""
+    duration_s: float
+    """Wall time of the computation (for a skipped shard: of the run that wrote it)."""
+    samples_per_s: float
+    """``count / duration_s`` of that computation."""
+    skipped: bool
+    """True when an up-to-date feature shard already existed."""
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any], *, skipped: bool) -> ShardResult:
+        """The result recorded in a feature shard's ``manifest.json``."""
+        fields = ("split", "shard", "count", "fingerprint", "duration_s", "samples_per_s")
+        return cls(**{name: manifest[name] for name in fields}, skipped=skipped)
+
+    def row(self) -> dict[str, Any]:
+        """Row for the DuckDB table ``precompute_shards``."""
+        return {
+            "split": self.split,
+            "shard": self.shard,
+            "count": self.count,
+            "fingerprint": self.fingerprint,
+            "duration_s": self.duration_s,
+            "samples_per_s": self.samples_per_s,
+        }
+
+
+# -- encoders ---------------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class EncodedBatch:
+    """Frozen-encoder outputs of one batch, on the encoders' device."""
+
+    vision: torch.Tensor
+    """(B, Dv) ``pooler_output``."""
+    sd_text: torch.Tensor
+    """(B, T, Dt) SD text-encoder ``last_hidden_state`` (T = 77)."""
+
+
+@dataclass(kw_only=True)
+class FrozenEncoders:
+    """The two frozen encoders GILL's targets come from, on one device, plus what identifies them."""
+
+    vision: Any
+    """``CLIPVisionModel`` in eval mode."""
+    image_processor: Any
+    """The vision model's own ``CLIPImageProcessor``."""
+    sd_tokenizer: Any
+    """SD's ``CLIPTokenizer``."""
+    sd_text_encoder: Any
+    """SD's ``CLIPTextModel`` in eval mode."""
+    identity: dict[str, Any]
+    """Ids, revisions, file hashes and processor settings (JSON-ready); the encoder part of the fingerprint."""
+    device: torch.device
+    """Where both models live."""
+    compute_dtype: torch.dtype
+    """Dtype of the forward (float32 on CPU)."""
+
+    @property
+    def vision_dim(self) -> int:
+        """Dv: width of ``pooler_output``."""
+        return int(self.vision.config.hidden_size)
+
+    @property
+    def text_shape(self) -> tuple[int, int]:
+        """(T, Dt) of one caption's SD target."""
+        return int(self.sd_tokenizer.model_max_length), int(self.sd_text_encoder.config.hidden_size)
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        """Resize, crop and normalise with the vision model's own processor -> (B, 3, H, W) float32."""
+        return preprocess_images(self.image_processor, images)
+
+    def tokenize(self, captions: list[str]) -> torch.Tensor:
+        """SD 1.5 tokenisation: pad to ``model_max_length`` (77), truncate right -> (B, 77) ids."""
+        return sd_input_ids(self.sd_tokenizer, captions)
+
+    def encode(self, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> EncodedBatch:
+        """Both forwards, without gradients; autocast in ``compute_dtype`` off CPU."""
+        autocast = self.device.type != "cpu" and self.compute_dtype != torch.float32
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=autocast):
+            pixels = pixel_values.to(self.device, non_blocking=True)  # (B, 3, H, W)
+            ids = input_ids.to(self.device, non_blocking=True)  # (B, 77); no attention mask, as SD 1.5
+            vision = self.vision(pixel_values=pixels).pooler_output  # (B, Dv)
+            sd_text = self.sd_text_encoder(input_ids=ids).last_hidden_state  # (B, 77, Dt)
+        return EncodedBatch(vision=vision, sd_text=sd_text)
+
+
+def load_encoders(config: GILLConfig, options: PrecomputeOptions = PrecomputeOptions()) -> FrozenEncoders:
+    """Load the frozen CLIP vision encoder and SD text encoder of ``config`` onto ``options.device``."""
+    from gill.factory import load_backbones, load_sd_text_encoder
+    from gill.hub import locate
+
+    vision = load_backbones(config, roles=("vision",))
+    sd = load_sd_text_encoder(config)
+    device = torch.device(options.device)
+    vision_dir = locate(config.backbones.vision)[0] or Path(vision.vision.name_or_path)
+    identity = {
+        "vision": _model_identity(
+            config.backbones.vision.id, config.backbones.vision.revision, vision_dir, [Path("config.json")], [Path(".")]
+        ),
+        "image_processor": _jsonable(vision.image_processor.to_dict()),
+        "sd_text": _model_identity(
+            config.backbones.sd.id,
+            config.backbones.sd.revision,
+            Path(sd.source),
+            [Path("text_encoder/config.json"), *_tokenizer_files(Path(sd.source))],
+            [Path("text_encoder")],
+        ),
+        "tokenizer_max_length": int(sd.tokenizer.model_max_length),
+        "outputs": {"vision": "pooler_output", "sd_text": "last_hidden_state", "sd_attention_mask": False},
+    }
+    return FrozenEncoders(
+        vision=vision.vision.to(device),
+        image_processor=vision.image_processor,
+        sd_tokenizer=sd.tokenizer,
+        sd_text_encoder=sd.text_encoder.to(device),
+        identity=identity,
+        device=device,
+        compute_dtype=options.compute_dtype,
+    )
+
+
+def _tokenizer_files(sd_dir: Path) -> list[Path]:
+    return sorted(p.relative_to(sd_dir) for p in (sd_dir / "tokenizer").iterdir() if p.is_file())
+
+
+def _model_identity(model_id: str, revision: str, folder: Path, files: list[Path], weight_dirs: list[Path]) -> dict:
+    """Id, revision, resolved Hub commit (when loaded from the HF cache) and sha256 of configs and weights."""
+    weights = [w.relative_to(folder) for d in weight_dirs for w in _weight_files(folder / d)]
+    return {
+        "id": model_id,
+        "revision": revision,
+        "local": looks_like_path(model_id),
+        "resolved_commit": folder.name if folder.parent.name == "snapshots" else None,
+        "files_sha256": {p.as_posix(): _content_sha256(folder / p) for p in [*files, *weights]},
+    }
+
+
+def _fingerprinted(identity: dict[str, Any]) -> dict[str, Any]:
+    """The identity without where a local model folder happens to live (its file hashes identify it)."""
+    out = dict(identity)
+    for role in ("vision", "sd_text"):
+        if out[role].get("local"):
+            out[role] = {k: v for k, v in out[role].items() if k not in ("id", "revision")}
+    return out
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The weights ``from_pretrained`` reads: safetensors when present, else ``.bin``."""
+    safetensors = sorted(folder.glob("*.safetensors"))
+    return safetensors or sorted(folder.glob("*.bin"))
+
+
+def _content_sha256(path: Path) -> str:
+    """sha256 of a file; free for Hub-cache LFS files, whose blob is named by it; cached per (size, mtime)."""
+    if path.is_symlink() and _SHA256_NAME.fullmatch(path.resolve().name):
+        return path.resolve().name
+    stat = path.stat()
+    return _cached_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """Hashing multi-GB local weights once per process, even when every shard task loads the encoders."""
+    return sha256_file(path)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def canonical_sha256(obj: Any) -> str:
+    """sha256 of the canonical JSON (sorted keys, no whitespace) of ``obj``."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def fingerprint_inputs(encoders: FrozenEncoders, options: PrecomputeOptions, source_sha256: str | None) -> dict:
+    """Every input that determines a feature shard's arrays (``source_sha256=None``: the encoder part only)."""
+    inputs = {
+        "format_version": FORMAT_VERSION,
+        "encoders": _fingerprinted(encoders.identity),
+        "compute_dtype": str(encoders.compute_dtype).removeprefix("torch."),
+        "storage_dtype": options.storage_dtype.name,
+    }
+    return inputs if source_sha256 is None else {**inputs, "source_sha256": source_sha256}
+
+
+# -- layout -----------------------------------------------------------------------------------------------
+
+
+def image_shards(split: str, workdir: Path) -> list[Path]:
+    """Complete image shards of ``split`` (tars with their ``_stats.json``), sorted."""
+    return complete_image_shards(split, Path(workdir))
+
+
+def feature_dir(split: str, workdir: Path) -> Path:
+    """``workdir/features/cc3m/<split>``: one sub-folder per image shard."""
+    return Path(workdir) / "features" / "cc3m" / split
+
+
+def read_feature_manifest(folder: Path) -> dict[str, Any] | None:
+    """The ``manifest.json`` of a feature shard, or None when absent or unreadable."""
+    try:
+        return json.loads((Path(folder) / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+# -- one shard --------------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class PreparedBatch:
+    """Encoder inputs of one batch, ready for the forward."""
+
+    keys: list[str]
+    """Sample keys, in row order."""
+    captions: list[str]
+    """Captions, in row order."""
+    pixel_values: torch.Tensor
+    """(B, 3, H, W) preprocessed images."""
+    input_ids: torch.Tensor
+    """(B, 77) SD token ids."""
+
+    def pin_memory(self) -> PreparedBatch:
+        """Page-locked copy, for asynchronous host-to-GPU copies (called by the DataLoader)."""
+        return dataclasses.replace(
+            self, pixel_values=self.pixel_values.pin_memory(), input_ids=self.input_ids.pin_memory()
+        )
+
+
+def decode_image(sample: ShardSample, shard: str) -> Image.Image:
+    """Decode a sample's JPEG to RGB; a broken image is an :class:`InputError` naming shard and key."""
+    try:
+        with Image.open(io.BytesIO(sample.jpeg)) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise InputError(f"image shard {shard}: cannot decode the image of sample {sample.key!r}", [str(err)]) from err
+
+
+def preprocess_images(image_processor: Any, images: list[Image.Image]) -> torch.Tensor:
+    """Resize, crop and normalise with the vision model's own processor -> (B, 3, H, W) float32."""
+    return image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+
+def sd_input_ids(tokenizer: Any, captions: list[str]) -> torch.Tensor:
+    """SD 1.5 tokenisation: pad to ``model_max_length`` (77), truncate right, no mask -> (B, 77) ids."""
+    max_length = tokenizer.model_max_length
+    enc = tokenizer(captions, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+    return enc["input_ids"]
+
+
+class ShardBatches(torch.utils.data.Dataset):
+    """Batch ``i`` of a shard's keys, read, decoded, preprocessed and tokenised (picklable: runs in workers)."""
+
+    def __init__(
+        self, index: ShardIndex, keys: list[str], image_processor: Any, sd_tokenizer: Any, batch_size: int
+    ) -> None:
+        self.index, self.keys, self.batch_size = index, keys, batch_size
+        self.image_processor, self.sd_tokenizer = image_processor, sd_tokenizer
+
+    def __len__(self) -> int:
+        return (len(self.keys) + self.batch_size - 1) // self.batch_size
+
+    def __getitem__(self, i: int) -> PreparedBatch:
+        samples = read_samples(self.index, self.keys[i * self.batch_size : (i + 1) * self.batch_size])
+        images = [decode_image(s, self.index.tar.name) for s in samples]
+        captions = [s.caption for s in samples]
+        return PreparedBatch(
+            keys=[s.key for s in samples],
+            captions=captions,
+            pixel_values=preprocess_images(self.image_processor, images),  # (B, 3, H, W)
+            input_ids=sd_input_ids(self.sd_tokenizer, captions),  # (B, 77)
+        )
+
+
+def _as_is(batch: PreparedBatch) -> PreparedBatch:
+    return batch
+
+
+def prepared_batches(
+    index: ShardIndex, keys: list[str], encoders: FrozenEncoders, options: PrecomputeOptions
+) -> Iterator[PreparedBatch]:
+    """Encoder inputs of ``keys`` in order, prepared ahead of the forward: in a thread, or in worker processes."""
+    batches = ShardBatches(index, keys, encoders.image_processor, encoders.sd_tokenizer, options.batch_size)
+    if options.num_workers == 0:
+        return prefetched((batches[i] for i in range(len(batches))), options.prefetch)
+    loader = torch.utils.data.DataLoader(
+        batches,
+        batch_size=None,
+        collate_fn=_as_is,
+        num_workers=options.num_workers,
+        multiprocessing_context=WORKER_CONTEXT,
+        prefetch_factor=max(options.prefetch, 1),
+        pin_memory=encoders.device.type == "cuda",
+    )
+    return _stopping_workers(loader)
+
+
+def _stopping_workers(loader: torch.utils.data.DataLoader) -> Iterator[PreparedBatch]:
+    """Iterate ``loader`` and stop its workers as soon as iteration ends, also on an error.
+
+    After an exception the iterator stays referenced by the traceback, and torch's deferred cleanup then waits
+    for a 5 s join timeout per worker; stopping them here takes milliseconds.
+    """
+    iterator = iter(loader)
+    try:
+        yield from iterator
+    finally:
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
+def prefetched(items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """Run ``items`` in a background thread, ``depth`` ahead (JPEG decode, resizing and tokenising release the GIL)."""
+    if depth <= 0:
+        yield from items
+        return
+    done, stop = object(), threading.Event()
+    slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
+
+    def put(item: Any) -> None:
+        while not stop.is_set():
+            try:
+                return slots.put(item, timeout=0.1)
+            except queue.Full:
+                continue
+
+    def produce() -> None:
+        try:
+            for item in items:
+                put(item)
+                if stop.is_set():  # the consumer is gone: prepare nothing more
+                    return
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            put(err)
+        put(done)
+
+    threading.Thread(target=produce, name="precompute-prefetch", daemon=True).start()
+    try:
+        while (item := slots.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def _open_array(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A writable ``.npy`` on disk (memory-mapped, so a large shard never sits in RAM)."""
+    if shape[0] == 0:
+        np.save(path, np.zeros(shape, dtype))
+        return np.zeros(shape, dtype)
+    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+
+
+def _to_storage(values: torch.Tensor, dtype: np.dtype, shard: str, what: str) -> np.ndarray:
+    stored = values.float().cpu().numpy().astype(dtype)
+    if not np.isfinite(stored).all():
+        raise InputError(
+            f"feature shard {shard}: {what} has non-finite values in storage dtype {dtype.name}",
+            ["use dtype='fp32' (values overflow float16) or check the encoder weights"],
+        )
+    return stored
+
+
+def compute_arrays(
+    folder: Path,
+    index: ShardIndex,
+    keys: list[str],
+    encoders: FrozenEncoders,
+    options: PrecomputeOptions,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Write ``vision.npy`` (N, Dv) and ``sd_text.npy`` (N, 77, Dt) of ``keys`` into ``folder``; return captions."""
+    n, dtype, shard = len(keys), options.storage_dtype, index.tar.stem
+    vision = _open_array(folder / VISION_FILE, (n, encoders.vision_dim), dtype)  # (N, Dv)
+    sd_text = _open_array(folder / SD_TEXT_FILE, (n, *encoders.text_shape), dtype)  # (N, 77, Dt)
+    row, captions = 0, []
+    for batch in prepared_batches(index, keys, encoders, options):
+        out = encoders.encode(batch.pixel_values, batch.input_ids)
+        size = len(batch.keys)
+        vision[row : row + size] = _to_storage(out.vision, dtype, shard, "vision")  # (b, Dv)
+        sd_text[row : row + size] = _to_storage(out.sd_text, dtype, shard, "sd_text")  # (b, 77, Dt)
+        row += size
+        captions += batch.captions
+        if on_batch is not None:
+            on_batch(size)
+    for array in (vision, sd_text):
+        if isinstance(array, np.memmap):
+            array.flush()
+    del vision, sd_text
+    return captions
+
+
+def _manifest(
+    split: str,
+    shard_tar: Path,
+    keys: list[str],
+    encoders: FrozenEncoders,
+    options: PrecomputeOptions,
+    source_sha256: str,
+    duration_s: float,
+) -> dict[str, Any]:
+    inputs = fingerprint_inputs(encoders, options, source_sha256)
+    n, (t, dt) = len(keys), encoders.text_shape
+    return {
+        "format_version": FORMAT_VERSION,
+        "split": split,
+        "shard": shard_tar.stem,
+        "count": n,
+        "fingerprint": canonical_sha256(inputs),
+        "encoder_fingerprint": canonical_sha256(fingerprint_inputs(encoders, options, None)),
+        "source": {"tar": shard_tar.name, "sha256": source_sha256, "size": shard_tar.stat().st_size},
+        "encoders": encoders.identity,
+        "dtype": {"option": options.dtype, "compute": inputs["compute_dtype"], "storage": inputs["storage_dtype"]},
+        "arrays": {
+            "vision": {"file": VISION_FILE, "shape": [n, encoders.vision_dim], "dtype": inputs["storage_dtype"]},
+            "sd_text": {"file": SD_TEXT_FILE, "shape": [n, t, dt], "dtype": inputs["storage_dtype"]},
+        },
+        "keys_file": KEYS_FILE,
+        "device": str(encoders.device),
+        "duration_s": round(duration_s, 4),
+        "samples_per_s": round(n / duration_s, 2) if duration_s > 0 else 0.0,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _up_to_date(folder: Path, fingerprint: str) -> dict[str, Any] | None:
+    manifest = read_feature_manifest(folder)
+    if manifest is None or manifest.get("fingerprint") != fingerprint:
+        return None
+    files = (VISION_FILE, SD_TEXT_FILE, KEYS_FILE)
+    return manifest if all((folder / f).is_file() for f in files) else None
+
+
+def precompute_shard(
+    shard_tar: Path,
+    split: str,
+    workdir: Path,
+    encoders: FrozenEncoders,
+    options: PrecomputeOptions = PrecomputeOptions(),
+    *,
+    on_batch: Callable[[int], None] | None = None,
+) -> ShardResult:
+    """Write (or keep, when its fingerprint is unchanged) the feature shard of one complete image shard.
+
+    One unit of work: a flow can fan out one task per shard. ``on_batch(n)`` is called after each batch.
+    """
+    shard_tar, shard = Path(shard_tar), Path(shard_tar).stem
+    out = feature_dir(split, workdir) / shard
+    source_sha256 = sha256_file(shard_tar)
+    fingerprint = canonical_sha256(fingerprint_inputs(encoders, options, source_sha256))
+    if (previous := _up_to_date(out, fingerprint)) is not None:
+        logger.info("feature shard %s/%s is up to date (%d rows), skipping", split, shard, previous["count"])
+        if on_batch is not None:
+            on_batch(previous["count"])
+        return ShardResult.from_manifest(previous, skipped=True)
+    index = index_shard(shard_tar)
+    keys = index.image_keys
+    start = time.perf_counter()
+    with atomic_directory(out) as tmp:
+        captions = compute_arrays(tmp, index, keys, encoders, options, on_batch)
+        atomic_write_json(tmp / KEYS_FILE, {"keys": keys, "captions": captions}, indent=0)
+        duration = time.perf_counter() - start
+        manifest = _manifest(split, shard_tar, keys, encoders, options, source_sha256, duration)
+        atomic_write_json(tmp / MANIFEST_FILE, manifest)
+    result = ShardResult.from_manifest(manifest, skipped=False)
+    logger.info("precomputed %s/%s: %d rows in %.2f s (%.1f samples/s)", split, shard, len(keys), duration,
+                result.samples_per_s)  # fmt: skip
+    return result
+
+
+# -- one split --------------------------------------------------------------------------------------------
+
+
+def _expected_count(shard_tar: Path) -> int:
+    try:
+        return int(json.loads(stats_path(shard_tar).read_text())["successes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def _warn_orphans(split: str, workdir: Path, shards: Iterable[Path]) -> None:
+    folder = feature_dir(split, workdir)
+    names = {s.stem for s in shards}
+    for sub in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if sub.is_dir() and not sub.name.startswith(".") and sub.name not in names:
+            logger.warning("feature shard %s has no complete image shard; the reader will refuse it", sub)
+
+
+def _require_image_shards(split: str, workdir: Path) -> list[Path]:
+    shards = image_shards(split, workdir)
+    if not shards:
+        raise InputError(
+            f"no complete image shards for split {split!r}",
+            [f"{image_split_dir(split, workdir)} holds no <shard>.tar with its _stats.json"],
+            hint="download the images first (gill data download)",
+        )
+    return shards
+
+
+def precompute_split(
+    split: str,
+    workdir: Path,
+    config: GILLConfig,
+    options: PrecomputeOptions = PrecomputeOptions(),
+    *,
+    progress: bool = True,
+) -> list[ShardResult]:
+    """Precompute every complete image shard of ``split`` (skipping up-to-date ones), with one progress bar.
+
+    Raises:
+        InputError: when the split has no complete image shard, or an image does not decode.
+    """
+    from tqdm import tqdm
+
+    workdir = Path(workdir)
+    shards = _require_image_shards(split, workdir)
+    _warn_orphans(split, workdir, shards)
+    encoders = load_encoders(config, options)
+    total = sum(_expected_count(s) for s in shards)
+    start, results = time.perf_counter(), []
+    with tqdm(total=total, unit="img", desc=f"precompute {split}", disable=not progress, dynamic_ncols=True) as bar:
+        for shard_tar in shards:
+            results.append(precompute_shard(shard_tar, split, workdir, encoders, options, on_batch=bar.update))
+    wall, done = time.perf_counter() - start, sum(r.count for r in results if not r.skipped)
+    logger.info("precomputed split %s: %d shards (%d skipped), %d new rows in %.1f s (%.1f samples/s)", split,
+                len(results), sum(r.skipped for r in results), done, wall, done / wall if wall else 0.0)  # fmt: skip
+    return results

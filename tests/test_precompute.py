@@ -1,0 +1,257 @@
+"""Precompute stage: stored targets equal a direct forward, resume by fingerprint, atomic shards (paper section 3)."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gill.data.precompute import (
+    FrozenEncoders,
+    PrecomputeOptions,
+    ShardResult,
+    feature_dir,
+    image_shards,
+    load_encoders,
+    precompute_shard,
+    precompute_split,
+)
+from gill.data.shards import ShardSample, image_split_dir, write_image_shard
+from gill.errors import ConfigError, InputError
+
+PER_SHARD = 6
+FP16_RTOL = 2.0**-10
+"""fp16 keeps 11 significant bits: rounding a float32 to it moves it by at most 2**-11 of its magnitude. Twice
+that covers the rounding plus float32 noise between batch sizes; atol covers fp16's subnormal range."""
+FP16_ATOL = 1e-5
+
+
+def world_samples(world) -> list[ShardSample]:
+    """The synthetic world's CC3M train pairs as img2dataset samples (key = 5-digit shard id + 4-digit index)."""
+    rows = [line.split("\t") for line in world.cc3m_train_tsv.read_text(encoding="utf-8").splitlines()]
+    return [
+        ShardSample(
+            key=f"{i // PER_SHARD:05d}{i % PER_SHARD:04d}",
+            caption=caption,
+            jpeg=Path(unquote(urlparse(url).path)).read_bytes(),
+            meta={"url": url},
+        )
+        for i, (caption, url) in enumerate(rows)
+    ]
+
+
+def write_world_shards(workdir: Path, samples: list[ShardSample]) -> None:
+    """Complete shards of PER_SHARD samples in shuffled member order, plus one incomplete shard (no _stats.json)."""
+    split_dir = image_split_dir("train", workdir)
+    for shard in range((len(samples) + PER_SHARD - 1) // PER_SHARD):
+        chunk = samples[shard * PER_SHARD : (shard + 1) * PER_SHARD]
+        random.Random(shard).shuffle(chunk)
+        write_image_shard(split_dir / f"{shard:05d}.tar", chunk)
+    extra = [ShardSample(key=f"99999{i:04d}", caption="unfinished", jpeg=samples[i].jpeg, meta={}) for i in range(2)]
+    write_image_shard(split_dir / "99999.tar", extra, complete=False)
+
+
+@dataclass
+class Precomputed:
+    workdir: Path
+    samples: dict[str, ShardSample]
+    results: list[ShardResult]
+
+
+@pytest.fixture(scope="module")
+def precomputed(tmp_path_factory, small_world, tiny_config) -> Precomputed:
+    workdir = tmp_path_factory.mktemp("precompute")
+    samples = world_samples(small_world)
+    write_world_shards(workdir, samples)
+    results = precompute_split("train", workdir, tiny_config, PrecomputeOptions(batch_size=4), progress=False)
+    return Precomputed(workdir=workdir, samples={s.key: s for s in samples}, results=results)
+
+
+def copy_workdir(precomputed: Precomputed, tmp_path: Path) -> Path:
+    target = tmp_path / "work"
+    shutil.copytree(precomputed.workdir, target)
+    return target
+
+
+def shard_listing(workdir: Path, shard: str) -> dict:
+    return json.loads((feature_dir("train", workdir) / shard / "keys.json").read_text())
+
+
+def test_features_equal_a_direct_forward_of_the_frozen_encoders(precomputed, tiny_config):
+    from gill.factory import load_backbones, load_sd_text_encoder
+
+    vision = load_backbones(tiny_config, roles=("vision",))
+    sd = load_sd_text_encoder(tiny_config)
+    for result in precomputed.results:
+        folder = feature_dir("train", precomputed.workdir) / result.shard
+        keys = shard_listing(precomputed.workdir, result.shard)["keys"]
+        samples = [precomputed.samples[k] for k in keys]
+        images = [Image.open(io.BytesIO(s.jpeg)).convert("RGB") for s in samples]
+        ids = sd.tokenizer(
+            [s.caption for s in samples], padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+        ).input_ids
+        with torch.inference_mode():
+            pixels = vision.image_processor(images=images, return_tensors="pt")["pixel_values"]
+            want_vision = vision.vision(pixel_values=pixels).pooler_output.numpy()  # (N, Dv)
+            want_text = sd.text_encoder(input_ids=ids).last_hidden_state.numpy()  # (N, 77, Dt)
+        got_vision, got_text = np.load(folder / "vision.npy"), np.load(folder / "sd_text.npy")
+        assert got_vision.dtype == np.float16 and got_vision.shape == want_vision.shape
+        assert got_text.dtype == np.float16 and got_text.shape == want_text.shape == (len(keys), 77, 32)
+        np.testing.assert_allclose(got_vision.astype(np.float32), want_vision, rtol=FP16_RTOL, atol=FP16_ATOL)
+        np.testing.assert_allclose(got_text.astype(np.float32), want_text, rtol=FP16_RTOL, atol=FP16_ATOL)
+
+
+def test_rows_are_sorted_by_key_and_carry_the_shard_captions(precomputed):
+    for result in precomputed.results:
+        listing = shard_listing(precomputed.workdir, result.shard)
+        assert listing["keys"] == sorted(listing["keys"]) and len(listing["keys"]) == result.count
+        assert listing["captions"] == [precomputed.samples[k].caption for k in listing["keys"]]
+    assert [r.count for r in precomputed.results] == [6, 6, 4]
+
+
+def test_manifest_records_encoders_dtypes_shapes_source_and_fingerprint(precomputed, tiny_config):
+    from gill.utils.io import sha256_file
+
+    result = precomputed.results[0]
+    manifest = json.loads((feature_dir("train", precomputed.workdir) / result.shard / "manifest.json").read_text())
+    tar = image_split_dir("train", precomputed.workdir) / "00000.tar"
+    assert manifest["fingerprint"] == result.fingerprint and manifest["count"] == 6
+    assert manifest["source"]["sha256"] == sha256_file(tar)
+    assert manifest["dtype"] == {"option": "fp16", "compute": "float32", "storage": "float16"}
+    assert manifest["arrays"]["vision"]["shape"] == [6, 48] and manifest["arrays"]["sd_text"]["shape"] == [6, 77, 32]
+    encoders = manifest["encoders"]
+    assert encoders["vision"]["id"] == tiny_config.backbones.vision.id
+    assert {"config.json", "model.safetensors"} <= set(encoders["vision"]["files_sha256"])
+    assert "text_encoder/config.json" in encoders["sd_text"]["files_sha256"]
+    assert any(name.startswith("tokenizer/") for name in encoders["sd_text"]["files_sha256"])
+    assert encoders["image_processor"]["crop_size"] == {"height": 32, "width": 32}
+    assert encoders["tokenizer_max_length"] == 77
+    assert len({r.fingerprint for r in precomputed.results}) == 3  # the source sha256 is part of it
+
+
+def test_arrays_load_memory_mapped(precomputed):
+    folder = feature_dir("train", precomputed.workdir) / "00001"
+    vision = np.load(folder / "vision.npy", mmap_mode="r")
+    sd_text = np.load(folder / "sd_text.npy", mmap_mode="r")
+    assert isinstance(vision, np.memmap) and isinstance(sd_text, np.memmap)
+    assert vision.shape == (6, 48) and sd_text.shape == (6, 77, 32) and np.isfinite(sd_text[-1]).all()
+
+
+def test_incomplete_image_shard_is_ignored(precomputed):
+    assert [p.name for p in image_shards("train", precomputed.workdir)] == ["00000.tar", "00001.tar", "00002.tar"]
+    assert [r.shard for r in precomputed.results] == ["00000", "00001", "00002"]
+    assert sorted(p.name for p in feature_dir("train", precomputed.workdir).iterdir()) == ["00000", "00001", "00002"]
+
+
+def test_rerun_skips_up_to_date_shards_without_touching_them(precomputed, tiny_config):
+    folder = feature_dir("train", precomputed.workdir)
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+    again = precompute_split("train", precomputed.workdir, tiny_config, PrecomputeOptions(batch_size=4), progress=False)
+    assert all(r.skipped for r in again)
+    assert [(r.fingerprint, r.count, r.duration_s) for r in again] == [
+        (r.fingerprint, r.count, r.duration_s) for r in precomputed.results
+    ]
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before
+
+
+def test_moving_the_model_folders_keeps_the_fingerprint(precomputed, tiny_config, tiny_zoo, tmp_path):
+    workdir = copy_workdir(precomputed, tmp_path)
+    for name in ("clip", "sd"):
+        shutil.copytree(tiny_zoo / name, tmp_path / "moved" / name)
+    moved = tiny_config.with_backbones(vision=str(tmp_path / "moved" / "clip"), sd=str(tmp_path / "moved" / "sd"))
+    again = precompute_split("train", workdir, moved, PrecomputeOptions(), progress=False)
+    assert all(r.skipped for r in again)  # same files, same hashes: where they live does not matter
+
+
+def test_other_dtype_or_changed_source_shard_recomputes(precomputed, tiny_config, tmp_path):
+    workdir = copy_workdir(precomputed, tmp_path)
+    fp32 = precompute_split("train", workdir, tiny_config, PrecomputeOptions(dtype="fp32"), progress=False)
+    assert not any(r.skipped for r in fp32)
+    assert np.load(feature_dir("train", workdir) / "00000" / "vision.npy").dtype == np.float32
+    kept = [precomputed.samples[k] for k in sorted(precomputed.samples) if k.startswith("00001")][:4]
+    write_image_shard(image_split_dir("train", workdir) / "00001.tar", kept)
+    again = precompute_split("train", workdir, tiny_config, PrecomputeOptions(dtype="fp32"), progress=False)
+    assert [r.skipped for r in again] == [True, False, True]
+    assert shard_listing(workdir, "00001")["keys"] == [s.key for s in kept]
+
+
+def test_worker_processes_write_the_same_shard(precomputed, tiny_config, tmp_path):
+    workdir = copy_workdir(precomputed, tmp_path)
+    shutil.rmtree(feature_dir("train", workdir))
+    options = PrecomputeOptions(batch_size=4, num_workers=2)
+    results = precompute_split("train", workdir, tiny_config, options, progress=False)
+    assert [r.fingerprint for r in results] == [r.fingerprint for r in precomputed.results]
+    for result in results:
+        for name in ("vision.npy", "sd_text.npy", "keys.json"):
+            new = (feature_dir("train", workdir) / result.shard / name).read_bytes()
+            assert new == (feature_dir("train", precomputed.workdir) / result.shard / name).read_bytes()
+
+
+def test_crash_mid_shard_leaves_no_feature_folder(precomputed, tiny_config, tmp_path, monkeypatch):
+    workdir = copy_workdir(precomputed, tmp_path)
+    folder = feature_dir("train", workdir)
+    shutil.rmtree(folder / "00000")
+    old_manifest = (folder / "00001" / "manifest.json").read_text()
+    encoders = load_encoders(tiny_config, PrecomputeOptions())
+    calls = []
+    real_encode = FrozenEncoders.encode
+
+    def crash_on_second_batch(self, pixel_values, input_ids):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash")
+        return real_encode(self, pixel_values, input_ids)
+
+    monkeypatch.setattr(FrozenEncoders, "encode", crash_on_second_batch)
+    tars = image_split_dir("train", workdir)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        precompute_shard(tars / "00000.tar", "train", workdir, encoders, PrecomputeOptions(batch_size=4))
+    calls.clear()
+    with pytest.raises(RuntimeError, match="simulated crash"):  # replacing a stale shard: the old one survives
+        precompute_shard(tars / "00001.tar", "train", workdir, encoders, PrecomputeOptions(batch_size=4, dtype="fp32"))
+    assert sorted(p.name for p in folder.iterdir()) == ["00001", "00002"]  # no half shard, no temp folder
+    assert (folder / "00001" / "manifest.json").read_text() == old_manifest
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_undecodable_image_is_an_error_naming_shard_and_key(precomputed, tiny_config, tmp_path, num_workers):
+    workdir = tmp_path / "work"
+    good = list(precomputed.samples.values())[:3]
+    broken = ShardSample(key="000000007", caption="a broken picture", jpeg=b"\xff\xd8 not a jpeg", meta={})
+    write_image_shard(image_split_dir("train", workdir) / "00000.tar", [*good, broken])
+    options = PrecomputeOptions(batch_size=2, num_workers=num_workers)
+    with pytest.raises(InputError, match=r"00000\.tar.*'000000007'"):
+        precompute_split("train", workdir, tiny_config, options, progress=False)
+    assert not feature_dir("train", workdir).exists() or not any(feature_dir("train", workdir).iterdir())
+
+
+def test_split_without_complete_shards_is_an_error(tiny_config, tmp_path):
+    with pytest.raises(InputError, match="no complete image shards"):
+        precompute_split("train", tmp_path, tiny_config, progress=False)
+
+
+def test_options_are_validated_all_at_once():
+    with pytest.raises(ConfigError) as err:
+        PrecomputeOptions(batch_size=0, dtype="int8", device="tpu")  # type: ignore[arg-type]
+    text = str(err.value)
+    assert "batch_size" in text and "dtype" in text and "device" in text
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            PrecomputeOptions(device="cuda")
+    assert PrecomputeOptions(dtype="bf16").storage_dtype == np.float16
+    assert PrecomputeOptions(dtype="bf16").compute_dtype == torch.float32  # CPU computes fp32
+
+
+def test_shard_result_row_has_the_precompute_shards_columns(precomputed):
+    row = precomputed.results[0].row()
+    assert list(row) == ["split", "shard", "count", "fingerprint", "duration_s", "samples_per_s"]
+    assert row["split"] == "train" and row["shard"] == "00000" and row["count"] == 6 and row["samples_per_s"] > 0
