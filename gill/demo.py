@@ -149,6 +149,7 @@ def smoke_pass(config: GILLConfig, world: Any, out_dir: Path, seed: int = 0) -> 
     from gill.factory import load_backbones
     from gill.tokenization import add_img_tokens
 
+    torch.manual_seed(seed)  # the new [IMG] embedding rows are drawn from the global RNG
     caption, image_path = _first_val_pair(world.cc3m_val_tsv)
     models = load_backbones(config, roles=("lm", "vision", "sd", "clip_metric"))
     img = add_img_tokens(models.tokenizer, config.adapters.num_img_tokens)

@@ -573,13 +573,7 @@ def test_kill_9_mid_run_then_resume(tmp_path):
         urls = write_tsv(tmp_path / "urls.tsv", rows, header="caption\turl")
         workdir, log = tmp_path / "work", tmp_path / "killed.log"
         out = split_dir(workdir, "train")
-        with open(log, "wb") as sink:
-            proc = subprocess.Popen(
-                [sys.executable, "-c", KILLED_RUN, str(urls), str(workdir)],
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        proc = start_killable_run(urls, workdir, log)
         try:
             wait_for(lambda: len(completed_shards("train", workdir)) == 1, 60, "shard 00000", log)
             wait_for(lambda: any(p.startswith("/gate/") for p in gated.requests), 30, "shard 00001", log)
@@ -610,6 +604,17 @@ def test_kill_9_mid_run_then_resume(tmp_path):
     assert len(samples) == 12 and sorted(s["txt"].decode() for s in samples.values()) == sorted(c for c, _ in rows)
 
 
+def start_killable_run(urls: Path, workdir: Path, log: Path) -> subprocess.Popen:
+    """Start a download in its own process group (so the test can SIGKILL all of it), logging to ``log``."""
+    with open(log, "wb") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-c", KILLED_RUN, str(urls), str(workdir)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def live_group_members(pgid: int) -> list[int]:
     """Pids of processes in a process group that are not zombies."""
     members = []
@@ -628,13 +633,7 @@ def test_killing_only_the_caller_stops_img2dataset_and_frees_the_lock(tmp_path):
     with serve() as gated:
         urls = write_tsv(tmp_path / "urls.tsv", [(f"gated {i}", gated.url(f"gate/{i}.jpg")) for i in range(4)])
         workdir, log = tmp_path / "work", tmp_path / "killed.log"
-        with open(log, "wb") as sink:
-            proc = subprocess.Popen(
-                [sys.executable, "-c", KILLED_RUN, str(urls), str(workdir)],
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        proc = start_killable_run(urls, workdir, log)
         try:
             wait_for(lambda: bool(gated.requests), 30, "the first request", log)
             os.kill(proc.pid, signal.SIGKILL)

@@ -84,10 +84,10 @@ def test_precompute_flow_runs_one_task_per_shard_and_skips_on_rerun(downloaded):
 def test_precompute_flow_spreads_over_a_local_dask_cluster(downloaded, tmp_path):
     import shutil
 
-    from gill.data.precompute import feature_dir
     from prefect_dask import DaskTaskRunner
 
     from flows.precompute_targets import PrecomputeParams, precompute_targets_flow
+    from gill.data.precompute import feature_dir
 
     shutil.rmtree(feature_dir("train", downloaded), ignore_errors=True)
     runner = DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True,

@@ -8,12 +8,12 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from shard_helpers import world_samples
 
 from gill.data.precompute import (
     FrozenEncoders,
@@ -33,20 +33,6 @@ FP16_RTOL = 2.0**-10
 """fp16 keeps 11 significant bits: rounding a float32 to it moves it by at most 2**-11 of its magnitude. Twice
 that covers the rounding plus float32 noise between batch sizes; atol covers fp16's subnormal range."""
 FP16_ATOL = 1e-5
-
-
-def world_samples(world) -> list[ShardSample]:
-    """The synthetic world's CC3M train pairs as img2dataset samples (key = 5-digit shard id + 4-digit index)."""
-    rows = [line.split("\t") for line in world.cc3m_train_tsv.read_text(encoding="utf-8").splitlines()]
-    return [
-        ShardSample(
-            key=f"{i // PER_SHARD:05d}{i % PER_SHARD:04d}",
-            caption=caption,
-            jpeg=Path(unquote(urlparse(url).path)).read_bytes(),
-            meta={"url": url},
-        )
-        for i, (caption, url) in enumerate(rows)
-    ]
 
 
 def write_world_shards(workdir: Path, samples: list[ShardSample]) -> None:
@@ -70,7 +56,7 @@ class Precomputed:
 @pytest.fixture(scope="module")
 def precomputed(tmp_path_factory, small_world, tiny_config) -> Precomputed:
     workdir = tmp_path_factory.mktemp("precompute")
-    samples = world_samples(small_world)
+    samples = world_samples(small_world, PER_SHARD)
     write_world_shards(workdir, samples)
     results = precompute_split("train", workdir, tiny_config, PrecomputeOptions(batch_size=4), progress=False)
     return Precomputed(workdir=workdir, samples={s.key: s for s in samples}, results=results)

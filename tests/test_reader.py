@@ -8,11 +8,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pytest
 import torch
+from shard_helpers import world_samples
 
 from gill.data.precompute import PrecomputeOptions, feature_dir, load_encoders, precompute_shard, precompute_split
 from gill.data.reader import TrainingBatch, TrainingData, tokenize_captions
@@ -22,20 +22,6 @@ from gill.tokenization import ImgTokens, add_img_tokens
 
 PER_SHARD = 6
 MAX_LEN = 32
-
-
-def world_samples(world) -> list[ShardSample]:
-    """The synthetic world's CC3M train pairs as img2dataset samples (key = 5-digit shard id + 4-digit index)."""
-    rows = [line.split("\t") for line in world.cc3m_train_tsv.read_text(encoding="utf-8").splitlines()]
-    return [
-        ShardSample(
-            key=f"{i // PER_SHARD:05d}{i % PER_SHARD:04d}",
-            caption=caption,
-            jpeg=Path(unquote(urlparse(url).path)).read_bytes(),
-            meta={"url": url},
-        )
-        for i, (caption, url) in enumerate(rows)
-    ]
 
 
 @dataclass
@@ -54,7 +40,7 @@ def world(tmp_path_factory, small_world, tiny_config) -> World:
     from transformers import AutoTokenizer
 
     workdir = tmp_path_factory.mktemp("reader")
-    samples = world_samples(small_world)
+    samples = world_samples(small_world, PER_SHARD)
     for shard in range(3):
         chunk = samples[shard * PER_SHARD : (shard + 1) * PER_SHARD]
         random.Random(shard).shuffle(chunk)
