@@ -197,10 +197,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gill", description="GILL: train, reproduce and compare LLM-to-image models.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
+    _add_models_parsers(_group(groups, "models", "backbones: build the tiny zoo, check availability"))
+    _add_config_parsers(_group(groups, "config", "show configs and presets"))
+    data = _group(groups, "data", "datasets: synthetic world, CC3M, precomputed targets")
+    _add_synth_parser(data)
+    _add_download_parser(data)
+    _add_precompute_parser(data)
+    _add_db_parsers(_group(groups, "db", "query the results database"))
+    p = groups.add_parser("demo", help="run the pipeline stages that exist on the embedded default")
+    add_config_args(p)
+    p.add_argument("--workdir", type=Path, default=Path("work/demo"), help="where outputs go (default work/demo)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+    return parser
 
-    models = groups.add_parser("models", help="backbones: build the tiny zoo, check availability").add_subparsers(
-        dest="command", metavar="SUBCOMMAND", required=True
-    )
+
+def _group(groups: argparse._SubParsersAction, name: str, help_text: str) -> argparse._SubParsersAction:
+    return groups.add_parser(name, help=help_text).add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+
+
+def _add_models_parsers(models: argparse._SubParsersAction) -> None:
     p = models.add_parser("build-tiny", help="build the tiny random-initialised model zoo")
     p.add_argument("--out", type=Path, required=True, help="folder to write the zoo into")
     p.add_argument("--seed", type=int, default=0, help="seed for tokenizer corpus and weights")
@@ -210,9 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_models_check)
 
-    config = groups.add_parser("config", help="show configs and presets").add_subparsers(
-        dest="command", metavar="SUBCOMMAND", required=True
-    )
+
+def _add_config_parsers(config: argparse._SubParsersAction) -> None:
     p = config.add_parser("show", help="print the resolved config and derived dims")
     add_config_args(p)
     p.add_argument("--out", type=Path, help="also save the config JSON here")
@@ -220,9 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config_show)
     config.add_parser("presets", help="list the named presets").set_defaults(func=cmd_config_presets)
 
-    data = groups.add_parser("data", help="datasets: synthetic world, CC3M, precomputed targets").add_subparsers(
-        dest="command", metavar="SUBCOMMAND", required=True
-    )
+
+def _add_synth_parser(data: argparse._SubParsersAction) -> None:
     p = data.add_parser("synth", help="write the synthetic shapes world in CC3M/VIST/VisDial formats")
     p.add_argument("--out", type=Path, required=True, help="folder to write the world into")
     p.add_argument("--seed", type=int, default=0)
@@ -233,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=128, help="rendered image side in pixels")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_synth)
-    _add_download_parser(data)
+
+
+def _add_precompute_parser(data: argparse._SubParsersAction) -> None:
     p = data.add_parser("precompute", help="precompute frozen vision features and SD text targets per shard")
     add_config_args(p)
     p.add_argument("--split", choices=("train", "val"), required=True)
@@ -244,22 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_precompute)
 
-    db = groups.add_parser("db", help="query the results database").add_subparsers(
-        dest="command", metavar="SUBCOMMAND", required=True
-    )
+
+def _add_db_parsers(db: argparse._SubParsersAction) -> None:
     p = db.add_parser("query", help="run SQL against <workdir>/gill.duckdb")
     p.add_argument("sql", help='e.g. "SELECT * FROM download_shards"')
     p.add_argument("--workdir", type=Path, required=True)
     p.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     p.add_argument("--max-rows", type=int, default=200)
     p.set_defaults(func=cmd_db_query)
-
-    p = groups.add_parser("demo", help="run the pipeline stages that exist on the embedded default")
-    add_config_args(p)
-    p.add_argument("--workdir", type=Path, default=Path("work/demo"), help="where outputs go (default work/demo)")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_demo)
-    return parser
 
 
 def _add_download_parser(data: argparse._SubParsersAction) -> None:
