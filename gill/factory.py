@@ -124,8 +124,13 @@ _HF_LOADERS: dict[str, tuple[tuple[str, str, bool], ...]] = {
 }
 
 
-def _sources(config: GILLConfig, roles: list[str]) -> dict[str, str]:
-    """Local folder for each role, after checking all of them (downloads allowed: hub ids pass through)."""
+def resolve_sources(config: GILLConfig, roles: Iterable[str]) -> dict[str, str]:
+    """Local folder for each role, after checking all of them at once (downloads allowed: hub ids pass through).
+
+    Call it first when loading several backbones one after another, so a missing model is reported together
+    with every other missing one instead of after the first loads.
+    """
+    roles = list(roles)
     if downloads_allowed():
         return {role: str(locate(ref)[0] or ref.id) for role, ref in config.backbones.roles().items() if role in roles}
     return {role: str(path) for role, path in require_backbones(config.backbones, roles, config.preset).items()}
@@ -145,7 +150,7 @@ def load_backbones(config: GILLConfig, roles: Iterable[str] = ("lm", "vision"), 
 
     roles = list(roles)
     config.backbones.check_roles(roles)
-    src = _sources(config, roles)
+    src = resolve_sources(config, roles)
     quiet_hf_logging()
     out = LoadedBackbones()
     for role in roles:
@@ -186,7 +191,7 @@ def load_sd_text_encoder(config: GILLConfig, dtype: Any = None) -> SDTextEncoder
     """Load SD's tokenizer and text encoder without the UNet/VAE (a few hundred MB instead of GBs)."""
     import transformers
 
-    source = _sources(config, ["sd"])["sd"]
+    source = resolve_sources(config, ["sd"])["sd"]
     revision = config.backbones.sd.revision
     quiet_hf_logging()
     kw = {"dtype": dtype} if dtype is not None else {}

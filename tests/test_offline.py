@@ -93,3 +93,13 @@ def test_a_model_in_the_hf_cache_is_found_by_its_hub_id(tmp_path, monkeypatch, t
     status = check_backbone("lm", ModelRef(id="acme/tiny-opt"))
     assert status.available, status.problem
     assert status.local_dir == snapshot
+
+
+def test_precompute_under_paper_names_both_missing_encoders_before_loading_either():
+    from gill.data.precompute import load_encoders
+
+    with pytest.raises(MissingWeightsError) as info:
+        load_encoders(paper_config())
+    message = str(info.value)
+    assert PAPER_CLIP in message and PAPER_SD in message
+    assert PAPER_LM not in message  # precompute does not need the LM

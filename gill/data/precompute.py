@@ -243,9 +243,10 @@ class FrozenEncoders:
 
 def load_encoders(config: GILLConfig, options: PrecomputeOptions = PrecomputeOptions()) -> FrozenEncoders:
     """Load the frozen CLIP vision encoder and SD text encoder of ``config`` onto ``options.device``."""
-    from gill.factory import load_backbones, load_sd_text_encoder
+    from gill.factory import load_backbones, load_sd_text_encoder, resolve_sources
     from gill.hub import locate
 
+    resolve_sources(config, ("vision", "sd"))  # one error naming every missing encoder, before loading any
     vision = load_backbones(config, roles=("vision",))
     sd = load_sd_text_encoder(config)
     device = torch.device(options.device)
