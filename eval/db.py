@@ -30,6 +30,9 @@ TABLES: dict[str, str] = {
     "download_failures": """
         split VARCHAR NOT NULL, shard VARCHAR NOT NULL, url VARCHAR, caption VARCHAR, status VARCHAR,
         error_message VARCHAR""",
+    "train_metrics": """
+        run_id VARCHAR NOT NULL, step INTEGER NOT NULL, name VARCHAR NOT NULL, value DOUBLE,
+        PRIMARY KEY (run_id, step, name)""",
     "precompute_shards": """
         split VARCHAR NOT NULL, shard VARCHAR NOT NULL, count INTEGER, fingerprint VARCHAR, duration_s DOUBLE,
         samples_per_s DOUBLE, PRIMARY KEY (split, shard)""",
@@ -126,3 +129,9 @@ def record_download(
 def record_precompute(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
     """Store one row per precomputed feature shard (replacing by split and shard)."""
     replace_rows(path, "precompute_shards", rows)
+
+
+def record_metrics(path: str | Path, run_id: str, step: int, values: Mapping[str, float]) -> None:
+    """Store one step's named metrics for a training run (``train_metrics``: run_id, step, name, value)."""
+    rows = [{"run_id": run_id, "step": step, "name": name, "value": float(v)} for name, v in values.items()]
+    replace_rows(path, "train_metrics", rows)
