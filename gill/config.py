@@ -185,6 +185,69 @@ class AdapterConfig(_Validated):
 
 
 @dataclass(frozen=True, kw_only=True)
+class TrainConfig(_Validated):
+    """Adapter training (paper section 3.4, appendix; gill-facts 2.3-2.5). Defaults are the paper run's."""
+
+    steps: int = 20000
+    """Optimizer steps (10 "epochs" x 2,000 in the official run)."""
+    batch_size: int = 200
+    """Global batch per optimizer step (summed over processes and accumulation micro-steps)."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    lr: float = 1e-3
+    """Peak learning rate of AdamW."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    weight_decay: float = 0.01
+    """AdamW weight decay, applied to adapter parameters only."""
+    warmup_steps: int = 2000
+    """Linear warm-up from 0."""
+    decay_every: int = 10000
+    """After warm-up, multiply the rate by ``decay_gamma`` every this many steps."""
+    decay_gamma: float = 0.1
+    """Step-decay factor."""
+    grad_clip: float = 1.0
+    """Max global gradient norm (0 disables clipping)."""
+    precision: Literal["bf16", "fp32"] = "bf16"
+    """bf16 autocast with fp32 master weights (fixes the official pure-bf16 training), or plain fp32."""
+    concat_prob: float = 0.5
+    """Probability of the concat-captions augmentation per task and step."""
+    cap_loss_scale: float = 1.0
+    """Weight of the captioning loss."""
+    ret_loss_scale: float = 1.0
+    """Weight of the contrastive retrieval loss."""
+    gen_loss_scale: float = 1.0
+    """Weight of the generation (mapper) loss."""
+    gen_loss: GenLossKind = "l2"
+    """Generation loss: the official per-token L2 (``l2``) or ``mse``."""
+    seed: int = 0
+    """Seed of weights init, data order and augmentation draws."""
+    val_every: int = 2000
+    """Validate every this many steps (and at the end)."""
+    ckpt_every: int = 2000
+    """Save a resumable checkpoint every this many steps (and at the end)."""
+    keep_last: int = 2
+    """Resumable checkpoints kept (older ones are deleted)."""
+    log_every: int = 10
+    """Write metrics every this many steps."""
+
+    def _problems(self) -> list[str]:
+        problems: list[str] = []
+        for name in ("steps", "batch_size", "grad_accum", "lr", "ckpt_every", "val_every", "keep_last", "log_every"):
+            _positive(problems, name, getattr(self, name))
+        for name in ("warmup_steps", "decay_every", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name}: must be >= 0, got {getattr(self, name)!r}")
+        if self.grad_accum > 0 and self.batch_size % self.grad_accum:
+            problems.append(f"batch_size: must be divisible by grad_accum ({self.grad_accum}), got {self.batch_size}")
+        if not 0.0 <= self.concat_prob <= 1.0:
+            problems.append(f"concat_prob: must be in [0, 1], got {self.concat_prob!r}")
+        if not all(0.0 <= b < 1.0 for b in self.betas) or len(self.betas) != 2:
+            problems.append(f"betas: must be two values in [0, 1), got {self.betas!r}")
+        return problems
+
+
+@dataclass(frozen=True, kw_only=True)
 class GILLConfig(_Validated):
     """Root configuration: which backbones, which adapter sizes, how long a training caption may be."""
 
@@ -194,6 +257,8 @@ class GILLConfig(_Validated):
     """The trainable adapters."""
     max_len: int = 32
     """Caption length in LM tokens including BOS and the [IMG] tokens (32 in the official code)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Adapter training settings."""
     preset: str = "custom"
     """Name of the preset this config came from (informational)."""
 

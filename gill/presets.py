@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from gill.config import AdapterConfig, BackbonesConfig, GILLConfig, MapperConfig, ModelRef
+from gill.config import AdapterConfig, BackbonesConfig, GILLConfig, MapperConfig, ModelRef, TrainConfig
 from gill.errors import ConfigError
 
 PAPER_LM = "facebook/opt-6.7b"
@@ -44,7 +44,7 @@ def paper_config() -> GILLConfig:
         sd=ModelRef(id=PAPER_SD),
         clip_metric=ModelRef(id=PAPER_CLIP),
     )
-    return GILLConfig(preset="paper", backbones=backbones, adapters=AdapterConfig(), max_len=32)
+    return GILLConfig(preset="paper", backbones=backbones, adapters=AdapterConfig(), max_len=32, train=TrainConfig())
 
 
 def tiny_config(zoo_dir: str | Path | None = None) -> GILLConfig:
@@ -58,7 +58,11 @@ def tiny_config(zoo_dir: str | Path | None = None) -> GILLConfig:
     )
     mapper = MapperConfig(hidden_dim=32, num_heads=4, num_encoder_layers=2, num_decoder_layers=2, ffn_dim=64)
     adapters = AdapterConfig(num_img_tokens=8, n_visual_tokens=4, ret_emb_dim=32, num_clip_tokens=77, mapper=mapper)
-    return GILLConfig(preset="tiny", backbones=backbones, adapters=adapters, max_len=32)
+    train = TrainConfig(
+        steps=300, batch_size=16, warmup_steps=20, decay_every=200, val_every=100, ckpt_every=100, log_every=5,
+        precision="fp32",
+    )  # fmt: skip
+    return GILLConfig(preset="tiny", backbones=backbones, adapters=adapters, max_len=32, train=train)
 
 
 PRESETS: dict[str, Callable[[], GILLConfig]] = {"paper": paper_config, "tiny": tiny_config}

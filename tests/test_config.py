@@ -99,3 +99,21 @@ def test_unknown_backbone_roles_are_rejected_by_name(tiny_config):
         paper_config().with_backbones(unet="/x")
     with pytest.raises(ConfigError, match="decoder: allowed roles are"):
         load_backbones(tiny_config, roles=("lm", "decoder"))
+
+
+def test_training_settings_default_to_the_paper_run_and_are_validated():
+    from gill.config import TrainConfig
+
+    train = paper_config().train
+    assert (train.steps, train.batch_size, train.lr, train.betas, train.weight_decay) == (
+        20000,
+        200,
+        1e-3,
+        (0.9, 0.95),
+        0.01,
+    )
+    assert (train.warmup_steps, train.decay_every, train.grad_clip, train.concat_prob) == (2000, 10000, 1.0, 0.5)
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(batch_size=10, grad_accum=3, concat_prob=2.0, betas=(0.9, 1.5))
+    text = str(info.value)
+    assert "batch_size: must be divisible by grad_accum (3)" in text and "concat_prob" in text and "betas" in text
