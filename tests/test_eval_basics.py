@@ -34,3 +34,18 @@ def test_loss_curves_are_drawn_where_the_data_is(tmp_path):
 def test_plotting_nothing_finite_is_an_error_naming_the_series(tmp_path):
     with pytest.raises(ValueError, match="loss"):
         plot_curves({"loss": [(0, float("nan"))]}, tmp_path / "x.png")
+
+
+def test_recall_counts_true_pairs_within_the_top_k():
+    import torch
+
+    from eval.metrics import retrieval_recall, true_pair_ranks
+
+    images = torch.eye(4)
+    texts = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1.0], [0, 0, 1.0, 0]])  # rows 2 and 3 swapped
+    recall = retrieval_recall(texts, images, ks=(1, 2))
+    assert recall["t2i_r1"] == 0.5 and recall["i2t_r1"] == 0.5
+    assert recall["t2i_r2"] == 0.5  # the swapped pairs tie with zeros elsewhere: ties rank the true pair last
+    assert true_pair_ranks(torch.ones(3, 3)).tolist() == [2, 2, 2]
+    random = torch.randn(50, 8)
+    assert retrieval_recall(random, random, ks=(1,))["t2i_r1"] == 1.0
