@@ -59,3 +59,16 @@ class PrecomputeParams(ModelParams):
     batch_size: int = Field(64, ge=1, description="images/captions per encoder forward")
     device: str = Field("cpu", description="torch device: cpu or cuda")
     dtype: Literal["fp16", "bf16", "fp32"] = Field("fp16", description="compute/storage precision")
+
+
+class TrainParams(ModelParams):
+    """Parameters of the ``train-adapters`` flow (see ``gill train --help``)."""
+
+    workdir: Path = Field(description="work folder with precomputed features under features/cc3m/{train,val}")
+    steps: int | None = Field(None, ge=1, description="optimizer steps (default: the preset's)")
+    batch_size: int | None = Field(None, ge=2, description="global batch per step (default: the preset's)")
+    lr: float | None = Field(None, gt=0, description="peak learning rate (default: the preset's)")
+    seed: int | None = Field(None, ge=0, description="seed of init, data order and augmentation")
+    device: str = Field("cpu", description="torch device: cpu or cuda")
+    run_id: str | None = Field(None, description="run folder name under <workdir>/runs (default: a new id)")
+    resume: bool = Field(False, description="continue the run named by run_id (or the latest) from its checkpoint")

@@ -85,6 +85,26 @@ def cmd_models_check(args: argparse.Namespace) -> int:
     return 3 if missing else 0
 
 
+# -- model ----------------------------------------------------------------------------------------------
+
+
+def cmd_model_summary(args: argparse.Namespace) -> int:
+    """Print per-module trainable/frozen parameter counts (no weights needed) next to the released GILL's."""
+    from gill.model import summary
+
+    _out(summary(resolve_config(args)).render())
+    return 0
+
+
+def cmd_import_official(args: argparse.Namespace) -> int:
+    """Convert an official GILL release folder (model_args.json, pretrained_ckpt.pth.tar) into our format."""
+    from gill.official import import_official
+
+    report = import_official(args.dir, args.out, lm=args.lm, vision=args.vision, sd=args.sd)
+    _out(report.render())
+    return 0
+
+
 # -- config ----------------------------------------------------------------------------------------------
 
 
@@ -177,6 +197,22 @@ def cmd_db_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train the adapters on precomputed targets; metrics go to <workdir>/gill.duckdb and a loss-curve PNG."""
+    from eval.reports import run_training
+
+    names = ("steps", "batch_size", "lr", "grad_accum", "seed")
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    result, curve = run_training(resolve_config(args), args.workdir, overrides=overrides, run_id=args.run_id,
+                                 resume=args.resume, device=args.device)  # fmt: skip
+    last = result.history[-1] if result.history else {}
+    _out(f"run {result.run_id}: {result.steps} steps, final loss {last.get('loss', float('nan')):.4f}")
+    if result.validations:
+        _out(f"best val text-to-image R@1: {result.best_t2i_r1:.3f} (checkpoint {result.run_dir / 'best'})")
+    _out(f'loss curve: {curve}; metrics: gill db query --workdir {args.workdir} "SELECT * FROM train_metrics"')
+    return 0
+
+
 # -- demo ------------------------------------------------------------------------------------------------
 
 
@@ -199,11 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
     _add_models_parsers(_group(groups, "models", "backbones: build the tiny zoo, check availability"))
     _add_config_parsers(_group(groups, "config", "show configs and presets"))
+    _add_model_parsers(_group(groups, "model", "the GILL model: parameter summary"))
+    _add_import_official_parser(groups)
     data = _group(groups, "data", "datasets: synthetic world, CC3M, precomputed targets")
     _add_synth_parser(data)
     _add_download_parser(data)
     _add_precompute_parser(data)
     _add_db_parsers(_group(groups, "db", "query the results database"))
+    _add_train_parser(groups)
     p = groups.add_parser("demo", help="run the pipeline stages that exist on the embedded default")
     add_config_args(p)
     p.add_argument("--workdir", type=Path, default=Path("work/demo"), help="where outputs go (default work/demo)")
@@ -236,6 +275,22 @@ def _add_config_parsers(config: argparse._SubParsersAction) -> None:
     config.add_parser("presets", help="list the named presets").set_defaults(func=cmd_config_presets)
 
 
+def _add_model_parsers(model: argparse._SubParsersAction) -> None:
+    p = model.add_parser("summary", help="per-module trainable/frozen parameter counts (meta device, no weights)")
+    add_config_args(p)
+    p.set_defaults(func=cmd_model_summary)
+
+
+def _add_import_official_parser(groups: argparse._SubParsersAction) -> None:
+    p = groups.add_parser("import-official", help="convert the official GILL release into our checkpoint format")
+    p.add_argument("dir", type=Path, help="official release folder (model_args.json, pretrained_ckpt.pth.tar, ...)")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    p.add_argument("--lm", help="LM Hub id or local folder (default: model_args.json's opt_version)")
+    p.add_argument("--vision", help="CLIP Hub id or local folder (default: model_args.json's visual_encoder)")
+    p.add_argument("--sd", help="Stable Diffusion Hub id or local folder (default: SD v1.5)")
+    p.set_defaults(func=cmd_import_official)
+
+
 def _add_synth_parser(data: argparse._SubParsersAction) -> None:
     p = data.add_parser("synth", help="write the synthetic shapes world in CC3M/VIST/VisDial formats")
     p.add_argument("--out", type=Path, required=True, help="folder to write the world into")
@@ -259,6 +314,21 @@ def _add_precompute_parser(data: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="compute/storage precision")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_precompute)
+
+
+def _add_train_parser(groups: argparse._SubParsersAction) -> None:
+    p = groups.add_parser("train", help="train the GILL adapters on precomputed targets")
+    add_config_args(p)
+    p.add_argument("--workdir", type=Path, required=True, help="work folder with features/cc3m/{train,val}")
+    p.add_argument("--steps", type=int, help="optimizer steps (default: the preset's)")
+    p.add_argument("--batch-size", type=int, help="global batch per step")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--grad-accum", type=int, help="micro-batches per step")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--run-id", help="name of the run folder under <workdir>/runs (default: a new id)")
+    p.add_argument("--resume", action="store_true", help="continue the run (--run-id, or the latest one)")
+    p.set_defaults(func=cmd_train)
 
 
 def _add_db_parsers(db: argparse._SubParsersAction) -> None:

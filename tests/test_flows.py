@@ -96,3 +96,17 @@ def test_precompute_flow_spreads_over_a_local_dask_cluster(downloaded, tmp_path)
         PrecomputeParams(split="train", workdir=downloaded, batch_size=4)
     )
     assert result == {"shards": 3, "computed": 3, "samples": 16}
+
+
+def test_train_flow_runs_and_publishes_its_metrics(downloaded):
+    from prefect.artifacts import Artifact
+
+    from flows.train_adapters import TrainParams, train_adapters_flow
+    from gill.data.precompute import PrecomputeOptions, precompute_split
+    from gill.presets import get_preset
+
+    precompute_split("train", downloaded, get_preset("tiny"), PrecomputeOptions(batch_size=8), progress=False)
+    summary = train_adapters_flow(TrainParams(workdir=downloaded, steps=2, batch_size=8, run_id="flow"))
+    assert summary["run_id"] == "flow" and summary["last"]["step"] == 2
+    assert Path(summary["curve"]).is_file()
+    assert Artifact.get("train-metrics") is not None

@@ -31,3 +31,15 @@ def test_failed_directory_build_keeps_the_previous_version(tmp_path):
             raise RuntimeError("crash")
     assert sha256_tree(target) == before and (target / "v").read_text() == "1"
     assert [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
+def test_atomic_directory_gets_the_usual_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_directory(tmp_path / "shared") as tmp:
+            (tmp / "f").write_text("x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "shared").stat().st_mode & 0o777 == 0o755

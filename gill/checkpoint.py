@@ -1,0 +1,255 @@
+"""Our checkpoint format: a folder with ``config.json`` and the *trainable* weights only (style.md item 6).
+
+Layout written by :func:`save_pretrained` and read back by :func:`load_adapters`::
+
+    <dir>/config.json            format + version, the GILLConfig, backbone ids and revisions, the [IMG]
+                                 tokenizer additions, provenance (gill version, git sha, time), extra
+    <dir>/adapters.safetensors   GILLAdapters state dict (input_proj, img_embeddings, retrieval, mapper)
+    <dir>/decision.safetensors   optional DecisionHead state dict
+
+The frozen backbones are never stored: they are named (id + revision) and loaded by :mod:`gill.factory`.
+Loading is strict: every missing, unexpected and mis-shaped tensor is listed in one
+:class:`~gill.errors.InputError`. :func:`check_backbones` tells whether a checkpoint fits a config's backbones.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import gill
+from gill.adapters import DecisionHead, GILLAdapters, build_adapters
+from gill.config import DerivedDims, GILLConfig
+from gill.errors import ConfigError, InputError
+from gill.tokenization import ImgTokens
+from gill.utils.io import atomic_directory, atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "gill-adapters"
+"""Value of ``config.json["format"]``."""
+FORMAT_VERSION = 1
+"""Bump when the layout changes; loaders refuse newer versions."""
+CONFIG_FILE = "config.json"
+ADAPTERS_FILE = "adapters.safetensors"
+DECISION_FILE = "decision.safetensors"
+CHECKED_ROLES = ("lm", "vision", "sd")
+"""Backbones the adapters' weights depend on (the metric CLIP does not)."""
+
+
+@dataclass(kw_only=True)
+class LoadedCheckpoint:
+    """What :func:`load_adapters` returns."""
+
+    config: GILLConfig
+    """The configuration the checkpoint was saved with."""
+    adapters: GILLAdapters
+    """The trained adapters (on CPU, dtype as stored)."""
+    img_tokens: ImgTokens
+    """The [IMG] strings and the ids they had at save time (empty ids: unknown, e.g. an import without tokenizer)."""
+    decision_head: DecisionHead | None = None
+    """The decision head, when the checkpoint has one."""
+    record: dict[str, Any] = field(default_factory=dict)
+    """The whole ``config.json`` (provenance, extra)."""
+
+
+# -- save ---------------------------------------------------------------------------------------------------------
+
+
+def _git_sha() -> str | None:
+    """The commit of the gill source tree, or None without git or outside a repository."""
+    try:
+        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                              text=True, timeout=10, check=False)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = proc.stdout.strip()
+    return sha if proc.returncode == 0 and sha else None
+
+
+def _tensors(module: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to(device="cpu", dtype=dtype).contiguous() for k, v in module.state_dict().items()}
+
+
+def _record(config: GILLConfig, img_tokens: ImgTokens, decision_head: DecisionHead | None, dtype: torch.dtype,
+            num_parameters: int, extra: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
+    decision = None
+    if decision_head is not None:
+        decision = {"file": DECISION_FILE, "with_retrieval_score": decision_head.with_retrieval_score,
+                    "in_features": decision_head.linear.in_features}  # fmt: skip
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "backbones": {role: {"id": ref.id, "revision": ref.revision} for role, ref in config.backbones.roles().items()},
+        "img_tokens": {"strings": list(img_tokens.strings), "ids": list(img_tokens.ids)},
+        "weights": {
+            "adapters": ADAPTERS_FILE,
+            "dtype": str(dtype).removeprefix("torch."),
+            "num_parameters": num_parameters,
+            "decision_head": decision,
+        },  # fmt: skip
+        "provenance": {
+            "gill_version": gill.__version__,
+            "git_sha": _git_sha(),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        },  # fmt: skip
+        "extra": extra or {},
+    }
+
+
+def save_pretrained(out_dir: str | os.PathLike[str], adapters: GILLAdapters, config: GILLConfig, img_tokens: ImgTokens,
+                    extra: dict[str, Any] | None = None, *, decision_head: DecisionHead | None = None,
+                    dtype: torch.dtype = torch.float32) -> Path:  # fmt: skip
+    """Write the adapters (and optionally a decision head) of ``config`` to ``out_dir`` atomically.
+
+    Args:
+        out_dir: the checkpoint folder (replaced if it exists).
+        adapters: the trained adapters; they must have been built from ``config.adapters``.
+        config: the configuration (backbones and adapter sizes) they belong to.
+        img_tokens: the [IMG] tokens as added to the tokenizer.
+        extra: JSON-serialisable additions (training step, data-manifest hash, ...).
+        decision_head: optional retrieve-or-generate classifier.
+        dtype: storage dtype (float32 by default).
+    Returns:
+        The checkpoint folder.
+    """
+    from safetensors.torch import save_file
+
+    if getattr(adapters, "config", config.adapters) != config.adapters:
+        raise InputError("the adapters were built from a different adapter config than the one being saved",
+                         [f"adapters: {adapters.config}", f"config.adapters: {config.adapters}"])  # fmt: skip
+    tensors = _tensors(adapters, dtype)
+    record = _record(config, img_tokens, decision_head, dtype, sum(t.numel() for t in tensors.values()), extra)
+    with atomic_directory(out_dir) as tmp:
+        save_file(tensors, str(tmp / ADAPTERS_FILE), metadata={"format": FORMAT})
+        if decision_head is not None:
+            save_file(_tensors(decision_head, dtype), str(tmp / DECISION_FILE), metadata={"format": FORMAT})
+        atomic_write_json(tmp / CONFIG_FILE, record)
+    logger.info("saved %d adapter tensors to %s", len(tensors), out_dir)
+    return Path(out_dir)
+
+
+# -- strict loading -----------------------------------------------------------------------------------------------
+
+
+def _shape(shape: Any) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def state_dict_problems(module: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Every missing, unexpected and mis-shaped key of ``state`` against ``module`` (empty when it fits)."""
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    problems = [f"missing: {k} {_shape(expected[k])}" for k in sorted(expected.keys() - state.keys())]
+    problems += [f"unexpected: {k} {_shape(state[k].shape)}" for k in sorted(state.keys() - expected.keys())]
+    problems += [
+        f"shape mismatch: {k}: checkpoint {_shape(state[k].shape)}, expected {_shape(expected[k])}"
+        for k in sorted(expected.keys() & state.keys())
+        if tuple(state[k].shape) != expected[k]
+    ]
+    return problems
+
+
+SAME_RUN_HINT = "the weights and config.json must come from the same run"
+
+
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str, hint: str = SAME_RUN_HINT) -> nn.Module:
+    """Load ``state`` into ``module`` (assigning the tensors) or raise one InputError listing every problem."""
+    problems = state_dict_problems(module, state)
+    if problems:
+        raise InputError(f"{source} does not fit the model of its config", problems, hint=hint)
+    module.load_state_dict(state, strict=True, assign=True)
+    return module
+
+
+def adapters_from_state_dict(config: GILLConfig, dims: DerivedDims, state: dict[str, torch.Tensor],
+                             source: str = "state dict", hint: str = SAME_RUN_HINT) -> GILLAdapters:  # fmt: skip
+    """Build ``config``'s adapters around ``state`` (no random init: the modules are made on the meta device)."""
+    with torch.device("meta"):
+        adapters = build_adapters(config, dims)
+    return load_strict(adapters, state, source, hint)  # type: ignore[return-value]
+
+
+def _read_record(ckpt_dir: Path) -> dict[str, Any]:
+    path = ckpt_dir / CONFIG_FILE
+    if not path.is_file():
+        raise InputError(f"{str(ckpt_dir)!r} is not a gill checkpoint", [f"{CONFIG_FILE} not found"],
+                         hint="pass a folder written by save_pretrained or `gill import-official`")  # fmt: skip
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise InputError(f"{str(path)!r} is not valid JSON", [str(err)]) from err
+    if record.get("format") != FORMAT or not isinstance(record.get("format_version"), int):
+        raise InputError(f"{str(path)!r} is not a {FORMAT} config", [f"format: {record.get('format')!r}"])
+    if record["format_version"] > FORMAT_VERSION:
+        raise InputError(f"{str(path)!r} has format version {record['format_version']}",
+                         [f"this gill reads versions <= {FORMAT_VERSION}"], hint="upgrade gill")  # fmt: skip
+    return record
+
+
+def _load_decision_head(ckpt_dir: Path, info: dict[str, Any]) -> DecisionHead:
+    from safetensors.torch import load_file
+
+    head = DecisionHead(info["in_features"] - int(info["with_retrieval_score"]), info["with_retrieval_score"])
+    return load_strict(head, load_file(str(ckpt_dir / info["file"])), str(ckpt_dir / info["file"]))  # type: ignore
+
+
+def load_adapters(ckpt_dir: str | os.PathLike[str], dims: DerivedDims | None = None, *,
+                  config: GILLConfig | None = None) -> LoadedCheckpoint:  # fmt: skip
+    """Read a checkpoint written by :func:`save_pretrained`, strictly.
+
+    Args:
+        ckpt_dir: the checkpoint folder.
+        dims: backbone widths (default: :func:`gill.factory.derive_dims` of the checkpoint's config).
+        config: when given, the checkpoint's backbones must equal this config's (:func:`check_backbones`).
+    Raises:
+        InputError: not a checkpoint, a mismatching backbone, or missing/unexpected/mis-shaped tensors.
+    """
+    from safetensors.torch import load_file
+
+    ckpt_dir = Path(ckpt_dir)
+    record = _read_record(ckpt_dir)
+    try:
+        ckpt_config = GILLConfig.from_dict(record["config"])
+    except ConfigError as err:
+        raise InputError(f"invalid config in {str(ckpt_dir / CONFIG_FILE)!r}", err.problems) from err
+    if config is not None:
+        check_backbones(ckpt_config, config)
+    if dims is None:
+        from gill.factory import derive_dims
+
+        dims = derive_dims(ckpt_config)
+    source = str(ckpt_dir / record["weights"]["adapters"])
+    adapters = adapters_from_state_dict(ckpt_config, dims, load_file(source), source)
+    decision = record["weights"].get("decision_head")
+    tokens = record["img_tokens"]
+    return LoadedCheckpoint(
+        config=ckpt_config,
+        adapters=adapters,
+        img_tokens=ImgTokens(strings=tuple(tokens["strings"]), ids=tuple(tokens["ids"])),
+        decision_head=_load_decision_head(ckpt_dir, decision) if decision else None,
+        record=record,
+    )
+
+
+def check_backbones(ckpt_config: GILLConfig, config: GILLConfig) -> None:
+    """Raise InputError when the checkpoint's LM, vision or SD backbone differs from ``config``'s (id or revision)."""
+    ours, theirs = config.backbones.roles(), ckpt_config.backbones.roles()
+    problems = [
+        f"{role}: the checkpoint was trained with {theirs[role].id}@{theirs[role].revision}, "
+        f"the config uses {ours[role].id}@{ours[role].revision}"
+        for role in CHECKED_ROLES
+        if (theirs[role].id, theirs[role].revision) != (ours[role].id, ours[role].revision)
+    ]
+    if problems:
+        raise InputError("the checkpoint's backbones differ from the config's", problems,
+                         hint="adapters fit only the backbones they were trained on")  # fmt: skip

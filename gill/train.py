@@ -1,0 +1,450 @@
+"""Adapter training over precomputed targets (paper section 3.4; gill-facts 2.3-2.7, with its defects fixed).
+
+One optimizer step = ``grad_accum`` micro-batches; each micro-batch runs two LM passes:
+
+* **captioning** (``l_c``): ``[k visual tokens][BOS caption [IMG]s pad]`` -> caption CE;
+* **text** (``l_p``, retrieval, generation): ``[BOS caption [IMG0..n-1] pad]`` -> CE on the caption and
+  [IMG0]; h[IMG0] -> contrastive loss against the image features; h[IMG] -> GILLMapper -> generation loss.
+
+The official code runs retrieval and generation as two passes, each computing ``l_p`` with weight 0.5; one
+pass with weight 1 is the same objective at half the cost. Concat-captions (p = 0.5, drawn per pass from a
+seeded generator) merges pairs of examples; unlike the official, the second segment keeps its ``l_p`` loss.
+
+Fixes against the official loop: fp32 master weights with optional bf16 autocast (not pure bf16); AdamW on
+the adapters only; a schedule that is a pure function of the step; no input prefix in validation (the same
+formatting as training); checkpoints carry optimizer, scheduler, RNG and data position, so **a resumed run
+reproduces the uninterrupted run's losses**. Under ``torchrun`` the global batch is split across ranks, the
+contrastive negatives span the global batch, and every loss is normalised so that gradients equal a
+single-process step on the same global batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from gill import losses as L
+from gill.config import GILLConfig
+from gill.data.reader import TrainingBatch, TrainingData
+from gill.model import GILLModel
+from gill.optim import build_optimizer, build_scheduler
+from gill.resume import CheckpointManager, capture_rng, restore_rng
+from gill.tokenization import ImgTokens
+
+logger = logging.getLogger(__name__)
+
+TENSOR_FIELDS = ("input_ids", "attention_mask", "caption_len", "vision_features", "sd_targets")
+"""The tensor fields of :class:`~gill.data.reader.TrainingBatch` (moved to the device together)."""
+
+MetricsSink = Callable[[int, dict[str, float]], None]
+"""Receives ``(step, {name: value})``; the CLI and flow store them in DuckDB ``train_metrics``."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistInfo:
+    """Where this process sits in a (possibly single-process) run."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @classmethod
+    def current(cls) -> DistInfo:
+        """Read the initialised process group (or a single process)."""
+        if dist.is_available() and dist.is_initialized():
+            return cls(rank=dist.get_rank(), world_size=dist.get_world_size())
+        return cls()
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes checkpoints, metrics and exports."""
+        return self.rank == 0
+
+
+@dataclass(kw_only=True)
+class Position:
+    """Where training is: optimizer steps done, and the data position inside the current epoch."""
+
+    step: int = 0
+    epoch: int = 0
+    start: int = 0
+    """Examples of this epoch already consumed (global, across ranks)."""
+
+
+@dataclass(kw_only=True)
+class TrainResult:
+    """What a training run produced."""
+
+    run_id: str
+    run_dir: Path
+    steps: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    """One dict per logged step (``step`` plus metric names)."""
+    validations: list[dict[str, float]] = field(default_factory=list)
+    best_t2i_r1: float = -1.0
+
+
+def slice_batch(batch: TrainingBatch, start: int, end: int) -> TrainingBatch:
+    """Rows ``start:end`` of every field of a batch."""
+    return TrainingBatch(
+        keys=batch.keys[start:end], captions=batch.captions[start:end], input_ids=batch.input_ids[start:end],
+        attention_mask=batch.attention_mask[start:end], caption_len=batch.caption_len[start:end],
+        vision_features=batch.vision_features[start:end], sd_targets=batch.sd_targets[start:end],
+    )  # fmt: skip
+
+
+def _all_reduce_sum(value: torch.Tensor, world: DistInfo) -> torch.Tensor:
+    if world.world_size > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+    return value
+
+
+def global_lm_loss(logits: torch.Tensor, labels: torch.Tensor, world: DistInfo) -> tuple[torch.Tensor, float]:
+    """CE normalised by the *global* token count, so averaging gradients over ranks gives the global mean.
+
+    Returns the per-rank loss to back-propagate and the global mean value to report.
+    """
+    count = (labels[:, 1:] != L.IGNORE_INDEX).sum().float()  # tokens with a target, after the shift
+    local_sum = L.lm_loss(logits, labels) * count
+    global_count = _all_reduce_sum(count.detach(), world).clamp(min=1)
+    report = float(_all_reduce_sum(local_sum.detach(), world) / global_count)
+    return local_sum / global_count * world.world_size, report
+
+
+class Trainer:
+    """Runs :meth:`train`; :meth:`train_step` and :meth:`validate` are the units (style: small, named steps)."""
+
+    def __init__(
+        self, config: GILLConfig, model: GILLModel, img_tokens: ImgTokens, bos_token_id: int,
+        train_data: TrainingData, val_data: TrainingData | None, run_dir: Path, *,
+        device: str = "cpu", metrics_sink: MetricsSink | None = None, world: DistInfo | None = None,
+    ) -> None:  # fmt: skip
+        self.config, self.cfg = config, config.train
+        self.model = model.to(device)
+        self.img_tokens = img_tokens
+        self.img_ids = list(img_tokens.ids)
+        self.bos = bos_token_id
+        self.train_data, self.val_data = train_data, val_data
+        self.run_dir = Path(run_dir)
+        self.device = torch.device(device)
+        self.sink = metrics_sink
+        self.world = world or DistInfo.current()
+        self._check_batch_split()
+        self.optimizer = build_optimizer(
+            model.trainable_parameters(), self.cfg.lr, self.cfg.betas, self.cfg.weight_decay
+        )
+        self.scheduler = build_scheduler(
+            self.optimizer, self.cfg.warmup_steps, self.cfg.decay_every, self.cfg.decay_gamma
+        )
+        self.concat_rng = torch.Generator().manual_seed(self.cfg.seed)
+        self.position = Position()
+        self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", keep_last=self.cfg.keep_last)
+        self.result = TrainResult(run_id=self.run_dir.name, run_dir=self.run_dir, steps=self.cfg.steps)
+
+    def _check_batch_split(self) -> None:
+        micro = self.cfg.batch_size // self.cfg.grad_accum
+        if micro % self.world.world_size or (micro // self.world.world_size) % 2:
+            raise ValueError(
+                f"train.batch_size {self.cfg.batch_size} / grad_accum {self.cfg.grad_accum} = {micro} must split "
+                f"into an even per-process batch over {self.world.world_size} process(es) (concat-captions pairs rows)"
+            )
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+
+    def train(self, resume: bool = False) -> TrainResult:
+        """Train to ``train.steps``, validating, logging and checkpointing on schedule."""
+        if resume:
+            self.load_latest()
+        self.model.train()
+        micro = self.cfg.batch_size // self.cfg.grad_accum
+        while self.position.step < self.cfg.steps:
+            for chunk in self._optimizer_steps(micro):
+                start = time.perf_counter()
+                values = self.train_step(chunk)
+                values["samples_per_s"] = self.cfg.batch_size / max(time.perf_counter() - start, 1e-9)
+                self._after_step(values)
+                if self.position.step >= self.cfg.steps:
+                    break
+        return self.result
+
+    def _optimizer_steps(self, micro: int) -> Iterator[list[TrainingBatch]]:
+        """Groups of ``grad_accum`` global micro-batches from the current data position, across epochs."""
+        pos = self.position
+        loader = self.train_data.loader(micro, seed=self.cfg.seed, epoch=pos.epoch, start=pos.start)
+        chunk: list[TrainingBatch] = []
+        for batch in loader:
+            chunk.append(batch)
+            if len(chunk) == self.cfg.grad_accum:
+                pos.start += micro * len(chunk)
+                yield chunk
+                chunk = []
+        pos.epoch, pos.start = pos.epoch + 1, 0
+
+    def _after_step(self, values: dict[str, float]) -> None:
+        step = self.position.step
+        if step % self.cfg.log_every == 0 or step == self.cfg.steps:
+            self._log(step, values)
+        if step % self.cfg.val_every == 0 or step == self.cfg.steps:
+            self._validate_and_keep_best(step)
+        if step % self.cfg.ckpt_every == 0 or step == self.cfg.steps:
+            self.save()
+
+    def _log(self, step: int, values: dict[str, float]) -> None:
+        self.result.history.append({"step": step, **values})
+        if self.world.is_main and self.sink is not None:
+            self.sink(step, values)
+        logger.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
+
+    # -- one optimizer step -----------------------------------------------------------------------------------------
+
+    def train_step(self, chunk: list[TrainingBatch]) -> dict[str, float]:
+        """Forward/backward over ``grad_accum`` micro-batches, then clip, step, schedule and rescale [IMG] rows."""
+        totals: dict[str, float] = {}
+        for global_batch in chunk:
+            local = self._local(global_batch)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+                backward, report = self.losses(local)
+            (backward / len(chunk)).backward()
+            for name, value in report.items():
+                totals[name] = totals.get(name, 0.0) + value / len(chunk)
+        self._sync_gradients()
+        if self.cfg.grad_clip > 0:
+            totals["grad_norm"] = float(
+                torch.nn.utils.clip_grad_norm_(self.model.trainable_parameters(), self.cfg.grad_clip)
+            )
+        totals["lr"] = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.rescale_img_embeddings_()
+        self.position.step += 1
+        return totals
+
+    def _local(self, batch: TrainingBatch) -> TrainingBatch:
+        """This rank's contiguous slice of a global micro-batch, moved to the device."""
+        per_rank = len(batch.keys) // self.world.world_size
+        return self._to_device(slice_batch(batch, self.world.rank * per_rank, (self.world.rank + 1) * per_rank))
+
+    def _to_device(self, batch: TrainingBatch) -> TrainingBatch:
+        return replace(batch, **{name: getattr(batch, name).to(self.device) for name in TENSOR_FIELDS})
+
+    def _sync_gradients(self) -> None:
+        """Average adapter gradients over ranks (the LM is frozen, so only adapters need it)."""
+        if self.world.world_size == 1:
+            return
+        for param in self.model.trainable_parameters():
+            if param.grad is not None:
+                dist.all_reduce(param.grad)
+                param.grad /= self.world.world_size
+
+    def losses(self, batch: TrainingBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """All four GILL losses for one (local) micro-batch: the tensor to back-propagate and reported values."""
+        cap, cap_report = self.captioning_loss(batch)
+        text = self.text_pass(batch)
+        scales = L.LossScales(cap_loss_scale=self.cfg.cap_loss_scale, ret_loss_scale=self.cfg.ret_loss_scale,
+                              gen_loss_scale=self.cfg.gen_loss_scale)  # fmt: skip
+        # Each rank computes the full global contrastive loss with gradients into its own slice; averaging the
+        # gradients over ranks would divide it by world_size, so scale it back up (exact DDP equivalence).
+        ret_backward = text["ret"].loss * self.world.world_size
+        total = L.combine(cap, text["lp"], ret_backward, text["gen"], scales).total
+        report = {
+            "loss_cap": cap_report, "loss_lp": text["lp_report"], "loss_ret": float(text["ret"].loss.detach()),
+            "loss_gen": float(_all_reduce_sum(text["gen"].detach(), self.world) / self.world.world_size),
+            "t2i_acc1": float(text["ret"].t2i_acc1), "i2t_acc1": float(text["ret"].i2t_acc1),
+        }  # fmt: skip
+        weights = {"loss_cap": scales.cap_loss_scale, "loss_lp": scales.lp_weight,
+                   "loss_ret": scales.ret_loss_scale, "loss_gen": scales.gen_loss_scale}  # fmt: skip
+        report["loss"] = sum(weight * report[name] for name, weight in weights.items())
+        return total, report
+
+    def captioning_loss(self, batch: TrainingBatch) -> tuple[torch.Tensor, float]:
+        """``l_c``: caption CE given the image prefix (paper eq. 1), with optional concat-captions."""
+        k = self.config.adapters.n_visual_tokens
+        visual = self.model.encode_images(batch.vision_features)  # (B, k, D)
+        embeds = torch.cat([visual, self.model.embed_tokens(batch.input_ids)], dim=1)  # (B, k+T, D)
+        mask = torch.cat([torch.ones_like(batch.attention_mask[:, :1]).expand(-1, k), batch.attention_mask], dim=1)
+        labels = L.captioning_labels(batch.input_ids, batch.attention_mask, self.img_ids, k)  # (B, k+T)
+        if L.draw_concat(self.concat_rng, self.cfg.concat_prob):
+            drop = L.second_bos_mask(batch.input_ids, self.bos, n_prefix=k)
+            merged = L.concat_pairs(embeds, labels, mask, drop)
+            embeds, labels, mask = merged.embeds, merged.labels, merged.attention_mask
+        out = self.model.forward_lm(embeds, mask)
+        return global_lm_loss(out.logits, labels, self.world)
+
+    def text_pass(self, batch: TrainingBatch) -> dict[str, Any]:
+        """``l_p`` (caption then [IMG0]), retrieval and generation losses from one LM pass over the text."""
+        embeds = self.model.embed_tokens(batch.input_ids)  # (B, T, D)
+        labels = L.lp_labels(batch.input_ids, batch.attention_mask, self.img_ids)  # (B, T)
+        positions = L.img_positions(batch.input_ids, self.img_ids)  # (B, n)
+        mask, rows = batch.attention_mask, torch.arange(len(batch.keys), device=embeds.device)
+        if L.draw_concat(self.concat_rng, self.cfg.concat_prob):
+            merged = L.concat_pairs(embeds, labels, mask, L.second_bos_mask(batch.input_ids, self.bos), positions)
+            embeds, labels, mask, positions, rows = (
+                merged.embeds,
+                merged.labels,
+                merged.attention_mask,
+                merged.positions,
+                rows // 2,
+            )
+        out = self.model.forward_lm(embeds, mask)
+        lp, lp_report = global_lm_loss(out.logits, labels, self.world)
+        hidden = out.hidden_states[0]  # (B', S, D) the first text_emb_layers entry
+        h_img = hidden[rows.unsqueeze(1), positions]  # (B, n, D) in the original example order
+        ret = L.contrastive_loss(self.model.text_retrieval_embeddings(h_img[:, 0]),
+                                 self.model.image_retrieval_embeddings(batch.vision_features),
+                                 self.model.adapters.retrieval.scale())  # fmt: skip
+        gen = L.generation_loss(self.model.generation_embeddings(h_img), batch.sd_targets, kind=self.cfg.gen_loss)
+        return {"lp": lp, "lp_report": lp_report, "ret": ret, "gen": gen}
+
+    # -- validation -------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def validate(self, batch_size: int = 64) -> dict[str, float]:
+        """Caption CE and accuracy, retrieval R@1/5 both ways over the whole val set, generation loss (no concat)."""
+        from eval.metrics import retrieval_recall
+
+        self.model.eval()
+        sums: dict[str, float] = {"val_loss_cap": 0.0, "val_acc1": 0.0, "val_loss_gen": 0.0}
+        texts, images, batches = [], [], 0
+        for batch in self.val_data.loader(batch_size, seed=0, drop_last=False):
+            batch = self._to_device(batch)
+            sums["val_loss_cap"] += self._val_caption(batch, sums)
+            hidden = self.model.forward_lm(
+                self.model.embed_tokens(batch.input_ids), batch.attention_mask
+            ).hidden_states[0]
+            h_img = hidden.gather(
+                1, L.img_positions(batch.input_ids, self.img_ids).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+            )
+            texts.append(self.model.text_retrieval_embeddings(h_img[:, 0]).float().cpu())
+            images.append(self.model.image_retrieval_embeddings(batch.vision_features).float().cpu())
+            sums["val_loss_gen"] += float(L.generation_loss(self.model.generation_embeddings(h_img), batch.sd_targets,
+                                                            kind=self.cfg.gen_loss))  # fmt: skip
+            batches += 1
+        self.model.train()
+        recall = retrieval_recall(torch.cat(texts), torch.cat(images), ks=(1, 5))
+        return {**{k: v / max(batches, 1) for k, v in sums.items()}, **{f"val_{k}": v for k, v in recall.items()}}
+
+    def _val_caption(self, batch: TrainingBatch, sums: dict[str, float]) -> float:
+        k = self.config.adapters.n_visual_tokens
+        embeds = torch.cat(
+            [self.model.encode_images(batch.vision_features), self.model.embed_tokens(batch.input_ids)], 1
+        )
+        mask = torch.cat([torch.ones_like(batch.attention_mask[:, :1]).expand(-1, k), batch.attention_mask], dim=1)
+        labels = L.captioning_labels(batch.input_ids, batch.attention_mask, self.img_ids, k)
+        logits = self.model.forward_lm(embeds, mask).logits
+        sums["val_acc1"] += float(L.token_accuracy(logits, labels, k=(1,))["top1"])
+        return float(L.lm_loss(logits, labels))
+
+    def _validate_and_keep_best(self, step: int) -> None:
+        if self.val_data is None or not self.world.is_main:
+            return
+        values = self.validate()
+        self.result.validations.append({"step": step, **values})
+        if self.sink is not None:
+            self.sink(step, values)
+        if values["val_t2i_r1"] > self.result.best_t2i_r1:
+            self.result.best_t2i_r1 = values["val_t2i_r1"]
+            self.export(self.run_dir / "best", {"step": step, **values})
+        logger.info("validation at step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
+
+    # -- state ------------------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything but the weights that a resumed run needs to continue identically."""
+        return {
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "rng": capture_rng(), "concat_rng": self.concat_rng.get_state(),
+            "position": vars(self.position).copy(), "best_t2i_r1": self.result.best_t2i_r1,
+            "history": self.result.history, "validations": self.result.validations,
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        restore_rng(state["rng"])
+        self.concat_rng.set_state(state["concat_rng"])
+        self.position = Position(**state["position"])
+        self.result.best_t2i_r1 = state["best_t2i_r1"]
+        self.result.history, self.result.validations = list(state["history"]), list(state["validations"])
+
+    def save(self) -> None:
+        """A resumable checkpoint at the current step (rank 0)."""
+        if self.world.is_main:
+            self.checkpoints.save(self.position.step, self.model.adapters.state_dict(), self.state_dict())
+        if self.world.world_size > 1:
+            dist.barrier()
+
+    def load_latest(self) -> bool:
+        """Resume from the newest checkpoint of this run; False when there is none."""
+        if self.checkpoints.latest_step() is None:
+            return False
+        ckpt = self.checkpoints.load()
+        self.model.adapters.load_state_dict(ckpt.weights, strict=True)
+        self.load_state_dict(ckpt.state)
+        logger.info("resumed run %s at step %d", self.run_dir.name, ckpt.step)
+        return True
+
+    def export(self, out: Path, extra: dict[str, Any]) -> Path:
+        """Write the adapters in the release format (:mod:`gill.checkpoint`)."""
+        from gill.checkpoint import save_pretrained
+
+        return save_pretrained(out, self.model.adapters, self.config, self.img_tokens, extra=extra)
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id."""
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def runs_dir(workdir: str | Path) -> Path:
+    """Where training runs live: ``<workdir>/runs/<run_id>/``."""
+    return Path(workdir) / "runs"
+
+
+def latest_run(workdir: str | Path) -> str | None:
+    """The newest run id with a checkpoint, for ``--resume`` without ``--run-id``."""
+    runs = (
+        sorted(p for p in runs_dir(workdir).glob("*") if (p / "checkpoints").is_dir())
+        if runs_dir(workdir).is_dir()
+        else []
+    )
+    return runs[-1].name if runs else None
+
+
+def setup_training(
+    config: GILLConfig, workdir: str | Path, *, run_id: str | None = None, device: str = "cpu",
+    metrics_sink: MetricsSink | None = None,
+) -> Trainer:  # fmt: skip
+    """Load the frozen LM and tokenizer, build GILL and the data readers, and make the run folder.
+
+    Needs ``gill data precompute`` output for ``train`` (``val`` is used for validation when present).
+    """
+    from gill.data.precompute import feature_dir
+    from gill.factory import derive_dims, load_backbones
+    from gill.tokenization import add_img_tokens
+    from gill.utils.io import atomic_write_json
+
+    workdir = Path(workdir)
+    dims = derive_dims(config)
+    lm_dtype = torch.bfloat16 if config.train.precision == "bf16" and device.startswith("cuda") else None
+    backbones = load_backbones(config, roles=("lm",), dtype=lm_dtype)
+    img_tokens = add_img_tokens(backbones.tokenizer, config.adapters.num_img_tokens)
+    torch.manual_seed(config.train.seed)  # adapter initialisation
+    model = GILLModel(config, dims, backbones.lm, img_tokens.ids)
+    train = TrainingData("train", workdir, backbones.tokenizer, img_tokens, config.max_len)
+    has_val = feature_dir("val", workdir).is_dir()
+    val = TrainingData("val", workdir, backbones.tokenizer, img_tokens, config.max_len) if has_val else None
+    run_dir = runs_dir(workdir) / (run_id or new_run_id())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "config.json", config.to_dict())
+    return Trainer(config, model, img_tokens, backbones.tokenizer.bos_token_id, train, val, run_dir,
+                   device=device, metrics_sink=metrics_sink)  # fmt: skip
