@@ -48,6 +48,16 @@ def run_training(
         raise InputError(f"resume: no run with checkpoints under {Path(workdir) / 'runs'}", hint="start a new run")
     trainer = setup_training(config, workdir, run_id=run_id, device=device)
     reporter = TrainingReporter(workdir, trainer.run_dir.name)
-    trainer.sink = reporter.log
-    result = trainer.train(resume=resume)
-    return result, reporter.finish(result.history)
+    trainer.sink = reporter.log  # the trainer calls it on rank 0 only
+    try:
+        result = trainer.train(resume=resume)
+    finally:
+        _leave_process_group()
+    return result, reporter.finish(result.history) if trainer.world.is_main else None
+
+
+def _leave_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

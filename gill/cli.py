@@ -205,6 +205,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     result, curve = run_training(resolve_config(args), args.workdir, overrides=overrides, run_id=args.run_id,
                                  resume=args.resume, device=args.device)  # fmt: skip
+    if curve is None:  # a non-zero rank under torchrun: rank 0 reports
+        return 0
     last = result.history[-1] if result.history else {}
     _out(f"run {result.run_id}: {result.steps} steps, final loss {last.get('loss', float('nan')):.4f}")
     if result.validations:

@@ -405,6 +405,27 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
+def init_distributed_from_env(device: str = "cpu") -> DistInfo:
+    """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1): gloo on CPU, NCCL on GPUs."""
+    import os
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    return DistInfo.current()
+
+
+def shared_run_id(run_id: str | None, world: DistInfo) -> str:
+    """The run id every rank uses: the given one, or rank 0's new id broadcast to the others."""
+    chosen = [run_id or new_run_id()]
+    if world.world_size > 1 and run_id is None:
+        dist.broadcast_object_list(chosen, src=0)
+    return chosen[0]
+
+
 def runs_dir(workdir: str | Path) -> Path:
     """Where training runs live: ``<workdir>/runs/<run_id>/``."""
     return Path(workdir) / "runs"
@@ -434,6 +455,9 @@ def setup_training(
     from gill.utils.io import atomic_write_json
 
     workdir = Path(workdir)
+    world = init_distributed_from_env(device)
+    if device.startswith("cuda") and world.world_size > 1:
+        device = f"cuda:{torch.cuda.current_device()}"
     dims = derive_dims(config)
     lm_dtype = torch.bfloat16 if config.train.precision == "bf16" and device.startswith("cuda") else None
     backbones = load_backbones(config, roles=("lm",), dtype=lm_dtype)
@@ -443,8 +467,9 @@ def setup_training(
     train = TrainingData("train", workdir, backbones.tokenizer, img_tokens, config.max_len)
     has_val = feature_dir("val", workdir).is_dir()
     val = TrainingData("val", workdir, backbones.tokenizer, img_tokens, config.max_len) if has_val else None
-    run_dir = runs_dir(workdir) / (run_id or new_run_id())
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "config.json", config.to_dict())
+    run_dir = runs_dir(workdir) / shared_run_id(run_id, world)
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "config.json", config.to_dict())
     return Trainer(config, model, img_tokens, backbones.tokenizer.bos_token_id, train, val, run_dir,
-                   device=device, metrics_sink=metrics_sink)  # fmt: skip
+                   device=device, metrics_sink=metrics_sink, world=world)  # fmt: skip

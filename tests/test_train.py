@@ -100,3 +100,26 @@ def test_gill_train_command_records_metrics_and_draws_the_curve(workdir, capsys)
     assert (workdir / "runs" / "cli" / "loss_curve.png").stat().st_size > 1000
     assert main(["train", "--workdir", str(workdir / "empty"), "--resume"]) == 2
     assert "no run with checkpoints" in capsys.readouterr().err
+
+
+def test_gill_train_under_torchrun_matches_a_single_process_run(workdir, tmp_path):
+    import subprocess
+    import sys
+
+    from eval.db import db_path, query
+    from gill.cli import main
+
+    args = ["train", "--workdir", str(workdir), "--steps", "5", "--batch-size", "8"]
+    assert main([*args, "--run-id", "one-process"]) == 0
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "gill.cli", *args, "--run-id", "torchrun"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("run torchrun: 5 steps") == 1  # rank 0 reports, once
+    sql = "SELECT run_id, name, value FROM train_metrics WHERE step = 5 AND name LIKE 'loss%' ORDER BY name"
+    rows = query(db_path(workdir), sql)
+    single = rows[rows.run_id == "one-process"].set_index("name")["value"]
+    multi = rows[rows.run_id == "torchrun"].set_index("name")["value"]
+    assert list(multi.index) == list(single.index) == ["loss", "loss_cap", "loss_gen", "loss_lp", "loss_ret"]
+    assert torch.allclose(torch.tensor(multi.values), torch.tensor(single.values), rtol=1e-4, atol=1e-5)
