@@ -1,10 +1,12 @@
-"""The tiny model zoo: random-initialised models of the *same classes* as the paper's backbones.
+"""The tiny model zoo: small models of the *same classes* as the paper's backbones.
 
 ``build_tiny_zoo(out)`` writes, with ``save_pretrained``:
 
-* ``opt/``: ``OPTForCausalLM`` (2 layers, width 64) and an OPT-style byte-level BPE tokenizer (prepends
-  ``</s>`` as BOS, like OPT) trained on the synthetic shapes-world text;
-* ``clip/``: a full ``CLIPModel`` (vision width 48, text width 40, projection 40) with a ``CLIPProcessor``.
+* ``opt/``: ``OPTForCausalLM`` (2 layers, width 64), briefly pre-trained on the shapes world's text
+  (:mod:`gill.zoo.pretrain`), and an OPT-style byte-level BPE tokenizer (prepends ``</s>`` as BOS, like OPT)
+  trained on the same text;
+* ``clip/``: a full ``CLIPModel`` (vision width 48, text width 40, projection 40), briefly pre-trained
+  contrastively on rendered scenes and their captions, with a ``CLIPProcessor``.
   Like ``openai/clip-vit-large-patch14`` it serves both as GILL's vision encoder (``CLIPVisionModel`` loads
   from it) and as the metric model;
 * ``sd/``: a ``StableDiffusionPipeline`` (``UNet2DConditionModel``, ``AutoencoderKL`` with SD's 8x latent
@@ -27,10 +29,11 @@ from pathlib import Path
 
 from gill.errors import InputError
 from gill.utils.io import atomic_directory, atomic_write_json, sha256_tree
+from gill.zoo.pretrain import pretrain_clip, pretrain_lm, world_pairs
 
 logger = logging.getLogger(__name__)
 
-ZOO_VERSION = 2
+ZOO_VERSION = 3
 """Bump when the builder's output changes, so cached zoos are rebuilt."""
 COMPONENTS = ("opt", "clip", "sd")
 LM_WIDTH, VISION_WIDTH, CLIP_TEXT_WIDTH, CLIP_PROJ, SD_TEXT_WIDTH = 64, 48, 40, 40, 32
@@ -68,7 +71,7 @@ def build_tiny_zoo(out: str | Path, seed: int = 0) -> ZooManifest:
     with atomic_directory(out) as tmp:
         opt_tok = _train_opt_tokenizer(corpus)
         clip_tok = _train_clip_tokenizer(corpus)
-        _save_opt(tmp / "opt", opt_tok, seed)
+        _save_opt(tmp / "opt", opt_tok, seed, corpus)
         _save_clip(tmp / "clip", clip_tok, seed + 1)
         _save_sd(tmp / "sd", clip_tok, seed + 2)
         manifest = ZooManifest(
@@ -141,7 +144,7 @@ def _train_clip_tokenizer(corpus: list[str]):  # -> CLIPTokenizer
 # -- models ---------------------------------------------------------------------------------------------
 
 
-def _save_opt(out: Path, tok, seed: int) -> None:
+def _save_opt(out: Path, tok, seed: int, corpus: list[str]) -> None:
     import torch
     from transformers import OPTConfig, OPTForCausalLM
 
@@ -151,7 +154,10 @@ def _save_opt(out: Path, tok, seed: int) -> None:
         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
     )  # fmt: skip
     torch.manual_seed(seed)
-    OPTForCausalLM(config).save_pretrained(out)
+    lm = OPTForCausalLM(config)
+    report = pretrain_lm(lm, tok, corpus, seed=seed)
+    logger.info("tiny OPT pre-trained on the world's text: loss %.2f -> %.2f", report.first_loss, report.last_loss)
+    lm.save_pretrained(out)
     tok.save_pretrained(out)
 
 
@@ -176,8 +182,11 @@ def _save_clip(out: Path, tok, seed: int) -> None:
     text = _clip_text_config(tok, CLIP_TEXT_WIDTH, CLIP_PROJ)
     config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=CLIP_PROJ)
     torch.manual_seed(seed)
-    CLIPModel(config).save_pretrained(out)
+    clip = CLIPModel(config)
     images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    report = pretrain_clip(clip, tok, images, world_pairs(seed, 1024), seed=seed)
+    logger.info("tiny CLIP pre-trained on rendered scenes: loss %.2f -> %.2f", report.first_loss, report.last_loss)
+    clip.save_pretrained(out)
     CLIPProcessor(image_processor=images, tokenizer=tok).save_pretrained(out)
     images.save_pretrained(out)  # preprocessor_config.json, as in the openai/clip-vit-large-patch14 repo
 
