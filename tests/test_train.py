@@ -42,9 +42,14 @@ def losses(history, names=("loss", "loss_cap", "loss_lp", "loss_ret", "loss_gen"
 
 def test_training_lowers_the_adapter_losses(workdir):
     result = setup_training(tiny_train_config(steps=40), workdir, run_id="learn").train()
-    first, last = result.history[0], result.history[-1]
-    assert last["loss_gen"] < 0.7 * first["loss_gen"]
-    assert last["loss_ret"] < first["loss_ret"] and last["loss"] < first["loss"]
+
+    def mean(name, rows):
+        return sum(h[name] for h in rows) / len(rows)
+
+    early, late = result.history[:5], result.history[-5:]
+    assert mean("loss_gen", late) < 0.7 * mean("loss_gen", early)
+    assert mean("loss_cap", late) < 0.9 * mean("loss_cap", early)  # the image prefix steers the pre-trained LM
+    assert mean("loss_ret", late) < mean("loss_ret", early) and mean("loss", late) < mean("loss", early)
     assert all(torch.isfinite(torch.tensor(v)) for h in result.history for v in h.values())
     assert (workdir / "runs" / "learn" / "checkpoints" / "step-00000040").is_dir()
 
