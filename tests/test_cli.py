@@ -72,8 +72,11 @@ def test_demo_runs_every_stage_and_writes_a_report(tiny_zoo, tmp_path, capsys):
         "download cc3m val",
         "precompute targets train",
         "precompute targets val",
+        "train adapters",
         "backbone smoke pass",
     ]
+    training = report["stages"][-2]["outputs"]
+    assert (workdir / "runs" / "demo-seed0" / "loss_curve.png").is_file() and "val t2i/i2t R@1" in training
     database = workdir / "gill.duckdb"
     sql = "SELECT split, sum(count) n, sum(successes) ok FROM download_shards GROUP BY split ORDER BY split"
     assert query(database, sql).to_dict("records") == [
