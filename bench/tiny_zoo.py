@@ -7,24 +7,11 @@ across machines.
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable
-
 import torch
+from timing import median_ms
 
 from gill.factory import load_backbones
 from gill.presets import get_preset
-
-
-def _ms(fn: Callable[[], object], repeats: int = 20) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -50,12 +37,12 @@ def main() -> None:
     def sd_image() -> None:
         models.sd("a red circle", num_inference_steps=5, generator=torch.Generator().manual_seed(0))
 
-    baseline = _ms(forward)
+    baseline = median_ms(forward)
     rows = {
         "LM forward, 1x32 tokens (baseline)": baseline,
-        "LM train step, batch 16x32": _ms(train_step),
-        "CLIP vision forward, batch 16": _ms(lambda: models.vision(pixel_values=pixels)),
-        "SD image, 5 steps, 64x64": _ms(sd_image, repeats=5),
+        "LM train step, batch 16x32": median_ms(train_step),
+        "CLIP vision forward, batch 16": median_ms(lambda: models.vision(pixel_values=pixels)),
+        "SD image, 5 steps, 64x64": median_ms(sd_image, repeats=5),
     }
     for name, ms in rows.items():
         print(f"{name:40s} {ms:8.2f} ms   x{ms / baseline:6.1f} of baseline")

@@ -10,13 +10,11 @@ mid-size OPT (6 layers, 512 wide, random weights built locally).
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from timing import median_ms
 
 from gill.data.reader import TrainingBatch, tokenize_captions
 from gill.factory import derive_dims, load_backbones
@@ -26,16 +24,6 @@ from gill.tokenization import add_img_tokens
 from gill.train import Trainer
 
 BATCH = 16
-
-
-def _median_ms(fn: Callable[[], object], repeats: int = 15) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def _mid_size_lm(config, out: Path):
@@ -70,8 +58,8 @@ def measure(config, label: str) -> None:
             embeds.requires_grad_(True)
             models.lm(inputs_embeds=embeds, attention_mask=tokens.attention_mask).logits.float().mean().backward()
 
-        one = _median_ms(lm_pass)
-        step = _median_ms(lambda: trainer.train_step([batch]))
+        one = median_ms(lm_pass)
+        step = median_ms(lambda: trainer.train_step([batch]))
     print(
         f"{label:28s} LM fwd+bwd {one:7.2f} ms | GILL step {step:7.2f} ms | "
         f"step / 1 pass x{step / one:5.2f} | step / 2 passes x{step / (2 * one):5.2f} (goal <= 1.15)"
