@@ -49,6 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from gill.data.shards import image_split_dir, read_stats
 from gill.errors import ConfigError, GillError, InputError
 from gill.utils.io import atomic_write_json
 
@@ -74,7 +75,6 @@ STOP_GRACE_S = 10.0
 
 _URL_RE = re.compile(r"^(?:https?|file)://\S", re.IGNORECASE)
 _SHARD_FILE_RE = re.compile(r"(\d{5})(\.tar|\.parquet|_stats\.json)")
-_STATS_INT_FIELDS = ("count", "successes", "failed_to_download", "failed_to_resize")
 FORMAT_HINT = (
     "Expected Google's CC3M TSV (one 'caption<TAB>url' per line, no header, UTF-8) or a .tsv/.csv/.parquet file "
     "with 'caption' and 'url' columns; every url must start with http://, https:// or file://. "
@@ -240,8 +240,8 @@ def normalise_error(message: str | None) -> str:
 
 
 def split_dir(workdir: Path, split: str) -> Path:
-    """Where a split's shards live: ``workdir/data/cc3m/<split>``."""
-    return Path(workdir) / "data" / "cc3m" / split
+    """Where a split's shards live: ``workdir/data/cc3m/<split>`` (:func:`gill.data.shards.image_split_dir`)."""
+    return image_split_dir(split, workdir)
 
 
 def _inputs_dir(workdir: Path) -> Path:
@@ -441,19 +441,6 @@ def _add_row(parsed: _Parsed, where: str, caption: str, url: str) -> None:
 # ----------------------------------------------------------------------------------------------- shards on disk
 
 
-def _read_stats(path: Path) -> dict[str, Any] | None:
-    """A shard's ``_stats.json`` if it exists and holds the counts (img2dataset writes it non-atomically)."""
-    try:
-        stats = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(stats, dict) or not all(_is_int(stats.get(k)) for k in _STATS_INT_FIELDS):
-        return None
-    if not isinstance(stats.get("duration"), int | float):
-        return None
-    return stats
-
-
 def _complete_ids(out: Path) -> set[str]:
     """Shard names whose tar, parquet and a valid ``_stats.json`` all exist."""
     if not out.is_dir():
@@ -463,7 +450,7 @@ def _complete_ids(out: Path) -> set[str]:
         name = stats_file.name[: -len("_stats.json")]
         if not re.fullmatch(r"\d{5}", name):
             continue
-        if (out / f"{name}.tar").is_file() and (out / f"{name}.parquet").is_file() and _read_stats(stats_file):
+        if (out / f"{name}.tar").is_file() and (out / f"{name}.parquet").is_file() and read_stats(stats_file):
             done.add(name)
     return done
 
@@ -514,7 +501,7 @@ def collect_report(split: str, workdir: Path, n_input: int | None = None) -> Dow
     shards: list[ShardStats] = []
     failures: list[FailureRow] = []
     for tar in completed_shards(split, workdir):
-        stats = _read_stats(tar.with_name(f"{tar.stem}_stats.json")) or {}
+        stats = read_stats(tar.with_name(f"{tar.stem}_stats.json")) or {}
         shards.append(
             ShardStats(
                 split=split,
@@ -778,9 +765,9 @@ def _watch(child: subprocess.Popen[bytes], out: Path, todo: list[int], progress:
     with tqdm(total=len(pending), unit="shard", desc=f"download {out.name}", disable=not progress) as bar:
         while True:
             exited = child.poll() is not None
-            finished = [name for name in pending if _read_stats(out / f"{name}_stats.json")]
+            finished = [name for name in pending if read_stats(out / f"{name}_stats.json")]
             for name in finished:
-                stats = _read_stats(out / f"{name}_stats.json") or {}
+                stats = read_stats(out / f"{name}_stats.json") or {}
                 logger.info("shard %s/%s done: %s/%s ok", out.name, name, stats.get("successes"), stats.get("count"))
             pending = [name for name in pending if name not in finished]
             bar.update(len(finished))

@@ -58,6 +58,7 @@ from gill.data.shards import (
     image_split_dir,
     index_shard,
     read_samples,
+    read_stats,
     stats_path,
 )
 from gill.errors import ConfigError, InputError
@@ -634,10 +635,7 @@ def precompute_shard(
 
 
 def _expected_count(shard_tar: Path) -> int:
-    try:
-        return int(json.loads(stats_path(shard_tar).read_text())["successes"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
+    return (read_stats(stats_path(shard_tar)) or {}).get("successes", 0)
 
 
 def _warn_orphans(split: str, workdir: Path, shards: Iterable[Path]) -> None:

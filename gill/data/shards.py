@@ -53,13 +53,32 @@ def stats_path(shard_tar: Path) -> Path:
     return shard_tar.with_name(shard_tar.stem + STATS_SUFFIX)
 
 
+STATS_INT_FIELDS = ("count", "successes", "failed_to_download", "failed_to_resize")
+
+
+def read_stats(path: Path) -> dict[str, Any] | None:
+    """A shard's ``_stats.json`` if it exists and holds the counts, else None.
+
+    img2dataset writes it last but not atomically, so a crash can leave it cut off: such a shard is not done.
+    """
+    try:
+        stats = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stats, dict) or not isinstance(stats.get("duration"), int | float):
+        return None
+    if not all(isinstance(stats.get(k), int) and not isinstance(stats.get(k), bool) for k in STATS_INT_FIELDS):
+        return None
+    return stats
+
+
 def complete_image_shards(split: str, workdir: Path) -> list[Path]:
-    """Tars of ``split`` that have their ``_stats.json``, sorted by name; incomplete ones are logged and skipped."""
+    """Tars of ``split`` with a valid ``_stats.json``, sorted by name; incomplete ones are logged and skipped."""
     folder = image_split_dir(split, workdir)
     tars = sorted(p for p in folder.glob("*.tar") if p.is_file()) if folder.is_dir() else []
-    complete = [t for t in tars if stats_path(t).is_file()]
+    complete = [t for t in tars if read_stats(stats_path(t)) is not None]
     for tar in sorted(set(tars) - set(complete)):
-        logger.info("ignoring incomplete image shard %s (no %s)", tar, stats_path(tar).name)
+        logger.info("ignoring incomplete image shard %s (no valid %s)", tar, stats_path(tar).name)
     return complete
 
 
