@@ -121,7 +121,7 @@ def precompute_stage(workdir: Path, split: str, config: GILLConfig) -> dict[str,
     }
 
 
-DEMO_TRAIN_STEPS = 60
+DEMO_TRAIN_STEPS = 200
 
 
 def train_stage(workdir: Path, config: GILLConfig, seed: int) -> dict[str, Any]:
@@ -136,7 +136,8 @@ def train_stage(workdir: Path, config: GILLConfig, seed: int) -> dict[str, Any]:
                for name in ("loss_cap", "loss_lp", "loss_ret", "loss_gen")}  # fmt: skip
     if result.validations:
         val = result.validations[-1]
-        outputs["val t2i/i2t R@1"] = f"{val['val_t2i_r1']:.3f} / {val['val_i2t_r1']:.3f}"
+        chance = 1 / max(val["val_samples"], 1)
+        outputs["val t2i/i2t R@1"] = f"{val['val_t2i_r1']:.3f} / {val['val_i2t_r1']:.3f} (chance {chance:.3f})"
     outputs.update({"run": str(result.run_dir), "loss curve": str(curve)})
     return outputs
 

@@ -38,7 +38,7 @@ def build_optimizer(
     frozen = [i for i, p in enumerate(params) if not p.requires_grad]
     if frozen:
         raise ValueError(f"build_optimizer got {len(frozen)} frozen parameters; pass only trainable adapter parameters")
-    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps)
+    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps, foreach=True)
 
 
 def build_scheduler(

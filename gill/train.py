@@ -330,7 +330,9 @@ class Trainer:
             batches += 1
         self.model.train()
         recall = retrieval_recall(torch.cat(texts), torch.cat(images), ks=(1, 5))
-        return {**{k: v / max(batches, 1) for k, v in sums.items()}, **{f"val_{k}": v for k, v in recall.items()}}
+        means = {k: v / max(batches, 1) for k, v in sums.items()}
+        # val_samples: the size of the retrieval pool, so R@k can be read against chance (k / val_samples).
+        return {**means, **{f"val_{k}": v for k, v in recall.items()}, "val_samples": float(len(torch.cat(texts)))}
 
     def _val_caption(self, batch: TrainingBatch, sums: dict[str, float]) -> float:
         k = self.config.adapters.n_visual_tokens

@@ -2,8 +2,8 @@
 
 ``build_tiny_zoo(out)`` writes, with ``save_pretrained``:
 
-* ``opt/``: ``OPTForCausalLM`` (2 layers, width 64), briefly pre-trained on the shapes world's text
-  (:mod:`gill.zoo.pretrain`), and an OPT-style byte-level BPE tokenizer (prepends ``</s>`` as BOS, like OPT)
+* ``opt/``: ``OPTForCausalLM`` (2 layers, width 64), briefly pre-trained on the shapes world's text, with
+  a sentence-summary objective distilled from the tiny CLIP's text tower (:mod:`gill.zoo.pretrain`), and an OPT-style byte-level BPE tokenizer (prepends ``</s>`` as BOS, like OPT)
   trained on the same text;
 * ``clip/``: a full ``CLIPModel`` (vision width 48, text width 40, projection 40), briefly pre-trained
   contrastively on rendered scenes and their captions, with a ``CLIPProcessor``.
@@ -29,11 +29,11 @@ from pathlib import Path
 
 from gill.errors import InputError
 from gill.utils.io import atomic_directory, atomic_write_json, sha256_tree
-from gill.zoo.pretrain import pretrain_clip, pretrain_lm, world_pairs
+from gill.zoo.pretrain import SummaryTargets, clip_text_targets, pretrain_clip, pretrain_lm, world_pairs
 
 logger = logging.getLogger(__name__)
 
-ZOO_VERSION = 3
+ZOO_VERSION = 4
 """Bump when the builder's output changes, so cached zoos are rebuilt."""
 COMPONENTS = ("opt", "clip", "sd")
 LM_WIDTH, VISION_WIDTH, CLIP_TEXT_WIDTH, CLIP_PROJ, SD_TEXT_WIDTH = 64, 48, 40, 40, 32
@@ -71,8 +71,8 @@ def build_tiny_zoo(out: str | Path, seed: int = 0) -> ZooManifest:
     with atomic_directory(out) as tmp:
         opt_tok = _train_opt_tokenizer(corpus)
         clip_tok = _train_clip_tokenizer(corpus)
-        _save_opt(tmp / "opt", opt_tok, seed, corpus)
-        _save_clip(tmp / "clip", clip_tok, seed + 1)
+        clip = _save_clip(tmp / "clip", clip_tok, seed + 1)
+        _save_opt(tmp / "opt", opt_tok, seed, corpus, _summary_targets(clip, clip_tok, seed))
         _save_sd(tmp / "sd", clip_tok, seed + 2)
         manifest = ZooManifest(
             version=ZOO_VERSION,
@@ -144,7 +144,13 @@ def _train_clip_tokenizer(corpus: list[str]):  # -> CLIPTokenizer
 # -- models ---------------------------------------------------------------------------------------------
 
 
-def _save_opt(out: Path, tok, seed: int, corpus: list[str]) -> None:
+def _summary_targets(clip, clip_tok, seed: int) -> SummaryTargets:
+    """The tiny CLIP's text embeddings of fresh shapes-world captions (targets of the OPT's summary objective)."""
+    captions, _ = world_pairs(seed + 100, 4000, image_size=8)
+    return SummaryTargets(captions=captions, embeddings=clip_text_targets(clip, clip_tok, captions))
+
+
+def _save_opt(out: Path, tok, seed: int, corpus: list[str], summary: SummaryTargets) -> None:
     import torch
     from transformers import OPTConfig, OPTForCausalLM
 
@@ -155,7 +161,7 @@ def _save_opt(out: Path, tok, seed: int, corpus: list[str]) -> None:
     )  # fmt: skip
     torch.manual_seed(seed)
     lm = OPTForCausalLM(config)
-    report = pretrain_lm(lm, tok, corpus, seed=seed)
+    report = pretrain_lm(lm, tok, corpus, seed=seed, summary=summary)
     logger.info("tiny OPT pre-trained on the world's text: loss %.2f -> %.2f", report.first_loss, report.last_loss)
     lm.save_pretrained(out)
     tok.save_pretrained(out)
@@ -171,7 +177,7 @@ def _clip_text_config(tok, width: int, projection_dim: int):
     )  # fmt: skip
 
 
-def _save_clip(out: Path, tok, seed: int) -> None:
+def _save_clip(out: Path, tok, seed: int):  # -> CLIPModel
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPVisionConfig
 
@@ -189,6 +195,7 @@ def _save_clip(out: Path, tok, seed: int) -> None:
     clip.save_pretrained(out)
     CLIPProcessor(image_processor=images, tokenizer=tok).save_pretrained(out)
     images.save_pretrained(out)  # preprocessor_config.json, as in the openai/clip-vit-large-patch14 repo
+    return clip
 
 
 def _save_sd(out: Path, tok, seed: int) -> None:
