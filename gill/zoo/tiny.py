@@ -3,8 +3,8 @@
 ``build_tiny_zoo(out)`` writes, with ``save_pretrained``:
 
 * ``opt/``: ``OPTForCausalLM`` (2 layers, width 64), briefly pre-trained on the shapes world's text, with
-  a sentence-summary objective distilled from the tiny CLIP's text tower (:mod:`gill.zoo.pretrain`), and an OPT-style byte-level BPE tokenizer (prepends ``</s>`` as BOS, like OPT)
-  trained on the same text;
+  a sentence-summary objective distilled from the tiny CLIP's text tower (:mod:`gill.zoo.pretrain`), and an
+  OPT-style byte-level BPE tokenizer (prepends ``</s>`` as BOS, like OPT) trained on the same text;
 * ``clip/``: a full ``CLIPModel`` (vision width 48, text width 40, projection 40), briefly pre-trained
   contrastively on rendered scenes and their captions, with a ``CLIPProcessor``.
   Like ``openai/clip-vit-large-patch14`` it serves both as GILL's vision encoder (``CLIPVisionModel`` loads
