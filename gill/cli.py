@@ -245,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_precompute_parser(data)
     _add_db_parsers(_group(groups, "db", "query the results database"))
     _add_train_parser(groups)
+    from gill.cli_inference import add_inference_parsers
+
+    add_inference_parsers(groups)
     p = groups.add_parser("demo", help="run the pipeline stages that exist on the embedded default")
     add_config_args(p)
     p.add_argument("--workdir", type=Path, default=Path("work/demo"), help="where outputs go (default work/demo)")

@@ -2,11 +2,11 @@
 
 Stages: check the backbones (failing at once when weights are missing), build the synthetic world, read the
 derived dims, download the world's CC3M-format url lists with img2dataset (file:// urls) into webdataset
-shards, precompute the frozen targets, train the adapters briefly, and a smoke pass through each backbone
-(LM over a caption with its [IMG] tokens, CLIP vision features, one Stable Diffusion image, CLIP similarity
-of that image to its ground truth). The report is printed and saved as ``<workdir>/demo_report.json``;
-yields, precompute rows and training metrics go to ``<workdir>/gill.duckdb``. Later stages (retrieval
-index, benchmarks) join here as they land; the Prefect ``full-pipeline`` flow will run the same stages.
+shards, precompute the frozen targets, train the adapters briefly, build the retrieval bank, and run the
+inference pipeline on a held-out caption (one generated and one retrieved image, each compared with the
+ground truth by the metric CLIP). The report is printed and saved as ``<workdir>/demo_report.json``;
+yields, precompute rows and training metrics go to ``<workdir>/gill.duckdb``. Later stages (benchmarks)
+join here as they land; the Prefect ``full-pipeline`` flow will run the same stages.
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ def run_demo(workdir: str | Path, config: GILLConfig, seed: int = 0) -> DemoRepo
     for split in ("train", "val"):
         report.run(f"precompute targets {split}", lambda s=split: precompute_stage(workdir, s, config))
     report.run("train adapters", lambda: train_stage(workdir, config, seed))
-    report.run("backbone smoke pass", lambda: smoke_pass(config, world, workdir / "samples", seed))
+    report.run("retrieval bank", lambda: bank_stage(workdir))
+    report.run("inference", lambda: inference_stage(workdir, world, workdir / "samples", seed))
     atomic_write_json(
         workdir / "demo_report.json", {"preset": report.preset, "stages": [asdict(s) for s in report.stages]}
     )
@@ -160,40 +161,44 @@ def _world_outputs(world: Any) -> dict[str, Any]:
     }
 
 
-def smoke_pass(config: GILLConfig, world: Any, out_dir: Path, seed: int = 0) -> dict[str, Any]:
-    """One forward through each backbone on world data; saves one SD sample image.
+def bank_stage(workdir: Path) -> dict[str, Any]:
+    """Embed the downloaded training images with the demo run's retrieval head (``gill index build``)."""
+    from gill.pipeline import resolve_checkpoint
+    from gill.retrieval import build_bank
 
-    Returns figures a reader can sanity-check (LM loss near ln(vocab) for random weights, feature widths).
+    info = build_bank(workdir, resolve_checkpoint(workdir), splits=("train",), progress=False)
+    return {"bank": str(info.path), "images": info.count, "dim": info.dim, "approximate index": info.approximate}
+
+
+def inference_stage(workdir: Path, world: Any, out_dir: Path, seed: int = 0) -> dict[str, Any]:
+    """GILLPipeline on a held-out caption: a forced [IMG] run, then one generated and one retrieved image.
+
+    Reports the reply text, the retrieved image's key and caption, and the CLIP similarity (metric model) of
+    each returned image to the caption's ground-truth image.
     """
-    import torch
     from PIL import Image
 
     from gill.factory import load_backbones
-    from gill.tokenization import add_img_tokens
+    from gill.pipeline import GenerationSettings, GILLPipeline, resolve_checkpoint, save_images
 
-    torch.manual_seed(seed)  # the new [IMG] embedding rows are drawn from the global RNG
     caption, image_path = _first_val_pair(world.cc3m_val_tsv)
-    models = load_backbones(config, roles=("lm", "vision", "sd", "clip_metric"))
-    img = add_img_tokens(models.tokenizer, config.adapters.num_img_tokens)
-    models.lm.resize_token_embeddings(len(models.tokenizer), mean_resizing=False)
-    ids = models.tokenizer(caption + img.suffix, return_tensors="pt").input_ids
-    with torch.no_grad():
-        lm_out = models.lm(input_ids=ids, labels=ids, output_hidden_states=True)
-        pixels = models.image_processor(images=Image.open(image_path).convert("RGB"), return_tensors="pt").pixel_values
-        features = models.vision(pixel_values=pixels).pooler_output
-        generated = models.sd(caption, num_inference_steps=5, generator=torch.Generator().manual_seed(seed)).images[0]
-        similarity = _clip_similarity(models, generated, Image.open(image_path).convert("RGB"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sample = out_dir / "sd_sample.png"
-    generated.save(sample)
+    pipe = GILLPipeline.from_pretrained(resolve_checkpoint(workdir), workdir=workdir)
+    settings = GenerationSettings(force_image=True, max_new_tokens=8, num_inference_steps=10, seed=seed)
+    gen = pipe([caption], settings, mode="gen")
+    ret = pipe([caption], settings, mode="ret")
+    save_images(gen, out_dir, prefix="gen-")
+    save_images(ret, out_dir, prefix="ret-")
+    metric = load_backbones(pipe.model.config, roles=("clip_metric",))
+    truth = Image.open(image_path).convert("RGB")
+    generated, retrieved = gen.images[0], ret.images[0]
     return {
-        "caption": caption,
-        "lm_tokens": ids.shape[1],
-        "lm_loss": round(float(lm_out.loss), 4),
-        "img_hidden_shape": list(lm_out.hidden_states[-1][0, -len(img.ids) :].shape),
-        "vision_feature_dim": features.shape[-1],
-        "sd_sample": str(sample),
-        "clip_similarity_to_gt": round(similarity, 4),
+        "prompt": caption,
+        "reply text": gen.text or "(none)",
+        "generated": f"{out_dir / 'gen-00-gen.png'} (CLIP similarity to ground truth "
+        f"{_clip_similarity(metric, generated.image, truth):.3f})",
+        "retrieved": f"key {retrieved.key}: {retrieved.caption!r} (CLIP similarity to ground truth "
+        f"{_clip_similarity(metric, retrieved.image, truth):.3f})",
+        "scores gen / ret": f"{generated.score:.3f} / {retrieved.score:.3f}",
     }
 
 

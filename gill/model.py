@@ -18,6 +18,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,12 +41,15 @@ class LMOutput:
     Attributes:
         hidden_states: one (B, T, D) tensor per ``adapters.text_emb_layers`` entry (-1: after the final norm).
         last_hidden_state: (B, T, D) what the LM head sees.
-        logits: (B, T, V) next-token logits over the LM's rows plus the [IMG] columns (V = :attr:`vocab_size`).
+        logits: (B, T, V) next-token logits over the LM's rows plus the [IMG] columns (V = :attr:`vocab_size`);
+            None when the caller asked for none.
     """
 
     hidden_states: tuple[torch.Tensor, ...]
     last_hidden_state: torch.Tensor
-    logits: torch.Tensor
+    logits: torch.Tensor | None
+    past_key_values: Any = None
+    """The LM's key/value cache after this pass (``use_cache=True`` only)."""
 
 
 def _check_img_ids(ids: Sequence[int], num_img_tokens: int) -> list[int]:
@@ -132,14 +136,25 @@ class GILLModel(nn.Module):
         img_logits = hidden @ self.adapters.img_embeddings.weight.to(hidden.dtype).T  # (B, T, n)
         return lm_logits.index_copy(-1, self.img_token_ids, img_logits.to(lm_logits.dtype))
 
-    def forward_lm(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None) -> LMOutput:
-        """Run the frozen LM on (B, T, D) embeddings; return the ``text_emb_layers`` states and the logits."""
-        out = self.lm.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                 output_hidden_states=True, use_cache=False)  # fmt: skip
-        last = out.last_hidden_state  # (B, T, D), after the final layer norm (OPT: and project_out)
+    def forward_lm(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+        past_key_values: Any = None, use_cache: bool = False, compute_logits: bool = True,
+    ) -> LMOutput:  # fmt: skip
+        """Run the frozen LM on (B, T, D) embeddings; return the ``text_emb_layers`` states and the logits.
+
+        With ``use_cache`` the pass extends ``past_key_values`` (the LM's own cache) and returns the new cache;
+        ``attention_mask`` must then cover the cached and the new positions (B, T_past + T).
+        """
         layers = self.config.adapters.text_emb_layers
+        need_all = any(i != -1 for i in layers)
+        out = self.lm.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                 past_key_values=past_key_values, output_hidden_states=need_all,
+                                 use_cache=use_cache)  # fmt: skip
+        last = out.last_hidden_state  # (B, T, D), after the final layer norm (OPT: and project_out)
         hidden = tuple(last if i == -1 else out.hidden_states[i] for i in layers)
-        return LMOutput(hidden_states=hidden, last_hidden_state=last, logits=self.logits(last))
+        return LMOutput(hidden_states=hidden, last_hidden_state=last,
+                        logits=self.logits(last) if compute_logits else None,
+                        past_key_values=out.past_key_values if use_cache else None)  # fmt: skip
 
     def img_states(self, hidden: torch.Tensor, caption_len: torch.Tensor) -> torch.Tensor:
         """(B, T, D) states and (B,) lengths -> (B, n, D) states at the [IMG] inputs (``caption_len - n ..``)."""

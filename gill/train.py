@@ -173,6 +173,8 @@ class Trainer:
                 self._after_step(values)
                 if self.position.step >= self.cfg.steps:
                     break
+        if self.world.is_main:  # the last weights in the release format, for inference without validation data
+            self.export(self.run_dir / "final", {"step": self.position.step})
         return self.result
 
     def _optimizer_steps(self, micro: int) -> Iterator[list[TrainingBatch]]:

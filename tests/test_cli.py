@@ -73,9 +73,10 @@ def test_demo_runs_every_stage_and_writes_a_report(tiny_zoo, tmp_path, capsys):
         "precompute targets train",
         "precompute targets val",
         "train adapters",
-        "backbone smoke pass",
+        "retrieval bank",
+        "inference",
     ]
-    training = report["stages"][-2]["outputs"]
+    training = report["stages"][-3]["outputs"]
     assert (workdir / "runs" / "demo-seed0" / "loss_curve.png").is_file() and "val t2i/i2t R@1" in training
     database = workdir / "gill.duckdb"
     sql = "SELECT split, sum(count) n, sum(successes) ok FROM download_shards GROUP BY split ORDER BY split"
@@ -84,11 +85,13 @@ def test_demo_runs_every_stage_and_writes_a_report(tiny_zoo, tmp_path, capsys):
         {"split": "val", "n": 64, "ok": 64},
     ]
     assert int(query(database, "SELECT sum(count) n FROM precompute_shards")["n"][0]) == 320
-    smoke = report["stages"][-1]["outputs"]
-    assert smoke["img_hidden_shape"] == [8, 64] and smoke["vision_feature_dim"] == 48
-    assert (workdir / "samples" / "sd_sample.png").is_file()
-    assert -1.0 <= smoke["clip_similarity_to_gt"] <= 1.0
-    assert "backbone smoke pass" in out and str(workdir) in out
+    assert report["stages"][-2]["outputs"]["images"] == 256  # every downloaded training image is in the bank
+    inference = report["stages"][-1]["outputs"]
+    for name in ("gen-00-gen", "ret-00-ret"):
+        assert (workdir / "samples" / f"{name}.png").stat().st_size > 100
+        assert json.loads((workdir / "samples" / f"{name}.json").read_text())["kind"] == name[-3:]
+    assert "CLIP similarity to ground truth" in inference["generated"] and "key " in inference["retrieved"]
+    assert "inference" in out and str(workdir) in out
 
 
 def test_db_query_prints_results_and_names_a_missing_database(tmp_path, capsys):

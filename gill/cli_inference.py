@@ -1,0 +1,238 @@
+"""``gill generate``, ``gill chat`` and ``gill index build|query``: the inference commands of the ``gill`` CLI.
+
+Registered by :func:`gill.cli.build_parser`; each handler is a thin call into :mod:`gill.pipeline` and
+:mod:`gill.retrieval`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+from gill.errors import GillError, InputError
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+# -- shared options -------------------------------------------------------------------------------------------------
+
+
+def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", type=Path, required=True, help="the workdir of gill train / gill index build")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint folder (default: the newest run's best/ or final/)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+
+
+def _add_settings_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("decoding and images")
+    g.add_argument("--mode", choices=("auto", "gen", "ret"), default="auto",
+                   help="auto: the decision classifier picks; gen/ret: always generate/retrieve")  # fmt: skip
+    g.add_argument("--seed", type=int, default=1337, help="seeds sampling and SD noise (official demo: 1337)")
+    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    g.add_argument("--top-p", type=float, default=1.0)
+    how_often = "how often to return images: multiplies the odds of [IMG0] (1 = unchanged; demo default 1.3)"
+    g.add_argument("--image-frequency", type=float, default=1.3, help=how_often)
+    g.add_argument("--force-image", action="store_true", help="start the reply with an image")
+    g.add_argument("--max-images", type=int, default=1)
+    g.add_argument("--sd-steps", type=int, default=50, help="Stable Diffusion denoising steps")
+    g.add_argument("--guidance-scale", type=float, default=7.5)
+    g.add_argument("--height", type=int, help="generated image height (default: SD's native size)")
+    g.add_argument("--width", type=int, help="generated image width (default: SD's native size)")
+
+
+def _settings(args: argparse.Namespace):  # -> GenerationSettings
+    from gill.config import ConfigError
+    from gill.pipeline import GenerationSettings
+
+    try:
+        return GenerationSettings(
+            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+            image_frequency=args.image_frequency, force_image=args.force_image, max_images=args.max_images,
+            mode=args.mode, num_inference_steps=args.sd_steps, guidance_scale=args.guidance_scale, seed=args.seed,
+            height=args.height, width=args.width,
+        )  # fmt: skip
+    except ConfigError as err:
+        raise InputError("invalid generation options", err.problems) from err
+
+
+def _load_pipeline(args: argparse.Namespace, load_sd: bool = True):  # -> GILLPipeline
+    from gill.pipeline import GILLPipeline, resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(args.workdir, args.checkpoint)
+    return GILLPipeline.from_pretrained(checkpoint, workdir=args.workdir, device=args.device, load_sd=load_sd)
+
+
+def _report(output, saved: list[Path], write: Callable[[str], None]) -> None:
+    """Print the reply: text, then one line per image with where it was written."""
+    from gill.pipeline import ImageResult
+
+    pngs = iter(saved)
+    for item in output.items:
+        if not isinstance(item, ImageResult):
+            write(item.text)
+            continue
+        where = "flagged by the safety checker, not saved" if item.safety_flagged else str(next(pngs))
+        origin = f"bank key {item.key}" if item.kind == "ret" else f"seed {item.seed}"
+        probs = "" if item.decision.p_ret is None else f", p_ret {item.decision.p_ret:.2f}"
+        write(f"[{item.kind} image: {origin}, score {item.score:.3f} ({item.decision.reason}{probs})] {where}")
+    for warning in output.warnings:
+        write(f"warning: {warning}")
+
+
+# -- gill generate ----------------------------------------------------------------------------------------------------
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Run GILL on images (first) and text; print the reply and write each image with a JSON sidecar."""
+    from gill.pipeline import load_prompt_images, save_images
+
+    settings = _settings(args)
+    images = load_prompt_images(args.image or [])
+    pipe = _load_pipeline(args)
+    output = pipe([*images, args.prompt], settings)
+    out_dir = args.out or args.workdir / "generated" / time.strftime("%Y%m%d-%H%M%S")
+    saved = save_images(output, out_dir)
+    _report(output, saved, _out)
+    if output.images:
+        _out(f"images and sidecars: {out_dir}")
+    return 0
+
+
+# -- gill chat --------------------------------------------------------------------------------------------------------
+
+CHAT_HELP = "commands: /image PATH (attach to the next message), /reset, /quit"
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Multi-turn terminal chat; images are saved under --out."""
+    from gill.pipeline import ChatSession
+
+    session = ChatSession(_load_pipeline(args), _settings(args))
+    out_dir = args.out or args.workdir / "chat" / time.strftime("%Y%m%d-%H%M%S")
+    run_chat(session, out_dir, sys.stdin, _out)
+    return 0
+
+
+def run_chat(session, out_dir: Path, lines: TextIO, write: Callable[[str], None]) -> int:
+    """The chat loop over ``lines`` (stdin in the CLI); returns the number of turns answered."""
+    from gill.pipeline import load_prompt_images, save_images
+
+    write(f"GILL chat. {CHAT_HELP}")
+    turns = 0
+    for raw in lines:
+        line = raw.strip()
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            break
+        if line == "/reset":
+            session.reset()
+            write("(conversation reset)")
+            continue
+        if line.startswith("/image"):
+            try:
+                (image,) = load_prompt_images([line[len("/image") :].strip()])
+            except (InputError, ValueError) as err:
+                write(f"error: {err}")
+                continue
+            session.add_image(image)
+            write(f"(image attached to your next message; {len(session.pending_images)} pending)")
+            continue
+        if line.startswith("/"):
+            write(f"unknown command {line.split()[0]!r}; {CHAT_HELP}")
+            continue
+        try:
+            output = session.turn(line)
+        except GillError as err:
+            write(f"error: {err.render()}")
+            continue
+        turns += 1
+        saved = save_images(output, out_dir, prefix=f"turn{turns:03d}-")
+        _report(output, saved, lambda text: write(f"A: {text}"))
+    write("bye")
+    return turns
+
+
+# -- gill index -------------------------------------------------------------------------------------------------------
+
+
+def cmd_index_build(args: argparse.Namespace) -> int:
+    """Embed every precomputed image with the checkpoint's retrieval head into a local bank."""
+    from gill.pipeline import resolve_checkpoint
+    from gill.retrieval import build_bank
+
+    checkpoint = resolve_checkpoint(args.workdir, args.checkpoint)
+    approximate = {"auto": "auto", "yes": True, "no": False}[args.approximate]
+    info = build_bank(args.workdir, checkpoint, splits=tuple(args.splits), approximate=approximate)
+    _out(f"bank {info.path}: {info.count} images, {info.dim}-d, approximate index: {info.approximate} "
+         f"(checkpoint {checkpoint}, id {info.checkpoint_id})")  # fmt: skip
+    return 0
+
+
+def cmd_index_query(args: argparse.Namespace) -> int:
+    """Search the bank with a text query; print the top-k keys, scores and captions (and save the images)."""
+    pipe = _load_pipeline(args, load_sd=False)
+    if pipe.bank is None:
+        raise InputError(f"no retrieval bank for this checkpoint under {args.workdir}", [],
+                         hint=f"run: gill index build --workdir {args.workdir}")  # fmt: skip
+    hits = pipe.bank.search(pipe.text_query(args.query)[None], k=args.k, method=args.method)[0]
+    rows = []
+    for rank, hit in enumerate(hits, start=1):
+        rows.append({"rank": rank, "key": hit.key, "score": round(hit.score, 4), "split": hit.split,
+                     "caption": pipe.bank.caption(hit)})  # fmt: skip
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            pipe.bank.image(hit).save(args.out / f"{rank:02d}-{hit.key}.png")
+    if args.json:
+        _out(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            _out(f"{row['rank']:>3}  {row['key']}  {row['score']:.4f}  {row['caption']}")
+    return 0
+
+
+# -- parsers ----------------------------------------------------------------------------------------------------------
+
+
+def add_inference_parsers(groups: argparse._SubParsersAction) -> None:
+    """Register ``generate``, ``chat`` and ``index`` on the top-level ``gill`` parser."""
+    p = groups.add_parser("generate", help="text and images from a prompt (with optional input images)")
+    p.add_argument("prompt", help="the text prompt")
+    p.add_argument("--image", action="append", metavar="PATH", help="an input image, placed before the text (repeat)")
+    p.add_argument("--out", type=Path, help="where images and sidecars go (default W/generated/<time>)")
+    _add_checkpoint_args(p)
+    _add_settings_args(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = groups.add_parser("chat", help="multi-turn chat in the terminal (/image PATH, /reset, /quit)")
+    p.add_argument("--out", type=Path, help="where images go (default W/chat/<time>)")
+    _add_checkpoint_args(p)
+    _add_settings_args(p)
+    p.set_defaults(func=cmd_chat)
+
+    index = groups.add_parser("index", help="the local retrieval bank").add_subparsers(
+        dest="command", metavar="SUBCOMMAND", required=True
+    )
+    p = index.add_parser("build", help="embed the precomputed images with a checkpoint's retrieval head")
+    _add_checkpoint_args(p)
+    p.add_argument("--splits", nargs="+", default=["train"], help="feature splits to index (default: train)")
+    p.add_argument("--approximate", choices=("auto", "yes", "no"), default="auto",
+                   help="also build a FAISS index (auto: for large banks)")  # fmt: skip
+    p.set_defaults(func=cmd_index_build)
+    p = index.add_parser("query", help="search the bank with text")
+    p.add_argument("query", help="the text to search for")
+    p.add_argument("-k", type=int, default=5, help="how many results (default 5)")
+    p.add_argument("--method", choices=("auto", "exact", "approx"), default="auto")
+    p.add_argument("--out", type=Path, help="also save the retrieved images here")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_checkpoint_args(p)
+    p.set_defaults(func=cmd_index_query)
