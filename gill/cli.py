@@ -248,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gill.cli_inference import add_inference_parsers
 
     add_inference_parsers(groups)
+    from annotations.cli import add_annotate_parsers
+
+    add_annotate_parsers(groups)
     p = groups.add_parser("demo", help="run the pipeline stages that exist on the embedded default")
     add_config_args(p)
     p.add_argument("--workdir", type=Path, default=Path("work/demo"), help="where outputs go (default work/demo)")
