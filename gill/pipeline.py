@@ -605,7 +605,8 @@ def _refuse_foreign_bank(workdir: Path, checkpoint_dir: Path) -> None:
     from gill.retrieval import checkpoint_id
 
     root = workdir / "index"
-    others = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    folders = root.iterdir() if root.is_dir() else []
+    others = sorted(p.name for p in folders if p.is_dir() and not p.name.startswith("."))  # not in-progress builds
     if others:
         raise InputError(
             f"the retrieval banks under {str(root)!r} were built by other checkpoints",
