@@ -206,7 +206,8 @@ def _clip_similarity(models: Any, a: Any, b: Any) -> float:
     import torch
 
     inputs = models.clip_processor(images=[a, b], return_tensors="pt")
-    feats = models.clip_metric.get_image_features(pixel_values=inputs.pixel_values)
+    with torch.no_grad():
+        feats = models.clip_metric.get_image_features(pixel_values=inputs.pixel_values)
     feats = feats if torch.is_tensor(feats) else feats.pooler_output  # transformers 5 returns an output object
     feats = torch.nn.functional.normalize(feats, dim=-1)
     return float(feats[0] @ feats[1])
