@@ -106,4 +106,25 @@ def add_annotate_parsers(groups: argparse._SubParsersAction) -> argparse._SubPar
     _add_votes_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_annotate_human_baseline)
+
+    p = commands.add_parser("build", help="candidates: an SD-baseline image and the top bank image per prompt")
+    p.add_argument("--workdir", type=Path, required=True, help="work folder with a checkpoint and its bank")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint (default: the newest run's best/ or final/)")
+    p.add_argument("--prompts", type=Path, help="TSV with a Prompt column (default: the shipped PartiPrompts)")
+    p.add_argument("--limit", type=int, help="only the first N prompts")
+    p.add_argument("--sd-steps", type=int, default=50, help="SD denoising steps (default 50)")
+    p.add_argument("--seed", type=int, default=1337, help="SD seed for every prompt (default 1337)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_annotate_build)
     return commands
+
+
+def cmd_annotate_build(args: argparse.Namespace) -> int:
+    """Build the decision candidates into <workdir>/annotations/candidates and DuckDB decision_candidates."""
+    from annotations.candidates import build_candidates
+
+    summary = build_candidates(args.workdir, checkpoint=args.checkpoint, prompts=args.prompts, limit=args.limit,
+                               sd_steps=args.sd_steps, seed=args.seed, device=args.device)  # fmt: skip
+    _out(f"decision candidates: {summary.total} prompts ({summary.built} built, {summary.skipped} already done); "
+         f"images in {summary.images_dir}, rows in {summary.database} table decision_candidates")  # fmt: skip
+    return 0

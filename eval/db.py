@@ -36,6 +36,10 @@ TABLES: dict[str, str] = {
     "precompute_shards": """
         split VARCHAR NOT NULL, shard VARCHAR NOT NULL, count INTEGER, fingerprint VARCHAR, duration_s DOUBLE,
         samples_per_s DOUBLE, PRIMARY KEY (split, shard)""",
+    "decision_candidates": """
+        prompt_id INTEGER NOT NULL PRIMARY KEY, prompt VARCHAR, category VARCHAR, challenge VARCHAR, note VARCHAR,
+        gen_image VARCHAR, ret_image VARCHAR, ret_key VARCHAR, ret_score DOUBLE, ret_scaled_score DOUBLE,
+        checkpoint_id VARCHAR, sd_seed INTEGER""",
 }
 """Table name -> column definitions. ``download_failures`` rows are replaced per (split, shard)."""
 

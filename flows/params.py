@@ -72,3 +72,18 @@ class TrainParams(ModelParams):
     device: str = Field("cpu", description="torch device: cpu or cuda")
     run_id: str | None = Field(None, description="run folder name under <workdir>/runs (default: a new id)")
     resume: bool = Field(False, description="continue the run named by run_id (or the latest) from its checkpoint")
+
+
+class CandidateParams(BaseModel):
+    """Parameters of the ``build-decision-candidates`` flow (see ``gill annotate build --help``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workdir: Path = Field(description="work folder with a trained checkpoint (runs/) and precomputed features")
+    checkpoint: Path | None = Field(None, description="checkpoint folder (default: the newest run's best/ or final/)")
+    prompts: Path | None = Field(None, description="TSV with a Prompt column (default: the shipped PartiPrompts)")
+    limit: int | None = Field(None, ge=1, description="only the first N prompts")
+    sd_steps: int = Field(50, ge=1, description="denoising steps of the SD baseline")
+    seed: int = Field(1337, description="SD seed used for every prompt")
+    device: str = Field("cpu", description="torch device")
+    build_index: bool = Field(True, description="build (or refresh) the retrieval bank first; skipped if up to date")

@@ -110,3 +110,13 @@ def test_train_flow_runs_and_publishes_its_metrics(downloaded):
     assert summary["run_id"] == "flow" and summary["last"]["step"] == 2
     assert Path(summary["curve"]).is_file()
     assert Artifact.get("train-metrics") is not None
+
+
+def test_candidates_flow_builds_the_bank_then_the_pairs(downloaded):  # uses the run the train-flow test made
+    from flows.build_decision_candidates import CandidateParams, build_decision_candidates_flow
+
+    summary = build_decision_candidates_flow(CandidateParams(workdir=downloaded, limit=2, sd_steps=2))
+    assert summary["total"] == summary["built"] == 2
+    rows = query(db_path(downloaded), "SELECT prompt, gen_image, ret_key FROM decision_candidates ORDER BY prompt_id")
+    assert list(rows["prompt"]) == ["bond", "element"] and all((downloaded / p).is_file() for p in rows["gen_image"])
+    assert (downloaded / "index").is_dir()

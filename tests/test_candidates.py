@@ -1,0 +1,72 @@
+"""Decision candidates: an SD-baseline image and the top bank image per prompt, resumable, into DuckDB."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from shard_helpers import world_samples
+
+from annotations.candidates import read_prompts
+from eval.db import db_path, query
+from gill.data.precompute import PrecomputeOptions, precompute_split
+from gill.data.shards import image_split_dir, write_image_shard
+from gill.errors import InputError
+from gill.presets import get_preset
+from gill.train import setup_training
+
+
+@pytest.fixture(scope="module")
+def workdir(tiny_config, small_world, tmp_path_factory) -> Path:
+    """16 precomputed pairs, a 6-step run and its retrieval bank."""
+    from gill.pipeline import resolve_checkpoint
+    from gill.retrieval import build_bank
+
+    root = tmp_path_factory.mktemp("candidates-work")
+    write_image_shard(image_split_dir("train", root) / "00000.tar", world_samples(small_world, 16))
+    precompute_split("train", root, tiny_config, PrecomputeOptions(batch_size=16), progress=False)
+    config = get_preset("tiny")
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, steps=6, batch_size=8))
+    setup_training(config, root, run_id="cand").train()
+    build_bank(root, resolve_checkpoint(root), progress=False)
+    return root
+
+
+def test_the_shipped_partiprompts_are_the_default_prompts():
+    rows = read_prompts()
+    assert len(rows) == 1632 and rows[0].prompt == "bond" and rows[0].category == "Abstract"
+    assert [r.prompt_id for r in rows[:3]] == [0, 1, 2]
+
+
+def test_a_prompts_file_without_prompt_column_or_with_empty_prompts_is_refused(tmp_path):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("Text\tCategory\nhello\tx\n")
+    with pytest.raises(InputError, match="no 'Prompt' column"):
+        read_prompts(bad)
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("Prompt\tCategory\n \tx\nfine\ty\n\tz\n")
+    with pytest.raises(InputError) as err:
+        read_prompts(empty)
+    assert err.value.problems == ["line 2: empty prompt", "line 4: empty prompt"]
+
+
+def test_annotate_build_writes_both_images_and_rows_and_resumes(workdir, capsys):
+    from gill.cli import main
+
+    argv = ["annotate", "build", "--workdir", str(workdir), "--limit", "3", "--sd-steps", "2"]
+    assert main(argv) == 0
+    assert "3 prompts (3 built, 0 already done)" in capsys.readouterr().out
+    rows = query(db_path(workdir), "SELECT * FROM decision_candidates ORDER BY prompt_id")
+    assert list(rows["prompt_id"]) == [0, 1, 2] and list(rows["prompt"]) == ["bond", "element", "molecule"]
+    for gen, ret, score in zip(rows["gen_image"], rows["ret_image"], rows["ret_score"], strict=True):
+        assert Image.open(workdir / gen).size == (64, 64) and Image.open(workdir / ret).size[0] > 0
+        assert -1.0 <= score <= 1.0
+    first = (workdir / rows["gen_image"][0]).read_bytes()
+    (workdir / rows["ret_image"][1]).unlink()  # a lost image is rebuilt; the others are kept
+    assert main([*argv[:-4], "--limit", "4", "--sd-steps", "2"]) == 0
+    assert "4 prompts (2 built, 2 already done)" in capsys.readouterr().out
+    assert (workdir / rows["gen_image"][0]).read_bytes() == first
+    assert (workdir / rows["ret_image"][1]).is_file()
+    assert int(query(db_path(workdir), "SELECT count(*) n FROM decision_candidates")["n"][0]) == 4
