@@ -10,7 +10,7 @@ export HF_HUB_DISABLE_PROGRESS_BARS ?= 1
 export NO_ALBUMENTATIONS_UPDATE ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test lint lock clean
+.PHONY: install browser-deps demo test lint lock clean
 
 install: $(STAMP)
 
@@ -27,8 +27,17 @@ $(STAMP): pyproject.toml requirements.lock
 demo: install
 	$(BIN)/gill demo --workdir $(WORKDIR)
 
-test: install
+test: install browser-deps
 	$(BIN)/python -m pytest -q
+
+# Headless Chromium + chromedriver for tests/test_annotation_browser.py (Debian packages). Installed when
+# missing and we are root (CI); elsewhere install them yourself (`apt-get install chromium chromium-driver`),
+# or the browser test reports itself skipped.
+browser-deps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; \
+	    else echo "note: chromium/chromedriver missing and not root: the headless-browser test will be skipped"; fi; }
 
 lint: install
 	$(BIN)/ruff check gill eval annotations flows tests bench

@@ -116,6 +116,10 @@ def add_annotate_parsers(groups: argparse._SubParsersAction) -> argparse._SubPar
     p.add_argument("--seed", type=int, default=1337, help="SD seed for every prompt (default 1337)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_annotate_build)
+
+    from annotations.cli_app import add_app_parsers
+
+    add_app_parsers(commands)
     return commands
 
 

@@ -1,0 +1,394 @@
+"""The judging web app: judges answer "generated or retrieved image?" for each prompt, blind to which is which.
+
+Run it with ``gill annotate serve --workdir W`` (binds 127.0.0.1:8765), add judges with
+``gill annotate add-judge NAME --workdir W`` (prints their personal login link), or from Python::
+
+    import uvicorn
+    from annotations.app import create_app
+
+    uvicorn.run(create_app("work/demo", judges_per_item=5, admin_token="..."), host="127.0.0.1", port=8765)
+
+Routes:
+
+- ``GET /judge?token=T``: the personal login link. Sets an HttpOnly, SameSite=Strict session cookie and redirects
+  to ``/``.
+- ``GET /``: the judging page (one static HTML page with its script at ``/static/judge.js``; no external assets,
+  and a Content-Security-Policy that allows only this origin, so nothing injected could run).
+- ``GET /api/items/next``: the judge's next item (prompt and image URLs, never which side is generated) and progress.
+- ``GET /api/images/{item_id}/{left|right}``: an item's image, for judges only.
+- ``POST /api/votes``: JSON ``{item_id, alignment, realism}`` with ``left``/``right``/``same``; a resubmit replaces.
+- ``GET /api/votes/mine``: the judge's own votes.
+- ``GET /admin?token=A``: progress per judge and agreement per question (Fleiss' kappa, Krippendorff's alpha).
+
+Auth: the session cookie or ``Authorization: Bearer <token>``; a missing or unknown token gets 401. CSRF: every
+state-changing request must carry the header ``X-Gill-CSRF: 1`` (the page's ``fetch`` sends it; a cross-site form
+cannot set custom headers, and a cross-site ``fetch`` that sets one needs a CORS preflight this app never grants),
+and is refused when ``Origin`` names another host or ``Sec-Fetch-Site`` says ``cross-site``; on top of that the
+cookie is ``SameSite=Strict``. Refusals get 403.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from pydantic import BaseModel, ConfigDict
+
+from annotations.store import SIDES, ItemFullError, JudgingStore, UnknownItemError
+from annotations.store import Item as StoreItem
+from annotations.store import Judge as StoreJudge
+from annotations.store import Vote as StoreVote
+
+logger = logging.getLogger(__name__)
+
+COOKIE_NAME = "gill_judge"
+CSRF_HEADER = "X-Gill-CSRF"
+COOKIE_MAX_AGE_S = 30 * 24 * 3600
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",  # the login link carries the token: never leak it in a Referer
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+Choice = Literal["left", "right", "same"]
+
+
+class VoteIn(BaseModel):
+    """A submitted vote, as the judge sees the sides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: int
+    alignment: Choice
+    realism: Choice
+
+
+def create_app(
+    workdir: str | os.PathLike[str], judges_per_item: int | None = 5, admin_token: str | None = None
+) -> FastAPI:
+    """The judging app over ``<workdir>/annotations/judging.sqlite``.
+
+    Args:
+        workdir: the work folder (images are served from paths relative to it).
+        judges_per_item: ``k``, judges per item (saved in the store); ``None`` keeps the saved value.
+        admin_token: the admin token to accept at ``/admin``; ``None`` keeps the stored one (see
+            :meth:`~annotations.store.JudgingStore.new_admin_token`).
+    """
+    store = JudgingStore(workdir, judges_per_item=judges_per_item)
+    if admin_token is not None:
+        store.set_admin_token(admin_token)
+    root = Path(workdir).resolve()
+    app = FastAPI(title="GILL judging", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.store = store
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next) -> Response:
+        response = await call_next(request)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    @app.get("/judge")
+    def login(token: Annotated[str, Query()] = "") -> Response:
+        if store.judge_for_token(token) is None:
+            return HTMLResponse(_LOGIN_FAILED, status_code=401)
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(COOKIE_NAME, token, max_age=COOKIE_MAX_AGE_S, httponly=True, samesite="strict", path="/")
+        return response
+
+    @app.get("/")
+    def page() -> HTMLResponse:
+        return HTMLResponse(JUDGE_HTML)
+
+    @app.get("/favicon.ico")
+    def favicon() -> Response:
+        return Response(status_code=204)
+
+    @app.get("/static/judge.js")
+    def script() -> Response:
+        return Response(JUDGE_JS, media_type="text/javascript")
+
+    @app.get("/static/judge.css")
+    def style() -> Response:
+        return Response(JUDGE_CSS, media_type="text/css")
+
+    @app.get("/api/items/next")
+    def next_item(judge: JudgeDep) -> dict:
+        item = store.next_item(judge)
+        return {"judge": judge.name, "item": None if item is None else _public_item(item),
+                "progress": _progress(store, judge)}  # fmt: skip
+
+    @app.get("/api/images/{item_id}/{side}")
+    def image(item_id: int, side: str, judge: JudgeDep) -> FileResponse:
+        item = store.item(item_id)
+        if item is None or side not in SIDES:
+            raise HTTPException(404, "no such item or side")
+        path = (root / item.image_for(side)).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            logger.warning("item %d: image %s is missing or outside %s", item_id, path, root)
+            raise HTTPException(404, "image not found")
+        # The file name would tell generated from retrieved: send none, and no caching of a judge-only file.
+        return FileResponse(path, headers={"Cache-Control": "private, no-store"})
+
+    @app.post("/api/votes", dependencies=[Depends(_require_csrf)])
+    def vote(body: VoteIn, judge: JudgeDep) -> dict:
+        try:
+            saved = store.submit_vote(judge, body.item_id, body.alignment, body.realism)
+        except UnknownItemError as err:
+            raise HTTPException(404, err.message) from err
+        except ItemFullError as err:
+            raise HTTPException(409, err.message) from err
+        return {"vote": _public_vote(saved), "progress": _progress(store, judge)}
+
+    @app.get("/api/votes/mine")
+    def my_votes(judge: JudgeDep) -> dict:
+        return {"judge": judge.name, "votes": [_public_vote(v) for v in store.votes_of(judge)]}
+
+    @app.get("/admin")
+    def admin(token: Annotated[str, Query()] = "", authorization: Annotated[str | None, Header()] = None) -> Response:
+        if not store.is_admin(_bearer(authorization) or token):
+            return HTMLResponse("<!doctype html><title>GILL judging</title><p>Unknown admin token.</p>", 401)
+        return HTMLResponse(render_admin(store))
+
+    return app
+
+
+def current_judge(request: Request, authorization: Annotated[str | None, Header()] = None) -> StoreJudge:
+    """The judge of the request's bearer token or session cookie; 401 when there is none."""
+    store: JudgingStore = request.app.state.store
+    judge = store.judge_for_token(_bearer(authorization) or request.cookies.get(COOKIE_NAME))
+    if judge is None:
+        raise HTTPException(401, "open your personal login link (or send Authorization: Bearer <token>)",
+                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+    return judge
+
+
+JudgeDep = Annotated[StoreJudge, Depends(current_judge)]
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if authorization and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip() or None
+    return None
+
+
+def _require_csrf(
+    request: Request,
+    csrf: Annotated[str | None, Header(alias=CSRF_HEADER)] = None,
+    origin: Annotated[str | None, Header()] = None,
+    sec_fetch_site: Annotated[str | None, Header()] = None,
+) -> None:
+    """Refuse (403) a state-changing request that a page of another site could have sent."""
+    if csrf != "1":
+        raise HTTPException(403, f"missing {CSRF_HEADER}: 1 header")
+    if sec_fetch_site == "cross-site":
+        raise HTTPException(403, "cross-site request refused")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+        raise HTTPException(403, f"request from origin {origin!r} refused")
+
+
+def _public_item(item: StoreItem) -> dict:
+    """What the judge may see: never the image paths or which side is generated."""
+    return {"id": item.id, "prompt": item.prompt, "category": item.category, "challenge": item.challenge,
+            "images": {side: f"/api/images/{item.id}/{side}" for side in SIDES}}  # fmt: skip
+
+
+def _public_vote(vote: StoreVote) -> dict:
+    return {"item_id": vote.item_id, "alignment": vote.alignment, "realism": vote.realism, "updated": vote.updated}
+
+
+def _progress(store: JudgingStore, judge: StoreJudge) -> dict:
+    p = store.progress(judge)
+    return {"done": p.done, "total": p.total}
+
+
+def render_admin(store: JudgingStore) -> str:
+    """The admin page: progress per judge, items complete, agreement per question. Every value is escaped."""
+    e = html.escape
+    rows = "".join(f"<tr><td>{e(j.name)}</td><td>{p.done}</td><td>{p.total}</td></tr>"
+                   for j, p in store.judge_progress())  # fmt: skip
+    agreement = "".join(
+        f"<tr><td>{e(a.question)}</td><td>{_num(a.fleiss_kappa)}</td><td>{a.fleiss_items}</td>"
+        f"<td>{_num(a.alpha)}</td><td>{a.alpha_items}</td></tr>"
+        for a in store.agreement()
+    )
+    recent = "".join(f"<tr><td>{iv.item.id}</td><td>{e(iv.item.prompt)}</td><td>{e(','.join(iv.alignment))}</td>"
+                     f"<td>{e(','.join(iv.realism))}</td></tr>" for iv in store.votes_table())  # fmt: skip
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>GILL judging: admin</title>
+<link rel="stylesheet" href="/static/judge.css"></head>
+<body><main>
+<h1>GILL judging: admin</h1>
+<p id="summary">{store.count_items()} item(s), {store.complete_items()} complete with {store.judges_per_item} judges;
+{store.count_votes()} vote(s).</p>
+<h2>Judges</h2>
+<table id="judges"><tr><th>judge</th><th>done</th><th>of</th></tr>{rows}</table>
+<h2>Agreement (official votes gen / ret / same)</h2>
+<table id="agreement"><tr><th>question</th><th>Fleiss' kappa</th><th>complete items</th>
+<th>Krippendorff's alpha</th><th>items with 2+ votes</th></tr>{agreement}</table>
+<h2>Votes per item (judge order)</h2>
+<table id="votes"><tr><th>item</th><th>prompt</th><th>alignment</th><th>realism</th></tr>{recent}</table>
+</main></body></html>
+"""
+
+
+def _num(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3f}"
+
+
+_LOGIN_FAILED = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>GILL judging</title></head>
+<body><p>This login link is not valid. Ask the organiser for your personal link.</p></body></html>
+"""
+
+JUDGE_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>GILL judging</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="stylesheet" href="/static/judge.css"></head>
+<body><main>
+<header><span id="who"></span> <span id="progress"></span></header>
+<p id="message" role="status"></p>
+<section id="task" hidden>
+  <p class="label">Prompt</p>
+  <p id="prompt"></p>
+  <div class="images">
+    <figure><img id="img-left" alt="left image"><figcaption>left</figcaption></figure>
+    <figure><img id="img-right" alt="right image"><figcaption>right</figcaption></figure>
+  </div>
+  <div class="question">
+    <p>Which image matches the prompt better?</p>
+    <button type="button" id="alignment-left" data-q="alignment" data-v="left">Left <kbd>1</kbd></button>
+    <button type="button" id="alignment-right" data-q="alignment" data-v="right">Right <kbd>2</kbd></button>
+    <button type="button" id="alignment-same" data-q="alignment" data-v="same">About the same <kbd>3</kbd></button>
+  </div>
+  <div class="question">
+    <p>Which image is more realistic?</p>
+    <button type="button" id="realism-left" data-q="realism" data-v="left">Left <kbd>q</kbd></button>
+    <button type="button" id="realism-right" data-q="realism" data-v="right">Right <kbd>w</kbd></button>
+    <button type="button" id="realism-same" data-q="realism" data-v="same">About the same <kbd>e</kbd></button>
+  </div>
+  <p class="hint">Your vote is sent as soon as both questions are answered (Enter sends it again if it failed).</p>
+</section>
+</main>
+<script src="/static/judge.js"></script>
+</body></html>
+"""
+
+JUDGE_JS = """'use strict';
+// Text from the server is only ever set through textContent, so a prompt like <script> shows literally.
+const KEYS = {'1': ['alignment', 'left'], '2': ['alignment', 'right'], '3': ['alignment', 'same'],
+              'q': ['realism', 'left'], 'w': ['realism', 'right'], 'e': ['realism', 'same']};
+const state = {item: null, alignment: null, realism: null, busy: false};
+const $ = (id) => document.getElementById(id);
+
+async function api(path, options = {}) {
+  const headers = Object.assign({'X-Gill-CSRF': '1', 'Accept': 'application/json'}, options.headers || {});
+  const response = await fetch(path, Object.assign({credentials: 'same-origin'}, options, {headers}));
+  let body = null;
+  try { body = await response.json(); } catch (err) { body = null; }
+  return {status: response.status, body};
+}
+
+function say(text) { $('message').textContent = text; }
+
+function showProgress(progress) {
+  $('progress').textContent = progress ? `${progress.done} / ${progress.total} done` : '';
+}
+
+function render() {
+  for (const button of document.querySelectorAll('button[data-q]')) {
+    const chosen = state[button.dataset.q] === button.dataset.v;
+    button.classList.toggle('chosen', chosen);
+    button.setAttribute('aria-pressed', chosen ? 'true' : 'false');
+  }
+}
+
+async function loadNext() {
+  const {status, body} = await api('/api/items/next');
+  if (status === 401) {
+    $('task').hidden = true;
+    say('You are not logged in: open your personal login link.');
+    return;
+  }
+  if (status !== 200) { say(`Could not load the next item (HTTP ${status}).`); return; }
+  $('who').textContent = body.judge;
+  showProgress(body.progress);
+  Object.assign(state, {item: body.item, alignment: null, realism: null, busy: false});
+  if (!body.item) {
+    $('task').hidden = true;
+    say('All done: there is nothing left for you to judge. Thank you!');
+    document.body.dataset.itemId = '';
+    return;
+  }
+  $('prompt').textContent = body.item.prompt;
+  $('img-left').src = body.item.images.left;
+  $('img-right').src = body.item.images.right;
+  $('task').hidden = false;
+  document.body.dataset.itemId = String(body.item.id);
+  render();
+}
+
+async function submit() {
+  if (!state.item || !state.alignment || !state.realism || state.busy) return;
+  state.busy = true;
+  const payload = {item_id: state.item.id, alignment: state.alignment, realism: state.realism};
+  const {status, body} = await api('/api/votes', {method: 'POST', body: JSON.stringify(payload),
+                                                  headers: {'Content-Type': 'application/json'}});
+  if (status === 200) {
+    say(`Saved your vote on item ${payload.item_id}.`);
+  } else if (status === 409) {
+    say('That item already has enough judges; here is another one.');
+  } else {
+    state.busy = false;
+    say(`Your vote was not saved (HTTP ${status}${body && body.detail ? ': ' + JSON.stringify(body.detail) : ''}).`);
+    return;
+  }
+  await loadNext();
+}
+
+function choose(question, value) {
+  if (!state.item || state.busy) return;
+  state[question] = value;
+  render();
+  if (state.alignment && state.realism) submit();
+}
+
+document.addEventListener('click', (event) => {
+  const button = event.target.closest('button[data-q]');
+  if (button) choose(button.dataset.q, button.dataset.v);
+});
+
+document.addEventListener('keydown', (event) => {
+  if (event.ctrlKey || event.metaKey || event.altKey) return;
+  if (event.key === 'Enter') { submit(); return; }
+  const hit = KEYS[event.key.toLowerCase()];
+  if (hit) { event.preventDefault(); choose(hit[0], hit[1]); }
+});
+
+loadNext();
+"""
+
+JUDGE_CSS = """body { font-family: system-ui, sans-serif; margin: 0; background: #fafafa; color: #222; }
+main { max-width: 1100px; margin: 0 auto; padding: 1rem; }
+header { display: flex; justify-content: space-between; color: #555; }
+#prompt { font-size: 1.3rem; white-space: pre-wrap; }
+.label { color: #777; margin-bottom: 0; }
+.images { display: flex; gap: 1rem; }
+figure { flex: 1; margin: 0; text-align: center; }
+figure img { max-width: 100%; max-height: 60vh; background: #eee; }
+.question { margin: 1rem 0; }
+button { font-size: 1rem; padding: .5rem 1rem; margin-right: .5rem; cursor: pointer; }
+button.chosen { background: #2b6cb0; color: white; }
+kbd { font-size: .8rem; border: 1px solid #aaa; border-radius: 3px; padding: 0 .3rem; }
+table { border-collapse: collapse; margin-bottom: 1rem; }
+td, th { border: 1px solid #ccc; padding: .25rem .5rem; text-align: left; }
+"""

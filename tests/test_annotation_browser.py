@@ -1,0 +1,165 @@
+"""The judging page in a real headless Chromium (Selenium): login link, mouse and keyboard votes, reload and resume,
+two judges kept apart, and the admin view.
+
+Needs the Debian packages ``chromium`` and ``chromium-driver`` (``/usr/bin/chromium``, ``/usr/bin/chromedriver``) and
+the ``selenium`` package; the server is uvicorn on 127.0.0.1, so nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from annotations.app import _num, create_app
+from annotations.store import JudgingStore, import_candidates
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+try:
+    import selenium  # noqa: F401
+except ImportError:  # pragma: no cover - see the skip reason
+    HAVE_SELENIUM = False
+else:
+    HAVE_SELENIUM = True
+
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER and HAVE_SELENIUM),
+    reason="needs apt packages chromium + chromium-driver and pip package selenium",
+)
+
+from test_annotation_app import ADMIN, SCRIPT_PROMPT, running, write_candidates  # noqa: E402
+
+WAIT_S = 20
+Site = tuple[str, Path, dict[str, str]]  # (base URL, workdir, login token by judge name)
+
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    options.binary_location = CHROMIUM
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(WAIT_S)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    """A server over 4 items (item 2's prompt is a ``<script>``), k = 2, judges alice and bob.
+
+    Yields ``(url, workdir, tokens by name)``.
+    """
+    wd = write_candidates(tmp_path / "wd", n=4, prompts={2: SCRIPT_PROMPT})
+    import_candidates(wd)
+    store = JudgingStore(wd, judges_per_item=2)
+    tokens = {name: store.add_judge(name)[1] for name in ("alice", "bob")}
+    with running(create_app(wd, judges_per_item=2, admin_token=ADMIN)) as url:
+        yield url, wd, tokens
+
+
+def _login(driver: WebDriver, url: str, token: str) -> None:
+    driver.get(f"{url}/static/judge.css")  # a page of this host without the script
+    driver.delete_all_cookies()
+    driver.get(f"{url}/judge?token={token}")
+
+
+def _wait_item(driver: WebDriver, item_id: int | str, progress: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def ready(d: WebDriver) -> bool:
+        body = d.find_element(By.TAG_NAME, "body")
+        return (body.get_attribute("data-item-id") == str(item_id)
+                and d.find_element(By.ID, "progress").text == progress)  # fmt: skip
+
+    WebDriverWait(driver, WAIT_S).until(ready)
+
+
+def _votes(wd: Path, name: str) -> list[tuple[int, str, str]]:
+    store = JudgingStore(wd)
+    judge = next(j for j in store.judges() if j.name == name)
+    return [(v.item_id, v.alignment, v.realism) for v in store.votes_of(judge)]
+
+
+def test_a_judge_votes_by_mouse_and_keyboard_and_resumes_after_a_reload(browser: WebDriver, site: Site):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, wd, tokens = site
+    browser.get_log("browser")  # start with an empty console log
+    _login(browser, url, tokens["alice"])
+    _wait_item(browser, 1, "0 / 4 done")
+    assert browser.current_url == f"{url}/"  # the login link redirected to the page
+    assert browser.find_element(By.ID, "prompt").text == "prompt number 1"
+    assert browser.find_element(By.ID, "who").text == "alice"
+    widths = "return ['img-left', 'img-right'].map((id) => document.getElementById(id).naturalWidth)"
+    WebDriverWait(browser, WAIT_S).until(lambda d: d.execute_script(widths) == [8, 8])  # served to the cookie
+
+    browser.find_element(By.ID, "alignment-left").click()  # mouse
+    browser.find_element(By.ID, "realism-right").click()  # both answered: sent at once
+    _wait_item(browser, 2, "1 / 4 done")
+    assert browser.find_element(By.ID, "prompt").text == SCRIPT_PROMPT  # shown literally, never run
+    assert browser.find_elements(By.CSS_SELECTOR, "#prompt *") == []
+
+    ActionChains(browser).send_keys("2").send_keys("e").perform()  # keyboard
+    _wait_item(browser, 3, "2 / 4 done")
+    assert _votes(wd, "alice") == [(1, "left", "right"), (2, "right", "same")]
+
+    browser.refresh()
+    _wait_item(browser, 3, "2 / 4 done")  # resumes at the next unvoted item
+    browser.get(f"{url}/")
+    _wait_item(browser, 3, "2 / 4 done")
+
+    _login(browser, url, tokens["bob"])  # a second judge in the same browser
+    _wait_item(browser, 1, "0 / 4 done")
+    assert browser.find_element(By.ID, "who").text == "bob"
+    ActionChains(browser).send_keys("3").send_keys("q").perform()
+    _wait_item(browser, 2, "1 / 4 done")
+    mine = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch('/api/votes/mine').then((r) => r.json()).then((b) => done(b.votes.map((v) => v.item_id)));"
+    )
+    assert mine == [1]  # the page sees bob's votes only
+    assert _votes(wd, "bob") == [(1, "same", "left")]
+    assert _votes(wd, "alice") == [(1, "left", "right"), (2, "right", "same")]
+    errors = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert errors == []  # no script error, no Content-Security-Policy violation, no failed request
+
+
+def test_the_admin_view_shows_progress_and_agreement(browser: WebDriver, site: Site):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    url, wd, tokens = site
+    for name in ("alice", "bob"):  # both judges agree on item 1
+        _login(browser, url, tokens[name])
+        _wait_item(browser, 1, "0 / 4 done")
+        ActionChains(browser).send_keys("1").send_keys("w").perform()
+        _wait_item(browser, 2, "1 / 4 done")
+        ActionChains(browser).send_keys("2").send_keys("w").perform()
+        _wait_item(browser, 3, "2 / 4 done")
+    assert JudgingStore(wd).complete_items() == 2
+
+    browser.get(f"{url}/admin?token={ADMIN}")
+    judges = browser.find_element(By.ID, "judges").text
+    assert "alice 2 4" in judges and "bob 2 4" in judges
+    rows = [line.split() for line in browser.find_element(By.ID, "agreement").text.splitlines()[1:]]
+    expected = [[a.question, _num(a.fleiss_kappa), "2", _num(a.alpha), "2"] for a in JudgingStore(wd).agreement()]
+    assert rows == expected and [r[0] for r in rows] == ["alignment", "realism"]
+    assert SCRIPT_PROMPT in browser.find_element(By.ID, "votes").text  # escaped, so shown as text
+    assert "2 complete with 2 judges" in browser.find_element(By.ID, "summary").text
