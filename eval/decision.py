@@ -1,0 +1,153 @@
+"""Fit and evaluate GILL's retrieve-or-generate classifier on the PartiPrompts votes; store it and its figures.
+
+:func:`fit_decision` reads the judges' votes (default: the shipped Alignment file), applies the official
+confident-label rule (:func:`annotations.aggregate.confident_labels`), drops ``same``, computes the ``[IMG0]``
+features with the checkpoint (:func:`gill.decision.decision_features`), then runs the official 600/rest protocol
+and a stratified 5-fold CV (:func:`gill.decision.fit_and_evaluate`). The figures and the human baselines go to the
+``decision_eval`` table of ``<workdir>/gill.duckdb``; the head (official train part, final step) is saved into the
+checkpoint, or into a copy. From the shell::
+
+    gill decision fit --workdir W [--checkpoint C] [--with-retrieval-score] [--out DIR]
+    duckdb W/gill.duckdb "SELECT protocol, metric, value FROM decision_eval ORDER BY created DESC"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from annotations.aggregate import confident_labels, human_baseline
+from annotations.votes import default_votes_path, read_votes
+from gill import decision as D
+from gill.decision import GEN, RET, DecisionFitResult, decision_features, fit_and_evaluate
+
+logger = logging.getLogger(__name__)
+
+TABLE = "decision_eval"
+DDL = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+    run_id VARCHAR NOT NULL, created TIMESTAMP, checkpoint VARCHAR, checkpoint_id VARCHAR, votes VARCHAR,
+    with_retrieval_score BOOLEAN, protocol VARCHAR NOT NULL, metric VARCHAR NOT NULL, value DOUBLE, n INTEGER,
+    PRIMARY KEY (run_id, protocol, metric))"""
+"""One row per figure: protocol ``official-600`` (metrics ``macro_f1``, ``best_on_test_f1``), ``cv5``
+(``macro_f1``, ``macro_f1_std``, ``macro_f1_fold<k>``) and ``human`` (``macro_f1_official``,
+``macro_f1_leave_one_out``); ``n`` is the number of examples the figure is computed on."""
+
+
+def record_decision(workdir: str | os.PathLike[str], rows: list[dict[str, Any]]) -> int:
+    """Insert ``rows`` into ``decision_eval`` (created if missing) in one transaction; returns the count."""
+    from eval.db import connect, db_path
+
+    columns = ("run_id", "created", "checkpoint", "checkpoint_id", "votes", "with_retrieval_score", "protocol",
+               "metric", "value", "n")  # fmt: skip
+    with connect(db_path(workdir)) as con:
+        con.execute(DDL)
+        con.execute("BEGIN TRANSACTION")
+        sql = f"INSERT OR REPLACE INTO {TABLE} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+        con.executemany(sql, [[row.get(c) for c in columns] for row in rows])
+        con.execute("COMMIT")
+    return len(rows)
+
+
+def _rows(result: DecisionFitResult, common: dict[str, Any]) -> list[dict[str, Any]]:
+    official = "official-600" if result.n_train == 600 else f"official-{result.n_train}"
+    cv = f"cv{result.cv_folds}"
+    n_all = result.n_gen + result.n_ret
+    figures = [
+        (official, "macro_f1", result.official_test_f1, result.n_test),
+        (official, "best_on_test_f1", result.official_best_on_test_f1, result.n_test),
+        (cv, "macro_f1", result.cv_mean_f1, n_all),
+        (cv, "macro_f1_std", result.cv_std_f1, n_all),
+        *((cv, f"macro_f1_fold{k}", f1, None) for k, f1 in enumerate(result.cv_per_fold)),
+        ("human", "macro_f1_official", result.human_official_f1, n_all),
+        ("human", "macro_f1_leave_one_out", result.human_loo_f1, None),
+    ]
+    return [{**common, "protocol": p, "metric": m, "value": v, "n": n} for p, m, v, n in figures if v is not None]
+
+
+def save_head_into_checkpoint(checkpoint_dir: str | os.PathLike[str], head: torch.nn.Module,
+                              out_dir: str | os.PathLike[str] | None = None,
+                              info: dict[str, Any] | None = None) -> Path:  # fmt: skip
+    """Write ``checkpoint_dir`` with ``head`` as its decision head to ``out_dir`` (default: in place, atomically).
+
+    The adapters file is copied byte for byte (so the checkpoint id, and with it the retrieval bank, stays
+    valid); ``config.json`` is rewritten by :func:`gill.checkpoint.save_pretrained` with the original ``extra``
+    plus ``extra["decision"] = info`` and the original provenance under ``extra["adapters_provenance"]``.
+    """
+    from gill.checkpoint import ADAPTERS_FILE, load_adapters, save_pretrained
+    from gill.utils.io import atomic_directory
+
+    src = Path(checkpoint_dir)
+    target = Path(out_dir) if out_dir is not None else src
+    loaded = load_adapters(src)
+    record = loaded.record
+    dtype = getattr(torch, record["weights"].get("dtype", "float32"))
+    extra = {**record.get("extra", {}), "decision": info or {}}
+    extra.setdefault("adapters_provenance", record.get("provenance"))
+    with atomic_directory(target) as tmp:
+        staged = save_pretrained(tmp / "staged", loaded.adapters, loaded.config, loaded.img_tokens, extra,
+                                 decision_head=head.cpu().eval(), dtype=dtype)  # fmt: skip
+        shutil.copyfile(src / record["weights"]["adapters"], staged / ADAPTERS_FILE)  # byte-identical adapters
+        for path in staged.iterdir():
+            os.replace(path, tmp / path.name)
+        staged.rmdir()
+    return target
+
+
+def fit_decision(
+    workdir: str | os.PathLike[str], checkpoint_dir: str | os.PathLike[str], *,
+    votes_path: str | os.PathLike[str] | None = None, with_retrieval_score: bool = False,
+    out_checkpoint: str | os.PathLike[str] | None = None, device: str = "cpu", folds: int = 5,
+    steps: int | None = None, seed: int | None = None, batch_size: int = 64,
+) -> DecisionFitResult:  # fmt: skip
+    """Fit the decision classifier of ``checkpoint_dir`` on the votes and record everything (see module doc).
+
+    Args:
+        workdir: the work folder (its ``gill.duckdb`` gets the rows; its retrieval bank gives the score feature).
+        checkpoint_dir: the checkpoint whose LM states are the features; it gets the head unless ``out_checkpoint``.
+        votes_path: a ``PartiPromptsAllDecisions_*.tsv`` (default: the shipped Alignment votes).
+        with_retrieval_score: add the max logit-scaled bank score as a feature (paper-era head; needs the bank).
+        out_checkpoint: write the checkpoint with the head here instead of rewriting ``checkpoint_dir``.
+        device: torch device for the feature extraction.
+        folds: cross-validation folds.
+        steps, seed: override the official 2000 steps / seed 1337.
+        batch_size: prompts per LM forward.
+    """
+    from gill.pipeline import GILLPipeline
+    from gill.retrieval import checkpoint_id
+
+    votes = Path(votes_path) if votes_path is not None else default_votes_path()
+    rows = read_votes(votes)
+    labels = confident_labels(rows)
+    usable = [(r.prompt, label) for r, label in zip(rows, labels, strict=True) if label in ("gen", "ret")]
+    prompts = [p for p, _ in usable]
+    y = torch.tensor([GEN if label == "gen" else RET for _, label in usable], dtype=torch.long)
+    pipe = GILLPipeline.from_pretrained(checkpoint_dir, workdir=workdir, load_sd=False, device=device)
+    x = decision_features(pipe, prompts, with_retrieval_score=with_retrieval_score, batch_size=batch_size)
+    steps = D.OFFICIAL_STEPS if steps is None else steps
+    seed = D.OFFICIAL_SEED if seed is None else seed
+    result, head = fit_and_evaluate(x, y, seed=seed, steps=steps, with_retrieval_score=with_retrieval_score,
+                                    folds=folds)  # fmt: skip
+    human = human_baseline(rows)
+    result = dataclasses.replace(result, human_official_f1=human.official, human_loo_f1=human.leave_one_out,
+                                 n_same=len(rows) - len(usable))  # fmt: skip
+    created = _dt.datetime.now(_dt.UTC).replace(microsecond=0)
+    run_id = f"decision-{created:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+    ckpt_id = checkpoint_id(checkpoint_dir)
+    common = {"run_id": run_id, "created": created.replace(tzinfo=None), "checkpoint": str(Path(checkpoint_dir)),
+              "checkpoint_id": ckpt_id, "votes": str(votes), "with_retrieval_score": with_retrieval_score}  # fmt: skip
+    record_decision(workdir, _rows(result, common))
+    info = {"run_id": run_id, "votes": str(votes), "trained_on": "official split, train part, final step",
+            "retrieval_score_feature": D.RETRIEVAL_SCORE_SCALE if with_retrieval_score else None,
+            "figures": result.as_dict()}  # fmt: skip
+    save_head_into_checkpoint(checkpoint_dir, head, out_checkpoint, info)
+    logger.info("decision run %s: official test F1 %.4f, CV %.4f +- %.4f", run_id, result.official_test_f1,
+                result.cv_mean_f1, result.cv_std_f1)  # fmt: skip
+    return result

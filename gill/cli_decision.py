@@ -1,0 +1,55 @@
+"""``gill decision fit``: train and evaluate the retrieve-or-generate classifier of a checkpoint.
+
+Registered on the top-level parser by :func:`add_decision_parsers`; the handler is a thin call into
+:func:`eval.decision.fit_decision` (figures to ``<workdir>/gill.duckdb``, table ``decision_eval``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def cmd_decision_fit(args: argparse.Namespace) -> int:
+    """Fit the decision head on the votes; print the figures beside the human baselines."""
+    from eval.decision import fit_decision
+    from gill.pipeline import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(args.workdir, args.checkpoint)
+    result = fit_decision(args.workdir, checkpoint, votes_path=args.votes, out_checkpoint=args.out,
+                          with_retrieval_score=args.with_retrieval_score, device=args.device, folds=args.folds,
+                          steps=args.steps, seed=args.seed)  # fmt: skip
+    if args.json:
+        _out(json.dumps(result.as_dict(), indent=2))
+        return 0
+    _out(result.render())
+    _out(f"decision head saved in {args.out or checkpoint}; figures: gill db query --workdir {args.workdir} "
+         '"SELECT * FROM decision_eval"')  # fmt: skip
+    return 0
+
+
+def add_decision_parsers(groups: argparse._SubParsersAction) -> None:
+    """Register ``decision fit`` on the top-level ``gill`` parser."""
+    decision = groups.add_parser("decision", help="the retrieve-or-generate decision classifier").add_subparsers(
+        dest="command", metavar="SUBCOMMAND", required=True
+    )
+    p = decision.add_parser("fit", help="fit it on the PartiPrompts votes (official 600/rest split + 5-fold CV)")
+    p.add_argument("--workdir", type=Path, required=True, help="work folder (gill.duckdb, the retrieval bank)")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint folder (default: the newest run's best/ or final/)")
+    p.add_argument("--votes", type=Path, help="a PartiPromptsAllDecisions_*.tsv (default: the shipped Alignment votes)")
+    p.add_argument("--with-retrieval-score", action="store_true",
+                   help="paper-era head: also feed the max logit-scaled bank score (needs a bank)")  # fmt: skip
+    p.add_argument("--out", type=Path, help="write a copy of the checkpoint with the head here (default: in place)")
+    p.add_argument("--device", default="cpu", help="torch device for the features (cpu, cuda, ...)")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    p.add_argument("--steps", type=int, help="training steps (default: the official 2000)")
+    p.add_argument("--seed", type=int, help="seed (default: the official 1337)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(func=cmd_decision_fit)
