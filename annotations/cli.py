@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from annotations.votes import default_votes_path
+from gill.errors import InputError
 
 
 def _out(text: str = "") -> None:
@@ -117,10 +118,64 @@ def add_annotate_parsers(groups: argparse._SubParsersAction) -> argparse._SubPar
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_annotate_build)
 
+    p = commands.add_parser("export", help="export the judging store: official-tsv, label-studio or html-bundle")
+    p.add_argument("--workdir", type=Path, required=True)
+    p.add_argument("--format", choices=("official-tsv", "label-studio", "html-bundle"), required=True)
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--complete-only", action="store_true", help="official-tsv: only items with all k votes")
+    p.set_defaults(func=cmd_annotate_export)
+    p = commands.add_parser("import", help="import votes (default: the shipped PartiPrompts votes, official-tsv)")
+    p.add_argument("--workdir", type=Path, required=True)
+    p.add_argument("--format", choices=("official-tsv", "label-studio", "html-bundle"), default="official-tsv")
+    p.add_argument("paths", nargs="*", type=Path,
+                   help="official-tsv: ALIGNMENT [REALISM] (default: the shipped files); label-studio: the JSON "
+                   "export; html-bundle: votes-<name>.json files")  # fmt: skip
+    p.set_defaults(func=cmd_annotate_import)
+
     from annotations.cli_app import add_app_parsers
 
     add_app_parsers(commands)
     return commands
+
+
+def cmd_annotate_export(args: argparse.Namespace) -> int:
+    """Write the store's items and votes in one of the exchange formats."""
+    from annotations import exchange
+    from annotations.store import JudgingStore
+
+    store = JudgingStore(args.workdir)
+    if args.format == "official-tsv":
+        paths = exchange.export_official_tsv(store, args.out, complete_only=args.complete_only)
+    elif args.format == "label-studio":
+        paths = exchange.export_label_studio(store, args.out)
+    else:
+        paths = [exchange.export_html_bundle(store, args.out)]
+    for path in paths:
+        _out(f"wrote {path}")
+    return 0
+
+
+def cmd_annotate_import(args: argparse.Namespace) -> int:
+    """Read votes into the store (the shipped PartiPrompts votes by default)."""
+    from annotations import exchange
+    from annotations.store import JudgingStore
+
+    store = JudgingStore(args.workdir)
+    if args.format == "official-tsv":
+        if len(args.paths) > 2:
+            raise InputError("official-tsv takes at most two files", [f"got {len(args.paths)}"],
+                             hint="ALIGNMENT.tsv [REALISM.tsv]")  # fmt: skip
+        written = exchange.import_official_tsv(store, *args.paths)
+    elif args.format == "label-studio":
+        if len(args.paths) != 1:
+            raise InputError("label-studio takes one JSON export", [f"got {len(args.paths)} paths"])
+        written = exchange.import_label_studio(store, args.paths[0])
+    else:
+        if not args.paths:
+            raise InputError("html-bundle needs the votes-<name>.json files", [])
+        written = exchange.import_bundle_votes(store, args.paths)
+    _out(f"imported {written} votes into {store.path} ({store.count_items()} items, {len(store.judges())} judges)")
+    return 0
 
 
 def cmd_annotate_build(args: argparse.Namespace) -> int:

@@ -422,6 +422,37 @@ class JudgingStore:
             row = con.execute("SELECT * FROM votes WHERE judge_id = ? AND item_id = ?", (jid, item_id)).fetchone()
         return Vote(**dict(row))
 
+    def ensure_judge(self, name: str) -> Judge:
+        """The judge named ``name``, created (with an unusable random token) when new: for imported votes."""
+        existing = {j.name: j for j in self.judges()}
+        return existing[name.strip()] if name.strip() in existing else self.add_judge(name)[0]
+
+    def import_votes(self, records: list[tuple[int, int, str, str]]) -> int:
+        """Write many ``(judge_id, item_id, alignment, realism)`` side-votes in ONE transaction (imports).
+
+        Each replaces that judge's earlier vote on the item. The k-judges rule is checked per item after the
+        batch; a violation rolls the whole batch back. Returns the number of records written.
+        """
+        bad = [
+            f"record {i}: {a!r}/{r!r}" for i, (_, _, a, r) in enumerate(records) if a not in CHOICES or r not in CHOICES
+        ]
+        if bad:
+            raise InputError("votes to import have invalid choices", bad[:50], hint=f"choices are {CHOICES}")
+        now = _now()
+        with self._write() as con:
+            con.executemany(
+                "INSERT INTO votes (judge_id, item_id, alignment, realism, created, updated) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (judge_id, item_id) DO UPDATE SET alignment = excluded.alignment, "
+                "realism = excluded.realism, updated = excluded.updated",
+                [(j, i, a, r, now, now) for j, i, a, r in records],
+            )
+            full = con.execute("SELECT item_id, COUNT(*) n FROM votes GROUP BY item_id HAVING n > ?",
+                               (self.judges_per_item,)).fetchall()  # fmt: skip
+            if full:
+                raise ItemFullError(f"the import would give {len(full)} item(s) more than {self.judges_per_item} "
+                                    "judges", [f"item {r['item_id']}: {r['n']} judges" for r in full[:20]])  # fmt: skip
+        return len(records)
+
     def votes_of(self, judge: Judge | int) -> list[Vote]:
         """The judge's own votes, by item id."""
         with self._connect() as con:

@@ -163,3 +163,49 @@ def test_the_admin_view_shows_progress_and_agreement(browser: WebDriver, site: S
     assert rows == expected and [r[0] for r in rows] == ["alignment", "realism"]
     assert SCRIPT_PROMPT in browser.find_element(By.ID, "votes").text  # escaped, so shown as text
     assert "2 complete with 2 judges" in browser.find_element(By.ID, "summary").text
+
+
+def test_the_offline_html_bundle_votes_by_mouse_and_keyboard_resumes_and_imports(browser, tmp_path):
+    import json
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from annotations import exchange
+
+    wd = write_candidates(tmp_path / "wd", n=3, prompts={2: SCRIPT_PROMPT})
+    import_candidates(wd)
+    store = JudgingStore(wd, judges_per_item=2)
+    index = exchange.export_html_bundle(store, tmp_path / "bundle")
+    browser.get(index.as_uri())
+    wait = WebDriverWait(browser, WAIT_S)
+
+    def start(name: str) -> None:
+        field = browser.find_element(By.ID, "judge")
+        field.clear()
+        field.send_keys(name)
+        browser.find_element(By.ID, "start").click()
+
+    start("offline judge")
+    wait.until(ec.text_to_be_present_in_element((By.ID, "progress"), "0 / 3 done"))
+    assert browser.find_element(By.ID, "prompt").text == "prompt number 1"
+    browser.find_element(By.CSS_SELECTOR, 'button[data-q="alignment"][data-v="left"]').click()
+    browser.find_element(By.CSS_SELECTOR, 'button[data-q="realism"][data-v="same"]').click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "progress"), "1 / 3 done"))
+    assert browser.find_element(By.ID, "prompt").text == SCRIPT_PROMPT  # shown as text, not run
+    body = browser.find_element(By.TAG_NAME, "body")
+    body.send_keys("2")
+    body.send_keys("w")
+    wait.until(ec.text_to_be_present_in_element((By.ID, "progress"), "2 / 3 done"))
+    browser.refresh()
+    start("offline judge")  # resumes from the browser's storage
+    wait.until(ec.text_to_be_present_in_element((By.ID, "progress"), "2 / 3 done"))
+    saved = browser.execute_script("return localStorage.getItem('gill-bundle-votes:offline judge')")
+    votes = sorted(json.loads(saved).values(), key=lambda v: v["item_id"])
+    assert [(v["alignment"], v["realism"]) for v in votes] == [("left", "same"), ("right", "right")]
+    file = tmp_path / "votes-offline_judge.json"
+    file.write_text(json.dumps({"judge": "offline judge", "votes": votes}))  # what the Save button downloads
+    assert exchange.import_bundle_votes(store, [file]) == 2
+    assert [(v.item_id, v.alignment) for v in store.votes_of(store.ensure_judge("offline judge"))] == [
+        (1, "left"), (2, "right")]  # fmt: skip
