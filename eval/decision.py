@@ -151,3 +151,19 @@ def fit_decision(
     logger.info("decision run %s: official test F1 %.4f, CV %.4f +- %.4f", run_id, result.official_test_f1,
                 result.cv_mean_f1, result.cv_std_f1)  # fmt: skip
     return result
+
+
+def store_votes_tsv(workdir: str | os.PathLike[str]) -> Path:
+    """Write the judging store's alignment votes (``gill annotate serve``) in the official layout; return the path.
+
+    The file lands in ``<workdir>/annotations/exports/Decisions_Alignment.tsv``; fit on it to use live judgements.
+    """
+    from annotations.exchange import export_official_tsv
+    from annotations.store import JudgingStore, store_path
+    from gill.errors import InputError
+
+    if not store_path(workdir).is_file():
+        raise InputError(f"no judging store under {workdir}", [],
+                         hint="judge with `gill annotate serve`, or `gill annotate import` votes first")  # fmt: skip
+    alignment, _ = export_official_tsv(JudgingStore(workdir), Path(workdir) / "annotations" / "exports")
+    return alignment

@@ -87,3 +87,18 @@ class CandidateParams(BaseModel):
     seed: int = Field(1337, description="SD seed used for every prompt")
     device: str = Field("cpu", description="torch device")
     build_index: bool = Field(True, description="build (or refresh) the retrieval bank first; skipped if up to date")
+
+
+class DecisionParams(BaseModel):
+    """Parameters of the ``fit-decision`` flow (see ``gill decision fit --help``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workdir: Path = Field(description="work folder with a trained checkpoint (runs/) and gill.duckdb")
+    checkpoint: Path | None = Field(None, description="checkpoint folder (default: the newest run's best/ or final/)")
+    votes: Path | None = Field(None, description="votes TSV in the official layout (default: the shipped votes)")
+    from_store: bool = Field(False, description="use the judging app's votes instead of a TSV")
+    with_retrieval_score: bool = Field(False, description="add the top retrieval score feature (paper-era variant)")
+    folds: int = Field(5, ge=2, description="cross-validation folds")
+    steps: int | None = Field(None, ge=1, description="training steps (default: the official 2000)")
+    device: str = Field("cpu", description="torch device for the features")

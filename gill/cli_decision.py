@@ -23,7 +23,13 @@ def cmd_decision_fit(args: argparse.Namespace) -> int:
     from gill.pipeline import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(args.workdir, args.checkpoint)
-    result = fit_decision(args.workdir, checkpoint, votes_path=args.votes, out_checkpoint=args.out,
+    votes = args.votes
+    if args.from_store:
+        from eval.decision import store_votes_tsv
+
+        votes = store_votes_tsv(args.workdir)
+        _out(f"votes from the judging store: {votes}")
+    result = fit_decision(args.workdir, checkpoint, votes_path=votes, out_checkpoint=args.out,
                           with_retrieval_score=args.with_retrieval_score, device=args.device, folds=args.folds,
                           steps=args.steps, seed=args.seed)  # fmt: skip
     if args.json:
@@ -44,6 +50,11 @@ def add_decision_parsers(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", type=Path, required=True, help="work folder (gill.duckdb, the retrieval bank)")
     p.add_argument("--checkpoint", type=Path, help="checkpoint folder (default: the newest run's best/ or final/)")
     p.add_argument("--votes", type=Path, help="a PartiPromptsAllDecisions_*.tsv (default: the shipped Alignment votes)")
+    p.add_argument(
+        "--from-store",
+        action="store_true",
+        help="use the judging app's votes (W/annotations/judging.sqlite) instead of a TSV",
+    )
     p.add_argument("--with-retrieval-score", action="store_true",
                    help="paper-era head: also feed the max logit-scaled bank score (needs a bank)")  # fmt: skip
     p.add_argument("--out", type=Path, help="write a copy of the checkpoint with the head here (default: in place)")

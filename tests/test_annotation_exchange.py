@@ -143,3 +143,12 @@ def test_an_import_that_would_exceed_k_judges_changes_nothing(judged, tmp_path):
     with pytest.raises(InputError, match="more than 2"):
         exchange.import_bundle_votes(judged, [saved])
     assert judged.count_votes() == 3  # the whole batch rolled back
+
+
+def test_decision_fit_can_read_the_judging_store(tmp_path):
+    from eval.decision import store_votes_tsv
+
+    with pytest.raises(InputError, match="no judging store"):
+        store_votes_tsv(tmp_path)
+    exchange.import_official_tsv(JudgingStore(tmp_path))
+    assert store_votes_tsv(tmp_path).read_bytes() == default_votes_path("alignment").read_bytes()

@@ -120,3 +120,14 @@ def test_candidates_flow_builds_the_bank_then_the_pairs(downloaded):  # uses the
     rows = query(db_path(downloaded), "SELECT prompt, gen_image, ret_key FROM decision_candidates ORDER BY prompt_id")
     assert list(rows["prompt"]) == ["bond", "element"] and all((downloaded / p).is_file() for p in rows["gen_image"])
     assert (downloaded / "index").is_dir()
+
+
+def test_fit_decision_flow_records_figures_and_saves_the_head(downloaded):  # uses the run the train-flow test made
+    from flows.fit_decision import DecisionParams, fit_decision_flow
+
+    figures = fit_decision_flow(DecisionParams(workdir=downloaded, steps=30, folds=2))
+    assert figures["n_train"] == 600 and figures["n_test"] == 311 and 0.0 <= figures["cv_mean_f1"] <= 1.0
+    rows = query(db_path(downloaded), "SELECT protocol, metric FROM decision_eval")
+    protocols = set(rows["protocol"])
+    assert {"official-600", "human"} <= protocols and any(p.startswith("cv") for p in protocols)
+    assert (Path(figures["checkpoint"]) / "decision.safetensors").is_file()
