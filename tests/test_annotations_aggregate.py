@@ -291,3 +291,13 @@ def test_annotations_never_import_prefect():
     code = ("import sys, annotations.cli, annotations.aggregate, annotations.agreement, annotations.votes; "
             "assert not [m for m in sys.modules if m.split('.')[0] == 'prefect']")  # fmt: skip
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_aggregating_the_released_votes_reproduces_the_released_confident_file_byte_for_byte(tmp_path):
+    from pathlib import Path
+
+    # the released data/PartiPromptsDecisionsConfident.tsv of kohjingyu/gill (Apache-2.0): see assets/official/README.md
+    official = Path(__file__).parent / "assets" / "official" / "PartiPromptsDecisionsConfident.tsv"
+    out = tmp_path / "PartiPromptsDecisionsConfident.tsv"
+    aggregate_file(default_votes_path("alignment"), out)
+    assert out.read_bytes() == official.read_bytes()
