@@ -414,7 +414,8 @@ class GILLPipeline:
                 new_ids = [token]
             ids.extend(new_ids)
             step_embeds = self.model.embed_tokens(torch.tensor([new_ids], device=self.device))
-            all_embeds = torch.cat([all_embeds, step_embeds], dim=1)
+            if not settings.use_cache:  # the uncached path re-reads the whole sequence
+                all_embeds = torch.cat([all_embeds, step_embeds], dim=1)
         # A forced run is always followed by one more forward (the loop's top), so every block has its states,
         # even when [IMG0] was the last token the budget allowed.
         return DecodeResult(token_ids=ids, blocks=blocks, img_states=states, stop_reason=stop)
@@ -576,15 +577,10 @@ class GILLPipeline:
 
 
 def _newline_ids(tokenizer: Any, exclude: set[int]) -> set[int]:
-    """Ids of every token whose text contains a newline."""
-    vocab = tokenizer.get_vocab()
-    ids = set()
-    for token_id in vocab.values():
-        if token_id in exclude:
-            continue
-        if "\n" in tokenizer.decode([token_id]):
-            ids.add(int(token_id))
-    return ids
+    """Ids of every token whose text contains a newline (one batched decode over the vocabulary)."""
+    ids = sorted(i for i in tokenizer.get_vocab().values() if i not in exclude)
+    texts = tokenizer.batch_decode([[i] for i in ids])
+    return {int(i) for i, text in zip(ids, texts, strict=True) if "\n" in text}
 
 
 def _has_text(ids: list[int], img_ids: list[int]) -> bool:

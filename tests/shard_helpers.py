@@ -21,3 +21,24 @@ def world_samples(world, per_shard: int, split: str = "train") -> list[ShardSamp
         )
         for i, (caption, url) in enumerate(rows)
     ]
+
+
+def trained_workdir(root: Path, world, config, *, steps: int, run_id: str, bank: bool = False) -> Path:
+    """``root`` with the world's 16 training pairs sharded and precomputed, a ``steps``-step tiny run (its
+    ``final/`` checkpoint) and, with ``bank``, that checkpoint's retrieval bank. Each caller gets its own folder."""
+    import dataclasses
+
+    from gill.data.precompute import PrecomputeOptions, precompute_split
+    from gill.data.shards import image_split_dir, write_image_shard
+    from gill.train import setup_training
+
+    write_image_shard(image_split_dir("train", root) / "00000.tar", world_samples(world, 16))
+    precompute_split("train", root, config, PrecomputeOptions(batch_size=16), progress=False)
+    train = dataclasses.replace(config.train, steps=steps, batch_size=8, warmup_steps=2, log_every=6)
+    setup_training(dataclasses.replace(config, train=train), root, run_id=run_id).train()
+    if bank:
+        from gill.pipeline import resolve_checkpoint
+        from gill.retrieval import build_bank
+
+        build_bank(root, resolve_checkpoint(root), progress=False)
+    return root

@@ -2,36 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 from PIL import Image
-from shard_helpers import world_samples
+from shard_helpers import trained_workdir
 
 from annotations.candidates import read_prompts
 from eval.db import db_path, query
-from gill.data.precompute import PrecomputeOptions, precompute_split
-from gill.data.shards import image_split_dir, write_image_shard
 from gill.errors import InputError
-from gill.presets import get_preset
-from gill.train import setup_training
 
 
 @pytest.fixture(scope="module")
 def workdir(tiny_config, small_world, tmp_path_factory) -> Path:
     """16 precomputed pairs, a 6-step run and its retrieval bank."""
-    from gill.pipeline import resolve_checkpoint
-    from gill.retrieval import build_bank
-
     root = tmp_path_factory.mktemp("candidates-work")
-    write_image_shard(image_split_dir("train", root) / "00000.tar", world_samples(small_world, 16))
-    precompute_split("train", root, tiny_config, PrecomputeOptions(batch_size=16), progress=False)
-    config = get_preset("tiny")
-    config = dataclasses.replace(config, train=dataclasses.replace(config.train, steps=6, batch_size=8))
-    setup_training(config, root, run_id="cand").train()
-    build_bank(root, resolve_checkpoint(root), progress=False)
-    return root
+    return trained_workdir(root, small_world, tiny_config, steps=6, run_id="cand", bank=True)
 
 
 def test_the_shipped_partiprompts_are_the_default_prompts():

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from shard_helpers import world_samples
+from shard_helpers import trained_workdir
 
-from gill.data.precompute import PrecomputeOptions, precompute_split
-from gill.data.shards import image_split_dir, write_image_shard
 from gill.decision import (
     GEN,
     RET,
@@ -25,8 +22,6 @@ from gill.decision import (
     stratified_folds,
 )
 from gill.pipeline import GenerationSettings, GILLPipeline, resolve_checkpoint
-from gill.presets import get_preset
-from gill.train import setup_training
 
 ASSETS = Path(__file__).parent / "assets" / "official"
 FAST = GenerationSettings(max_new_tokens=4, num_inference_steps=2, seed=5)
@@ -36,17 +31,8 @@ PROMPTS = ["a red star", "a very small blue circle on the left of a big green sq
 @pytest.fixture(scope="module")
 def workdir(tiny_config, small_world, tmp_path_factory) -> Path:
     """The small world's 16 pairs, a 12-step tiny run (``runs/dec/final``) and its retrieval bank."""
-    from gill.retrieval import build_bank
-
     root = tmp_path_factory.mktemp("decision-work")
-    write_image_shard(image_split_dir("train", root) / "00000.tar", world_samples(small_world, 16))
-    precompute_split("train", root, tiny_config, PrecomputeOptions(batch_size=16), progress=False)
-    config = get_preset("tiny")
-    config = dataclasses.replace(config, train=dataclasses.replace(config.train, steps=12, batch_size=8,
-                                                                   warmup_steps=2, log_every=6))  # fmt: skip
-    setup_training(config, root, run_id="dec").train()
-    build_bank(root, resolve_checkpoint(root), progress=False)
-    return root
+    return trained_workdir(root, small_world, tiny_config, steps=12, run_id="dec", bank=True)
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from shard_helpers import world_samples
+from shard_helpers import trained_workdir
 
-from gill.data.precompute import PrecomputeOptions, precompute_split
-from gill.data.shards import image_split_dir, write_image_shard
 from gill.errors import InputError
 from gill.pipeline import GenerationSettings, GILLPipeline, ImageResult, TextResult, resolve_checkpoint
 from gill.presets import get_preset
-from gill.train import setup_training
 
 FAST = GenerationSettings(max_new_tokens=6, num_inference_steps=2, seed=5)
 
@@ -23,14 +20,7 @@ FAST = GenerationSettings(max_new_tokens=6, num_inference_steps=2, seed=5)
 @pytest.fixture(scope="module")
 def workdir(tiny_config, small_world, tmp_path_factory) -> Path:
     """The small world's 16 pairs, precomputed, and a 12-step tiny run (``runs/pipe/final``)."""
-    root = tmp_path_factory.mktemp("pipeline-work")
-    write_image_shard(image_split_dir("train", root) / "00000.tar", world_samples(small_world, 16))
-    precompute_split("train", root, tiny_config, PrecomputeOptions(batch_size=16), progress=False)
-    config = get_preset("tiny")
-    config = dataclasses.replace(config, train=dataclasses.replace(config.train, steps=12, batch_size=8,
-                                                                   warmup_steps=2, log_every=6))  # fmt: skip
-    setup_training(config, root, run_id="pipe").train()
-    return root
+    return trained_workdir(tmp_path_factory.mktemp("pipeline-work"), small_world, tiny_config, steps=12, run_id="pipe")
 
 
 @pytest.fixture(scope="module")
