@@ -40,6 +40,23 @@ TABLES: dict[str, str] = {
         prompt_id INTEGER NOT NULL PRIMARY KEY, prompt VARCHAR, category VARCHAR, challenge VARCHAR, note VARCHAR,
         gen_image VARCHAR, ret_image VARCHAR, ret_key VARCHAR, ret_score DOUBLE, ret_scaled_score DOUBLE,
         checkpoint_id VARCHAR, sd_seed INTEGER""",
+    "runs": """
+        run_id VARCHAR NOT NULL PRIMARY KEY, started_at TIMESTAMP, git_sha VARCHAR, preset VARCHAR, checkpoint VARCHAR,
+        config JSON""",
+    "samples": """
+        run_id VARCHAR NOT NULL, benchmark VARCHAR NOT NULL, setting VARCHAR NOT NULL, system VARCHAR NOT NULL,
+        seed INTEGER NOT NULL, sample_id VARCHAR NOT NULL, status VARCHAR, skip_reason VARCHAR,
+        generated_path VARCHAR, reference_path VARCHAR, clip_sim DOUBLE, lpips DOUBLE, target_rank INTEGER,
+        pool_size INTEGER, decision VARCHAR, p_ret DOUBLE, ret_key VARCHAR, sd_seed BIGINT, context_length INTEGER,
+        PRIMARY KEY (run_id, benchmark, setting, system, seed, sample_id)""",
+    "results": """
+        run_id VARCHAR NOT NULL, benchmark VARCHAR NOT NULL, setting VARCHAR NOT NULL, system VARCHAR NOT NULL,
+        metric VARCHAR NOT NULL, mean DOUBLE, ci_low DOUBLE, ci_high DOUBLE, n INTEGER, n_skipped INTEGER,
+        n_seeds INTEGER, seed_std DOUBLE, metric_model VARCHAR, pool_size INTEGER,
+        PRIMARY KEY (run_id, benchmark, setting, system, metric)""",
+    "unsupported_systems": """
+        run_id VARCHAR NOT NULL, benchmark VARCHAR NOT NULL, system VARCHAR NOT NULL, reason VARCHAR,
+        PRIMARY KEY (run_id, benchmark, system)""",
 }
 """Table name -> column definitions. ``download_failures`` rows are replaced per (split, shard)."""
 
@@ -78,9 +95,20 @@ def connect(path: str | Path, read_only: bool = False, timeout_s: float = 60.0) 
 
 
 def ensure_schema(con: Any) -> None:
-    """Create every table that does not exist yet."""
+    """Create every table that does not exist yet, and (re)create the report views."""
     for name, columns in TABLES.items():
         con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
+    from eval.bench_views import VIEWS
+
+    for name, sql in VIEWS.items():
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
+
+
+def ensure_database(path: str | Path) -> Path:
+    """Create the file and any table or view this version of gill adds (e.g. to a database of an older version)."""
+    with connect(path):
+        pass
+    return Path(path)
 
 
 def replace_rows(
@@ -117,7 +145,9 @@ def replace_rows(
 
 
 def query(path: str | Path, sql: str, params: Sequence[Any] = ()) -> Any:
-    """Run a read query and return a pandas DataFrame."""
+    """Run a read query and return a pandas DataFrame (a missing database is created empty first)."""
+    if not Path(path).exists():
+        ensure_database(path)
     with connect(path, read_only=True) as con:
         return con.execute(sql, list(params)).df()
 

@@ -18,7 +18,11 @@ Series = Sequence[tuple[float, float]]
 
 
 def plot_curves(
-    series: Mapping[str, Series], out: str | Path, title: str = "", size: tuple[int, int] = (800, 480)
+    series: Mapping[str, Series],
+    out: str | Path,
+    title: str = "",
+    size: tuple[int, int] = (800, 480),
+    xlabel: str = "step",
 ) -> Path:
     """Draw ``{name: [(step, value), ...]}`` as lines and save a PNG; non-finite values are skipped."""
     from PIL import Image, ImageDraw
@@ -30,7 +34,7 @@ def plot_curves(
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
     box = _Box(left=70, top=40, right=size[0] - 20, bottom=size[1] - 50, points=points)
-    _axes(draw, box, title)
+    _axes(draw, box, title, xlabel)
     for i, (name, pts) in enumerate(sorted(points.items())):
         colour = PALETTE[i % len(PALETTE)]
         xy = [box.map(x, y) for x, y in pts]
@@ -61,7 +65,7 @@ class _Box:
         return px, py
 
 
-def _axes(draw, box: _Box, title: str) -> None:
+def _axes(draw, box: _Box, title: str, xlabel: str) -> None:
     draw.rectangle((box.left, box.top, box.right, box.bottom), outline=(80, 80, 80))
     for i in range(5):
         y = box.y0 + (box.y1 - box.y0) * i / 4
@@ -70,9 +74,9 @@ def _axes(draw, box: _Box, title: str) -> None:
         draw.text((4, py - 6), f"{y:.3g}", fill=(60, 60, 60))
         x = box.x0 + (box.x1 - box.x0) * i / 4
         px, _ = box.map(x, box.y0)
-        draw.text((px - 10, box.bottom + 6), f"{x:.0f}", fill=(60, 60, 60))
+        draw.text((px - 10, box.bottom + 6), f"{x:.0f}" if abs(x) >= 10 else f"{x:.2g}", fill=(60, 60, 60))
     draw.text((box.left, 12), title, fill=(0, 0, 0))
-    draw.text(((box.left + box.right) // 2 - 10, box.bottom + 28), "step", fill=(60, 60, 60))
+    draw.text(((box.left + box.right) // 2 - 3 * len(xlabel), box.bottom + 28), xlabel, fill=(60, 60, 60))
 
 
 def _dot(xy: tuple[float, float], r: float = 3) -> tuple[float, float, float, float]:

@@ -254,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gill.cli_decision import add_decision_parsers
 
     add_decision_parsers(groups)
+    from gill.cli_bench import add_bench_parsers
+
+    add_bench_parsers(groups)
     p = groups.add_parser("demo", help="run the pipeline stages that exist on the embedded default")
     add_config_args(p)
     p.add_argument("--workdir", type=Path, default=Path("work/demo"), help="where outputs go (default work/demo)")

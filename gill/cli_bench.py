@@ -1,0 +1,190 @@
+"""``gill bench vist|visdial|cc3m-fid|ablation`` and ``gill report``: benchmarks into DuckDB, and their tables.
+
+Registered on the top-level parser by :func:`add_bench_parsers`. Handlers are thin calls into :mod:`eval.bench`
+and :mod:`eval.bench_report` (the same functions the benchmark flow calls).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from err
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def _options(args: argparse.Namespace):  # -> BenchOptions
+    from eval.bench import BenchOptions
+
+    return BenchOptions(seeds=args.seeds, limit=args.limit, systems=args.systems, sd_steps=args.sd_steps,
+                        guidance_scale=args.guidance_scale, height=args.height, width=args.width, n_boot=args.n_boot,
+                        fid_bootstrap=args.fid_bootstrap, retrieval=not args.no_retrieval, run_id=args.run_id,
+                        device=args.device, progress=not args.no_progress)  # fmt: skip
+
+
+def _metric_spec(args: argparse.Namespace):  # -> MetricModelSpec
+    from eval.metric_models import MetricModelSpec
+
+    return MetricModelSpec(clip=args.clip_model, lpips_weights=args.lpips_weights,
+                           inception_weights=args.inception_weights)  # fmt: skip
+
+
+def _print(summaries, workdir: Path) -> None:
+    from eval.bench_report import build_report
+
+    for s in summaries:
+        _out(f"{s.benchmark}: {s.scored} sample rows scored, {s.skipped} skipped, {s.resumed} already scored "
+             f"(run {s.run_id})")  # fmt: skip
+    if summaries:
+        _out()
+        _out(build_report(workdir, run_id=summaries[0].run_id))
+        _out(f"images: {summaries[0].out_dir}")
+        _out(f'query: gill report --workdir {workdir} --sql "SELECT * FROM results WHERE run_id = '
+             f"'{summaries[0].run_id}'\"")  # fmt: skip
+
+
+def cmd_bench_vist(args: argparse.Namespace) -> int:
+    """VIST Table 1 settings and recall@k."""
+    from eval.bench import run_vist
+
+    summaries = run_vist(args.workdir, args.sis_json, args.images, settings=args.settings,
+                         checkpoint=args.checkpoint, options=_options(args),
+                         metric_spec=_metric_spec(args))  # fmt: skip
+    _print(summaries, args.workdir)
+    return 0
+
+
+def cmd_bench_visdial(args: argparse.Namespace) -> int:
+    """VisDial Table 2 settings and recall@k."""
+    from eval.bench import run_visdial
+
+    summaries = run_visdial(args.workdir, args.dialogs_json, args.images, rounds=args.rounds,
+                            checkpoint=args.checkpoint, options=_options(args),
+                            metric_spec=_metric_spec(args))  # fmt: skip
+    _print(summaries, args.workdir)
+    return 0
+
+
+def cmd_bench_cc3m_fid(args: argparse.Namespace) -> int:
+    """CC3M validation FID."""
+    from eval.bench import run_cc3m_fid
+
+    summary = run_cc3m_fid(args.workdir, checkpoint=args.checkpoint, options=_options(args),
+                           metric_spec=_metric_spec(args), split=args.split)  # fmt: skip
+    _print([summary], args.workdir)
+    return 0
+
+
+def cmd_bench_ablation(args: argparse.Namespace) -> int:
+    """Mapper ablation over user-supplied checkpoints."""
+    from eval.bench import run_mapper_ablation
+    from eval.bench_report import frame_rows, render
+    from eval.db import db_path, query
+
+    summaries = run_mapper_ablation(args.workdir, args.checkpoints, sis_json=args.sis_json, images=args.images,
+                                    options=_options(args), metric_spec=_metric_spec(args))  # fmt: skip
+    for s in summaries:
+        _out(f"{s.benchmark}: {s.scored} scored, {s.skipped} skipped, {s.resumed} already scored (run {s.run_id})")
+    _out(render(frame_rows(query(db_path(args.workdir), "SELECT * FROM table_mapper_ablation"))))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Print the paper tables (or a SQL query) and draw the context figure."""
+    from eval.bench_report import build_report, plot_context_effect, run_sql
+
+    if args.sql:
+        _out(run_sql(args.workdir, args.sql, args.format).rstrip("\n"))
+        return 0
+    _out(build_report(args.workdir, run_id=args.run_id, fmt=args.format).rstrip("\n"))
+    if not args.no_plot:
+        out = args.plot or args.workdir / "bench" / "reports" / "context_effect.png"
+        written = plot_context_effect(args.workdir, out, run_id=args.run_id)
+        if written is not None:
+            _out(f"context figure: {written}")
+    return 0
+
+
+def _add_common(p: argparse.ArgumentParser, *, seeds: str = "42", one_checkpoint: bool = True) -> None:
+    p.add_argument("--workdir", type=Path, required=True, help="the workdir of gill train / gill index build")
+    if one_checkpoint:
+        p.add_argument("--checkpoint", type=Path, help="checkpoint folder (default: the newest run's best/ or final/)")
+    else:
+        p.add_argument("--checkpoint", dest="checkpoints", type=Path, action="append", required=True,
+                       help="a checkpoint to compare (repeat: e.g. one per mapper kind)")  # fmt: skip
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
+    p.add_argument("--seeds", type=_ints, default=_ints(seeds), help=f"SD seeds, comma-separated (default {seeds})")
+    p.add_argument("--limit", type=int, help="evaluate the first N samples only")
+    p.add_argument(
+        "--systems",
+        type=_names,
+        help="comma-separated systems (default: all the benchmark supports): "
+        "gill, gill-gen, gill-ret, gill-oracle, sd, clip-retrieval, fromage-retrieval (glide: unsupported)",
+    )
+    p.add_argument("--run-id", help="benchmark run id (default: from the checkpoint and image settings; "
+                   "the same id resumes)")  # fmt: skip
+    g = p.add_argument_group("image generation (GILL and SD alike)")
+    g.add_argument("--sd-steps", type=int, default=50, help="denoising steps (default 50, as the paper)")
+    g.add_argument("--guidance-scale", type=float, default=7.5)
+    g.add_argument("--height", type=int, help="generated image height (default: SD's native size)")
+    g.add_argument("--width", type=int, help="generated image width (default: SD's native size)")
+    g = p.add_argument_group("statistics")
+    g.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    g.add_argument("--fid-bootstrap", type=int, default=100, help="bootstrap resamples for the FID interval (0: none)")
+    g.add_argument("--no-retrieval", action="store_true", help="skip the recall@k tasks")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g = p.add_argument_group("metric models (default: from the preset; real weights are never swapped for random)")
+    g.add_argument("--clip-model", metavar="ID_OR_DIR", help="CLIP for CLIP similarity (paper: ViT-L/14)")
+    g.add_argument("--lpips-weights", metavar="FILE", help="torchvision alexnet-owt-7be5be79.pth for LPIPS")
+    g.add_argument("--inception-weights", metavar="FILE", help="clean-fid's inception-2015-12-05.pt for FID")
+
+
+def add_bench_parsers(groups: argparse._SubParsersAction) -> None:
+    """Register ``gill bench ...`` and ``gill report``."""
+    bench = groups.add_parser("bench", help="benchmarks (VIST, VisDial, CC3M FID, mapper ablation) into DuckDB")
+    sub = bench.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+    p = sub.add_parser("vist", help="VIST contextual generation (paper Table 1) and retrieval recall")
+    p.add_argument("--sis-json", type=Path, required=True, help="VIST story-in-sequence JSON (any split)")
+    p.add_argument("--images", type=Path, required=True, help="folder of {photo_flickr_id}.{jpg,jpeg,png,gif}")
+    p.add_argument("--settings", type=_names, default=("1cap", "5cap", "5cap4img"),
+                   help="comma-separated: 1cap, 5cap, 5cap4img (default all)")  # fmt: skip
+    _add_common(p)
+    p.set_defaults(func=cmd_bench_vist)
+    p = sub.add_parser("visdial", help="VisDial contextual generation (paper Table 2) and retrieval recall")
+    p.add_argument("--dialogs-json", type=Path, required=True, help="visdial_1.0_val.json")
+    p.add_argument("--images", type=Path, required=True, help="folder of VisualDialog_val2018_{id:012d}.jpg")
+    p.add_argument("--rounds", type=_ints, default=(1, 5, 10), help="dialog rounds of context (default 1,5,10)")
+    _add_common(p)
+    p.set_defaults(func=cmd_bench_visdial)
+    p = sub.add_parser("cc3m-fid", help="FID of images generated from CC3M validation captions (clean-fid)")
+    p.add_argument("--split", default="val", help="image-shard split with the real images (default val)")
+    _add_common(p)
+    p.set_defaults(func=cmd_bench_cc3m_fid)
+    p = sub.add_parser("ablation", help="mapper ablation: CC3M FID and VIST CLIP similarity per checkpoint")
+    p.add_argument("--sis-json", type=Path, help="VIST SIS JSON (for the VIST column)")
+    p.add_argument("--images", type=Path, help="VIST images folder")
+    _add_common(p, one_checkpoint=False)
+    p.set_defaults(func=cmd_bench_ablation)
+
+    p = groups.add_parser("report", help="print the benchmark tables (paper layout) or run SQL over them")
+    p.add_argument("--workdir", type=Path, required=True)
+    p.add_argument("--sql", help="a read-only SQL query over the database (tables runs, samples, results, ...)")
+    p.add_argument("--format", choices=("table", "markdown", "csv"), default="table")
+    p.add_argument("--run-id", help="benchmark run (default: the latest with results)")
+    p.add_argument("--plot", type=Path, help="where the context figure goes (default W/bench/reports/...)")
+    p.add_argument("--no-plot", action="store_true", help="do not draw the context figure")
+    p.set_defaults(func=cmd_report)

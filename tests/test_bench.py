@@ -1,0 +1,293 @@
+"""Benchmarks on the synthetic world with a tiny trained checkpoint: rows, statistics, skips, resume, reports."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from shard_helpers import trained_workdir, world_samples
+
+from eval.bench import BenchOptions, run_cc3m_fid, run_mapper_ablation, run_visdial, run_vist
+from eval.bench_systems import SYSTEMS
+from eval.db import db_path, query
+from eval.decision import save_head_into_checkpoint
+from gill.adapters import DecisionHead
+
+ALL = ("gill", "gill-gen", "gill-ret", "gill-oracle", "sd", "clip-retrieval", "fromage-retrieval")
+FAST = dict(sd_steps=2, n_boot=200, fid_bootstrap=20, write_every=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def bench_work(tmp_path_factory, small_world, tiny_config) -> Path:
+    """A trained tiny checkpoint with its bank, plus the world's CC3M val pairs as image shards."""
+    from gill.data.shards import image_split_dir, write_image_shard
+
+    root = trained_workdir(tmp_path_factory.mktemp("bench-work"), small_world, tiny_config, steps=6, run_id="b",
+                           bank=True)  # fmt: skip
+    write_image_shard(image_split_dir("val", root) / "00000.tar", world_samples(small_world, 8, split="val"))
+    head = DecisionHead(tiny_config_dims(tiny_config))  # a classifier that always prefers retrieval: p_ret = 0.731
+    torch.nn.init.zeros_(head.linear.weight)
+    head.linear.bias.data = torch.tensor([0.0, 1.0])
+    save_head_into_checkpoint(root / "runs" / "b" / "final", head)
+    return root
+
+
+def tiny_config_dims(config) -> int:
+    from gill.factory import derive_dims
+
+    return derive_dims(config).lm_hidden
+
+
+@pytest.fixture(scope="module")
+def full_run(bench_work, small_world):
+    """Every benchmark, setting and system, two seeds (glide requested, so it is reported as unsupported)."""
+    options = BenchOptions(seeds=(42, 43), systems=(*ALL, "glide"), **FAST)
+    vist = run_vist(bench_work, small_world.vist_sis_json, small_world.vist_images_dir, options=options)
+    visdial = run_visdial(bench_work, small_world.visdial_json, small_world.visdial_images_dir, options=options)
+    fid = run_cc3m_fid(bench_work, options=dataclasses.replace(options, systems=("gill-gen", "sd")))
+    return {"vist": vist, "visdial": visdial, "fid": fid, "run_id": fid.run_id, "options": options}
+
+
+def _samples(work: Path, run_id: str):
+    return query(db_path(work), "SELECT * FROM samples WHERE run_id = ?", [run_id])
+
+
+def _results(work: Path, run_id: str):
+    return query(db_path(work), "SELECT * FROM results WHERE run_id = ?", [run_id])
+
+
+def test_every_benchmark_setting_and_system_writes_sample_and_result_rows(bench_work, full_run):
+    samples = _samples(bench_work, full_run["run_id"])
+    ok = samples[samples.status == "ok"]
+    got = set(zip(ok.benchmark, ok.setting, ok.system, strict=True))
+    expected = {("vist", s, m) for s in ("1cap", "5cap", "5cap4img") for m in ALL}
+    expected |= {("visdial", s, m) for s in ("1round", "5rounds", "10rounds") for m in ALL}
+    expected |= {(b, s, m) for b, ss in (("vist-retrieval", ("1cap", "5cap", "5cap4img")),
+                                          ("visdial-retrieval", ("1round", "5rounds", "10rounds")))
+                 for s in ss for m in ("fromage-retrieval", "clip-retrieval")}  # fmt: skip
+    expected |= {("cc3m-fid", "val", m) for m in ("gill-gen", "sd")}
+    assert got == expected
+    # 4 stories, 4 dialogs, 8 val pairs; seed-free systems once, the others once per seed
+    for (benchmark, setting, system), group in ok.groupby(["benchmark", "setting", "system"]):
+        n = {"vist": 4, "visdial": 4, "cc3m-fid": 8}.get(benchmark, 4)
+        seeds = 2 if benchmark in ("vist", "visdial", "cc3m-fid") and SYSTEMS[system].uses_seed else 1
+        assert len(group) == n * seeds, (benchmark, setting, system)
+        if benchmark in ("vist", "visdial", "cc3m-fid"):
+            assert group.clip_sim.between(-1, 1).all() and (group.lpips >= 0).all()
+            assert all(Path(p).is_file() for p in group.generated_path)
+            assert all(Path(p).is_file() for p in group.reference_path)
+    results = _results(bench_work, full_run["run_id"])
+    metrics = set(zip(results.benchmark, results.system, results.metric, strict=True))
+    assert {
+        ("vist", "gill", "clip_sim"),
+        ("vist", "sd", "lpips"),
+        ("visdial", "gill-oracle", "clip_sim"),
+        ("vist-retrieval", "fromage-retrieval", "recall@10"),
+        ("visdial-retrieval", "clip-retrieval", "recall@1"),
+        ("cc3m-fid", "gill-gen", "fid"),
+        ("cc3m-fid", "sd", "fid"),
+        ("cc3m-fid", "sd", "clip_sim"),
+    } <= metrics
+    assert "glide" not in set(results.system)
+    unsupported = query(db_path(bench_work), "SELECT * FROM unsupported_systems WHERE run_id = ?", [full_run["run_id"]])
+    assert set(unsupported.system) == {"glide"} and unsupported.reason.str.contains("diffusers").all()
+
+
+def test_intervals_contain_the_mean_and_seed_statistics_are_recorded(bench_work, full_run):
+    results = _results(bench_work, full_run["run_id"])
+    with_ci = results[results.ci_low.notna()]
+    assert len(with_ci) >= 100
+    assert (with_ci.ci_low <= with_ci["mean"] + 1e-12).all() and (with_ci["mean"] <= with_ci.ci_high + 1e-12).all()
+    vist = results[results.benchmark == "vist"].set_index(["setting", "system", "metric"])
+    assert vist.loc[("5cap", "sd", "clip_sim"), "n_seeds"] == 2
+    assert vist.loc[("5cap", "sd", "clip_sim"), "seed_std"] >= 0
+    assert vist.loc[("5cap", "gill-ret", "clip_sim"), "n_seeds"] == 1
+    # the mean is the mean over samples of each sample's mean over seeds, recomputed here from the sample rows
+    samples = _samples(bench_work, full_run["run_id"])
+    own = samples[(samples.benchmark == "vist") & (samples.setting == "5cap") & (samples.system == "sd")]
+    expected = own.groupby("sample_id").clip_sim.mean().mean()
+    assert vist.loc[("5cap", "sd", "clip_sim"), "mean"] == pytest.approx(expected)
+    fid = results[(results.metric == "fid")].set_index("system")
+    assert (fid["mean"] > 0).all() and (fid.n == 8).all() and (fid.n_seeds == 2).all()
+    assert (fid.ci_low <= fid.ci_high).all()
+    recall = results[results.metric.str.startswith("recall@")]
+    assert (recall.pool_size == 4).all()
+    r1, r10 = (recall[recall.metric == m].set_index(["benchmark", "setting", "system"])["mean"]
+               for m in ("recall@1", "recall@10"))  # fmt: skip
+    assert (r10 >= r1).all() and (r10 == 1.0).all()  # a pool of 4: every true image is in the top 10
+
+
+def test_metric_models_are_named_on_every_result_row(bench_work, full_run):
+    results = _results(bench_work, full_run["run_id"])
+    assert results.metric_model.notna().all()
+    lpips = set(results[results.metric == "lpips"].metric_model)
+    fid = set(results[results.metric == "fid"].metric_model)
+    assert len(lpips) == 1 and "random" in lpips.pop().lower()
+    assert len(fid) == 1 and "inception" not in fid.pop().lower().replace("not inception", "")
+
+
+def test_oracle_takes_the_better_of_generation_and_retrieval(bench_work, full_run):
+    samples = _samples(bench_work, full_run["run_id"])
+    vist = samples[(samples.benchmark == "vist") & (samples.seed == 42) & (samples.status == "ok")]
+    table = vist.pivot_table(index=["setting", "sample_id"], columns="system", values="clip_sim")
+    assert np.allclose(table["gill-oracle"], np.maximum(table["gill-gen"], table["gill-ret"]))
+    gill = vist[vist.system == "gill"]
+    assert set(gill.decision) == {"ret"} and np.allclose(gill.p_ret, 1 / (1 + np.exp(-1.0)))  # the installed head
+    ret = vist[vist.system == "gill-ret"].set_index(["setting", "sample_id"])
+    chosen = gill.set_index(["setting", "sample_id"])
+    assert (chosen.ret_key == ret.ret_key.loc[chosen.index]).all()
+    assert np.allclose(chosen.clip_sim, ret.clip_sim.loc[chosen.index])
+
+
+def test_fromage_retrieval_equals_gill_retrieve_only(bench_work, full_run):
+    """Two code paths (one LM pass vs cached forced decoding) must pick the same bank image."""
+    samples = _samples(bench_work, full_run["run_id"])
+    own = samples[samples.benchmark.isin(["vist", "visdial"]) & samples.system.isin(["gill-ret", "fromage-retrieval"])]
+    keys = own.pivot_table(index=["benchmark", "setting", "sample_id"], columns="system", values="ret_key",
+                           aggfunc="first")  # fmt: skip
+    assert len(keys) == 24 and (keys["gill-ret"] == keys["fromage-retrieval"]).all()
+
+
+def test_clip_similarity_agrees_with_an_independent_computation(bench_work, full_run, tiny_config):
+    import torch
+    from PIL import Image
+    from transformers import CLIPModel, CLIPProcessor
+
+    samples = _samples(bench_work, full_run["run_id"])
+    rows = samples[(samples.benchmark == "vist") & (samples.status == "ok")].head(6)
+    folder = tiny_config.backbones.clip_metric.id
+    model, processor = CLIPModel.from_pretrained(folder).eval(), CLIPProcessor.from_pretrained(folder)
+    for row in rows.itertuples():
+        images = [Image.open(row.generated_path).convert("RGB"), Image.open(row.reference_path).convert("RGB")]
+        with torch.no_grad():
+            pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+            pooled = model.vision_model(pixel_values=pixels).pooler_output
+            features = model.visual_projection(pooled)
+        expected = torch.nn.functional.cosine_similarity(features[0], features[1], dim=0).item()
+        assert row.clip_sim == pytest.approx(expected, abs=1e-4)
+
+
+def test_rerun_resumes_and_a_crash_loses_only_unwritten_rows(bench_work, small_world, full_run):
+    options = full_run["options"]
+    again = run_vist(bench_work, small_world.vist_sis_json, small_world.vist_images_dir, options=options)
+    assert again[0].scored == 0 and again[0].resumed == full_run["vist"][0].scored
+    assert again[1].scored == 0 and again[1].resumed > 0  # retrieval pools unchanged: reused
+    run_id = full_run["run_id"]
+    import duckdb
+
+    with duckdb.connect(str(db_path(bench_work))) as con:  # as if a crash lost one story's rows
+        con.execute(
+            "DELETE FROM samples WHERE run_id = ? AND benchmark = 'vist' AND setting = '1cap' AND "
+            "sample_id IN (SELECT DISTINCT sample_id FROM samples WHERE benchmark = 'vist' LIMIT 1)",
+            [run_id],
+        )
+    deleted = 7 + 4  # 7 systems at seed 42, the 4 seed-dependent ones at seed 43
+    resumed = run_vist(bench_work, small_world.vist_sis_json, small_world.vist_images_dir, options=options,
+                       settings=("1cap",))  # fmt: skip
+    assert resumed[0].scored == deleted
+
+
+def test_missing_and_unreadable_images_are_skipped_and_counted(bench_work, small_world, tmp_path):
+    from eval.bench_data import read_vist
+
+    images = tmp_path / "images"
+    shutil.copytree(small_world.vist_images_dir, images)
+    stories = read_vist(small_world.vist_sis_json, images)
+    (images / f"{stories[0].photo_ids[-1]}.jpg").unlink()  # story 0: the target is gone
+    (images / f"{stories[1].photo_ids[0]}.jpg").write_bytes(b"not a jpeg")  # story 1: first context photo broken
+    options = BenchOptions(seeds=(42,), systems=("gill-gen", "sd"), run_id="skips", **FAST)
+    vist, retrieval = run_vist(bench_work, small_world.vist_sis_json, images, options=options)
+    samples = _samples(bench_work, "skips")
+    skipped = samples[samples.status == "skipped"]
+    assert set(skipped[skipped.setting == "1cap"].sample_id) == {stories[0].story_id}
+    assert set(skipped[skipped.setting == "5cap4img"].sample_id) == {stories[0].story_id, stories[1].story_id}
+    assert skipped.skip_reason.str.contains("not found").any() and skipped.skip_reason.str.contains("jpg").all()
+    results = _results(bench_work, "skips").set_index(["benchmark", "setting", "system", "metric"])
+    assert results.loc[("vist", "1cap", "sd", "clip_sim"), "n_skipped"] == 1
+    assert results.loc[("vist", "5cap4img", "gill-gen", "clip_sim"), "n_skipped"] == 2
+    assert results.loc[("vist", "5cap4img", "gill-gen", "clip_sim"), "n"] == 2
+    assert results.loc[("vist-retrieval", "5cap4img", "fromage-retrieval", "recall@1"), "pool_size"] == 2
+    assert vist.skipped == 1 * 2 + 1 * 2 + 2 * 2  # per setting: skipped samples x systems
+
+
+def test_report_prints_paper_tables_runs_user_sql_and_draws_the_context_figure(bench_work, full_run, capsys):
+    from PIL import Image
+
+    from gill.cli import main
+
+    plot = bench_work / "ctx.png"
+    assert main(["report", "--workdir", str(bench_work), "--run-id", full_run["run_id"], "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    for text in ("Table 1: VIST", "Table 2: VisDial", "5 caps, 4 images", "10 rounds", "gill-oracle", "CC3M FID",
+                 "R@10", "not run: glide"):  # fmt: skip
+        assert text in out
+    assert Image.open(plot).size == (800, 480)
+    sql = (f"SELECT system, count(*) AS n FROM samples WHERE run_id = '{full_run['run_id']}' AND benchmark = 'vist' "
+           "AND status = 'ok' GROUP BY system")  # fmt: skip
+    assert main(["report", "--workdir", str(bench_work), "--sql", sql, "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "system,n" and dict(line.split(",") for line in lines[1:])["sd"] == str(4 * 3 * 2)
+    assert main(["report", "--workdir", str(bench_work), "--sql", "SELECT * FROM nowhere"]) == 2
+    assert "the SQL query failed" in capsys.readouterr().err
+    table1 = query(db_path(bench_work), "SELECT * FROM table1_vist WHERE run_id = ?", [full_run["run_id"]])
+    assert list(table1.system[:2]) == ["sd", "clip-retrieval"] and table1.clip_5cap4img.notna().all()
+
+
+def test_cli_bench_vist_runs_and_rejects_bad_input(bench_work, small_world, capsys):
+    from gill.cli import main
+
+    args = ["bench", "vist", "--workdir", str(bench_work), "--sis-json", str(small_world.vist_sis_json),
+            "--images", str(small_world.vist_images_dir), "--settings", "1cap", "--systems", "sd", "--limit", "2",
+            "--sd-steps", "2", "--no-progress", "--run-id", "cli"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "vist: 2 sample rows scored" in out and "Table 1" in out
+    bad = tmp = bench_work / "bad.json"
+    tmp.write_text(json.dumps({"annotations": [[{"story_id": "1"}], "oops"]}))
+    assert main([*args[:4], "--sis-json", str(bad), *args[6:]]) == 2
+    err = capsys.readouterr().err
+    assert "annotations[0]: missing photo_flickr_id" in err and "annotations[1]" in err
+    assert main([*args, "--seeds", "1,1"]) == 2
+    assert "seeds" in capsys.readouterr().err
+
+
+def test_mapper_ablation_table_compares_checkpoints(bench_work, small_world, tiny_config):
+    from gill.train import setup_training
+
+    config = dataclasses.replace(
+        tiny_config,
+        adapters=dataclasses.replace(tiny_config.adapters,
+                                     mapper=dataclasses.replace(tiny_config.adapters.mapper, kind="linear")),
+        train=dataclasses.replace(tiny_config.train, steps=4, batch_size=8, warmup_steps=1, log_every=2),
+    )  # fmt: skip
+    setup_training(config, bench_work, run_id="lin").train()
+    checkpoints = [bench_work / "runs" / "b" / "final", bench_work / "runs" / "lin" / "final"]
+    options = BenchOptions(seeds=(42,), limit=4, **FAST)
+    summaries = run_mapper_ablation(bench_work, checkpoints, sis_json=small_world.vist_sis_json,
+                                    images=small_world.vist_images_dir, options=options)  # fmt: skip
+    table = query(db_path(bench_work), "SELECT * FROM table_mapper_ablation")
+    table = table[table.run_id.isin({s.run_id for s in summaries})]
+    assert len(table) == 2
+    kinds = dict(zip(table.checkpoint, table.mapper, strict=True))
+    assert kinds[str(checkpoints[0])] == "gill_mapper" and kinds[str(checkpoints[1])] == "linear"
+    assert table.cc3m_fid.notna().all() and table.vist_clip_sim.notna().all()
+
+
+def test_readers_order_vist_by_worker_arrangement_and_format_visdial(small_world):
+    from eval.bench_data import read_visdial, read_vist
+
+    truth = json.loads(small_world.scenes_json.read_text())["vist"]
+    stories = {s.story_id: s for s in read_vist(small_world.vist_sis_json, small_world.vist_images_dir)}
+    for story in truth:
+        got = stories[story["story_id"]]
+        assert list(got.photo_ids) == [step["photo_flickr_id"] for step in story["steps"]]
+        assert all(p is not None and p.is_file() for p in got.image_paths)
+    dialog = read_visdial(small_world.visdial_json, small_world.visdial_images_dir)[0]
+    lines = dialog.dialog_text(2).split("\n")
+    assert len(lines) == 4 and lines[0].startswith("Q: ") and lines[0].endswith("?") and lines[1].startswith("A: ")
+    assert dialog.image_path.name == f"VisualDialog_val2018_{dialog.image_id:012d}.jpg"
