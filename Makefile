@@ -4,13 +4,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.gill-installed
 WORKDIR ?= work/demo
+PREFECT_PORT ?= 4200
 
 # Offline-friendly defaults for every target (never override what the caller set).
 export HF_HUB_DISABLE_PROGRESS_BARS ?= 1
 export NO_ALBUMENTATIONS_UPDATE ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install browser-deps demo test lint lock clean
+.PHONY: install browser-deps demo serve test lint lock clean
 
 install: $(STAMP)
 
@@ -24,8 +25,15 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip uninstall --quiet -y dataclasses 2>/dev/null || true
 	@touch $(STAMP)
 
+# The full pipeline (flow `gill`) in-process on the embedded default: tiny preset, synthetic world, shipped votes.
 demo: install
-	$(BIN)/gill demo --workdir $(WORKDIR)
+	$(BIN)/python -m flows.cli demo --workdir $(WORKDIR)
+
+# A local Prefect server (SQLite, 127.0.0.1:$(PREFECT_PORT); skipped when PREFECT_API_URL is set) serving the
+# deployment gill/full-pipeline. Then, in another shell:
+#   PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(BIN)/prefect deployment run gill/full-pipeline --watch
+serve: install
+	PREFECT_PORT=$(PREFECT_PORT) $(BIN)/python -m flows.cli serve --workdir work/pipeline
 
 test: install browser-deps
 	$(BIN)/python -m pytest -q

@@ -23,10 +23,59 @@ class TrainingReporter:
         """One step's metrics (training or validation names) into the database."""
         record_metrics(self.database, self.run_id, step, values)
 
-    def finish(self, history: Sequence[dict[str, float]]) -> Path:
-        """Write ``<run>/loss_curve.png`` from the logged history."""
-        series = {name: [(h["step"], h[name]) for h in history if name in h] for name in CURVES}
+    def finish(self, history: Sequence[dict[str, float]] = ()) -> Path:
+        """Write ``<run>/loss_curve.png`` from every step the database holds for the run (so a resumed run's
+        curve covers its earlier part too), falling back to ``history``."""
+        series = curve_series(self.database, self.run_id) or {
+            name: [(h["step"], h[name]) for h in history if name in h] for name in CURVES
+        }
         return plot_curves(series, self.run_dir / "loss_curve.png", title=f"GILL adapters, run {self.run_id}")
+
+
+def curve_series(database: Path, run_id: str) -> dict[str, list[tuple[float, float]]]:
+    """``{loss name: [(step, value), ...]}`` of a run from ``train_metrics`` (empty when nothing is logged)."""
+    from eval.db import query
+
+    names = ", ".join(f"'{n}'" for n in CURVES)
+    frame = query(database, f"SELECT step, name, value FROM train_metrics WHERE run_id = ? AND name IN ({names}) "
+                  "ORDER BY step", [run_id])  # fmt: skip
+    return {str(n): list(zip(g.step.astype(float), g.value, strict=True)) for n, g in frame.groupby("name")}
+
+
+def curve_summary(database: Path, run_id: str) -> list[dict[str, float | str]]:
+    """First and last logged value of each loss, and the last validation figures, of a run."""
+    from eval.db import query
+
+    rows: list[dict[str, float | str]] = []
+    for name, points in sorted(curve_series(database, run_id).items()):
+        (s0, v0), (s1, v1) = points[0], points[-1]
+        rows.append({"metric": name, "first_step": s0, "first": round(v0, 4), "last_step": s1, "last": round(v1, 4)})
+    val = query(database, "SELECT step, name, value FROM train_metrics WHERE run_id = ? AND name LIKE 'val_%' "
+                "AND step = (SELECT max(step) FROM train_metrics WHERE run_id = ? AND name LIKE 'val_%')",
+                [run_id, run_id])  # fmt: skip
+    rows += [{"metric": r.name, "first_step": "", "first": "", "last_step": float(r.step), "last": round(r.value, 4)}
+             for r in val.itertuples()]  # fmt: skip
+    return rows
+
+
+def train_or_resume(config, workdir: str | Path, *, overrides: dict, run_id: str, device: str = "cpu") -> dict:
+    """Bring run ``run_id`` to its step count: train it, resume it from its newest checkpoint after a crash, or
+    recognise it as finished (its ``final/`` holds the target step). Returns the run's curve summary."""
+    import json
+
+    workdir = Path(workdir)
+    run_dir = workdir / "runs" / run_id
+    target = int(overrides.get("steps") or config.train.steps)
+    final = run_dir / "final" / "config.json"
+    finished = final.is_file() and json.loads(final.read_text(encoding="utf-8")).get("extra", {}).get("step") == target
+    status = "already trained"
+    if not finished:
+        resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
+        status = "resumed" if resume else "trained"
+        run_training(config, workdir, overrides=overrides, run_id=run_id, resume=resume, device=device)
+    database = db_path(workdir)
+    return {"run_id": run_id, "run_dir": str(run_dir), "status": status, "steps": target,
+            "curve": curve_summary(database, run_id), "loss_curve": str(run_dir / "loss_curve.png")}  # fmt: skip
 
 
 def run_training(

@@ -102,3 +102,64 @@ class DecisionParams(BaseModel):
     folds: int = Field(5, ge=2, description="cross-validation folds")
     steps: int | None = Field(None, ge=1, description="training steps (default: the official 2000)")
     device: str = Field("cpu", description="torch device for the features")
+
+
+StageName = Literal[
+    "world", "download", "precompute", "train", "index", "candidates", "votes", "decision", "vist", "visdial",
+    "cc3m-fid", "report",
+]  # fmt: skip
+STAGES: tuple[str, ...] = StageName.__args__  # type: ignore[attr-defined]
+
+
+class PipelineParams(ModelParams):
+    """Parameters of the ``gill`` flow (deployment ``gill/full-pipeline``): every stage, end to end.
+
+    Leave the data sources empty to run on the embedded default: the synthetic shapes world (CC3M, VIST and
+    VisDial in their real formats) and the shipped PartiPrompts votes.
+    """
+
+    workdir: Path = Field(Path("work/pipeline"), description="work folder: every output, cache and the DuckDB file")
+    stages: list[StageName] = Field(list(STAGES), description="stages to run, in pipeline order; the others are "
+                                    "skipped and later stages read their outputs from the workdir")  # fmt: skip
+    refresh: bool = Field(False, description="ignore cached stage results and re-run every selected stage")
+    device: str = Field("cpu", description="torch device for every stage: cpu or cuda")
+    # -- data sources (None: the synthetic world) --
+    cc3m_train_urls: Path | None = Field(None, description="CC3M training url list (Google's TSV); default: world's")
+    cc3m_val_urls: Path | None = Field(None, description="CC3M validation url list; default: the world's")
+    vist_sis_json: Path | None = Field(None, description="VIST story-in-sequence JSON; default: the world's")
+    vist_images: Path | None = Field(None, description="folder of VIST photos {photo_flickr_id}.jpg")
+    visdial_json: Path | None = Field(None, description="VisDial 1.0 JSON; default: the world's")
+    visdial_images: Path | None = Field(None, description="folder of VisualDialog_val2018_{id:012d}.jpg")
+    world_seed: int = Field(0, ge=0, description="seed of the synthetic world")
+    world_train: int = Field(256, ge=1, description="synthetic CC3M training pairs")
+    world_val: int = Field(64, ge=1, description="synthetic CC3M validation pairs")
+    world_stories: int = Field(24, ge=1, description="synthetic VIST stories")
+    world_dialogs: int = Field(24, ge=1, description="synthetic VisDial dialogs")
+    # -- download and precompute --
+    processes: int = Field(1, ge=1, description="img2dataset download processes")
+    threads: int = Field(16, ge=1, description="img2dataset download threads per process")
+    image_size: int | None = Field(None, ge=8, description="stored image side (default: 64 for tiny, 224 otherwise)")
+    shard_size: int | None = Field(None, ge=1, description="samples per shard (default: 100 for the world, 10000)")
+    distributor: Literal["multiprocessing", "pyspark", "ray"] = Field(
+        "multiprocessing", description="img2dataset distributor (pyspark/ray spread the download over a cluster)"
+    )
+    precompute_batch_size: int = Field(32, ge=1, description="images/captions per encoder forward")
+    # -- training --
+    steps: int | None = Field(None, ge=1, description="training steps (default: the preset's)")
+    batch_size: int | None = Field(None, ge=2, description="training batch (default: the preset's)")
+    train_seed: int = Field(0, ge=0, description="training seed")
+    run_id: str = Field("pipeline", description="training run folder name under <workdir>/runs")
+    # -- decision --
+    candidate_limit: int | None = Field(16, ge=1, description="prompts to build judging candidates for (None: all)")
+    candidate_sd_steps: int = Field(50, ge=1, description="SD steps of the judging candidates")
+    votes: Path | None = Field(None, description="votes TSV (official layout) to import; default: shipped votes")
+    decision_steps: int | None = Field(None, ge=1, description="classifier steps (default: the official 2000)")
+    # -- benchmarks --
+    bench_seeds: list[int] = Field([42], min_length=1, description="SD seeds of the benchmarks (official: 42)")
+    bench_limit: int | None = Field(None, ge=1, description="evaluate the first N samples of each benchmark")
+    bench_sd_steps: int = Field(50, ge=1, description="SD steps of every generated benchmark image")
+    vist_settings: list[Literal["1cap", "5cap", "5cap4img"]] = Field(
+        ["1cap", "5cap", "5cap4img"], description="VIST settings (paper Table 1)"
+    )
+    visdial_rounds: list[int] = Field([1, 5, 10], min_length=1, description="VisDial rounds of context (Table 2)")
+    fid_bootstrap: int = Field(100, ge=0, description="bootstrap resamples for the FID interval (0: none)")

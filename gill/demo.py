@@ -1,12 +1,12 @@
-"""``make demo``: every stage that exists so far, on the embedded default (tiny zoo + shapes world).
+"""``gill demo``: the pipeline's first stages without Prefect, on the embedded default (tiny zoo + shapes world).
 
 Stages: check the backbones (failing at once when weights are missing), build the synthetic world, read the
 derived dims, download the world's CC3M-format url lists with img2dataset (file:// urls) into webdataset
 shards, precompute the frozen targets, train the adapters briefly, build the retrieval bank, and run the
 inference pipeline on a held-out caption (one generated and one retrieved image, each compared with the
 ground truth by the metric CLIP). The report is printed and saved as ``<workdir>/demo_report.json``;
-yields, precompute rows and training metrics go to ``<workdir>/gill.duckdb``. Later stages (benchmarks)
-join here as they land; the Prefect ``full-pipeline`` flow will run the same stages.
+yields, precompute rows and training metrics go to ``<workdir>/gill.duckdb``. The Prefect flow ``gill``
+(``make demo``, ``flows/full_pipeline.py``) runs these stages and the later ones (decision, benchmarks).
 """
 
 from __future__ import annotations

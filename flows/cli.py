@@ -1,0 +1,137 @@
+"""``python -m flows.cli demo|run|serve``: the ``gill`` flow in-process, or served as ``gill/full-pipeline``.
+
+* ``demo`` (``make demo``): the whole pipeline on the embedded default (tiny preset, synthetic world, shipped
+  votes) with small, fast settings, ending with the report tables and where every output lives.
+* ``run --params JSON``: the pipeline in-process with any :class:`~flows.params.PipelineParams`.
+* ``serve`` (``make serve``): start a local Prefect server (SQLite, 127.0.0.1, ``--port`` / ``PREFECT_PORT``)
+  unless ``PREFECT_API_URL`` already points at one, and serve the deployment ``gill/full-pipeline``; then
+  ``prefect deployment run gill/full-pipeline --watch`` runs it.
+
+Prefect settings are read at import time, so this module sets ``PREFECT_HOME`` (under the workdir) and turns
+analytics off *before* importing Prefect; it never overrides what the caller set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+DEMO_SETTINGS = {
+    "steps": 200, "candidate_limit": 8, "candidate_sd_steps": 10, "bench_sd_steps": 10, "fid_bootstrap": 20,
+    "decision_steps": 500,
+}  # fmt: skip
+"""What ``make demo`` changes from the defaults to finish in minutes on 2 CPU cores (SD steps, limits)."""
+
+
+def _prefect_env(home: Path) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_HOME", str(home.resolve()))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def run_pipeline(params_json: dict, workdir: Path, dask: str | None = None) -> dict:
+    """Run the flow in-process (an ephemeral Prefect API server starts inside this process, unless
+    ``PREFECT_API_URL`` names one). ``dask``: ``local`` for a local Dask cluster, or a scheduler address."""
+    _prefect_env(workdir / ".prefect" / "home")
+    from flows.full_pipeline import gill_pipeline
+    from flows.params import PipelineParams
+
+    params = PipelineParams(**{**params_json, "workdir": workdir})
+    if dask:
+        from prefect_dask import DaskTaskRunner
+
+        runner = DaskTaskRunner() if dask == "local" else DaskTaskRunner(address=dask)
+        return gill_pipeline.with_options(task_runner=runner)(params)
+    return gill_pipeline(params)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    out = run_pipeline({**DEMO_SETTINGS, **json.loads(args.params or "{}")}, args.workdir, args.dask)
+    minutes = (time.perf_counter() - start) / 60
+    sys.stdout.write(f"\nmake demo: the full pipeline took {minutes:.1f} min; outputs:\n")
+    sys.stdout.write("".join(f"  {k}: {v}\n" for k, v in out["locations"].items()))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    run_pipeline(json.loads(args.params or "{}"), args.workdir, args.dask)
+    return 0
+
+
+def _healthy(api_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:  # noqa: S310 - loopback only
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def start_server(port: int, home: Path, timeout_s: float = 120) -> tuple[subprocess.Popen, str]:
+    """A local Prefect server (SQLite under ``home``) on 127.0.0.1:``port``; returns it and its API URL."""
+    api_url = f"http://127.0.0.1:{port}/api"
+    prefect = Path(sys.executable).with_name("prefect")
+    env = {**os.environ, "PREFECT_HOME": str(home.resolve()), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    command = [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui",
+               "--analytics-off"]  # fmt: skip
+    server = subprocess.Popen(command, env=env)
+    deadline = time.monotonic() + timeout_s
+    while not _healthy(api_url):
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.terminate()
+            raise SystemExit(f"the Prefect server did not start on 127.0.0.1:{port} (is the port in use?)")
+        time.sleep(0.5)
+    return server, api_url
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    home = args.workdir / ".prefect" / "home"
+    server = None
+    if not os.environ.get("PREFECT_API_URL"):
+        home.mkdir(parents=True, exist_ok=True)
+        server, api_url = start_server(args.port, home)
+        os.environ["PREFECT_API_URL"] = api_url
+        logging.getLogger("gill").warning("Prefect server on %s (UI off); in another shell: export "
+                                          "PREFECT_API_URL=%s", api_url, api_url)  # fmt: skip
+    _prefect_env(home)
+    try:
+        from flows.full_pipeline import gill_pipeline
+
+        gill_pipeline.serve(name="full-pipeline", description="GILL end to end: data, adapters, decision, benchmarks",
+                            tags=["gill"])  # fmt: skip
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.cli", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, handler, default in (("demo", cmd_demo, "work/demo"), ("run", cmd_run, "work/pipeline")):
+        p = sub.add_parser(name)
+        p.add_argument("--workdir", type=Path, default=Path(default))
+        p.add_argument("--params", help="JSON of PipelineParams fields, e.g. '{\"bench_limit\": 4}'")
+        p.set_defaults(func=handler)
+    p = sub.add_parser("serve")
+    p.add_argument("--workdir", type=Path, default=Path("work/pipeline"), help="where the server's SQLite lives")
+    p.add_argument("--port", type=int, default=int(os.environ.get("PREFECT_PORT", "4200")))
+    p.set_defaults(func=cmd_serve)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call otherwise
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""Plain helpers of the ``gill`` flow: stage selection and progress lines, data sources, output locations."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from flows.params import STAGES, PipelineParams
+
+logger = logging.getLogger("gill.pipeline")
+
+
+class StageLog:
+    """Which stages run, with a numbered progress line as each starts and ends (printed into the flow's log)."""
+
+    def __init__(self, selected: list[str]) -> None:
+        self.selected = [s for s in STAGES if s in selected]
+        self.outputs: dict[str, Any] = {}
+        self._start = time.perf_counter()
+
+    def wants(self, stage: str, selected: bool = False) -> bool:
+        """Whether ``stage`` runs (chosen in the parameters, or ``selected`` by the flow); prints its start line."""
+        run = stage in self.selected or selected
+        position = f"[{self.selected.index(stage) + 1}/{len(self.selected)}]" if stage in self.selected else "[+]"
+        print(f"{position} {stage}: {'running' if run else 'skipped'} ({time.perf_counter() - self._start:.0f} s)")
+        return run
+
+    def done(self, name: str, outputs: Any) -> Any:
+        """Record and print what a stage produced."""
+        self.outputs[name] = outputs
+        shown = outputs
+        if isinstance(outputs, dict):
+            shown = {k: v for k, v in outputs.items() if k not in ("curve", "report", "root")}
+        print(f"    {name} done: {shown}")
+        return outputs
+
+
+def data_sources(params: PipelineParams) -> dict[str, str] | None:
+    """The user's data files, or None when every source is left empty (then the synthetic world is used).
+
+    Raises:
+        ValueError: some but not all sources are given (naming the missing ones).
+    """
+    given = {"cc3m_train": params.cc3m_train_urls, "cc3m_val": params.cc3m_val_urls,
+             "vist_sis_json": params.vist_sis_json, "vist_images": params.vist_images,
+             "visdial_json": params.visdial_json, "visdial_images": params.visdial_images}  # fmt: skip
+    if all(v is None for v in given.values()):
+        return None
+    missing = [k for k, v in given.items() if v is None]
+    if missing:
+        raise ValueError(f"give every data source or none (none: the synthetic world); missing: {', '.join(missing)}")
+    problems = [f"{k}: {v} does not exist" for k, v in given.items() if not Path(v).exists()]
+    if problems:
+        raise ValueError("data sources not found: " + "; ".join(problems))
+    return {k: str(v) for k, v in given.items()}
+
+
+def locations(workdir: Path, checkpoint: Path | None) -> dict[str, str]:
+    """Where every output of the pipeline lives."""
+    rows = {
+        "database (query with SQL)": workdir / "gill.duckdb",
+        "image shards": workdir / "data",
+        "precomputed features": workdir / "features",
+        "training runs": workdir / "runs",
+        "checkpoint": checkpoint,
+        "retrieval banks": workdir / "index",
+        "judging candidates and votes": workdir / "annotations",
+        "benchmark images": workdir / "bench",
+        "context figure": workdir / "bench" / "reports" / "context_effect.png",
+        "stage cache": workdir / ".prefect",
+    }
+    return {k: str(v) for k, v in rows.items() if v is not None}
