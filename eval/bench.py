@@ -576,7 +576,10 @@ def run_cc3m_fid(workdir: str | Path, *, checkpoint: str | Path | None = None, o
                                            need_fid=True)  # fmt: skip
     systems, unsupported = session.resolve_systems("cc3m-fid", FID_SYSTEMS)
     reference_dir = session.out_dir / "cc3m-fid" / split / "reference"
-    items = [_cc3m_item(s, reference_dir) for s in samples]
+    from tqdm import tqdm
+
+    bar = tqdm(samples, desc="cc3m-fid reference images", unit="img", disable=not options.progress)
+    items = [_cc3m_item(s, reference_dir) for s in bar]
     counts = session.run_generation("cc3m-fid", split, items, systems)
     return session.summary("cc3m-fid", counts, unsupported, extra=session.fid_rows("cc3m-fid", split, systems))
 

@@ -538,6 +538,18 @@ def _missing_error(config: GILLConfig, plan: _Plan) -> MissingWeightsError:
     )
 
 
+def check_metric_models(
+    config: GILLConfig,
+    spec: MetricModelSpec = MetricModelSpec(),  # noqa: B008 - frozen, so a shared default is safe
+    *,
+    need_fid: bool = False,
+) -> None:
+    """Raise the :func:`resolve_metric_models` error now, without loading anything (for a pipeline's first step)."""
+    plan = _plan(config, spec, need_fid)
+    if plan.problems:
+        raise _missing_error(config, plan)
+
+
 def resolve_metric_models(
     config: GILLConfig,
     spec: MetricModelSpec = MetricModelSpec(),  # noqa: B008 - frozen, so a shared default is safe

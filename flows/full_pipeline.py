@@ -249,6 +249,7 @@ def gill_pipeline(params: PipelineParams = PipelineParams()) -> dict:  # noqa: B
     log = StageLog(params.stages)
     config = params.gill_config()
     config_json = config.to_json()
+    _check_weights(config, log.selected)  # missing weights fail here, before any stage runs
 
     sources = data_sources(params)
     world = None
@@ -322,6 +323,31 @@ TASKS = {"world": world_task, "download": download_task, "precompute": precomput
 
 
 # -- helpers --------------------------------------------------------------------------------------------------------
+
+
+def _check_weights(config: Any, stages: list[str]) -> None:
+    """One error naming every missing backbone and metric model the selected stages need."""
+    from eval.metric_models import check_metric_models
+    from gill.errors import MissingWeightsError
+    from gill.hub import require_backbones
+
+    errors = []
+    checks = (
+        [lambda: require_backbones(config.backbones, preset=config.preset)]
+        if set(stages) - {"download", "votes", "report"}
+        else []
+    )
+    if set(stages) & {"vist", "visdial", "cc3m-fid"}:
+        checks.append(lambda: check_metric_models(config, need_fid="cc3m-fid" in stages))
+    for check in checks:
+        try:
+            check()
+        except MissingWeightsError as err:
+            errors.append(err)
+    if errors:
+        raise MissingWeightsError(f"Missing weights for the selected stages ({', '.join(stages)})",
+                                  [p for e in errors for p in e.problems],
+                                  "\n".join(e.hint for e in errors if e.hint))  # fmt: skip
 
 
 def _synth(params: PipelineParams) -> dict[str, int]:

@@ -108,3 +108,18 @@ def test_every_pipeline_stage_is_described_and_bad_sources_are_named(tmp_path):
     with pytest.raises(ValueError) as info:
         data_sources(PipelineParams(cc3m_train_urls=tmp_path / "train.tsv"))
     assert "cc3m_val" in str(info.value) and "vist_sis_json" in str(info.value)
+
+
+def test_paper_preset_without_weights_fails_at_once_naming_every_missing_model(prefect_server, tmp_path):
+    from flows.full_pipeline import gill_pipeline
+    from flows.params import PipelineParams
+    from gill.errors import MissingWeightsError
+
+    state = gill_pipeline(PipelineParams(preset="paper", workdir=tmp_path / "w"), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(MissingWeightsError) as info:
+        state.result()
+    text = str(info.value)
+    assert "facebook/opt-6.7b" in text and "openai/clip-vit-large-patch14" in text and "stable-diffusion" in text
+    assert "alexnet-owt-7be5be79.pth" in text and "inception-2015-12-05.pt" in text  # metric weights, same error
+    assert not (tmp_path / "w" / "world").exists()  # nothing ran before the check
