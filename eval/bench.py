@@ -34,6 +34,7 @@ from eval.bench_systems import SYSTEMS, UNSUPPORTED_SYSTEMS, ClipBank, ImageOpti
 from eval.db import db_path, ensure_database, query, replace_rows
 from gill.config import _Validated
 from gill.errors import InputError
+from gill.pipeline import image_size_problems
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +93,7 @@ class BenchOptions(_Validated):
             problems.append(f"n_boot must be >= 1 and fid_bootstrap >= 0, got {self.n_boot}, {self.fid_bootstrap}")
         if not 0 < self.confidence < 1:
             problems.append(f"confidence: must be in (0, 1), got {self.confidence}")
-        for name in ("height", "width"):
-            value = getattr(self, name)
-            if value is not None and (value < 8 or value % 8):
-                problems.append(f"{name}: must be a positive multiple of 8, got {value}")
-        return problems
+        return problems + image_size_problems(self.height, self.width)
 
     @property
     def image_options(self) -> ImageOptions:
@@ -266,14 +263,9 @@ class BenchSession:
 
     def _score_item(self, benchmark: str, setting: str, seed: int, item: BenchItem,
                     need: list[str]) -> list[dict[str, Any]]:  # fmt: skip
-        base = {"run_id": self.run_id, "benchmark": benchmark, "setting": setting, "seed": seed,
-                "sample_id": item.sample_id, "context_length": item.context_length,
-                "reference_path": str(item.reference) if item.reference else None}  # fmt: skip
+        base = self._base_row(benchmark, setting, seed, item)
         try:
-            if item.missing:
-                raise data.UnreadableImage(item.missing)
-            reference = data.load_image(item.reference)
-            context = list(data.load_images(item.context))
+            reference, context = _load(item)
         except data.UnreadableImage as err:
             return [{**base, "system": s, "status": "skipped", "skip_reason": str(err)} for s in need]
         sd_seed = derive_seed(seed, item.sample_id)
@@ -296,6 +288,12 @@ class BenchSession:
             _save_png(result.image, path)
             rows.append({**row, "status": "ok", "generated_path": str(path), **scores[system]})
         return rows
+
+    def _base_row(self, benchmark: str, setting: str, seed: int, item: BenchItem) -> dict[str, Any]:
+        """The key and reference columns every ``samples`` row of ``item`` shares."""
+        return {"run_id": self.run_id, "benchmark": benchmark, "setting": setting, "seed": seed,
+                "sample_id": item.sample_id, "context_length": item.context_length,
+                "reference_path": str(item.reference) if item.reference else None}  # fmt: skip
 
     def _score_images(self, produced: dict[str, Produced], reference: Image.Image) -> dict[str, dict[str, float]]:
         names = [s for s, p in produced.items() if p.image is not None]
@@ -329,14 +327,9 @@ class BenchSession:
         seed = self.options.seeds[0]
         loaded, rows = [], []
         for item in items:
-            base = {"run_id": self.run_id, "benchmark": benchmark, "setting": setting, "seed": seed,
-                    "sample_id": item.sample_id, "context_length": item.context_length,
-                    "reference_path": str(item.reference) if item.reference else None}  # fmt: skip
+            base = self._base_row(benchmark, setting, seed, item)
             try:
-                if item.missing:
-                    raise data.UnreadableImage(item.missing)
-                data.load_image(item.reference)
-                list(data.load_images(item.context))
+                _load(item)  # only readable samples join the pool (decoded again when embedded)
                 loaded.append((item, base))
             except data.UnreadableImage as err:
                 rows += [{**base, "system": s, "status": "skipped", "skip_reason": str(err)} for s in RETRIEVAL_SYSTEMS]
@@ -366,8 +359,7 @@ class BenchSession:
         pipe, clip = self.pipe, self.metrics.clip
         q_gill, q_clip, p_gill, p_clip = [], [], [], []
         for item in tqdm(items, desc="retrieval queries", unit="sample", disable=not self.options.progress):
-            context = list(data.load_images(item.context))
-            reference = data.load_image(item.reference)
+            reference, context = _load(item)
             q_gill.append(self.runner.fromage_query(item.make_prompt(context)))
             features = pipe.vision_features([reference]).to(pipe._adapter_dtype)
             embedding = pipe.model.image_retrieval_embeddings(features).float()
@@ -614,6 +606,13 @@ def run_mapper_ablation(workdir: str | Path, checkpoints: Sequence[str | Path], 
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
+
+
+def _load(item: BenchItem) -> tuple[Image.Image, list[Image.Image]]:
+    """The ground-truth and prompt images of a sample (UnreadableImage, saying why, when one is missing)."""
+    if item.missing:
+        raise data.UnreadableImage(item.missing)
+    return data.load_image(item.reference), list(data.load_images(item.context))
 
 
 def _same_pool(previous: Any, ids: set[str]) -> bool:

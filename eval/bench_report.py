@@ -138,8 +138,8 @@ def frame_rows(frame: Any) -> list[dict[str, Any]]:
     return frame.to_dict(orient="records")
 
 
-def run_sql(workdir: str | Path, sql: str, fmt: str = "table") -> str:
-    """A user's read-only SQL over the workdir's database, rendered."""
+def run_sql(workdir: str | Path, sql: str, fmt: str = "table", max_rows: int | None = None) -> str:
+    """A user's read-only SQL over the workdir's database, rendered (the first ``max_rows`` rows when given)."""
     import duckdb
 
     path = _database(workdir)
@@ -150,7 +150,10 @@ def run_sql(workdir: str | Path, sql: str, fmt: str = "table") -> str:
                          hint="tables: runs, samples, results, unsupported_systems; views: table1_vist, "
                               "table2_visdial, table_retrieval, table_cc3m_fid, table_mapper_ablation, "
                               "context_effect (see eval/README.md)") from err  # fmt: skip
-    return render(frame_rows(frame), fmt)
+    rows = frame_rows(frame)
+    if max_rows is not None and len(rows) > max_rows:
+        return render(rows[:max_rows], fmt) + f"({len(rows) - max_rows} more rows not shown)\n"
+    return render(rows, fmt)
 
 
 def build_report(workdir: str | Path, *, run_id: str | None = None, fmt: str = "table") -> str:
@@ -215,7 +218,7 @@ def plot_context_effect(workdir: str | Path, out: str | Path, *, run_id: str | N
 def _database(workdir: str | Path) -> Path:
     path = db_path(workdir)
     if not path.is_file():
-        raise InputError(f"no database at {path}", [], hint="pass the --workdir the benchmarks ran in")
+        raise InputError(f"no database at {path}", [], hint="run a stage first, or pass the --workdir it ran in")
     return ensure_database(path)  # adds the benchmark tables and views to a database of an older gill
 
 

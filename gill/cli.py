@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gill.config import GILLConfig
-from gill.errors import GillError, InputError
+from gill.errors import GillError
 
 logger = logging.getLogger("gill")
 
@@ -181,19 +181,10 @@ def cmd_data_precompute(args: argparse.Namespace) -> int:
 
 
 def cmd_db_query(args: argparse.Namespace) -> int:
-    """Run SQL against <workdir>/gill.duckdb and print the result table."""
-    import pandas as pd
+    """Run SQL against <workdir>/gill.duckdb and print the result table (the same function as ``gill report --sql``)."""
+    from eval.bench_report import run_sql
 
-    from eval.db import db_path, query
-
-    database = db_path(args.workdir)
-    if not database.is_file():
-        raise InputError(
-            f"no database at {database}", hint="run a stage first (e.g. gill data download) or fix --workdir"
-        )
-    frame = query(database, args.sql)
-    with pd.option_context("display.max_rows", args.max_rows, "display.max_columns", None, "display.width", 200):
-        _out(frame.to_csv(index=False) if args.csv else frame.to_string(index=False))
+    _out(run_sql(args.workdir, args.sql, "csv" if args.csv else "table", max_rows=args.max_rows).rstrip("\n"))
     return 0
 
 

@@ -110,16 +110,19 @@ class GenerationSettings(_Validated):
             problems.append(f"mode: must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.guidance_scale < 0:
             problems.append(f"guidance_scale: must be >= 0, got {self.guidance_scale}")
-        for name in ("height", "width"):
-            value = getattr(self, name)
-            if value is not None and (value < 8 or value % 8):
-                problems.append(f"{name}: must be a positive multiple of 8 (SD's latent factor), got {value}")
-        return problems
+        return problems + image_size_problems(self.height, self.width)
 
     @property
     def img_logit_bias(self) -> float:
         """The additive bias on the ``[IMG0]`` logit: ``ln(image_frequency)`` (-inf for 0)."""
         return math.log(self.image_frequency) if self.image_frequency > 0 else float("-inf")
+
+
+def image_size_problems(height: int | None, width: int | None) -> list[str]:
+    """What is wrong with a requested SD image size (None: the pipeline's native size)."""
+    return [f"{name}: must be a positive multiple of 8 (SD's latent factor), got {value}"
+            for name, value in (("height", height), ("width", width))
+            if value is not None and (value < 8 or value % 8)]  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
