@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name)
         p.add_argument("--workdir", type=Path, default=Path(default))
         p.add_argument("--params", help="JSON of PipelineParams fields, e.g. '{\"bench_limit\": 4}'")
+        p.add_argument("--dask", metavar="ADDRESS", help="run the per-shard tasks on Dask: 'local' (a local "
+                       "cluster) or a scheduler address such as tcp://scheduler:8786")  # fmt: skip
         p.set_defaults(func=handler)
     p = sub.add_parser("serve")
     p.add_argument("--workdir", type=Path, default=Path("work/pipeline"), help="where the server's SQLite lives")

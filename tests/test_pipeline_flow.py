@@ -123,3 +123,22 @@ def test_paper_preset_without_weights_fails_at_once_naming_every_missing_model(p
     assert "facebook/opt-6.7b" in text and "openai/clip-vit-large-patch14" in text and "stable-diffusion" in text
     assert "alexnet-owt-7be5be79.pth" in text and "inception-2015-12-05.pt" in text  # metric weights, same error
     assert not (tmp_path / "w" / "world").exists()  # nothing ran before the check
+
+
+def test_make_demo_entry_point_runs_the_flow_in_process(tmp_path, tiny_zoo):
+    """``make demo`` runs ``python -m flows.cli demo``: here limited to the download stage to stay fast."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from shard_helpers import SMALL_PIPELINE
+
+    root = Path(__file__).resolve().parents[1]
+    params = json.dumps({**SMALL_PIPELINE, "stages": ["download"]})
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "demo", "--workdir", str(tmp_path / "w"), "--params",
+                           params], cwd=root, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "make demo: the full pipeline took" in done.stdout and "database (query with SQL)" in done.stdout
+    assert len(list((tmp_path / "w" / "data" / "cc3m" / "train").glob("*.tar"))) == 2  # 32 pairs, shards of 16
+    assert (tmp_path / "w" / ".prefect" / "home").is_dir()  # Prefect state stays under the workdir
