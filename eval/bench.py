@@ -19,7 +19,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import subprocess
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from PIL import Image
 from eval import bench_data as data
 from eval.bench_systems import SYSTEMS, UNSUPPORTED_SYSTEMS, ClipBank, ImageOptions, Produced, SystemRunner, derive_seed
 from eval.db import db_path, ensure_database, query, replace_rows
+from gill.checkpoint import source_git_sha
 from gill.config import _Validated
 from gill.errors import InputError
 from gill.pipeline import image_size_problems
@@ -162,13 +162,13 @@ class BenchSession:
              metric_spec: Any = None, need_fid: bool = False) -> BenchSession:  # fmt: skip
         """Resolve the checkpoint, check the metric models (failing before any heavy load), load the pipeline."""
         from eval.metric_models import MetricModelSpec, resolve_metric_models
-        from gill.checkpoint import load_adapters
+        from gill.checkpoint import read_checkpoint_config
         from gill.pipeline import GILLPipeline, resolve_checkpoint
         from gill.retrieval import checkpoint_id
 
         workdir = Path(workdir)
         ckpt = resolve_checkpoint(workdir, checkpoint)
-        config = load_adapters(ckpt).config
+        config = read_checkpoint_config(ckpt)
         metrics = resolve_metric_models(config, metric_spec or MetricModelSpec(), device=options.device,
                                         need_fid=need_fid)  # fmt: skip
         chosen = options.systems or tuple(SYSTEMS)
@@ -190,7 +190,7 @@ class BenchSession:
         existing = query(self.database, "SELECT started_at FROM runs WHERE run_id = ?", [self.run_id])
         started = existing["started_at"].iloc[0] if len(existing) else dt.datetime.now(dt.UTC).replace(tzinfo=None)
         document = {"model": self.config.to_dict(), "bench": identity, "workdir": str(self.workdir)}
-        row = {"run_id": self.run_id, "started_at": started, "git_sha": _git_sha(), "preset": self.config.preset,
+        row = {"run_id": self.run_id, "started_at": started, "git_sha": source_git_sha(), "preset": self.config.preset,
                "checkpoint": str(self.checkpoint), "config": json.dumps(document, sort_keys=True)}  # fmt: skip
         replace_rows(self.database, "runs", [row])
         logger.info("benchmark run %s (checkpoint %s) -> %s", self.run_id, self.checkpoint, self.database)
@@ -659,12 +659,3 @@ def _safe(sample_id: str) -> str:
 
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                             text=True, timeout=5, check=False)  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None

@@ -65,7 +65,7 @@ class LoadedCheckpoint:
 # -- save ---------------------------------------------------------------------------------------------------------
 
 
-def _git_sha() -> str | None:
+def source_git_sha() -> str | None:
     """The commit of the gill source tree, or None without git or outside a repository."""
     try:
         proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
@@ -100,7 +100,7 @@ def _record(config: GILLConfig, img_tokens: ImgTokens, decision_head: DecisionHe
         },  # fmt: skip
         "provenance": {
             "gill_version": gill.__version__,
-            "git_sha": _git_sha(),
+            "git_sha": source_git_sha(),
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         },  # fmt: skip
         "extra": extra or {},
@@ -196,6 +196,18 @@ def _read_record(ckpt_dir: Path) -> dict[str, Any]:
     return record
 
 
+def read_checkpoint_config(ckpt_dir: str | os.PathLike[str]) -> GILLConfig:
+    """The validated config of a checkpoint, without reading its weights."""
+    return _config_of(_read_record(Path(ckpt_dir)), Path(ckpt_dir))
+
+
+def _config_of(record: dict[str, Any], ckpt_dir: Path) -> GILLConfig:
+    try:
+        return GILLConfig.from_dict(record["config"])
+    except ConfigError as err:
+        raise InputError(f"invalid config in {str(ckpt_dir / CONFIG_FILE)!r}", err.problems) from err
+
+
 def _load_decision_head(ckpt_dir: Path, info: dict[str, Any]) -> DecisionHead:
     from safetensors.torch import load_file
 
@@ -218,10 +230,7 @@ def load_adapters(ckpt_dir: str | os.PathLike[str], dims: DerivedDims | None = N
 
     ckpt_dir = Path(ckpt_dir)
     record = _read_record(ckpt_dir)
-    try:
-        ckpt_config = GILLConfig.from_dict(record["config"])
-    except ConfigError as err:
-        raise InputError(f"invalid config in {str(ckpt_dir / CONFIG_FILE)!r}", err.problems) from err
+    ckpt_config = _config_of(record, ckpt_dir)
     if config is not None:
         check_backbones(ckpt_config, config)
     if dims is None:
