@@ -524,17 +524,7 @@ def run_vist(workdir: str | Path, sis_json: str | Path, images: str | Path, *,
         raise InputError(f"unknown VIST settings {', '.join(bad)}", [f"known: {', '.join(data.VIST_SETTINGS)}"])
     stories = data.read_vist(sis_json, images, limit=options.limit)
     session = session or BenchSession.open(workdir, checkpoint=checkpoint, options=options, metric_spec=metric_spec)
-    systems, unsupported = session.resolve_systems("vist", GENERATION_SYSTEMS)
-    counts, retrieval = Counts(), Counts()
-    for setting in settings:
-        items = vist_items(stories, setting)
-        counts.add(session.run_generation("vist", setting, items, systems))
-        if options.retrieval:
-            retrieval.add(session.run_retrieval("vist-retrieval", setting, items))
-    out = [session.summary("vist", counts, unsupported)]
-    if options.retrieval:
-        out.append(session.summary("vist-retrieval", retrieval, {}))
-    return out
+    return _contextual(session, "vist", [(s, vist_items(stories, s)) for s in settings])
 
 
 def run_visdial(workdir: str | Path, dialogs_json: str | Path, images: str | Path, *,
@@ -546,16 +536,21 @@ def run_visdial(workdir: str | Path, dialogs_json: str | Path, images: str | Pat
         raise InputError(f"rounds: give positive integers, got {list(rounds)}", [])
     dialogs = data.read_visdial(dialogs_json, images, limit=options.limit)
     session = session or BenchSession.open(workdir, checkpoint=checkpoint, options=options, metric_spec=metric_spec)
-    systems, unsupported = session.resolve_systems("visdial", GENERATION_SYSTEMS)
+    return _contextual(session, "visdial", [(data.visdial_setting(r), visdial_items(dialogs, r)) for r in rounds])
+
+
+def _contextual(session: BenchSession, benchmark: str,
+                settings: list[tuple[str, list[BenchItem]]]) -> list[BenchSummary]:  # fmt: skip
+    """Generation for every setting, then (with ``options.retrieval``) the ``<benchmark>-retrieval`` recall task."""
+    systems, unsupported = session.resolve_systems(benchmark, GENERATION_SYSTEMS)
     counts, retrieval = Counts(), Counts()
-    for r in rounds:
-        items = visdial_items(dialogs, r)
-        counts.add(session.run_generation("visdial", data.visdial_setting(r), items, systems))
-        if options.retrieval:
-            retrieval.add(session.run_retrieval("visdial-retrieval", data.visdial_setting(r), items))
-    out = [session.summary("visdial", counts, unsupported)]
-    if options.retrieval:
-        out.append(session.summary("visdial-retrieval", retrieval, {}))
+    for setting, items in settings:
+        counts.add(session.run_generation(benchmark, setting, items, systems))
+        if session.options.retrieval:
+            retrieval.add(session.run_retrieval(f"{benchmark}-retrieval", setting, items))
+    out = [session.summary(benchmark, counts, unsupported)]
+    if session.options.retrieval:
+        out.append(session.summary(f"{benchmark}-retrieval", retrieval, {}))
     return out
 
 
