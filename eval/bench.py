@@ -31,6 +31,8 @@ from PIL import Image
 from eval import bench_data as data
 from eval.bench_systems import SYSTEMS, UNSUPPORTED_SYSTEMS, ClipBank, ImageOptions, Produced, SystemRunner, derive_seed
 from eval.db import db_path, ensure_database, query, replace_rows
+from eval.scene_answers import SceneTarget, scene_target
+from eval.scene_metric import SCENE_COLUMNS, score_image
 from gill.checkpoint import source_git_sha
 from gill.config import _Validated
 from gill.errors import InputError
@@ -44,8 +46,15 @@ RETRIEVAL_SYSTEMS = ("fromage-retrieval", "clip-retrieval")
 """Systems of the recall@k tasks: GILL's retrieval head (FROMAGe-style) and CLIP, ranking the true image."""
 RECALL_KS = (1, 5, 10)
 GENERATION_METRICS = ("clip_sim", "lpips")
+SCENE_METRIC_MODEL = "answer key (scenes.json), eval.scene_metric"
+"""What the ``scene_*`` results were measured with."""
 VIST_CONTEXT_LENGTH = {"1cap": 1, "5cap": 5, "5cap4img": 9}
 """Prompt items per VIST setting (captions + images): the x axis of the effect-of-context figure."""
+
+
+def scene_metric_name(column: str) -> str:
+    """The ``results.metric`` of a scene column: ``scene_color_ok`` -> ``scene_color``."""
+    return column.removesuffix("_ok")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,6 +125,8 @@ class BenchItem:
     make_prompt: Callable[[list[Image.Image]], list[Any]]
     missing: str | None = None
     """Why a needed file is missing (names the ids), else None."""
+    scene: SceneTarget | None = None
+    """The scene the reference image shows, when it is an image of a synthetic shapes world (answer key)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -273,7 +284,7 @@ class BenchSession:
         if "gill-oracle" in need:
             wanted |= {"gill-gen", "gill-ret"}
         produced = self.runner.produce(item.make_prompt(context), item.text, wanted, sd_seed)
-        scores = self._score_images(produced, reference)
+        scores = self._score_images(produced, reference, item.scene)
         if "gill-oracle" in need:
             produced["gill-oracle"], scores["gill-oracle"] = _oracle(produced, scores)
         rows = []
@@ -293,9 +304,12 @@ class BenchSession:
         """The key and reference columns every ``samples`` row of ``item`` shares."""
         return {"run_id": self.run_id, "benchmark": benchmark, "setting": setting, "seed": seed,
                 "sample_id": item.sample_id, "context_length": item.context_length,
-                "reference_path": str(item.reference) if item.reference else None}  # fmt: skip
+                "reference_path": str(item.reference) if item.reference else None, "prompt": item.text,
+                "context_paths": json.dumps([str(p) if p else None for p in item.context])}  # fmt: skip
 
-    def _score_images(self, produced: dict[str, Produced], reference: Image.Image) -> dict[str, dict[str, float]]:
+    def _score_images(self, produced: dict[str, Produced], reference: Image.Image,
+                      scene: SceneTarget | None) -> dict[str, dict[str, float]]:  # fmt: skip
+        """CLIP similarity and LPIPS to the reference, and the scene-metric columns when the answer key is known."""
         names = [s for s, p in produced.items() if p.image is not None]
         if not names:
             return {}
@@ -303,7 +317,11 @@ class BenchSession:
         refs = [reference] * len(images)
         clip = self.metrics.clip.similarity(images, refs).tolist()
         lpips = self.metrics.lpips.distance(images, refs).tolist()
-        return {s: {"clip_sim": float(c), "lpips": float(d)} for s, c, d in zip(names, clip, lpips, strict=True)}
+        scores = {s: {"clip_sim": float(c), "lpips": float(d)} for s, c, d in zip(names, clip, lpips, strict=True)}
+        if scene is not None:
+            for name, image in zip(names, images, strict=True):
+                scores[name].update(score_image(image, scene.scene, scene.described).columns())
+        return scores
 
     def _scored_keys(self, benchmark: str, setting: str) -> set[tuple[str, int, str]]:
         rows = query(self.database, "SELECT system, seed, sample_id FROM samples WHERE run_id = ? AND benchmark = ? "
@@ -439,6 +457,10 @@ class BenchSession:
         else:
             metrics = {m: ok[m] for m in GENERATION_METRICS}
             models = {m: self.metrics.names[m] for m in GENERATION_METRICS}
+            for column in SCENE_COLUMNS:  # synthetic-world samples only: NULL on real data
+                if column in ok and ok[column].notna().any():
+                    metrics[scene_metric_name(column)] = ok[column]
+                    models[scene_metric_name(column)] = SCENE_METRIC_MODEL
         rows = []
         for metric, values in metrics.items():
             ok["value"] = values
@@ -495,6 +517,7 @@ def vist_items(stories: Sequence[data.VistStory], setting: str) -> list[BenchIte
             context=context, context_length=VIST_CONTEXT_LENGTH.get(setting, len(story.captions)),
             make_prompt=lambda images, s=story: data.vist_prompt(s, setting, images),
             missing=f"photo(s) {', '.join(missing)} not found as {{id}}.jpg/.jpeg/.png/.gif" if missing else None,
+            scene=scene_target(story.target_path),
         ))  # fmt: skip
     return items
 
@@ -506,7 +529,8 @@ def visdial_items(dialogs: Sequence[data.VisDialSample], rounds: int) -> list[Be
         text = d.dialog_text(rounds)
         missing = None if d.image_path else f"image {data.VISDIAL_IMAGE.format(image_id=d.image_id)} not found"
         items.append(BenchItem(sample_id=str(d.image_id), text=text, reference=d.image_path, context_length=rounds,
-                               make_prompt=_text_prompt(text), missing=missing))  # fmt: skip
+                               make_prompt=_text_prompt(text), missing=missing,
+                               scene=scene_target(d.image_path)))  # fmt: skip
     return items
 
 
@@ -580,7 +604,8 @@ def _cc3m_item(sample: data.Cc3mSample, reference_dir: Path) -> BenchItem:
         except InputError as err:
             missing = err.message
     return BenchItem(sample_id=sample.key, text=sample.caption, reference=path, context_length=1,
-                     make_prompt=_text_prompt(sample.caption), missing=missing)  # fmt: skip
+                     make_prompt=_text_prompt(sample.caption), missing=missing,
+                     scene=scene_target(sample.url))  # fmt: skip
 
 
 def run_mapper_ablation(workdir: str | Path, checkpoints: Sequence[str | Path], *, sis_json: str | Path | None,

@@ -85,6 +85,8 @@ class Cc3mSample:
     key: str
     caption: str
     shard: Path
+    url: str | None = None
+    """Where img2dataset fetched the image (a ``file://`` url in the synthetic world)."""
 
 
 # -- VIST ------------------------------------------------------------------------------------------------------------
@@ -282,7 +284,9 @@ def read_cc3m_val(workdir: str | Path, *, split: str = "val", limit: int | None 
     samples: list[Cc3mSample] = []
     for shard in shards:
         for sample in iter_shard_samples(index_shard(shard)):
-            samples.append(Cc3mSample(key=sample.key, caption=sample.caption, shard=shard))
+            url = sample.meta.get("url")
+            samples.append(Cc3mSample(key=sample.key, caption=sample.caption, shard=shard,
+                                      url=str(url) if url else None))  # fmt: skip
             if limit is not None and len(samples) >= limit:
                 return samples
     return samples

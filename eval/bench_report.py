@@ -34,6 +34,22 @@ class PaperTable:
     """(metric, label)."""
 
 
+SCENE_TABLES = (
+    PaperTable(title="Scene metric, VIST (answer key of the synthetic world; share right, main shape)",
+               benchmark="vist",
+               settings=(("1cap", "1 caption"), ("5cap", "5 captions"), ("5cap4img", "5 caps, 4 images")),
+               metrics=(("scene_score", "scene score"), ("scene_color_cell", "colour+cell"))),
+    PaperTable(title="Scene metric, VisDial (answer key; share right, all shapes)", benchmark="visdial",
+               settings=(("1round", "1 round"), ("5rounds", "5 rounds"), ("10rounds", "10 rounds")),
+               metrics=(("scene_score", "scene score"), ("scene_color_cell", "colour+cell"))),
+    PaperTable(title="Scene metric, CC3M validation captions (answer key; all shapes)", benchmark="cc3m-fid",
+               settings=(("val", "val"),),
+               metrics=(("scene_background", "background"), ("scene_color", "colour"), ("scene_cell", "cell"),
+                        ("scene_size", "size"), ("scene_kind", "kind"), ("scene_all", "all right"),
+                        ("scene_score", "score"))),
+)  # fmt: skip
+"""Per-attribute accuracy of the scene metric, where the benchmark data is a synthetic shapes world."""
+
 PAPER_TABLES = (
     PaperTable(title="Table 1: VIST contextual image generation", benchmark="vist",
                settings=(("1cap", "1 caption"), ("5cap", "5 captions"), ("5cap4img", "5 caps, 4 images")),
@@ -170,12 +186,17 @@ def build_report(workdir: str | Path, *, run_id: str | None = None, fmt: str = "
     out = [f"benchmark run {run_id}" + (f" (checkpoint {run.checkpoint.iloc[0]}, preset {run.preset.iloc[0]})"
                                          if len(run) else ""), f"database: {path}", ""]  # fmt: skip
     sections = [(t.title, paper_table(results, t), t.benchmark) for t in PAPER_TABLES]
+    scene = results[results.metric.str.startswith("scene_")]
+    sections += [(t.title, paper_table(scene, t), None) for t in SCENE_TABLES]
     sections.append(("Retrieval recall@k (the true image ranked among the evaluated samples' images)",
                      retrieval_table(results), None))  # fmt: skip
     sections.append(("CC3M FID (clean-fid, mode clean)", fid_table(results), "cc3m-fid"))
     ablation = query(path, "SELECT * FROM table_mapper_ablation")
     if len(ablation) > 1:
         sections.append(("Mapper ablation (gill-gen; all runs)", frame_rows(ablation), None))
+    claims = claims_rows(path, run_id)
+    if claims:
+        sections.append(("Claims of the paper on these results (claims view)", claims, None))
     for title, rows, benchmark in sections:
         if not rows:
             continue
@@ -184,6 +205,32 @@ def build_report(workdir: str | Path, *, run_id: str | None = None, fmt: str = "
             out += _footnotes(path, results, run_id, benchmark)
     out.append("[low, high]: 95% percentile-bootstrap intervals over samples; every number: SELECT * FROM results")
     return "\n".join(out) + "\n"
+
+
+def claims_rows(path: Path, run_id: str) -> list[dict[str, str]]:
+    """The ``claims`` view of one run, formatted: the paper's numbers, ours with intervals, and the verdicts."""
+    frame = query(path, "SELECT * FROM claims WHERE run_id = ?", [run_id])
+    rows = []
+    for r in frame.itertuples():
+        paper = "-" if _nan(r.paper_a) else f"{r.paper_a:.3f} vs {r.paper_b:.3f}"
+        rows.append({"id": r.claim_id, "claim": r.claim, "where": r.source, "metric": r.metric,
+                     "paper (A vs B)": paper, "ours A": cell(r.ours_a, r.a_low, r.a_high),
+                     "ours B": cell(r.ours_b, r.b_low, r.b_high), "holds": r.holds,
+                     "paired A-B": cell(r.diff, r.diff_low, r.diff_high),
+                     "holds (paired)": "-" if _nan(r.holds_paired) else r.holds_paired})  # fmt: skip
+    return rows
+
+
+def build_claims(workdir: str | Path, *, run_id: str | None = None, fmt: str = "table") -> str:
+    """The claims table of a run (default: the latest): which of the paper's claims hold on these results."""
+    path = _database(workdir)
+    run_id = run_id or latest_run(workdir)
+    if run_id is None:
+        raise InputError(f"no benchmark results in {path}", [], hint="run `gill bench vist|visdial|cc3m-fid` first")
+    rows = claims_rows(path, run_id)
+    legend = ("holds: the two 95% intervals do not overlap (true/false) or overlap (inconclusive); holds (paired): "
+              "the 95% interval of the paired per-sample difference A - B; every column: SELECT * FROM claims")
+    return f"claims of the GILL paper, benchmark run {run_id} ({path})\n{render(rows, fmt)}{legend}\n"
 
 
 def _footnotes(path: Path, results: Any, run_id: str, benchmark: str) -> list[str]:

@@ -7,6 +7,8 @@ writing, so they always match this version of gill.
 
 from __future__ import annotations
 
+from eval.claims import claims_view_sql
+
 SYSTEM_ORDER = ("sd", "clip-retrieval", "fromage-retrieval", "gill", "gill-gen", "gill-ret", "gill-oracle")
 """Row order of the report tables: baselines first, then GILL's variants."""
 
@@ -67,6 +69,7 @@ VIEWS: dict[str, str] = {
         "WHERE benchmark IN ('vist', 'visdial') AND metric = 'clip_sim' "
         "ORDER BY run_id, benchmark, system, context_length"
     ),
+    "claims": claims_view_sql(),
 }
 """View name -> SELECT. ``context_effect``'s length counts prompt items for VIST (captions + images) and rounds
 for VisDial, the x axis of the paper's effect-of-context figure."""

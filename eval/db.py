@@ -48,12 +48,19 @@ TABLES: dict[str, str] = {
         seed INTEGER NOT NULL, sample_id VARCHAR NOT NULL, status VARCHAR, skip_reason VARCHAR,
         generated_path VARCHAR, reference_path VARCHAR, clip_sim DOUBLE, lpips DOUBLE, target_rank INTEGER,
         pool_size INTEGER, decision VARCHAR, p_ret DOUBLE, ret_key VARCHAR, sd_seed BIGINT, context_length INTEGER,
+        scene_background_ok DOUBLE, scene_color_ok DOUBLE, scene_cell_ok DOUBLE, scene_color_cell_ok DOUBLE,
+        scene_size_ok DOUBLE, scene_kind_ok DOUBLE, scene_all_ok DOUBLE, scene_score DOUBLE, prompt VARCHAR,
+        context_paths VARCHAR,
         PRIMARY KEY (run_id, benchmark, setting, system, seed, sample_id)""",
     "results": """
         run_id VARCHAR NOT NULL, benchmark VARCHAR NOT NULL, setting VARCHAR NOT NULL, system VARCHAR NOT NULL,
         metric VARCHAR NOT NULL, mean DOUBLE, ci_low DOUBLE, ci_high DOUBLE, n INTEGER, n_skipped INTEGER,
         n_seeds INTEGER, seed_std DOUBLE, metric_model VARCHAR, pool_size INTEGER,
         PRIMARY KEY (run_id, benchmark, setting, system, metric)""",
+    "decision_eval": """
+        run_id VARCHAR NOT NULL, created TIMESTAMP, checkpoint VARCHAR, checkpoint_id VARCHAR, votes VARCHAR,
+        with_retrieval_score BOOLEAN, protocol VARCHAR NOT NULL, metric VARCHAR NOT NULL, value DOUBLE, n INTEGER,
+        PRIMARY KEY (run_id, protocol, metric)""",
     "unsupported_systems": """
         run_id VARCHAR NOT NULL, benchmark VARCHAR NOT NULL, system VARCHAR NOT NULL, reason VARCHAR,
         PRIMARY KEY (run_id, benchmark, system)""",
@@ -94,10 +101,34 @@ def connect(path: str | Path, read_only: bool = False, timeout_s: float = 60.0) 
         con.close()
 
 
+def column_definitions(columns: str) -> dict[str, str]:
+    """Column name -> type of a :data:`TABLES` entry (constraints such as PRIMARY KEY left out)."""
+    parts, depth, current = [], 0, ""
+    for char in columns:
+        depth += (char == "(") - (char == ")")
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    out = {}
+    for part in (p.split() for p in parts):
+        if part and part[0].upper() not in ("PRIMARY", "UNIQUE", "FOREIGN", "CHECK"):
+            out[part[0]] = part[1]
+    return out
+
+
 def ensure_schema(con: Any) -> None:
-    """Create every table that does not exist yet, and (re)create the report views."""
+    """Create every table that does not exist yet, add the columns a newer gill added, (re)create the views."""
     for name, columns in TABLES.items():
         con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
+        listed = con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = ? AND "
+                             "table_schema = 'main'", [name]).fetchall()  # fmt: skip
+        present = {row[0] for row in listed}
+        for column, kind in column_definitions(columns).items():
+            if column not in present:
+                con.execute(f"ALTER TABLE {name} ADD COLUMN {column} {kind}")
     from eval.bench_views import VIEWS
 
     for name, sql in VIEWS.items():

@@ -32,10 +32,6 @@ from gill.decision import GEN, RET, DecisionFitResult, decision_features, fit_an
 logger = logging.getLogger(__name__)
 
 TABLE = "decision_eval"
-DDL = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
-    run_id VARCHAR NOT NULL, created TIMESTAMP, checkpoint VARCHAR, checkpoint_id VARCHAR, votes VARCHAR,
-    with_retrieval_score BOOLEAN, protocol VARCHAR NOT NULL, metric VARCHAR NOT NULL, value DOUBLE, n INTEGER,
-    PRIMARY KEY (run_id, protocol, metric))"""
 """One row per figure: protocol ``official-600`` (metrics ``macro_f1``, ``best_on_test_f1``), ``cv5``
 (``macro_f1``, ``macro_f1_std``, ``macro_f1_fold<k>``) and ``human`` (``macro_f1_official``,
 ``macro_f1_leave_one_out``); ``n`` is the number of examples the figure is computed on."""
@@ -47,8 +43,7 @@ def record_decision(workdir: str | os.PathLike[str], rows: list[dict[str, Any]])
 
     columns = ("run_id", "created", "checkpoint", "checkpoint_id", "votes", "with_retrieval_score", "protocol",
                "metric", "value", "n")  # fmt: skip
-    with connect(db_path(workdir)) as con:
-        con.execute(DDL)
+    with connect(db_path(workdir)) as con:  # creates the table (eval.db.TABLES)
         con.execute("BEGIN TRANSACTION")
         sql = f"INSERT OR REPLACE INTO {TABLE} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
         con.executemany(sql, [[row.get(c) for c in columns] for row in rows])

@@ -212,6 +212,7 @@ def report_task(workdir: Path, run_id: str, results_digest: str) -> dict:
     """The paper tables (printed and as artifacts) and the context figure."""
     from eval.bench_report import (
         PAPER_TABLES,
+        build_claims,
         build_report,
         fid_table,
         paper_table,
@@ -219,6 +220,7 @@ def report_task(workdir: Path, run_id: str, results_digest: str) -> dict:
         retrieval_table,
     )
     from eval.db import db_path, query
+    from eval.grids import draw_run_grids
 
     database = db_path(workdir)
     results = query(database, "SELECT * FROM results WHERE run_id = ?", [run_id])
@@ -230,8 +232,13 @@ def report_task(workdir: Path, run_id: str, results_digest: str) -> dict:
                                   description=f"run {run_id}; every number: {database} table results")  # fmt: skip
     text = build_report(workdir, run_id=run_id, fmt="markdown")
     create_markdown_artifact(key="bench-report", markdown=text)
-    plot = plot_context_effect(workdir, workdir / "bench" / "reports" / "context_effect.png", run_id=run_id)
-    return {"report": build_report(workdir, run_id=run_id), "plot": str(plot) if plot else None}
+    reports = workdir / "bench" / "reports"
+    plot = plot_context_effect(workdir, reports / "context_effect.png", run_id=run_id)
+    grids = draw_run_grids(workdir, run_id, reports)
+    claims = build_claims(workdir, run_id=run_id, fmt="markdown")
+    create_markdown_artifact(key="claims", markdown=claims)
+    return {"report": build_report(workdir, run_id=run_id), "plot": str(plot) if plot else None,
+            "grids": [str(g) for g in grids]}  # fmt: skip
 
 
 # -- the flow -------------------------------------------------------------------------------------------------------
@@ -302,6 +309,8 @@ def gill_pipeline(params: PipelineParams = PipelineParams()) -> dict:  # noqa: B
                                    _bench_options(params, benchmark))  # fmt: skip
             bench_run = summary["run_id"]
             log.done(benchmark, summary)
+    if log.wants("ablation") and params.ablation_mappers:
+        _mapper_ablation(run, log, params, workdir, config, sources, features)
     report = None
     if log.wants("report"):
         from eval.bench_report import latest_run
@@ -325,6 +334,31 @@ TASKS = {"world": world_task, "download": download_task, "precompute": precomput
 # -- helpers --------------------------------------------------------------------------------------------------------
 
 
+def _mapper_ablation(run: dict, log: Any, params: PipelineParams, workdir: Path, config: Any, sources: dict,
+                     features: list[str]) -> None:  # fmt: skip
+    """Paper Table 3: a checkpoint per ablation mapper, trained like the main run, scored like its gill-gen."""
+    import dataclasses
+
+    overrides = {k: v for k, v in (("steps", params.steps), ("batch_size", params.batch_size),
+                                   ("seed", params.train_seed)) if v is not None}  # fmt: skip
+    for kind in params.ablation_mappers:
+        mapper = dataclasses.replace(config.adapters.mapper, kind=kind)
+        variant = dataclasses.replace(config, adapters=dataclasses.replace(config.adapters, mapper=mapper))
+        run_id = f"{params.run_id}-{kind}"
+        log.done(f"ablation train {kind}", run["train"](workdir, variant.to_json(), overrides, run_id, features,
+                                                        params.device))  # fmt: skip
+        checkpoint = _checkpoint(workdir, run_id)
+        for benchmark in ("vist", "cc3m-fid"):
+            data, digest = _bench_data(benchmark, sources, workdir)
+            options = json.loads(_bench_options(params, benchmark))
+            options.update(systems=["gill-gen"], retrieval=False)
+            if benchmark == "vist":
+                options["settings"] = ["5cap4img"]
+            summary = run["bench"](benchmark, workdir, checkpoint, checkpoint_fingerprint(checkpoint), data, digest,
+                                   json.dumps(options, sort_keys=True))  # fmt: skip
+            log.done(f"ablation {benchmark} {kind}", summary)
+
+
 def _check_weights(config: Any, stages: list[str]) -> None:
     """One error naming every missing backbone and metric model the selected stages need."""
     from eval.metric_models import check_metric_models
@@ -337,8 +371,8 @@ def _check_weights(config: Any, stages: list[str]) -> None:
         if set(stages) - {"download", "votes", "report"}
         else []
     )
-    if set(stages) & {"vist", "visdial", "cc3m-fid"}:
-        checks.append(lambda: check_metric_models(config, need_fid="cc3m-fid" in stages))
+    if set(stages) & {"vist", "visdial", "cc3m-fid", "ablation"}:
+        checks.append(lambda: check_metric_models(config, need_fid=bool({"cc3m-fid", "ablation"} & set(stages))))
     for check in checks:
         try:
             check()

@@ -106,7 +106,7 @@ class DecisionParams(BaseModel):
 
 StageName = Literal[
     "world", "download", "precompute", "train", "index", "candidates", "votes", "decision", "vist", "visdial",
-    "cc3m-fid", "report",
+    "cc3m-fid", "ablation", "report",
 ]  # fmt: skip
 STAGES: tuple[str, ...] = StageName.__args__  # type: ignore[attr-defined]
 
@@ -163,3 +163,8 @@ class PipelineParams(ModelParams):
     )
     visdial_rounds: list[int] = Field([1, 5, 10], min_length=1, description="VisDial rounds of context (Table 2)")
     fid_bootstrap: int = Field(100, ge=0, description="bootstrap resamples for the FID interval (0: none)")
+    # -- mapper ablation (paper Table 3) --
+    ablation_mappers: list[Literal["linear", "mlp3", "transformer_encoder"]] = Field(
+        [], description="stage ablation: train one more checkpoint per mapper kind (same steps and data as the main "
+        "run) and score its gill-gen on VIST 5 captions + 4 images and CC3M FID (view table_mapper_ablation)"
+    )

@@ -69,6 +69,8 @@ def locations(workdir: Path, checkpoint: Path | None) -> dict[str, str]:
         "judging candidates and votes": workdir / "annotations",
         "benchmark images": workdir / "bench",
         "context figure": workdir / "bench" / "reports" / "context_effect.png",
+        "qualitative grids (context -> ground truth / SD / GILL)": workdir / "bench" / "reports" / "grid_*.png",
+        "claims table": f"gill report --workdir {workdir} --claims (DuckDB view claims)",
         "stage cache": workdir / ".prefect",
     }
     return {k: str(v) for k, v in rows.items() if v is not None}

@@ -56,11 +56,26 @@ def resolve_config(args: argparse.Namespace, build: bool = True) -> GILLConfig:
 def cmd_models_build_tiny(args: argparse.Namespace) -> int:
     """Build the tiny zoo into --out."""
     from gill.zoo import build_tiny_zoo
+    from gill.zoo.tiny import ship_tiny_zoo, shipped_zoo_dir
 
-    manifest = build_tiny_zoo(args.out, seed=args.seed)
-    _out(f"tiny zoo written to {args.out} in {manifest.build_seconds:.1f} s")
+    if args.ship:
+        manifest = ship_tiny_zoo(seed=args.seed)
+        _out(f"tiny zoo built and written to {shipped_zoo_dir()} in {manifest.build_seconds:.1f} s")
+    else:
+        manifest = build_tiny_zoo(args.out, seed=args.seed)
+        _out(f"tiny zoo written to {args.out} in {manifest.build_seconds:.1f} s")
     for name, digest in manifest.components.items():
         _out(f"  {name:5s} sha256 {digest[:16]}")
+    return 0
+
+
+def cmd_models_build_world_sd(args: argparse.Namespace) -> int:
+    """Train the world SD from scratch and write it (default: over the shipped weights in data_manifests)."""
+    from gill.zoo.tiny import build_world_sd
+
+    folder, report = build_world_sd(seed=args.seed, out=args.out, progress=_out)
+    _out(f"world SD written to {folder} in {sum(report.seconds.values()) / 60:.1f} min ({report.seconds})")
+    _out("check its quality: python bench/world_sd.py --sd " + str(folder))
     return 0
 
 
@@ -261,10 +276,16 @@ def _group(groups: argparse._SubParsersAction, name: str, help_text: str) -> arg
 
 
 def _add_models_parsers(models: argparse._SubParsersAction) -> None:
-    p = models.add_parser("build-tiny", help="build the tiny random-initialised model zoo")
-    p.add_argument("--out", type=Path, required=True, help="folder to write the zoo into")
+    p = models.add_parser("build-tiny", help="build the tiny model zoo from scratch (the world SD is copied)")
+    dest = p.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--out", type=Path, help="folder to write the zoo into")
+    dest.add_argument("--ship", action="store_true", help="rebuild the zoo that ships in data_manifests/tiny_zoo")
     p.add_argument("--seed", type=int, default=0, help="seed for tokenizer corpus and weights")
     p.set_defaults(func=cmd_models_build_tiny)
+    p = models.add_parser("build-world-sd", help="train the tiny zoo's Stable Diffusion on the shapes world (slow)")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, data and noise")
+    p.add_argument("--out", type=Path, help="folder for world_sd/ and world_sd.json (default: the shipped location)")
+    p.set_defaults(func=cmd_models_build_world_sd)
     p = models.add_parser("check", help="report whether each backbone is available locally")
     add_config_args(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")

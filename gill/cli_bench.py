@@ -105,10 +105,14 @@ def cmd_bench_ablation(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Print the paper tables (or a SQL query) and draw the context figure."""
-    from eval.bench_report import build_report, plot_context_effect, run_sql
+    from eval.bench_report import build_claims, build_report, latest_run, plot_context_effect, run_sql
+    from eval.grids import draw_run_grids
 
     if args.sql:
         _out(run_sql(args.workdir, args.sql, args.format).rstrip("\n"))
+        return 0
+    if args.claims:
+        _out(build_claims(args.workdir, run_id=args.run_id, fmt=args.format).rstrip("\n"))
         return 0
     _out(build_report(args.workdir, run_id=args.run_id, fmt=args.format).rstrip("\n"))
     if not args.no_plot:
@@ -116,6 +120,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         written = plot_context_effect(args.workdir, out, run_id=args.run_id)
         if written is not None:
             _out(f"context figure: {written}")
+        for grid in draw_run_grids(args.workdir, args.run_id or latest_run(args.workdir), out.parent):
+            _out(f"grid: {grid}")
     return 0
 
 
@@ -185,6 +191,7 @@ def add_bench_parsers(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--sql", help="a read-only SQL query over the database (tables runs, samples, results, ...)")
     p.add_argument("--format", choices=("table", "markdown", "csv"), default="table")
     p.add_argument("--run-id", help="benchmark run (default: the latest with results)")
+    p.add_argument("--claims", action="store_true", help="print only the claims table (which paper claims hold)")
     p.add_argument("--plot", type=Path, help="where the context figure goes (default W/bench/reports/...)")
-    p.add_argument("--no-plot", action="store_true", help="do not draw the context figure")
+    p.add_argument("--no-plot", action="store_true", help="do not draw the context figure and the sample grids")
     p.set_defaults(func=cmd_report)

@@ -291,3 +291,53 @@ def test_readers_order_vist_by_worker_arrangement_and_format_visdial(small_world
     lines = dialog.dialog_text(2).split("\n")
     assert len(lines) == 4 and lines[0].startswith("Q: ") and lines[0].endswith("?") and lines[1].startswith("A: ")
     assert dialog.image_path.name == f"VisualDialog_val2018_{dialog.image_id:012d}.jpg"
+
+
+def test_world_samples_carry_scene_columns_and_data_outside_a_world_leaves_them_null(bench_work, full_run,
+                                                                                   small_world, tmp_path):  # fmt: skip
+    import shutil
+
+    from PIL import Image
+
+    from eval.bench_data import read_cc3m_val
+    from eval.scene_answers import scene_target
+    from eval.scene_metric import SCENE_COLUMNS, score_image
+
+    samples = _samples(bench_work, full_run["run_id"])
+    generated = samples[(samples.status == "ok") & samples.benchmark.isin(["vist", "visdial", "cc3m-fid"])]
+    assert generated.scene_score.notna().all() and generated.scene_score.between(0, 1).all()
+    assert generated.prompt.notna().all()
+    urls = {s.key: s.url for s in read_cc3m_val(bench_work)}  # CC3M references are copies; the url is the key
+    for benchmark in ("vist", "visdial", "cc3m-fid"):
+        row = generated[(generated.benchmark == benchmark) & (generated.system == "sd")].iloc[0]
+        target = scene_target(urls[row.sample_id] if benchmark == "cc3m-fid" else row.reference_path)
+        with Image.open(row.generated_path) as image:
+            again = score_image(image.convert("RGB"), target.scene, target.described).columns()
+        assert all(again[c] == pytest.approx(row[c]) for c in SCENE_COLUMNS), benchmark
+    results = _results(bench_work, full_run["run_id"])
+    scene = results[results.metric == "scene_color"]
+    assert {"vist", "visdial", "cc3m-fid"} <= set(scene.benchmark)
+    assert scene.metric_model.str.contains("answer key").all() and scene["mean"].between(0, 1).all()
+    plain = tmp_path / "plain"  # the same stories and photos, but not inside a shapes world: real data
+    shutil.copytree(small_world.vist_images_dir, plain / "images")
+    shutil.copyfile(small_world.vist_sis_json, plain / "sis.json")
+    options = BenchOptions(seeds=(42,), systems=("sd",), limit=2, retrieval=False, run_id="plain", **FAST)
+    run_vist(bench_work, plain / "sis.json", plain / "images", settings=("1cap",), options=options)
+    rows = _samples(bench_work, "plain")
+    assert len(rows) == 2 and rows.scene_score.isna().all() and rows.scene_color_ok.isna().all()
+    assert not _results(bench_work, "plain").metric.str.startswith("scene_").any()
+
+
+def test_grids_show_context_ground_truth_sd_and_gill_for_each_setting(bench_work, full_run, tmp_path):
+    from PIL import Image
+
+    from eval.grids import TILE, draw_run_grids
+
+    written = draw_run_grids(bench_work, full_run["run_id"], tmp_path, limit=3)
+    names = {p.name for p in written}
+    assert {"grid_vist_5cap4img.png", "grid_vist_1cap.png", "grid_visdial_10rounds.png",
+            "grid_cc3m-fid_val.png"} <= names  # fmt: skip
+    with Image.open(tmp_path / "grid_vist_5cap4img.png") as grid:
+        assert grid.height == 40 + 3 * (TILE + 30) and grid.width > 8 * TILE  # 4 context photos + text + 4 outputs
+    with Image.open(tmp_path / "grid_vist_1cap.png") as grid:
+        assert grid.width < 6 * TILE  # no context photos

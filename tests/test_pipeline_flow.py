@@ -57,7 +57,8 @@ def test_pipeline_resumes_after_a_crash_and_reruns_only_what_a_change_touches(pr
     out = resumed.result()
     assert "Table 1: VIST" in out["report"] and out["locations"]["database (query with SQL)"] == str(database)
 
-    for key in ("cc3m-yield-train", "train-curve", "decision-f1", "bench-vist", "bench-cc3m-fid", "bench-report"):
+    for key in ("cc3m-yield-train", "train-curve", "decision-f1", "bench-vist", "bench-cc3m-fid", "bench-report",
+                "claims"):
         artifact = Artifact.get(key)
         assert artifact is not None, key
         assert "gill.duckdb" in (artifact.description or "") + str(artifact.data), key
@@ -69,6 +70,18 @@ def test_pipeline_resumes_after_a_crash_and_reruns_only_what_a_change_touches(pr
     assert rerun == ["benchmark visdial", "report"], states
     settings = query(database, "SELECT DISTINCT setting FROM results WHERE benchmark = 'visdial'")
     assert set(settings.setting) == {"1round", "5rounds", "10rounds"}
+
+    # the mapper ablation trains a linear-mapper checkpoint like the main one and fills claims c1 and c3
+    ablated = gill_pipeline(params.model_copy(update={"visdial_rounds": [1, 5, 10], "ablation_mappers": ["linear"]}),
+                            return_state=True)  # fmt: skip
+    assert ablated.is_completed()
+    assert (params.workdir / "runs" / "pipeline-linear" / "final" / "adapters.safetensors").is_file()
+    table = query(database, "SELECT mapper, cc3m_fid, vist_clip_sim FROM table_mapper_ablation")
+    assert {"gill_mapper", "linear"} <= set(table.mapper) and table.vist_clip_sim.notna().all()
+    claims = query(database, "SELECT claim_id, holds, ours_b FROM claims WHERE claim_id IN ('c1', 'c3') AND "
+                   "holds != 'not run'")  # fmt: skip
+    assert set(claims.claim_id) == {"c1", "c3"} and claims.ours_b.notna().all()
+    assert "Claims of the paper" in ablated.result()["report"]
 
 
 def test_per_shard_precompute_tasks_run_on_a_local_dask_cluster(prefect_server, tmp_path):

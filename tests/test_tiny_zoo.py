@@ -11,22 +11,40 @@ from gill.utils.io import sha256_tree
 from gill.zoo import ZOO_VERSION, build_tiny_zoo, ensure_tiny_zoo
 
 
-def test_building_twice_gives_byte_identical_components(tmp_path, tiny_zoo):
-    rebuilt = build_tiny_zoo(tmp_path / "again")
-    for name, digest in rebuilt.components.items():
-        assert sha256_tree(tiny_zoo / name) == digest, name
-
-
-def test_a_different_seed_gives_different_weights(tmp_path, monkeypatch):
+@pytest.fixture
+def short_pretraining(monkeypatch):
+    """Few pre-training steps keep full builds cheap; seeds still set initialisation and data order."""
     import functools
 
     import gill.zoo.tiny as tiny
 
-    # Few pre-training steps keep this cheap; the seed still sets initialisation and data order.
     monkeypatch.setattr(tiny, "pretrain_lm", functools.partial(tiny.pretrain_lm, steps=3))
     monkeypatch.setattr(tiny, "pretrain_clip", functools.partial(tiny.pretrain_clip, steps=3))
+
+
+def test_the_session_zoo_is_the_shipped_one_checked_file_by_file(tiny_zoo):
+    from gill.zoo.tiny import ZooManifest, shipped_zoo_dir, shipped_zoo_problems
+
+    assert shipped_zoo_problems() == []
+    shipped = ZooManifest.read(shipped_zoo_dir())
+    for name in ("opt", "clip", "sd"):
+        assert sha256_tree(tiny_zoo / name) == shipped.components[name], name
+
+
+def test_building_twice_gives_byte_identical_components(tmp_path, short_pretraining):
+    first, second = build_tiny_zoo(tmp_path / "a"), build_tiny_zoo(tmp_path / "b")
+    assert first.components == second.components
+
+
+def test_a_different_seed_gives_different_weights(tmp_path, short_pretraining):
     seed0, seed7 = build_tiny_zoo(tmp_path / "seed0", seed=0), build_tiny_zoo(tmp_path / "seed7", seed=7)
-    assert all(seed0.components[name] != seed7.components[name] for name in ("opt", "clip", "sd"))
+    assert all(seed0.components[name] != seed7.components[name] for name in ("opt", "clip"))
+    assert seed0.components["sd"] == seed7.components["sd"]  # the shipped world SD, whatever the zoo seed
+
+
+def test_a_seed_without_a_shipped_zoo_is_built(tmp_path, short_pretraining):
+    manifest = ensure_tiny_zoo(tmp_path / "zoo7", seed=7)
+    assert manifest.seed == 7 and (tmp_path / "zoo7" / "opt").is_dir()
 
 
 def test_zoo_holds_the_paper_backbone_classes(tiny_config):
@@ -37,7 +55,8 @@ def test_zoo_holds_the_paper_backbone_classes(tiny_config):
     assert type(models.sd).__name__ == "StableDiffusionPipeline"
     names = {k: type(v).__name__ for k, v in models.sd.components.items() if v is not None}
     assert names == {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL", "text_encoder": "CLIPTextModel",
-                     "tokenizer": "CLIPTokenizer", "scheduler": "PNDMScheduler"}  # fmt: skip
+                     "tokenizer": "CLIPTokenizer", "scheduler": "DPMSolverMultistepScheduler"}  # fmt: skip
+    assert models.sd.unet.dtype == torch.float32 and models.sd.vae.dtype == torch.float32  # fp16 on disk
     assert not models.lm.training and not models.vision.training
 
 

@@ -143,6 +143,26 @@ def sample_scene(rng: random.Random, n_shapes: int | None = None) -> Scene:
     return Scene(background=rng.choice(list(BACKGROUNDS)), shapes=tuple(shapes))
 
 
+ATTRIBUTES: tuple[str, ...] = ("position", "color", "kind", "size", "background")
+"""What :func:`changed_scene` may change."""
+
+
+def changed_scene(scene: Scene, rng: random.Random) -> Scene:
+    """``scene`` with one attribute of its first shape, or its background, changed (a near miss of ``scene``).
+
+    Contrastive training uses such pairs as hard negatives: telling them apart needs every attribute.
+    """
+    attribute = rng.choice(ATTRIBUTES)
+    if attribute == "background":
+        return replace(scene, background=rng.choice([b for b in BACKGROUNDS if b != scene.background]))
+    shape = scene.shapes[0]
+    choices = {"position": [p for p in POSITIONS if all(s.position != p for s in scene.shapes)],
+               "color": list(COLORS), "kind": [k for k in SHAPE_KINDS if all(s.kind != k for s in scene.shapes)],
+               "size": list(SIZES)}[attribute]  # fmt: skip
+    value = rng.choice([v for v in choices if v != getattr(shape, attribute)] or [getattr(shape, attribute)])
+    return replace(scene, shapes=(replace(shape, **{attribute: value}), *scene.shapes[1:]))
+
+
 def apply_event(scene: Scene, event: StoryEvent) -> Scene:
     """The scene after ``event`` (pure function; the input scene is not modified)."""
     if event.action == "background":

@@ -1,0 +1,138 @@
+"""Qualitative grids of a benchmark run, like the paper's figures: context, then ground truth, SD and GILL.
+
+One PNG per (benchmark, setting): a row per sample with the prompt's images (VIST: the first four photos), the
+prompt text (wrapped), the ground-truth image, Stable Diffusion's image and GILL's images (``gill-gen``, and
+``gill`` with its decision and p(retrieve)), each labelled with its scene-metric score where the answer key is
+known. Everything comes from the ``samples`` table and the PNGs the benchmark saved, so a grid can be redrawn at
+any time: ``gill report --workdir W --grids``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from eval.db import db_path, query
+from gill.utils.io import atomic_write_bytes
+
+logger = logging.getLogger(__name__)
+
+TILE = 96
+"""Side of one image tile in pixels."""
+TEXT_WIDTH = 260
+"""Width of the prompt-text column in pixels."""
+LABEL_HEIGHT = 30
+COLUMNS = (("reference", "ground truth"), ("sd", "SD"), ("gill-gen", "GILL (gen)"), ("gill", "GILL"))
+"""(system or ``reference``, column title), after the context."""
+GRID_SETTINGS = {"vist": ("1cap", "5cap", "5cap4img"), "visdial": ("1round", "10rounds"), "cc3m-fid": ("val",)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class GridRow:
+    """One sample of a grid: its prompt, context images and the outputs by column."""
+
+    sample_id: str
+    text: str
+    context: tuple[Path, ...]
+    outputs: dict[str, tuple[Path | None, str]]
+    """Column -> (image, label under it)."""
+
+
+def _font(size: int = 11) -> Any:
+    return ImageFont.load_default(size=size)
+
+
+def _tile(path: Path | None) -> Image.Image:
+    if path is None or not Path(path).is_file():
+        return Image.new("RGB", (TILE, TILE), (235, 235, 235))
+    with Image.open(path) as image:
+        return image.convert("RGB").resize((TILE, TILE), Image.Resampling.LANCZOS)
+
+
+def _label(row: Any) -> str:
+    """What is written under an output (one line each): its scene score, and GILL's decision and p(retrieve)."""
+    lines = []
+    if row.get("scene_score") is not None and row["scene_score"] == row["scene_score"]:
+        lines.append(f"scene score {row['scene_score']:.2f}")
+    if row.get("decision") and row.get("system") == "gill":
+        p_ret = row.get("p_ret")
+        shown = f" (p_ret {p_ret:.2f})" if p_ret is not None and p_ret == p_ret else ""
+        lines.append(("retrieved" if row["decision"] == "ret" else "generated") + shown)
+    return "\n".join(lines)
+
+
+def grid_rows(frame: Any, limit: int) -> list[GridRow]:
+    """The first ``limit`` samples of one setting's ``samples`` rows (first seed), as grid rows."""
+    frame = frame[frame.seed == frame.seed.min()]
+    rows = []
+    for sample_id in sorted(set(frame.sample_id))[:limit]:
+        own = frame[frame.sample_id == sample_id]
+        by_system = {r["system"]: r for r in own.to_dict(orient="records")}
+        first = next(iter(by_system.values()))
+        outputs: dict[str, tuple[Path | None, str]] = {"reference": (_path(first.get("reference_path")), "")}
+        for system, _ in COLUMNS[1:]:
+            r = by_system.get(system)
+            outputs[system] = (_path(r.get("generated_path")) if r else None, _label(r) if r else "not run")
+        context = tuple(Path(p) for p in json.loads(first.get("context_paths") or "[]"))
+        rows.append(GridRow(sample_id=sample_id, text=first.get("prompt") or "", context=context, outputs=outputs))
+    return rows
+
+
+def _path(value: Any) -> Path | None:
+    return Path(value) if isinstance(value, str) and value else None
+
+
+def draw_grid(rows: list[GridRow], title: str) -> Image.Image:
+    """The grid image: title, column titles, then one row per sample (columns no sample has are left out)."""
+    n_context = max((len(r.context) for r in rows), default=0)
+    columns = [(c, name) for c, name in COLUMNS if any(r.outputs[c][0] is not None for r in rows)]
+    width = n_context * TILE + TEXT_WIDTH + len(columns) * TILE + 8 * (len(columns) + 2)
+    row_height = TILE + LABEL_HEIGHT
+    canvas = Image.new("RGB", (width, 40 + len(rows) * row_height), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((8, 6), title, fill="black", font=_font(14))
+    x0 = n_context * TILE + TEXT_WIDTH + 16
+    for i, (_, name) in enumerate(columns):
+        draw.text((x0 + i * (TILE + 8), 24), name, fill="black", font=_font(12))
+    for r, row in enumerate(rows):
+        y = 40 + r * row_height
+        for c, path in enumerate(row.context):
+            canvas.paste(_tile(path), (c * TILE, y))
+        wrapped = "\n".join(textwrap.wrap(row.text, 44)[:7])
+        draw.multiline_text((n_context * TILE + 8, y), wrapped, fill="black", font=_font(10), spacing=2)
+        for i, (column, _) in enumerate(columns):
+            path, label = row.outputs[column]
+            x = x0 + i * (TILE + 8)
+            canvas.paste(_tile(path), (x, y))
+            draw.multiline_text((x, y + TILE + 2), label, fill="black", font=_font(10), spacing=1)
+    return canvas
+
+
+def save_png(image: Image.Image, path: Path) -> Path:
+    """Write a PNG atomically."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def draw_run_grids(workdir: str | Path, run_id: str, out_dir: str | Path, *, limit: int = 4) -> list[Path]:
+    """One grid per benchmark setting of ``run_id`` that has samples (``GRID_SETTINGS``); the PNGs written."""
+    written = []
+    frame = query(db_path(workdir), "SELECT * FROM samples WHERE run_id = ? AND status = 'ok'", [run_id])
+    for benchmark, settings in GRID_SETTINGS.items():
+        for setting in settings:
+            own = frame[(frame.benchmark == benchmark) & (frame.setting == setting)]
+            if own.empty:
+                continue
+            title = f"{benchmark} {setting}: context -> ground truth / SD / GILL (run {run_id})"
+            image = draw_grid(grid_rows(own, limit), title)
+            written.append(save_png(image, Path(out_dir) / f"grid_{benchmark}_{setting}.png"))
+    logger.info("qualitative grids: %s", ", ".join(str(p) for p in written))
+    return written

@@ -1,0 +1,96 @@
+"""The science the toy world must show, through the benchmarks a user runs (scene metric, answer key).
+
+On a fresh world seed (7; the shipped zoo never saw it), after the tiny preset's training run:
+
+* GILL-gen gets the described shapes' colours right on CC3M validation captions far more often than the same
+  model with an untrained (random) mapper: breaking the mapper or the SD conditioning fails this test;
+* GILL at 5 captions is at least as good as at 1 caption on VIST, whose last captions all refer back ("then it
+  turns blue") and so cannot be drawn from the last caption alone;
+* the GILLMapper beats a linear mapper trained for the same steps (paper Table 3).
+
+Directions and floors are asserted with margins, never exact values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from shard_helpers import world_samples
+
+from eval.bench import BenchOptions, run_cc3m_fid, run_vist
+from eval.db import db_path, query
+from eval.scene_metric import CHANCE
+
+N_TRAIN, N_VAL, N_STORIES = 1024, 32, 24
+OPTIONS = dict(seeds=(42,), sd_steps=10, n_boot=200, fid_bootstrap=0, retrieval=False, progress=False)
+
+
+def _train(root: Path, config, kind: str, steps: int | None, run_id: str) -> Path:
+    """A checkpoint of the tiny preset's training (its default steps unless ``steps``) with the given mapper."""
+    from gill.train import setup_training
+
+    mapper = dataclasses.replace(config.adapters.mapper, kind=kind)
+    steps = steps or config.train.steps
+    train = dataclasses.replace(config.train, steps=steps, log_every=50, val_every=steps, ckpt_every=steps)
+    config = dataclasses.replace(config, adapters=dataclasses.replace(config.adapters, mapper=mapper), train=train)
+    setup_training(config, root, run_id=run_id).train()
+    return root / "runs" / run_id / "final"
+
+
+@pytest.fixture(scope="module")
+def science(tmp_path_factory, tiny_config):
+    """A fresh world (seed 7), its shards and features, and three checkpoints: GILLMapper, linear, untrained."""
+    from gill.data.precompute import PrecomputeOptions, precompute_split
+    from gill.data.shards import image_split_dir, write_image_shard
+    from gill.synth import SynthConfig, synthesize_world
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("science")
+    world = synthesize_world(root / "world", SynthConfig(seed=7, n_train=N_TRAIN, n_val=N_VAL, n_stories=N_STORIES,
+                                                         n_dialogs=2), progress=False)  # fmt: skip
+    write_image_shard(image_split_dir("train", root) / "00000.tar", world_samples(world, N_TRAIN))
+    write_image_shard(image_split_dir("val", root) / "00000.tar", world_samples(world, N_VAL, split="val"))
+    for split in ("train", "val"):
+        precompute_split(split, root, tiny_config, PrecomputeOptions(batch_size=64), progress=False)
+    checkpoints = {
+        "gill_mapper": _train(root, tiny_config, "gill_mapper", None, "mapper"),
+        "linear": _train(root, tiny_config, "linear", None, "linear"),
+        "untrained": _train(root, tiny_config, "gill_mapper", 1, "untrained"),
+    }
+    return root, world, checkpoints
+
+
+def _cc3m(root: Path, checkpoint: Path, metric: str) -> float:
+    options = BenchOptions(systems=("gill-gen",), **OPTIONS)
+    summary = run_cc3m_fid(root, checkpoint=checkpoint, options=options)
+    rows = query(db_path(root), "SELECT mean FROM results WHERE run_id = ? AND benchmark = 'cc3m-fid' AND "
+                 "system = 'gill-gen' AND metric = ?", [summary.run_id, metric])  # fmt: skip
+    return float(rows["mean"].iloc[0])
+
+
+def test_trained_gill_gets_caption_colours_right_far_above_an_untrained_mapper(science):
+    root, _, checkpoints = science
+    trained = _cc3m(root, checkpoints["gill_mapper"], "scene_color")
+    untrained = _cc3m(root, checkpoints["untrained"], "scene_color")
+    assert trained >= 3 * CHANCE["color"]
+    assert trained >= untrained + 0.2
+
+
+def test_gill_at_five_captions_is_at_least_as_good_as_at_one_on_stories_that_refer_back(science):
+    root, world, checkpoints = science
+    options = BenchOptions(systems=("gill-gen",), **OPTIONS)
+    summaries = run_vist(root, world.vist_sis_json, world.vist_images_dir, settings=("1cap", "5cap"),
+                         checkpoint=checkpoints["gill_mapper"], options=options)  # fmt: skip
+    scores = query(db_path(root), "SELECT setting, mean FROM results WHERE run_id = ? AND benchmark = 'vist' AND "
+                   "metric = 'scene_score'", [summaries[0].run_id]).set_index("setting")["mean"]  # fmt: skip
+    assert scores["5cap"] >= scores["1cap"]
+
+
+def test_the_gill_mapper_beats_a_linear_mapper_trained_for_the_same_steps(science):
+    root, _, checkpoints = science
+    gill = _cc3m(root, checkpoints["gill_mapper"], "scene_score")
+    linear = _cc3m(root, checkpoints["linear"], "scene_score")
+    assert gill >= linear + 0.05
