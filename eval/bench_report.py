@@ -228,8 +228,10 @@ def build_claims(workdir: str | Path, *, run_id: str | None = None, fmt: str = "
     if run_id is None:
         raise InputError(f"no benchmark results in {path}", [], hint="run `gill bench vist|visdial|cc3m-fid` first")
     rows = claims_rows(path, run_id)
-    legend = ("holds: the two 95% intervals do not overlap (true/false) or overlap (inconclusive); holds (paired): "
-              "the 95% interval of the paired per-sample difference A - B; every column: SELECT * FROM claims")
+    legend = (
+        "holds: the two 95% intervals do not overlap (true/false) or overlap (inconclusive); holds (paired): "
+        "the 95% interval of the paired per-sample difference A - B; every column: SELECT * FROM claims"
+    )
     return f"claims of the GILL paper, benchmark run {run_id} ({path})\n{render(rows, fmt)}{legend}\n"
 
 

@@ -202,7 +202,7 @@ _FOLDS_T = 2.776
 
 def _decision_sql(claim: Claim) -> str:
     """The classifier's cross-validated macro-F1 (latest fit; interval from the folds) against a constant."""
-    latest = ("(SELECT run_id FROM decision_eval WHERE protocol LIKE 'cv%' ORDER BY created DESC LIMIT 1)")
+    latest = "(SELECT run_id FROM decision_eval WHERE protocol LIKE 'cv%' ORDER BY created DESC LIMIT 1)"
     folds = (f"(SELECT avg(value) AS mean, stddev_samp(value) AS sd, count(*) AS k, max(n) AS n FROM decision_eval "
              f"WHERE run_id = {latest} AND metric LIKE 'macro_f1_fold%')")  # fmt: skip
     return (

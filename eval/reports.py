@@ -58,9 +58,11 @@ def curve_summary(database: Path, run_id: str) -> list[dict[str, float | str]]:
     return rows
 
 
-def train_or_resume(config, workdir: str | Path, *, overrides: dict, run_id: str, device: str = "cpu") -> dict:
+def train_or_resume(config, workdir: str | Path, *, overrides: dict, run_id: str, device: str = "cpu",
+                    mark_default: bool = True) -> dict:  # fmt: skip
     """Bring run ``run_id`` to its step count: train it, resume it from its newest checkpoint after a crash, or
-    recognise it as finished (its ``final/`` holds the target step). Returns the run's curve summary."""
+    recognise it as finished (its ``final/`` holds the target step). Returns the run's curve summary.
+    With ``mark_default`` the run becomes the workdir's default checkpoint (not for ablation variants)."""
     import json
 
     workdir = Path(workdir)
@@ -72,7 +74,12 @@ def train_or_resume(config, workdir: str | Path, *, overrides: dict, run_id: str
     if not finished:
         resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
         status = "resumed" if resume else "trained"
-        run_training(config, workdir, overrides=overrides, run_id=run_id, resume=resume, device=device)
+        run_training(config, workdir, overrides=overrides, run_id=run_id, resume=resume, device=device,
+                     mark_default=mark_default)  # fmt: skip
+    elif mark_default:
+        from gill.train import mark_default_run
+
+        mark_default_run(workdir, run_id)
     database = db_path(workdir)
     return {"run_id": run_id, "run_dir": str(run_dir), "status": status, "steps": target,
             "curve": curve_summary(database, run_id), "loss_curve": str(run_dir / "loss_curve.png")}  # fmt: skip
@@ -80,7 +87,7 @@ def train_or_resume(config, workdir: str | Path, *, overrides: dict, run_id: str
 
 def run_training(
     config, workdir: str | Path, *, overrides: dict | None = None, run_id: str | None = None,
-    resume: bool = False, device: str = "cpu",
+    resume: bool = False, device: str = "cpu", mark_default: bool = True,
 ):  # fmt: skip
     """Train (or resume) with metrics into ``train_metrics`` and a loss curve: what ``gill train`` and the flow run.
 
@@ -89,7 +96,7 @@ def run_training(
     import dataclasses
 
     from gill.errors import InputError
-    from gill.train import latest_run, setup_training
+    from gill.train import latest_run, mark_default_run, setup_training
 
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, **(overrides or {})))
     run_id = run_id or (latest_run(workdir) if resume else None)
@@ -102,7 +109,11 @@ def run_training(
         result = trainer.train(resume=resume)
     finally:
         _leave_process_group()
-    return result, reporter.finish(result.history) if trainer.world.is_main else None
+    if not trainer.world.is_main:
+        return result, None
+    if mark_default:
+        mark_default_run(workdir, trainer.run_dir.name)
+    return result, reporter.finish(result.history)
 
 
 def _leave_process_group() -> None:

@@ -6,11 +6,11 @@ work without Prefect with ``gill data download``.
 
 from __future__ import annotations
 
-from gill.data.download import DownloadOptions, DownloadReport, download_split
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
 from flows.params import DownloadParams
+from gill.data.download import DownloadOptions, DownloadReport, download_split
 
 
 @task(task_run_name="download cc3m {params.split}")

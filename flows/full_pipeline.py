@@ -119,14 +119,14 @@ def precompute_task(shard_tar: Path, shard_sha256: str, split: str, workdir: Pat
 
 @task(task_run_name="train adapters {run_id}")
 def train_task(workdir: Path, config_json: str, overrides: dict, run_id: str, features: list[str],
-               device: str) -> dict:  # fmt: skip
+               device: str, mark_default: bool = True) -> dict:  # fmt: skip
     """Train (or resume, or recognise as finished) the adapters; the curve summary becomes an artifact."""
     from eval.db import db_path
     from eval.reports import train_or_resume
     from gill.config import GILLConfig
 
     summary = train_or_resume(GILLConfig.from_json(config_json), workdir, overrides=overrides, run_id=run_id,
-                              device=device)  # fmt: skip
+                              device=device, mark_default=mark_default)  # fmt: skip
     create_table_artifact(key="train-curve", table=summary["curve"],
                           description=f"run {run_id}: first and last logged values of each loss and the last "
                                       f"validation; every step in {db_path(workdir)} table train_metrics")  # fmt: skip
@@ -346,7 +346,7 @@ def _mapper_ablation(run: dict, log: Any, params: PipelineParams, workdir: Path,
         variant = dataclasses.replace(config, adapters=dataclasses.replace(config.adapters, mapper=mapper))
         run_id = f"{params.run_id}-{kind}"
         log.done(f"ablation train {kind}", run["train"](workdir, variant.to_json(), overrides, run_id, features,
-                                                        params.device))  # fmt: skip
+                                                        params.device, mark_default=False))  # fmt: skip
         checkpoint = _checkpoint(workdir, run_id)
         for benchmark in ("vist", "cc3m-fid"):
             data, digest = _bench_data(benchmark, sources, workdir)

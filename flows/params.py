@@ -165,6 +165,7 @@ class PipelineParams(ModelParams):
     fid_bootstrap: int = Field(100, ge=0, description="bootstrap resamples for the FID interval (0: none)")
     # -- mapper ablation (paper Table 3) --
     ablation_mappers: list[Literal["linear", "mlp3", "transformer_encoder"]] = Field(
-        [], description="stage ablation: train one more checkpoint per mapper kind (same steps and data as the main "
-        "run) and score its gill-gen on VIST 5 captions + 4 images and CC3M FID (view table_mapper_ablation)"
+        [],
+        description="stage ablation: train one more checkpoint per mapper kind (same steps and data as the main "
+        "run) and score its gill-gen on VIST 5 captions + 4 images and CC3M FID (view table_mapper_ablation)",
     )

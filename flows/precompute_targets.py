@@ -13,12 +13,12 @@ import threading
 from functools import lru_cache
 from pathlib import Path
 
-from gill.data.precompute import FrozenEncoders, PrecomputeOptions, ShardResult, image_shards, load_encoders
 from prefect import flow, task, unmapped
 from prefect.artifacts import create_table_artifact
 
 from flows.params import PrecomputeParams
 from gill.config import GILLConfig
+from gill.data.precompute import FrozenEncoders, PrecomputeOptions, ShardResult, image_shards, load_encoders
 
 _LOAD_LOCK = threading.Lock()
 

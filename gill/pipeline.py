@@ -618,8 +618,9 @@ def _refuse_foreign_bank(workdir: Path, checkpoint_dir: Path) -> None:
 
 
 def resolve_checkpoint(workdir: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None = None) -> Path:
-    """The checkpoint to use: ``checkpoint`` if given, else the newest run's ``best/`` (or ``final/``)."""
-    from gill.train import runs_dir
+    """The checkpoint to use: ``checkpoint`` if given, else the default run's (``runs/DEFAULT``, written by
+    ``gill train`` and the pipeline's main run), else the newest run's ``best/`` (or ``final/``)."""
+    from gill.train import default_run, runs_dir
 
     if checkpoint is not None:
         path = Path(checkpoint)
@@ -629,7 +630,11 @@ def resolve_checkpoint(workdir: str | os.PathLike[str], checkpoint: str | os.Pat
         return path
     candidates = []
     root = runs_dir(workdir)
-    for run in sorted(root.iterdir()) if root.is_dir() else []:
+    named = default_run(workdir)
+    for name in ("best", "final") if named else ():
+        if (root / named / name / "config.json").is_file():
+            return root / named / name
+    for run in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
         for name in ("best", "final"):
             if (run / name / "config.json").is_file():
                 candidates.append((run.stat().st_mtime, run / name))

@@ -435,6 +435,23 @@ def runs_dir(workdir: str | Path) -> Path:
     return Path(workdir) / "runs"
 
 
+DEFAULT_RUN_FILE = "DEFAULT"
+"""``<workdir>/runs/DEFAULT`` names the run whose checkpoint commands use when none is given."""
+
+
+def mark_default_run(workdir: str | Path, run_id: str) -> None:
+    """Make ``run_id`` the workdir's default run (``gill train`` and the pipeline's main run do; ablations don't)."""
+    from gill.utils.io import atomic_write_text
+
+    atomic_write_text(runs_dir(workdir) / DEFAULT_RUN_FILE, run_id + "\n")
+
+
+def default_run(workdir: str | Path) -> str | None:
+    """The run named by ``runs/DEFAULT``, or None."""
+    path = runs_dir(workdir) / DEFAULT_RUN_FILE
+    return path.read_text(encoding="utf-8").strip() or None if path.is_file() else None
+
+
 def latest_run(workdir: str | Path) -> str | None:
     """The newest run id with a checkpoint, for ``--resume`` without ``--run-id``."""
     runs = (

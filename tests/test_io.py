@@ -43,3 +43,14 @@ def test_atomic_directory_gets_the_usual_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / "shared").stat().st_mode & 0o777 == 0o755
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "manifest.json", {"a": 1})
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "manifest.json").stat().st_mode & 0o777 == 0o644

@@ -6,6 +6,7 @@ import pytest
 from shard_helpers import SMALL_PIPELINE
 
 from eval.db import db_path, query
+from gill.pipeline import resolve_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +58,15 @@ def test_pipeline_resumes_after_a_crash_and_reruns_only_what_a_change_touches(pr
     out = resumed.result()
     assert "Table 1: VIST" in out["report"] and out["locations"]["database (query with SQL)"] == str(database)
 
-    for key in ("cc3m-yield-train", "train-curve", "decision-f1", "bench-vist", "bench-cc3m-fid", "bench-report",
-                "claims"):
+    for key in (
+        "cc3m-yield-train",
+        "train-curve",
+        "decision-f1",
+        "bench-vist",
+        "bench-cc3m-fid",
+        "bench-report",
+        "claims",
+    ):
         artifact = Artifact.get(key)
         assert artifact is not None, key
         assert "gill.duckdb" in (artifact.description or "") + str(artifact.data), key
@@ -76,6 +84,7 @@ def test_pipeline_resumes_after_a_crash_and_reruns_only_what_a_change_touches(pr
                             return_state=True)  # fmt: skip
     assert ablated.is_completed()
     assert (params.workdir / "runs" / "pipeline-linear" / "final" / "adapters.safetensors").is_file()
+    assert resolve_checkpoint(params.workdir).parent.name == "pipeline"  # the newer ablation run is not the default
     table = query(database, "SELECT mapper, cc3m_fid, vist_clip_sim FROM table_mapper_ablation")
     assert {"gill_mapper", "linear"} <= set(table.mapper) and table.vist_clip_sim.notna().all()
     claims = query(database, "SELECT claim_id, holds, ours_b FROM claims WHERE claim_id IN ('c1', 'c3') AND "

@@ -43,6 +43,7 @@ from gill.zoo.world_sd import (
     BuildReport,
     WorldSDConfig,
     install_world_sd,
+    require_world_sd,
     shipped_paths,
     train_world_sd,
     verify_world_sd,
@@ -88,6 +89,7 @@ def build_tiny_zoo(out: str | Path, seed: int = 0) -> ZooManifest:
     """Build the tiny zoo into ``out`` (atomically: a crash leaves no half-built zoo)."""
     out = Path(out)
     start = time.perf_counter()
+    require_world_sd()  # before minutes of pre-training, not after
     corpus = _tokenizer_corpus(seed)
     with atomic_directory(out) as tmp:
         opt_tok = _train_opt_tokenizer(corpus)
@@ -125,8 +127,11 @@ def shipped_zoo_problems(seed: int = SHIPPED_SEED) -> list[str]:
         return [f"{shipped / 'zoo.json'}: missing or unreadable"]
     if manifest.version != ZOO_VERSION or manifest.seed != seed:
         return [f"{shipped / 'zoo.json'}: version {manifest.version} seed {manifest.seed}, need {ZOO_VERSION} {seed}"]
-    problems = [f"{shipped / name}: its files do not match zoo.json" for name in ("opt", "clip")
-                if not (shipped / name).is_dir() or sha256_tree(shipped / name) != manifest.components.get(name)]
+    problems = [
+        f"{shipped / name}: its files do not match zoo.json"
+        for name in ("opt", "clip")
+        if not (shipped / name).is_dir() or sha256_tree(shipped / name) != manifest.components.get(name)
+    ]
     return problems + verify_world_sd()  # fmt: skip
 
 

@@ -6,12 +6,14 @@ so mapping the LLM's ``[IMG]`` states into the text encoder's space lets the ima
 module builds that situation in miniature, with the classes of real SD v1.5:
 
 * ``AutoencoderKL`` with a 4x latent factor (64 px -> 16x16x4), trained to reconstruct rendered scenes;
-* ``CLIPTextModel`` (the SD text encoder) and ``UNet2DConditionModel``, trained together from scratch with the
-  epsilon objective on rendered scenes and their **single CC3M-style captions** only: like CLIP's 77-token text
-  tower, SD's text encoder never sees a story or a dialogue. The tiny OPT, by contrast, is pre-trained on the
-  world's captions, stories and dialogues (:mod:`gill.zoo.pretrain`), as real LLMs are on long text;
-* a ``DPMSolverMultistepScheduler`` (DPM-Solver++, 2nd order) with SD v1.5's noise schedule, so 10-20 sampling
-  steps suffice.
+* ``CLIPTextModel`` (the SD text encoder), first pre-trained contrastively against a small vision tower on
+  renders (as SD's text encoder is CLIP's), then fine-tuned gently with the ``UNet2DConditionModel``, which is
+  trained from scratch on rendered scenes and their **single CC3M-style captions** only: like CLIP's 77-token
+  text tower, SD's text encoder never sees a story or a dialogue. The tiny OPT, by contrast, is pre-trained on
+  the world's captions, stories and dialogues (:mod:`gill.zoo.pretrain`), as real LLMs are on long text;
+* the v-prediction objective with a zero-terminal-SNR rescale of SD v1.5's noise schedule (Lin et al. 2024;
+  :attr:`WorldSDConfig.zero_terminal_snr` says why) and a ``DPMSolverMultistepScheduler`` (DPM-Solver++,
+  2nd order, trailing timesteps) for sampling, so 10-20 steps suffice.
 
 The result is saved as a ``StableDiffusionPipeline`` and loaded with ``from_pretrained`` exactly like real SD.
 
@@ -104,7 +106,7 @@ class WorldSDConfig:
     unet_heads: int = 4
     pool_size: int = 24000
     """Training scenes rendered and encoded once; each draw pairs one with a freshly templated caption."""
-    unet_steps: int = 6000
+    unet_steps: int = 4000
     unet_batch: int = 32
     unet_lr: float = 1e-3
     unet_warmup: int = 200
@@ -282,7 +284,7 @@ def train_vae(config: WorldSDConfig, progress: Callable[[str], None]) -> tuple[A
         _step(optim, loss, vae.parameters(), lr=config.vae_lr * schedule(step))
         losses.append(loss.item())
         if (step + 1) % config.log_every == 0:
-            progress(f"vae step {step + 1}/{config.vae_steps} loss {np.mean(losses[-config.log_every:]):.4f}")
+            progress(f"vae step {step + 1}/{config.vae_steps} loss {np.mean(losses[-config.log_every :]):.4f}")
     vae.eval()
     return vae, (losses[0], float(np.mean(losses[-100:])))
 
@@ -300,6 +302,7 @@ def encode_pool(vae: AutoencoderKL, scenes: list[Scene], size: int, chunk: int =
 
 
 # -- text encoder pre-training (CLIP) ------------------------------------------------------------------------------
+
 
 def make_clip(config: WorldSDConfig, tokenizer) -> CLIPModel:
     """A CLIP whose text tower is the SD text encoder's shape, with a small vision tower (32 px, patch 4)."""
@@ -469,7 +472,7 @@ class WorldSDTrainer:
             self.update_ema(step)
             losses.append(loss.item())
             if (step + 1) % cfg.log_every == 0:
-                progress(f"unet step {step + 1}/{cfg.unet_steps} loss {np.mean(losses[-cfg.log_every:]):.4f}")
+                progress(f"unet step {step + 1}/{cfg.unet_steps} loss {np.mean(losses[-cfg.log_every :]):.4f}")
         for model in self.ema.values():
             model.eval()
         return losses[0], float(np.mean(losses[-100:]))
@@ -559,8 +562,10 @@ SHIPPED_FOLDER = "tiny_zoo/world_sd"
 """Where the trained pipeline ships, relative to ``data_manifests``."""
 SHIPPED_MANIFEST = "tiny_zoo/world_sd.json"
 """Its manifest: the sha256 of every file, the build settings and how long the build took."""
-REBUILD_HINT = "rebuild them with `gill models build-world-sd` (tens of minutes on 2 CPU cores), or restore the " \
+REBUILD_HINT = (
+    "rebuild them with `gill models build-world-sd` (tens of minutes on 2 CPU cores), or restore the "
     "files from a clean checkout of gill"
+)
 
 
 def shipped_paths() -> tuple[Path, Path]:
@@ -592,16 +597,21 @@ def verify_world_sd(folder: Path | None = None, manifest: Path | None = None) ->
     return problems
 
 
-def install_world_sd(dest: Path) -> None:
-    """Copy the shipped, verified world SD pipeline to ``dest`` (raises InputError naming every bad file)."""
-    import shutil
-
+def require_world_sd() -> None:
+    """Raise InputError naming every missing or changed file of the shipped world SD (nothing when intact)."""
     from gill.errors import InputError
 
     problems = verify_world_sd()
     if problems:
         raise InputError("the shipped world-trained Stable Diffusion weights are not intact", problems,
                          hint=REBUILD_HINT)  # fmt: skip
+
+
+def install_world_sd(dest: Path) -> None:
+    """Copy the shipped, verified world SD pipeline to ``dest`` (raises InputError naming every bad file)."""
+    import shutil
+
+    require_world_sd()
     shutil.copytree(shipped_paths()[0], dest)
 
 
