@@ -14,12 +14,10 @@ from gill.zoo import ZOO_VERSION, build_tiny_zoo, ensure_tiny_zoo
 @pytest.fixture
 def short_pretraining(monkeypatch):
     """Few pre-training steps keep full builds cheap; seeds still set initialisation and data order."""
-    import functools
-
     import gill.zoo.tiny as tiny
 
-    monkeypatch.setattr(tiny, "pretrain_lm", functools.partial(tiny.pretrain_lm, steps=3))
-    monkeypatch.setattr(tiny, "pretrain_clip", functools.partial(tiny.pretrain_clip, steps=3))
+    monkeypatch.setattr(tiny, "LM_PRETRAIN_STEPS", 3)
+    monkeypatch.setattr(tiny, "CLIP_PRETRAIN_STEPS", 3)
 
 
 def test_the_session_zoo_is_the_shipped_one_checked_file_by_file(tiny_zoo):
@@ -104,7 +102,7 @@ def test_ensure_reuses_a_built_zoo_and_refuses_a_foreign_folder(tmp_path, tiny_z
     assert (foreign / "notes.txt").read_text() == "mine"
 
 
-def test_interrupted_build_leaves_no_zoo_behind(tmp_path, monkeypatch):
+def test_interrupted_build_leaves_no_zoo_behind(tmp_path, monkeypatch, short_pretraining):
     import gill.zoo.tiny as tiny
 
     def boom(*args, **kwargs):

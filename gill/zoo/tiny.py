@@ -60,6 +60,8 @@ VOCAB_SIZE = 1000
 LM_PRETRAIN_STEPS = 1000
 """Pre-training steps of the tiny OPT: a story's summary needs them (a linear probe reads the main shape's final
 colour from the end-of-story state 44% of the time after 300 steps, 62% after 1,000; the background 97-100%)."""
+CLIP_PRETRAIN_STEPS = 1000
+"""Contrastive pre-training steps of the tiny CLIP (with near-miss negatives, :func:`pretrain_clip`)."""
 CLIP_MAX_TOKENS = 77
 
 
@@ -276,7 +278,7 @@ def _save_clip(out: Path, tok, seed: int):  # -> CLIPModel
     torch.manual_seed(seed)
     clip = CLIPModel(config)
     images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    report = pretrain_clip(clip, tok, images, seed=seed)
+    report = pretrain_clip(clip, tok, images, seed=seed, steps=CLIP_PRETRAIN_STEPS)
     logger.info("tiny CLIP pre-trained on rendered scenes: loss %.2f -> %.2f", report.first_loss, report.last_loss)
     clip.save_pretrained(out)
     CLIPProcessor(image_processor=images, tokenizer=tok).save_pretrained(out)
