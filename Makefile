@@ -35,7 +35,7 @@ demo: install
 serve: install
 	PREFECT_PORT=$(PREFECT_PORT) $(BIN)/python -m flows.cli serve --workdir work/pipeline
 
-test: install browser-deps
+test: install browser-deps label-studio
 	$(BIN)/python -m pytest -q
 
 # Headless Chromium + chromedriver for tests/test_annotation_browser.py (Debian packages). Installed when
@@ -46,6 +46,13 @@ browser-deps:
 	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	      apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; \
 	    else echo "note: chromium/chromedriver missing and not root: the headless-browser test will be skipped"; fi; }
+
+# Label Studio 1.23.2 in its own cached virtualenv (its pinned Django etc. never touch .venv) plus a migrated
+# template database, for tests/test_label_studio_live.py. ~1.5 min the first time, instant when already there.
+# Where: $GILL_LABEL_STUDIO_VENV, else ${XDG_CACHE_HOME:-~/.cache}/gill/label-studio-1.23.2.
+.PHONY: label-studio
+label-studio:
+	@PYTHON=$(PYTHON) bash scripts/label_studio_env.sh
 
 lint: install
 	$(BIN)/ruff check gill eval annotations flows tests bench

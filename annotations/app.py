@@ -41,7 +41,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict
 
-from annotations.store import SIDES, ItemFullError, JudgingStore, UnknownItemError
+from annotations.store import HUMAN_PANEL, SIDES, SIMULATED_PANEL, ItemFullError, JudgingStore, UnknownItemError
 from annotations.store import Item as StoreItem
 from annotations.store import Judge as StoreJudge
 from annotations.store import Vote as StoreVote
@@ -212,32 +212,48 @@ def _progress(store: JudgingStore, judge: StoreJudge) -> dict:
 
 
 def render_admin(store: JudgingStore) -> str:
-    """The admin page: progress per judge, items complete, agreement per question. Every value is escaped."""
+    """The admin page: per panel (people first; a simulated panel is labelled as such), progress per judge, items
+    complete, agreement per question and the votes per item. Every value is escaped."""
     e = html.escape
-    rows = "".join(f"<tr><td>{e(j.name)}</td><td>{p.done}</td><td>{p.total}</td></tr>"
-                   for j, p in store.judge_progress())  # fmt: skip
-    agreement = "".join(
-        f"<tr><td>{e(a.question)}</td><td>{_num(a.fleiss_kappa)}</td><td>{a.fleiss_items}</td>"
-        f"<td>{_num(a.alpha)}</td><td>{a.alpha_items}</td></tr>"
-        for a in store.agreement()
-    )
-    recent = "".join(f"<tr><td>{iv.item.id}</td><td>{e(iv.item.prompt)}</td><td>{e(','.join(iv.alignment))}</td>"
-                     f"<td>{e(','.join(iv.realism))}</td></tr>" for iv in store.votes_table())  # fmt: skip
+    sections = [_admin_panel(store, panel) for panel in (store.panels() or [HUMAN_PANEL])]
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>GILL judging: admin</title>
 <link rel="stylesheet" href="/static/judge.css"></head>
 <body><main>
 <h1>GILL judging: admin</h1>
-<p id="summary">{store.count_items()} item(s), {store.complete_items()} complete with {store.judges_per_item} judges;
-{store.count_votes()} vote(s).</p>
-<h2>Judges</h2>
-<table id="judges"><tr><th>judge</th><th>done</th><th>of</th></tr>{rows}</table>
-<h2>Agreement (official votes gen / ret / same)</h2>
-<table id="agreement"><tr><th>question</th><th>Fleiss' kappa</th><th>complete items</th>
-<th>Krippendorff's alpha</th><th>items with 2+ votes</th></tr>{agreement}</table>
-<h2>Votes per item (judge order)</h2>
-<table id="votes"><tr><th>item</th><th>prompt</th><th>alignment</th><th>realism</th></tr>{recent}</table>
+<p id="summary">{store.count_items()} item(s) ({store.judgeable_items()} with images), {store.judges_per_item} judges
+per item and panel; {store.count_votes(HUMAN_PANEL)} vote(s) by people. Store: {e(str(store.path))}</p>
+{"".join(sections)}
 </main></body></html>
+"""
+
+
+def _admin_panel(store: JudgingStore, panel: str) -> str:
+    e = html.escape
+    title = "People" if panel == HUMAN_PANEL else f"Panel {panel!r}"
+    suffix = "" if panel == HUMAN_PANEL else "-" + e(panel)
+    if panel == SIMULATED_PANEL:
+        title = "SIMULATED judges (answer-key panel, not people)"
+    rows = "".join(f"<tr><td>{e(j.name)}</td><td>{p.done}</td><td>{p.total}</td></tr>"
+                   for j, p in store.judge_progress(panel))  # fmt: skip
+    agreement = "".join(
+        f"<tr><td>{e(a.question)}</td><td>{_num(a.fleiss_kappa)}</td><td>{a.fleiss_items}</td>"
+        f"<td>{_num(a.alpha)}</td><td>{a.alpha_items}</td></tr>"
+        for a in store.agreement(panel)
+    )
+    recent = "".join(f"<tr><td>{iv.item.id}</td><td>{e(iv.item.prompt)}</td><td>{e(','.join(iv.alignment))}</td>"
+                     f"<td>{e(','.join(iv.realism))}</td></tr>" for iv in store.votes_table(panel=panel))  # fmt: skip
+    return f"""<section class="panel" id="panel-{e(panel)}" data-panel="{e(panel)}">
+<h2>{e(title)}</h2>
+<p>{store.complete_items(panel)} item(s) complete; {store.count_votes(panel)} vote(s).</p>
+<h3>Judges</h3>
+<table id="judges{suffix}"><tr><th>judge</th><th>done</th><th>of</th></tr>{rows}</table>
+<h3>Agreement (official votes gen / ret / same)</h3>
+<table id="agreement{suffix}"><tr><th>question</th><th>Fleiss' kappa</th><th>complete items</th>
+<th>Krippendorff's alpha</th><th>items with 2+ votes</th></tr>{agreement}</table>
+<h3>Votes per item (judge order)</h3>
+<table id="votes{suffix}"><tr><th>item</th><th>prompt</th><th>alignment</th><th>realism</th></tr>{recent}</table>
+</section>
 """
 
 
@@ -261,8 +277,8 @@ JUDGE_HTML = """<!doctype html>
   <p class="label">Prompt</p>
   <p id="prompt"></p>
   <div class="images">
-    <figure><img id="img-left" alt="left image"><figcaption>left</figcaption></figure>
-    <figure><img id="img-right" alt="right image"><figcaption>right</figcaption></figure>
+    <figure><img id="img-left" alt="left image"><figcaption>Left</figcaption></figure>
+    <figure><img id="img-right" alt="right image"><figcaption>Right</figcaption></figure>
   </div>
   <div class="question">
     <p>Which image matches the prompt better?</p>
@@ -380,11 +396,15 @@ loadNext();
 JUDGE_CSS = """body { font-family: system-ui, sans-serif; margin: 0; background: #fafafa; color: #222; }
 main { max-width: 1100px; margin: 0 auto; padding: 1rem; }
 header { display: flex; justify-content: space-between; color: #555; }
-#prompt { font-size: 1.3rem; white-space: pre-wrap; }
+#prompt { font-size: 1.7rem; font-weight: 600; white-space: pre-wrap; margin: .3rem 0 1rem; padding: .6rem .9rem;
+          background: #eef3fb; border-left: 6px solid #2b6cb0; }
 .label { color: #777; margin-bottom: 0; }
-.images { display: flex; gap: 1rem; }
-figure { flex: 1; margin: 0; text-align: center; }
-figure img { max-width: 100%; max-height: 60vh; background: #eee; }
+.images { display: flex; gap: 1.5rem; justify-content: center; flex-wrap: wrap; }
+figure { margin: 0; text-align: center; }
+figcaption { font-weight: 600; margin-top: .3rem; }
+/* small images are scaled up to at least 256 px with crisp pixels (no smoothing invents or hides detail) */
+figure img { width: clamp(256px, 34vw, 480px); height: auto; aspect-ratio: 1 / 1; object-fit: contain;
+             image-rendering: pixelated; background: #eee; border: 1px solid #ccc; }
 .question { margin: 1rem 0; }
 button { font-size: 1rem; padding: .5rem 1rem; margin-right: .5rem; cursor: pointer; }
 button.chosen { background: #2b6cb0; color: white; }

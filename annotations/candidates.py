@@ -6,26 +6,44 @@ written to ``<workdir>/annotations/candidates/<prompt_id>-{gen,ret}.png`` and th
 ``decision_candidates`` (prompt id, text, category, challenge, note, both image paths relative to the workdir,
 the retrieval key and scores, the checkpoint id and SD seed).
 
-Prompts come from the shipped PartiPrompts votes file (1,632 prompts, the embedded default) or any TSV with
-a ``Prompt`` column (``Category``, ``Challenge`` and ``Note`` are optional). Work resumes: a prompt whose two
-images and row exist is skipped; images are written atomically and rows are committed every ``flush_every``
-prompts, so a crash loses at most that many.
+Prompts: on a work folder with a synthetic shapes world (the embedded default) they are **world prompts**
+(:func:`world_prompts`): half are fresh captions of scenes of the CC3M training split, whose composition the
+retrieval bank holds, and half are captions of new scenes with a (colour, kind) pair the training split never
+shows (:data:`gill.synth.scenes.NOVEL_PAIRS`), which the bank cannot hold but the toy Stable Diffusion can draw:
+so retrieval should win on some and generation on others, as section 3.3 argues for real images. Each row keeps
+the prompt's true scene (``scene``, JSON) so the answer-key judges of :mod:`annotations.simulated` can score both
+images. Elsewhere (the paper preset) prompts come from the shipped PartiPrompts votes file (1,632 prompts) or any
+TSV with a ``Prompt`` column (``Category``, ``Challenge`` and ``Note`` are optional).
+
+Work resumes: a prompt whose two images and row (with the same prompt text) exist is skipped; images are written
+atomically and rows are committed every ``flush_every`` prompts, so a crash loses at most that many.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from gill.synth.scenes import COLORS, NOVEL_PAIRS, Scene, sample_scene
+from gill.synth.text import cc3m_caption
 
 logger = logging.getLogger(__name__)
 
 CANDIDATES_DIR = Path("annotations") / "candidates"
 TABLE = "decision_candidates"
+WORLD = "world"
+"""``prompts=WORLD``: the world prompts of :func:`world_prompts` (the default when the workdir has a world)."""
+WORLD_CATEGORY = "Shapes world"
+DEFAULT_WORLD_PROMPTS = 400
+HELD_NOTE = "composition in the bank"
+NOVEL_NOTE = "novel composition (not in the bank)"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +56,8 @@ class PromptRow:
     category: str = ""
     challenge: str = ""
     note: str = ""
+    scene: str | None = None
+    """JSON of the prompt's true scene (world prompts), else None."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,13 +108,62 @@ def read_prompts(path: str | os.PathLike[str] | None = None, limit: int | None =
     return rows[:limit] if limit is not None else rows
 
 
-def _done(workdir: Path, database: Path) -> set[int]:
-    """Prompt ids whose row and both images exist."""
+def world_root(workdir: str | os.PathLike[str]) -> Path | None:
+    """The synthetic world of a work folder (``<workdir>/world`` with its ``world.json``), or None."""
+    root = Path(workdir) / "world"
+    return root if (root / "world.json").is_file() and (root / "scenes.json").is_file() else None
+
+
+def world_prompts(root: str | os.PathLike[str], n: int, seed: int = 0) -> list[PromptRow]:
+    """``n`` world prompts: half bank compositions, half novel ones, interleaved in a seeded order.
+
+    * **In the bank**: scenes drawn (without repeats) from the CC3M training split of the world at ``root``, each
+      with a fresh caption (another phrasing than the one trained on), so the bank holds the very scene.
+    * **Novel**: new world scenes in which one shape (chosen at random) takes a colour that makes its
+      (colour, kind) pair one the training split never shows; the bank cannot hold such a scene.
+
+    The ``note`` says which (``composition in the bank`` / ``novel composition (not in the bank)``); judges never
+    see it. Deterministic in ``(root's scenes, n, seed)``.
+    """
+    from eval.scene_answers import scene_from_dict
+    from gill.errors import InputError
+
+    document = json.loads((Path(root) / "scenes.json").read_text(encoding="utf-8"))
+    train = [scene_from_dict(e["scene"]) for e in document.get("cc3m", {}).get("train", [])]
+    n_held = n // 2
+    if len(train) < n_held:
+        raise InputError(f"the world at {root} has {len(train)} training scenes, fewer than the {n_held} needed",
+                         [], hint="ask for fewer candidates (--limit) or a bigger world (world_train)")  # fmt: skip
+    rng = random.Random(f"gill-world-prompts:{seed}")
+    held = [(scene, HELD_NOTE) for scene in rng.sample(train, n_held)]
+    novel = [(_novel_scene(rng), NOVEL_NOTE) for _ in range(n - n_held)]
+    order = held + novel
+    rng.shuffle(order)
+    return [PromptRow(prompt_id=i, prompt=cc3m_caption(scene, rng), category=WORLD_CATEGORY, note=note,
+                      scene=json.dumps(scene.to_dict(), sort_keys=True))
+            for i, (scene, note) in enumerate(order)]  # fmt: skip
+
+
+def _novel_scene(rng: random.Random) -> Scene:
+    """A world scene whose shape ``i`` (random) is recoloured into a novel (colour, kind) pair."""
+    scene = sample_scene(rng)
+    i = rng.randrange(len(scene.shapes))
+    shape = scene.shapes[i]
+    colors = [c for c in COLORS if (c, shape.kind) in NOVEL_PAIRS]
+    shapes = list(scene.shapes)
+    shapes[i] = replace(shape, color=rng.choice(colors))
+    return replace(scene, shapes=tuple(shapes))
+
+
+def _done(workdir: Path, database: Path, rows: list[PromptRow]) -> set[int]:
+    """Prompt ids whose row (with the same prompt text) and both images exist."""
     from eval.db import connect
 
     with connect(database) as con:
-        records = con.execute(f"SELECT prompt_id, gen_image, ret_image FROM {TABLE}").fetchall()
-    return {pid for pid, gen, ret in records if (workdir / gen).is_file() and (workdir / ret).is_file()}
+        records = con.execute(f"SELECT prompt_id, prompt, gen_image, ret_image FROM {TABLE}").fetchall()
+    wanted = {row.prompt_id: row.prompt for row in rows}
+    return {pid for pid, prompt, gen, ret in records
+            if wanted.get(pid) == prompt and (workdir / gen).is_file() and (workdir / ret).is_file()}  # fmt: skip
 
 
 def _save_png(image: Any, path: Path) -> None:
@@ -109,20 +178,23 @@ def build_candidates(
     workdir: str | os.PathLike[str], *, checkpoint: str | os.PathLike[str] | None = None,
     prompts: str | os.PathLike[str] | None = None, limit: int | None = None, sd_steps: int = 50,
     guidance_scale: float = 7.5, seed: int = 1337, device: str = "cpu", flush_every: int = 32, progress: bool = True,
+    batch_size: int = 16,
 ) -> CandidateSummary:  # fmt: skip
     """Generate (SD baseline) and retrieve (GILL's bank) one image per prompt; rows into ``decision_candidates``.
 
     Args:
         workdir: the work folder with a trained checkpoint and its retrieval bank.
         checkpoint: checkpoint folder (default: the newest run's ``best/`` or ``final/``).
-        prompts: TSV with a ``Prompt`` column (default: the shipped PartiPrompts votes).
-        limit: only the first ``limit`` prompts.
+        prompts: TSV with a ``Prompt`` column, or ``"world"`` for :func:`world_prompts` (default: ``"world"`` when
+            the workdir holds a synthetic world, else the shipped PartiPrompts votes).
+        limit: only the first ``limit`` prompts (world prompts: how many; default 400).
         sd_steps: denoising steps of the SD baseline.
         guidance_scale: its classifier-free guidance.
         seed: SD seed, the same for every prompt (as the official demo seeds each request with 1337).
         device: torch device.
         flush_every: commit rows every this many prompts.
         progress: show a progress bar.
+        batch_size: prompts per Stable Diffusion call (each with its own generator seeded ``seed``).
     """
     import torch
     from tqdm.auto import tqdm
@@ -133,33 +205,47 @@ def build_candidates(
     from gill.retrieval import checkpoint_id
 
     workdir = Path(workdir)
-    rows = read_prompts(prompts, limit)
+    root = world_root(workdir)
+    if (prompts is None and root is not None) or str(prompts) == WORLD:
+        if root is None:
+            raise InputError(f"{workdir} has no synthetic world for world prompts", [],
+                             hint="build it (gill data synth --out WORKDIR/world) or pass a prompts TSV")  # fmt: skip
+        rows = world_prompts(root, DEFAULT_WORLD_PROMPTS if limit is None else limit, seed=seed)
+    else:
+        rows = read_prompts(prompts, limit)
     ckpt = resolve_checkpoint(workdir, checkpoint)
     pipe = GILLPipeline.from_pretrained(ckpt, workdir=workdir, device=device)
     if pipe.bank is None:
         raise InputError("decision candidates need a retrieval bank", [f"none for checkpoint {ckpt}"],
                          hint=f"run: gill index build --workdir {workdir} --checkpoint {ckpt}")  # fmt: skip
     database, images = db_path(workdir), workdir / CANDIDATES_DIR
-    done = _done(workdir, database)
+    done = _done(workdir, database, rows)
     todo = [row for row in rows if row.prompt_id not in done]
     ckpt_id, pending = checkpoint_id(ckpt), []
-    for row in tqdm(todo, desc="decision candidates", unit="prompt", disable=not progress):
-        generator = torch.Generator(device="cpu").manual_seed(seed)
+    bar = tqdm(total=len(todo), desc="decision candidates", unit="prompt", disable=not progress)
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        # one generator per prompt, each seeded alike: the batch draws what one prompt at a time would
+        generators = [torch.Generator(device="cpu").manual_seed(seed) for _ in chunk]
         with torch.no_grad():
-            generated = pipe.sd(row.prompt, num_inference_steps=sd_steps, guidance_scale=guidance_scale,
-                                generator=generator).images[0]  # fmt: skip
-            (hit,) = pipe.retrieve(pipe.text_query(row.prompt), k=1)
-        gen_rel = CANDIDATES_DIR / f"{row.prompt_id:05d}-gen.png"
-        ret_rel = CANDIDATES_DIR / f"{row.prompt_id:05d}-ret.png"
-        _save_png(generated, workdir / gen_rel)
-        _save_png(pipe.bank.image(hit), workdir / ret_rel)
-        pending.append({"prompt_id": row.prompt_id, "prompt": row.prompt, "category": row.category,
-                        "challenge": row.challenge, "note": row.note, "gen_image": str(gen_rel),
-                        "ret_image": str(ret_rel), "ret_key": hit.key, "ret_score": hit.score,
-                        "ret_scaled_score": hit.scaled_score, "checkpoint_id": ckpt_id, "sd_seed": seed})  # fmt: skip
+            generated = pipe.sd([row.prompt for row in chunk], num_inference_steps=sd_steps,
+                                guidance_scale=guidance_scale, generator=generators).images  # fmt: skip
+            hits = [pipe.retrieve(pipe.text_query(row.prompt), k=1)[0] for row in chunk]
+        for row, image, hit in zip(chunk, generated, hits, strict=True):
+            gen_rel = CANDIDATES_DIR / f"{row.prompt_id:05d}-gen.png"
+            ret_rel = CANDIDATES_DIR / f"{row.prompt_id:05d}-ret.png"
+            _save_png(image, workdir / gen_rel)
+            _save_png(pipe.bank.image(hit), workdir / ret_rel)
+            pending.append({"prompt_id": row.prompt_id, "prompt": row.prompt, "category": row.category,
+                            "challenge": row.challenge, "note": row.note, "gen_image": str(gen_rel),
+                            "ret_image": str(ret_rel), "ret_key": hit.key, "ret_score": hit.score,
+                            "ret_scaled_score": hit.scaled_score, "checkpoint_id": ckpt_id, "sd_seed": seed,
+                            "scene": row.scene})  # fmt: skip
+        bar.update(len(chunk))
         if len(pending) >= flush_every:
             replace_rows(database, TABLE, pending)
             pending = []
+    bar.close()
     if pending:
         replace_rows(database, TABLE, pending)
     logger.info("decision candidates: %d built, %d already done, in %s", len(todo), len(rows) - len(todo), images)

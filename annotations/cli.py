@@ -111,8 +111,10 @@ def add_annotate_parsers(groups: argparse._SubParsersAction) -> argparse._SubPar
     p = commands.add_parser("build", help="candidates: an SD-baseline image and the top bank image per prompt")
     p.add_argument("--workdir", type=Path, required=True, help="work folder with a checkpoint and its bank")
     p.add_argument("--checkpoint", type=Path, help="checkpoint (default: the newest run's best/ or final/)")
-    p.add_argument("--prompts", type=Path, help="TSV with a Prompt column (default: the shipped PartiPrompts)")
-    p.add_argument("--limit", type=int, help="only the first N prompts")
+    p.add_argument("--prompts", type=Path,
+                   help="TSV with a Prompt column, or 'world' for world prompts (default: world prompts when the "
+                        "workdir holds a synthetic world, else the shipped PartiPrompts)")  # fmt: skip
+    p.add_argument("--limit", type=int, help="only the first N prompts (world prompts: how many, default 400)")
     p.add_argument("--sd-steps", type=int, default=50, help="SD denoising steps (default 50)")
     p.add_argument("--seed", type=int, default=1337, help="SD seed for every prompt (default 1337)")
     p.add_argument("--device", default="cpu")
@@ -123,19 +125,80 @@ def add_annotate_parsers(groups: argparse._SubParsersAction) -> argparse._SubPar
     p.add_argument("--format", choices=("official-tsv", "label-studio", "html-bundle"), required=True)
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--complete-only", action="store_true", help="official-tsv: only items with all k votes")
+    p.add_argument(
+        "--panel",
+        default="human",
+        help="official-tsv: whose votes, 'human' (people, default) or 'simulated' (answer-key judges)",
+    )
+    p.add_argument(
+        "--votes",
+        choices=("none", "predictions"),
+        default="none",
+        help="label-studio: leave votes out (default) or offer them as predictions, never annotations",
+    )
     p.set_defaults(func=cmd_annotate_export)
     p = commands.add_parser("import", help="import votes (default: the shipped PartiPrompts votes, official-tsv)")
     p.add_argument("--workdir", type=Path, required=True)
     p.add_argument("--format", choices=("official-tsv", "label-studio", "html-bundle"), default="official-tsv")
     p.add_argument("paths", nargs="*", type=Path,
                    help="official-tsv: ALIGNMENT [REALISM] (default: the shipped files); label-studio: the JSON "
-                   "export; html-bundle: votes-<name>.json files")  # fmt: skip
+                   "export; html-bundle: votes-<bundle>-<name>.json files")  # fmt: skip
+    p.add_argument("--panel", default="human", help="the panel the votes go to (default: human, i.e. people)")
     p.set_defaults(func=cmd_annotate_import)
+
+    p = commands.add_parser("simulate", help="let the SIMULATED answer-key panel judge the world items (own panel)")
+    p.add_argument("--workdir", type=Path, required=True)
+    p.add_argument("--judges", type=int, default=5, help="simulated judges (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of their noise (default 0)")
+    p.add_argument("--noise", type=float, default=0.15, help="chance of a random answer per question (default 0.15)")
+    p.set_defaults(func=cmd_annotate_simulate)
+
+    _add_label_studio_parsers(commands)
 
     from annotations.cli_app import add_app_parsers
 
     add_app_parsers(commands)
     return commands
+
+
+def _add_label_studio_parsers(commands: argparse._SubParsersAction) -> None:
+    """``label-studio-setup`` and ``label-studio-pull`` (see docs/label-studio.md)."""
+    from annotations.label_studio import cmd_label_studio_pull, cmd_label_studio_setup
+
+    def connection(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--workdir", type=Path, required=True, help="the work folder of the judging store")
+        p.add_argument("--url", help="Label Studio (default: $LABEL_STUDIO_URL, else http://localhost:8080)")
+        p.add_argument("--token", help="personal access token or legacy token (default: $LABEL_STUDIO_API_KEY)")
+
+    p = commands.add_parser("label-studio-setup",
+                            help="export the items for Label Studio; create its project, storage, tasks")  # fmt: skip
+    connection(p)
+    p.add_argument("--out", type=Path, help="export folder (default: W/annotations/label-studio); Label Studio's "
+                   "LOCAL_FILES_DOCUMENT_ROOT must be this folder (or --document-root)")  # fmt: skip
+    p.add_argument("--title", help="project title")
+    p.add_argument(
+        "--votes",
+        choices=("none", "predictions"),
+        default="none",
+        help="leave the store's votes out (default) or offer them as predictions",
+    )
+    p.add_argument("--document-root", type=Path, help="the LOCAL_FILES_DOCUMENT_ROOT image urls are relative to")
+    p.add_argument("--image-prefix", help="image url prefix (default /data/local-files/?d=)")
+    p.add_argument("--export-only", action="store_true", help="write the export only; do not call Label Studio")
+    p.set_defaults(func=cmd_label_studio_setup)
+
+    p = commands.add_parser("label-studio-pull", help="export a Label Studio project and import its votes")
+    connection(p)
+    p.add_argument("--project", type=int, required=True, help="the Label Studio project id")
+    p.add_argument(
+        "--format",
+        choices=("JSON", "JSON_MIN"),
+        default="JSON",
+        help="export format (default JSON: the only one that counts skipped annotations)",
+    )
+    p.add_argument("--save", type=Path, help="where to keep the export (default: W/annotations/...)")
+    p.add_argument("--panel", default="human", help="the panel the votes go to (default: human)")
+    p.set_defaults(func=cmd_label_studio_pull)
 
 
 def cmd_annotate_export(args: argparse.Namespace) -> int:
@@ -145,9 +208,13 @@ def cmd_annotate_export(args: argparse.Namespace) -> int:
 
     store = JudgingStore(args.workdir)
     if args.format == "official-tsv":
-        paths = exchange.export_official_tsv(store, args.out, complete_only=args.complete_only)
+        paths = exchange.export_official_tsv(store, args.out, complete_only=args.complete_only, panel=args.panel)
     elif args.format == "label-studio":
-        paths = exchange.export_label_studio(store, args.out)
+        from annotations.label_studio import export_label_studio
+
+        export = export_label_studio(store, args.out, votes=args.votes)
+        _out(export.describe())
+        paths = [export.tasks, export.label_config]
     else:
         paths = [exchange.export_html_bundle(store, args.out)]
     for path in paths:
@@ -165,25 +232,49 @@ def cmd_annotate_import(args: argparse.Namespace) -> int:
         if len(args.paths) > 2:
             raise InputError("official-tsv takes at most two files", [f"got {len(args.paths)}"],
                              hint="ALIGNMENT.tsv [REALISM.tsv]")  # fmt: skip
-        written = exchange.import_official_tsv(store, *args.paths)
+        result = exchange.import_official_tsv(store, *args.paths, panel=args.panel)
     elif args.format == "label-studio":
         if len(args.paths) != 1:
             raise InputError("label-studio takes one JSON export", [f"got {len(args.paths)} paths"])
-        written = exchange.import_label_studio(store, args.paths[0])
+        from annotations.label_studio import import_label_studio
+
+        result = import_label_studio(store, args.paths[0], panel=args.panel)
     else:
         if not args.paths:
-            raise InputError("html-bundle needs the votes-<name>.json files", [])
-        written = exchange.import_bundle_votes(store, args.paths)
-    _out(f"imported {written} votes into {store.path} ({store.count_items()} items, {len(store.judges())} judges)")
+            raise InputError("html-bundle needs the votes-<bundle>-<name>.json files", [])
+        result = exchange.import_bundle_votes(store, args.paths, panel=args.panel)
+    _out(f"imported into {store.path} (panel {args.panel}): {result.describe()}")
+    return 0
+
+
+def cmd_annotate_simulate(args: argparse.Namespace) -> int:
+    """Run the simulated panel on the store's world items and print its agreement, labelled as simulated."""
+    from annotations.simulated import PanelConfig, run_simulated_panel
+    from annotations.store import SIMULATED_PANEL, JudgingStore
+
+    store = JudgingStore(args.workdir)
+    summary = run_simulated_panel(args.workdir, PanelConfig(judges=args.judges, seed=args.seed, noise=args.noise),
+                                  store=store)  # fmt: skip
+    _out(
+        f"SIMULATED panel (answer-key judges, not people): {summary.votes} new vote(s) on {summary.items} world "
+        f"item(s) by {', '.join(summary.judges)}; {summary.skipped} item(s) without a scene are left to people"
+    )
+    for agreement in store.agreement(SIMULATED_PANEL):
+        _out(f"  {agreement.describe()}")
     return 0
 
 
 def cmd_annotate_build(args: argparse.Namespace) -> int:
     """Build the decision candidates into <workdir>/annotations/candidates and DuckDB decision_candidates."""
     from annotations.candidates import build_candidates
+    from annotations.store import JudgingStore, import_candidates
 
     summary = build_candidates(args.workdir, checkpoint=args.checkpoint, prompts=args.prompts, limit=args.limit,
                                sd_steps=args.sd_steps, seed=args.seed, device=args.device)  # fmt: skip
+    store = JudgingStore(args.workdir)
+    import_candidates(args.workdir, store)
     _out(f"decision candidates: {summary.total} prompts ({summary.built} built, {summary.skipped} already done); "
          f"images in {summary.images_dir}, rows in {summary.database} table decision_candidates")  # fmt: skip
+    _out(f"judging store {store.path}: {store.judgeable_items()} item(s) with images, open to judges "
+         f"(gill annotate add-judge NAME --workdir {args.workdir}, then gill annotate serve)")  # fmt: skip
     return 0

@@ -77,20 +77,23 @@ def cmd_annotate_add_judge(args: argparse.Namespace) -> int:
 
 def status_lines(workdir: Path) -> list[str]:
     """What ``gill annotate status`` prints."""
-    from annotations.store import JudgingStore, store_path
+    from annotations.store import HUMAN_PANEL, SIMULATED_PANEL, JudgingStore, store_path
 
     if not store_path(workdir).exists():
         raise InputError(f"{store_path(workdir)} does not exist: nothing has been judged in {workdir} yet", [],
                          hint=f"start with gill annotate add-judge NAME --workdir {workdir}")  # fmt: skip
     store = JudgingStore(workdir)
-    lines = [f"{store.path}: {store.count_items()} item(s), {store.complete_items()} complete with "
-             f"{store.judges_per_item} judges; {store.count_votes()} vote(s)"]  # fmt: skip
-    judges = store.judge_progress()
-    lines.append("judges:" if judges else "judges: none yet")
-    width = max((len(j.name) for j, _ in judges), default=0)
-    lines += [f"  {j.name:<{width}}  {p.done} / {p.total} done" for j, p in judges]
-    lines.append("agreement (official votes gen/ret/same):")
-    lines += [f"  {a.describe()}" for a in store.agreement()]
+    lines = [f"{store.path}: {store.count_items()} item(s), {store.judgeable_items()} with images; "
+             f"{store.judges_per_item} judges per item and panel"]  # fmt: skip
+    for panel in store.panels() or [HUMAN_PANEL]:
+        label = "SIMULATED judges (answer-key panel, not people)" if panel == SIMULATED_PANEL else f"panel {panel}"
+        lines.append(f"{label}: {store.complete_items(panel)} item(s) complete, {store.count_votes(panel)} vote(s)")
+        judges = store.judge_progress(panel)
+        lines.append("  judges:" if judges else "  judges: none yet")
+        width = max((len(j.name) for j, _ in judges), default=0)
+        lines += [f"    {j.name:<{width}}  {p.done} / {p.total} done" for j, p in judges]
+        lines.append("  agreement (official votes gen/ret/same):")
+        lines += [f"    {a.describe()}" for a in store.agreement(panel)]
     return lines
 
 

@@ -1,12 +1,14 @@
 """Exports and imports of the judging store: the official TSV layout, Label Studio JSON, an offline HTML bundle.
 
 * ``official-tsv``: the layout of the released ``PartiPromptsAllDecisions_{Alignment,Realism}.tsv`` (Prompt,
-  Category, Challenge, Note, Decisions = comma-separated ret/gen/same in judge order). Importing the shipped
-  PartiPrompts votes is the embedded default, so the pipeline runs without live judges.
-* ``label-studio``: tasks with annotations in Label Studio's JSON export format plus ``label_config.xml`` for
-  a project with the same two questions, for teams that judge there; its JSON export imports back.
+  Category, Challenge, Note, Decisions = comma-separated ret/gen/same in judge order). One panel per file
+  (``Decisions_<Question>_<panel>.tsv``). Imported rows are matched to the store's items by prompt text; rows
+  without an item are skipped and counted (an item without images is never created: judges could not see it).
+* ``label-studio``: :mod:`annotations.label_studio` (tasks, images under neutral names, a side-by-side labelling
+  config, the local-files setup through its API; its JSON and JSON_MIN exports import back).
 * ``html-bundle``: a self-contained folder (``index.html``, ``judge.js``, ``items.js``, the images) a judge opens
-  offline in a browser; it saves ``votes-<name>.json``, which ``import`` reads.
+  offline in a browser; it keeps votes under the bundle's id plus the judge's name (two bundles opened by the
+  same name never share votes) and saves ``votes-<bundle>-<name>.json``, which ``import`` reads.
 
 Votes are stored as the side the judge picked (left/right/same); exports say gen/ret/same through each
 item's recorded generated-image side (:func:`annotations.store.official_vote`).
@@ -18,19 +20,18 @@ import json
 import logging
 import os
 import shutil
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from annotations.store import CHOICES, JudgingStore, official_vote
+from annotations.store import CHOICES, HUMAN_PANEL, JudgingStore, official_vote
 from annotations.votes import VoteRow, default_votes_path, read_votes, write_votes
 from gill.errors import InputError
-from gill.utils.io import atomic_write_json, atomic_write_text
+from gill.utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("official-tsv", "label-studio", "html-bundle")
-IMPORTED_JUDGE = "partiprompts-judge-{n}"
-"""Names given to the judges of an imported official TSV (by their position in the Decisions column)."""
 
 
 def _side(vote: str, gen_side: str) -> str:
@@ -44,23 +45,40 @@ def _side(vote: str, gen_side: str) -> str:
 # -- official TSV ---------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ImportResult:
+    """What an import did: votes written, records skipped (with why), and the judges it wrote for."""
+
+    votes: int
+    skipped: int = 0
+    reasons: tuple[str, ...] = ()
+    judges: tuple[str, ...] = field(default_factory=tuple)
+
+    def describe(self) -> str:
+        """One line for the CLI."""
+        text = f"{self.votes} vote(s) by {len(self.judges)} judge(s)"
+        return text + (f"; {self.skipped} skipped ({'; '.join(self.reasons[:5])})" if self.skipped else "")
+
+
 def export_official_tsv(
-    store: JudgingStore, out_dir: str | os.PathLike[str], complete_only: bool = False
+    store: JudgingStore, out_dir: str | os.PathLike[str], complete_only: bool = False, panel: str = HUMAN_PANEL
 ) -> list[Path]:
-    """Write ``Decisions_Alignment.tsv`` and ``Decisions_Realism.tsv`` (items with votes, by item id)."""
-    table = store.votes_table(complete_only=complete_only)
+    """Write ``Decisions_Alignment_<panel>.tsv`` and ``Decisions_Realism_<panel>.tsv`` (items with votes of
+    ``panel``, by item id; judges in judge-id order)."""
+    table = store.votes_table(complete_only=complete_only, panel=panel)
     out = Path(out_dir)
-    return [write_votes(out / f"Decisions_{q.capitalize()}.tsv", [entry.row(q) for entry in table])
+    return [write_votes(out / f"Decisions_{q.capitalize()}_{panel}.tsv", [entry.row(q) for entry in table])
             for q in ("alignment", "realism")]  # fmt: skip
 
 
 def import_official_tsv(store: JudgingStore, alignment: str | os.PathLike[str] | None = None,
-                        realism: str | os.PathLike[str] | None = None) -> int:  # fmt: skip
-    """Import votes in the released layout (default: the shipped PartiPrompts files). Returns votes written.
+                        realism: str | os.PathLike[str] | None = None, panel: str = HUMAN_PANEL,
+                        judge_prefix: str = "tsv-judge-") -> ImportResult:  # fmt: skip
+    """Import votes in the released layout (default: the shipped PartiPrompts files) onto the store's items.
 
-    Items are matched by row number (``prompt_id``, as ``gill annotate build`` numbers them); a row without an item
-    becomes one with no images. The n-th vote of a row is judge ``partiprompts-judge-n``'s. Without a realism file
-    the realism answer is recorded as ``same``.
+    Rows are matched to items by prompt text; a row whose prompt is no item of the store is skipped and counted
+    (the store never gets items without images). The n-th vote of a row is judge ``<judge_prefix><n>``'s.
+    Without a realism file the realism answer is recorded as ``same``. One transaction: refused = nothing changed.
     """
     a_rows = read_votes(alignment or default_votes_path("alignment"))
     r_rows = (
@@ -72,104 +90,33 @@ def import_official_tsv(store: JudgingStore, alignment: str | os.PathLike[str] |
         if len(a_rows) != len(r_rows) or problems:
             raise InputError("the alignment and realism files do not list the same prompts in the same order",
                              [f"{len(a_rows)} vs {len(r_rows)} rows", *problems[:20]])  # fmt: skip
-    existing = {item.id: item for item in store.items()}
-    new = [{"prompt_id": i, "prompt": r.prompt, "category": r.category, "challenge": r.challenge, "note": r.note,
-            "gen_image": "", "ret_image": ""} for i, r in enumerate(a_rows) if i not in existing]  # fmt: skip
-    if new:
-        store.upsert_items(new)
-    items = {item.id: item for item in store.items()}
-    width = max(len(r.votes) for r in a_rows)
-    judges = [store.ensure_judge(IMPORTED_JUDGE.format(n=n + 1)) for n in range(width)]
-    records = []
+    by_prompt = {item.prompt: item for item in store.items() if item.has_images()}
+    records, skipped = [], 0
     for i, row in enumerate(a_rows):
-        side = items[i].gen_side
+        item = by_prompt.get(row.prompt)
+        if item is None:
+            skipped += 1
+            continue
         for n, vote in enumerate(row.votes):
             realism_vote = r_rows[i].votes[n] if r_rows is not None and n < len(r_rows[i].votes) else "same"
-            records.append((judges[n].id, i, _side(vote, side), _side(realism_vote, side)))
-    written = store.import_votes(records)
-    logger.info("imported %d votes on %d prompts from the official TSV", written, len(a_rows))
-    return written
+            records.append((f"{judge_prefix}{n + 1}", item.id, _side(vote, item.gen_side),
+                            _side(realism_vote, item.gen_side)))  # fmt: skip
+    if not records and skipped:
+        raise InputError(f"none of the {len(a_rows)} prompts of {alignment or default_votes_path('alignment')} is an "
+                         f"item of {store.path}; nothing was imported", [],
+                         hint="votes go onto judging items with images: build the candidates for these prompts first "
+                              "(gill annotate build --prompts FILE); to fit the decision classifier on a votes file "
+                              "directly, use gill decision fit --votes FILE")  # fmt: skip
+    written = store.import_named_votes(records, panel=panel) if records else 0
+    reasons = (f"{skipped} prompt(s) are not items of this store (build candidates for them first)",) if skipped else ()
+    logger.info("imported %d votes on %d of %d prompts from the official TSV", written, len(a_rows) - skipped,
+                len(a_rows))  # fmt: skip
+    return ImportResult(votes=written, skipped=skipped, reasons=reasons,
+                        judges=tuple(sorted({r[0] for r in records})))  # fmt: skip
 
 
-# -- Label Studio ---------------------------------------------------------------------------------------------------
-
-LABEL_CONFIG = """<View>
-  <Header value="$prompt"/>
-  <Image name="left" value="$image_left" width="45%"/>
-  <Image name="right" value="$image_right" width="45%"/>
-  <Header value="Which image matches the prompt better?"/>
-  <Choices name="alignment" toName="left" choice="single" required="true">
-    <Choice value="Left" hotkey="1"/><Choice value="Right" hotkey="2"/><Choice value="About the same" hotkey="3"/>
-  </Choices>
-  <Header value="Which image is more realistic?"/>
-  <Choices name="realism" toName="left" choice="single" required="true">
-    <Choice value="Left" hotkey="q"/><Choice value="Right" hotkey="w"/><Choice value="About the same" hotkey="e"/>
-  </Choices>
-</View>
-"""
-_LS_CHOICE = {"left": "Left", "right": "Right", "same": "About the same"}
-_LS_SIDE = {v: k for k, v in _LS_CHOICE.items()}
-
-
-def export_label_studio(
-    store: JudgingStore, out_dir: str | os.PathLike[str], image_root: str = "/data/local-files/?d="
-) -> list[Path]:
-    """``tasks.json`` (one task per item, with its annotations) and ``label_config.xml`` in ``out_dir``.
-
-    Image urls are ``image_root`` + the path relative to the workdir (Label Studio's local-files serving:
-    set ``LOCAL_FILES_DOCUMENT_ROOT`` to the workdir).
-    """
-    votes: dict[int, list[tuple[str, Any]]] = {}
-    judges = {j.id: j.name for j in store.judges()}
-    for judge_id, name in judges.items():
-        for vote in store.votes_of(judge_id):
-            votes.setdefault(vote.item_id, []).append((name, vote))
-    tasks = []
-    for item in store.items():
-        annotations = [{
-            "completed_by": {"email": name},
-            "result": [{"from_name": q, "to_name": "left", "type": "choices",
-                        "value": {"choices": [_LS_CHOICE[getattr(vote, q)]]}} for q in ("alignment", "realism")],
-        } for name, vote in votes.get(item.id, [])]  # fmt: skip
-        tasks.append({"id": item.id, "data": {
-            "prompt": item.prompt, "category": item.category, "challenge": item.challenge,
-            "image_left": image_root + item.image_for("left"), "image_right": image_root + item.image_for("right"),
-            "gill_item_id": item.id, "gill_gen_side": item.gen_side}, "annotations": annotations})  # fmt: skip
-    out = Path(out_dir)
-    return [atomic_write_json(out / "tasks.json", tasks), atomic_write_text(out / "label_config.xml", LABEL_CONFIG)]
-
-
-def import_label_studio(store: JudgingStore, path: str | os.PathLike[str]) -> int:
-    """Import a Label Studio JSON export of tasks made by :func:`export_label_studio`. Returns votes written."""
-    try:
-        tasks = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise InputError(f"cannot read the Label Studio export {str(path)!r}", [str(err)]) from err
-    problems, records = [], []
-    items = {item.id for item in store.items()}
-    for t, task in enumerate(tasks if isinstance(tasks, list) else []):
-        item_id = (task.get("data") or {}).get("gill_item_id")
-        if item_id not in items:
-            problems.append(f"task {t}: gill_item_id {item_id!r} is not an item of this store")
-            continue
-        for a, ann in enumerate(task.get("annotations") or []):
-            who = ann.get("completed_by")
-            name = who.get("email") if isinstance(who, dict) else f"label-studio-{who}"
-            answers = {
-                r.get("from_name"): (r.get("value") or {}).get("choices", [None])[0] for r in ann.get("result", [])
-            }
-            sides = [_LS_SIDE.get(answers.get(q)) for q in ("alignment", "realism")]
-            if None in sides or not name:
-                problems.append(f"task {t} annotation {a}: needs a judge and both questions answered, got {answers}")
-                continue
-            records.append((name, int(item_id), *sides))
-    if not isinstance(tasks, list):
-        problems.append("the file must hold a JSON list of tasks")
-    if problems:
-        raise InputError(f"invalid Label Studio export {str(path)!r}", problems[:50])
-    judges = {name: store.ensure_judge(name).id for name in {r[0] for r in records}}
-    return store.import_votes([(judges[n], i, a, r) for n, i, a, r in records])
-
+# -- Label Studio: see annotations.label_studio (export without votes, side-by-side config, neutral image names,
+# the local-files storage and a one-transaction import of its JSON and JSON_MIN exports) -------------------------
 
 # -- offline HTML bundle --------------------------------------------------------------------------------------------
 
@@ -177,34 +124,48 @@ _BUNDLE_DIR = Path(__file__).parent / "bundle"
 
 
 def export_html_bundle(store: JudgingStore, out_dir: str | os.PathLike[str]) -> Path:
-    """A folder a judge opens offline (``index.html``): the items, their images, and the judging page."""
+    """A folder a judge opens offline (``index.html``): the items, their images, and the judging page.
+
+    Items without images (votes imported on prompts that have no candidates) are left out; a judgeable item whose
+    image file is missing refuses the export before anything is written. Each export gets a new bundle id.
+    """
     out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    items, problems = [], []
+    items, copies, problems = [], [], []
     for item in store.items():
+        if not item.has_images():
+            continue
         entry = {"id": item.id, "prompt": item.prompt}
         for side in ("left", "right"):
             rel = item.image_for(side)
             source = store.workdir / rel
-            if not rel or not source.is_file():
-                problems.append(f"item {item.id}: {side} image {rel!r} is missing")
+            if not source.is_file():
+                problems.append(f"item {item.id}: {side} image {str(source)!r} is missing")
                 continue
             name = f"{item.id:05d}-{side}{source.suffix}"
-            shutil.copyfile(source, out / "images" / name)
+            copies.append((source, name))
             entry[side] = f"images/{name}"
         items.append(entry)
+    if not items and not problems:
+        problems.append(f"{store.path} has no item with images")
     if problems:
         raise InputError("cannot bundle items without their images", problems[:50],
-                         hint="build the candidates first (gill annotate build)")  # fmt: skip
-    payload = json.dumps({"items": items}, ensure_ascii=True).replace("<", "\\u003c")  # safe inside <script>
+                         hint="build the candidates first (gill annotate build, or the pipeline's candidates "
+                              "stage)")  # fmt: skip
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    for source, name in copies:
+        shutil.copyfile(source, out / "images" / name)
+    bundle_id = uuid.uuid4().hex[:12]
+    payload = json.dumps({"bundle": bundle_id, "items": items}, ensure_ascii=True)
+    payload = payload.replace("<", "\\u003c")  # safe inside <script>
     atomic_write_text(out / "items.js", f"window.GILL_BUNDLE = {payload};\n")
     for name in ("index.html", "judge.js"):
         shutil.copyfile(_BUNDLE_DIR / name, out / name)
     return out / "index.html"
 
 
-def import_bundle_votes(store: JudgingStore, paths: list[str | os.PathLike[str]]) -> int:
-    """Import ``votes-<name>.json`` files saved by the offline bundle. Returns votes written."""
+def import_bundle_votes(store: JudgingStore, paths: list[str | os.PathLike[str]],
+                        panel: str = HUMAN_PANEL) -> ImportResult:  # fmt: skip
+    """Import ``votes-<bundle>-<name>.json`` files saved by the offline bundle (one transaction for all files)."""
     records, problems = [], []
     items = {item.id for item in store.items()}
     for path in paths:
@@ -224,17 +185,17 @@ def import_bundle_votes(store: JudgingStore, paths: list[str | os.PathLike[str]]
                 continue
             records.append((name, int(item_id), a, r))
     if problems:
-        raise InputError("cannot import the bundle votes", problems[:50])
-    judges = {name: store.ensure_judge(name).id for name in {r[0] for r in records}}
-    return store.import_votes([(judges[n], i, a, r) for n, i, a, r in records])
+        raise InputError("cannot import the bundle votes; nothing was imported", problems[:50])
+    written = store.import_named_votes(records, panel=panel)
+    return ImportResult(votes=written, judges=tuple(sorted({r[0] for r in records})))
 
 
-def official_rows(store: JudgingStore, question: str = "alignment") -> list[VoteRow]:
-    """The store's votes as official rows (for fitting the decision classifier from live judgements)."""
-    return [entry.row(question) for entry in store.votes_table()]
+def official_rows(store: JudgingStore, question: str = "alignment", panel: str = HUMAN_PANEL) -> list[VoteRow]:
+    """The store's votes of ``panel`` as official rows (for fitting the decision classifier from judgements)."""
+    return [entry.row(question) for entry in store.votes_table(panel=panel)]
 
 
 __all__ = [
-    "FORMATS", "export_html_bundle", "export_label_studio", "export_official_tsv", "import_bundle_votes",
-    "import_label_studio", "import_official_tsv", "official_rows", "official_vote",
+    "FORMATS", "ImportResult", "export_html_bundle", "export_official_tsv", "import_bundle_votes",
+    "import_official_tsv", "official_rows", "official_vote",
 ]  # fmt: skip

@@ -20,6 +20,13 @@ hands a judge their first unvoted item, by item id, among the items that still h
 judge resumes where they left off. A submit on an item that already has ``k`` other voters is refused
 (:class:`ItemFullError`); a resubmit by the same judge replaces their vote (``UNIQUE(judge_id, item_id)`` + upsert).
 
+Panels: every judge belongs to one panel (``human`` by default; ``simulated`` for the answer-key judges of
+:mod:`annotations.simulated`). The ``k`` slots of an item are counted per panel, so a simulated panel never
+takes a person's slot, and every summary and export reads one panel at a time (``panel=...``).
+
+Imports are one transaction each (:meth:`JudgingStore.import_named_votes`): missing judges are created and the
+votes written together, so a refused import leaves no judge, item or vote behind.
+
 Tokens are random (``secrets.token_urlsafe``), stored only as sha256 hashes and compared in constant time.
 """
 
@@ -31,9 +38,10 @@ import logging
 import math
 import os
 import random
+import re
 import secrets
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -53,13 +61,19 @@ CHOICES = ("left", "right", "same")
 QUESTIONS = ("alignment", "realism")
 DEFAULT_JUDGES_PER_ITEM = 5
 MAX_NAME_LENGTH = 100
+HUMAN_PANEL = "human"
+"""The panel of people judging through the app, a bundle or Label Studio."""
+SIMULATED_PANEL = "simulated"
+"""The panel of answer-key judges (:mod:`annotations.simulated`): never people, never mixed with them."""
+PANEL_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS judges (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL UNIQUE,
     token_hash TEXT NOT NULL UNIQUE,
-    created TEXT NOT NULL
+    created TEXT NOT NULL,
+    panel TEXT NOT NULL DEFAULT 'human'
 );
 CREATE TABLE IF NOT EXISTS items (
     id INTEGER PRIMARY KEY,  -- decision_candidates.prompt_id
@@ -71,7 +85,8 @@ CREATE TABLE IF NOT EXISTS items (
     ret_image TEXT NOT NULL,
     ret_key TEXT,
     ret_score REAL,
-    gen_side TEXT NOT NULL CHECK (gen_side IN ('left', 'right'))
+    gen_side TEXT NOT NULL CHECK (gen_side IN ('left', 'right')),
+    scene TEXT  -- JSON of the prompt's true scene (shapes-world items), else NULL
 );
 CREATE TABLE IF NOT EXISTS votes (
     judge_id INTEGER NOT NULL REFERENCES judges(id),
@@ -83,6 +98,7 @@ CREATE TABLE IF NOT EXISTS votes (
     UNIQUE (judge_id, item_id)
 );
 CREATE INDEX IF NOT EXISTS votes_by_item ON votes (item_id);
+CREATE INDEX IF NOT EXISTS votes_by_judge ON votes (judge_id);
 CREATE TABLE IF NOT EXISTS settings (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -128,11 +144,12 @@ def draw_gen_side(seed: int, item_id: int) -> str:
 
 @dataclass(frozen=True)
 class Judge:
-    """A judge: ``id`` orders judges in exports."""
+    """A judge: ``id`` orders judges in exports; ``panel`` keeps people and simulated judges apart."""
 
     id: int
     name: str
     created: str
+    panel: str = HUMAN_PANEL
 
 
 @dataclass(frozen=True)
@@ -147,6 +164,12 @@ class Item:
     gen_image: str
     ret_image: str
     gen_side: str
+    scene: str | None = None
+    """JSON of the prompt's true scene (shapes-world items; what simulated judges score against), else ``None``."""
+
+    def has_images(self) -> bool:
+        """Whether both image paths are set (imported votes on prompts without candidates have none)."""
+        return bool(self.gen_image and self.ret_image)
 
     def image_for(self, side: str) -> str:
         """The image shown on ``side`` (``left``/``right``)."""
@@ -229,6 +252,7 @@ class JudgingStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")  # persistent: set once per file
+            _migrate(con)
             con.executescript(SCHEMA)
         if judges_per_item is not None:
             if judges_per_item < 1:
@@ -278,34 +302,36 @@ class JudgingStore:
 
     # -- judges and tokens -----------------------------------------------------------------------------------
 
-    def add_judge(self, name: str) -> tuple[Judge, str]:
-        """Create a judge; return it and their token (shown once: only its hash is stored)."""
+    def add_judge(self, name: str, panel: str = HUMAN_PANEL) -> tuple[Judge, str]:
+        """Create a judge of ``panel``; return it and their token (shown once: only its hash is stored)."""
         clean = name.strip()
-        problems = []
-        if not clean:
-            problems.append("the name is empty")
-        if len(clean) > MAX_NAME_LENGTH:
-            problems.append(f"the name has {len(clean)} characters, at most {MAX_NAME_LENGTH} are allowed")
-        if any(ch in clean for ch in "\t\r\n"):
-            problems.append("the name contains a tab or newline")
+        problems = _name_problems(clean)
+        problems += _panel_problems(panel)
         if problems:
             raise InputError(f"cannot add judge {name!r}", problems)
         token = secrets.token_urlsafe(32)
         created = _now()
         try:
             with self._write() as con:
-                cur = con.execute("INSERT INTO judges (name, token_hash, created) VALUES (?, ?, ?)",
-                                  (clean, hash_token(token), created))  # fmt: skip
+                cur = con.execute("INSERT INTO judges (name, token_hash, created, panel) VALUES (?, ?, ?, ?)",
+                                  (clean, hash_token(token), created, panel))  # fmt: skip
         except sqlite3.IntegrityError as err:
             raise InputError(f"a judge named {clean!r} already exists in {self.path}", [],
                              hint="pick another name; `gill annotate status` lists the judges") from err  # fmt: skip
-        return Judge(id=int(cur.lastrowid), name=clean, created=created), token
+        return Judge(id=int(cur.lastrowid), name=clean, created=created, panel=panel), token
 
-    def judges(self) -> list[Judge]:
-        """Every judge, by id."""
+    def judges(self, panel: str | None = None) -> list[Judge]:
+        """Every judge (of ``panel``, when given), by id."""
         with self._connect() as con:
-            rows = con.execute("SELECT id, name, created FROM judges ORDER BY id").fetchall()
+            rows = con.execute("SELECT id, name, created, panel FROM judges WHERE ? IS NULL OR panel = ? ORDER BY id",
+                               (panel, panel)).fetchall()  # fmt: skip
         return [Judge(**dict(r)) for r in rows]
+
+    def panels(self) -> list[str]:
+        """The panels that have judges, ``human`` first."""
+        with self._connect() as con:
+            names = {r[0] for r in con.execute("SELECT DISTINCT panel FROM judges")}
+        return sorted(names, key=lambda n: (n != HUMAN_PANEL, n))
 
     def judge_for_token(self, token: str | None) -> Judge | None:
         """The judge whose token this is, or ``None``."""
@@ -313,11 +339,11 @@ class JudgingStore:
             return None
         digest = hash_token(token)
         with self._connect() as con:
-            row = con.execute("SELECT id, name, created, token_hash FROM judges WHERE token_hash = ?",
+            row = con.execute("SELECT id, name, created, panel, token_hash FROM judges WHERE token_hash = ?",
                               (digest,)).fetchone()  # fmt: skip
         if row is None or not hmac.compare_digest(row["token_hash"], digest):
             return None
-        return Judge(id=row["id"], name=row["name"], created=row["created"])
+        return Judge(id=row["id"], name=row["name"], created=row["created"], panel=row["panel"])
 
     def new_admin_token(self) -> str:
         """Generate a new admin token (the previous one stops working); return it. Only its hash is stored."""
@@ -349,13 +375,13 @@ class JudgingStore:
                 item_id = int(r["prompt_id"])
                 con.execute(
                     "INSERT INTO items (id, prompt, category, challenge, note, gen_image, ret_image, ret_key, "
-                    "ret_score, gen_side) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-                    "prompt = excluded.prompt, category = excluded.category, challenge = excluded.challenge, "
+                    "ret_score, gen_side, scene) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE "
+                    "SET prompt = excluded.prompt, category = excluded.category, challenge = excluded.challenge, "
                     "note = excluded.note, gen_image = excluded.gen_image, ret_image = excluded.ret_image, "
-                    "ret_key = excluded.ret_key, ret_score = excluded.ret_score",
+                    "ret_key = excluded.ret_key, ret_score = excluded.ret_score, scene = excluded.scene",
                     (item_id, r["prompt"], r.get("category") or "", r.get("challenge") or "", r.get("note") or "",
                      r["gen_image"], r["ret_image"], r.get("ret_key"), r.get("ret_score"),
-                     draw_gen_side(self.seed, item_id)),
+                     draw_gen_side(self.seed, item_id), r.get("scene")),
                 )  # fmt: skip
         return self.count_items() - before
 
@@ -376,10 +402,11 @@ class JudgingStore:
             return [Item(**dict(r)) for r in con.execute(f"SELECT {_ITEM_COLUMNS} FROM items i ORDER BY i.id")]
 
     def next_item(self, judge: Judge | int) -> Item | None:
-        """The judge's first unvoted item (by id) among items with fewer than ``k`` voters, or ``None``."""
+        """The judge's first unvoted item (by id) among the items with both images and fewer than ``k`` voters of
+        the judge's panel, or ``None``."""
         with self._connect() as con:
             row = con.execute(f"SELECT {_ITEM_COLUMNS} FROM items i WHERE {_OPEN_TO_JUDGE} ORDER BY i.id LIMIT 1",
-                              (_judge_id(judge), self.judges_per_item)).fetchone()  # fmt: skip
+                              self._open_params(con, judge)).fetchone()  # fmt: skip
         return None if row is None else Item(**dict(row))
 
     def progress(self, judge: Judge | int) -> Progress:
@@ -388,8 +415,13 @@ class JudgingStore:
         with self._connect() as con:
             done = con.execute("SELECT COUNT(*) FROM votes WHERE judge_id = ?", (jid,)).fetchone()[0]
             open_ = con.execute(f"SELECT COUNT(*) FROM items i WHERE {_OPEN_TO_JUDGE}",
-                                (jid, self.judges_per_item)).fetchone()[0]  # fmt: skip
+                                self._open_params(con, judge)).fetchone()[0]  # fmt: skip
         return Progress(done=int(done), total=int(done) + int(open_))
+
+    def _open_params(self, con: sqlite3.Connection, judge: Judge | int) -> tuple[int, str, int]:
+        jid = _judge_id(judge)
+        row = con.execute("SELECT panel FROM judges WHERE id = ?", (jid,)).fetchone()
+        return jid, row["panel"] if row is not None else HUMAN_PANEL, self.judges_per_item
 
     # -- votes -----------------------------------------------------------------------------------------------
 
@@ -408,11 +440,13 @@ class JudgingStore:
         with self._write() as con:
             if con.execute("SELECT 1 FROM items WHERE id = ?", (item_id,)).fetchone() is None:
                 raise UnknownItemError(f"no item with id {item_id}")
-            others = con.execute("SELECT COUNT(*) FROM votes WHERE item_id = ? AND judge_id != ?",
-                                 (item_id, jid)).fetchone()[0]  # fmt: skip
+            _, panel, _ = self._open_params(con, jid)
+            others = con.execute("SELECT COUNT(*) FROM votes v JOIN judges j ON j.id = v.judge_id "
+                                 "WHERE v.item_id = ? AND v.judge_id != ? AND j.panel = ?",
+                                 (item_id, jid, panel)).fetchone()[0]  # fmt: skip
             mine = con.execute("SELECT 1 FROM votes WHERE item_id = ? AND judge_id = ?", (item_id, jid)).fetchone()
             if mine is None and others >= self.judges_per_item:
-                raise ItemFullError(f"item {item_id} already has its {self.judges_per_item} judges")
+                raise ItemFullError(f"item {item_id} already has its {self.judges_per_item} judges of panel {panel!r}")
             con.execute(
                 "INSERT INTO votes (judge_id, item_id, alignment, realism, created, updated) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (judge_id, item_id) DO UPDATE SET alignment = excluded.alignment, "
@@ -422,35 +456,53 @@ class JudgingStore:
             row = con.execute("SELECT * FROM votes WHERE judge_id = ? AND item_id = ?", (jid, item_id)).fetchone()
         return Vote(**dict(row))
 
-    def ensure_judge(self, name: str) -> Judge:
-        """The judge named ``name``, created (with an unusable random token) when new: for imported votes."""
-        existing = {j.name: j for j in self.judges()}
-        return existing[name.strip()] if name.strip() in existing else self.add_judge(name)[0]
-
-    def import_votes(self, records: list[tuple[int, int, str, str]]) -> int:
-        """Write many ``(judge_id, item_id, alignment, realism)`` side-votes in ONE transaction (imports).
-
-        Each replaces that judge's earlier vote on the item. The k-judges rule is checked per item after the
-        batch; a violation rolls the whole batch back. Returns the number of records written.
+    def import_named_votes(self, records: Sequence[tuple[str, int, str, str]], panel: str = HUMAN_PANEL) -> int:
+        """Write ``(judge name, item id, alignment, realism)`` side-votes (``left``/``right``/``same``) in ONE
+        transaction: the judges not in the store yet are created in ``panel`` (in name order, so their ids do
+        not depend on the input order, with an unusable random token) and every vote replaces that judge's
+        earlier vote on the item. Everything is checked (choices, item ids, judge panels, the ``k``-judges rule
+        per item and panel) and any problem rolls the whole import back: no judge, no vote. Returns the number
+        of votes written.
         """
-        bad = [
-            f"record {i}: {a!r}/{r!r}" for i, (_, _, a, r) in enumerate(records) if a not in CHOICES or r not in CHOICES
-        ]
-        if bad:
-            raise InputError("votes to import have invalid choices", bad[:50], hint=f"choices are {CHOICES}")
+        problems = _panel_problems(panel)
+        problems += [f"record {i}: choices {a!r}/{r!r} (allowed: {', '.join(CHOICES)})"
+                     for i, (_, _, a, r) in enumerate(records) if a not in CHOICES or r not in CHOICES]  # fmt: skip
+        names = sorted({str(n).strip() for n, _, _, _ in records})
+        problems += [f"judge {n!r}: {p}" for n in names for p in _name_problems(n)]
+        if problems:
+            raise InputError("votes to import are invalid; nothing was imported", problems[:50])
         now = _now()
         with self._write() as con:
+            items = {int(r[0]) for r in con.execute("SELECT id FROM items")}
+            unknown = sorted({int(i) for _, i, _, _ in records} - items)
+            if unknown:
+                raise UnknownItemError(f"{len(unknown)} vote item(s) are not items of {self.path}; nothing was "
+                                       "imported", [f"item {i}" for i in unknown[:50]])  # fmt: skip
+            known = {r["name"]: (r["id"], r["panel"]) for r in con.execute("SELECT id, name, panel FROM judges")}
+            clash = [f"judge {n!r} is in panel {known[n][1]!r}, not {panel!r}" for n in names
+                     if n in known and known[n][1] != panel]  # fmt: skip
+            if clash:
+                raise InputError("votes to import name judges of another panel; nothing was imported", clash[:50])
+            for name in names:
+                if name not in known:
+                    cur = con.execute("INSERT INTO judges (name, token_hash, created, panel) VALUES (?, ?, ?, ?)",
+                                      (name, hash_token(secrets.token_urlsafe(32)), now, panel))  # fmt: skip
+                    known[name] = (int(cur.lastrowid), panel)
+            ordered = sorted(((known[str(n).strip()][0], int(i), a, r) for n, i, a, r in records))
             con.executemany(
                 "INSERT INTO votes (judge_id, item_id, alignment, realism, created, updated) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (judge_id, item_id) DO UPDATE SET alignment = excluded.alignment, "
                 "realism = excluded.realism, updated = excluded.updated",
-                [(j, i, a, r, now, now) for j, i, a, r in records],
+                [(j, i, a, r, now, now) for j, i, a, r in ordered],
             )
-            full = con.execute("SELECT item_id, COUNT(*) n FROM votes GROUP BY item_id HAVING n > ?",
+            full = con.execute("SELECT v.item_id, j.panel, COUNT(*) n FROM votes v JOIN judges j "
+                               "ON j.id = v.judge_id GROUP BY v.item_id, j.panel HAVING n > ?",
                                (self.judges_per_item,)).fetchall()  # fmt: skip
             if full:
                 raise ItemFullError(f"the import would give {len(full)} item(s) more than {self.judges_per_item} "
-                                    "judges", [f"item {r['item_id']}: {r['n']} judges" for r in full[:20]])  # fmt: skip
+                                    "judges of one panel; nothing was imported",
+                                    [f"item {r['item_id']}: {r['n']} judges of panel {r['panel']!r}"
+                                     for r in full[:20]])  # fmt: skip
         return len(records)
 
     def votes_of(self, judge: Judge | int) -> list[Vote]:
@@ -459,21 +511,24 @@ class JudgingStore:
             rows = con.execute("SELECT * FROM votes WHERE judge_id = ? ORDER BY item_id", (_judge_id(judge),))
             return [Vote(**dict(r)) for r in rows]
 
-    def count_votes(self) -> int:
-        """How many votes there are in all."""
+    def count_votes(self, panel: str | None = None) -> int:
+        """How many votes there are (of ``panel``'s judges, when given)."""
         with self._connect() as con:
-            return int(con.execute("SELECT COUNT(*) FROM votes").fetchone()[0])
+            return int(con.execute("SELECT COUNT(*) FROM votes v JOIN judges j ON j.id = v.judge_id "
+                                   "WHERE ? IS NULL OR j.panel = ?", (panel, panel)).fetchone()[0])  # fmt: skip
 
-    def votes_table(self, complete_only: bool = False) -> list[ItemVotes]:
-        """Per item with votes (by id), the official votes of each of its judges in judge-id order.
+    def votes_table(self, complete_only: bool = False, panel: str = HUMAN_PANEL) -> list[ItemVotes]:
+        """Per item with votes of ``panel`` (by id), the official votes of each of its judges in judge-id order.
 
         Args:
             complete_only: keep only the items that have all ``k`` votes.
+            panel: whose votes (``human`` by default; panels never mix).
         """
         with self._connect() as con:
             rows = con.execute(
                 "SELECT v.item_id, j.name, v.alignment, v.realism FROM votes v JOIN judges j ON j.id = v.judge_id "
-                "ORDER BY v.item_id, v.judge_id"
+                "WHERE j.panel = ? ORDER BY v.item_id, v.judge_id",
+                (panel,),
             ).fetchall()
         items = {i.id: i for i in self.items()}
         table: dict[int, ItemVotes] = {}
@@ -490,19 +545,26 @@ class JudgingStore:
 
     # -- summaries -------------------------------------------------------------------------------------------
 
-    def judge_progress(self) -> list[tuple[Judge, Progress]]:
-        """Every judge with their progress."""
-        return [(j, self.progress(j)) for j in self.judges()]
+    def judge_progress(self, panel: str | None = None) -> list[tuple[Judge, Progress]]:
+        """Every judge (of ``panel``, when given) with their progress."""
+        return [(j, self.progress(j)) for j in self.judges(panel)]
 
-    def complete_items(self) -> int:
-        """How many items have all ``k`` votes."""
+    def complete_items(self, panel: str = HUMAN_PANEL) -> int:
+        """How many items have all ``k`` votes of ``panel``."""
         with self._connect() as con:
-            return int(con.execute("SELECT COUNT(*) FROM (SELECT item_id FROM votes GROUP BY item_id "
-                                   "HAVING COUNT(*) >= ?)", (self.judges_per_item,)).fetchone()[0])  # fmt: skip
+            return int(con.execute("SELECT COUNT(*) FROM (SELECT v.item_id FROM votes v JOIN judges j ON "
+                                   "j.id = v.judge_id WHERE j.panel = ? GROUP BY v.item_id HAVING COUNT(*) >= ?)",
+                                   (panel, self.judges_per_item)).fetchone()[0])  # fmt: skip
 
-    def agreement(self) -> list[Agreement]:
-        """Fleiss' kappa and Krippendorff's alpha of each question over the official votes so far."""
-        table = self.votes_table()
+    def judgeable_items(self) -> int:
+        """How many items have both images (what judges are shown)."""
+        with self._connect() as con:
+            sql = "SELECT COUNT(*) FROM items WHERE gen_image != '' AND ret_image != ''"
+            return int(con.execute(sql).fetchone()[0])
+
+    def agreement(self, panel: str = HUMAN_PANEL) -> list[Agreement]:
+        """Fleiss' kappa and Krippendorff's alpha of each question over ``panel``'s official votes so far."""
+        table = self.votes_table(panel=panel)
         out = []
         for question in QUESTIONS:
             ratings = [getattr(e, question) for e in table]
@@ -516,12 +578,39 @@ class JudgingStore:
         return out
 
 
-_ITEM_COLUMNS = "i.id, i.prompt, i.category, i.challenge, i.note, i.gen_image, i.ret_image, i.gen_side"
-# An item is open to a judge when they have not voted on it and it has fewer than k voters. Params: (judge id, k).
+_ITEM_COLUMNS = "i.id, i.prompt, i.category, i.challenge, i.note, i.gen_image, i.ret_image, i.gen_side, i.scene"
+# An item is open to a judge when it has both images, the judge has not voted on it and it has fewer than k voters
+# of the judge's panel. Params: (judge id, panel, k).
 _OPEN_TO_JUDGE = (
-    "NOT EXISTS (SELECT 1 FROM votes v WHERE v.item_id = i.id AND v.judge_id = ?) "
-    "AND (SELECT COUNT(*) FROM votes v WHERE v.item_id = i.id) < ?"
+    "i.gen_image != '' AND i.ret_image != '' "
+    "AND NOT EXISTS (SELECT 1 FROM votes v WHERE v.item_id = i.id AND v.judge_id = ?) "
+    "AND (SELECT COUNT(*) FROM votes v JOIN judges j ON j.id = v.judge_id WHERE v.item_id = i.id AND j.panel = ?) < ?"
 )
+
+
+def _name_problems(clean: str) -> list[str]:
+    problems = []
+    if not clean:
+        problems.append("the name is empty")
+    if len(clean) > MAX_NAME_LENGTH:
+        problems.append(f"the name has {len(clean)} characters, at most {MAX_NAME_LENGTH} are allowed")
+    if any(ch in clean for ch in "\t\r\n"):
+        problems.append("the name contains a tab or newline")
+    return problems
+
+
+def _panel_problems(panel: str) -> list[str]:
+    if not isinstance(panel, str) or not PANEL_PATTERN.match(panel):
+        return [f"panel {panel!r} must be lowercase letters, digits and '-' (at most 32), starting with a letter"]
+    return []
+
+
+def _migrate(con: sqlite3.Connection) -> None:
+    """Add the columns of later versions to a store made by an earlier one (its rows keep their meaning)."""
+    for table, column, ddl in (("judges", "panel", "TEXT NOT NULL DEFAULT 'human'"), ("items", "scene", "TEXT")):
+        names = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
+        if names and column not in names:
+            con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
 
 
 def _judge_id(judge: Judge | int) -> int:

@@ -39,7 +39,7 @@ TABLES: dict[str, str] = {
     "decision_candidates": """
         prompt_id INTEGER NOT NULL PRIMARY KEY, prompt VARCHAR, category VARCHAR, challenge VARCHAR, note VARCHAR,
         gen_image VARCHAR, ret_image VARCHAR, ret_key VARCHAR, ret_score DOUBLE, ret_scaled_score DOUBLE,
-        checkpoint_id VARCHAR, sd_seed INTEGER""",
+        checkpoint_id VARCHAR, sd_seed INTEGER, scene VARCHAR""",
     "runs": """
         run_id VARCHAR NOT NULL PRIMARY KEY, started_at TIMESTAMP, git_sha VARCHAR, preset VARCHAR, checkpoint VARCHAR,
         config JSON""",

@@ -28,6 +28,7 @@ from annotations.aggregate import confident_labels, human_baseline
 from annotations.votes import default_votes_path, read_votes
 from gill import decision as D
 from gill.decision import GEN, RET, DecisionFitResult, decision_features, fit_and_evaluate
+from gill.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,10 @@ TABLE = "decision_eval"
 """One row per figure: protocol ``official-600`` (metrics ``macro_f1``, ``best_on_test_f1``), ``cv5``
 (``macro_f1``, ``macro_f1_std``, ``macro_f1_fold<k>``) and ``human`` (``macro_f1_official``,
 ``macro_f1_leave_one_out``); ``n`` is the number of examples the figure is computed on."""
+
+
+class InsufficientLabelsError(InputError):
+    """The votes give too few confident ``gen`` or ``ret`` labels to fit and cross-validate the classifier."""
 
 
 def record_decision(workdir: str | os.PathLike[str], rows: list[dict[str, Any]]) -> int:
@@ -61,10 +66,21 @@ def _rows(result: DecisionFitResult, common: dict[str, Any]) -> list[dict[str, A
         (cv, "macro_f1", result.cv_mean_f1, n_all),
         (cv, "macro_f1_std", result.cv_std_f1, n_all),
         *((cv, f"macro_f1_fold{k}", f1, None) for k, f1 in enumerate(result.cv_per_fold)),
-        ("human", "macro_f1_official", result.human_official_f1, n_all),
-        ("human", "macro_f1_leave_one_out", result.human_loo_f1, None),
+        (_baseline_protocol(result.panel), "macro_f1_official", result.human_official_f1, n_all),
+        (_baseline_protocol(result.panel), "macro_f1_leave_one_out", result.human_loo_f1, None),
     ]
     return [{**common, "protocol": p, "metric": m, "value": v, "n": n} for p, m, v, n in figures if v is not None]
+
+
+def _baseline_protocol(panel: str) -> str:
+    """``human`` for people's votes, ``<panel>-panel`` (e.g. ``simulated-panel``) for any other panel."""
+    return "human" if panel == "human" else f"{panel}-panel"
+
+
+def official_train_size(n: int) -> int:
+    """The training part of the official split for ``n`` usable examples: the notebook's 600 when there are
+    comfortably more (over 700), else the first 60% (smaller decision sets, e.g. the shapes world's)."""
+    return D.OFFICIAL_TRAIN if n > D.OFFICIAL_TRAIN + 100 else max(1, round(0.6 * n))
 
 
 def save_head_into_checkpoint(checkpoint_dir: str | os.PathLike[str], head: torch.nn.Module,
@@ -100,7 +116,7 @@ def fit_decision(
     workdir: str | os.PathLike[str], checkpoint_dir: str | os.PathLike[str], *,
     votes_path: str | os.PathLike[str] | None = None, with_retrieval_score: bool = False,
     out_checkpoint: str | os.PathLike[str] | None = None, device: str = "cpu", folds: int = 5,
-    steps: int | None = None, seed: int | None = None, batch_size: int = 64,
+    steps: int | None = None, seed: int | None = None, batch_size: int = 64, panel: str = "human",
 ) -> DecisionFitResult:  # fmt: skip
     """Fit the decision classifier of ``checkpoint_dir`` on the votes and record everything (see module doc).
 
@@ -114,6 +130,8 @@ def fit_decision(
         folds: cross-validation folds.
         steps, seed: override the official 2000 steps / seed 1337.
         batch_size: prompts per LM forward.
+        panel: whose votes these are (``human``, or ``simulated`` for the answer-key panel): names the baseline
+            rows (protocol ``human`` or ``simulated-panel``) and every printed figure.
     """
     from gill.pipeline import GILLPipeline
     from gill.retrieval import checkpoint_id
@@ -124,22 +142,33 @@ def fit_decision(
     usable = [(r.prompt, label) for r, label in zip(rows, labels, strict=True) if label in ("gen", "ret")]
     prompts = [p for p, _ in usable]
     y = torch.tensor([GEN if label == "gen" else RET for _, label in usable], dtype=torch.long)
+    n_gen, n_ret = int((y == GEN).sum()), int((y == RET).sum())
+    if min(n_gen, n_ret) < folds:
+        raise InsufficientLabelsError(
+            f"{votes} gives too few confident labels to fit the decision classifier",
+            [
+                f"gen {n_gen}, ret {n_ret}, same/unsure {len(rows) - len(usable)}; each of gen and ret needs at least "
+                f"{folds} for {folds}-fold cross-validation"
+            ],
+            hint="judge more candidates (a larger candidate_limit), or pass a votes file with more prompts",
+        )
     pipe = GILLPipeline.from_pretrained(checkpoint_dir, workdir=workdir, load_sd=False, device=device)
     x = decision_features(pipe, prompts, with_retrieval_score=with_retrieval_score, batch_size=batch_size)
     steps = D.OFFICIAL_STEPS if steps is None else steps
     seed = D.OFFICIAL_SEED if seed is None else seed
     result, head = fit_and_evaluate(x, y, seed=seed, steps=steps, with_retrieval_score=with_retrieval_score,
-                                    folds=folds)  # fmt: skip
+                                    folds=folds, n_train=official_train_size(len(y)))  # fmt: skip
     human = human_baseline(rows)
     result = dataclasses.replace(result, human_official_f1=human.official, human_loo_f1=human.leave_one_out,
-                                 n_same=len(rows) - len(usable))  # fmt: skip
+                                 n_same=len(rows) - len(usable), panel=panel)  # fmt: skip
     created = _dt.datetime.now(_dt.UTC).replace(microsecond=0)
     run_id = f"decision-{created:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
     ckpt_id = checkpoint_id(checkpoint_dir)
     common = {"run_id": run_id, "created": created.replace(tzinfo=None), "checkpoint": str(Path(checkpoint_dir)),
               "checkpoint_id": ckpt_id, "votes": str(votes), "with_retrieval_score": with_retrieval_score}  # fmt: skip
     record_decision(workdir, _rows(result, common))
-    info = {"run_id": run_id, "votes": str(votes), "trained_on": "official split, train part, final step",
+    info = {"run_id": run_id, "votes": str(votes), "panel": panel,
+            "trained_on": "official split, train part, final step",
             "retrieval_score_feature": D.RETRIEVAL_SCORE_SCALE if with_retrieval_score else None,
             "figures": result.as_dict()}  # fmt: skip
     save_head_into_checkpoint(checkpoint_dir, head, out_checkpoint, info)
@@ -148,10 +177,11 @@ def fit_decision(
     return result
 
 
-def store_votes_tsv(workdir: str | os.PathLike[str]) -> Path:
-    """Write the judging store's alignment votes (``gill annotate serve``) in the official layout; return the path.
+def store_votes_tsv(workdir: str | os.PathLike[str], panel: str = "human") -> Path:
+    """Write the judging store's alignment votes of ``panel`` in the official layout; return the path.
 
-    The file lands in ``<workdir>/annotations/exports/Decisions_Alignment.tsv``; fit on it to use live judgements.
+    The file lands in ``<workdir>/annotations/exports/Decisions_Alignment_<panel>.tsv``; fit on it to use the
+    judgements of people (``human``, the default) or of the simulated panel (``simulated``).
     """
     from annotations.exchange import export_official_tsv
     from annotations.store import JudgingStore, store_path
@@ -160,5 +190,10 @@ def store_votes_tsv(workdir: str | os.PathLike[str]) -> Path:
     if not store_path(workdir).is_file():
         raise InputError(f"no judging store under {workdir}", [],
                          hint="judge with `gill annotate serve`, or `gill annotate import` votes first")  # fmt: skip
-    alignment, _ = export_official_tsv(JudgingStore(workdir), Path(workdir) / "annotations" / "exports")
+    store = JudgingStore(workdir)
+    if not store.votes_table(panel=panel):
+        raise InputError(f"the judging store under {workdir} has no votes of panel {panel!r}",
+                         [f"panels with judges: {', '.join(store.panels()) or 'none'}"],
+                         hint="judge first (gill annotate serve), or import votes (gill annotate import)")  # fmt: skip
+    alignment, _ = export_official_tsv(store, Path(workdir) / "annotations" / "exports", panel=panel)
     return alignment

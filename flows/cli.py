@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 DEMO_SETTINGS = {
-    "world_train": 1024, "candidate_limit": 8, "candidate_sd_steps": 10, "bench_sd_steps": 10, "fid_bootstrap": 20,
+    "world_train": 1024, "candidate_limit": 400, "candidate_sd_steps": 10, "bench_sd_steps": 10, "fid_bootstrap": 20,
     "decision_steps": 500, "bench_limit": 8,
 }  # fmt: skip
 """What ``make demo`` changes from the defaults to finish in minutes on 2 CPU cores (SD steps, limits)."""

@@ -1,4 +1,4 @@
-"""Flow ``fit-decision``: fit and evaluate the retrieve-or-generate classifier (paper section 3.3, gill-facts 5).
+"""Flow ``fit-decision``: fit and evaluate the retrieve-or-generate classifier (paper section 3.3).
 
 One thin task around :func:`eval.decision.fit_decision`: features at ``[IMG0]``, the official 600/rest protocol
 and a stratified k-fold CV, figures into DuckDB ``decision_eval`` beside the human baselines, and the head saved
@@ -19,10 +19,11 @@ def fit_task(params: DecisionParams) -> dict:
     from eval.decision import fit_decision, store_votes_tsv
     from gill.pipeline import resolve_checkpoint
 
-    votes = store_votes_tsv(params.workdir) if params.from_store else params.votes
+    votes = store_votes_tsv(params.workdir, panel=params.panel) if params.from_store else params.votes
     checkpoint = resolve_checkpoint(params.workdir, params.checkpoint)
     result = fit_decision(params.workdir, checkpoint, votes_path=votes, device=params.device, folds=params.folds,
-                          with_retrieval_score=params.with_retrieval_score, steps=params.steps)  # fmt: skip
+                          with_retrieval_score=params.with_retrieval_score, steps=params.steps,
+                          panel=params.panel if params.from_store else "human")  # fmt: skip
     return {**result.as_dict(), "checkpoint": str(checkpoint)}
 
 

@@ -145,43 +145,66 @@ def index_task(workdir: Path, checkpoint: Path, checkpoint_id: str, features: li
 @task(task_run_name="judging candidates")
 def candidates_task(workdir: Path, checkpoint: Path, checkpoint_id: str, limit: int | None, sd_steps: int,
                     device: str) -> dict:  # fmt: skip
-    """SD-baseline and top-bank images per PartiPrompt for the judges (``gill annotate build``)."""
+    """SD-baseline and top-bank images per prompt (world prompts on the embedded default, else PartiPrompts), loaded
+    into the judging store with their images, open to people (``gill annotate build``, then ``serve``)."""
     from annotations.candidates import build_candidates
+    from annotations.store import JudgingStore, import_candidates
 
     s = build_candidates(workdir, checkpoint=checkpoint, limit=limit, sd_steps=sd_steps, device=device)
-    return {"total": s.total, "built": s.built, "skipped": s.skipped, "images": str(s.images_dir)}
-
-
-@task(task_run_name="import votes")
-def votes_task(workdir: Path, votes: Path | None, votes_sha256: str | None) -> dict:
-    """Votes into the judging store (default: the shipped PartiPrompts votes; ``gill annotate import``)."""
-    from annotations import exchange
-    from annotations.store import JudgingStore
-
     store = JudgingStore(workdir)
-    written = exchange.import_official_tsv(store, votes)
-    return {"votes": written, "items": store.count_items(), "store": str(store.path)}
+    import_candidates(workdir, store)
+    return {"total": s.total, "built": s.built, "skipped": s.skipped, "images": str(s.images_dir),
+            "store": str(store.path), "judgeable_items": store.judgeable_items()}  # fmt: skip
+
+
+@task(task_run_name="votes")
+def votes_task(workdir: Path, votes: Path | None, votes_sha256: str | None, simulated: bool, panel_seed: int,
+               candidates_digest: str | None) -> dict:  # fmt: skip
+    """The votes the decision classifier is fitted on: a given TSV, else on the embedded default the SIMULATED
+    panel's votes (5 answer-key judges voting in their own panel of the store), else the shipped PartiPrompts votes
+    (read from their file: they never become imageless items of the live store)."""
+    from annotations.votes import default_votes_path
+
+    if votes is not None or not simulated:
+        return {"votes_tsv": str(votes or default_votes_path("alignment")), "panel": "human"}
+    from annotations.simulated import PanelConfig, run_simulated_panel
+    from annotations.store import SIMULATED_PANEL
+    from eval.decision import store_votes_tsv
+
+    summary = run_simulated_panel(workdir, PanelConfig(seed=panel_seed))
+    path = store_votes_tsv(workdir, panel=SIMULATED_PANEL)
+    return {"votes_tsv": str(path), "panel": SIMULATED_PANEL, "simulated_votes": summary.votes,
+            "items": summary.items, "judges": list(summary.judges)}  # fmt: skip
 
 
 @task(task_run_name="fit decision classifier")
-def decision_task(workdir: Path, checkpoint: Path, checkpoint_id: str, votes_sha256: str, steps: int | None,
-                  device: str) -> dict:  # fmt: skip
-    """Fit the retrieve-or-generate classifier on the store's votes; F1 beside the human baseline as an artifact."""
+def decision_task(workdir: Path, checkpoint: Path, checkpoint_id: str, votes_tsv: str, votes_sha256: str | None,
+                  panel: str, steps: int | None, device: str) -> dict:  # fmt: skip
+    """Fit the retrieve-or-generate classifier on the votes; F1 beside the judges' baseline as an artifact."""
     from eval.db import db_path
-    from eval.decision import fit_decision, store_votes_tsv
+    from eval.decision import InsufficientLabelsError, fit_decision
 
-    result = fit_decision(workdir, checkpoint, votes_path=store_votes_tsv(workdir), device=device, steps=steps)
+    who = "human" if panel == "human" else f"{panel.upper()} panel (answer-key judges, not people)"
+    try:
+        result = fit_decision(workdir, checkpoint, votes_path=Path(votes_tsv), device=device, steps=steps,
+                              panel=panel)  # fmt: skip
+    except InsufficientLabelsError as err:  # a small run: the pipeline goes on, the gill system always generates
+        create_markdown_artifact(key="decision-f1", markdown=f"decision classifier **not fitted** on {votes_tsv} "
+                                 f"({who} votes): {err}; query {db_path(workdir)} table decision_eval")  # fmt: skip
+        return {"fitted": False, "reason": str(err)}
     figures = result.as_dict()
-    rows = [{"what": "GILL classifier, official 600/rest split (final model)", "macro_f1": figures["official_test_f1"]},
+    rows = [{"what": f"GILL classifier, official {figures['n_train']}/rest split (final model)",
+             "macro_f1": figures["official_test_f1"]},
             {"what": "GILL classifier, best on test (notebook; selection on test)",
              "macro_f1": figures["official_best_on_test_f1"]},
             {"what": f"GILL classifier, {figures['cv_folds']}-fold CV", "macro_f1": figures["cv_mean_f1"]},
-            {"what": "human baseline (paper)", "macro_f1": figures["human_official_f1"]},
-            {"what": "human baseline (leave-one-judge-out)", "macro_f1": figures["human_loo_f1"]}]  # fmt: skip
+            {"what": f"{who} baseline (official, leaky)", "macro_f1": figures["human_official_f1"]},
+            {"what": f"{who} baseline (leave-one-judge-out)", "macro_f1": figures["human_loo_f1"]}]  # fmt: skip
     create_table_artifact(
         key="decision-f1",
         table=rows,
-        description=f"retrieve-vs-generate macro-F1; query {db_path(workdir)} table decision_eval",
+        description=f"retrieve-vs-generate macro-F1 on {votes_tsv} ({who} votes); query {db_path(workdir)} table "
+        "decision_eval",
     )
     return {k: v for k, v in figures.items() if isinstance(v, (int, float, str, bool)) or v is None}
 
@@ -293,13 +316,17 @@ def gill_pipeline(params: PipelineParams = PipelineParams()) -> dict:  # noqa: B
         log.done("candidates", run["candidates"](workdir, checkpoint, adapters_id(checkpoint),
                                                  params.candidate_limit, params.candidate_sd_steps,
                                                  params.device))  # fmt: skip
+    votes = None
     if log.wants("votes"):
-        log.done("votes", run["votes"](workdir, params.votes, file_digest(params.votes)))
-    if log.wants("decision"):
-        from annotations.store import store_path
+        from annotations.candidates import CANDIDATES_DIR
 
-        log.done("decision", run["decision"](workdir, checkpoint, adapters_id(checkpoint),
-                                             file_digest(store_path(workdir)), params.decision_steps,
+        votes = log.done("votes", run["votes"](workdir, params.votes, file_digest(params.votes), world is not None,
+                                               params.panel_seed, folder_digest(workdir / CANDIDATES_DIR)))  # fmt: skip
+    if log.wants("decision"):
+        votes = votes or _votes_source(workdir, params, simulated=world is not None)
+        tsv = Path(votes["votes_tsv"])
+        log.done("decision", run["decision"](workdir, checkpoint, adapters_id(checkpoint), str(tsv),
+                                             file_digest(tsv), votes["panel"], params.decision_steps,
                                              params.device))  # fmt: skip
     bench_run = None
     for benchmark in ("vist", "visdial", "cc3m-fid"):
@@ -357,6 +384,18 @@ def _mapper_ablation(run: dict, log: Any, params: PipelineParams, workdir: Path,
             summary = run["bench"](benchmark, workdir, checkpoint, checkpoint_fingerprint(checkpoint), data, digest,
                                    json.dumps(options, sort_keys=True))  # fmt: skip
             log.done(f"ablation {benchmark} {kind}", summary)
+
+
+def _votes_source(workdir: Path, params: PipelineParams, simulated: bool) -> dict:
+    """The decision stage's votes when the votes stage did not run: as that stage would give them."""
+    from annotations.votes import default_votes_path
+
+    if params.votes is not None or not simulated:
+        return {"votes_tsv": str(params.votes or default_votes_path("alignment")), "panel": "human"}
+    from annotations.store import SIMULATED_PANEL
+    from eval.decision import store_votes_tsv
+
+    return {"votes_tsv": str(store_votes_tsv(workdir, panel=SIMULATED_PANEL)), "panel": SIMULATED_PANEL}
 
 
 def _check_weights(config: Any, stages: list[str]) -> None:

@@ -97,7 +97,8 @@ class DecisionParams(BaseModel):
     workdir: Path = Field(description="work folder with a trained checkpoint (runs/) and gill.duckdb")
     checkpoint: Path | None = Field(None, description="checkpoint folder (default: the newest run's best/ or final/)")
     votes: Path | None = Field(None, description="votes TSV in the official layout (default: the shipped votes)")
-    from_store: bool = Field(False, description="use the judging app's votes instead of a TSV")
+    from_store: bool = Field(False, description="use the judging store's votes instead of a TSV")
+    panel: str = Field("human", description="with from_store: 'human' (people) or 'simulated' (answer-key judges)")
     with_retrieval_score: bool = Field(False, description="add the top retrieval score feature (paper-era variant)")
     folds: int = Field(5, ge=2, description="cross-validation folds")
     steps: int | None = Field(None, ge=1, description="training steps (default: the official 2000)")
@@ -115,7 +116,8 @@ class PipelineParams(ModelParams):
     """Parameters of the ``gill`` flow (deployment ``gill/full-pipeline``): every stage, end to end.
 
     Leave the data sources empty to run on the embedded default: the synthetic shapes world (CC3M, VIST and
-    VisDial in their real formats) and the shipped PartiPrompts votes.
+    VisDial in their real formats), its world prompts as judging candidates, and a SIMULATED panel of 5
+    answer-key judges whose votes fit the decision classifier (people judge the same candidates in their own panel).
     """
 
     workdir: Path = Field(Path("work/pipeline"), description="work folder: every output, cache and the DuckDB file")
@@ -150,9 +152,17 @@ class PipelineParams(ModelParams):
     train_seed: int = Field(0, ge=0, description="training seed")
     run_id: str = Field("pipeline", description="training run folder name under <workdir>/runs")
     # -- decision --
-    candidate_limit: int | None = Field(16, ge=1, description="prompts to build judging candidates for (None: all)")
+    candidate_limit: int | None = Field(
+        None,
+        ge=1,
+        description="prompts to build judging candidates for (default: "
+        "400 world prompts on the embedded default, else all 1,632 PartiPrompts)",
+    )
     candidate_sd_steps: int = Field(50, ge=1, description="SD steps of the judging candidates")
-    votes: Path | None = Field(None, description="votes TSV (official layout) to import; default: shipped votes")
+    votes: Path | None = Field(None, description="votes TSV (official layout) to fit the decision classifier on; "
+                               "default: the SIMULATED answer-key panel's votes on the embedded default, else the "
+                               "shipped PartiPrompts votes")  # fmt: skip
+    panel_seed: int = Field(0, ge=0, description="seed of the simulated judges' noise (embedded default)")
     decision_steps: int | None = Field(None, ge=1, description="classifier steps (default: the official 2000)")
     # -- benchmarks --
     bench_seeds: list[int] = Field([42], min_length=1, description="SD seeds of the benchmarks (official: 42)")

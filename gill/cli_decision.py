@@ -27,11 +27,13 @@ def cmd_decision_fit(args: argparse.Namespace) -> int:
     if args.from_store:
         from eval.decision import store_votes_tsv
 
-        votes = store_votes_tsv(args.workdir)
-        _out(f"votes from the judging store: {votes}")
+        votes = store_votes_tsv(args.workdir, panel=args.panel)
+        label = " (SIMULATED answer-key judges, not people)" if args.panel == "simulated" else ""
+        _out(f"votes of panel {args.panel!r} from the judging store{label}: {votes}")
     result = fit_decision(args.workdir, checkpoint, votes_path=votes, out_checkpoint=args.out,
                           with_retrieval_score=args.with_retrieval_score, device=args.device, folds=args.folds,
-                          steps=args.steps, seed=args.seed)  # fmt: skip
+                          steps=args.steps, seed=args.seed,
+                          panel=args.panel if args.from_store else "human")  # fmt: skip
     if args.json:
         _out(json.dumps(result.as_dict(), indent=2))
         return 0
@@ -53,8 +55,11 @@ def add_decision_parsers(groups: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--from-store",
         action="store_true",
-        help="use the judging app's votes (W/annotations/judging.sqlite) instead of a TSV",
+        help="use the judging store's votes (W/annotations/judging.sqlite) instead of a TSV",
     )
+    p.add_argument("--panel", default="human",
+                   help="with --from-store: whose votes, 'human' (people, default) or 'simulated' (the answer-key "
+                        "judges of the shapes world)")  # fmt: skip
     p.add_argument("--with-retrieval-score", action="store_true",
                    help="paper-era head: also feed the max logit-scaled bank score (needs a bank)")  # fmt: skip
     p.add_argument("--out", type=Path, help="write a copy of the checkpoint with the head here (default: in place)")

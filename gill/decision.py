@@ -129,6 +129,9 @@ class DecisionFitResult:
     """Leave-one-out (leakage-free) human macro-F1, when the caller computed it."""
     n_same: int | None = None
     """Prompts dropped as ``same`` (not confident), when known."""
+    panel: str = "human"
+    """Whose votes the labels and the baseline come from: ``human`` (people, or the released PartiPrompts votes)
+    or ``simulated`` (the answer-key judges of the shapes world; never people)."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -151,10 +154,11 @@ class DecisionFitResult:
             f"  stratified {self.cv_folds}-fold CV macro-F1:        {self.cv_mean_f1:.4f} +- {self.cv_std_f1:.4f} "
             f"(folds: {', '.join(f'{f:.3f}' for f in self.cv_per_fold)})",
         ]
+        who = "human" if self.panel == "human" else f"{self.panel.upper()} judges"
         if self.human_official_f1 is not None:
-            lines.append(f"  human macro-F1, official (leaky):     {self.human_official_f1:.4f}")
+            lines.append(f"  {who} macro-F1, official (leaky):     {self.human_official_f1:.4f}")
         if self.human_loo_f1 is not None:
-            lines.append(f"  human macro-F1, leave-one-out:        {self.human_loo_f1:.4f}")
+            lines.append(f"  {who} macro-F1, leave-one-out:        {self.human_loo_f1:.4f}")
         lines.append(f"  official notebook (OPT-6.7B): best-on-test {NOTEBOOK_BEST_F1}, final {NOTEBOOK_LAST_F1}")
         return "\n".join(lines)
 

@@ -46,7 +46,7 @@ def trained_workdir(root: Path, world, config, *, steps: int, run_id: str, bank:
 
 SMALL_PIPELINE = {
     "world_train": 32, "world_val": 8, "world_stories": 3, "world_dialogs": 3, "shard_size": 16, "threads": 4,
-    "steps": 4, "batch_size": 8, "candidate_limit": 2, "candidate_sd_steps": 2, "decision_steps": 20,
+    "steps": 4, "batch_size": 8, "candidate_limit": 12, "candidate_sd_steps": 2, "decision_steps": 20,
     "bench_sd_steps": 2, "bench_limit": 3, "visdial_rounds": [1, 10], "fid_bootstrap": 5,
 }  # fmt: skip
 """PipelineParams fields that make the full pipeline run in about a minute on the tiny preset."""

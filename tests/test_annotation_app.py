@@ -450,7 +450,8 @@ def test_cli_add_judge_prints_a_working_login_link_and_status_reports_progress(w
         _cli(["add-judge", "carol", "--workdir", str(workdir)])
     assert _cli(["status", "--workdir", str(workdir)]) == 0
     out = capsys.readouterr().out
-    assert "6 item(s), 0 complete with 2 judges; 1 vote(s)" in out
+    assert "6 item(s), 6 with images; 2 judges per item and panel" in out
+    assert "panel human: 0 item(s) complete, 1 vote(s)" in out
     assert "carol  1 / 6 done" in out
     assert "alignment: Fleiss' kappa n/a on 0 complete item(s)" in out
 

@@ -162,7 +162,8 @@ def test_the_admin_view_shows_progress_and_agreement(browser: WebDriver, site: S
     expected = [[a.question, _num(a.fleiss_kappa), "2", _num(a.alpha), "2"] for a in JudgingStore(wd).agreement()]
     assert rows == expected and [r[0] for r in rows] == ["alignment", "realism"]
     assert SCRIPT_PROMPT in browser.find_element(By.ID, "votes").text  # escaped, so shown as text
-    assert "2 complete with 2 judges" in browser.find_element(By.ID, "summary").text
+    assert "2 judges per item and panel; 4 vote(s) by people" in browser.find_element(By.ID, "summary").text
+    assert "2 item(s) complete" in browser.find_element(By.ID, "panel-human").text
 
 
 def test_the_offline_html_bundle_votes_by_mouse_and_keyboard_resumes_and_imports(browser, tmp_path):
@@ -201,11 +202,17 @@ def test_the_offline_html_bundle_votes_by_mouse_and_keyboard_resumes_and_imports
     browser.refresh()
     start("offline judge")  # resumes from the browser's storage
     wait.until(ec.text_to_be_present_in_element((By.ID, "progress"), "2 / 3 done"))
-    saved = browser.execute_script("return localStorage.getItem('gill-bundle-votes:offline judge')")
+    bundle = browser.execute_script("return window.GILL_BUNDLE.bundle")
+    saved = browser.execute_script(f"return localStorage.getItem('gill-bundle-votes:{bundle}:offline judge')")
     votes = sorted(json.loads(saved).values(), key=lambda v: v["item_id"])
     assert [(v["alignment"], v["realism"]) for v in votes] == [("left", "same"), ("right", "right")]
-    file = tmp_path / "votes-offline_judge.json"
-    file.write_text(json.dumps({"judge": "offline judge", "votes": votes}))  # what the Save button downloads
-    assert exchange.import_bundle_votes(store, [file]) == 2
-    assert [(v.item_id, v.alignment) for v in store.votes_of(store.ensure_judge("offline judge"))] == [
-        (1, "left"), (2, "right")]  # fmt: skip
+    file = tmp_path / f"votes-{bundle}-offline_judge.json"
+    file.write_text(json.dumps({"bundle": bundle, "judge": "offline judge", "votes": votes}))  # the Save button's
+    assert exchange.import_bundle_votes(store, [file]).votes == 2
+    (judge,) = [j for j in store.judges() if j.name == "offline judge"]
+    assert [(v.item_id, v.alignment) for v in store.votes_of(judge)] == [(1, "left"), (2, "right")]
+
+    second = exchange.export_html_bundle(store, tmp_path / "bundle-2")  # a new bundle, opened under the same name
+    browser.get(second.as_uri())
+    start("offline judge")
+    wait.until(ec.text_to_be_present_in_element((By.ID, "progress"), "0 / 3 done"))  # not the first bundle's votes

@@ -13,20 +13,63 @@ from annotations.votes import default_votes_path
 from gill.errors import InputError
 
 
-def test_importing_the_shipped_votes_then_exporting_gives_the_released_files_back(tmp_path, capsys):
+def _partiprompts_store(workdir):
+    """A store whose items are the 1,632 shipped PartiPrompts prompts (in file order), each with two images."""
+    from annotations.votes import read_votes
+
+    (workdir / "img").mkdir(parents=True)
+    Image.new("RGB", (4, 4), "red").save(workdir / "img" / "a.png")
+    store = JudgingStore(workdir)
+    rows = read_votes(default_votes_path("alignment"))
+    store.upsert_items([{"prompt_id": i, "prompt": r.prompt, "category": r.category, "challenge": r.challenge,
+                         "note": r.note, "gen_image": "img/a.png", "ret_image": "img/a.png"}
+                        for i, r in enumerate(rows)])  # fmt: skip
+    return store
+
+
+def test_the_shipped_votes_import_onto_items_with_images_and_export_byte_for_byte(tmp_path, capsys):
     from gill.cli import main
 
-    assert main(["annotate", "import", "--workdir", str(tmp_path)]) == 0  # the embedded default
-    assert "imported 8158 votes" in capsys.readouterr().out  # 1632 x 5 minus the two 4-vote rows
-    store = JudgingStore(tmp_path)
-    assert store.count_items() == 1632 and len(store.judges()) == 5
+    store = _partiprompts_store(tmp_path)
+    assert main(["annotate", "import", "--workdir", str(tmp_path)]) == 0  # the shipped files
+    assert "8158 vote(s) by 5 judge(s)" in capsys.readouterr().out  # 1632 x 5 minus the two 4-vote rows
+    assert [j.name for j in store.judges()] == [f"tsv-judge-{n}" for n in range(1, 6)]
     assert main(["annotate", "export", "--workdir", str(tmp_path), "--format", "official-tsv", "--out",
                  str(tmp_path / "out")]) == 0  # fmt: skip
     for aspect in ("alignment", "realism"):
-        exported = (tmp_path / "out" / f"Decisions_{aspect.capitalize()}.tsv").read_bytes()
+        exported = (tmp_path / "out" / f"Decisions_{aspect.capitalize()}_human.tsv").read_bytes()
         assert exported == default_votes_path(aspect).read_bytes(), aspect
-    assert exchange.import_official_tsv(store) == 8158  # re-import replaces, never duplicates
+    assert exchange.import_official_tsv(store).votes == 8158  # re-import replaces, never duplicates
     assert store.count_votes() == 8158
+
+
+def test_official_votes_never_create_items_without_images(tmp_path):
+    store = JudgingStore(tmp_path)
+    with pytest.raises(InputError, match="none of the 1632 prompts"):
+        exchange.import_official_tsv(store)  # an empty store: nothing to put the votes on
+    assert store.count_items() == 0 and store.judges() == [] and store.count_votes() == 0
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (4, 4), "red").save(tmp_path / "img" / "a.png")
+    store.upsert_items([{"prompt_id": 7, "prompt": "a cat", "gen_image": "img/a.png", "ret_image": "img/a.png"}])
+    votes = tmp_path / "votes.tsv"
+    votes.write_text("Prompt\tCategory\tChallenge\tNote\tDecisions\na cat\t\t\t\tgen,ret\na dog\t\t\t\tgen\n")
+    result = exchange.import_official_tsv(store, votes)
+    assert (result.votes, result.skipped) == (2, 1) and store.count_items() == 1
+    assert "not items of this store" in result.describe()
+
+
+def test_items_without_images_are_never_served_or_bundled(tmp_path):
+    store = JudgingStore(tmp_path)
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (4, 4), "red").save(tmp_path / "img" / "a.png")
+    image = "img/a.png"
+    store.upsert_items([{"prompt_id": 0, "prompt": "old imageless item", "gen_image": "", "ret_image": ""},
+                        {"prompt_id": 1, "prompt": "a cat", "gen_image": image, "ret_image": image}])  # fmt: skip
+    judge, _ = store.add_judge("ann")
+    assert store.next_item(judge).id == 1 and store.progress(judge).total == 1 and store.judgeable_items() == 1
+    index = exchange.export_html_bundle(store, tmp_path / "bundle")
+    data = json.loads((index.parent / "items.js").read_text().split("=", 1)[1].rstrip().rstrip(";"))
+    assert [item["id"] for item in data["items"]] == [1]
 
 
 def test_a_realism_file_with_other_prompts_is_refused(tmp_path):
@@ -58,43 +101,6 @@ def judged(tmp_path):
     return store
 
 
-def test_label_studio_export_round_trips_through_import(judged, tmp_path):
-    out = tmp_path / "ls"
-    exchange.export_label_studio(judged, out)
-    tasks = json.loads((out / "tasks.json").read_text())
-    assert [t["id"] for t in tasks] == [0, 1, 2] and '<Choices name="alignment"' in (
-        out / "label_config.xml"
-    ).read_text()
-    assert len(tasks[0]["annotations"]) == 2 and tasks[2]["annotations"] == []
-    first = tasks[0]["annotations"][0]
-    assert first["completed_by"] == {"email": "ann"}
-    assert first["result"][0]["value"] == {"choices": ["Left"]}
-    # a third judge annotates item 2 in Label Studio; importing adds them and keeps the others
-    tasks[2]["annotations"].append(
-        {
-            "completed_by": {"email": "cy@lab"},
-            "result": [
-                {"from_name": "alignment", "to_name": "left", "type": "choices", "value": {"choices": ["Right"]}},
-                {
-                    "from_name": "realism",
-                    "to_name": "left",
-                    "type": "choices",
-                    "value": {"choices": ["About the same"]},
-                },
-            ],
-        }
-    )
-    (out / "export.json").write_text(json.dumps(tasks))
-    assert exchange.import_label_studio(judged, out / "export.json") == 4
-    assert judged.count_votes() == 4 and {j.name for j in judged.judges()} == {"ann", "bo", "cy@lab"}
-    (cy,) = [j for j in judged.judges() if j.name == "cy@lab"]
-    assert [(v.item_id, v.alignment, v.realism) for v in judged.votes_of(cy)] == [(2, "right", "same")]
-    tasks[1]["annotations"][0]["result"] = []
-    (out / "bad.json").write_text(json.dumps(tasks))
-    with pytest.raises(InputError, match="invalid Label Studio export"):
-        exchange.import_label_studio(judged, out / "bad.json")
-
-
 def test_html_bundle_is_self_contained_escaped_and_its_votes_import(judged, tmp_path):
     index = exchange.export_html_bundle(judged, tmp_path / "bundle")
     folder = index.parent
@@ -105,6 +111,9 @@ def test_html_bundle_is_self_contained_escaped_and_its_votes_import(judged, tmp_
     assert "http" not in (folder / "index.html").read_text().replace("http-equiv", "")  # no external assets
     data = json.loads(items_js.split("=", 1)[1].rstrip().rstrip(";"))
     assert [item["id"] for item in data["items"]] == [0, 1, 2]
+    again = json.loads((exchange.export_html_bundle(judged, tmp_path / "b2").parent / "items.js").read_text()
+                       .split("=", 1)[1].rstrip().rstrip(";"))  # fmt: skip
+    assert data["bundle"] and again["bundle"] != data["bundle"]  # each bundle keeps its own saved votes
     assert all((folder / item["left"]).is_file() and (folder / item["right"]).is_file() for item in data["items"])
     saved = tmp_path / "votes-dee.json"
     saved.write_text(
@@ -118,13 +127,15 @@ def test_html_bundle_is_self_contained_escaped_and_its_votes_import(judged, tmp_
             }
         )
     )
-    assert exchange.import_bundle_votes(judged, [saved]) == 2
+    assert exchange.import_bundle_votes(judged, [saved]).votes == 2
     assert judged.count_votes() == 5
     broken = tmp_path / "votes-x.json"
     broken.write_text(json.dumps({"judge": "x", "votes": [{"item_id": 99, "alignment": "up", "realism": "left"}]}))
+    judges_before = judged.judges()
     with pytest.raises(InputError) as err:
-        exchange.import_bundle_votes(judged, [broken, tmp_path / "missing.json"])
+        exchange.import_bundle_votes(judged, [saved, broken, tmp_path / "missing.json"])
     assert len(err.value.problems) == 2
+    assert judged.judges() == judges_before and judged.count_votes() == 5  # refused: nothing changed
 
 
 def test_an_import_that_would_exceed_k_judges_changes_nothing(judged, tmp_path):
@@ -143,12 +154,17 @@ def test_an_import_that_would_exceed_k_judges_changes_nothing(judged, tmp_path):
     with pytest.raises(InputError, match="more than 2"):
         exchange.import_bundle_votes(judged, [saved])
     assert judged.count_votes() == 3  # the whole batch rolled back
+    assert "eve" not in {j.name for j in judged.judges()}  # and the judge it would have created
 
 
-def test_decision_fit_can_read_the_judging_store(tmp_path):
+def test_decision_fit_reads_one_panel_of_the_judging_store(judged, tmp_path):
     from eval.decision import store_votes_tsv
 
     with pytest.raises(InputError, match="no judging store"):
-        store_votes_tsv(tmp_path)
-    exchange.import_official_tsv(JudgingStore(tmp_path))
-    assert store_votes_tsv(tmp_path).read_bytes() == default_votes_path("alignment").read_bytes()
+        store_votes_tsv(tmp_path / "elsewhere")
+    with pytest.raises(InputError, match="no votes of panel 'simulated'"):
+        store_votes_tsv(judged.workdir, panel="simulated")
+    path = store_votes_tsv(judged.workdir)
+    assert path.name == "Decisions_Alignment_human.tsv"
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3 and lines[1].startswith("a red star\t")  # header + the two voted items

@@ -56,3 +56,23 @@ def test_annotate_build_writes_both_images_and_rows_and_resumes(workdir, capsys)
     assert (workdir / rows["gen_image"][0]).read_bytes() == first
     assert (workdir / rows["ret_image"][1]).is_file()
     assert int(query(db_path(workdir), "SELECT count(*) n FROM decision_candidates")["n"][0]) == 4
+
+
+def test_on_a_workdir_with_a_world_the_candidates_are_world_prompts_with_their_scenes(workdir, small_world, capsys):
+    from annotations.candidates import HELD_NOTE, NOVEL_NOTE
+    from annotations.store import JudgingStore
+    from gill.cli import main
+
+    world = workdir / "world"
+    world.symlink_to(small_world.root, target_is_directory=True)
+    try:
+        assert main(["annotate", "build", "--workdir", str(workdir), "--limit", "6", "--sd-steps", "2"]) == 0
+    finally:
+        world.unlink()
+    out = capsys.readouterr().out
+    assert "6 item(s) with images, open to judges" in out
+    rows = query(db_path(workdir), "SELECT * FROM decision_candidates ORDER BY prompt_id")
+    assert list(rows["prompt_id"]) == list(range(6)) and set(rows["note"]) == {HELD_NOTE, NOVEL_NOTE}
+    assert rows["scene"].notna().all() and not any("bond" == p for p in rows["prompt"])
+    store = JudgingStore(workdir)
+    assert store.judgeable_items() == 6 and all(item.scene for item in store.items())

@@ -49,7 +49,7 @@ def test_pipeline_resumes_after_a_crash_and_reruns_only_what_a_change_touches(pr
     assert resumed.is_completed()
     states = _task_states(resumed.state_details.flow_run_id)
     before = [n for n in states if n.split()[0] in ("synthetic", "download", "precompute", "train", "retrieval",
-                                                    "judging", "import", "fit")]  # fmt: skip
+                                                    "judging", "votes", "fit")]  # fmt: skip
     assert before and all(states[n] == "Cached" for n in before), states
     assert states["benchmark vist"] == "Cached"
     assert states["benchmark visdial"] == "Completed" and states["benchmark cc3m-fid"] == "Completed"

@@ -1,10 +1,12 @@
-// Offline judging page of a gill html-bundle: votes live in localStorage and are saved as votes-<name>.json.
+// Offline judging page of a gill html-bundle: votes live in localStorage under the bundle id plus the judge's
+// name (a second bundle opened under the same name starts empty) and are saved as votes-<bundle>-<name>.json.
 (function () {
   "use strict";
   var items = (window.GILL_BUNDLE && window.GILL_BUNDLE.items) || [];
+  var bundle = (window.GILL_BUNDLE && window.GILL_BUNDLE.bundle) || "unknown";
   var judge = null, index = 0, votes = {}, current = {};
   var $ = function (id) { return document.getElementById(id); };
-  function key() { return "gill-bundle-votes:" + judge; }
+  function key() { return "gill-bundle-votes:" + bundle + ":" + judge; }
   function load() { try { votes = JSON.parse(localStorage.getItem(key()) || "{}"); } catch (e) { votes = {}; } }
   function store() { try { localStorage.setItem(key(), JSON.stringify(votes)); } catch (e) { /* private mode */ } }
   function done() { return Object.keys(votes).length; }
@@ -43,9 +45,11 @@
   function save() {
     if (!judge) { return; }
     var list = Object.keys(votes).map(function (k) { return votes[k]; });
-    var blob = new Blob([JSON.stringify({ judge: judge, votes: list }, null, 1)], { type: "application/json" });
+    var blob = new Blob([JSON.stringify({ bundle: bundle, judge: judge, votes: list }, null, 1)],
+                        { type: "application/json" });
     var a = document.createElement("a");
-    a.href = URL.createObjectURL(blob); a.download = "votes-" + judge.replace(/[^A-Za-z0-9_.-]/g, "_") + ".json";
+    a.href = URL.createObjectURL(blob);
+    a.download = "votes-" + bundle + "-" + judge.replace(/[^A-Za-z0-9_.-]/g, "_") + ".json";
     document.body.appendChild(a); a.click(); a.remove();
   }
   $("start").addEventListener("click", start);

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from gill.errors import ConfigError, InputError
 from gill.synth.render import render_jpeg
-from gill.synth.scenes import Scene, sample_scene, sample_story
+from gill.synth.scenes import NOVEL_PAIRS, Scene, novel_shapes, sample_scene, sample_story
 from gill.synth.text import cc3m_caption, dialog_rounds, story_sentences
 from gill.synth.writers import (
     CC3MRow,
@@ -39,7 +39,8 @@ from gill.utils.io import atomic_directory, sha256_file
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: the CC3M training split holds no (colour, kind) pair of :data:`~gill.synth.scenes.NOVEL_PAIRS`."""
 MANIFEST = "world.json"
 SCENES = "scenes.json"
 REL = {
@@ -140,11 +141,14 @@ def _unique(rng: random.Random, seen: set[int], low: int, high: int) -> int:
 
 
 def _plan_cc3m(seed: int, split: str, n: int) -> list[tuple[Scene, str]]:
-    """``n`` (scene, caption) pairs for one CC3M split."""
+    """``n`` (scene, caption) pairs for one CC3M split; the training split never shows a novel (colour, kind) pair
+    (:data:`~gill.synth.scenes.NOVEL_PAIRS`), so the retrieval bank cannot hold those compositions."""
     rng = _stream(seed, f"cc3m-{split}")
     pairs = []
     for _ in range(n):
         scene = sample_scene(rng)
+        while split == "train" and novel_shapes(scene):
+            scene = sample_scene(rng)
         pairs.append((scene, cc3m_caption(scene, rng)))
     return pairs
 
@@ -303,6 +307,7 @@ def _manifest(build: Path, final: Path, config: SynthConfig, n_images: int) -> d
         "paths": {key: REL[key] for key in REL},
         "sha256": {REL[key]: sha256_file(build / REL[key]) for key in HASHED_FILES},
         "formats": FORMAT_NOTES,
+        "novel_pairs": {"held_out_of": "cc3m train", "pairs": sorted(map(list, NOVEL_PAIRS))},
     }
 
 
