@@ -56,10 +56,7 @@ MAX_SHAPES = 3
 STORY_LENGTH = 5
 
 NOVEL_PAIRS: frozenset[tuple[str, str]] = frozenset(
-    (color, kind)
-    for k, kind in enumerate(SHAPE_KINDS)
-    for c, color in enumerate(COLORS)
-    if (c - k) % 4 == 0
+    (color, kind) for k, kind in enumerate(SHAPE_KINDS) for c, color in enumerate(COLORS) if (c - k) % 4 == 0
 )
 """(colour, kind) pairs the CC3M *training* split never shows (14 of the 56: two colours per kind, fixed by their
 index in :data:`SHAPE_KINDS` and :data:`COLORS`). Every colour and every kind still appears in training; only these
