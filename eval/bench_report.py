@@ -213,7 +213,8 @@ def claims_rows(path: Path, run_id: str) -> list[dict[str, str]]:
     rows = []
     for r in frame.itertuples():
         paper = "-" if _nan(r.paper_a) else f"{r.paper_a:.3f} vs {r.paper_b:.3f}"
-        rows.append({"id": r.claim_id, "claim": r.claim, "where": r.source, "metric": r.metric,
+        claim = r.claim + (" [fitted on SIMULATED panel votes]" if "SIMULATED" in str(r.arm_a) else "")
+        rows.append({"id": r.claim_id, "claim": claim, "where": r.source, "metric": r.metric,
                      "paper (A vs B)": paper, "ours A": cell(r.ours_a, r.a_low, r.a_high),
                      "ours B": cell(r.ours_b, r.b_low, r.b_high), "holds": r.holds,
                      "paired A-B": cell(r.diff, r.diff_low, r.diff_high),

@@ -207,7 +207,9 @@ def _decision_sql(claim: Claim) -> str:
              f"WHERE run_id = {latest} AND metric LIKE 'macro_f1_fold%')")  # fmt: skip
     return (
         f"SELECT r.run_id, {_q(claim.claim_id)} AS claim_id, {_q(claim.claim)} AS claim, {_q(claim.source)} AS source, "
-        f"{_q(claim.metric)} AS metric, 'decision classifier (latest fit)' AS arm_a, 'chance' AS arm_b, "
+        f"{_q(claim.metric)} AS metric, CASE WHEN EXISTS (SELECT 1 FROM decision_eval WHERE run_id = {latest} AND "
+        "protocol = 'simulated-panel') THEN 'decision classifier (latest fit, on SIMULATED panel votes)' ELSE "
+        "'decision classifier (latest fit)' END AS arm_a, 'chance' AS arm_b, "
         f"{_q(claim.paper_a)} AS paper_a, {_q(claim.paper_b)} AS paper_b, "
         f"f.mean AS ours_a, f.mean - {_FOLDS_T} * f.sd / sqrt(f.k) AS a_low, f.mean + {_FOLDS_T} * f.sd / sqrt(f.k) "
         f"AS a_high, (SELECT max(n) FROM decision_eval WHERE run_id = {latest}) AS n_a, "

@@ -67,6 +67,8 @@ def locations(workdir: Path, checkpoint: Path | None) -> dict[str, str]:
         "checkpoint": checkpoint,
         "retrieval banks": workdir / "index",
         "judging candidates and votes": workdir / "annotations",
+        "judge them (people)": f"gill annotate add-judge NAME --workdir {workdir}, then gill annotate serve --workdir "
+        f"{workdir} (or export --format html-bundle / label-studio)",
         "benchmark images": workdir / "bench",
         "context figure": workdir / "bench" / "reports" / "context_effect.png",
         "qualitative grids (context -> ground truth / SD / GILL)": workdir / "bench" / "reports" / "grid_*.png",

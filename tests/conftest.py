@@ -97,3 +97,21 @@ def small_world(tmp_path_factory: pytest.TempPathFactory):
         SynthConfig(seed=3, n_train=16, n_val=8, n_stories=4, n_dialogs=4),
         progress=False,
     )
+
+
+@pytest.fixture(scope="session")
+def demo_workdir(session_tmp: Path, tiny_zoo: Path) -> tuple[Path, str]:
+    """What ``make demo`` leaves behind, at a small scale: ``python -m flows.cli demo`` with every stage on a small
+    world (a subprocess, as ``make demo`` runs it). Returns ``(workdir, its stdout)``; tests only read it."""
+    import json
+    import subprocess
+    import sys
+
+    from shard_helpers import DEMO_PIPELINE
+
+    workdir = session_tmp / "demo"
+    root = Path(__file__).resolve().parents[1]
+    argv = [sys.executable, "-m", "flows.cli", "demo", "--workdir", str(workdir), "--params", json.dumps(DEMO_PIPELINE)]
+    done = subprocess.run(argv, cwd=root, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return workdir, done.stdout

@@ -50,3 +50,6 @@ SMALL_PIPELINE = {
     "bench_sd_steps": 2, "bench_limit": 3, "visdial_rounds": [1, 10], "fid_bootstrap": 5,
 }  # fmt: skip
 """PipelineParams fields that make the full pipeline run in about a minute on the tiny preset."""
+
+DEMO_PIPELINE = {**SMALL_PIPELINE, "candidate_limit": 24, "candidate_sd_steps": 10}
+"""The small pipeline with enough world candidates (SD at 10 steps) for the judging tests of the demo workdir."""

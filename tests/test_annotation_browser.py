@@ -216,3 +216,44 @@ def test_the_offline_html_bundle_votes_by_mouse_and_keyboard_resumes_and_imports
     browser.get(second.as_uri())
     start("offline judge")
     wait.until(ec.text_to_be_present_in_element((By.ID, "progress"), "0 / 3 done"))  # not the first bundle's votes
+
+
+def test_a_judge_of_the_demo_workdir_sees_both_images_large_votes_and_resumes(browser, demo_workdir, tmp_path, capsys):
+    """After ``make demo``: ``add-judge`` prints a link; the page shows the world prompt and both candidate images
+    (loaded, scaled up to >= 256 px with crisp pixels); votes by mouse and keys land in the store; a reload resumes."""
+    import shutil
+
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from gill.cli import main
+
+    demo, _ = demo_workdir
+    wd = tmp_path / "demo"
+    shutil.copytree(demo / "annotations", wd / "annotations")  # the store and its images; the demo stays unjudged
+    assert main(["annotate", "add-judge", "alice", "--workdir", str(wd)]) == 0
+    link = next(line for line in capsys.readouterr().out.splitlines() if "/judge?token=" in line).strip()
+    token = link.split("token=", 1)[1]
+    store = JudgingStore(wd)
+    first, second, third = store.items()[:3]
+    with running(create_app(wd, admin_token=ADMIN)) as url:
+        _login(browser, url, token)
+        _wait_item(browser, first.id, "0 / 24 done")
+        assert browser.find_element(By.ID, "prompt").text == first.prompt
+        sizes = (
+            "return ['img-left', 'img-right'].map((id) => { const i = document.getElementById(id); return "
+            "[i.complete, i.naturalWidth, i.getBoundingClientRect().width, getComputedStyle(i).imageRendering]; })"
+        )
+        WebDriverWait(browser, WAIT_S).until(lambda d: all(s[0] and s[1] > 0 for s in d.execute_script(sizes)))
+        for _complete, natural, shown, rendering in browser.execute_script(sizes):
+            assert natural == 64 and shown >= 256 and rendering == "pixelated"
+        browser.find_element(By.ID, "alignment-right").click()
+        browser.find_element(By.ID, "realism-left").click()
+        _wait_item(browser, second.id, "1 / 24 done")
+        ActionChains(browser).send_keys("3").send_keys("w").perform()
+        _wait_item(browser, third.id, "2 / 24 done")
+        browser.refresh()
+        _wait_item(browser, third.id, "2 / 24 done")
+    assert _votes(wd, "alice") == [(first.id, "right", "left"), (second.id, "same", "right")]
+    assert JudgingStore(wd).count_votes("simulated") == 120  # the simulated panel's votes are untouched, apart

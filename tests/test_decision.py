@@ -241,3 +241,26 @@ def test_the_official_decision_model_runs_on_4096_d_states():
     assert probs.shape == (6, 2)
     torch.testing.assert_close(probs.sum(-1), torch.ones(6))
     assert set(predict(head, h).tolist()) <= {GEN, RET}
+
+
+def test_a_fit_on_the_simulated_panel_names_the_panel_and_scales_the_official_split(workdir, tmp_path):
+    from annotations.votes import VoteRow, write_votes
+    from eval.db import db_path, query
+    from eval.decision import InsufficientLabelsError, fit_decision
+
+    rows = [VoteRow(f"a {'red' if i % 2 else 'blue'} star number {i}", "Shapes world", "", "",
+                    votes=["gen" if i % 2 else "ret"] * 5) for i in range(60)]  # fmt: skip
+    votes = write_votes(tmp_path / "Decisions_Alignment_simulated.tsv", rows)
+    result = fit_decision(workdir, resolve_checkpoint(workdir), votes_path=votes, out_checkpoint=tmp_path / "c",
+                          steps=50, panel="simulated")  # fmt: skip
+    assert (result.n_train, result.n_test, result.panel) == (36, 24, "simulated")  # 60% of 60: not the 600 of 911
+    assert result.human_loo_f1 == pytest.approx(1.0)  # unanimous judges agree with the others' label
+    assert "SIMULATED judges macro-F1, leave-one-out" in result.render()
+    protocols = set(
+        query(db_path(workdir), "SELECT protocol FROM decision_eval WHERE votes = ?", [str(votes)]).protocol
+    )
+    assert protocols == {"official-36", "cv5", "simulated-panel"}  # never filed as a human baseline
+
+    few = write_votes(tmp_path / "few.tsv", rows[:8])
+    with pytest.raises(InsufficientLabelsError, match="too few confident labels"):
+        fit_decision(workdir, resolve_checkpoint(workdir), votes_path=few, out_checkpoint=tmp_path / "d")

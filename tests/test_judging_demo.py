@@ -1,0 +1,53 @@
+"""The judging product on what ``make demo`` leaves behind (a small demo workdir): world candidates with images in
+the store, the SIMULATED panel apart from people, and every export path working."""
+
+from __future__ import annotations
+
+import json
+
+from PIL import Image
+
+from annotations.candidates import HELD_NOTE, NOVEL_NOTE
+from annotations.store import HUMAN_PANEL, SIMULATED_PANEL, JudgingStore
+from eval.db import db_path, query
+from gill.cli import main
+
+
+def test_the_demo_store_holds_world_candidates_with_images_open_to_people(demo_workdir):
+    workdir, _ = demo_workdir
+    store = JudgingStore(workdir)
+    items = store.items()
+    assert len(items) == 24 and store.judgeable_items() == 24  # no imageless PartiPrompts items
+    assert {i.note for i in items} == {HELD_NOTE, NOVEL_NOTE} and all(i.scene for i in items)
+    for item in items:
+        for side in ("left", "right"):
+            with Image.open(workdir / item.image_for(side)) as image:
+                assert image.size[0] >= 64
+    assert store.judges_per_item == 5
+    assert {j.panel for j in store.judges()} == {SIMULATED_PANEL}
+    assert store.complete_items(SIMULATED_PANEL) == 24 and store.count_votes(HUMAN_PANEL) == 0
+    assert store.complete_items(HUMAN_PANEL) == 0  # every item still has all its k slots for people
+    rows = query(db_path(workdir), "SELECT DISTINCT votes FROM decision_eval")
+    assert all("simulated" in v for v in rows.votes)  # the classifier was fitted on the panel's votes only
+
+
+def test_every_export_works_on_the_demo_workdir_and_hides_the_generated_side(demo_workdir, tmp_path, capsys):
+    workdir, _ = demo_workdir
+    bundle, ls = tmp_path / "bundle", tmp_path / "ls"
+    assert main(["annotate", "export", "--workdir", str(workdir), "--format", "html-bundle", "--out", str(bundle)]) == 0
+    assert len(list((bundle / "images").iterdir())) == 48
+    assert main(["annotate", "export", "--workdir", str(workdir), "--format", "label-studio", "--out", str(ls)]) == 0
+    tasks = json.loads((ls / "tasks.json").read_text())
+    assert len(tasks) == 24 and all(set(t["data"]) == {"prompt", "image_left", "image_right", "gill_item_id"}
+                                    for t in tasks)  # fmt: skip
+    assert not any("annotations" in t or "predictions" in t for t in tasks)  # no votes unless asked for
+    urls = [t["data"][side] for t in tasks for side in ("image_left", "image_right")]
+    assert not any("gen" in u or "ret" in u for u in urls)
+    config = (ls / "label_config.xml").read_text()
+    assert "flex" in config and config.index('name="left"') < config.index('name="right"')  # side by side
+    assert main(["annotate", "export", "--workdir", str(workdir), "--format", "official-tsv", "--panel",
+                 "simulated", "--out", str(tmp_path / "tsv")]) == 0  # fmt: skip
+    lines = (tmp_path / "tsv" / "Decisions_Alignment_simulated.tsv").read_text().splitlines()
+    assert len(lines) == 25 and all(len(line.split("\t")[4].split(",")) == 5 for line in lines[1:])
+    out = capsys.readouterr().out
+    assert "24 task(s)" in out
