@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from eval.db import db_path, record_metrics
 from eval.plots import plot_curves
+
+logger = logging.getLogger(__name__)
 
 CURVES = ("loss", "loss_cap", "loss_lp", "loss_ret", "loss_gen")
 
@@ -58,15 +61,43 @@ def curve_summary(database: Path, run_id: str) -> list[dict[str, float | str]]:
     return rows
 
 
+DATA_STAMP = "data_fingerprint.txt"
+"""A run's record of the training data it was started on (see :func:`train_or_resume`)."""
+
+
+def _set_aside_stale_run(run_dir: Path, data_fingerprint: str | None) -> None:
+    """Move ``run_dir`` aside (``<run>.stale-<n>``, nothing is deleted) when it was trained on other data."""
+    if data_fingerprint is None or not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return
+    stamp = run_dir / DATA_STAMP
+    if stamp.is_file() and stamp.read_text(encoding="utf-8").strip() == data_fingerprint:
+        return
+    n = 1
+    while (aside := run_dir.with_name(f"{run_dir.name}.stale-{n}")).exists():
+        n += 1
+    run_dir.rename(aside)
+    logger.warning("run %s was trained on other data (or before data fingerprints were recorded): moved to %s; "
+                   "training afresh", run_dir.name, aside)  # fmt: skip
+
+
 def train_or_resume(config, workdir: str | Path, *, overrides: dict, run_id: str, device: str = "cpu",
-                    mark_default: bool = True) -> dict:  # fmt: skip
+                    mark_default: bool = True, data_fingerprint: str | None = None) -> dict:  # fmt: skip
     """Bring run ``run_id`` to its step count: train it, resume it from its newest checkpoint after a crash, or
     recognise it as finished (its ``final/`` holds the target step). Returns the run's curve summary.
-    With ``mark_default`` the run becomes the workdir's default checkpoint (not for ablation variants)."""
+    With ``mark_default`` the run becomes the workdir's default checkpoint (not for ablation variants).
+
+    With ``data_fingerprint`` (a digest of the training features) a run started on other data is neither resumed
+    nor taken as finished: it is moved aside to ``<run>.stale-<n>`` and the run starts afresh.
+    """
     import json
 
     workdir = Path(workdir)
     run_dir = workdir / "runs" / run_id
+    _set_aside_stale_run(run_dir, data_fingerprint)
+    if data_fingerprint is not None:
+        from gill.utils.io import atomic_write_text
+
+        atomic_write_text(run_dir / DATA_STAMP, data_fingerprint + "\n")
     target = int(overrides.get("steps") or config.train.steps)
     final = run_dir / "final" / "config.json"
     finished = final.is_file() and json.loads(final.read_text(encoding="utf-8")).get("extra", {}).get("step") == target

@@ -24,14 +24,18 @@ def bank_task(params: CandidateParams) -> str:
 
 @task(task_run_name="decision candidates")
 def candidates_task(params: CandidateParams) -> dict:
-    """Generate and retrieve one image per prompt (``gill annotate build``)."""
+    """Generate and retrieve one image per prompt, then load them into the judging store (``gill annotate build``)."""
     from annotations.candidates import build_candidates
+    from annotations.store import JudgingStore, import_candidates
 
     summary = build_candidates(params.workdir, checkpoint=params.checkpoint, prompts=params.prompts,
                                limit=params.limit, sd_steps=params.sd_steps, seed=params.seed, device=params.device,
                                progress=False)  # fmt: skip
+    store = JudgingStore(params.workdir)
+    import_candidates(params.workdir, store)
     return {"total": summary.total, "built": summary.built, "skipped": summary.skipped,
-            "database": str(summary.database), "images": str(summary.images_dir)}  # fmt: skip
+            "database": str(summary.database), "images": str(summary.images_dir), "store": str(store.path),
+            "judgeable_items": store.judgeable_items()}  # fmt: skip
 
 
 @flow(name="build-decision-candidates", log_prints=True)

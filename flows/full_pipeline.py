@@ -125,8 +125,9 @@ def train_task(workdir: Path, config_json: str, overrides: dict, run_id: str, fe
     from eval.reports import train_or_resume
     from gill.config import GILLConfig
 
+    data = hashlib.sha256("\n".join(features).encode()).hexdigest()  # a run never resumes onto other data
     summary = train_or_resume(GILLConfig.from_json(config_json), workdir, overrides=overrides, run_id=run_id,
-                              device=device, mark_default=mark_default)  # fmt: skip
+                              device=device, mark_default=mark_default, data_fingerprint=data)  # fmt: skip
     create_table_artifact(key="train-curve", table=summary["curve"],
                           description=f"run {run_id}: first and last logged values of each loss and the last "
                                       f"validation; every step in {db_path(workdir)} table train_metrics")  # fmt: skip

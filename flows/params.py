@@ -81,7 +81,11 @@ class CandidateParams(BaseModel):
 
     workdir: Path = Field(description="work folder with a trained checkpoint (runs/) and precomputed features")
     checkpoint: Path | None = Field(None, description="checkpoint folder (default: the newest run's best/ or final/)")
-    prompts: Path | None = Field(None, description="TSV with a Prompt column (default: the shipped PartiPrompts)")
+    prompts: Path | None = Field(
+        None,
+        description="TSV with a Prompt column, or 'world' (default: world prompts "
+        "when the workdir holds a synthetic world, else the shipped PartiPrompts)",
+    )
     limit: int | None = Field(None, ge=1, description="only the first N prompts")
     sd_steps: int = Field(50, ge=1, description="denoising steps of the SD baseline")
     seed: int = Field(1337, description="SD seed used for every prompt")

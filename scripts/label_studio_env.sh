@@ -48,7 +48,7 @@ rm -rf "$VENV"   # a venv cannot be moved after creation, so it is built in plac
 "$PY" -m venv "$VENV"
 LOG="$VENV/gill-install.log"
 if ! { "$VENV/bin/python" -m pip install --upgrade "pip>=24" \
-       && "$VENV/bin/python" -m pip install "label-studio==$LS_VERSION"; } >"$LOG" 2>&1; then
+       && "$VENV/bin/python" -m pip install --no-compile "label-studio==$LS_VERSION"; } >"$LOG" 2>&1; then
   tail -n 40 "$LOG" >&2
   echo "error: installing label-studio==$LS_VERSION failed (full log: $LOG)" >&2
   exit 1

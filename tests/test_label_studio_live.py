@@ -13,7 +13,6 @@ JSON and JSON_MIN exports imported into fresh stores and compared with what was 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ from PIL import Image
 
 from annotations import label_studio as ls
 from annotations.store import JudgingStore
+from gill.cli import main
 
 ADMIN, ADMIN_TOKEN = "admin@gill.test", "gill-live-admin-token-1"  # created from the environment at start
 SECOND = "bo@gill.test"  # created with `label-studio init` while the server runs
@@ -220,6 +220,11 @@ def test_round_trip_through_a_real_label_studio(label_studio, tmp_path):
         if fmt == "JSON":
             assert done.skipped_by_reason == {ls.SKIP_CANCELLED: 1}
         assert votes_of(fresh) == expected, fmt
+        by_cli = build_store(tmp_path / f"cli-{fmt}", images=False)  # and as a user does it: gill annotate import
+        assert main(["annotate", "import", "--workdir", str(by_cli.workdir), "--format", "label-studio",
+                     str(path)]) == 0  # fmt: skip
+        assert votes_of(by_cli) == expected, fmt
+        assert [j.name for j in by_cli.judges()] == [ADMIN, SECOND]  # emails, in name order
 
     # the quick export names users by id only: a stable fallback name, or the emails from the users API
     quick = tmp_path / "quick.json"
@@ -248,10 +253,9 @@ def test_the_setup_and_pull_commands(label_studio, tmp_path, capsys):
     """The CLI handlers: export into a sub-folder of the document root, set up, annotate, pull the votes back."""
     store = build_store(tmp_path / "work")
     common = {"workdir": str(tmp_path / "work"), "url": label_studio.url, "token": ADMIN_TOKEN}
-    setup_args = argparse.Namespace(**common, out=str(label_studio.export_root / "by-command"), title="gill command",
-                                    votes="none", document_root=str(label_studio.export_root), image_prefix=None,
-                                    export_only=False)  # fmt: skip
-    assert ls.cmd_label_studio_setup(setup_args) == 0
+    connection = ["--workdir", common["workdir"], "--url", common["url"], "--token", common["token"]]
+    assert main(["annotate", "label-studio-setup", *connection, "--out", str(label_studio.export_root / "by-command"),
+                 "--title", "gill command", "--document-root", str(label_studio.export_root)]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     assert f"{N_ITEMS} task(s)" in printed and "Label Studio project" in printed
     project_id = int(printed.split("Label Studio project ", 1)[1].split(":", 1)[0])
@@ -259,8 +263,7 @@ def test_the_setup_and_pull_commands(label_studio, tmp_path, capsys):
     tasks = {t["data"]["gill_item_id"]: t for t in admin.tasks(project_id)}
     assert tasks[3]["data"]["image_left"] == "/data/local-files/?d=by-command/images/00003-left.png"
     admin.create_annotation(tasks[3]["id"], result("Right", "About the same"))
-    pull_args = argparse.Namespace(**common, project=project_id, format="JSON", save=None, panel=None)
-    assert ls.cmd_label_studio_pull(pull_args) == 0
+    assert main(["annotate", "label-studio-pull", *connection, "--project", str(project_id)]) == 0
     assert "1 vote(s) by 1 judge(s)" in capsys.readouterr().out
     assert votes_of(store) == {(ADMIN, 3): ("right", "same")}
     assert (tmp_path / "work" / "annotations" / f"label-studio-project-{project_id}.json").is_file()

@@ -44,3 +44,19 @@ def test_restored_rng_replays_the_same_random_numbers():
     restore_rng(state)
     second = (random.random(), torch.rand(3))
     assert first[0] == second[0] and torch.equal(first[1], second[1])
+
+
+def test_a_run_started_on_other_training_data_is_set_aside_not_resumed(tmp_path):
+    """The pipeline passes a digest of the training features: a run of another world is moved aside, never lost."""
+    from eval.reports import DATA_STAMP, _set_aside_stale_run
+
+    run = tmp_path / "runs" / "pipeline"
+    (run / "checkpoints" / "step-200").mkdir(parents=True)
+    (run / DATA_STAMP).write_text("world-v1\n")
+    _set_aside_stale_run(run, "world-v1")  # same data: kept for resuming
+    assert (run / "checkpoints" / "step-200").is_dir()
+    _set_aside_stale_run(run, "world-v2")
+    assert not run.exists() and (tmp_path / "runs" / "pipeline.stale-1" / "checkpoints" / "step-200").is_dir()
+    (run / "final").mkdir(parents=True)  # a run from before fingerprints were recorded is set aside as well
+    _set_aside_stale_run(run, "world-v2")
+    assert (tmp_path / "runs" / "pipeline.stale-2" / "final").is_dir() and not run.exists()
