@@ -215,7 +215,7 @@ def render_admin(store: JudgingStore) -> str:
     """The admin page: per panel (people first; a simulated panel is labelled as such), progress per judge, items
     complete, agreement per question and the votes per item. Every value is escaped."""
     e = html.escape
-    sections = [_admin_panel(store, panel) for panel in (store.panels() or [HUMAN_PANEL])]
+    sections = [_admin_panel(store, panel) for panel in store.panels()]
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>GILL judging: admin</title>
 <link rel="stylesheet" href="/static/judge.css"></head>

@@ -77,7 +77,7 @@ def cmd_annotate_add_judge(args: argparse.Namespace) -> int:
 
 def status_lines(workdir: Path) -> list[str]:
     """What ``gill annotate status`` prints."""
-    from annotations.store import HUMAN_PANEL, SIMULATED_PANEL, JudgingStore, store_path
+    from annotations.store import SIMULATED_PANEL, JudgingStore, store_path
 
     if not store_path(workdir).exists():
         raise InputError(f"{store_path(workdir)} does not exist: nothing has been judged in {workdir} yet", [],
@@ -85,7 +85,7 @@ def status_lines(workdir: Path) -> list[str]:
     store = JudgingStore(workdir)
     lines = [f"{store.path}: {store.count_items()} item(s), {store.judgeable_items()} with images; "
              f"{store.judges_per_item} judges per item and panel"]  # fmt: skip
-    for panel in store.panels() or [HUMAN_PANEL]:
+    for panel in store.panels():
         label = "SIMULATED judges (answer-key panel, not people)" if panel == SIMULATED_PANEL else f"panel {panel}"
         lines.append(f"{label}: {store.complete_items(panel)} item(s) complete, {store.count_votes(panel)} vote(s)")
         judges = store.judge_progress(panel)

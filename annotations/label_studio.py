@@ -89,11 +89,11 @@ LABEL_CONFIG = """<View>
   <View style="display: flex; gap: 24px; align-items: flex-start;">
     <View style="flex: 1 1 0; min-width: 0;">
       <Header value="Left" size="4"/>
-      <Image name="left" value="$image_left" maxWidth="100%"/>
+      <Image name="left" value="$image_left" maxWidth="100%" smoothing="false"/>
     </View>
     <View style="flex: 1 1 0; min-width: 0;">
       <Header value="Right" size="4"/>
-      <Image name="right" value="$image_right" maxWidth="100%"/>
+      <Image name="right" value="$image_right" maxWidth="100%" smoothing="false"/>
     </View>
   </View>
   <Header value="Which image matches the prompt better?" size="4"/>

@@ -8,7 +8,7 @@ and every vote maps back to the official vocabulary: the generated side = ``gen`
 ``same`` = ``same`` (see :mod:`annotations.votes`).
 
 Why SQLite and not the project's DuckDB file: DuckDB lets one process hold a file for writing and a second process
-fails at once instead of waiting (tech-notes item 6), a poor fit for a web server taking concurrent submits while
+fails at once instead of waiting, a poor fit for a web server taking concurrent submits while
 the CLI reads progress. SQLite in WAL mode lets readers run beside one writer and queues writers with a busy
 timeout. Every write is one ``BEGIN IMMEDIATE`` transaction (the write lock is taken up front, so a check such as
 "does this item still need a judge?" and the write it guards cannot interleave with another submit), and each
@@ -328,10 +328,10 @@ class JudgingStore:
         return [Judge(**dict(r)) for r in rows]
 
     def panels(self) -> list[str]:
-        """The panels that have judges, ``human`` first."""
+        """``human`` (always, first: people can judge every store) and every other panel that has judges."""
         with self._connect() as con:
             names = {r[0] for r in con.execute("SELECT DISTINCT panel FROM judges")}
-        return sorted(names, key=lambda n: (n != HUMAN_PANEL, n))
+        return [HUMAN_PANEL, *sorted(names - {HUMAN_PANEL})]
 
     def judge_for_token(self, token: str | None) -> Judge | None:
         """The judge whose token this is, or ``None``."""

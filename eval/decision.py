@@ -193,7 +193,7 @@ def store_votes_tsv(workdir: str | os.PathLike[str], panel: str = "human") -> Pa
     store = JudgingStore(workdir)
     if not store.votes_table(panel=panel):
         raise InputError(f"the judging store under {workdir} has no votes of panel {panel!r}",
-                         [f"panels with judges: {', '.join(store.panels()) or 'none'}"],
+                         [f"panels: {', '.join(f'{p} ({store.count_votes(p)} votes)' for p in store.panels())}"],
                          hint="judge first (gill annotate serve), or import votes (gill annotate import)")  # fmt: skip
     alignment, _ = export_official_tsv(store, Path(workdir) / "annotations" / "exports", panel=panel)
     return alignment

@@ -4,7 +4,7 @@ world -> download -> precompute (one task per shard) -> train -> retrieval bank 
 decision classifier -> VIST / VisDial / CC3M-FID benchmarks -> report. Each task is a thin call into
 ``gill`` / ``eval`` / ``annotations`` (the functions the ``gill`` command calls) and takes paths, never tensors.
 
-Caching and resume (tech-notes 4d): every stage task is keyed on its inputs and its source
+Caching and resume: every stage task is keyed on its inputs and its source
 (``INPUTS + TASK_SOURCE``), and its inputs include a fingerprint of what it reads (file hashes, the checkpoint
 id, the upstream shards), so a completed pipeline re-runs as all-``Cached`` and a changed input re-runs exactly
 the stages downstream of it. Cache records and results live under ``<workdir>/.prefect/``. A stage that crashed
