@@ -94,3 +94,32 @@ def test_the_gill_mapper_beats_a_linear_mapper_trained_for_the_same_steps(scienc
     gill = _cc3m(root, checkpoints["gill_mapper"], "scene_score")
     linear = _cc3m(root, checkpoints["linear"], "scene_score")
     assert gill >= linear + 0.05
+
+
+def test_the_simulated_judges_prefer_retrieval_for_bank_compositions_and_generation_for_novel_ones(science):
+    """Section 3.3 in miniature: on world prompts the answer-key panel's confident labels favour the retrieved image
+    when the bank holds the composition, and the generated one when the (colour, kind) pair is new to the bank."""
+    from annotations.aggregate import confident_label
+    from annotations.candidates import HELD_NOTE, NOVEL_NOTE, build_candidates
+    from annotations.simulated import run_simulated_panel
+    from annotations.store import SIMULATED_PANEL, JudgingStore, import_candidates
+    from gill.retrieval import build_bank
+
+    root, _, checkpoints = science
+    build_bank(root, checkpoints["gill_mapper"], progress=False)
+    build_candidates(root, checkpoint=checkpoints["gill_mapper"], limit=160, sd_steps=10, progress=False)
+    store = JudgingStore(root)
+    import_candidates(root, store)
+    run_simulated_panel(root, store=store)
+    labels: dict[str, list[str]] = {HELD_NOTE: [], NOVEL_NOTE: []}
+    for entry in store.votes_table(panel=SIMULATED_PANEL):
+        labels[entry.item.note].append(confident_label(entry.alignment))
+
+    def ret_share(note: str) -> float:
+        confident = [label for label in labels[note] if label != "same"]
+        return sum(label == "ret" for label in confident) / len(confident)
+
+    print(f"\nret share of confident labels: bank {ret_share(HELD_NOTE):.2f}, novel {ret_share(NOVEL_NOTE):.2f}")
+    assert len(labels[HELD_NOTE]) == len(labels[NOVEL_NOTE]) == 80
+    assert ret_share(HELD_NOTE) >= ret_share(NOVEL_NOTE) + 0.25
+    assert ret_share(NOVEL_NOTE) <= 0.25  # the bank cannot show a novel pair: generation wins most novel prompts
