@@ -128,7 +128,8 @@ def add_annotate_parsers(groups: argparse._SubParsersAction) -> argparse._SubPar
     p.add_argument(
         "--panel",
         default="human",
-        help="official-tsv: whose votes, 'human' (people, default) or 'simulated' (answer-key judges)",
+        help="whose votes (official-tsv; label-studio with --votes predictions): 'human' (people, default) or "
+        "'simulated' (answer-key judges)",
     )
     p.add_argument(
         "--votes",
@@ -212,7 +213,7 @@ def cmd_annotate_export(args: argparse.Namespace) -> int:
     elif args.format == "label-studio":
         from annotations.label_studio import export_label_studio
 
-        export = export_label_studio(store, args.out, votes=args.votes)
+        export = export_label_studio(store, args.out, votes=args.votes, panel=args.panel)
         _out(export.describe())
         paths = [export.tasks, export.label_config]
     else:

@@ -49,5 +49,11 @@ def test_every_export_works_on_the_demo_workdir_and_hides_the_generated_side(dem
                  "simulated", "--out", str(tmp_path / "tsv")]) == 0  # fmt: skip
     lines = (tmp_path / "tsv" / "Decisions_Alignment_simulated.tsv").read_text().splitlines()
     assert len(lines) == 25 and all(len(line.split("\t")[4].split(",")) == 5 for line in lines[1:])
+    assert main(["annotate", "export", "--workdir", str(workdir), "--format", "label-studio", "--votes", "predictions",
+                 "--panel", "simulated", "--out", str(tmp_path / "ls-sim")]) == 0  # fmt: skip
+    offered = json.loads((tmp_path / "ls-sim" / "tasks.json").read_text())
+    versions = {p["model_version"] for t in offered for p in t["predictions"]}
+    assert versions == {f"gill:simulated-judge-{n}" for n in range(1, 6)}  # named as simulated, never annotations
+    assert not any("annotations" in t for t in offered)
     out = capsys.readouterr().out
     assert "24 task(s)" in out
