@@ -44,7 +44,7 @@ def cmd_annotate_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from annotations.app import create_app
-    from annotations.store import JudgingStore, import_candidates
+    from annotations.store import HUMAN_PANEL, SIMULATED_PANEL, JudgingStore, import_candidates
 
     store = JudgingStore(args.workdir, judges_per_item=args.judges_per_item)
     try:
@@ -56,11 +56,15 @@ def cmd_annotate_serve(args: argparse.Namespace) -> int:
         _out(f"warning: candidates not re-imported, serving the {store.count_items()} stored item(s): {err.message}")
     token = args.admin_token or store.new_admin_token()
     app = create_app(args.workdir, judges_per_item=args.judges_per_item, admin_token=token)
-    _out(f"{store.count_items()} item(s) ({added} new), {len(store.judges())} judge(s), "
-         f"{store.judges_per_item} judges per item; votes in {store.path}")  # fmt: skip
+    people = store.judges(HUMAN_PANEL)
+    others = [f"{len(store.judges(p))} {p.upper() if p == SIMULATED_PANEL else p} judge(s) in their own panel"
+              for p in store.panels() if p != HUMAN_PANEL]  # fmt: skip
+    _out(f"{store.judgeable_items()} item(s) to judge ({added} new), {len(people)} person(s) judging, "
+         f"{store.judges_per_item} judges per item; votes in {store.path}"
+         + (f" ({'; '.join(others)}: they take no person's slot)" if others else ""))  # fmt: skip
     _out(f"admin page: {admin_link(args.host, args.port, token)}")
-    if not store.judges():
-        _out(f"no judges yet: gill annotate add-judge NAME --workdir {args.workdir}")
+    if not people:
+        _out(f"no people judging yet: gill annotate add-judge NAME --workdir {args.workdir} prints a judge's link")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
 
