@@ -99,6 +99,17 @@ CREATE TABLE IF NOT EXISTS votes (
 );
 CREATE INDEX IF NOT EXISTS votes_by_item ON votes (item_id);
 CREATE INDEX IF NOT EXISTS votes_by_judge ON votes (judge_id);
+CREATE TABLE IF NOT EXISTS retired_votes (  -- votes whose item changed or was retired: kept, never counted
+    judge_id INTEGER NOT NULL,
+    item_id INTEGER NOT NULL,
+    prompt TEXT NOT NULL,  -- the prompt the judge saw
+    alignment TEXT NOT NULL,
+    realism TEXT NOT NULL,
+    created TEXT NOT NULL,
+    updated TEXT NOT NULL,
+    retired TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS settings (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -368,11 +379,20 @@ class JudgingStore:
 
     def upsert_items(self, rows: list[dict]) -> int:
         """Add or update items (keys: the ``decision_candidates`` columns). An existing item keeps its
-        ``gen_side``, so its votes keep their meaning. Returns the number of new items."""
+        ``gen_side``, so its votes keep their meaning; an item whose prompt or images change is another item now,
+        so its votes move to ``retired_votes`` (kept with the prompt the judges saw, never counted). Returns the
+        number of new items."""
         before = self.count_items()
         with self._write() as con:
             for r in rows:
                 item_id = int(r["prompt_id"])
+                old = con.execute("SELECT prompt, gen_image, ret_image FROM items WHERE id = ?", (item_id,)).fetchone()
+                if old is not None and (old["prompt"], old["gen_image"], old["ret_image"]) != (
+                    r["prompt"],
+                    r["gen_image"],
+                    r["ret_image"],
+                ):
+                    _retire_votes(con, f"item_id = {item_id}", "the item's prompt or images changed")
                 con.execute(
                     "INSERT INTO items (id, prompt, category, challenge, note, gen_image, ret_image, ret_key, "
                     "ret_score, gen_side, scene) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE "
@@ -605,12 +625,49 @@ def _panel_problems(panel: str) -> list[str]:
     return []
 
 
+def _retire_votes(con: sqlite3.Connection, where: str, reason: str) -> int:
+    """Move the votes on the items matching ``where`` (SQL on ``items``, trusted) to ``retired_votes``."""
+    now = _now()
+    selected = f"SELECT id FROM items WHERE {where}"
+    moved = con.execute(
+        "INSERT INTO retired_votes (judge_id, item_id, prompt, alignment, realism, created, updated, retired, reason) "
+        "SELECT v.judge_id, v.item_id, i.prompt, v.alignment, v.realism, v.created, v.updated, ?, ? FROM votes v "
+        f"JOIN items i ON i.id = v.item_id WHERE v.item_id IN ({selected})", (now, reason),
+    ).rowcount  # fmt: skip
+    con.execute(f"DELETE FROM votes WHERE item_id IN ({selected})")
+    return moved
+
+
+LEGACY_IMPORTED_JUDGE = "partiprompts-judge-%"
+"""Judges an earlier gill created when its pipeline imported the released votes onto items without images."""
+
+
 def _migrate(con: sqlite3.Connection) -> None:
-    """Add the columns of later versions to a store made by an earlier one (its rows keep their meaning)."""
+    """Bring a store made by an earlier version up to date; nothing is deleted that people did.
+
+    * Adds the later columns (``judges.panel``, ``items.scene``).
+    * Retires items without images: earlier pipelines imported the released PartiPrompts votes onto 1,632 imageless
+      items that no judge could see. Their votes move to ``retired_votes``, the items are deleted. The judges that
+      import created (``partiprompts-judge-N``) are deleted once they have no vote left.
+    """
     for table, column, ddl in (("judges", "panel", "TEXT NOT NULL DEFAULT 'human'"), ("items", "scene", "TEXT")):
         names = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
         if names and column not in names:
             con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not {"items", "votes", "judges"} <= tables:
+        return
+    con.executescript(SCHEMA)  # the retired_votes table
+    imageless = "gen_image = '' OR ret_image = ''"
+    if con.execute(f"SELECT COUNT(*) FROM items WHERE {imageless}").fetchone()[0]:
+        con.execute("BEGIN IMMEDIATE")
+        moved = _retire_votes(con, imageless, "an item without images (an earlier version's import)")
+        gone = con.execute(f"DELETE FROM items WHERE {imageless}").rowcount
+        con.execute("DELETE FROM judges WHERE name LIKE ? AND id NOT IN (SELECT judge_id FROM votes)",
+                    (LEGACY_IMPORTED_JUDGE,))  # fmt: skip
+        con.execute("COMMIT")
+        logger.warning("judging store: retired %d item(s) without images and moved their %d vote(s) to "
+                       "retired_votes", gone, moved)  # fmt: skip
 
 
 def _judge_id(judge: Judge | int) -> int:

@@ -157,3 +157,49 @@ def test_world_candidates_load_into_the_store_with_images_and_scenes(tmp_path):
     assert import_candidates(tmp_path) == 1
     item = JudgingStore(tmp_path).item(0)
     assert item.scene == scene and item.has_images() and item.note == HELD_NOTE
+
+
+def test_a_store_left_by_an_earlier_demo_retires_its_imageless_items_and_keeps_peoples_votes(tmp_path):
+    path = tmp_path / "annotations" / "judging.sqlite"
+    path.parent.mkdir(parents=True)
+    con = sqlite3.connect(path)
+    con.executescript("""
+        CREATE TABLE judges (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE,
+                             token_hash TEXT NOT NULL UNIQUE, created TEXT NOT NULL);
+        CREATE TABLE items (id INTEGER PRIMARY KEY, prompt TEXT NOT NULL, category TEXT NOT NULL DEFAULT '',
+            challenge TEXT NOT NULL DEFAULT '', note TEXT NOT NULL DEFAULT '', gen_image TEXT NOT NULL,
+            ret_image TEXT NOT NULL, ret_key TEXT, ret_score REAL, gen_side TEXT NOT NULL);
+        CREATE TABLE votes (judge_id INTEGER NOT NULL REFERENCES judges(id), item_id INTEGER NOT NULL
+            REFERENCES items(id), alignment TEXT NOT NULL, realism TEXT NOT NULL, created TEXT NOT NULL,
+            updated TEXT NOT NULL, UNIQUE (judge_id, item_id));
+        INSERT INTO judges (name, token_hash, created) VALUES ('partiprompts-judge-1', 'a', 't'), ('ann', 'b', 't');
+        INSERT INTO items (id, prompt, gen_image, ret_image, gen_side) VALUES (0, 'bond', '', '', 'left'),
+            (1, 'element', '', '', 'right'), (2, 'a cat', 'c/2-gen.png', 'c/2-ret.png', 'left');
+        INSERT INTO votes VALUES (1, 0, 'left', 'left', 't', 't'), (1, 1, 'same', 'left', 't', 't'),
+            (2, 2, 'right', 'same', 't', 't');
+    """)
+    con.commit()
+    con.close()
+    store = JudgingStore(tmp_path)
+    assert [i.id for i in store.items()] == [2] and [j.name for j in store.judges()] == ["ann"]
+    assert store.count_votes() == 1 and store.votes_of(store.judges()[0])[0].alignment == "right"
+    retired = sqlite3.connect(path).execute("SELECT item_id, prompt, reason FROM retired_votes ORDER BY item_id")
+    rows = retired.fetchall()
+    assert [(r[0], r[1]) for r in rows] == [(0, "bond"), (1, "element")] and "without images" in rows[0][2]
+
+
+def test_an_item_whose_prompt_changes_sets_its_old_votes_aside(tmp_path):
+    store = _world_store(tmp_path, n=2, k=2)
+    ann, _ = store.add_judge("ann")
+    store.submit_vote(ann, 0, "left", "left")
+    store.submit_vote(ann, 1, "right", "right")
+    item = store.item(1)
+    store.upsert_items([{"prompt_id": 1, "prompt": "another prompt", "gen_image": item.gen_image,
+                         "ret_image": item.ret_image}])  # fmt: skip
+    assert [v.item_id for v in store.votes_of(ann)] == [0]  # the vote on the old prompt no longer counts
+    assert store.next_item(ann).id == 1  # and the new item is open to ann again
+    kept = sqlite3.connect(store.path).execute("SELECT prompt, alignment FROM retired_votes").fetchall()
+    assert kept == [("world prompt 1", "right")]
+    store.upsert_items([{"prompt_id": 0, "prompt": "world prompt 0", "gen_image": "img/0-match.png",
+                         "ret_image": "img/0-other.png"}])  # unchanged: its votes stay  # fmt: skip
+    assert [v.item_id for v in store.votes_of(ann)] == [0]
