@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[all,dev]"
 	@# img2dataset pulls the ancient `dataclasses` backport, which shadows the stdlib module and breaks
-	@# the Prefect server (tech-notes item 4). Python >= 3.7 has it built in.
+	@# the Prefect server. Python >= 3.7 has it built in.
 	$(BIN)/python -m pip uninstall --quiet -y dataclasses 2>/dev/null || true
 	@touch $(STAMP)
 

@@ -1,11 +1,11 @@
 """Benchmark datasets: VIST stories, VisDial dialogs and CC3M validation pairs, read from their released formats.
 
-* **VIST** (GILL paper section 4.1, Table 1; gill-facts 6.1): the story-in-sequence JSON
+* **VIST** (GILL paper section 4.1, Table 1; docs/official-gill.md §6.1): the story-in-sequence JSON
   (``sis/val.story-in-sequence.json``, any split). A story's annotations are grouped by ``story_id`` and ordered
-  by ``worker_arranged_photo_order`` (the official script keeps file order, a bug it flags: gill-facts 8.16).
+  by ``worker_arranged_photo_order`` (the official script keeps file order, a bug it flags: official §8.16).
   The caption is the processed ``text`` field, as officially. Photos are found as
   ``{photo_flickr_id}.{jpg,jpeg,png,gif}`` in the images folder.
-* **VisDial** (paper section 4.2, Table 2; gill-facts 6.2): ``visdial_1.0_val.json`` with its question and
+* **VisDial** (paper section 4.2, Table 2; official §6.2): ``visdial_1.0_val.json`` with its question and
   answer pools; images ``VisualDialog_val2018_{image_id:012d}.jpg``. Prompt lines ``Q: {question}?`` and
   ``A: {answer}`` for the first R rounds, joined with newlines, as officially.
 * **CC3M validation**: caption and image of each sample of the workdir's ``val`` image shards.
@@ -71,7 +71,7 @@ class VisDialSample:
     image_path: Path | None
 
     def dialog_text(self, rounds: int) -> str:
-        """``Q: {question}?`` / ``A: {answer}`` lines of the first ``rounds`` rounds (gill-facts 6.2)."""
+        """``Q: {question}?`` / ``A: {answer}`` lines of the first ``rounds`` rounds (official §6.2)."""
         lines = []
         for r in self.rounds[:rounds]:
             lines += [f"Q: {r.question.rstrip('?')}?", f"A: {r.answer}"]
@@ -175,7 +175,7 @@ def read_vist(sis_json: str | Path, images_dir: str | Path, *, limit: int | None
 
 
 def vist_prompt(story: VistStory, setting: str, images: list[Image.Image] | None = None) -> list[str | Image.Image]:
-    """GILL's prompt for a VIST setting (paper Table 1; gill-facts 6.1 step 4).
+    """GILL's prompt for a VIST setting (paper Table 1; official §6.1 step 4).
 
     ``1cap``: the last caption. ``5cap``: all captions as one text. ``5cap4img``: ``[cap1, img1, ..., cap4, img4,
     cap5]`` (``images`` = the first n-1 photos, loaded).

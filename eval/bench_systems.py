@@ -12,9 +12,10 @@
   decoding and no generation. Under the benchmarks' forced ``[IMG]`` protocol it must equal ``gill-ret``: the two
   are computed by independent code paths (one LM pass vs cached decoding), so their agreement is a check.
 
-As in the official evals (gill-facts 6.1 step 4), GILL's ``[IMG]`` tokens are forced as the first output tokens.
+As in the official evals (docs/official-gill.md §6.1 step 4), GILL's ``[IMG]`` tokens are forced as the first
+output tokens.
 Each sample's SD noise is seeded from (run seed, sample id), the same for GILL and SD, so a sample's result does
-not depend on which samples ran before it (the official script shares one generator: gill-facts 8.16).
+not depend on which samples ran before it (the official script shares one generator: official §8.16).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The project's DuckDB file (``<workdir>/gill.duckdb``): schema, locking-safe connections and writes.
 
 DuckDB allows one writing process per file, and a second process gets an immediate ``IOException`` rather
-than waiting (tech-notes item 6). So every writer opens, writes and closes in one short transaction, and
+than waiting. So every writer opens, writes and closes in one short transaction, and
 :func:`connect` retries on a lock conflict for a bounded time. Users query the file with SQL, e.g.::
 
     duckdb work/demo/gill.duckdb "SELECT split, sum(successes)/sum(count) FROM download_shards GROUP BY split"

@@ -1,6 +1,6 @@
 """The models behind the benchmark metrics: CLIP similarity, LPIPS and FID features, loaded offline.
 
-What each reproduces (gill-facts section 6):
+What each reproduces (docs/official-gill.md §6):
 
 * :class:`ClipScorer`: the official ``compute_clip_similarity_vist.py``: ``CLIPModel`` + ``CLIPProcessor``
   (default processor: resize the short side, center crop, normalise), ``get_image_features`` (the *projected*
@@ -9,7 +9,7 @@ What each reproduces (gill-facts section 6):
   RGB -> ``lpips.im2tensor`` ([-1, 1]) -> ``torchvision.transforms.functional.resize(.., (256, 256),
   antialias=True)``.
 * :class:`FidFeatureExtractor`: clean-fid (Parmar et al. 2022) ``mode="clean"`` features; the official repo has
-  no FID (gill-facts 6.3), clean-fid's Inception torchscript is the common reference.
+  no FID (official §6.3), clean-fid's Inception torchscript is the common reference.
 
 Nothing here downloads. The real weights (paper / custom presets) must be on disk: the metric CLIP in the Hugging
 Face cache or a local folder, torchvision's AlexNet checkpoint for LPIPS, clean-fid's Inception torchscript for

@@ -1,6 +1,6 @@
 """Pure metric functions over tensors and arrays (no IO, no models): recall@k, cosine, bootstrap CIs, FID.
 
-Recall@k as in the paper's retrieval results and GILL's validation (gill-facts 2.7): pair i is a hit for
+Recall@k as in the paper's retrieval results and GILL's validation (docs/official-gill.md §2.7): pair i is a hit for
 text-to-image retrieval when image i ranks within the top k of text i's similarities over the whole pool,
 and symmetrically for image-to-text. Ties count against the true pair (a pessimistic, deterministic rank).
 """
@@ -50,7 +50,7 @@ def retrieval_recall(
 def cosine_similarity_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine of each row pair of two (N, D) tensors -> (N,) (both sides L2-normalised first).
 
-    The CLIP-similarity metric of the official ``compute_clip_similarity_vist.py`` (gill-facts 6.1): the cosine
+    The CLIP-similarity metric of the official ``compute_clip_similarity_vist.py`` (official §6.1): the cosine
     between the projected CLIP features of a generated image and of its ground-truth image, one score per pair.
     """
     if a.ndim != 2 or a.shape != b.shape:
@@ -102,7 +102,7 @@ def bootstrap_ci(
 ) -> ConfidenceInterval:
     """Percentile-bootstrap interval of ``statistic`` over per-example scores (Efron & Tibshirani 1993, ch. 13).
 
-    The paper reports ``±`` values that the official code never computes (gill-facts 6.3); this project reports
+    The paper reports ``±`` values that the official code never computes (official §6.3); this project reports
     the variance across examples as a bootstrap interval instead. All ``n_boot`` resamples are drawn at once as
     an ``(n_boot, n)`` index matrix from ``numpy.random.default_rng(seed)``, so a seed gives the same interval.
 

@@ -3,14 +3,14 @@
 * :class:`InputProjection` (``input_proj``): CLIP feature -> ``k`` soft LM tokens (captioning, section 3.1).
 * :class:`ImgTokenEmbeddings` (``img_embeddings``): the ``[IMG]`` rows as their own trainable table. The official
   code unfroze the LM's whole embedding matrix through a transformers accident and masked gradients
-  (gill-facts 2.6, section 8 item 1); we never touch the LM's matrix.
+  (docs/official-gill.md §2.6, §8.1); we never touch the LM's matrix.
 * :class:`RetrievalHeads` (``retrieval``): text side from h[IMG0], image side from CLIP features, and the
   contrastive temperature (section 3.2, "retrieval").
 * the mapper (``mapper``): [IMG] hidden states -> SD text-encoder space. :class:`GILLMapper` (section 3.2,
-  gill-facts 1.5) and the ablation variants of the paper's mapper table (:class:`LinearMapper`,
+  official §1.5) and the ablation variants of the paper's mapper table (:class:`LinearMapper`,
   :class:`MLP3Mapper`, :class:`TransformerEncoderMapper`), chosen by :func:`build_mapper`.
 * :class:`GILLAdapters` holds the four; :func:`build_adapters` makes it from a :class:`~gill.config.GILLConfig`.
-* :class:`DecisionHead`: the retrieve-or-generate classifier (section 3.3, gill-facts 4.4 / 5).
+* :class:`DecisionHead`: the retrieve-or-generate classifier (section 3.3, official §4.4 / 5).
 
 Attribute names are the state-dict names of our checkpoint format (:mod:`gill.checkpoint`). Every width comes
 from :class:`~gill.config.DerivedDims` (read from the backbones' configs) or the config, never from literals.
@@ -48,7 +48,7 @@ class InputProjection(nn.Module):
 
 
 class ImgTokenEmbeddings(nn.Module):
-    """The ``[IMG0..n-1]`` input embeddings, a separate (n, D) table spliced into the frozen LM (gill-facts 2.6).
+    """The ``[IMG0..n-1]`` input embeddings, a separate (n, D) table spliced into the frozen LM (official §2.6).
 
     They also serve as the LM-head rows of the [IMG] tokens (tied, as in the official model).
     """
@@ -79,7 +79,7 @@ class RetrievalHeads(nn.Module):
     def scale(self) -> torch.Tensor:
         """``exp(logit_scale)``, clamped at ``exp(logit_scale_max)``.
 
-        The official GILL code never clamps its learnable temperature (gill-facts 1.3); CLIP clamps the log scale
+        The official GILL code never clamps its learnable temperature (official §1.3); CLIP clamps the log scale
         at ln(100) so the logits cannot blow up. We clamp (gradient stops above the bound, as CLIP's in-place clamp).
         """
         return self.logit_scale.clamp(max=self.logit_scale_max).exp()
@@ -94,7 +94,7 @@ def _pad_tokens(x: torch.Tensor, num_tokens: int) -> torch.Tensor:
 
 
 class GILLMapper(nn.Module):
-    """GILLMapper (paper section 3.2, gill-facts 1.5): encoder-decoder transformer with learned queries.
+    """GILLMapper (paper section 3.2, official §1.5): encoder-decoder transformer with learned queries.
 
     ``x = h_img + e_img`` (the [IMG] embeddings are the only positional signal) -> ``fc`` -> ``tfm`` encoder
     source; the decoder target is ``query_embs`` (no masks anywhere) -> ``out``. Official names: ``fc``, ``tfm``,
@@ -219,7 +219,7 @@ def build_adapters(config: GILLConfig, dims: DerivedDims, init_std: float = DEFA
 
 
 class DecisionHead(nn.Module):
-    """Retrieve-or-generate classifier on h[IMG0] (paper section 3.3; gill-facts 4.4, 5).
+    """Retrieve-or-generate classifier on h[IMG0] (paper section 3.3; official §4.4, 5).
 
     Dropout(0.5) then Linear(D -> 2); row :attr:`GEN` = 0 is "generate", row :attr:`RET` = 1 is "retrieve". With
     ``with_retrieval_score`` the input is ``[h[IMG0] ; max retrieval score]`` (D + 1), the paper-era variant.

@@ -116,7 +116,7 @@ class BackbonesConfig(_Validated):
 
 @dataclass(frozen=True, kw_only=True)
 class MapperConfig(_Validated):
-    """GILLMapper: [IMG] hidden states -> SD text-encoder space (paper section 3.2, gill-facts 1.5)."""
+    """GILLMapper: [IMG] hidden states -> SD text-encoder space (paper section 3.2, docs/official-gill.md §1.5)."""
 
     kind: MapperKind = "gill_mapper"
     """``gill_mapper`` (encoder-decoder transformer with learned queries) or an ablation variant."""
@@ -168,7 +168,7 @@ class AdapterConfig(_Validated):
     logit_scale_max: float = math.log(100.0)
     """Clamp for the log scale, as CLIP does (the official GILL code never clamps it)."""
     rescale_img_embeddings: bool = True
-    """After each step, rescale each [IMG] embedding to the mean norm of the frozen vocabulary (gill-facts 2.6)."""
+    """After each step, rescale each [IMG] embedding to the mean norm of the frozen vocabulary (official §2.6)."""
 
     def _problems(self) -> list[str]:
         problems: list[str] = []
@@ -186,7 +186,7 @@ class AdapterConfig(_Validated):
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig(_Validated):
-    """Adapter training (paper section 3.4, appendix; gill-facts 2.3-2.5). Defaults are the paper run's."""
+    """Adapter training (paper section 3.4, appendix; official §2.3-2.5). Defaults are the paper run's."""
 
     steps: int = 20000
     """Optimizer steps (10 "epochs" x 2,000 in the official run)."""

@@ -1,7 +1,7 @@
 """The retrieve-or-generate decision classifier: features, the official training recipe, and honest evaluation.
 
 GILL decides per ``[IMG]`` block whether to return a retrieved or a generated image with a linear classifier on
-the LM's hidden state at ``[IMG0]`` (paper section 3.3; gill-facts 4.4 and 5). The official notebook
+the LM's hidden state at ``[IMG0]`` (paper section 3.3; docs/official-gill.md §4.4 and 5). The official notebook
 (``TrainDecisionClassifier.ipynb``) trains it on PartiPrompts prompts with confident human labels:
 
 * **features** (:func:`decision_features`): each prompt is run as ``prompt + "[IMG0]..[IMG7]"`` with BOS and the
@@ -18,7 +18,7 @@ the LM's hidden state at ``[IMG0]`` (paper section 3.3; gill-facts 4.4 and 5). T
   :func:`macro_f1`) on the test part.
 
 The notebook reports the best test F1 over checkpoints taken every 100 steps, i.e. **model selection on the test
-set** (gill-facts 8 item 17). :func:`evaluate_official` reports the *final* model's F1 as the figure and the
+set** (official §8.17). :func:`evaluate_official` reports the *final* model's F1 as the figure and the
 notebook's number separately (``best_on_test_f1``). The file-order split is not stratified (PartiPrompts is
 sorted by category), so :func:`cross_validate` adds a stratified k-fold estimate with its spread.
 
@@ -55,7 +55,7 @@ OFFICIAL_TRAIN = 600
 OFFICIAL_EVAL_EVERY = 100
 """The notebook computes the test F1 every 100 steps (its reported "best" is the max over these)."""
 NOTEBOOK_BEST_F1 = 0.5436
-"""The official notebook's printed best-on-test F1 (OPT-6.7B features, no bank; gill-facts 5)."""
+"""The official notebook's printed best-on-test F1 (OPT-6.7B features, no bank; official §5)."""
 NOTEBOOK_LAST_F1 = 0.5326
 """The official notebook's printed final-step F1."""
 RETRIEVAL_SCORE_SCALE = "exp(logit_scale) * cosine (max over the bank; the official bank's scale)"

@@ -1,18 +1,19 @@
-"""GILL's training objectives as pure, vectorised tensor functions (paper section 3, gill-facts 1.6 and 2.2-2.4).
+"""GILL's training objectives as pure, vectorised tensor functions (paper section 3; docs/official-gill.md
+§1.6 and 2.2-2.4).
 
 Everything here works on tensors and token ids only (no model, no tokenizer), so the model and the trainer
 can call it and the tests can check it against plain Python oracles:
 
 * label construction: :func:`captioning_labels` (paper section 3.1, the captioning loss l_c),
   :func:`lp_labels` (section 3.2, eq. 2: the [IMG]-prediction loss l_p) and :func:`img_positions`;
-* the concat-captions augmentation (FROMAGe-style pseudo-interleaving, gill-facts 2.3):
+* the concat-captions augmentation (FROMAGe-style pseudo-interleaving, official §2.3):
   :func:`draw_concat`, :func:`second_bos_mask`, :func:`concat_pairs`;
 * losses: :func:`lm_loss` / :func:`token_accuracy` (l_c and l_p), :func:`contrastive_loss` (section 3.3,
   the retrieval InfoNCE loss l_r), :func:`generation_loss` / :func:`sd_token_weights` (section 3.2, eq. 3:
   the generation loss l_gen) and :func:`combine` (section 3.4: the total).
 
 None of these functions loops in Python over batch rows or sequence positions (the official code does,
-gill-facts section 8 item 7); masks come from ``cumsum``, rearrangements from ``index_put``/``gather``.
+official §8.7); masks come from ``cumsum``, rearrangements from ``index_put``/``gather``.
 Three official defects are fixed, each behind an explicit option: the generation loss type (section 8
 item 3), the missing LM loss on the second concatenated segment (item 5) and the padding weighting of the
 77 SD tokens (item 3).
@@ -32,7 +33,7 @@ IGNORE_INDEX = -100
 """Label value ignored by the LM loss (the HF / PyTorch convention)."""
 
 
-# -- label construction (gill-facts 1.6) -------------------------------------------------------------------
+# -- label construction (official §1.6) -------------------------------------------------------------------
 
 
 def _masked_from_first(input_ids: torch.Tensor, stop: torch.Tensor) -> torch.Tensor:
@@ -50,7 +51,7 @@ def _is_any(input_ids: torch.Tensor, token_ids: Sequence[int]) -> torch.Tensor:
 def captioning_labels(
     input_ids: torch.Tensor, attention_mask: torch.Tensor, img_token_ids: Sequence[int], n_prefix: int
 ) -> torch.Tensor:
-    """Labels of the captioning mode: image-to-text LM loss l_c (paper section 3.1, gill-facts 1.6).
+    """Labels of the captioning mode: image-to-text LM loss l_c (paper section 3.1, official §1.6).
 
     The LM input is ``[n_prefix visual tokens][BOS caption... [IMG0..n-1] pad...]``. Visual positions get
     -100; text labels are the ids, masked from the first pad or the first [IMG] token onward. The BOS label is
@@ -72,7 +73,7 @@ def captioning_labels(
 
 
 def lp_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, img_token_ids: Sequence[int]) -> torch.Tensor:
-    """Labels of the retrieval/generation modes: the paper's l_p (section 3.2, eq. 2; gill-facts 1.6).
+    """Labels of the retrieval/generation modes: the paper's l_p (section 3.2, eq. 2; official §1.6).
 
     Masked from the first pad and from the first [IMG1..n-1] onward, so the caption tokens *and* [IMG0]
     (predicted after the caption) carry loss; [IMG1..n-1] are always fed, never predicted.
@@ -90,7 +91,7 @@ def lp_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, img_token_i
 
 
 def img_positions(input_ids: torch.Tensor, img_token_ids: Sequence[int]) -> torch.Tensor:
-    """Column of each [IMG_i] in each row, for extracting the [IMG] hidden states (gill-facts 1.4).
+    """Column of each [IMG_i] in each row, for extracting the [IMG] hidden states (official §1.4).
 
     Args:
         input_ids: (B, T) ids; every row must hold ``[IMG0] .. [IMG{n-1}]`` as one consecutive run.
@@ -111,16 +112,16 @@ def img_positions(input_ids: torch.Tensor, img_token_ids: Sequence[int]) -> torc
         bad = (~ok).nonzero().flatten().tolist()
         raise ValueError(
             f"img_positions: rows {bad} lack the full run of [IMG] ids {ids.tolist()} in order; every LM row "
-            "must hold [IMG0]..[IMG{n-1}] consecutively (the reader overwrites truncated tails, gill-facts 2.2)"
+            "must hold [IMG0]..[IMG{n-1}] consecutively (the reader overwrites truncated tails, official §2.2)"
         )
     return positions
 
 
-# -- concat-captions augmentation (gill-facts 2.3) ---------------------------------------------------------
+# -- concat-captions augmentation (official §2.3) ---------------------------------------------------------
 
 
 def draw_concat(generator: torch.Generator, p: float = 0.5) -> bool:
-    """One coin flip: concatenate caption pairs in this mode of this step (official p = 0.5, gill-facts 2.3).
+    """One coin flip: concatenate caption pairs in this mode of this step (official p = 0.5, official §2.3).
 
     The trainer draws once per mode with its own seeded generator, so resumed runs replay the same draws.
     """
@@ -132,7 +133,7 @@ def draw_concat(generator: torch.Generator, p: float = 0.5) -> bool:
 def second_bos_mask(input_ids: torch.Tensor, bos_token_id: int, n_prefix: int = 0) -> torch.Tensor:
     """``drop_mask`` for :func:`concat_pairs` that removes the BOS of every second (odd-row) element.
 
-    The official concatenation keeps one BOS per sequence (gill-facts 2.3). The first BOS of each odd row is
+    The official concatenation keeps one BOS per sequence (official §2.3). The first BOS of each odd row is
     marked; with a visual prefix (captioning mode) the mask is shifted right by ``n_prefix`` columns.
 
     Args:
@@ -219,7 +220,7 @@ def concat_pairs(
     second_segment_loss: bool = True,
     trim: bool = True,
 ) -> ConcatResult:
-    """Concatenate examples (2i, 2i+1) into one sequence: FROMAGe-style pseudo-interleaving (gill-facts 2.3).
+    """Concatenate examples (2i, 2i+1) into one sequence: FROMAGe-style pseudo-interleaving (official §2.3).
 
     Output row i = [content of row 2i] + [content of row 2i+1] + padding, where content is
     ``attention_mask == 1 and not drop_mask`` (use :func:`second_bos_mask` to drop the second BOS, as the
@@ -233,7 +234,7 @@ def concat_pairs(
         drop_mask: (B, L) bool, True on real tokens to remove (None = drop nothing).
         positions: (B, n) columns of each row's [IMG] tokens (e.g. from :func:`img_positions`), or None.
         second_segment_loss: keep the second segment's labels. The official code computes the l_p mask on the
-            concatenated row ("from the first [IMG1..]"), so cap2 and its [IMG0] get no LM loss (gill-facts 8
+            concatenated row ("from the first [IMG1..]"), so cap2 and its [IMG0] get no LM loss (official §8
             item 5); True fixes this, False reproduces it (for the retrieval/generation modes; the official
             captioning mode keeps cap2's labels, i.e. True).
         trim: cut the width to the longest concatenated row instead of 2L.
@@ -356,7 +357,7 @@ def _gather_with_local_grad(x: torch.Tensor, rank: int, world_size: int) -> torc
 def contrastive_loss(
     text_emb: torch.Tensor, image_emb: torch.Tensor, scale: torch.Tensor, gather: bool = True
 ) -> ContrastiveOutput:
-    """Symmetric InfoNCE between text and image embeddings: l_r (paper section 3.3, gill-facts 2.4).
+    """Symmetric InfoNCE between text and image embeddings: l_r (paper section 3.3, official §2.4).
 
     Both sides are L2-normalised; ``logits_per_image = scale * img @ txt.T``; the loss is cross-entropy with
     the diagonal as target, averaged over the two directions. Computed in fp32.
@@ -411,7 +412,7 @@ def generation_loss(
     """Distance between the GILLMapper output and the SD text-encoder output: l_gen (paper eq. 3).
 
     ``kind="l2"`` is the official ``losses.l2_loss``: the per-token Euclidean norm ||pred_t - target_t||_2
-    (NOT squared) averaged over tokens and batch (gill-facts 2.4; the paper calls it an MSE/l2 loss, section 8
+    (NOT squared) averaged over tokens and batch (official §2.4; the paper calls it an MSE/l2 loss, section 8
     item 3). ``kind="mse"`` is the mean squared error (squared difference averaged over the Dt dims, then over
     tokens and batch). Computed in fp32 even for fp16/bf16 inputs.
 
@@ -484,7 +485,7 @@ def _sd_lengths(lengths_or_ids: torch.Tensor, eos_token_id: int | None) -> torch
 
 @dataclass(frozen=True, kw_only=True)
 class LossScales:
-    """Weights of the GILL losses (official ``--cap-loss-scale`` etc., all 1.0 by default; gill-facts 2.4).
+    """Weights of the GILL losses (official ``--cap-loss-scale`` etc., all 1.0 by default; official §2.4).
 
     The official code computes l_p twice per step, in retrieval mode (x ``ret_loss_scale`` x 0.5) and in
     generation mode (x ``gen_loss_scale`` x 0.5), with independent concat draws. We compute it once with weight

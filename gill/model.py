@@ -4,10 +4,10 @@
 from :func:`gill.tokenization.add_img_tokens`. The LM is frozen, kept in eval mode and **never resized**: the
 [IMG] tokens live in their own table (:class:`~gill.adapters.ImgTokenEmbeddings`) spliced into the input
 embeddings (:meth:`GILLModel.embed_tokens`) and the LM-head logits (:meth:`GILLModel.logits`). This replaces the
-official trick of unfreezing the whole embedding matrix and masking its gradient (gill-facts 2.6, 8 item 1).
+official trick of unfreezing the whole embedding matrix and masking its gradient (docs/official-gill.md §2.6, 8 item 1).
 
 :func:`summary` counts parameters per module without any weights (every model is built on the meta device),
-and compares the trainable count with the released GILL's (gill-facts 1.3). From the shell::
+and compares the trainable count with the released GILL's (official §1.3). From the shell::
 
     gill model summary --preset paper
 """
@@ -31,7 +31,7 @@ from gill.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 OFFICIAL_TRAINABLE = 50_096_385
-"""Trainable parameters of the released GILL checkpoint (gill-facts 1.3: 8 [IMG] rows counted, not the matrix)."""
+"""Trainable parameters of the released GILL checkpoint (official §1.3: 8 [IMG] rows counted, not the matrix)."""
 
 
 @dataclass(kw_only=True)
@@ -113,7 +113,7 @@ class GILLModel(nn.Module):
     # -- the LM with [IMG] spliced in --------------------------------------------------------------------------
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids -> (B, T, D): LM rows for ordinary ids, our table's rows for [IMG] ids (gill-facts 2.6)."""
+        """(B, T) ids -> (B, T, D): LM rows for ordinary ids, our table's rows for [IMG] ids (official §2.6)."""
         n = self.config.adapters.num_img_tokens
         offset = input_ids - self.first_img_id  # (B, T)
         is_img = (offset >= 0) & (offset < n)
@@ -173,7 +173,7 @@ class GILLModel(nn.Module):
         return self.adapters.retrieval.image_proj(vision_features)
 
     def text_retrieval_embeddings(self, h_img0: torch.Tensor) -> torch.Tensor:
-        """(B, D) h[IMG0] -> (B, R) text side of retrieval (unnormalised; gill-facts 1.4: only [IMG0] is used)."""
+        """(B, D) h[IMG0] -> (B, R) text side of retrieval (unnormalised; official §1.4: only [IMG0] is used)."""
         return self.adapters.retrieval.text_proj(h_img0)
 
     def generation_embeddings(self, h_img: torch.Tensor) -> torch.Tensor:
@@ -199,7 +199,7 @@ class GILLModel(nn.Module):
         return self._target_norm
 
     def rescale_img_embeddings_(self) -> None:
-        """Rescale the [IMG] rows to :meth:`img_embedding_target_norm` when the config asks for it (gill-facts 2.6)."""
+        """Rescale the [IMG] rows to :meth:`img_embedding_target_norm` when the config asks for it (official §2.6)."""
         if self.config.adapters.rescale_img_embeddings:
             self.adapters.img_embeddings.rescale_(self.img_embedding_target_norm())
 
@@ -227,7 +227,7 @@ class ModuleCount:
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSummary:
-    """Per-module parameter counts of a config, compared with the released GILL (gill-facts 1.3)."""
+    """Per-module parameter counts of a config, compared with the released GILL (official §1.3)."""
 
     preset: str
     rows: tuple[ModuleCount, ...]
@@ -258,11 +258,11 @@ class ModelSummary:
         lines.append(f"{'total':24s} {self.trainable:>14,} {self.frozen:>16,}")
         why = self.differences()
         if self.trainable == OFFICIAL_TRAINABLE and not why:
-            lines.append(f"trainable matches the released GILL checkpoint: {OFFICIAL_TRAINABLE:,} (gill-facts 1.3)")
+            lines.append(f"trainable matches the released GILL checkpoint: {OFFICIAL_TRAINABLE:,} (official §1.3)")
         else:
             lines.append(f"trainable differs from the released GILL ({OFFICIAL_TRAINABLE:,}) by "
                          f"{self.trainable - OFFICIAL_TRAINABLE:+,}:")  # fmt: skip
-            lines += [f"  - {w}" for w in why] or ["  - the paper config's modules no longer match gill-facts 1.3"]
+            lines += [f"  - {w}" for w in why] or ["  - the paper config's modules no longer match official §1.3"]
         lines.append("note: the release trained the 8 [IMG] rows through the whole LM embedding matrix "
                      "(requires_grad on all rows, gradient-masked); here they are a separate table.")  # fmt: skip
         return "\n".join(lines)

@@ -1,12 +1,12 @@
 """Import the official GILL release (``kohjingyu/gill``, HF ``jykoh/gill``) into our checkpoint format.
 
-The release folder holds ``model_args.json`` (gill-facts 7.1), ``pretrained_ckpt.pth.tar`` (``{'state_dict':
-...}``, keys ``model.*``, bf16; gill-facts 7.2) and optionally ``decision_model.pth.tar`` (``1.weight`` (2, D) and
-``1.bias``; (2, D + 1) in the paper-era version; gill-facts 5). :func:`import_official` maps the arguments to a
+The release folder holds ``model_args.json`` (docs/official-gill.md §7.1), ``pretrained_ckpt.pth.tar`` (``{'state_dict':
+...}``, keys ``model.*``, bf16; official §7.2) and optionally ``decision_model.pth.tar`` (``1.weight`` (2, D) and
+``1.bias``; (2, D + 1) in the paper-era version; official §5). :func:`import_official` maps the arguments to a
 :class:`~gill.config.GILLConfig`, renames the tensors (:data:`KEY_PREFIXES`, :data:`KEY_NAMES`), casts them to
 fp32, checks every shape against the widths derived from the config, and writes a :mod:`gill.checkpoint` folder.
 
-Unlike the official ``load_gill`` (gill-facts 8 item 15) every file is read with
+Unlike the official ``load_gill`` (official §8.15) every file is read with
 ``torch.load(map_location="cpu", weights_only=True)``: no CUDA needed, no pickle code execution, and loading is
 strict (unknown or missing keys are listed in one error). From the shell::
 
@@ -179,7 +179,7 @@ def _model_args_problems(args: dict[str, Any]) -> list[str]:
 
 def config_from_model_args(args: dict[str, Any], *, mapper: MapperConfig | None = None, lm: str | None = None,
                            vision: str | None = None, sd: str | None = None) -> GILLConfig:  # fmt: skip
-    """Map official ``model_args.json`` values to a GILLConfig (gill-facts 7.1).
+    """Map official ``model_args.json`` values to a GILLConfig (official §7.1).
 
     Args:
         args: the parsed ``model_args.json``.
@@ -257,7 +257,7 @@ def _convert_adapters(src: Path, args: dict[str, Any],
         raise InputError("model_args.json does not fit the SD pipeline",
                          [f"gen_emb_dim {args['gen_emb_dim']} != {config.backbones.sd.id} text width "
                           f"{dims.sd_text_dim}"])  # fmt: skip
-    hint = "expected the keys of gill-facts 7.2 (official names are listed as unexpected when unknown)"
+    hint = "expected the keys of official §7.2 (official names are listed as unexpected when unknown)"
     return config, adapters_from_state_dict(config, dims, state, str(src / CKPT_FILE), hint=hint), dims
 
 

@@ -1,8 +1,8 @@
-"""Optimizer and learning-rate schedule of the paper's run (gill-facts 2.5), without its quirks.
+"""Optimizer and learning-rate schedule of the paper's run (docs/official-gill.md §2.5), without its quirks.
 
 * AdamW, lr 1e-3, betas (0.9, 0.95), eps 1e-8, weight decay 0.01, over the **adapter parameters only**
   (the official code hands AdamW the whole model, so decay also shrinks the frozen vocabulary and the tied
-  LM head in any fp32 re-implementation: gill-facts 2.6).
+  LM head in any fp32 re-implementation: official §2.6).
 * Linear warm-up from 0 over ``warmup_steps`` (2,000), then the base rate, multiplied by ``gamma`` (0.1) every
   ``decay_every`` steps after warm-up (10,000): 1e-3 until step 12k, then 1e-4. The official scheduler loses
   one step per "epoch" (it breaks before the last scheduler step); ours is a pure function of the step, so a

@@ -1,12 +1,12 @@
 """``GILLPipeline``: interleaved images and text in; text, retrieved and generated images out.
 
-What users see of GILL (paper section 3.3, "Inference"; gill-facts section 4). Diffusers-shaped:
+What users see of GILL (paper section 3.3, "Inference"; docs/official-gill.md §4). Diffusers-shaped:
 :meth:`GILLPipeline.check_inputs`, :meth:`~GILLPipeline.encode_prompt`, :meth:`~GILLPipeline.generate_text`,
 then for each emitted ``[IMG]`` block :meth:`~GILLPipeline.decide`, :meth:`~GILLPipeline.retrieve` or
 :meth:`~GILLPipeline.generate_image`, and :meth:`~GILLPipeline.__call__` running all of them.
 :meth:`GILLPipeline.from_pretrained` loads a checkpoint written by :mod:`gill.checkpoint`.
 
-Differences from the official ``GILL.generate_for_images_and_texts`` (each fixes a defect of gill-facts 8):
+Differences from the official ``GILL.generate_for_images_and_texts`` (each fixes a defect of official §8):
 
 * decoding uses the LM's key/value cache (the official loop re-runs the whole sequence every step), stops at a
   newline or EOS, and the ``[IMG]`` states always come from a forward over the forced ``[IMG0..7]`` run, so they
@@ -50,7 +50,7 @@ Mode = Literal["auto", "gen", "ret"]
 MODES = ("auto", "gen", "ret")
 PromptItem = str | Image.Image
 OFFICIAL_DEMO_SEED = 1337
-"""The official demo seeds SD with 1337 for every request (gill-facts 4.5)."""
+"""The official demo seeds SD with 1337 for every request (official §4.5)."""
 
 
 # -- settings and results -------------------------------------------------------------------------------------------
@@ -58,7 +58,7 @@ OFFICIAL_DEMO_SEED = 1337
 
 @dataclass(frozen=True, kw_only=True)
 class GenerationSettings(_Validated):
-    """Per-request settings of :class:`GILLPipeline` (defaults: the official demo's, gill-facts 4.5)."""
+    """Per-request settings of :class:`GILLPipeline` (defaults: the official demo's, official §4.5)."""
 
     max_new_tokens: int = 32
     """Most tokens to sample (a forced ``[IMG0..7]`` run counts as one, as in the official loop)."""
@@ -341,7 +341,7 @@ class GILLPipeline:
 
     @torch.no_grad()
     def encode_prompt(self, prompt: Sequence[PromptItem]) -> torch.Tensor:
-        """Interleaved prompt -> (1, T, D) LM input embeddings (gill-facts 4.2).
+        """Interleaved prompt -> (1, T, D) LM input embeddings (official §4.2).
 
         An image becomes ``n_visual_tokens`` soft tokens (the captioning projection); a string is tokenised with
         BOS only on the first string, as the official code does. Pieces are concatenated without separators.
@@ -377,7 +377,7 @@ class GILLPipeline:
 
     @torch.no_grad()
     def generate_text(self, embeds: torch.Tensor, settings: GenerationSettings) -> DecodeResult:
-        """Decode from (1, T, D) prompt embeddings, forcing full ``[IMG]`` runs (gill-facts 4.3, fixed per 8.8)."""
+        """Decode from (1, T, D) prompt embeddings, forcing full ``[IMG]`` runs (official §4.3, fixed per 8.8)."""
         generator = torch.Generator().manual_seed(settings.seed)
         n, img0 = len(self.img_ids), self.img_ids[0]
         ids: list[int] = []
@@ -425,7 +425,7 @@ class GILLPipeline:
 
     def _next_token(self, logits: torch.Tensor, settings: GenerationSettings, sampled: int, blocks: int,
                     generator: torch.Generator) -> int:  # fmt: skip
-        """Logit edits of gill-facts 4.3 (with an additive [IMG0] bias), then greedy or top-p sampling."""
+        """Logit edits of official §4.3 (with an additive [IMG0] bias), then greedy or top-p sampling."""
         img0, rest = self.img_ids[0], self.img_ids[1:]
         if settings.force_image and blocks == 0 and sampled == 0:
             return img0
@@ -469,7 +469,7 @@ class GILLPipeline:
 
     @torch.no_grad()
     def decide(self, h_img0: torch.Tensor, settings: GenerationSettings, best: Hit | None) -> Decision:
-        """Pick ``gen`` or ``ret`` for one block (classifier in ``auto`` mode; gill-facts 4.4)."""
+        """Pick ``gen`` or ``ret`` for one block (classifier in ``auto`` mode; official §4.4)."""
         if settings.mode != "auto":
             return Decision(label=settings.mode, p_gen=None, p_ret=None, reason="mode")  # type: ignore[arg-type]
         head = self.model.decision_head
@@ -486,7 +486,7 @@ class GILLPipeline:
 
     @torch.no_grad()
     def generate_image(self, h_img: torch.Tensor, settings: GenerationSettings) -> tuple[Image.Image | None, bool]:
-        """(n, D) [IMG] states -> GILLMapper -> stock SD via ``prompt_embeds`` (gill-facts 4.4 "Generation").
+        """(n, D) [IMG] states -> GILLMapper -> stock SD via ``prompt_embeds`` (official §4.4 "Generation").
 
         Returns the image (None when the safety checker flagged it) and whether it was flagged.
         """
@@ -592,7 +592,7 @@ def _has_text(ids: list[int], img_ids: list[int]) -> bool:
 
 
 def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the smallest set of tokens whose mass reaches ``top_p`` (vectorised; gill-facts 8.7)."""
+    """Keep the smallest set of tokens whose mass reaches ``top_p`` (vectorised; official §8.7)."""
     sorted_probs, order = probs.sort(descending=True)
     outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # tokens after the nucleus is full
     sorted_probs = sorted_probs.masked_fill(outside, 0.0)
@@ -696,7 +696,7 @@ def save_images(output: GILLOutput, out_dir: str | os.PathLike[str], prefix: str
 
 
 class ChatSession:
-    """A multi-turn conversation in the official demo's format (gill-facts 4.5).
+    """A multi-turn conversation in the official demo's format (official §4.5).
 
     Each user turn is added as ``"Q: " + text + "\\nA:"`` after any images attached to it; the reply's text
     (with ``[IMG0]..[IMG7]`` where it returned an image) and a newline are appended to the history.

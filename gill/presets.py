@@ -1,6 +1,6 @@
 """Named configurations: ``paper`` (the published GILL run) and ``tiny`` (CPU-sized, same model classes).
 
-``paper`` follows the released ``model_args.json`` (gill-facts section 7.1): OPT-6.7B, CLIP ViT-L/14,
+``paper`` follows the released ``model_args.json`` (docs/official-gill.md §7.1): OPT-6.7B, CLIP ViT-L/14,
 Stable Diffusion v1.5, 8 [IMG] tokens, 4 visual tokens, 256-d retrieval, GILLMapper (512 wide, 4+4 layers,
 4 heads) to 77 tokens. ``tiny`` points at the tiny zoo (:mod:`gill.zoo`), built into the cache on first use.
 """

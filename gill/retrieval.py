@@ -2,20 +2,20 @@
 
 GILL retrieves an image by comparing the text-side embedding ``text_proj(h[IMG0])`` with the image-side
 embedding ``image_proj(CLIP pooler_output)`` of every candidate image (paper section 3.2, "retrieval"). The
-official code embeds CC3M once with a trained checkpoint's ``visual_fc`` (gill-facts 3.2) and, at inference,
-scores the bank by one matrix product and downloads the top images from their URLs (gill-facts 4.1, 4.4).
+official code embeds CC3M once with a trained checkpoint's ``visual_fc`` (docs/official-gill.md §3.2) and, at inference,
+scores the bank by one matrix product and downloads the top images from their URLs (official §4.1, 4.4).
 :func:`build_bank` does the same from the frozen CLIP features that ``gill data precompute`` already wrote
 (:mod:`gill.data.precompute`), and :class:`RetrievalBank` searches the result:
 
 * rows are ``normalize(image_proj(vision.npy row))`` in float32, one per precomputed sample, in shard order;
 * :meth:`RetrievalBank.search` returns **plain cosine** scores plus ``scaled_score = cosine * exp(logit_scale)``.
   The official bank multiplies its rows by the logit scale while the generated images are ranked by raw cosine,
-  so its retrieval and generation scores live on different scales (gill-facts 4.4 step 2 vs generation step 3,
-  section 8 item 9). Here both are reported on both scales, and the decision code can compare like with like;
+  so its retrieval and generation scores live on different scales (official §4.4 step 2 vs generation step 3,
+  §8.9). Here both are reported on both scales, and the decision code can compare like with like;
 * images and captions are read from the local webdataset shards the features came from, never from a URL
-  (the official demo downloads them live from CC3M, with dead links and latency: gill-facts 8.9);
+  (the official demo downloads them live from CC3M, with dead links and latency: official §8.9);
 * ``exclude_rows`` keeps already-shown images out of a result (the official code scores them -1000,
-  gill-facts 4.4);
+  official §4.4);
 * a bank belongs to one checkpoint (its rows come from that checkpoint's ``image_proj``): it lives under the
   checkpoint's id and refuses to be used with another.
 
@@ -162,7 +162,7 @@ class BankInfo:
 
 @dataclass(frozen=True, kw_only=True)
 class Hit:
-    """One retrieved image (GILL paper section 3.2; gill-facts 4.4)."""
+    """One retrieved image (GILL paper section 3.2; official §4.4)."""
 
     row: int
     """Bank row (pass it in ``exclude_rows`` to keep the image out of later results)."""
@@ -550,7 +550,7 @@ def build_bank(
 ) -> BankInfo:
     """Embed every precomputed image of ``splits`` with the checkpoint's ``image_proj`` into its bank, atomically.
 
-    GILL paper section 3.2 (the image side of retrieval) and gill-facts 3.2 / 4.1 (the official bank). A bank
+    GILL paper section 3.2 (the image side of retrieval) and official §3.2 / 4.1 (the official bank). A bank
     that is up to date (same checkpoint, splits, feature fingerprints and approximate setting) is kept.
 
     Args:
@@ -661,7 +661,7 @@ def _as_exclusions(exclude_rows: Sequence[Iterable[int] | None] | None, batch: i
 
 
 class RetrievalBank:
-    """A built bank, opened for search (GILL paper section 3.2; gill-facts 4.4): rows memory-mapped, keys in RAM.
+    """A built bank, opened for search (GILL paper section 3.2; official §4.4): rows memory-mapped, keys in RAM.
 
     Use :meth:`open` with the checkpoint that will make the queries (it refuses a bank of another checkpoint).
     """
@@ -756,7 +756,7 @@ class RetrievalBank:
     def search(self, queries: torch.Tensor | np.ndarray, k: int = 3, *, method: SearchMethod = "auto",
                exclude_rows: Sequence[Iterable[int] | None] | None = None,
                nprobe: int | None = None) -> list[list[Hit]]:  # fmt: skip
-        """The top-``k`` images of each query, best first (GILL paper section 3.2; gill-facts 4.4).
+        """The top-``k`` images of each query, best first (GILL paper section 3.2; official §4.4).
 
         Args:
             queries: (B, R) or (R,) text-side retrieval embeddings (normalised here).

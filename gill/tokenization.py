@@ -1,7 +1,8 @@
-"""The single place where the LM tokenizer gains GILL's ``[IMG]`` tokens (paper section 3.1, gill-facts 1.2).
+"""The single place where the LM tokenizer gains GILL's ``[IMG]`` tokens (paper section 3.1; docs/official-gill.md
+§1.2).
 
-The official code first adds an unused ``<|image|>`` cls token (a leftover that only shifts ids, gill-facts
-section 8 item 18); we do not. [IMG] ids are whatever the tokenizer assigns and are always read back from it,
+The official code first adds an unused ``<|image|>`` cls token (a leftover that only shifts ids, docs/official-gill.md
+§8.18); we do not. [IMG] ids are whatever the tokenizer assigns and are always read back from it,
 never hard-coded (the official 50266..50273 are an artefact of OPT's vocabulary).
 """
 

@@ -1,4 +1,5 @@
-"""Adapter training over precomputed targets (paper section 3.4; gill-facts 2.3-2.7, with its defects fixed).
+"""Adapter training over precomputed targets (paper section 3.4; docs/official-gill.md §2.3-2.7, with its
+defects fixed).
 
 One optimizer step = ``grad_accum`` micro-batches; each micro-batch runs two LM passes:
 

@@ -21,7 +21,7 @@ from gill.errors import ConfigError
 from gill.factory import derive_dims
 from gill.presets import paper_config
 
-# gill-facts 1.3: the released checkpoint's per-module parameter counts.
+# docs/official-gill.md §1.3: the released checkpoint's per-module parameter counts.
 PAPER_COUNTS = {
     "input_proj": 16_793_600,
     "img_embeddings": 32_768,

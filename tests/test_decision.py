@@ -104,7 +104,7 @@ def test_the_official_split_of_the_shipped_votes_is_600_train_and_311_test_in_fi
     assert (len(labels), len(train), len(test)) == (911, 600, 311)
     assert train.tolist() == list(range(600)) and test[0] == 600
     counts = [(sum(labels[i] == c for i in part.tolist())) for part in (train, test) for c in ("gen", "ret")]
-    assert counts == [391, 209, 201, 110]  # gill-facts 5
+    assert counts == [391, 209, 201, 110]  # docs/official-gill.md §5
 
 
 def _blobs(n: int, d: int, seed: int, separable: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,5 +33,5 @@ def test_shipped_votes_are_the_released_1632_prompts_with_five_judges():
     assert len(rows) == 1632
     assert list(rows[0]) == ["Prompt", "Category", "Challenge", "Note", "Decisions"]
     judges = [len(r["Decisions"].split(",")) for r in rows]
-    assert judges.count(5) == 1630 and judges.count(4) == 2  # two prompts have only 4 votes (gill-facts 5)
+    assert judges.count(5) == 1630 and judges.count(4) == 2  # two prompts have only 4 votes (docs/official-gill.md §5)
     assert {v for r in rows for v in r["Decisions"].split(",")} == {"ret", "gen", "same"}

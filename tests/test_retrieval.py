@@ -1,6 +1,6 @@
 """The retrieval bank: rows from a checkpoint's image_proj, exact and FAISS search, local images, safe rebuilds.
 
-GILL paper section 3.2 (retrieval) and gill-facts 4.1 / 4.4 (the official bank and how it is searched).
+GILL paper section 3.2 (retrieval) and docs/official-gill.md §4.1 / 4.4 (the official bank and how it is searched).
 """
 
 from __future__ import annotations

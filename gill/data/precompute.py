@@ -1,13 +1,13 @@
 """Precompute GILL's frozen training targets, once, as one aligned feature shard per image shard.
 
-GILL trains only adapters (paper section 3; gill-facts 1.1, 1.4): the CLIP vision encoder and the Stable
+GILL trains only adapters (paper section 3; docs/official-gill.md §1.1, 1.4): the CLIP vision encoder and the Stable
 Diffusion text encoder are frozen, so their outputs are computed once here and read by the trainer
 (:mod:`gill.data.reader`), which then needs no pixels at all:
 
 * ``vision.npy``: (N, Dv) the vision encoder's ``pooler_output`` (post-layernorm CLS, before CLIP's projection;
   1024-d for ViT-L/14), from the encoder's own image processor;
 * ``sd_text.npy``: (N, 77, Dt) SD's text-encoder ``last_hidden_state`` of the caption, tokenised as SD 1.5 does
-  (pad to ``model_max_length``, truncate on the right, no attention mask; gill-facts 3.1);
+  (pad to ``model_max_length``, truncate on the right, no attention mask; official §3.1);
 * ``keys.json``: ``{"keys": [...], "captions": [...]}``, the row order of both arrays (sorted by key);
 * ``manifest.json``: encoder identity (ids, revisions, sha256 of configs, tokenizer files and weights, image
   processor settings), dtypes, shapes, count, the source tar's sha256 and the **fingerprint** (sha256 of the
@@ -23,7 +23,7 @@ Throughput: reading, decoding, preprocessing and tokenising a batch overlap the 
 a background thread (default) or in ``num_workers`` DataLoader processes (for a GPU, which encodes faster than
 one core decodes JPEGs). ``bench/precompute.py`` compares the stage with a bare forward of the two encoders.
 
-Fixes over the official ``scripts/preprocess_sd_embeddings.py`` (gill-facts 3.1, 8): one memory-mappable file
+Fixes over the official ``scripts/preprocess_sd_embeddings.py`` (official §3.1, 8): one memory-mappable file
 per shard instead of one ``.npy`` per caption; resume by fingerprint instead of by file existence (whose
 ``str.strip('.npy')`` mis-skipped ids); every write atomic, so a crash never leaves half a shard.
 """

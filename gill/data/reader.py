@@ -6,7 +6,8 @@ feature shard's ``keys.json``), the frozen vision feature (``vision.npy``) and t
 :class:`torch.utils.data.Dataset` over every (feature shard, row), with the arrays memory-mapped (opened lazily,
 once per process, so DataLoader workers share the page cache).
 
-Captions are tokenised as the official ``data.CsvDataset`` does (gill-facts 2.2): ``caption + "[IMG0]...[IMG7]"``
+Captions are tokenised as the official ``data.CsvDataset`` does (docs/official-gill.md §2.2):
+``caption + "[IMG0]...[IMG7]"``
 (no space), BOS prepended by the tokenizer, padded and truncated on the right to ``max_len`` (32); ``caption_len``
 is the attention-mask sum (BOS and the [IMG] tokens included); when truncation cut the [IMG] run, the last
 ``n`` ids of the caption are overwritten with the [IMG] ids.
@@ -14,7 +15,7 @@ is the attention-mask sum (BOS and the [IMG] tokens included); when truncation c
 Order is a permutation of all examples seeded by ``(seed, epoch)``; ``loader(start=k)`` skips the first ``k``
 examples of that order, so a resumed run sees exactly the batches an uninterrupted one would (for ``k`` a
 multiple of the batch size). Unlike the official reader, nothing is skipped silently (it retried a random
-index on any failure, gill-facts 2.1): every feature shard must match a complete image shard key for key, or
+index on any failure, official §2.1): every feature shard must match a complete image shard key for key, or
 :class:`TrainingData` refuses to start with an :class:`~gill.errors.InputError` listing every mismatch.
 """
 
@@ -94,7 +95,7 @@ class TokenizedCaptions:
 
 
 def tokenize_captions(tokenizer: Any, captions: list[str], img_tokens: ImgTokens, max_len: int) -> TokenizedCaptions:
-    """Tokenise ``caption + [IMG0]..[IMG{n-1}]`` as the official reader does (gill-facts 2.2), vectorised."""
+    """Tokenise ``caption + [IMG0]..[IMG{n-1}]`` as the official reader does (official §2.2), vectorised."""
     enc = tokenizer(
         [c + img_tokens.suffix for c in captions],
         padding="max_length",

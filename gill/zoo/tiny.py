@@ -212,7 +212,10 @@ def _train_opt_tokenizer(corpus: list[str]):  # -> GPT2Tokenizer
 
 
 def _train_clip_tokenizer(corpus: list[str]):  # -> CLIPTokenizer
-    """CLIP BPE with the 256 ``x</w>`` end-of-word byte tokens (see tech-notes 1), max length 77."""
+    """CLIP BPE with the 256 ``x</w>`` end-of-word byte tokens, max length 77.
+
+    A trained CLIP BPE lacks them, so a word-final character unseen in training would become ``<|endoftext|>``.
+    """
     import tokenizers
     from transformers import CLIPTokenizer
 
