@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from annotations.label_studio import VOTE_MODES
 from annotations.votes import default_votes_path
 from gill.errors import InputError
 
@@ -133,7 +134,7 @@ def add_annotate_parsers(groups: argparse._SubParsersAction) -> argparse._SubPar
     )
     p.add_argument(
         "--votes",
-        choices=("none", "predictions"),
+        choices=VOTE_MODES,
         default="none",
         help="label-studio: leave votes out (default) or offer them as predictions, never annotations",
     )
@@ -179,7 +180,7 @@ def _add_label_studio_parsers(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--title", help="project title")
     p.add_argument(
         "--votes",
-        choices=("none", "predictions"),
+        choices=VOTE_MODES,
         default="none",
         help="leave the store's votes out (default) or offer them as predictions",
     )

@@ -173,8 +173,9 @@ def run_simulated_panel(workdir: str | os.PathLike[str], config: PanelConfig | N
             raise InputError(f"a judge named {name!r} exists in panel {judge.panel!r}", [],
                              hint="simulated judges need their own names; rename that judge")  # fmt: skip
         judges.append(judge)
-    items = [i for i in store.items() if i.has_images() and i.scene]
-    skipped = sum(1 for i in store.items() if i.has_images() and not i.scene)
+    judgeable = [i for i in store.items() if i.has_images()]
+    items = [i for i in judgeable if i.scene]
+    skipped = len(judgeable) - len(items)
     voted = {judge.id: {v.item_id for v in store.votes_of(judge)} for judge in judges}
     written = 0
     for item in items:

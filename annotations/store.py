@@ -263,8 +263,8 @@ class JudgingStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")  # persistent: set once per file
-            _migrate(con)
             con.executescript(SCHEMA)
+            _migrate(con)
         if judges_per_item is not None:
             if judges_per_item < 1:
                 raise InputError(f"judges_per_item must be at least 1, got {judges_per_item}")
@@ -654,10 +654,6 @@ def _migrate(con: sqlite3.Connection) -> None:
         names = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
         if names and column not in names:
             con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
-    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if not {"items", "votes", "judges"} <= tables:
-        return
-    con.executescript(SCHEMA)  # the retired_votes table
     imageless = "gen_image = '' OR ret_image = ''"
     if con.execute(f"SELECT COUNT(*) FROM items WHERE {imageless}").fetchone()[0]:
         con.execute("BEGIN IMMEDIATE")

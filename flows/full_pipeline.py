@@ -164,18 +164,13 @@ def votes_task(workdir: Path, votes: Path | None, votes_sha256: str | None, simu
     """The votes the decision classifier is fitted on: a given TSV, else on the embedded default the SIMULATED
     panel's votes (5 answer-key judges voting in their own panel of the store), else the shipped PartiPrompts votes
     (read from their file: they never become imageless items of the live store)."""
-    from annotations.votes import default_votes_path
+    from annotations.simulated import PanelConfig, run_simulated_panel
 
     if votes is not None or not simulated:
-        return {"votes_tsv": str(votes or default_votes_path("alignment")), "panel": "human"}
-    from annotations.simulated import PanelConfig, run_simulated_panel
-    from annotations.store import SIMULATED_PANEL
-    from eval.decision import store_votes_tsv
-
+        return _votes_source(workdir, votes, simulated)
     summary = run_simulated_panel(workdir, PanelConfig(seed=panel_seed))
-    path = store_votes_tsv(workdir, panel=SIMULATED_PANEL)
-    return {"votes_tsv": str(path), "panel": SIMULATED_PANEL, "simulated_votes": summary.votes,
-            "items": summary.items, "judges": list(summary.judges)}  # fmt: skip
+    return {**_votes_source(workdir, votes, simulated), "simulated_votes": summary.votes, "items": summary.items,
+            "judges": list(summary.judges)}  # fmt: skip
 
 
 @task(task_run_name="fit decision classifier")
@@ -324,7 +319,7 @@ def gill_pipeline(params: PipelineParams = PipelineParams()) -> dict:  # noqa: B
         votes = log.done("votes", run["votes"](workdir, params.votes, file_digest(params.votes), world is not None,
                                                params.panel_seed, folder_digest(workdir / CANDIDATES_DIR)))  # fmt: skip
     if log.wants("decision"):
-        votes = votes or _votes_source(workdir, params, simulated=world is not None)
+        votes = votes or _votes_source(workdir, params.votes, simulated=world is not None)
         tsv = Path(votes["votes_tsv"])
         log.done("decision", run["decision"](workdir, checkpoint, adapters_id(checkpoint), str(tsv),
                                              file_digest(tsv), votes["panel"], params.decision_steps,
@@ -387,12 +382,13 @@ def _mapper_ablation(run: dict, log: Any, params: PipelineParams, workdir: Path,
             log.done(f"ablation {benchmark} {kind}", summary)
 
 
-def _votes_source(workdir: Path, params: PipelineParams, simulated: bool) -> dict:
-    """The decision stage's votes when the votes stage did not run: as that stage would give them."""
+def _votes_source(workdir: Path, votes: Path | None, simulated: bool) -> dict:
+    """The votes file the decision stage fits on and whose panel it is: ``votes`` when given, else the SIMULATED
+    panel's export on the embedded default (written by the votes stage), else the shipped PartiPrompts votes."""
     from annotations.votes import default_votes_path
 
-    if params.votes is not None or not simulated:
-        return {"votes_tsv": str(params.votes or default_votes_path("alignment")), "panel": "human"}
+    if votes is not None or not simulated:
+        return {"votes_tsv": str(votes or default_votes_path("alignment")), "panel": "human"}
     from annotations.store import SIMULATED_PANEL
     from eval.decision import store_votes_tsv
 
