@@ -60,6 +60,7 @@ TABLES: dict[str, str] = {
     "decision_eval": """
         run_id VARCHAR NOT NULL, created TIMESTAMP, checkpoint VARCHAR, checkpoint_id VARCHAR, votes VARCHAR,
         with_retrieval_score BOOLEAN, protocol VARCHAR NOT NULL, metric VARCHAR NOT NULL, value DOUBLE, n INTEGER,
+        recipe VARCHAR,
         PRIMARY KEY (run_id, protocol, metric)""",
     "unsupported_systems": """
         run_id VARCHAR NOT NULL, benchmark VARCHAR NOT NULL, system VARCHAR NOT NULL, reason VARCHAR,

@@ -46,8 +46,8 @@ def record_decision(workdir: str | os.PathLike[str], rows: list[dict[str, Any]])
     """Insert ``rows`` into ``decision_eval`` (created if missing) in one transaction; returns the count."""
     from eval.db import connect, db_path
 
-    columns = ("run_id", "created", "checkpoint", "checkpoint_id", "votes", "with_retrieval_score", "protocol",
-               "metric", "value", "n")  # fmt: skip
+    columns = ("run_id", "created", "checkpoint", "checkpoint_id", "votes", "with_retrieval_score", "recipe",
+               "protocol", "metric", "value", "n")  # fmt: skip
     with connect(db_path(workdir)) as con:  # creates the table (eval.db.TABLES)
         con.execute("BEGIN TRANSACTION")
         sql = f"INSERT OR REPLACE INTO {TABLE} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
@@ -117,6 +117,7 @@ def fit_decision(
     votes_path: str | os.PathLike[str] | None = None, with_retrieval_score: bool = False,
     out_checkpoint: str | os.PathLike[str] | None = None, device: str = "cpu", folds: int = 5,
     steps: int | None = None, seed: int | None = None, batch_size: int = 64, panel: str = "human",
+    recipe: str = "official", save_head: bool = True,
 ) -> DecisionFitResult:  # fmt: skip
     """Fit the decision classifier of ``checkpoint_dir`` on the votes and record everything (see module doc).
 
@@ -132,6 +133,8 @@ def fit_decision(
         batch_size: prompts per LM forward.
         panel: whose votes these are (``human``, or ``simulated`` for the answer-key panel): names the baseline
             rows (protocol ``human`` or ``simulated-panel``) and every printed figure.
+        recipe: ``official`` (the notebook's loop) or ``balanced`` (standardised features, class-weighted loss).
+        save_head: write the head into the checkpoint (False: only record the figures).
     """
     from gill.pipeline import GILLPipeline
     from gill.retrieval import checkpoint_id
@@ -157,7 +160,7 @@ def fit_decision(
     steps = D.OFFICIAL_STEPS if steps is None else steps
     seed = D.OFFICIAL_SEED if seed is None else seed
     result, head = fit_and_evaluate(x, y, seed=seed, steps=steps, with_retrieval_score=with_retrieval_score,
-                                    folds=folds, n_train=official_train_size(len(y)))  # fmt: skip
+                                    folds=folds, n_train=official_train_size(len(y)), recipe=recipe)  # fmt: skip
     human = human_baseline(rows)
     result = dataclasses.replace(result, human_official_f1=human.official, human_loo_f1=human.leave_one_out,
                                  n_same=len(rows) - len(usable), panel=panel)  # fmt: skip
@@ -165,16 +168,54 @@ def fit_decision(
     run_id = f"decision-{created:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
     ckpt_id = checkpoint_id(checkpoint_dir)
     common = {"run_id": run_id, "created": created.replace(tzinfo=None), "checkpoint": str(Path(checkpoint_dir)),
-              "checkpoint_id": ckpt_id, "votes": str(votes), "with_retrieval_score": with_retrieval_score}  # fmt: skip
+              "checkpoint_id": ckpt_id, "votes": str(votes), "with_retrieval_score": with_retrieval_score,
+              "recipe": recipe}  # fmt: skip
     record_decision(workdir, _rows(result, common))
     info = {"run_id": run_id, "votes": str(votes), "panel": panel,
-            "trained_on": "official split, train part, final step",
+            "trained_on": "official split, train part, final step", "recipe": recipe,
             "retrieval_score_feature": D.RETRIEVAL_SCORE_SCALE if with_retrieval_score else None,
             "figures": result.as_dict()}  # fmt: skip
-    save_head_into_checkpoint(checkpoint_dir, head, out_checkpoint, info)
+    if save_head:
+        save_head_into_checkpoint(checkpoint_dir, head, out_checkpoint, info)
     logger.info("decision run %s: official test F1 %.4f, CV %.4f +- %.4f", run_id, result.official_test_f1,
                 result.cv_mean_f1, result.cv_std_f1)  # fmt: skip
     return result
+
+
+HEADS = ("official", "bank-aware")
+"""What the pipeline's decision stage may save: the notebook's head on h[IMG0], or h[IMG0] + the top retrieval score
+with the balanced recipe (docs/judging.md)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DecisionStageResult:
+    """The fits of the pipeline's decision stage."""
+
+    official: DecisionFitResult
+    """The notebook's recipe on h[IMG0]: always fitted and recorded."""
+    bank_aware: DecisionFitResult | None
+    """h[IMG0] + top retrieval score, balanced recipe; fitted when it is the head to save."""
+    saved: str
+    """Which head the checkpoint keeps (:data:`HEADS`)."""
+
+
+def fit_decision_stage(workdir: str | os.PathLike[str], checkpoint_dir: str | os.PathLike[str], *,
+                       votes_path: str | os.PathLike[str], panel: str = "human", head: str = "official",
+                       steps: int | None = None, device: str = "cpu") -> DecisionStageResult:  # fmt: skip
+    """The decision stage of the pipeline: fit the official head and record it; with ``head="bank-aware"`` also fit
+    the bank-aware head, which is then the one written into the checkpoint (auto mode uses it).
+
+    Raises :class:`InsufficientLabelsError` (nothing recorded, nothing saved) when the votes give too few labels.
+    """
+    if head not in HEADS:
+        raise InputError(f"unknown decision head {head!r}", [f"head: {head!r}"], hint=f"use one of {', '.join(HEADS)}")
+    aware = head == "bank-aware"
+    common = {"votes_path": votes_path, "panel": panel, "steps": steps, "device": device}
+    official = fit_decision(workdir, checkpoint_dir, save_head=not aware, **common)
+    bank_aware = None
+    if aware:
+        bank_aware = fit_decision(workdir, checkpoint_dir, recipe="balanced", with_retrieval_score=True, **common)
+    return DecisionStageResult(official=official, bank_aware=bank_aware, saved=head)
 
 
 def store_votes_tsv(workdir: str | os.PathLike[str], panel: str = "human") -> Path:

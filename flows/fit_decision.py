@@ -22,7 +22,7 @@ def fit_task(params: DecisionParams) -> dict:
     votes = store_votes_tsv(params.workdir, panel=params.panel) if params.from_store else params.votes
     checkpoint = resolve_checkpoint(params.workdir, params.checkpoint)
     result = fit_decision(params.workdir, checkpoint, votes_path=votes, device=params.device, folds=params.folds,
-                          with_retrieval_score=params.with_retrieval_score, steps=params.steps,
+                          with_retrieval_score=params.with_retrieval_score, steps=params.steps, recipe=params.recipe,
                           panel=params.panel if params.from_store else "human")  # fmt: skip
     return {**result.as_dict(), "checkpoint": str(checkpoint)}
 

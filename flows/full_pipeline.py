@@ -175,34 +175,49 @@ def votes_task(workdir: Path, votes: Path | None, votes_sha256: str | None, simu
 
 @task(task_run_name="fit decision classifier")
 def decision_task(workdir: Path, checkpoint: Path, checkpoint_id: str, votes_tsv: str, votes_sha256: str | None,
-                  panel: str, steps: int | None, device: str) -> dict:  # fmt: skip
-    """Fit the retrieve-or-generate classifier on the votes; F1 beside the judges' baseline as an artifact."""
+                  panel: str, steps: int | None, device: str, head: str) -> dict:  # fmt: skip
+    """Fit the retrieve-or-generate classifier on the votes; F1 beside the judges' baseline as an artifact.
+
+    The official head (h[IMG0], the notebook's recipe) is always fitted and recorded; with ``head="bank-aware"``
+    a second head (h[IMG0] + top retrieval score, balanced recipe) is fitted too and is the one saved."""
     from eval.db import db_path
-    from eval.decision import InsufficientLabelsError, fit_decision
+    from eval.decision import InsufficientLabelsError, fit_decision_stage
 
     who = "human" if panel == "human" else f"{panel.upper()} panel (answer-key judges, not people)"
     try:
-        result = fit_decision(workdir, checkpoint, votes_path=Path(votes_tsv), device=device, steps=steps,
-                              panel=panel)  # fmt: skip
+        fits = fit_decision_stage(workdir, checkpoint, votes_path=Path(votes_tsv), panel=panel, head=head,
+                                  steps=steps, device=device)  # fmt: skip
     except InsufficientLabelsError as err:  # a small run: the pipeline goes on, the gill system always generates
         create_markdown_artifact(key="decision-f1", markdown=f"decision classifier **not fitted** on {votes_tsv} "
                                  f"({who} votes): {err}; query {db_path(workdir)} table decision_eval")  # fmt: skip
         return {"fitted": False, "reason": str(err)}
-    figures = result.as_dict()
-    rows = [{"what": f"GILL classifier, official {figures['n_train']}/rest split (final model)",
-             "macro_f1": figures["official_test_f1"]},
-            {"what": "GILL classifier, best on test (notebook; selection on test)",
-             "macro_f1": figures["official_best_on_test_f1"]},
-            {"what": f"GILL classifier, {figures['cv_folds']}-fold CV", "macro_f1": figures["cv_mean_f1"]},
-            {"what": f"{who} baseline (official, leaky)", "macro_f1": figures["human_official_f1"]},
-            {"what": f"{who} baseline (leave-one-judge-out)", "macro_f1": figures["human_loo_f1"]}]  # fmt: skip
+    official, aware = fits.official, fits.bank_aware
+    figures = official.as_dict()
+    rows = _decision_rows("official head, h[IMG0]", figures)
+    if aware is not None:
+        rows += _decision_rows("bank-aware head, h[IMG0] + retrieval score, balanced", aware.as_dict())
+    rows += [{"what": f"{who} baseline (official, leaky)", "macro_f1": figures["human_official_f1"]},
+             {"what": f"{who} baseline (leave-one-judge-out)", "macro_f1": figures["human_loo_f1"]}]  # fmt: skip
     create_table_artifact(
         key="decision-f1",
         table=rows,
-        description=f"retrieve-vs-generate macro-F1 on {votes_tsv} ({who} votes); query {db_path(workdir)} table "
-        "decision_eval",
+        description=f"retrieve-vs-generate macro-F1 on {votes_tsv} ({who} votes); saved head: {head}; query "
+        f"{db_path(workdir)} table decision_eval",
     )
-    return {k: v for k, v in figures.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    out = {k: v for k, v in figures.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    out["saved_head"] = head
+    if aware is not None:
+        out["bank_aware_cv_mean_f1"] = aware.cv_mean_f1
+        out["bank_aware_official_test_f1"] = aware.official_test_f1
+    return out
+
+
+def _decision_rows(name: str, figures: dict) -> list[dict]:
+    return [{"what": f"{name}: official {figures['n_train']}/rest split (final model)",
+             "macro_f1": figures["official_test_f1"]},
+            {"what": f"{name}: {figures['cv_folds']}-fold CV", "macro_f1": figures["cv_mean_f1"]},
+            {"what": f"{name}: best on test (notebook; selection on test)",
+             "macro_f1": figures["official_best_on_test_f1"]}]  # fmt: skip
 
 
 @task(task_run_name="benchmark {benchmark}")
@@ -323,7 +338,7 @@ def gill_pipeline(params: PipelineParams = PipelineParams()) -> dict:  # noqa: B
         tsv = Path(votes["votes_tsv"])
         log.done("decision", run["decision"](workdir, checkpoint, adapters_id(checkpoint), str(tsv),
                                              file_digest(tsv), votes["panel"], params.decision_steps,
-                                             params.device))  # fmt: skip
+                                             params.device, _decision_head(params, world)))  # fmt: skip
     bench_run = None
     for benchmark in ("vist", "visdial", "cc3m-fid"):
         if log.wants(benchmark):
@@ -380,6 +395,14 @@ def _mapper_ablation(run: dict, log: Any, params: PipelineParams, workdir: Path,
             summary = run["bench"](benchmark, workdir, checkpoint, checkpoint_fingerprint(checkpoint), data, digest,
                                    json.dumps(options, sort_keys=True))  # fmt: skip
             log.done(f"ablation {benchmark} {kind}", summary)
+
+
+def _decision_head(params: Any, world: Any) -> str:
+    """The head the decision stage saves: the parameter, else bank-aware on the embedded default (a shapes world,
+    where the official head's h[IMG0] carries too little to beat chance; docs/judging.md), else official."""
+    if params.decision_head is not None:
+        return params.decision_head
+    return "bank-aware" if world is not None else "official"
 
 
 def _votes_source(workdir: Path, votes: Path | None, simulated: bool) -> dict:

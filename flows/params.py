@@ -104,6 +104,9 @@ class DecisionParams(BaseModel):
     from_store: bool = Field(False, description="use the judging store's votes instead of a TSV")
     panel: str = Field("human", description="with from_store: 'human' (people) or 'simulated' (answer-key judges)")
     with_retrieval_score: bool = Field(False, description="add the top retrieval score feature (paper-era variant)")
+    recipe: Literal["official", "balanced"] = Field(
+        "official", description="official: the notebook's loop; balanced: standardised features, class-weighted loss"
+    )
     folds: int = Field(5, ge=2, description="cross-validation folds")
     steps: int | None = Field(None, ge=1, description="training steps (default: the official 2000)")
     device: str = Field("cpu", description="torch device for the features")
@@ -168,6 +171,12 @@ class PipelineParams(ModelParams):
                                "shipped PartiPrompts votes")  # fmt: skip
     panel_seed: int = Field(0, ge=0, description="seed of the simulated judges' noise (embedded default)")
     decision_steps: int | None = Field(None, ge=1, description="classifier steps (default: the official 2000)")
+    decision_head: Literal["official", "bank-aware"] | None = Field(
+        None,
+        description="the decision head saved into the checkpoint (auto mode uses it): 'official' (h[IMG0], the "
+        "notebook's recipe) or 'bank-aware' (h[IMG0] + the top retrieval score, standardised and class-weighted); "
+        "the official head is always fitted and recorded; default: bank-aware on the embedded default, else official",
+    )
     # -- benchmarks --
     bench_seeds: list[int] = Field([42], min_length=1, description="SD seeds of the benchmarks (official: 42)")
     bench_limit: int | None = Field(None, ge=1, description="evaluate the first N samples of each benchmark")

@@ -60,6 +60,8 @@ NOTEBOOK_LAST_F1 = 0.5326
 """The official notebook's printed final-step F1."""
 RETRIEVAL_SCORE_SCALE = "exp(logit_scale) * cosine (max over the bank; the official bank's scale)"
 """What the optional last feature column holds."""
+RECIPES = ("official", "balanced")
+"""Training recipes: ``official`` is the notebook's; ``balanced`` adds two standard corrections (see :func:`_train`)."""
 
 
 # -- results --------------------------------------------------------------------------------------------------------
@@ -132,6 +134,8 @@ class DecisionFitResult:
     panel: str = "human"
     """Whose votes the labels and the baseline come from: ``human`` (people, or the released PartiPrompts votes)
     or ``simulated`` (the answer-key judges of the shapes world; never people)."""
+    recipe: str = "official"
+    """``official`` (the notebook's loop) or ``balanced`` (standardised features, class-weighted loss)."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -142,8 +146,9 @@ class DecisionFitResult:
     def render(self) -> str:
         """The figures beside the human baselines, one per line."""
         score = ", with the retrieval-score feature" if self.with_retrieval_score else ""
+        recipe = "" if self.recipe == "official" else f", {self.recipe} recipe (standardised, class-weighted)"
         lines = [
-            f"decision classifier: {self.n_gen} gen / {self.n_ret} ret usable prompts"
+            f"decision classifier{recipe}: {self.n_gen} gen / {self.n_ret} ret usable prompts"
             + (f" ({self.n_same} 'same' dropped)" if self.n_same is not None else "")
             + f", {self.feature_dim}-d features{score}",
             f"  official split (first {self.n_train} train: {self.n_train_gen} gen / {self.n_train_ret} ret; "
@@ -286,28 +291,81 @@ def _check(features: torch.Tensor, labels: torch.Tensor | Sequence[int]) -> tupl
     return x, y
 
 
+def _check_recipe(recipe: str) -> None:
+    if recipe not in RECIPES:
+        raise InputError(f"unknown decision recipe {recipe!r}", [f"recipe: {recipe!r}"],
+                         hint=f"use one of {', '.join(RECIPES)}")  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Standardizer:
+    """Per-column mean and spread of the training features (``balanced`` recipe), folded into the head at the end."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def fit(cls, x: torch.Tensor) -> _Standardizer:
+        return cls(mean=x.mean(0), std=x.std(0, unbiased=False).clamp_min(1e-6))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    @torch.no_grad()
+    def fold_into(self, head: DecisionHead) -> None:
+        """Make ``head`` take raw features: W (x - m) / s + b = (W / s) x + (b - (W / s) m)."""
+        weight = head.linear.weight / self.std
+        head.linear.bias -= weight @ self.mean
+        head.linear.weight.copy_(weight)
+
+
 def _train(x: torch.Tensor, y: torch.Tensor, *, with_retrieval_score: bool, seed: int, steps: int, lr: float,
-           eval_set: tuple[torch.Tensor, torch.Tensor] | None = None,
-           eval_every: int = OFFICIAL_EVAL_EVERY) -> tuple[DecisionHead, list[tuple[int, float]]]:  # fmt: skip
-    """The notebook's loop; returns the final head (eval mode) and (step, F1 on ``eval_set``) along the way."""
+           eval_set: tuple[torch.Tensor, torch.Tensor] | None = None, eval_every: int = OFFICIAL_EVAL_EVERY,
+           recipe: str = "official") -> tuple[DecisionHead, list[tuple[int, float]]]:  # fmt: skip
+    """The notebook's loop; returns the final head (eval mode) and (step, F1 on ``eval_set``) along the way.
+
+    ``recipe="balanced"`` keeps the loop (seed, Dropout(0.5), AdamW, steps) and changes two things, both standard
+    for a linear classifier on unequal classes and unequal feature scales: the features are standardised with the
+    training part's mean and spread (then folded into the weights, so the saved head takes raw features as the
+    official one does), and the cross-entropy weighs each class by ``N / (2 N_c)``. Without them the official head
+    on a set with twice as many gen labels as ret predicts almost only gen, and the retrieval score (one column
+    of ~12 +- 0.7 among D centred ones, dropped half the time) barely moves the logits.
+    """
+    _check_recipe(recipe)
     width = x.shape[1] - int(with_retrieval_score)
     history: list[tuple[int, float]] = []
+    standardize = _Standardizer.fit(x) if recipe == "balanced" else None
+    inputs = standardize(x) if standardize is not None else x
+    class_weight = None
+    if recipe == "balanced":
+        counts = torch.bincount(y, minlength=2).float().clamp_min(1)
+        class_weight = len(y) / (2 * counts)
     with torch.random.fork_rng(devices=[]):  # seed like the notebook without touching the caller's RNG
         torch.manual_seed(seed)
         head = DecisionHead(width, with_retrieval_score=with_retrieval_score)
         opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0, eps=OFFICIAL_EPS)
         p = head.dropout.p
-        scaled = x * (1.0 / (1.0 - p))  # inverted dropout's scale, applied once
+        scaled = inputs * (1.0 / (1.0 - p))  # inverted dropout's scale, applied once
         for step in range(1, steps + 1):
             head.train()
             # = head(x) in train mode: Dropout(p) on the whole row ([h ; score] too), then the Linear
-            loss = F.cross_entropy(head.linear(scaled * _keep_mask(x.shape, p) if p else x), y)
+            logits = head.linear(scaled * _keep_mask(x.shape, p) if p else inputs)
+            loss = F.cross_entropy(logits, y, weight=class_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if eval_set is not None and (step % eval_every == 0 or step == steps):
-                history.append((step, _f1(head, *eval_set)))
+                ex, ey = eval_set
+                history.append((step, macro_f1(ey, _raw_predict(head, standardize(ex) if standardize else ex))))
+    if standardize is not None:
+        standardize.fold_into(head)
     return head.eval(), history
+
+
+@torch.no_grad()
+def _raw_predict(head: DecisionHead, x: torch.Tensor) -> torch.Tensor:
+    head.eval()
+    return head.linear(x).argmax(-1)
 
 
 _BIT_SHIFTS = torch.arange(8, dtype=torch.uint8)
@@ -345,7 +403,7 @@ def _f1(head: DecisionHead, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def fit_decision_head(features: torch.Tensor, labels: torch.Tensor | Sequence[int], *, seed: int = OFFICIAL_SEED,
                       steps: int = OFFICIAL_STEPS, lr: float = OFFICIAL_LR,
-                      with_retrieval_score: bool = False) -> DecisionHead:  # fmt: skip
+                      with_retrieval_score: bool = False, recipe: str = "official") -> DecisionHead:  # fmt: skip
     """Train Dropout(0.5) -> Linear on (N, D[+1]) features with the official recipe; return the head in eval mode.
 
     Args:
@@ -354,9 +412,11 @@ def fit_decision_head(features: torch.Tensor, labels: torch.Tensor | Sequence[in
         seed: ``torch.manual_seed`` before building the head (notebook: 1337); the caller's RNG is restored.
         steps: full-batch AdamW steps (notebook: 2000).
         lr: AdamW learning rate (weight decay 0, eps 1e-8).
+        recipe: ``official`` (the notebook) or ``balanced`` (standardised features, class-weighted loss;
+            :func:`_train`).
     """
     x, y = _check(features, labels)
-    return _train(x, y, with_retrieval_score=with_retrieval_score, seed=seed, steps=steps, lr=lr)[0]
+    return _train(x, y, with_retrieval_score=with_retrieval_score, seed=seed, steps=steps, lr=lr, recipe=recipe)[0]
 
 
 # -- protocols ------------------------------------------------------------------------------------------------------
@@ -372,7 +432,7 @@ def official_split(n: int, n_train: int = OFFICIAL_TRAIN) -> tuple[torch.Tensor,
 def evaluate_official(
     features: torch.Tensor, labels: torch.Tensor | Sequence[int], *, seed: int = OFFICIAL_SEED,
     steps: int = OFFICIAL_STEPS, lr: float = OFFICIAL_LR, with_retrieval_score: bool = False,
-    n_train: int = OFFICIAL_TRAIN, eval_every: int = OFFICIAL_EVAL_EVERY,
+    n_train: int = OFFICIAL_TRAIN, eval_every: int = OFFICIAL_EVAL_EVERY, recipe: str = "official",
 ) -> OfficialResult:  # fmt: skip
     """Train on the first ``n_train`` examples, test on the rest (file order), as the notebook does.
 
@@ -382,7 +442,7 @@ def evaluate_official(
     x, y = _check(features, labels)
     train, test = official_split(len(y), n_train)
     head, history = _train(x[train], y[train], with_retrieval_score=with_retrieval_score, seed=seed, steps=steps,
-                           lr=lr, eval_set=(x[test], y[test]), eval_every=eval_every)  # fmt: skip
+                           lr=lr, eval_set=(x[test], y[test]), eval_every=eval_every, recipe=recipe)  # fmt: skip
     best_step, best = max(history, key=lambda sf: (sf[1], -sf[0]))  # the earliest of equal bests
     return OfficialResult(test_f1=history[-1][1], best_on_test_f1=best, best_step=best_step, history=tuple(history),
                           head=head, n_train=len(train), n_test=len(test))  # fmt: skip
@@ -414,7 +474,7 @@ def stratified_folds(labels: torch.Tensor | Sequence[int], folds: int = 5, seed:
 
 def cross_validate(features: torch.Tensor, labels: torch.Tensor | Sequence[int], folds: int = 5,
                    seed: int = OFFICIAL_SEED, *, steps: int = OFFICIAL_STEPS, lr: float = OFFICIAL_LR,
-                   with_retrieval_score: bool = False) -> CVResult:  # fmt: skip
+                   with_retrieval_score: bool = False, recipe: str = "official") -> CVResult:  # fmt: skip
     """Stratified ``folds``-fold CV of the recipe: train on k-1 folds (final model), macro-F1 on the held-out one."""
     x, y = _check(features, labels)
     fold = stratified_folds(y, folds, seed)
@@ -422,7 +482,7 @@ def cross_validate(features: torch.Tensor, labels: torch.Tensor | Sequence[int],
     for k in range(folds):
         held = fold == k
         head = _train(x[~held], y[~held], with_retrieval_score=with_retrieval_score, seed=seed, steps=steps,
-                      lr=lr)[0]  # fmt: skip
+                      lr=lr, recipe=recipe)[0]  # fmt: skip
         scores.append(_f1(head, x[held], y[held]))
     t = torch.tensor(scores, dtype=torch.float64)
     std = float(t.std(unbiased=True)) if folds > 1 else 0.0
@@ -433,7 +493,7 @@ def cross_validate(features: torch.Tensor, labels: torch.Tensor | Sequence[int],
 def fit_and_evaluate(
     features: torch.Tensor, labels: torch.Tensor | Sequence[int], *, seed: int = OFFICIAL_SEED,
     steps: int = OFFICIAL_STEPS, lr: float = OFFICIAL_LR, with_retrieval_score: bool = False, folds: int = 5,
-    n_train: int = OFFICIAL_TRAIN,
+    n_train: int = OFFICIAL_TRAIN, recipe: str = "official",
 ) -> tuple[DecisionFitResult, DecisionHead]:  # fmt: skip
     """The official protocol and stratified CV on the same data; returns the figures and the official final head.
 
@@ -441,8 +501,9 @@ def fit_and_evaluate(
     """
     x, y = _check(features, labels)
     official = evaluate_official(x, y, seed=seed, steps=steps, lr=lr, with_retrieval_score=with_retrieval_score,
-                                 n_train=n_train)  # fmt: skip
-    cv = cross_validate(x, y, folds, seed, steps=steps, lr=lr, with_retrieval_score=with_retrieval_score)
+                                 n_train=n_train, recipe=recipe)  # fmt: skip
+    cv = cross_validate(x, y, folds, seed, steps=steps, lr=lr, with_retrieval_score=with_retrieval_score,
+                        recipe=recipe)  # fmt: skip
     train, test = official_split(len(y), n_train)
     result = DecisionFitResult(
         official_test_f1=official.test_f1, official_best_on_test_f1=official.best_on_test_f1,
@@ -451,7 +512,7 @@ def fit_and_evaluate(
         n_train_gen=int((y[train] == GEN).sum()), n_train_ret=int((y[train] == RET).sum()),
         n_test_gen=int((y[test] == GEN).sum()), n_test_ret=int((y[test] == RET).sum()),
         n_gen=int((y == GEN).sum()), n_ret=int((y == RET).sum()), with_retrieval_score=with_retrieval_score,
-        feature_dim=x.shape[1], steps=steps, lr=lr, seed=seed,
+        feature_dim=x.shape[1], steps=steps, lr=lr, seed=seed, recipe=recipe,
     )  # fmt: skip
     return result, official.head
 

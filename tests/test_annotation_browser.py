@@ -31,6 +31,7 @@ pytestmark = pytest.mark.skipif(
     reason="needs apt packages chromium + chromium-driver and pip package selenium",
 )
 
+from shard_helpers import DEMO_PIPELINE  # noqa: E402
 from test_annotation_app import ADMIN, SCRIPT_PROMPT, running, write_candidates  # noqa: E402
 
 WAIT_S = 20
@@ -237,9 +238,10 @@ def test_a_judge_of_the_demo_workdir_sees_both_images_large_votes_and_resumes(br
     token = link.split("token=", 1)[1]
     store = JudgingStore(wd)
     first, second, third = store.items()[:3]
+    n = DEMO_PIPELINE["candidate_limit"]
     with running(create_app(wd, admin_token=ADMIN)) as url:
         _login(browser, url, token)
-        _wait_item(browser, first.id, "0 / 24 done")
+        _wait_item(browser, first.id, f"0 / {n} done")
         assert browser.find_element(By.ID, "prompt").text == first.prompt
         sizes = (
             "return ['img-left', 'img-right'].map((id) => { const i = document.getElementById(id); return "
@@ -250,10 +252,10 @@ def test_a_judge_of_the_demo_workdir_sees_both_images_large_votes_and_resumes(br
             assert natural == 64 and shown >= 256 and rendering == "pixelated"
         browser.find_element(By.ID, "alignment-right").click()
         browser.find_element(By.ID, "realism-left").click()
-        _wait_item(browser, second.id, "1 / 24 done")
+        _wait_item(browser, second.id, f"1 / {n} done")
         ActionChains(browser).send_keys("3").send_keys("w").perform()
-        _wait_item(browser, third.id, "2 / 24 done")
+        _wait_item(browser, third.id, f"2 / {n} done")
         browser.refresh()
-        _wait_item(browser, third.id, "2 / 24 done")
+        _wait_item(browser, third.id, f"2 / {n} done")
     assert _votes(wd, "alice") == [(first.id, "right", "left"), (second.id, "same", "right")]
-    assert JudgingStore(wd).count_votes("simulated") == 120  # the simulated panel's votes are untouched, apart
+    assert JudgingStore(wd).count_votes("simulated") == 5 * n  # the simulated panel's votes are untouched, apart

@@ -97,6 +97,23 @@ def test_decision_claim_uses_the_latest_cross_validation_folds_against_chance(da
     assert e1.ours_a == pytest.approx(0.72)
     assert e1.ours_b == pytest.approx(CHANCE_MACRO_F1)
     assert e1.a_low < e1.ours_a < e1.a_high and e1.holds == "true"
+    assert "e4" not in _claims(database)  # no bank-aware fit: no row
+
+
+def test_the_official_and_the_bank_aware_decision_claims_read_their_own_fits(database):
+    replace_rows(database, "results", [_result("main", "vist", "5cap", "sd", "clip_sim", 0.5, 0.01)])
+    fits = (("official", False, 0, 0.45, "d-off"), ("balanced", True, 5, 0.62, "d-aware"))
+    rows = [{"run_id": run, "created": T0 + dt.timedelta(minutes=m), "protocol": "cv5", "metric": f"macro_f1_fold{k}",
+             "value": v + 0.01 * k, "n": 300, "recipe": recipe, "with_retrieval_score": score}
+            for recipe, score, m, v, run in fits for k in range(5)]  # fmt: skip
+    rows.append({"run_id": "d-aware", "created": T0 + dt.timedelta(minutes=5), "protocol": "simulated-panel",
+                 "metric": "macro_f1_official", "value": 0.95, "n": 300})  # fmt: skip
+    replace_rows(database, "decision_eval", rows)
+    claims = _claims(database)
+    assert claims["e1"].ours_a == pytest.approx(0.47) and claims["e1"].holds == "false"  # the newer fit is not e1's
+    assert claims["e1"].arm_a == "decision classifier (official recipe, h[IMG0]; latest fit)"
+    assert claims["e4"].ours_a == pytest.approx(0.64) and claims["e4"].holds == "true"
+    assert "SIMULATED" in claims["e4"].arm_a and "retrieval score" in claims["e4"].arm_a
 
 
 def test_every_claim_names_its_source_and_the_report_prints_the_table(database, tmp_path, capsys):

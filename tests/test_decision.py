@@ -21,6 +21,7 @@ from gill.decision import (
     predict,
     stratified_folds,
 )
+from gill.errors import InputError
 from gill.pipeline import GenerationSettings, GILLPipeline, resolve_checkpoint
 
 ASSETS = Path(__file__).parent / "assets" / "official"
@@ -71,8 +72,6 @@ def test_the_retrieval_score_feature_is_the_top_scaled_bank_score(pipe):
 
 
 def test_bad_feature_inputs_are_named(pipe):
-    from gill.errors import InputError
-
     with pytest.raises(InputError, match="non-empty"):
         decision_features(pipe, ["ok", "  "])
     bankless = GILLPipeline(pipe.model, pipe.tokenizer, pipe.vision, pipe.image_processor)
@@ -243,13 +242,19 @@ def test_the_official_decision_model_runs_on_4096_d_states():
     assert set(predict(head, h).tolist()) <= {GEN, RET}
 
 
+def _panel_rows() -> list:
+    from annotations.votes import VoteRow
+
+    return [VoteRow(f"a {'red' if i % 2 else 'blue'} star number {i}", "Shapes world", "", "",
+                    votes=["gen" if i % 2 else "ret"] * 5) for i in range(60)]  # fmt: skip
+
+
 def test_a_fit_on_the_simulated_panel_names_the_panel_and_scales_the_official_split(workdir, tmp_path):
-    from annotations.votes import VoteRow, write_votes
+    from annotations.votes import write_votes
     from eval.db import db_path, query
     from eval.decision import InsufficientLabelsError, fit_decision
 
-    rows = [VoteRow(f"a {'red' if i % 2 else 'blue'} star number {i}", "Shapes world", "", "",
-                    votes=["gen" if i % 2 else "ret"] * 5) for i in range(60)]  # fmt: skip
+    rows = _panel_rows()
     votes = write_votes(tmp_path / "Decisions_Alignment_simulated.tsv", rows)
     result = fit_decision(workdir, resolve_checkpoint(workdir), votes_path=votes, out_checkpoint=tmp_path / "c",
                           steps=50, panel="simulated")  # fmt: skip
@@ -264,3 +269,59 @@ def test_a_fit_on_the_simulated_panel_names_the_panel_and_scales_the_official_sp
     few = write_votes(tmp_path / "few.tsv", rows[:8])
     with pytest.raises(InsufficientLabelsError, match="too few confident labels"):
         fit_decision(workdir, resolve_checkpoint(workdir), votes_path=few, out_checkpoint=tmp_path / "d")
+
+
+def _familiarity_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Twice as many gen as ret labels; 16 uninformative centred columns and a last column like the retrieval
+    score (about 12 +- 0.7) that is 0.7 higher on ret examples, as on the shapes world's decision set."""
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.rand(n, generator=g) < 1 / 3).long()  # 1 = ret
+    noise = torch.randn(n, 16, generator=g)
+    score = 12 + 0.5 * torch.randn(n, generator=g) + 0.7 * y.float()
+    return torch.cat([noise, score[:, None]], 1), y
+
+
+def test_the_balanced_recipe_uses_a_small_offset_feature_the_official_one_ignores_and_takes_raw_features():
+    x, y = _familiarity_data(600, 0)
+    official = evaluate_official(x, y, n_train=400, steps=500, with_retrieval_score=True)
+    balanced = evaluate_official(x, y, n_train=400, steps=500, with_retrieval_score=True, recipe="balanced")
+    assert balanced.test_f1 >= official.test_f1 + 0.15 and balanced.test_f1 > 0.65
+    # The standardisation is folded into the saved head: it predicts from raw features, with no extra state.
+    head = fit_decision_head(x[:400], y[:400], steps=500, with_retrieval_score=True, recipe="balanced")
+    assert set(head.state_dict()) == {"linear.weight", "linear.bias"}
+    # trained and scored on standardised features, then folded: the raw-feature predictions give the same F1
+    assert macro_f1(y[400:], predict(head, x[400:])) == pytest.approx(balanced.test_f1)
+    with pytest.raises(InputError, match="unknown decision recipe"):
+        fit_decision_head(x, y, steps=1, recipe="tuned")
+
+
+def test_the_decision_stage_records_the_official_head_and_saves_the_bank_aware_one(workdir, tmp_path):
+    from annotations.votes import write_votes
+    from eval.db import db_path, query
+    from eval.decision import InsufficientLabelsError, fit_decision_stage
+    from gill.checkpoint import load_adapters
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(resolve_checkpoint(workdir), ckpt)
+    votes = write_votes(tmp_path / "Decisions_Alignment_simulated.tsv", _panel_rows())
+    fits = fit_decision_stage(workdir, ckpt, votes_path=votes, panel="simulated", head="bank-aware", steps=50)
+    assert fits.saved == "bank-aware" and fits.official.recipe == "official" and not fits.official.with_retrieval_score
+    assert fits.bank_aware is not None and fits.bank_aware.recipe == "balanced" and fits.bank_aware.with_retrieval_score
+    head = load_adapters(ckpt).decision_head
+    assert head is not None and head.with_retrieval_score  # the checkpoint keeps the bank-aware head
+    recorded = query(db_path(workdir), "SELECT DISTINCT recipe, with_retrieval_score FROM decision_eval "
+                     "WHERE votes = ?", [str(votes)])  # fmt: skip
+    assert set(zip(recorded.recipe, recorded.with_retrieval_score, strict=True)) == {("official", False),
+                                                                                      ("balanced", True)}  # fmt: skip
+    official_only = tmp_path / "official"
+    shutil.copytree(resolve_checkpoint(workdir), official_only)
+    assert fit_decision_stage(workdir, official_only, votes_path=votes, panel="simulated", steps=50).bank_aware is None
+    assert not load_adapters(official_only).decision_head.with_retrieval_score
+    untouched = tmp_path / "untouched"
+    shutil.copytree(resolve_checkpoint(workdir), untouched)
+    few = write_votes(tmp_path / "few.tsv", _panel_rows()[:8])
+    with pytest.raises(InsufficientLabelsError):
+        fit_decision_stage(workdir, untouched, votes_path=few, head="bank-aware")
+    assert load_adapters(untouched).decision_head is None  # refused: nothing saved
+    with pytest.raises(InputError, match="unknown decision head"):
+        fit_decision_stage(workdir, untouched, votes_path=votes, head="best")
