@@ -41,7 +41,9 @@ class DownloadParams(BaseModel):
     processes: int = Field(1, ge=1, description="download processes")
     threads: int = Field(16, ge=1, description="download threads per process")
     image_size: int = Field(224, ge=8, description="side of the stored images in pixels")
-    resize_mode: Literal["center_crop", "border", "keep_ratio"] = Field("center_crop", description="how to resize")
+    resize_mode: Literal["center_crop", "border", "keep_ratio", "original"] = Field(
+        "center_crop", description="how to resize ('original': keep the source bytes, the official preprocessing)"
+    )
     shard_size: int = Field(10000, ge=1, description="samples per webdataset shard")
     timeout: float = Field(10, gt=0, description="seconds per url before giving up")
     retries: int = Field(2, ge=0, description="retries per url")

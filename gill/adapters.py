@@ -68,21 +68,24 @@ class ImgTokenEmbeddings(nn.Module):
 class RetrievalHeads(nn.Module):
     """Contrastive retrieval heads (paper section 3.2): ``text_proj(h[IMG0])`` vs ``image_proj(CLIP feature)``."""
 
-    def __init__(self, lm_hidden: int, vision_hidden: int, ret_emb_dim: int, logit_scale_init: float,
-                 logit_scale_max: float) -> None:  # fmt: skip
+    def __init__(self, lm_hidden: int, vision_hidden: int, ret_emb_dim: int, logit_scale_init: float) -> None:
         super().__init__()
         self.text_proj = nn.Linear(lm_hidden, ret_emb_dim)
         self.image_proj = nn.Linear(vision_hidden, ret_emb_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale_init)))  # () log temperature
-        self.logit_scale_max = logit_scale_max
 
     def scale(self) -> torch.Tensor:
-        """``exp(logit_scale)``, clamped at ``exp(logit_scale_max)``.
+        """``exp(logit_scale)``, never clamped here (official §1.3): an imported value is used exactly.
 
-        The official GILL code never clamps its learnable temperature (official §1.3); CLIP clamps the log scale
-        at ln(100) so the logits cannot blow up. We clamp (gradient stops above the bound, as CLIP's in-place clamp).
+        Training may keep the log scale at most ln(100) as CLIP does (``train.logit_scale_clamp``;
+        :meth:`clamp_`); that is an option of the trainer, not of the model.
         """
-        return self.logit_scale.clamp(max=self.logit_scale_max).exp()
+        return self.logit_scale.exp()
+
+    @torch.no_grad()
+    def clamp_(self, max_log_scale: float) -> None:
+        """Clamp the log scale in place to at most ``max_log_scale`` (after an optimizer step, as OpenCLIP does)."""
+        self.logit_scale.clamp_(max=max_log_scale)
 
 
 # -- mappers (paper section 3.2 and the mapper ablation table) -------------------------------------------------
@@ -206,7 +209,7 @@ class GILLAdapters(nn.Module):
         self.input_proj = InputProjection(dims.vision_hidden, dims.lm_hidden, config.n_visual_tokens)
         self.img_embeddings = ImgTokenEmbeddings(config.num_img_tokens, dims.lm_hidden, init_std)
         self.retrieval = RetrievalHeads(dims.lm_hidden, dims.vision_hidden, config.ret_emb_dim,
-                                        config.logit_scale_init, config.logit_scale_max)  # fmt: skip
+                                        config.logit_scale_init)  # fmt: skip
         self.mapper = build_mapper(config, dims)
 
 

@@ -374,7 +374,9 @@ def _add_download_parser(data: argparse._SubParsersAction) -> None:
     p.add_argument("--processes", type=int, default=1, help="download processes")
     p.add_argument("--threads", type=int, default=16, help="download threads per process")
     p.add_argument("--image-size", type=int, default=224, help="side of the stored images")
-    p.add_argument("--resize-mode", choices=("center_crop", "border", "keep_ratio"), default="center_crop")
+    p.add_argument("--resize-mode", choices=("center_crop", "border", "keep_ratio", "original"), default="center_crop",
+                   help="how img2dataset stores images (default center_crop at --image-size); original: the source "
+                        "bytes, so precompute preprocesses the original image as the official code does")  # fmt: skip
     p.add_argument("--shard-size", type=int, default=10000, help="samples per shard")
     p.add_argument("--timeout", type=float, default=10, help="seconds per url")
     p.add_argument("--retries", type=int, default=2, help="retries per url")

@@ -39,14 +39,30 @@ def _add_settings_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-new-tokens", type=int, default=32)
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     g.add_argument("--top-p", type=float, default=1.0)
-    how_often = "how often to return images: multiplies the odds of [IMG0] (1 = unchanged; demo default 1.3)"
-    g.add_argument("--image-frequency", type=float, default=1.3, help=how_often)
+    how_often = ("how often to return images: multiplies the odds of [IMG0] at every step by F (1 = unchanged, "
+                 "0 = never; default 1.3: odds 30%% higher). Not the official demo's 1.3, which is its "
+                 "ret_scale_factor: pass --ret-scale-factor for that")  # fmt: skip
+    g.add_argument("--image-frequency", type=float, default=None, metavar="F",
+                   help=how_often)  # fmt: skip
+    g.add_argument("--ret-scale-factor", type=float, metavar="S",
+                   help="the official demo's knob instead of --image-frequency: when S > 1 the [IMG0] logit becomes "
+                        "|logit| x S (official demo slider, default there 1.3)")  # fmt: skip
     g.add_argument("--force-image", action="store_true", help="start the reply with an image")
     g.add_argument("--max-images", type=int, default=1)
     g.add_argument("--sd-steps", type=int, default=50, help="Stable Diffusion denoising steps")
     g.add_argument("--guidance-scale", type=float, default=7.5)
     g.add_argument("--height", type=int, help="generated image height (default: SD's native size)")
     g.add_argument("--width", type=int, help="generated image width (default: SD's native size)")
+
+
+DEFAULT_IMAGE_FREQUENCY = 1.3
+"""``--image-frequency`` when neither it nor ``--ret-scale-factor`` is given."""
+
+
+def _image_frequency(args: argparse.Namespace) -> float:
+    if args.image_frequency is not None:
+        return args.image_frequency
+    return 1.0 if args.ret_scale_factor is not None else DEFAULT_IMAGE_FREQUENCY
 
 
 def _settings(args: argparse.Namespace):  # -> GenerationSettings
@@ -56,7 +72,8 @@ def _settings(args: argparse.Namespace):  # -> GenerationSettings
     try:
         return GenerationSettings(
             max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-            image_frequency=args.image_frequency, force_image=args.force_image, max_images=args.max_images,
+            image_frequency=_image_frequency(args), ret_scale_factor=args.ret_scale_factor,
+            force_image=args.force_image, max_images=args.max_images,
             mode=args.mode, num_inference_steps=args.sd_steps, guidance_scale=args.guidance_scale, seed=args.seed,
             height=args.height, width=args.width,
         )  # fmt: skip

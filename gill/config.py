@@ -164,9 +164,8 @@ class AdapterConfig(_Validated):
     mapper: MapperConfig = field(default_factory=MapperConfig)
     """The generation mapper."""
     logit_scale_init: float = math.log(1 / 0.07)
-    """Initial contrastive temperature as a log scale (CLIP's ln(1/0.07))."""
-    logit_scale_max: float = math.log(100.0)
-    """Clamp for the log scale, as CLIP does (the official GILL code never clamps it)."""
+    """Initial contrastive temperature as a log scale (CLIP's ln(1/0.07)). Never clamped at inference: an imported
+    value is used exactly (the clamp is a training option, ``train.logit_scale_clamp``)."""
     rescale_img_embeddings: bool = True
     """After each step, rescale each [IMG] embedding to the mean norm of the frozen vocabulary (official §2.6)."""
 
@@ -176,12 +175,18 @@ class AdapterConfig(_Validated):
             _positive(problems, name, getattr(self, name))
         if not self.text_emb_layers:
             problems.append("text_emb_layers: must list at least one layer index, got ()")
-        if self.logit_scale_max < self.logit_scale_init:
-            problems.append(
-                f"logit_scale_max: must be >= logit_scale_init ({self.logit_scale_init:.4f}), "
-                f"got {self.logit_scale_max!r}"
-            )
         return problems
+
+
+@dataclass(frozen=True, kw_only=True)
+class Objective:
+    """The training objective's options after :attr:`TrainConfig.paper_exact` filled the unset ones."""
+
+    lp_second_segment: bool
+    separate_mode_passes: bool
+    contrastive_official_world: int
+    img_init: Literal["fresh", "lm_rows"]
+    logit_scale_clamp: bool
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -230,9 +235,58 @@ class TrainConfig(_Validated):
     """Resumable checkpoints kept (older ones are deleted)."""
     log_every: int = 10
     """Write metrics every this many steps."""
+    val_bleu: bool = True
+    """Greedy-caption the validation images and report corpus BLEU-1..4 against their captions (official §2.7)."""
+    # -- the objective: our fixes by default, the official objective with ``paper_exact`` (docs/official-differences.md)
+    paper_exact: bool = False
+    """Compute the official objective: every option below left unset takes its official value (see
+    :meth:`objective`); setting one of them to a non-official value while this is on is an error."""
+    lp_second_segment: bool | None = None
+    """With concat-captions, give the second caption and its [IMG0] the l_p loss (default True; official: False)."""
+    separate_mode_passes: bool | None = None
+    """Run retrieval and generation as two LM passes, each with its own concat draw and l_p weighted 0.5, as the
+    official code does (default False: one shared pass, the same objective in expectation at one LM pass less)."""
+    contrastive_official_world: int | None = None
+    """Give the adapters 1/W of the contrastive gradient, as the official W-process DDP run did (W = 2 for the
+    paper's run); default 1: the exact gradient. ``logit_scale`` always gets its exact gradient."""
+    img_init: Literal["fresh", "lm_rows"] | None = None
+    """[IMG] rows at the start: ``fresh`` (all drawn anew, default) or ``lm_rows`` (copied from the LM's unused
+    embedding rows at the [IMG] ids where those rows exist, fresh otherwise; official)."""
+    logit_scale_clamp: bool | None = None
+    """Clamp ``logit_scale`` to at most :attr:`logit_scale_max` after every step, as CLIP does (default True;
+    official: never clamped)."""
+    logit_scale_max: float = math.log(100.0)
+    """The clamp's bound (ln 100)."""
+
+    def objective(self) -> Objective:
+        """The resolved objective options (unset ones from :attr:`paper_exact`)."""
+        exact = self.paper_exact
+        return Objective(
+            lp_second_segment=not exact if self.lp_second_segment is None else self.lp_second_segment,
+            separate_mode_passes=exact if self.separate_mode_passes is None else self.separate_mode_passes,
+            contrastive_official_world=(2 if exact else 1) if self.contrastive_official_world is None
+            else self.contrastive_official_world,
+            img_init=("lm_rows" if exact else "fresh") if self.img_init is None else self.img_init,
+            logit_scale_clamp=not exact if self.logit_scale_clamp is None else self.logit_scale_clamp,
+        )  # fmt: skip
+
+    def _paper_exact_problems(self) -> list[str]:
+        if not self.paper_exact:
+            return []
+        official = {"lp_second_segment": False, "separate_mode_passes": True, "img_init": "lm_rows",
+                    "logit_scale_clamp": False, "gen_loss": "l2"}  # fmt: skip
+        problems = [
+            f"{name}: paper_exact computes the official objective, which needs {value!r}, got {getattr(self, name)!r}"
+            " (leave it unset, or turn paper_exact off)"
+            for name, value in official.items()
+            if getattr(self, name) is not None and getattr(self, name) != value
+        ]
+        return problems
 
     def _problems(self) -> list[str]:
-        problems: list[str] = []
+        problems: list[str] = self._paper_exact_problems()
+        if self.contrastive_official_world is not None and self.contrastive_official_world < 1:
+            problems.append(f"contrastive_official_world: must be >= 1, got {self.contrastive_official_world!r}")
         for name in ("steps", "batch_size", "grad_accum", "lr", "ckpt_every", "val_every", "keep_last", "log_every"):
             _positive(problems, name, getattr(self, name))
         for name in ("warmup_steps", "decay_every", "weight_decay", "grad_clip"):
@@ -282,8 +336,12 @@ class GILLConfig(_Validated):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GILLConfig:
-        """Build and validate a config from a dict, reporting every problem with its field path."""
-        return from_dict(cls, data)
+        """Build and validate a config from a dict, reporting every problem with its field path.
+
+        Configs of earlier versions are read too: ``adapters.logit_scale_max`` (a clamp applied at inference as well)
+        became the training option ``train.logit_scale_max``.
+        """
+        return from_dict(cls, _migrated(data))
 
     @classmethod
     def from_json(cls, text: str) -> GILLConfig:
@@ -318,6 +376,19 @@ class GILLConfig(_Validated):
         }
         self.backbones.check_roles(updates)
         return dataclasses.replace(self, backbones=dataclasses.replace(self.backbones, **updates))
+
+
+def _migrated(data: Any) -> Any:
+    """``data`` with the fields of earlier config versions moved to where they live now (a copy; never mutated)."""
+    if not isinstance(data, dict) or not isinstance(data.get("adapters"), dict):
+        return data
+    if "logit_scale_max" not in data["adapters"]:
+        return data
+    adapters = {k: v for k, v in data["adapters"].items() if k != "logit_scale_max"}
+    train = data.get("train", {})
+    if isinstance(train, dict) and "logit_scale_max" not in train:
+        train = {**train, "logit_scale_max": data["adapters"]["logit_scale_max"]}
+    return {**data, "adapters": adapters, "train": train}
 
 
 @dataclass(frozen=True, kw_only=True)

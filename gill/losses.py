@@ -7,7 +7,7 @@ can call it and the tests can check it against plain Python oracles:
 * label construction: :func:`captioning_labels` (paper section 3.1, the captioning loss l_c),
   :func:`lp_labels` (section 3.2, eq. 2: the [IMG]-prediction loss l_p) and :func:`img_positions`;
 * the concat-captions augmentation (FROMAGe-style pseudo-interleaving, official §2.3):
-  :func:`draw_concat`, :func:`second_bos_mask`, :func:`concat_pairs`;
+  :func:`draw_concat`, :func:`second_bos_mask`, :func:`captioning_concat_drop_mask`, :func:`concat_pairs`;
 * losses: :func:`lm_loss` / :func:`token_accuracy` (l_c and l_p), :func:`contrastive_loss` (section 3.3,
   the retrieval InfoNCE loss l_r), :func:`generation_loss` / :func:`sd_token_weights` (section 3.2, eq. 3:
   the generation loss l_gen) and :func:`combine` (section 3.4: the total).
@@ -158,6 +158,30 @@ def second_bos_mask(input_ids: torch.Tensor, bos_token_id: int, n_prefix: int = 
         )
     prefix = torch.zeros(input_ids.shape[0], n_prefix, dtype=torch.bool, device=input_ids.device)
     return torch.cat([prefix, first_bos & odd], dim=1)
+
+
+def captioning_concat_drop_mask(
+    input_ids: torch.Tensor, bos_token_id: int, img_token_ids: Sequence[int], n_prefix: int
+) -> torch.Tensor:
+    """``drop_mask`` for :func:`concat_pairs` in captioning mode: the second BOS and every [IMG] token.
+
+    The official captioning pass cuts each segment at its first pad or [IMG] token before concatenating, giving
+    ``[v1 BOS c1][v2 c2]`` (official §2.3): the [IMG] blocks of both captions are not between the segments. (The
+    official code moves them, with the pads, behind both segments, where the causal LM never lets them influence a
+    caption token, so dropping them gives the same loss.)
+
+    Args:
+        input_ids: (B, T) ids ``[BOS caption [IMG]s pad]``.
+        bos_token_id: the BOS id.
+        img_token_ids: the n [IMG] ids.
+        n_prefix: visual tokens in front of the text (never dropped).
+
+    Returns:
+        (B, n_prefix + T) bool.
+    """
+    drop = second_bos_mask(input_ids, bos_token_id, n_prefix)  # (B, n_prefix + T)
+    drop[:, n_prefix:] |= _is_any(input_ids, img_token_ids)
+    return drop
 
 
 @dataclass(kw_only=True)
@@ -488,8 +512,9 @@ class LossScales:
     """Weights of the GILL losses (official ``--cap-loss-scale`` etc., all 1.0 by default; official §2.4).
 
     The official code computes l_p twice per step, in retrieval mode (x ``ret_loss_scale`` x 0.5) and in
-    generation mode (x ``gen_loss_scale`` x 0.5), with independent concat draws. We compute it once with weight
-    :attr:`lp_weight` = 0.5 * (ret + gen), which is the same objective in expectation and costs one LM pass less.
+    generation mode (x ``gen_loss_scale`` x 0.5), with independent concat draws. By default we compute it once with
+    weight :attr:`lp_weight` = 0.5 * (ret + gen), which is the same objective in expectation and costs one LM pass
+    less; ``train.separate_mode_passes`` runs the two passes and passes their scale-weighted mean as l_p.
     """
 
     cap_loss_scale: float = 1.0

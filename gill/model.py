@@ -198,6 +198,22 @@ class GILLModel(nn.Module):
             self._target_norm = float(weight.float().norm(dim=-1).mean())
         return self._target_norm
 
+    @torch.no_grad()
+    def init_img_from_lm_rows_(self) -> int:
+        """Copy the LM's own embedding rows into the [IMG] rows whose ids the LM already has (official §1.2).
+
+        OPT-6.7B's matrix has 50,272 rows for a 50,265-token vocabulary; the official code adds ``<|image|>`` and
+        [IMG0..7] (ids 50265-50273) and resizes to 50,274, so [IMG0..5] start from the LM's unused rows 50266-50271
+        and only [IMG6..7] are new. Returns how many rows were copied (0 when the LM has no rows at those ids).
+        """
+        ids = self.img_token_ids.tolist()
+        present = [i for i, token in enumerate(ids) if token < self.lm_rows]
+        if present:
+            source = self.lm.get_input_embeddings().weight[[ids[i] for i in present]]  # (m, D)
+            table = self.adapters.img_embeddings.weight
+            table[present] = source.to(table.dtype)
+        return len(present)
+
     def rescale_img_embeddings_(self) -> None:
         """Rescale the [IMG] rows to :meth:`img_embedding_target_norm` when the config asks for it (official §2.6)."""
         if self.config.adapters.rescale_img_embeddings:

@@ -13,7 +13,8 @@ Differences from the official ``GILL.generate_for_images_and_texts`` (each fixes
   exist even when ``[IMG0]`` is the last token sampled (8.8);
 * ``[IMG0]`` emission is steered by an additive log-bias, ``ln(image_frequency)``: the frequency multiplies the
   odds of ``[IMG0]`` at every step (1 = unchanged, higher = more images, 0 = never). The official
-  ``|logit| x factor`` is not monotone (a negative logit flips sign) (8.10);
+  ``|logit| x factor`` is not monotone (a negative logit flips sign) (8.10); it stays available as
+  ``ret_scale_factor`` so that a value from the official demo behaves the same;
 * prompt images may be any ``PIL.Image.Image`` subclass (the official check is ``type(p) == Image.Image``);
 * retrieved images are read from the local bank's shards, never downloaded, and the loop really stops at
   ``max_images`` blocks (8.9); retrieval and generation scores are both reported as plain cosine with the
@@ -70,6 +71,9 @@ class GenerationSettings(_Validated):
     """Nucleus sampling mass (only with ``temperature > 0``)."""
     image_frequency: float = 1.0
     """How often to return images: multiplies the odds of ``[IMG0]`` at each step (log-bias ``ln f``)."""
+    ret_scale_factor: float | None = None
+    """The official demo's knob instead of :attr:`image_frequency`: when > 1, the ``[IMG0]`` logit becomes
+    ``|logit| x factor`` (official §4.3; not monotone: a negative logit turns positive). None: not used."""
     force_image: bool = False
     """Emit ``[IMG0..7]`` as the first tokens (what the official evals get with a huge ``ret_scale_factor``)."""
     stop_at_newline: bool = True
@@ -106,6 +110,14 @@ class GenerationSettings(_Validated):
             problems.append(
                 f"image_frequency: must be a finite number >= 0 (1 = unchanged), got {self.image_frequency}"
             )
+        if self.ret_scale_factor is not None:
+            if not (self.ret_scale_factor >= 0 and math.isfinite(self.ret_scale_factor)):
+                problems.append(f"ret_scale_factor: must be a finite number >= 0, got {self.ret_scale_factor}")
+            if self.image_frequency != 1.0:
+                problems.append(
+                    f"ret_scale_factor ({self.ret_scale_factor}) and image_frequency ({self.image_frequency}) are two "
+                    "ways to set how often images come: give one of them"
+                )
         if self.mode not in MODES:
             problems.append(f"mode: must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.guidance_scale < 0:
@@ -433,6 +445,9 @@ class GILLPipeline:
         logits[rest] = float("-inf")  # [IMG1..] only ever follow [IMG0], by forcing
         if sampled < settings.min_new_tokens or blocks >= settings.max_images:
             logits[img0] = float("-inf")
+        elif settings.ret_scale_factor is not None:
+            if settings.ret_scale_factor > 1:  # the official rule, kept as it is
+                logits[img0] = logits[img0].abs() * settings.ret_scale_factor
         else:
             logits[img0] = logits[img0] + settings.img_logit_bias
         if settings.temperature == 0:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tokenizers import AddedToken
+
 
 def img_token_strings(num_img_tokens: int) -> tuple[str, ...]:
     """``("[IMG0]", ..., "[IMG{n-1}]")``."""
@@ -35,11 +37,16 @@ class ImgTokens:
 def add_img_tokens(tokenizer: Any, num_img_tokens: int) -> ImgTokens:
     """Add ``[IMG0]..[IMG{n-1}]`` as single tokens (idempotent) and return their ids.
 
+    Spaces around an [IMG] token are absorbed into it (the official tokenizer strips them), so chat history and
+    prompts read ``text[IMG0]..[IMG7]next`` whatever spacing the text had.
+
     Raises:
         ValueError: if the tokenizer still splits a token (it would then not be a single embedding row).
     """
     strings = img_token_strings(num_img_tokens)
-    tokenizer.add_tokens(list(strings))
+    # lstrip/rstrip: whitespace next to an [IMG] token belongs to it, as with the official (slow, transformers 4)
+    # OPT tokenizer: "a star [IMG0] then" gives [a, star, [IMG0], then], never a lone space token (official §1.2).
+    tokenizer.add_tokens([AddedToken(s, lstrip=True, rstrip=True, normalized=False) for s in strings])
     ids = tuple(tokenizer.convert_tokens_to_ids(s) for s in strings)
     for s, i in zip(strings, ids, strict=True):
         pieces = tokenizer(s, add_special_tokens=False).input_ids

@@ -10,6 +10,9 @@ One optimizer step = ``grad_accum`` micro-batches; each micro-batch runs two LM 
 The official code runs retrieval and generation as two passes, each computing ``l_p`` with weight 0.5; one
 pass with weight 1 is the same objective at half the cost. Concat-captions (p = 0.5, drawn per pass from a
 seeded generator) merges pairs of examples; unlike the official, the second segment keeps its ``l_p`` loss.
+``train.paper_exact`` computes the official objective instead: two passes, no second-segment ``l_p``, the
+official two-process contrastive weighting, [IMG] rows from the LM's unused rows and no ``logit_scale`` clamp
+(:meth:`gill.config.TrainConfig.objective`; docs/official-differences.md).
 
 Fixes against the official loop: fp32 master weights with optional bf16 autocast (not pure bf16); AdamW on
 the adapters only; a schedule that is a pure function of the step; no input prefix in validation (the same
@@ -33,6 +36,7 @@ import torch
 import torch.distributed as dist
 
 from gill import losses as L
+from gill.captioning import corpus_bleu, greedy_captions
 from gill.config import GILLConfig
 from gill.data.reader import TrainingBatch, TrainingData
 from gill.model import GILLModel
@@ -145,6 +149,7 @@ class Trainer:
         self.scheduler = build_scheduler(
             self.optimizer, self.cfg.warmup_steps, self.cfg.decay_every, self.cfg.decay_gamma
         )
+        self.objective = self.cfg.objective()
         self.concat_rng = torch.Generator().manual_seed(self.cfg.seed)
         self.position = Position()
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", keep_last=self.cfg.keep_last)
@@ -210,15 +215,7 @@ class Trainer:
 
     def train_step(self, chunk: list[TrainingBatch]) -> dict[str, float]:
         """Forward/backward over ``grad_accum`` micro-batches, then clip, step, schedule and rescale [IMG] rows."""
-        totals: dict[str, float] = {}
-        for global_batch in chunk:
-            local = self._local(global_batch)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
-                backward, report = self.losses(local)
-            (backward / len(chunk)).backward()
-            for name, value in report.items():
-                totals[name] = totals.get(name, 0.0) + value / len(chunk)
-        self._sync_gradients()
+        totals = self.accumulate_gradients(chunk)
         if self.cfg.grad_clip > 0:
             totals["grad_norm"] = float(
                 torch.nn.utils.clip_grad_norm_(self.model.trainable_parameters(), self.cfg.grad_clip)
@@ -228,7 +225,23 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.model.rescale_img_embeddings_()
+        if self.objective.logit_scale_clamp:
+            self.model.adapters.retrieval.clamp_(self.cfg.logit_scale_max)
         self.position.step += 1
+        return totals
+
+    def accumulate_gradients(self, chunk: list[TrainingBatch]) -> dict[str, float]:
+        """Forward and backward over the micro-batches of one optimizer step, gradients averaged over processes:
+        afterwards every parameter's ``.grad`` is the global batch's (W processes equal one process)."""
+        totals: dict[str, float] = {}
+        for global_batch in chunk:
+            local = self._local(global_batch)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+                backward, report = self.losses(local)
+            (backward / len(chunk)).backward()
+            for name, value in report.items():
+                totals[name] = totals.get(name, 0.0) + value / len(chunk)
+        self._sync_gradients()
         return totals
 
     def _local(self, batch: TrainingBatch) -> TrainingBatch:
@@ -239,64 +252,100 @@ class Trainer:
     def _to_device(self, batch: TrainingBatch) -> TrainingBatch:
         return replace(batch, **{name: getattr(batch, name).to(self.device) for name in TENSOR_FIELDS})
 
+    def _contrastive_factor(self) -> float:
+        """Factor on the contrastive loss before backward: W / O for W processes and the emulated official O.
+
+        Each process computes the contrastive loss over the global batch but back-propagates only into its own
+        slice, so averaging gradients over processes gives the adapters 1/W of the global gradient; the factor W
+        restores it (and 1/O reproduces the official O-process run, :attr:`TrainConfig.contrastive_official_world`).
+        """
+        return self.world.world_size / self.objective.contrastive_official_world
+
     def _sync_gradients(self) -> None:
-        """Average adapter gradients over ranks (the LM is frozen, so only adapters need it)."""
-        if self.world.world_size == 1:
-            return
-        for param in self.model.trainable_parameters():
-            if param.grad is not None:
-                dist.all_reduce(param.grad)
-                param.grad /= self.world.world_size
+        """Average adapter gradients over ranks (the LM is frozen, so only adapters need it); then undo the
+        contrastive factor on ``logit_scale``, which every process differentiates over the whole global batch."""
+        if self.world.world_size > 1:
+            for param in self.model.trainable_parameters():
+                if param.grad is not None:
+                    dist.all_reduce(param.grad)
+                    param.grad /= self.world.world_size
+        logit_scale = self.model.adapters.retrieval.logit_scale
+        if logit_scale.grad is not None and self._contrastive_factor() != 1:
+            logit_scale.grad /= self._contrastive_factor()
 
     def losses(self, batch: TrainingBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        """All four GILL losses for one (local) micro-batch: the tensor to back-propagate and reported values."""
+        """All four GILL losses for one (local) micro-batch: the tensor to back-propagate and reported values.
+
+        With ``separate_mode_passes`` retrieval and generation each run their own LM pass and concat draw, and l_p is
+        ``0.5 * (ret_loss_scale * l_p[ret] + gen_loss_scale * l_p[gen])`` (official §2.4); otherwise one pass serves
+        both and l_p is weighted ``0.5 * (ret_loss_scale + gen_loss_scale)`` (the same objective in expectation).
+        """
         cap, cap_report = self.captioning_loss(batch)
-        text = self.text_pass(batch)
         scales = L.LossScales(cap_loss_scale=self.cfg.cap_loss_scale, ret_loss_scale=self.cfg.ret_loss_scale,
                               gen_loss_scale=self.cfg.gen_loss_scale)  # fmt: skip
-        # Each rank computes the full global contrastive loss with gradients into its own slice; averaging the
-        # gradients over ranks would divide it by world_size, so scale it back up (exact DDP equivalence).
-        ret_backward = text["ret"].loss * self.world.world_size
-        total = L.combine(cap, text["lp"], ret_backward, text["gen"], scales).total
+        if self.objective.separate_mode_passes:
+            ret_pass, gen_pass = self.text_pass(batch), self.text_pass(batch)
+            lp, lp_report = self._mode_weighted_lp(ret_pass, gen_pass, scales)
+            ret, gen = ret_pass["ret"], gen_pass["gen"]
+        else:
+            text = self.text_pass(batch)
+            lp, lp_report, ret, gen = text["lp"], text["lp_report"], text["ret"], text["gen"]
+        total = L.combine(cap, lp, ret.loss * self._contrastive_factor(), gen, scales).total
         report = {
-            "loss_cap": cap_report, "loss_lp": text["lp_report"], "loss_ret": float(text["ret"].loss.detach()),
-            "loss_gen": float(_all_reduce_sum(text["gen"].detach(), self.world) / self.world.world_size),
-            "t2i_acc1": float(text["ret"].t2i_acc1), "i2t_acc1": float(text["ret"].i2t_acc1),
+            "loss_cap": cap_report, "loss_lp": lp_report, "loss_ret": float(ret.loss.detach()),
+            "loss_gen": float(_all_reduce_sum(gen.detach(), self.world) / self.world.world_size),
+            "t2i_acc1": float(ret.t2i_acc1), "i2t_acc1": float(ret.i2t_acc1),
         }  # fmt: skip
         weights = {"loss_cap": scales.cap_loss_scale, "loss_lp": scales.lp_weight,
                    "loss_ret": scales.ret_loss_scale, "loss_gen": scales.gen_loss_scale}  # fmt: skip
         report["loss"] = sum(weight * report[name] for name, weight in weights.items())
         return total, report
 
+    @staticmethod
+    def _mode_weighted_lp(ret_pass: dict[str, Any], gen_pass: dict[str, Any],
+                          scales: L.LossScales) -> tuple[torch.Tensor | None, float]:  # fmt: skip
+        """The official l_p of two passes as one term for :func:`~gill.losses.combine` (which weighs l_p by
+        ``lp_weight`` = 0.5 * (ret + gen)): the scale-weighted mean of the two passes' l_p."""
+        total = scales.ret_loss_scale + scales.gen_loss_scale
+        if total == 0:
+            return None, 0.0
+        w_ret, w_gen = scales.ret_loss_scale / total, scales.gen_loss_scale / total
+        lp = w_ret * ret_pass["lp"] + w_gen * gen_pass["lp"]
+        return lp, w_ret * ret_pass["lp_report"] + w_gen * gen_pass["lp_report"]
+
     def captioning_loss(self, batch: TrainingBatch) -> tuple[torch.Tensor, float]:
-        """``l_c``: caption CE given the image prefix (paper eq. 1), with optional concat-captions."""
+        """``l_c``: caption CE given the image prefix (paper eq. 1), with optional concat-captions.
+
+        Concatenated, a pair reads ``[v1 BOS c1][v2 c2]`` as in the official code: each segment ends at its first
+        pad or [IMG] token (:func:`~gill.losses.captioning_concat_drop_mask`).
+        """
         k = self.config.adapters.n_visual_tokens
         visual = self.model.encode_images(batch.vision_features)  # (B, k, D)
         embeds = torch.cat([visual, self.model.embed_tokens(batch.input_ids)], dim=1)  # (B, k+T, D)
         mask = torch.cat([torch.ones_like(batch.attention_mask[:, :1]).expand(-1, k), batch.attention_mask], dim=1)
         labels = L.captioning_labels(batch.input_ids, batch.attention_mask, self.img_ids, k)  # (B, k+T)
         if L.draw_concat(self.concat_rng, self.cfg.concat_prob):
-            drop = L.second_bos_mask(batch.input_ids, self.bos, n_prefix=k)
+            drop = L.captioning_concat_drop_mask(batch.input_ids, self.bos, self.img_ids, n_prefix=k)
             merged = L.concat_pairs(embeds, labels, mask, drop)
             embeds, labels, mask = merged.embeds, merged.labels, merged.attention_mask
         out = self.model.forward_lm(embeds, mask)
         return global_lm_loss(out.logits, labels, self.world)
 
     def text_pass(self, batch: TrainingBatch) -> dict[str, Any]:
-        """``l_p`` (caption then [IMG0]), retrieval and generation losses from one LM pass over the text."""
+        """``l_p`` (caption then [IMG0]), retrieval and generation losses from one LM pass over the text.
+
+        Concatenated, a pair reads ``[BOS c1 IMG0..7 c2 IMG0..7]``; c2 and its [IMG0] get l_p unless
+        ``lp_second_segment`` is off (official §8 item 5).
+        """
         embeds = self.model.embed_tokens(batch.input_ids)  # (B, T, D)
         labels = L.lp_labels(batch.input_ids, batch.attention_mask, self.img_ids)  # (B, T)
         positions = L.img_positions(batch.input_ids, self.img_ids)  # (B, n)
         mask, rows = batch.attention_mask, torch.arange(len(batch.keys), device=embeds.device)
         if L.draw_concat(self.concat_rng, self.cfg.concat_prob):
-            merged = L.concat_pairs(embeds, labels, mask, L.second_bos_mask(batch.input_ids, self.bos), positions)
-            embeds, labels, mask, positions, rows = (
-                merged.embeds,
-                merged.labels,
-                merged.attention_mask,
-                merged.positions,
-                rows // 2,
-            )
+            merged = L.concat_pairs(embeds, labels, mask, L.second_bos_mask(batch.input_ids, self.bos), positions,
+                                    second_segment_loss=self.objective.lp_second_segment)  # fmt: skip
+            embeds, labels, mask, positions = merged.embeds, merged.labels, merged.attention_mask, merged.positions
+            rows = rows // 2
         out = self.model.forward_lm(embeds, mask)
         lp, lp_report = global_lm_loss(out.logits, labels, self.world)
         hidden = out.hidden_states[0]  # (B', S, D) the first text_emb_layers entry
@@ -317,8 +366,13 @@ class Trainer:
         self.model.eval()
         sums: dict[str, float] = {"val_loss_cap": 0.0, "val_acc1": 0.0, "val_loss_gen": 0.0}
         texts, images, batches = [], [], 0
+        captions: list[str] = []
+        references: list[str] = []
         for batch in self.val_data.loader(batch_size, seed=0, drop_last=False):
             batch = self._to_device(batch)
+            if self.cfg.val_bleu:
+                captions += greedy_captions(self.model, batch.vision_features, self.val_data.collate.tokenizer)
+                references += [self._without_img_strings(c) for c in batch.captions]
             sums["val_loss_cap"] += self._val_caption(batch, sums)
             hidden = self.model.forward_lm(
                 self.model.embed_tokens(batch.input_ids), batch.attention_mask
@@ -334,8 +388,16 @@ class Trainer:
         self.model.train()
         recall = retrieval_recall(torch.cat(texts), torch.cat(images), ks=(1, 5))
         means = {k: v / max(batches, 1) for k, v in sums.items()}
+        bleu = {f"val_{k}": v for k, v in corpus_bleu(captions, references).items()} if captions else {}
         # val_samples: the size of the retrieval pool, so R@k can be read against chance (k / val_samples).
-        return {**means, **{f"val_{k}": v for k, v in recall.items()}, "val_samples": float(len(torch.cat(texts)))}
+        return {**means, **{f"val_{k}": v for k, v in recall.items()}, **bleu,
+                "val_samples": float(len(torch.cat(texts)))}  # fmt: skip
+
+    def _without_img_strings(self, caption: str) -> str:
+        """The reference caption with any [IMG] token strings removed (official §2.7)."""
+        for token in self.img_tokens.strings:
+            caption = caption.replace(token, "")
+        return " ".join(caption.split())
 
     def _val_caption(self, batch: TrainingBatch, sums: dict[str, float]) -> float:
         k = self.config.adapters.n_visual_tokens
@@ -486,6 +548,9 @@ def setup_training(
     img_tokens = add_img_tokens(backbones.tokenizer, config.adapters.num_img_tokens)
     torch.manual_seed(config.train.seed)  # adapter initialisation
     model = GILLModel(config, dims, backbones.lm, img_tokens.ids)
+    if config.train.objective().img_init == "lm_rows":
+        copied = model.init_img_from_lm_rows_()
+        logger.info("[IMG] rows: %d of %d copied from the LM's unused rows", copied, len(img_tokens.ids))
     train = TrainingData("train", workdir, backbones.tokenizer, img_tokens, config.max_len)
     has_val = feature_dir("val", workdir).is_dir()
     val = TrainingData("val", workdir, backbones.tokenizer, img_tokens, config.max_len) if has_val else None

@@ -141,12 +141,14 @@ def test_img_table_init_uses_the_given_std_and_rescale_sets_every_row_norm():
     assert table.weight.requires_grad  # rescaling happens under no_grad and keeps the parameter trainable
 
 
-def test_logit_scale_starts_at_clip_init_and_is_clamped_like_clip():
-    heads = RetrievalHeads(8, 6, 4, logit_scale_init=math.log(1 / 0.07), logit_scale_max=math.log(100))
+def test_logit_scale_starts_at_clip_init_and_is_never_clamped_by_the_model():
+    heads = RetrievalHeads(8, 6, 4, logit_scale_init=math.log(1 / 0.07))
     assert heads.scale().item() == pytest.approx(1 / 0.07, rel=1e-5)
     with torch.no_grad():
-        heads.logit_scale.fill_(10.0)
-    assert heads.scale().item() == pytest.approx(100.0, rel=1e-5)
+        heads.logit_scale.fill_(5.0)  # above ln 100: a released value is used as it is
+    assert heads.scale().item() == pytest.approx(math.exp(5.0), rel=1e-5)
+    heads.clamp_(math.log(100))  # the training option clamps the parameter itself
+    assert heads.logit_scale.item() == pytest.approx(math.log(100)) and heads.logit_scale.requires_grad
 
 
 def test_decision_head_gives_gen_ret_logits_with_and_without_the_retrieval_score():

@@ -155,3 +155,19 @@ def test_the_real_model_args_map_to_the_paper_config():
         paper.backbones.lm, paper.backbones.vision, paper.backbones.sd)  # fmt: skip
     with pytest.raises(InputError, match="text_fc_mode"):
         config_from_model_args({**read_model_args(ASSETS / "model_args.json"), "text_fc_mode": "linear"})
+
+
+def test_an_imported_logit_scale_above_ln_100_is_kept_and_used_exactly(tiny, tmp_path):
+    import copy
+    import math
+
+    config, dims, adapters, tokens = tiny
+    adapters = copy.deepcopy(adapters)
+    with torch.no_grad():
+        adapters.retrieval.logit_scale.fill_(5.0)  # exp(5) = 148 > 100: CLIP would have clamped it
+    src = write_official_release(tmp_path, (config, dims, adapters, tokens))
+    out = tmp_path / "imported"
+    assert main(["import-official", str(src), "--out", str(out), "--sd", config.backbones.sd.id]) == 0
+    loaded = load_adapters(out, config=config).adapters.retrieval
+    assert loaded.logit_scale.item() == 5.0  # bf16 holds 5.0 exactly
+    assert loaded.scale().item() == pytest.approx(math.exp(5.0), rel=1e-6)

@@ -117,3 +117,36 @@ def test_training_settings_default_to_the_paper_run_and_are_validated():
         TrainConfig(batch_size=10, grad_accum=3, concat_prob=2.0, betas=(0.9, 1.5))
     text = str(info.value)
     assert "batch_size: must be divisible by grad_accum (3)" in text and "concat_prob" in text and "betas" in text
+
+
+def test_paper_exact_fills_the_official_objective_and_refuses_contradicting_options():
+    import dataclasses
+    import math
+
+    train = paper_config().train
+    ours = train.objective()
+    assert (ours.lp_second_segment, ours.separate_mode_passes, ours.contrastive_official_world, ours.img_init,
+            ours.logit_scale_clamp) == (True, False, 1, "fresh", True)  # fmt: skip
+    exact = dataclasses.replace(train, paper_exact=True).objective()
+    assert (exact.lp_second_segment, exact.separate_mode_passes, exact.contrastive_official_world, exact.img_init,
+            exact.logit_scale_clamp) == (False, True, 2, "lm_rows", False)  # fmt: skip
+    assert (
+        dataclasses.replace(train, paper_exact=True, contrastive_official_world=4)
+        .objective()
+        .contrastive_official_world
+        == 4
+    )  # not an objective contradiction: another official world size
+    with pytest.raises(ConfigError) as err:
+        dataclasses.replace(train, paper_exact=True, lp_second_segment=True, gen_loss="mse", img_init="fresh")
+    assert {p.split(":")[0] for p in err.value.problems} == {"lp_second_segment", "gen_loss", "img_init"}
+    assert dataclasses.replace(train, logit_scale_clamp=False).objective().logit_scale_clamp is False
+    assert train.logit_scale_max == pytest.approx(math.log(100))
+
+
+def test_a_config_of_an_earlier_version_moves_the_logit_scale_clamp_to_training():
+    data = paper_config().to_dict()
+    del data["train"]["logit_scale_max"]
+    data["adapters"]["logit_scale_max"] = 3.0  # where earlier versions kept it (and clamped at inference too)
+    config = GILLConfig.from_dict(data)
+    assert config.train.logit_scale_max == 3.0 and not hasattr(config.adapters, "logit_scale_max")
+    assert data["adapters"]["logit_scale_max"] == 3.0  # the caller's dict is not changed

@@ -547,6 +547,35 @@ def test_file_urls_work_from_a_script_without_a_main_guard(small_world, tmp_path
     assert table["caption"].tolist() == captions and set(table["status"]) == {"success"}
 
 
+def test_original_mode_keeps_the_source_bytes_for_the_official_preprocessing(small_world, tmp_path):
+    """``resize_mode="original"``: neither resized nor re-encoded, so precompute's processor sees the original image
+    (the official pipeline preprocesses the source image, not a 224 px JPEG of it)."""
+    script = tmp_path / "original.py"
+    script.write_text(textwrap.dedent("""\
+        import sys
+        from pathlib import Path
+        from gill.data.download import DownloadOptions, download_split
+        options = DownloadOptions(resize_mode="original", shard_size=16, threads=4)
+        download_split(Path(sys.argv[1]), "train", Path(sys.argv[2]), options, progress=False)
+        """))  # fmt: skip
+    workdir = tmp_path / "work"
+    done = subprocess.run([sys.executable, str(script), str(small_world.cc3m_train_tsv), str(workdir)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = read_url_file(small_world.cc3m_train_tsv)
+    urls = dict(zip(rows["caption"], rows["url"], strict=True))
+    checked = 0
+    for shard in completed_shards("train", workdir):
+        with tarfile.open(shard) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+        for name, data in members.items():
+            if name.endswith(".txt"):
+                source = Path(urls[data.decode()].removeprefix("file://"))
+                assert members[name[: -len(".txt")] + ".jpg"] == source.read_bytes()
+                checked += 1
+    assert checked == 16
+
+
 # ----------------------------------------------------------------------------------------------- kill -9, resume
 
 KILLED_RUN = """\

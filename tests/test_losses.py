@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from gill.losses import (
     IGNORE_INDEX,
     LossScales,
+    captioning_concat_drop_mask,
     captioning_labels,
     combine,
     concat_pairs,
@@ -172,6 +173,21 @@ def test_concat_pairs_put_both_img_blocks_where_the_hidden_states_are_read() -> 
     off = concat_pairs(embeds, lp_labels(ids, mask, IMG), mask, second_bos_mask(ids, BOS), second_segment_loss=False)
     assert off.labels.tolist() == [[BOS, 10, IMG[0]] + [X] * 8]
     assert off.positions is None
+
+
+def test_concatenated_captions_read_v1_bos_c1_v2_c2_as_the_official_captioning_pass() -> None:
+    """Captioning mode: each segment ends at its first pad or [IMG]; no [IMG] block sits between the captions."""
+    ids = torch.tensor([[BOS, 10, 11, *IMG, PAD], [BOS, 20, *IMG, PAD, PAD]])
+    mask = (ids != PAD).long()
+    k = 2
+    visual = torch.tensor([[[-1.0], [-1.0]], [[-2.0], [-2.0]]])  # (B, k, 1): v1 = -1, v2 = -2
+    embeds = torch.cat([visual, ids.float().unsqueeze(-1)], dim=1)  # each text embedding is its id
+    full_mask = torch.cat([torch.ones(2, k, dtype=torch.long), mask], dim=1)
+    labels = captioning_labels(ids, mask, IMG, k)
+    out = concat_pairs(embeds, labels, full_mask, captioning_concat_drop_mask(ids, BOS, IMG, k))
+    assert out.embeds[0, :, 0].tolist() == [-1, -1, BOS, 10, 11, -2, -2, 20]  # [v1 BOS c1][v2 c2], token by token
+    assert out.labels.tolist() == [[X, X, BOS, 10, 11, X, X, 20]]
+    assert out.attention_mask.tolist() == [[1] * 8]
 
 
 def test_concat_pairs_send_gradients_back_to_the_kept_input_embeddings() -> None:

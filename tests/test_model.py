@@ -91,6 +91,19 @@ def test_img_ids_overlapping_the_lm_rows_still_come_from_our_table(parts):
     torch.testing.assert_close(logits[..., lm_rows - 5 :], hidden @ model.adapters.img_embeddings.weight.T)
 
 
+def test_paper_exact_img_rows_start_from_the_lm_rows_that_exist_and_fresh_past_them(parts):
+    """Official §1.2: OPT-6.7B's unused rows 50266-50271 become [IMG0..5]; [IMG6..7] are new rows."""
+    lm_rows = parts[2].get_input_embeddings().num_embeddings
+    model = make_model(parts, ids=range(lm_rows - 6, lm_rows + 2))
+    fresh = model.adapters.img_embeddings.weight.detach().clone()
+    assert model.init_img_from_lm_rows_() == 6
+    table = model.adapters.img_embeddings.weight
+    torch.testing.assert_close(table[:6], parts[2].get_input_embeddings().weight[lm_rows - 6 :])
+    torch.testing.assert_close(table[6:], fresh[6:])  # no LM row to copy: the fresh draw stays
+    assert table.requires_grad
+    assert make_model(parts).init_img_from_lm_rows_() == 0  # the tiny zoo's [IMG] ids lie past the LM's rows
+
+
 def test_columns_past_the_lm_rows_that_are_not_img_are_minus_inf(parts):
     lm_rows = parts[2].get_input_embeddings().num_embeddings
     model = make_model(parts, ids=range(lm_rows + 2, lm_rows + 10))

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from shard_helpers import trained_workdir
 
-from gill.errors import InputError
+from gill.errors import ConfigError, InputError
 from gill.pipeline import GenerationSettings, GILLPipeline, ImageResult, TextResult, resolve_checkpoint
 from gill.presets import get_preset
 
@@ -80,6 +80,31 @@ def test_gen_yields_an_image_of_the_configured_size_and_the_same_seed_gives_the_
 def test_image_frequency_zero_never_returns_an_image(pipe):
     out = pipe(["a picture of"], FAST, image_frequency=0.0, max_new_tokens=10)
     assert out.images == [] and not set(pipe.img_ids) & set(out.token_ids)
+
+
+def test_the_official_ret_scale_factor_scales_the_absolute_img0_logit(pipe):
+    """Official §4.3: with ret_scale_factor > 1 the [IMG0] logit becomes |logit| x factor (so -2 turns into +6)."""
+    img0 = pipe.img_ids[0]
+    logits = torch.full((pipe.model.vocab_size,), -5.0)
+    logits[7], logits[img0] = 4.0, -2.0
+    generator = torch.Generator().manual_seed(0)
+    official = dataclasses.replace(FAST, temperature=0.0, ret_scale_factor=3.0)
+    assert pipe._next_token(logits, official, sampled=1, blocks=0, generator=generator) == img0  # |-2| x 3 = 6 > 4
+    ours = dataclasses.replace(FAST, temperature=0.0, image_frequency=3.0)
+    assert pipe._next_token(logits, ours, sampled=1, blocks=0, generator=generator) == 7  # -2 + ln 3 < 4
+    unchanged = dataclasses.replace(FAST, temperature=0.0, ret_scale_factor=1.0)  # <= 1: the official code skips it
+    assert pipe._next_token(logits, unchanged, sampled=1, blocks=0, generator=generator) == 7
+    with pytest.raises(ConfigError, match="give one of them"):
+        dataclasses.replace(FAST, image_frequency=2.0, ret_scale_factor=1.3)
+
+
+def test_chat_help_states_what_the_image_frequency_default_means(capsys):
+    from gill.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["chat", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default 1.3: odds 30% higher" in text and "--ret-scale-factor" in text
 
 
 def test_bad_inputs_are_reported_together(pipe):

@@ -37,3 +37,14 @@ def test_clip_tokenizer_pads_to_77_and_knows_every_word_final_byte(tiny_zoo):
     assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
     assert tok.unk_token_id not in ids[1:-1]
     assert tok.decode(ids, skip_special_tokens=True).replace(" ", "") == "zebraquokka!"
+
+
+def test_spaces_next_to_img_tokens_are_absorbed_as_the_official_tokenizer_does(tiny_zoo):
+    """Official §1.2: "[IMG0] [IMG1]" and "[IMG0][IMG1]" give the same ids, and no lone space token precedes [IMG0]."""
+    tok = AutoTokenizer.from_pretrained(tiny_zoo / "opt")
+    img = add_img_tokens(tok, 8)
+    spaced = tok("a red star " + " ".join(img.strings) + " then", add_special_tokens=False).input_ids
+    tight = tok("a red star" + img.suffix + "then", add_special_tokens=False).input_ids
+    assert spaced == tight
+    assert spaced[: -len(img.ids) - 1] == tok("a red star", add_special_tokens=False).input_ids
+    assert tok.decode(spaced) == "a red star" + img.suffix + "then"

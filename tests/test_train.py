@@ -155,3 +155,87 @@ def test_gill_train_under_torchrun_matches_a_single_process_run(workdir, tmp_pat
     multi = rows[rows.run_id == "torchrun"].set_index("name")["value"]
     assert list(multi.index) == list(single.index) == ["loss", "loss_cap", "loss_gen", "loss_lp", "loss_ret"]
     assert torch.allclose(torch.tensor(multi.values), torch.tensor(single.values), rtol=1e-4, atol=1e-5)
+
+
+# -- the objective: paper-exact mode, exact multi-process gradients, validation BLEU -----------------------------
+
+
+def _first_batch(trainer):
+    return trainer._local(next(trainer._optimizer_steps(trainer.cfg.batch_size))[0])
+
+
+def _lp_over_even_rows(trainer, batch) -> float:
+    """By hand: l_p of the first segments only. In a concatenated row the first segment's logits are those of
+    the even example run alone (causal LM), so this is the mean CE over the even examples' caption and [IMG0]."""
+    from gill import losses as L
+
+    even = slice(0, None, 2)
+    ids, mask = batch.input_ids[even], batch.attention_mask[even]
+    logits = trainer.model.forward_lm(trainer.model.embed_tokens(ids), mask).logits
+    return float(L.lm_loss(logits, L.lp_labels(ids, mask, trainer.img_ids)))
+
+
+def test_the_paper_exact_objective_gives_the_second_segment_no_lp_and_averages_two_passes(workdir):
+    exact = setup_training(tiny_train_config(steps=1, paper_exact=True, concat_prob=1.0), workdir, run_id="exact")
+    assert exact.objective.separate_mode_passes and not exact.objective.lp_second_segment
+    batch = _first_batch(exact)
+    with torch.no_grad():
+        _, report = exact.losses(batch)
+        by_hand = _lp_over_even_rows(exact, batch)
+    assert report["loss_lp"] == pytest.approx(by_hand, rel=1e-5)  # 0.5 * l_p[ret] + 0.5 * l_p[gen], equal here
+    ours = setup_training(tiny_train_config(steps=1, concat_prob=1.0), workdir, run_id="ours")
+    with torch.no_grad():
+        _, fixed = ours.losses(_first_batch(ours))
+    assert fixed["loss_lp"] != pytest.approx(by_hand, rel=1e-3)  # our default also trains the second caption
+
+
+def test_the_official_two_process_weighting_halves_the_adapters_contrastive_gradient_only(workdir):
+    grads = {}
+    for world in (1, 2):
+        trainer = setup_training(tiny_train_config(steps=1, contrastive_official_world=world), workdir,
+                                 run_id=f"weight{world}")  # fmt: skip
+        trainer.accumulate_gradients(next(trainer._optimizer_steps(trainer.cfg.batch_size)))
+        grads[world] = {n: p.grad.clone() for n, p in trainer.model.adapters.named_parameters() if p.grad is not None}
+    for name in ("retrieval.text_proj.weight", "retrieval.image_proj.weight"):  # only the contrastive loss reaches them
+        torch.testing.assert_close(grads[2][name], 0.5 * grads[1][name])
+    torch.testing.assert_close(grads[2]["retrieval.logit_scale"], grads[1]["retrieval.logit_scale"])
+
+
+def _gradient_worker(rank: int, world_size: int, store: str, workdir: str, out: str) -> None:
+    import torch.distributed as dist
+
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    try:
+        trainer = setup_training(tiny_train_config(steps=1), Path(workdir), run_id="grad-ddp")
+        trainer.accumulate_gradients(next(trainer._optimizer_steps(trainer.cfg.batch_size)))
+        if rank == 0:
+            torch.save({n: p.grad for n, p in trainer.model.adapters.named_parameters() if p.grad is not None}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_give_every_parameter_the_single_process_gradient_logit_scale_included(workdir, tmp_path):
+    single = setup_training(tiny_train_config(steps=1), workdir, run_id="grad-single")
+    single.accumulate_gradients(next(single._optimizer_steps(single.cfg.batch_size)))
+    expected = {n: p.grad for n, p in single.model.adapters.named_parameters() if p.grad is not None}
+    out = tmp_path / "grads.pt"
+    mp.spawn(_gradient_worker, args=(2, str(tmp_path / "store"), str(workdir), str(out)), nprocs=2, join=True)
+    got = torch.load(out)
+    assert got.keys() == expected.keys() and "retrieval.logit_scale" in got
+    for name, grad in expected.items():
+        torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_validation_reports_bleu_of_greedy_captions_and_the_clamp_is_a_training_option(learning_workdir):
+    import math
+
+    trainer = setup_training(tiny_train_config(steps=1, logit_scale_max=math.log(20.0)), learning_workdir,
+                             run_id="bleu")  # fmt: skip
+    values = trainer.validate()
+    assert all(0.0 <= values[f"val_bleu{n}"] <= 1.0 for n in (1, 2, 3, 4))
+    assert values["val_bleu1"] >= values["val_bleu4"]
+    with torch.no_grad():
+        trainer.model.adapters.retrieval.logit_scale.fill_(5.0)
+    trainer.train_step(next(trainer._optimizer_steps(trainer.cfg.batch_size)))
+    assert trainer.model.adapters.retrieval.logit_scale.item() == pytest.approx(math.log(20.0))

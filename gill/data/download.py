@@ -59,7 +59,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
-RESIZE_MODES = ("center_crop", "border", "keep_ratio")
+RESIZE_MODES = ("center_crop", "border", "keep_ratio", "original")
+"""img2dataset's resize modes, plus ``original``: the source bytes as downloaded, neither resized nor re-encoded, so
+that precompute applies the vision processor to the original image, as the official preprocessing does
+(docs/official-differences.md)."""
 DISTRIBUTORS = ("multiprocessing", "pyspark", "ray")
 DISTRIBUTOR_PACKAGES = {"pyspark": "pyspark", "ray": "ray"}
 SHARD_DIGITS = 5
@@ -92,7 +95,7 @@ class DownloadOptions:
     processes: int = 1
     threads: int = 16
     image_size: int = 224
-    resize_mode: Literal["center_crop", "border", "keep_ratio"] = "center_crop"
+    resize_mode: Literal["center_crop", "border", "keep_ratio", "original"] = "center_crop"
     shard_size: int = 10000
     timeout: float = 10
     retries: int = 2
@@ -697,7 +700,8 @@ def img2dataset_kwargs(inputs: Path, out: Path, options: DownloadOptions) -> dic
         "thread_count": options.threads,
         "distributor": options.distributor,
         "image_size": options.image_size,
-        "resize_mode": options.resize_mode,
+        "resize_mode": "no" if options.resize_mode == "original" else options.resize_mode,
+        "disable_all_reencoding": options.resize_mode == "original",
         "encode_format": "jpg",
         "encode_quality": 95,
         "number_sample_per_shard": options.shard_size,
