@@ -139,9 +139,23 @@ def world_prompts(root: str | os.PathLike[str], n: int, seed: int = 0) -> list[P
     novel = [(_novel_scene(rng), NOVEL_NOTE) for _ in range(n - n_held)]
     order = held + novel
     rng.shuffle(order)
-    return [PromptRow(prompt_id=i, prompt=cc3m_caption(scene, rng), category=WORLD_CATEGORY, note=note,
+    seen: set[str] = set()
+    return [PromptRow(prompt_id=i, prompt=_unique_caption(scene, rng, seen), category=WORLD_CATEGORY, note=note,
                       scene=json.dumps(scene.to_dict(), sort_keys=True))
             for i, (scene, note) in enumerate(order)]  # fmt: skip
+
+
+def _unique_caption(scene: Scene, rng: random.Random, seen: set[str], attempts: int = 50) -> str:
+    """A caption of ``scene`` that no earlier prompt of the set has (votes files match items by prompt text); the
+    seeded draws only change when a caption collides."""
+    for _ in range(attempts):
+        caption = cc3m_caption(scene, rng)
+        if caption not in seen:
+            seen.add(caption)
+            return caption
+    caption = f"{caption} (again)"  # a scene so plain that every phrasing was taken: still a distinct prompt
+    seen.add(caption)
+    return caption
 
 
 def _novel_scene(rng: random.Random) -> Scene:

@@ -146,6 +146,8 @@ def add_annotate_parsers(groups: argparse._SubParsersAction) -> argparse._SubPar
                    help="official-tsv: ALIGNMENT [REALISM] (default: the shipped files); label-studio: the JSON "
                    "export; html-bundle: votes-<bundle>-<name>.json files")  # fmt: skip
     p.add_argument("--panel", default="human", help="the panel the votes go to (default: human, i.e. people)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a judge's stored vote when the import has another answer (default: refuse)")  # fmt: skip
     p.set_defaults(func=cmd_annotate_import)
 
     p = commands.add_parser("simulate", help="let the SIMULATED answer-key panel judge the world items (own panel)")
@@ -200,14 +202,19 @@ def _add_label_studio_parsers(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--save", type=Path, help="where to keep the export (default: W/annotations/...)")
     p.add_argument("--panel", default="human", help="the panel the votes go to (default: human)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a judge's stored vote when the import has another answer (default: refuse)")  # fmt: skip
     p.set_defaults(func=cmd_label_studio_pull)
 
 
 def cmd_annotate_export(args: argparse.Namespace) -> int:
     """Write the store's items and votes in one of the exchange formats."""
     from annotations import exchange
-    from annotations.store import JudgingStore
+    from annotations.store import JudgingStore, store_path
 
+    if not store_path(args.workdir).is_file():
+        raise InputError(f"no judging store in {args.workdir}", [f"{store_path(args.workdir)} does not exist"],
+                         hint="pass the --workdir that `gill annotate build` (or the pipeline) used")  # fmt: skip
     store = JudgingStore(args.workdir)
     if args.format == "official-tsv":
         paths = exchange.export_official_tsv(store, args.out, complete_only=args.complete_only, panel=args.panel)
@@ -234,17 +241,17 @@ def cmd_annotate_import(args: argparse.Namespace) -> int:
         if len(args.paths) > 2:
             raise InputError("official-tsv takes at most two files", [f"got {len(args.paths)}"],
                              hint="ALIGNMENT.tsv [REALISM.tsv]")  # fmt: skip
-        result = exchange.import_official_tsv(store, *args.paths, panel=args.panel)
+        result = exchange.import_official_tsv(store, *args.paths, panel=args.panel, overwrite=args.overwrite)
     elif args.format == "label-studio":
         if len(args.paths) != 1:
             raise InputError("label-studio takes one JSON export", [f"got {len(args.paths)} paths"])
         from annotations.label_studio import import_label_studio
 
-        result = import_label_studio(store, args.paths[0], panel=args.panel)
+        result = import_label_studio(store, args.paths[0], panel=args.panel, overwrite=args.overwrite)
     else:
         if not args.paths:
             raise InputError("html-bundle needs the votes-<bundle>-<name>.json files", [])
-        result = exchange.import_bundle_votes(store, args.paths, panel=args.panel)
+        result = exchange.import_bundle_votes(store, args.paths, panel=args.panel, overwrite=args.overwrite)
     _out(f"imported into {store.path} (panel {args.panel}): {result.describe()}")
     return 0
 

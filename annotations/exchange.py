@@ -73,7 +73,7 @@ def export_official_tsv(
 
 def import_official_tsv(store: JudgingStore, alignment: str | os.PathLike[str] | None = None,
                         realism: str | os.PathLike[str] | None = None, panel: str = HUMAN_PANEL,
-                        judge_prefix: str = "tsv-judge-") -> ImportResult:  # fmt: skip
+                        judge_prefix: str = "tsv-judge-", overwrite: bool = False) -> ImportResult:  # fmt: skip
     """Import votes in the released layout (default: the shipped PartiPrompts files) onto the store's items.
 
     Rows are matched to items by prompt text; a row whose prompt is no item of the store is skipped and counted
@@ -107,7 +107,7 @@ def import_official_tsv(store: JudgingStore, alignment: str | os.PathLike[str] |
                          hint="votes go onto judging items with images: build the candidates for these prompts first "
                               "(gill annotate build --prompts FILE); to fit the decision classifier on a votes file "
                               "directly, use gill decision fit --votes FILE")  # fmt: skip
-    written = store.import_named_votes(records, panel=panel) if records else 0
+    written = store.import_named_votes(records, panel=panel, overwrite=overwrite) if records else 0
     reasons = (f"{skipped} prompt(s) are not items of this store (build candidates for them first)",) if skipped else ()
     logger.info("imported %d votes on %d of %d prompts from the official TSV", written, len(a_rows) - skipped,
                 len(a_rows))  # fmt: skip
@@ -163,9 +163,13 @@ def export_html_bundle(store: JudgingStore, out_dir: str | os.PathLike[str]) -> 
     return out / "index.html"
 
 
-def import_bundle_votes(store: JudgingStore, paths: list[str | os.PathLike[str]],
-                        panel: str = HUMAN_PANEL) -> ImportResult:  # fmt: skip
-    """Import ``votes-<bundle>-<name>.json`` files saved by the offline bundle (one transaction for all files)."""
+def import_bundle_votes(store: JudgingStore, paths: list[str | os.PathLike[str]], panel: str = HUMAN_PANEL, *,
+                        overwrite: bool = False) -> ImportResult:  # fmt: skip
+    """Import ``votes-<bundle>-<name>.json`` files saved by the offline bundle (one transaction for all files).
+
+    A vote that differs from the judge's vote already in the store (cast in the web app, say) is a conflict that
+    refuses the import unless ``overwrite``.
+    """
     records, problems = [], []
     items = {item.id for item in store.items()}
     for path in paths:
@@ -175,18 +179,24 @@ def import_bundle_votes(store: JudgingStore, paths: list[str | os.PathLike[str]]
             problems.append(f"{path}: {err}")
             continue
         name = str(data.get("judge", "")).strip() if isinstance(data, dict) else ""
+        votes = data.get("votes") if isinstance(data, dict) else None
         if not name:
-            problems.append(f"{path}: no judge name")
+            problems.append(f'{path}: no judge name (expected an object with "judge" and "votes")')
             continue
-        for v, vote in enumerate(data.get("votes", [])):
-            item_id, a, r = vote.get("item_id"), vote.get("alignment"), vote.get("realism")
-            if item_id not in items or a not in CHOICES or r not in CHOICES:
-                problems.append(f"{path}: vote {v} {vote!r} (unknown item or choice)")
+        if not isinstance(votes, list):
+            problems.append(f'{path}: "votes" must be a list of votes, got {type(votes).__name__}')
+            continue
+        for v, vote in enumerate(votes):
+            fields = vote if isinstance(vote, dict) else {}
+            item_id, a, r = fields.get("item_id"), fields.get("alignment"), fields.get("realism")
+            if isinstance(item_id, bool) or not isinstance(item_id, int) or item_id not in items \
+                    or a not in CHOICES or r not in CHOICES:  # fmt: skip
+                problems.append(f"{path}: vote {v} {str(vote)[:120]} (unknown item or choice)")
                 continue
-            records.append((name, int(item_id), a, r))
+            records.append((name, item_id, a, r))
     if problems:
         raise InputError("cannot import the bundle votes; nothing was imported", problems[:50])
-    written = store.import_named_votes(records, panel=panel)
+    written = store.import_named_votes(records, panel=panel, overwrite=overwrite)
     return ImportResult(votes=written, judges=tuple(sorted({r[0] for r in records})))
 
 

@@ -567,6 +567,7 @@ def import_label_studio(
     *,
     panel: str = HUMAN_PANEL,
     users: Mapping[int, str] | None = None,
+    overwrite: bool = False,
 ) -> LabelStudioImport:
     """Import the votes of a Label Studio ``JSON`` or ``JSON_MIN`` export into ``store`` (judges of ``panel``,
     named by email; see the module docstring). All or nothing: any problem raises one :class:`InputError` and
@@ -575,9 +576,10 @@ def import_label_studio(
     Args:
         users: Label Studio user id -> email, for exports that name users by id only
             (:meth:`LabelStudioClient.user_emails`).
+        overwrite: replace stored votes that the export changes (default: such a conflict refuses the import).
     """
     read = read_label_studio_votes(path, item_ids=[item.id for item in store.items()], users=users)
-    written = store.import_named_votes(list(read.records), panel=panel) if read.records else 0
+    written = store.import_named_votes(list(read.records), panel=panel, overwrite=overwrite) if read.records else 0
     result = LabelStudioImport(path=Path(path), format=read.format, votes=written,
                                skipped=sum(read.skipped.values()), skipped_by_reason=dict(read.skipped),
                                judges=tuple(sorted({r[0] for r in read.records})),
@@ -921,10 +923,11 @@ def pull_votes(
     *,
     fmt: str = "JSON",
     panel: str = HUMAN_PANEL,
+    overwrite: bool = False,
 ) -> LabelStudioImport:
     """Export a project (annotators by email) to ``save_to`` and import its votes into ``store``."""
     path = client.export_to_file(project_id, save_to, fmt)
-    return import_label_studio(store, path, panel=panel, users=client.user_emails())
+    return import_label_studio(store, path, panel=panel, users=client.user_emails(), overwrite=overwrite)
 
 
 # -- CLI handlers (the argparse part lives in the gill CLI) ---------------------------------------------------------
@@ -981,12 +984,14 @@ def cmd_label_studio_pull(args: argparse.Namespace) -> int:
     * ``--format {JSON,JSON_MIN}``: default ``JSON`` (the only one that counts skipped annotations).
     * ``--save FILE``: where the export is kept (default ``<workdir>/annotations/label-studio-project-<id>.json``).
     * ``--panel NAME``: the judges' panel (default ``human``).
+    * ``--overwrite``: replace stored votes the project changed (default: such a conflict refuses the import).
     """
     workdir = Path(args.workdir)
     save = Path(getattr(args, "save", None) or workdir / "annotations" / f"label-studio-project-{args.project}.json")
     result = pull_votes(_client(args), int(args.project), JudgingStore(workdir), save,
                         fmt=getattr(args, "format", None) or "JSON",
-                        panel=getattr(args, "panel", None) or HUMAN_PANEL)  # fmt: skip
+                        panel=getattr(args, "panel", None) or HUMAN_PANEL,
+                        overwrite=bool(getattr(args, "overwrite", False)))  # fmt: skip
     _out(result.describe())
     return 0
 

@@ -121,6 +121,10 @@ class UnknownItemError(InputError):
     """No item has this id."""
 
 
+class VoteConflictError(InputError):
+    """An import would change votes that the same judges already cast (pass ``overwrite`` to replace them)."""
+
+
 class ItemFullError(InputError):
     """The item already has its ``judges_per_item`` voters."""
 
@@ -245,6 +249,24 @@ class Agreement:
 
 def _fmt(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.3f}"
+
+
+def _refuse_conflicts(con: sqlite3.Connection, ordered: Sequence[tuple[int, int, str, str]]) -> None:
+    """Raise (inside the import's transaction, so it rolls back) when an imported vote differs from the vote the
+    same judge already has on the item."""
+    conflicts = []
+    for judge_id, item_id, alignment, realism in ordered:
+        row = con.execute("SELECT v.alignment, v.realism, j.name FROM votes v JOIN judges j ON j.id = v.judge_id "
+                          "WHERE v.judge_id = ? AND v.item_id = ?", (judge_id, item_id)).fetchone()  # fmt: skip
+        if row is not None and (row["alignment"], row["realism"]) != (alignment, realism):
+            conflicts.append(f"judge {row['name']!r}, item {item_id}: the store has {row['alignment']}/"
+                             f"{row['realism']}, the import {alignment}/{realism}")  # fmt: skip
+    if conflicts:
+        raise VoteConflictError(
+            f"{len(conflicts)} imported vote(s) differ from votes the same judges already cast; nothing was imported",
+            conflicts[:50],
+            hint="check which answer is right; pass --overwrite to replace the stored votes",
+        )
 
 
 class JudgingStore:
@@ -476,13 +498,15 @@ class JudgingStore:
             row = con.execute("SELECT * FROM votes WHERE judge_id = ? AND item_id = ?", (jid, item_id)).fetchone()
         return Vote(**dict(row))
 
-    def import_named_votes(self, records: Sequence[tuple[str, int, str, str]], panel: str = HUMAN_PANEL) -> int:
+    def import_named_votes(self, records: Sequence[tuple[str, int, str, str]], panel: str = HUMAN_PANEL, *,
+                           overwrite: bool = False) -> int:  # fmt: skip
         """Write ``(judge name, item id, alignment, realism)`` side-votes (``left``/``right``/``same``) in ONE
         transaction: the judges not in the store yet are created in ``panel`` (in name order, so their ids do
-        not depend on the input order, with an unusable random token) and every vote replaces that judge's
-        earlier vote on the item. Everything is checked (choices, item ids, judge panels, the ``k``-judges rule
-        per item and panel) and any problem rolls the whole import back: no judge, no vote. Returns the number
-        of votes written.
+        not depend on the input order, with an unusable random token). A vote equal to the judge's stored vote on
+        the item is a no-op; a *different* one (e.g. cast in the web app, then again in a bundle) is a conflict that
+        refuses the import unless ``overwrite``. Everything is checked (choices, item ids, judge panels, conflicts,
+        the ``k``-judges rule per item and panel) and any problem rolls the whole import back: no judge, no vote.
+        Returns the number of votes written.
         """
         problems = _panel_problems(panel)
         problems += [f"record {i}: choices {a!r}/{r!r} (allowed: {', '.join(CHOICES)})"
@@ -509,6 +533,8 @@ class JudgingStore:
                                       (name, hash_token(secrets.token_urlsafe(32)), now, panel))  # fmt: skip
                     known[name] = (int(cur.lastrowid), panel)
             ordered = sorted(((known[str(n).strip()][0], int(i), a, r) for n, i, a, r in records))
+            if not overwrite:
+                _refuse_conflicts(con, ordered)
             con.executemany(
                 "INSERT INTO votes (judge_id, item_id, alignment, realism, created, updated) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (judge_id, item_id) DO UPDATE SET alignment = excluded.alignment, "

@@ -112,12 +112,20 @@ def read_votes(path: str | os.PathLike[str]) -> list[VoteRow]:
     """Every row of a votes TSV, in file order.
 
     Raises one :class:`InputError` naming the file and listing every problem with its line number (missing
-    header columns, wrong column counts, empty prompts, rows without votes, unknown vote values).
+    header columns, wrong column counts, empty prompts, rows without votes, unknown vote values, a prompt on two
+    lines, a file with no rows).
     """
     path = Path(path)
     table, problems = _read_table(path, VOTES_HEADER)
     rows = []
+    first_line: dict[str, int] = {}
+    if not table and not problems:
+        problems.append((1, "no vote rows after the header"))
     for number, fields in table:
+        earlier = first_line.setdefault(fields[0], number)
+        if earlier != number:
+            problems.append((number, f"line {number}: the prompt repeats line {earlier} ({fields[0][:60]!r}); each "
+                                     "prompt once, with all its votes in one Decisions cell"))  # fmt: skip
         votes, bad = parse_votes(fields[4])
         if not votes:
             problems.append((number, f"line {number}: no votes in Decisions"))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.bench_views import SYSTEM_ORDER
-from eval.db import db_path, ensure_database, query
+from eval.db import db_path, ensure_database, query, user_query
 from gill.errors import InputError
 
 FORMATS = ("table", "markdown", "csv")
@@ -158,9 +158,17 @@ def run_sql(workdir: str | Path, sql: str, fmt: str = "table", max_rows: int | N
     """A user's read-only SQL over the workdir's database, rendered (the first ``max_rows`` rows when given)."""
     import duckdb
 
+    problems = []
+    if not sql.strip():
+        problems.append("the SQL text is empty")
+    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 0):
+        problems.append(f"max_rows: must be an integer >= 0, got {max_rows!r}")
+    if problems:
+        raise InputError("invalid SQL request", problems,
+                         hint='pass a query, e.g. gill db query --workdir W "SELECT * FROM results"')  # fmt: skip
     path = _database(workdir)
     try:
-        frame = query(path, sql)
+        frame = user_query(path, sql)
     except duckdb.Error as err:
         raise InputError("the SQL query failed", [str(err).splitlines()[0]],
                          hint="tables: runs, samples, results, unsupported_systems; views: table1_vist, "

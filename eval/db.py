@@ -184,6 +184,30 @@ def query(path: str | Path, sql: str, params: Sequence[Any] = ()) -> Any:
         return con.execute(sql, list(params)).df()
 
 
+USER_SQL_SETTINGS = (
+    "SET enable_external_access = false",
+    "SET autoinstall_known_extensions = false",
+    "SET autoload_known_extensions = false",
+    "SET lock_configuration = true",
+)
+"""Applied before a user's SQL: no file, network or extension access beyond the database, and no way to undo it."""
+
+
+def user_query(path: str | Path, sql: str) -> Any:
+    """Run a user's SQL (``gill db query``, ``gill report --sql``) read-only and sandboxed; a pandas DataFrame.
+
+    The database is opened read-only, then external access is switched off and the configuration locked, so
+    ``COPY ... TO``, ``read_csv('/etc/passwd')``, ``ATTACH``, ``INSTALL`` and ``LOAD`` fail with a permission
+    error instead of writing files, reading the machine's files or reaching the network.
+    """
+    if not Path(path).exists():
+        ensure_database(path)
+    with connect(path, read_only=True) as con:
+        for setting in USER_SQL_SETTINGS:
+            con.execute(setting)
+        return con.execute(sql).df()
+
+
 def record_download(
     path: str | Path, split: str, shards: Sequence[Mapping[str, Any]], failures: Sequence[Mapping[str, Any]]
 ) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -170,6 +171,7 @@ def cmd_data_download(args: argparse.Namespace) -> int:
 
     options = DownloadOptions(
         processes=args.processes, threads=args.threads, image_size=args.image_size, resize_mode=args.resize_mode,
+        drop_duplicate_urls=args.drop_duplicate_urls,
         shard_size=args.shard_size, timeout=args.timeout, retries=args.retries, distributor=args.distributor,
         respect_noai=args.respect_noai,
     )  # fmt: skip
@@ -385,6 +387,8 @@ def _add_download_parser(data: argparse._SubParsersAction) -> None:
     noai.add_argument("--respect-noai", dest="respect_noai", action="store_true", default=True,
                       help="skip images whose X-Robots-Tag forbids AI use (default)")  # fmt: skip
     noai.add_argument("--ignore-noai", dest="respect_noai", action="store_false", help="download them anyway")
+    p.add_argument("--drop-duplicate-urls", action="store_true",
+                   help="fetch each url once (default: repeated urls are fetched again and reported)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_download)
 
@@ -400,6 +404,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
+        if isinstance(getattr(args, "device", None), str):
+            from gill.utils.device import check_device  # torch: only for commands that take a device
+
+            check_device(args.device)
         return args.func(args)
     except GillError as err:
         sys.stderr.write(f"error: {err.render()}\n")
@@ -407,6 +415,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
+    except BrokenPipeError:  # `gill annotate status | head`: the reader left; say nothing more
+        _silence_stdout()
+        return 141
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that Python's final flush does not raise a second BrokenPipeError."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

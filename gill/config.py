@@ -294,6 +294,11 @@ class TrainConfig(_Validated):
                 problems.append(f"{name}: must be >= 0, got {getattr(self, name)!r}")
         if self.grad_accum > 0 and self.batch_size % self.grad_accum:
             problems.append(f"batch_size: must be divisible by grad_accum ({self.grad_accum}), got {self.batch_size}")
+        elif self.grad_accum > 0 and self.batch_size > 0 and (self.batch_size // self.grad_accum) % 2:
+            problems.append(
+                f"batch_size: each micro-batch (batch_size / grad_accum = {self.batch_size // self.grad_accum}) must "
+                f"be even, since concat-captions pairs rows; got batch_size {self.batch_size}"
+            )
         if not 0.0 <= self.concat_prob <= 1.0:
             problems.append(f"concat_prob: must be in [0, 1], got {self.concat_prob!r}")
         if not all(0.0 <= b < 1.0 for b in self.betas) or len(self.betas) != 2:

@@ -63,7 +63,7 @@ from torch import nn
 from gill.data.precompute import VISION_FILE, decode_image, feature_dir, read_feature_manifest
 from gill.data.shards import ShardIndex, ShardSample, image_split_dir, index_shard, read_samples
 from gill.errors import GillError, InputError
-from gill.utils.io import atomic_directory, atomic_write_json, sha256_file
+from gill.utils.io import atomic_directory, atomic_write_json, chmod_like_open, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -308,6 +308,7 @@ class ApproximateIndex:
         os.close(fd)
         try:
             faiss.write_index(self.index, tmp)
+            chmod_like_open(tmp)  # mkstemp made it 0600: a teammate's or a server's reader would be refused
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -38,6 +38,7 @@ import torch.distributed as dist
 from gill import losses as L
 from gill.captioning import corpus_bleu, greedy_captions
 from gill.config import GILLConfig
+from gill.errors import InputError
 from gill.data.reader import TrainingBatch, TrainingData
 from gill.model import GILLModel
 from gill.optim import build_optimizer, build_scheduler
@@ -158,9 +159,11 @@ class Trainer:
     def _check_batch_split(self) -> None:
         micro = self.cfg.batch_size // self.cfg.grad_accum
         if micro % self.world.world_size or (micro // self.world.world_size) % 2:
-            raise ValueError(
+            raise InputError(
                 f"train.batch_size {self.cfg.batch_size} / grad_accum {self.cfg.grad_accum} = {micro} must split "
-                f"into an even per-process batch over {self.world.world_size} process(es) (concat-captions pairs rows)"
+                f"into an even per-process batch over {self.world.world_size} process(es) (concat-captions pairs rows)",
+                [],
+                hint=f"use a batch size divisible by {2 * self.world.world_size * self.cfg.grad_accum}",
             )
 
     # -- the loop ------------------------------------------------------------------------------------------------

@@ -168,3 +168,73 @@ def test_decision_fit_reads_one_panel_of_the_judging_store(judged, tmp_path):
     assert path.name == "Decisions_Alignment_human.tsv"
     lines = path.read_text().splitlines()
     assert len(lines) == 3 and lines[1].startswith("a red star\t")  # header + the two voted items
+
+
+def test_votes_files_without_rows_or_with_a_repeated_prompt_are_refused_by_line(tmp_path):
+    from annotations.votes import VOTES_HEADER, read_votes
+
+    store = _partiprompts_store(tmp_path / "w")
+    header_only = tmp_path / "header.tsv"
+    header_only.write_text("\t".join(VOTES_HEADER) + "\n")
+    with pytest.raises(InputError, match="no vote rows after the header"):
+        exchange.import_official_tsv(store, header_only)
+    first = read_votes(default_votes_path("alignment"))[0]
+    line = "\t".join([first.prompt, first.category, first.challenge, first.note, ",".join(first.votes)])
+    repeated = tmp_path / "repeated.tsv"
+    repeated.write_text("\t".join(VOTES_HEADER) + "\n" + line + "\n" + line + "\n")
+    with pytest.raises(InputError) as err:
+        exchange.import_official_tsv(store, repeated)
+    assert any("line 3: the prompt repeats line 2" in p for p in err.value.problems)
+    assert store.count_votes() == 0  # refused: nothing imported
+
+
+def test_export_of_a_workdir_without_a_store_is_an_error_that_creates_nothing(tmp_path, capsys):
+    from gill.cli import main
+
+    typo = tmp_path / "wokrdir"
+    assert main(["annotate", "export", "--workdir", str(typo), "--format", "official-tsv", "--out",
+                 str(tmp_path / "out")]) == 2  # fmt: skip
+    assert "no judging store" in capsys.readouterr().err
+    assert not typo.exists() and not (tmp_path / "out").exists()
+
+
+def test_a_bundle_that_changes_a_web_judges_vote_is_a_conflict_unless_overwriting(judged, tmp_path):
+    from annotations.store import VoteConflictError
+
+    saved = tmp_path / "votes-b-ann.json"
+    saved.write_text(
+        json.dumps(
+            {
+                "judge": "ann",
+                "votes": [
+                    {"item_id": 0, "alignment": "right", "realism": "right"},
+                    {"item_id": 2, "alignment": "left", "realism": "left"},
+                ],
+            }
+        )
+    )
+    ann = next(j for j in judged.judges() if j.name == "ann")
+    with pytest.raises(VoteConflictError) as err:
+        exchange.import_bundle_votes(judged, [saved])
+    assert err.value.problems == ["judge 'ann', item 0: the store has left/same, the import right/right"]
+    assert {(v.item_id, v.alignment, v.realism) for v in judged.votes_of(ann)} == {(0, "left", "same"),
+                                                                                  (1, "same", "right")}  # fmt: skip
+    same = tmp_path / "votes-b2-ann.json"  # the same answers again: no conflict, nothing changes
+    same.write_text(json.dumps({"judge": "ann", "votes": [{"item_id": 0, "alignment": "left", "realism": "same"}]}))
+    exchange.import_bundle_votes(judged, [same])
+    exchange.import_bundle_votes(judged, [saved], overwrite=True)
+    assert {(v.item_id, v.alignment, v.realism) for v in judged.votes_of(ann)} == {
+        (0, "right", "right"), (1, "same", "right"), (2, "left", "left")}  # fmt: skip
+
+
+@pytest.mark.parametrize("content", [
+    '{"judge": "x", "votes": {"item_id": 0}}', '{"judge": "x", "votes": ["left"]}', "[1, 2]", '"just text"',
+    '{"judge": "x", "votes": [{"item_id": true, "alignment": "left", "realism": "left"}]}',
+    '{"judge": "x", "votes": [{"item_id": 99999999999999999999, "alignment": "left", "realism": "left"}]}',
+])  # fmt: skip
+def test_malformed_bundle_files_are_plain_errors(judged, tmp_path, content):
+    path = tmp_path / "votes-bad.json"
+    path.write_text(content)
+    with pytest.raises(InputError, match="nothing was imported"):
+        exchange.import_bundle_votes(judged, [path])
+    assert judged.count_votes() == 3

@@ -103,3 +103,69 @@ def test_db_query_prints_results_and_names_a_missing_database(tmp_path, capsys):
     assert capsys.readouterr().out.strip().splitlines() == ["split,count", "val,7"]
     assert main(["db", "query", "--workdir", str(tmp_path / "nowhere"), "SELECT 1"]) == 2
     assert "no database at" in capsys.readouterr().err
+
+
+def test_user_sql_cannot_touch_files_extensions_or_the_network(tmp_path, capsys):
+    from eval.db import db_path, ensure_database
+
+    ensure_database(db_path(tmp_path))
+    secret = tmp_path / "secret.csv"
+    secret.write_text("a\nsecret-value\n")
+    attempts = [
+        f"COPY (SELECT 1) TO '{tmp_path / 'written.csv'}'",
+        f"SELECT * FROM read_csv('{secret}')",
+        "INSTALL httpfs",
+        "LOAD httpfs",
+        f"ATTACH '{tmp_path / 'other.duckdb'}'",
+        "SET enable_external_access = true",
+    ]
+    for sql in attempts:
+        assert main(["db", "query", "--workdir", str(tmp_path), sql]) == 2, sql
+        err = capsys.readouterr().err
+        assert "the SQL query failed" in err and "secret-value" not in err and "Traceback" not in err, sql
+    assert not (tmp_path / "written.csv").exists() and not (tmp_path / "other.duckdb").exists()
+    assert main(["db", "query", "--workdir", str(tmp_path), "  "]) == 2
+    assert "the SQL text is empty" in capsys.readouterr().err
+    assert main(["db", "query", "--workdir", str(tmp_path), "--max-rows", "-1", "SELECT 1"]) == 2
+    assert "max_rows" in capsys.readouterr().err
+
+
+def test_a_bad_or_missing_device_and_an_odd_batch_are_plain_errors(tmp_path, capsys, monkeypatch):
+    import torch
+
+    for argv in (["generate", "--workdir", str(tmp_path), "--device", "banana", "a red star"],
+                 ["train", "--workdir", str(tmp_path), "--device", "banana"]):  # fmt: skip
+        assert main(argv) == 2
+        assert "'banana' is not a torch device" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["generate", "--workdir", str(tmp_path), "--device", "cuda", "a red star"]) == 2
+    assert "CUDA is not available on this machine" in capsys.readouterr().err
+    assert main(["train", "--workdir", str(tmp_path), "--batch-size", "3", "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "must be even" in err and "Traceback" not in err
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path, capsys, monkeypatch):
+    """`gill annotate status | head -1`: writing after the reader left raises BrokenPipeError; the command ends
+    quietly (exit 141, as a shell reports a SIGPIPE) instead of printing a traceback."""
+    import sys
+
+    from eval.db import db_path, ensure_database
+
+    ensure_database(db_path(tmp_path))
+    sink = (tmp_path / "devnull").open("w")
+
+    class LeftReader:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+        def fileno(self):
+            return sink.fileno()
+
+    monkeypatch.setattr(sys, "stdout", LeftReader())
+    assert main(["db", "query", "--workdir", str(tmp_path), "SELECT 1 AS n"]) == 141
+    assert capsys.readouterr().err == ""
+    sink.close()

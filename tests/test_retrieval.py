@@ -294,3 +294,17 @@ def test_a_crash_while_writing_leaves_the_previous_bank_or_none(workdir_copy, mo
     with pytest.raises(RuntimeError, match="disk full"):
         build_bank(workdir_copy, ckpt, progress=False)
     assert sorted(p.name for p in (workdir_copy / "index").iterdir()) == []  # no partial bank, no temp folder
+
+
+def test_a_saved_index_gets_the_mode_a_plain_open_gives_under_the_umask(tmp_path):
+    """Issue 16.18: files written through a private temporary name must not stay 0600 (a server reading the bank, or
+    a teammate, would be refused)."""
+    import os
+
+    index = ApproximateIndex.build(clustered(400, 8, 4, seed=2), nlist=4)
+    umask = os.umask(0o027)
+    try:
+        path = index.save(tmp_path / "ivf.faiss")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o640

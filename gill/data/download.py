@@ -45,7 +45,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -102,6 +102,8 @@ class DownloadOptions:
     distributor: Literal["multiprocessing", "pyspark", "ray"] = "multiprocessing"
     respect_noai: bool = True
     """True: skip images whose X-Robots-Tag says noai/noimageai/noindex/noimageindex (img2dataset's default)."""
+    drop_duplicate_urls: bool = False
+    """Keep only the first row of each url (default: every row is fetched, and the repeats are reported)."""
 
     def __post_init__(self) -> None:
         problems = _option_problems(self)
@@ -167,6 +169,10 @@ class DownloadReport:
     shards: list[ShardStats] = field(default_factory=list)
     failures: list[FailureRow] = field(default_factory=list)
     n_input: int = 0
+    duplicate_urls: int = 0
+    """Rows of the URL list whose url an earlier row already has (fetched again unless dropped)."""
+    dropped_duplicates: bool = False
+    """The duplicates were dropped before downloading (``drop_duplicate_urls``)."""
 
     @property
     def total(self) -> int:
@@ -204,6 +210,9 @@ class DownloadReport:
             lines.append(f"  failed to download: {failed_dl}, failed to decode/resize: {failed_rs}")
         for message, count in self.top_errors():
             lines.append(f"  {count:>7}  {message}")
+        if self.duplicate_urls:
+            what = "dropped" if self.dropped_duplicates else "fetched again (drop them with --drop-duplicate-urls)"
+            lines.append(f"  {self.duplicate_urls} row(s) repeat an earlier url: {what}")
         if not self.complete:
             lines.append(
                 f"  incomplete: {self.n_input - self.total} of {self.n_input} input rows are in shards "
@@ -569,6 +578,15 @@ def download_split(
         raise InputError(f"unknown split {split!r}", hint=f"use one of {', '.join(SPLITS)}")
     _check_distributor(options.distributor)
     frame = read_url_file(urls)
+    repeats = duplicate_url_rows(frame)
+    if repeats:
+        rows = ", ".join(str(row) for row in repeats[:10]) + (" ..." if len(repeats) > 10 else "")
+        action = ("dropping them" if options.drop_duplicate_urls
+                  else "each is fetched again; --drop-duplicate-urls keeps only the first")  # fmt: skip
+        logger.warning("cc3m %s: %d row(s) of %s repeat an earlier url (data rows %s): %s", split, len(repeats),
+                       urls, rows, action)  # fmt: skip
+        if options.drop_duplicate_urls:
+            frame = frame.drop_duplicates("url", keep="first").reset_index(drop=True)
     out = split_dir(workdir, split)
     n_shards = _shard_count(len(frame), options.shard_size)
     with _split_lock(workdir, split) as lock_fd:
@@ -584,8 +602,15 @@ def download_split(
         else:
             logger.info("cc3m %s: all %d shard(s) are already complete", split, n_shards)
     report = collect_report(split, workdir, n_input=len(frame))
+    report = replace(report, duplicate_urls=len(repeats), dropped_duplicates=options.drop_duplicate_urls)
     (logger.info if report.complete else logger.warning)("%s", report.summary())
     return report
+
+
+def duplicate_url_rows(frame: pandas.DataFrame) -> list[int]:
+    """Row numbers (1 = the first data row) whose url an earlier row already has."""
+    repeated = frame["url"].duplicated(keep="first")
+    return [int(i) + 1 for i in repeated[repeated].index]
 
 
 def _check_distributor(distributor: str) -> None:

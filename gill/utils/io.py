@@ -23,6 +23,11 @@ def _umask() -> int:
     return umask
 
 
+def chmod_like_open(path: str | os.PathLike[str]) -> None:
+    """Give a file written through a private temporary name (mkstemp: 0600) the mode a plain ``open`` would give."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename), with the permissions
     a plain ``open(path, "w")`` would give (mkstemp's 0600, widened by the umask)."""
