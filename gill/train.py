@@ -38,8 +38,8 @@ import torch.distributed as dist
 from gill import losses as L
 from gill.captioning import corpus_bleu, greedy_captions
 from gill.config import GILLConfig
-from gill.errors import InputError
 from gill.data.reader import TrainingBatch, TrainingData
+from gill.errors import InputError
 from gill.model import GILLModel
 from gill.optim import build_optimizer, build_scheduler
 from gill.resume import CheckpointManager, capture_rng, restore_rng

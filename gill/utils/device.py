@@ -14,7 +14,7 @@ def check_device(device: str, what: str = "--device") -> torch.device:
         parsed = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise InputError(f"{what} {device!r} is not a torch device", [str(err).splitlines()[0][:200]],
-                         hint="use cpu, cuda, cuda:N or mps")  # fmt: skip
+                         hint="use cpu, cuda, cuda:N or mps") from None  # fmt: skip
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
             raise InputError(f"{what} {device!r}: CUDA is not available on this machine", [],
