@@ -147,7 +147,7 @@ def add_annotate_parsers(groups: argparse._SubParsersAction) -> argparse._SubPar
                    "export; html-bundle: votes-<bundle>-<name>.json files")  # fmt: skip
     p.add_argument("--panel", default="human", help="the panel the votes go to (default: human, i.e. people)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace a judge's stored vote when the import answers otherwise (default: refuse)")  # fmt: skip
+                   help="replace a judge's stored vote when the import differs (default: refuse)")  # fmt: skip
     p.set_defaults(func=cmd_annotate_import)
 
     p = commands.add_parser("simulate", help="let the SIMULATED answer-key panel judge the world items (own panel)")
@@ -203,7 +203,7 @@ def _add_label_studio_parsers(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--save", type=Path, help="where to keep the export (default: W/annotations/...)")
     p.add_argument("--panel", default="human", help="the panel the votes go to (default: human)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace a judge's stored vote when the import answers otherwise (default: refuse)")  # fmt: skip
+                   help="replace a judge's stored vote when the import differs (default: refuse)")  # fmt: skip
     p.set_defaults(func=cmd_label_studio_pull)
 
 
