@@ -11,16 +11,25 @@ Run it with ``gill annotate serve --workdir W`` (binds 127.0.0.1:8765), add judg
 Routes:
 
 - ``GET /judge?token=T``: the personal login link. Sets an HttpOnly, SameSite=Strict session cookie and redirects
-  to ``/``.
+  to ``/``, so the token leaves the address bar.
 - ``GET /``: the judging page (one static HTML page with its script at ``/static/judge.js``; no external assets,
   and a Content-Security-Policy that allows only this origin, so nothing injected could run).
 - ``GET /api/items/next``: the judge's next item (prompt and image URLs, never which side is generated) and progress.
-- ``GET /api/images/{item_id}/{left|right}``: an item's image, for judges only.
+- ``GET /api/images/{item_id}/{left|right}``: an item's image, for judges only. Only the images the store lists for
+  its items are served, and only when they lie in ``<workdir>/annotations/candidates/`` and are PNG, JPEG, GIF or
+  WebP files (checked by their first bytes, sent with that image type); anything else is 404.
 - ``POST /api/votes``: JSON ``{item_id, alignment, realism}`` with ``left``/``right``/``same``; a resubmit replaces.
+  ``item_id`` must be a JSON integer (not ``true``, ``1.0`` or ``"1"``) within SQLite's 64-bit range (else 422).
 - ``GET /api/votes/mine``: the judge's own votes.
-- ``GET /admin?token=A``: progress per judge and agreement per question (Fleiss' kappa, Krippendorff's alpha).
+- ``GET /admin?token=A``: sets an HttpOnly admin cookie (path ``/admin``) and redirects to ``/admin``, which shows
+  progress per judge (revoked judges marked) and agreement per question (Fleiss' kappa, Krippendorff's alpha).
 
-Auth: the session cookie or ``Authorization: Bearer <token>``; a missing or unknown token gets 401. CSRF: every
+Every request body is limited to :data:`MAX_BODY_BYTES` (64 KiB), checked before any JSON is parsed (413). Tokens
+never reach a log: :func:`install_token_redaction` (called by :func:`create_app`) redacts ``token=...`` query values
+and bearer tokens in uvicorn's access and error logs.
+
+Auth: the session cookie or ``Authorization: Bearer <token>``; a missing, unknown or revoked judge's token gets
+401 (revocation takes effect on the next request: every request reads the store). CSRF: every
 state-changing request must carry the header ``X-Gill-CSRF: 1`` (the page's ``fetch`` sends it; a cross-site form
 cannot set custom headers, and a cross-site ``fetch`` that sets one needs a CORS preflight this app never grants),
 and is refused when ``Origin`` names another host or ``Sec-Fetch-Site`` says ``cross-site``; on top of that the
@@ -30,27 +39,61 @@ cookie is ``SameSite=Strict``. Refusals get 403.
 from __future__ import annotations
 
 import html
+import json
 import logging
 import math
 import os
+import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from annotations.store import HUMAN_PANEL, SIDES, SIMULATED_PANEL, ItemFullError, JudgingStore, UnknownItemError
+from annotations.candidates import CANDIDATES_DIR
+from annotations.store import (
+    ADMIN_TOKEN_HINT,
+    HUMAN_PANEL,
+    SIDES,
+    SIMULATED_PANEL,
+    ItemFullError,
+    JudgingStore,
+    RevokedJudgeError,
+    UnknownItemError,
+    admin_token_problems,
+    judges_per_item_problems,
+)
 from annotations.store import Item as StoreItem
 from annotations.store import Judge as StoreJudge
 from annotations.store import Vote as StoreVote
+from gill.errors import InputError
 
 logger = logging.getLogger(__name__)
 
 COOKIE_NAME = "gill_judge"
+ADMIN_COOKIE_NAME = "gill_admin"
 CSRF_HEADER = "X-Gill-CSRF"
 COOKIE_MAX_AGE_S = 30 * 24 * 3600
+ADMIN_COOKIE_MAX_AGE_S = 12 * 3600
+MAX_BODY_BYTES = 64 * 1024
+"""The largest request body accepted (a vote is under 100 bytes); larger ones get 413 before any parsing."""
+SQLITE_INT_MIN, SQLITE_INT_MAX = -(2**63), 2**63 - 1
+ItemId = Annotated[int, Field(strict=True, ge=SQLITE_INT_MIN, le=SQLITE_INT_MAX)]
+"""An item id: a JSON integer (never a bool, float or string) that fits SQLite's 64-bit integers."""
+IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+               ".webp": "image/webp"}  # fmt: skip
+"""The image files the app serves, by suffix, with their content type (the file's first bytes must agree)."""
+TOKEN_LOGGERS = ("uvicorn", "uvicorn.access", "uvicorn.error", "uvicorn.asgi", __name__)
+"""The loggers :func:`install_token_redaction` guards (a logger's filters see only its own records)."""
+_TOKEN_PATTERNS = (
+    re.compile(r"(?i)(\b[\w.-]*token=)[^&\s\"'#]+"),  # token=... in a query string (any ...token parameter)
+    re.compile(r"(?i)(\bbearer\s+)[^\s\"',]+"),  # Authorization: Bearer ...
+    re.compile(r"(?i)(\b(?:gill_judge|gill_admin)=)[^;\s\"']+"),  # a session cookie
+)
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
@@ -67,28 +110,125 @@ class VoteIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    item_id: int
+    item_id: ItemId
     alignment: Choice
     realism: Choice
 
 
+def redact_tokens(text: str) -> str:
+    """``text`` with each ``token=...`` query value, bearer token and session cookie value as ``[redacted]``."""
+    for pattern in _TOKEN_PATTERNS:
+        text = pattern.sub(r"\1[redacted]", text)
+    return text
+
+
+class TokenRedactingFilter(logging.Filter):
+    """A logging filter that redacts tokens (:func:`redact_tokens`): first in a record's string arguments, keeping
+    their shape (uvicorn's access formatter unpacks them); when the formatted message still shows one (say
+    ``"token=%s"``), the record becomes that message, redacted."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Redact ``record`` in place; never drops it."""
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact_arg(a) for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: _redact_arg(v) for k, v in record.args.items()}
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a malformed record: logging reports it; redact what can be
+            record.msg = _redact_arg(record.msg)
+            return True
+        clean = redact_tokens(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
+
+
+def _redact_arg(value: Any) -> Any:
+    return redact_tokens(value) if isinstance(value, str) else value
+
+
+def install_token_redaction(names: tuple[str, ...] = TOKEN_LOGGERS) -> None:
+    """Add a :class:`TokenRedactingFilter` to each named logger that has none yet (idempotent). Logger filters
+    survive uvicorn's ``dictConfig`` (it replaces handlers, not filters)."""
+    for name in names:
+        target = logging.getLogger(name)
+        if not any(isinstance(f, TokenRedactingFilter) for f in target.filters):
+            target.addFilter(TokenRedactingFilter())
+
+
+class BodySizeLimit:
+    """ASGI middleware: refuse (413) a request whose body is over ``max_bytes``, by its ``Content-Length`` before
+    the app runs, and for a body without one while it streams in, before anything parses it."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check the declared length, then count the streamed bytes."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            bad = not declared.isdigit()
+            await _plain_error(send, 400 if bad else 413,
+                               "bad Content-Length header" if bad else self._too_large())  # fmt: skip
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise HTTPException(413, self._too_large())
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _too_large(self) -> str:
+        return f"request body too large: at most {self.max_bytes} bytes are accepted"
+
+
+async def _plain_error(send: Send, status: int, detail: str) -> None:
+    """Send a JSON ``{"detail": ...}`` error response straight from ASGI."""
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def create_app(
-    workdir: str | os.PathLike[str], judges_per_item: int | None = 5, admin_token: str | None = None
+    workdir: str | os.PathLike[str], judges_per_item: int | None = None, admin_token: str | None = None
 ) -> FastAPI:
-    """The judging app over ``<workdir>/annotations/judging.sqlite``.
+    """The judging app over ``<workdir>/annotations/judging.sqlite``. The arguments are checked before anything
+    is written: a refused call changes nothing in the store.
 
     Args:
-        workdir: the work folder (images are served from paths relative to it).
-        judges_per_item: ``k``, judges per item (saved in the store); ``None`` keeps the saved value.
+        workdir: the work folder (images are served from ``<workdir>/annotations/candidates``).
+        judges_per_item: ``k``, judges per item (saved in the store); ``None`` (the default) keeps the saved value.
         admin_token: the admin token to accept at ``/admin``; ``None`` keeps the stored one (see
             :meth:`~annotations.store.JudgingStore.new_admin_token`).
+
+    Raises:
+        InputError: ``judges_per_item`` or ``admin_token`` is refused.
     """
+    token_problems = [] if admin_token is None else [f"admin token: {p}" for p in admin_token_problems(admin_token)]
+    problems = judges_per_item_problems(judges_per_item) + token_problems
+    if problems:
+        raise InputError("cannot start the judging app; nothing was changed", problems,
+                         hint=ADMIN_TOKEN_HINT if token_problems else None)  # fmt: skip
     store = JudgingStore(workdir, judges_per_item=judges_per_item)
     if admin_token is not None:
         store.set_admin_token(admin_token)
     root = Path(workdir).resolve()
+    install_token_redaction()
     app = FastAPI(title="GILL judging", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next) -> Response:
@@ -128,16 +268,18 @@ def create_app(
                 "progress": _progress(store, judge)}  # fmt: skip
 
     @app.get("/api/images/{item_id}/{side}")
-    def image(item_id: int, side: str, judge: JudgeDep) -> FileResponse:
+    def image(item_id: Annotated[int, PathParam(ge=SQLITE_INT_MIN, le=SQLITE_INT_MAX)], side: str,
+              judge: JudgeDep) -> FileResponse:  # fmt: skip
         item = store.item(item_id)
         if item is None or side not in SIDES:
             raise HTTPException(404, "no such item or side")
-        path = (root / item.image_for(side)).resolve()
-        if not path.is_relative_to(root) or not path.is_file():
-            logger.warning("item %d: image %s is missing or outside %s", item_id, path, root)
+        found = candidate_image(root, item.image_for(side))
+        if found is None:
+            logger.warning("item %d: the %s image is missing, not an image file or outside %s", item_id, side,
+                           root / CANDIDATES_DIR)  # fmt: skip
             raise HTTPException(404, "image not found")
         # The file name would tell generated from retrieved: send none, and no caching of a judge-only file.
-        return FileResponse(path, headers={"Cache-Control": "private, no-store"})
+        return FileResponse(found[0], media_type=found[1], headers={"Cache-Control": "private, no-store"})
 
     @app.post("/api/votes", dependencies=[Depends(_require_csrf)])
     def vote(body: VoteIn, judge: JudgeDep) -> dict:
@@ -147,6 +289,8 @@ def create_app(
             raise HTTPException(404, err.message) from err
         except ItemFullError as err:
             raise HTTPException(409, err.message) from err
+        except RevokedJudgeError as err:  # revoked between the auth check and the write
+            raise HTTPException(403, err.message) from err
         return {"vote": _public_vote(saved), "progress": _progress(store, judge)}
 
     @app.get("/api/votes/mine")
@@ -154,9 +298,17 @@ def create_app(
         return {"judge": judge.name, "votes": [_public_vote(v) for v in store.votes_of(judge)]}
 
     @app.get("/admin")
-    def admin(token: Annotated[str, Query()] = "", authorization: Annotated[str | None, Header()] = None) -> Response:
-        if not store.is_admin(_bearer(authorization) or token):
-            return HTMLResponse("<!doctype html><title>GILL judging</title><p>Unknown admin token.</p>", 401)
+    def admin(request: Request, token: Annotated[str, Query()] = "",
+              authorization: Annotated[str | None, Header()] = None) -> Response:  # fmt: skip
+        if token:  # the admin link: trade the token for a cookie and take it out of the address bar
+            if not store.is_admin(token):
+                return HTMLResponse(_ADMIN_FAILED, 401)
+            response = RedirectResponse("/admin", status_code=303)
+            response.set_cookie(ADMIN_COOKIE_NAME, token, max_age=ADMIN_COOKIE_MAX_AGE_S, httponly=True,
+                                samesite="strict", path="/admin")  # fmt: skip
+            return response
+        if not store.is_admin(_bearer(authorization) or request.cookies.get(ADMIN_COOKIE_NAME)):
+            return HTMLResponse(_ADMIN_FAILED, 401)
         return HTMLResponse(render_admin(store))
 
     return app
@@ -194,6 +346,35 @@ def _require_csrf(
         raise HTTPException(403, "cross-site request refused")
     if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
         raise HTTPException(403, f"request from origin {origin!r} refused")
+
+
+def candidate_image(root: Path, relative: str) -> tuple[Path, str] | None:
+    """The file and content type of a candidate image path (relative to the workdir ``root``), or ``None`` when
+    it resolves (symlinks followed) outside ``<root>/annotations/candidates``, is no file, or is not a PNG, JPEG,
+    GIF or WebP image by both its suffix and its first bytes."""
+    if not relative:
+        return None
+    folder = (root / CANDIDATES_DIR).resolve()
+    path = (root / relative).resolve()
+    media = IMAGE_TYPES.get(path.suffix.lower())
+    if media is None or not path.is_relative_to(folder) or not path.is_file():
+        return None
+    return (path, media) if _sniff_image(path) == media else None
+
+
+def _sniff_image(path: Path) -> str | None:
+    """The image content type that ``path``'s first bytes show, or ``None``."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    return None
 
 
 def _public_item(item: StoreItem) -> dict:
@@ -234,7 +415,8 @@ def _admin_panel(store: JudgingStore, panel: str) -> str:
     suffix = "" if panel == HUMAN_PANEL else "-" + e(panel)
     if panel == SIMULATED_PANEL:
         title = "SIMULATED judges (answer-key panel, not people)"
-    rows = "".join(f"<tr><td>{e(j.name)}</td><td>{p.done}</td><td>{p.total}</td></tr>"
+    rows = "".join(f"<tr><td>{e(j.name)}</td><td>{p.done}</td><td>{p.total}</td>"
+                   f"<td>{'revoked ' + e(j.revoked_at) if j.revoked_at else ''}</td></tr>"
                    for j, p in store.judge_progress(panel))  # fmt: skip
     agreement = "".join(
         f"<tr><td>{e(a.question)}</td><td>{_num(a.fleiss_kappa)}</td><td>{a.fleiss_items}</td>"
@@ -247,7 +429,7 @@ def _admin_panel(store: JudgingStore, panel: str) -> str:
 <h2>{e(title)}</h2>
 <p>{store.complete_items(panel)} item(s) complete; {store.count_votes(panel)} vote(s).</p>
 <h3>Judges</h3>
-<table id="judges{suffix}"><tr><th>judge</th><th>done</th><th>of</th></tr>{rows}</table>
+<table id="judges{suffix}"><tr><th>judge</th><th>done</th><th>of</th><th>access</th></tr>{rows}</table>
 <h3>Agreement (official votes gen / ret / same)</h3>
 <table id="agreement{suffix}"><tr><th>question</th><th>Fleiss' kappa</th><th>complete items</th>
 <th>Krippendorff's alpha</th><th>items with 2+ votes</th></tr>{agreement}</table>
@@ -260,6 +442,8 @@ def _admin_panel(store: JudgingStore, panel: str) -> str:
 def _num(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.3f}"
 
+
+_ADMIN_FAILED = "<!doctype html><title>GILL judging</title><p>Unknown admin token: open the admin link again.</p>"
 
 _LOGIN_FAILED = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>GILL judging</title></head>

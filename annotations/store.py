@@ -27,7 +27,9 @@ takes a person's slot, and every summary and export reads one panel at a time (`
 Imports are one transaction each (:meth:`JudgingStore.import_named_votes`): missing judges are created and the
 votes written together, so a refused import leaves no judge, item or vote behind.
 
-Tokens are random (``secrets.token_urlsafe``), stored only as sha256 hashes and compared in constant time.
+Tokens are random (``secrets.token_urlsafe``), stored only as sha256 hashes and compared in constant time. A
+revoked judge (:meth:`JudgingStore.revoke_judge`, ``judges.revoked_at``) keeps their votes, which still count, but
+their token no longer logs in and the store refuses their votes from then on.
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ CREATE TABLE IF NOT EXISTS judges (
     name TEXT NOT NULL UNIQUE,
     token_hash TEXT NOT NULL UNIQUE,
     created TEXT NOT NULL,
-    panel TEXT NOT NULL DEFAULT 'human'
+    panel TEXT NOT NULL DEFAULT 'human',
+    revoked_at TEXT  -- when `gill annotate revoke-judge` revoked the judge (their votes stay), else NULL
 );
 CREATE TABLE IF NOT EXISTS items (
     id INTEGER PRIMARY KEY,  -- decision_candidates.prompt_id
@@ -129,6 +132,10 @@ class ItemFullError(InputError):
     """The item already has its ``judges_per_item`` voters."""
 
 
+class RevokedJudgeError(InputError):
+    """The judge was revoked: they may no longer vote."""
+
+
 def store_path(workdir: str | os.PathLike[str]) -> Path:
     """The SQLite file of a work folder."""
     return Path(workdir) / STORE_NAME
@@ -165,6 +172,8 @@ class Judge:
     name: str
     created: str
     panel: str = HUMAN_PANEL
+    revoked_at: str | None = None
+    """When the judge was revoked (their votes stay and count; they can no longer log in or vote), else ``None``."""
 
 
 @dataclass(frozen=True)
@@ -280,6 +289,9 @@ class JudgingStore:
     """
 
     def __init__(self, workdir: str | os.PathLike[str], judges_per_item: int | None = None, seed: int = 0) -> None:
+        problems = judges_per_item_problems(judges_per_item)
+        if problems:
+            raise InputError("cannot open the judging store", problems)
         self.workdir = Path(workdir)
         self.path = store_path(workdir)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -288,8 +300,6 @@ class JudgingStore:
             con.executescript(SCHEMA)
             _migrate(con)
         if judges_per_item is not None:
-            if judges_per_item < 1:
-                raise InputError(f"judges_per_item must be at least 1, got {judges_per_item}")
             self._set_setting("judges_per_item", str(judges_per_item))
         self.judges_per_item = int(self._setting("judges_per_item") or DEFAULT_JUDGES_PER_ITEM)
         saved_seed = self._setting("seed")
@@ -356,9 +366,31 @@ class JudgingStore:
     def judges(self, panel: str | None = None) -> list[Judge]:
         """Every judge (of ``panel``, when given), by id."""
         with self._connect() as con:
-            rows = con.execute("SELECT id, name, created, panel FROM judges WHERE ? IS NULL OR panel = ? ORDER BY id",
+            rows = con.execute(f"SELECT {_JUDGE_COLUMNS} FROM judges WHERE ? IS NULL OR panel = ? ORDER BY id",
                                (panel, panel)).fetchall()  # fmt: skip
         return [Judge(**dict(r)) for r in rows]
+
+    def revoke_judge(self, name: str) -> Judge:
+        """Revoke the judge named ``name`` at once: their token stops working (the app answers 401 on their next
+        request) and the store refuses their votes; the votes they gave stay, marked by ``revoked_at``. Returns
+        the revoked judge.
+
+        Raises:
+            InputError: no judge has this name, or the judge was revoked already (nothing changes then).
+        """
+        clean = name.strip()
+        with self._write() as con:
+            row = con.execute(f"SELECT {_JUDGE_COLUMNS} FROM judges WHERE name = ?", (clean,)).fetchone()
+            if row is None:
+                known = [r[0] for r in con.execute("SELECT name FROM judges ORDER BY id LIMIT 20")]
+                raise InputError(f"no judge named {clean!r} in {self.path}; nothing was revoked",
+                                 [f"judges: {', '.join(map(repr, known)) or 'none'}"],
+                                 hint="check the name with `gill annotate status --workdir W`")  # fmt: skip
+            if row["revoked_at"] is not None:
+                raise InputError(f"judge {clean!r} was already revoked at {row['revoked_at']}; nothing changed")
+            revoked_at = _now()
+            con.execute("UPDATE judges SET revoked_at = ? WHERE id = ?", (revoked_at, row["id"]))
+        return Judge(**{**dict(row), "revoked_at": revoked_at})
 
     def panels(self) -> list[str]:
         """``human`` (always, first: people can judge every store) and every other panel that has judges."""
@@ -367,16 +399,16 @@ class JudgingStore:
         return [HUMAN_PANEL, *sorted(names - {HUMAN_PANEL})]
 
     def judge_for_token(self, token: str | None) -> Judge | None:
-        """The judge whose token this is, or ``None``."""
+        """The judge whose token this is, or ``None`` (also for a revoked judge's token)."""
         if not token:
             return None
         digest = hash_token(token)
         with self._connect() as con:
-            row = con.execute("SELECT id, name, created, panel, token_hash FROM judges WHERE token_hash = ?",
-                              (digest,)).fetchone()  # fmt: skip
+            row = con.execute(f"SELECT {_JUDGE_COLUMNS}, token_hash FROM judges WHERE token_hash = ? "
+                              "AND revoked_at IS NULL", (digest,)).fetchone()  # fmt: skip
         if row is None or not hmac.compare_digest(row["token_hash"], digest):
             return None
-        return Judge(id=row["id"], name=row["name"], created=row["created"], panel=row["panel"])
+        return Judge(**{k: row[k] for k in row.keys() if k != "token_hash"})
 
     def new_admin_token(self) -> str:
         """Generate a new admin token (the previous one stops working); return it. Only its hash is stored."""
@@ -385,9 +417,11 @@ class JudgingStore:
         return token
 
     def set_admin_token(self, token: str) -> None:
-        """Make ``token`` the admin token."""
-        if len(token) < 16:
-            raise InputError("the admin token is too short", [f"{len(token)} characters, at least 16 needed"])
+        """Make ``token`` the admin token (see :func:`admin_token_problems`)."""
+        problems = admin_token_problems(token)
+        if problems:
+            raise InputError("the admin token is refused; the admin token was not changed", problems,
+                             hint=ADMIN_TOKEN_HINT)  # fmt: skip
         self._set_setting("admin_token_hash", hash_token(token))
 
     def is_admin(self, token: str | None) -> bool:
@@ -474,6 +508,7 @@ class JudgingStore:
             ValueError: a choice is not ``left``/``right``/``same``.
             UnknownItemError: no item has this id.
             ItemFullError: the item already has ``k`` voters other than this judge.
+            RevokedJudgeError: the judge was revoked.
         """
         bad = [f"{q} = {v!r}" for q, v in (("alignment", alignment), ("realism", realism)) if v not in CHOICES]
         if bad:
@@ -482,6 +517,7 @@ class JudgingStore:
         with self._write() as con:
             if con.execute("SELECT 1 FROM items WHERE id = ?", (item_id,)).fetchone() is None:
                 raise UnknownItemError(f"no item with id {item_id}")
+            _refuse_revoked(con, jid)
             _, panel, _ = self._open_params(con, jid)
             others = con.execute("SELECT COUNT(*) FROM votes v JOIN judges j ON j.id = v.judge_id "
                                  "WHERE v.item_id = ? AND v.judge_id != ? AND j.panel = ?",
@@ -522,7 +558,13 @@ class JudgingStore:
             if unknown:
                 raise UnknownItemError(f"{len(unknown)} vote item(s) are not items of {self.path}; nothing was "
                                        "imported", [f"item {i}" for i in unknown[:50]])  # fmt: skip
-            known = {r["name"]: (r["id"], r["panel"]) for r in con.execute("SELECT id, name, panel FROM judges")}
+            rows = con.execute("SELECT id, name, panel, revoked_at FROM judges").fetchall()
+            known = {r["name"]: (r["id"], r["panel"]) for r in rows}
+            revoked = [f"judge {r['name']!r} was revoked at {r['revoked_at']}" for r in rows
+                       if r["revoked_at"] is not None and r["name"] in names]  # fmt: skip
+            if revoked:
+                raise RevokedJudgeError("votes to import name revoked judges; nothing was imported", revoked[:50],
+                                        hint="leave their votes out of the import")  # fmt: skip
             clash = [f"judge {n!r} is in panel {known[n][1]!r}, not {panel!r}" for n in names
                      if n in known and known[n][1] != panel]  # fmt: skip
             if clash:
@@ -624,6 +666,7 @@ class JudgingStore:
         return out
 
 
+_JUDGE_COLUMNS = "id, name, created, panel, revoked_at"
 _ITEM_COLUMNS = "i.id, i.prompt, i.category, i.challenge, i.note, i.gen_image, i.ret_image, i.gen_side, i.scene"
 # An item is open to a judge when it has both images, the judge has not voted on it and it has fewer than k voters
 # of the judge's panel. Params: (judge id, panel, k).
@@ -643,6 +686,37 @@ def _name_problems(clean: str) -> list[str]:
     if any(ch in clean for ch in "\t\r\n"):
         problems.append("the name contains a tab or newline")
     return problems
+
+
+MIN_ADMIN_TOKEN_LENGTH = 16
+ADMIN_TOKEN_HINT = "leave --admin-token out for a new random token, or give one of at least 16 printable characters"
+
+
+def admin_token_problems(token: str) -> list[str]:
+    """What is wrong with ``token`` as the admin token (empty when it is fine): at least 16 characters, printable
+    ASCII without spaces (it goes into a link and a header)."""
+    problems = []
+    if len(token) < MIN_ADMIN_TOKEN_LENGTH:
+        problems.append(f"it has {len(token)} character(s), at least {MIN_ADMIN_TOKEN_LENGTH} are needed")
+    if any(not ("!" <= ch <= "~") for ch in token):
+        problems.append("it contains a space, a control or a non-ASCII character")
+    return problems
+
+
+def judges_per_item_problems(judges_per_item: object) -> list[str]:
+    """What is wrong with ``judges_per_item`` (``None``: keep the saved value; else an int of at least 1)."""
+    if judges_per_item is None:
+        return []
+    if isinstance(judges_per_item, bool) or not isinstance(judges_per_item, int) or judges_per_item < 1:
+        return [f"judges_per_item must be a whole number of at least 1, got {judges_per_item!r}"]
+    return []
+
+
+def _refuse_revoked(con: sqlite3.Connection, judge_id: int) -> None:
+    """Raise :class:`RevokedJudgeError` when the judge was revoked (inside the caller's write transaction)."""
+    row = con.execute("SELECT name, revoked_at FROM judges WHERE id = ?", (judge_id,)).fetchone()
+    if row is not None and row["revoked_at"] is not None:
+        raise RevokedJudgeError(f"judge {row['name']!r} was revoked at {row['revoked_at']}; the vote was refused")
 
 
 def _panel_problems(panel: str) -> list[str]:
@@ -671,12 +745,14 @@ LEGACY_IMPORTED_JUDGE = "partiprompts-judge-%"
 def _migrate(con: sqlite3.Connection) -> None:
     """Bring a store made by an earlier version up to date; nothing is deleted that people did.
 
-    * Adds the later columns (``judges.panel``, ``items.scene``).
+    * Adds the later columns (``judges.panel``, ``judges.revoked_at``, ``items.scene``).
     * Retires items without images: earlier pipelines imported the released PartiPrompts votes onto 1,632 imageless
       items that no judge could see. Their votes move to ``retired_votes``, the items are deleted. The judges that
       import created (``partiprompts-judge-N``) are deleted once they have no vote left.
     """
-    for table, column, ddl in (("judges", "panel", "TEXT NOT NULL DEFAULT 'human'"), ("items", "scene", "TEXT")):
+    later = (("judges", "panel", "TEXT NOT NULL DEFAULT 'human'"), ("judges", "revoked_at", "TEXT"),
+             ("items", "scene", "TEXT"))  # fmt: skip
+    for table, column, ddl in later:
         names = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
         if names and column not in names:
             con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
 import socket
 import sqlite3
 import threading
@@ -20,7 +21,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from annotations.app import COOKIE_NAME, CSRF_HEADER, JUDGE_JS, create_app
+from annotations.app import ADMIN_COOKIE_NAME, COOKIE_NAME, CSRF_HEADER, JUDGE_JS, MAX_BODY_BYTES, create_app
+from annotations.candidates import CANDIDATES_DIR
 from annotations.store import (
     CHOICES,
     ItemFullError,
@@ -43,18 +45,22 @@ SCRIPT_PROMPT = "<script>alert('x')</script> & a cat"
 
 
 def write_candidates(workdir: Path, n: int = 6, prompts: dict[int, str] | None = None) -> Path:
-    """``<workdir>/gill.duckdb`` with a ``decision_candidates`` table of ``n`` rows and their small PNGs."""
+    """``<workdir>/gill.duckdb`` with a ``decision_candidates`` table of ``n`` rows and their small PNGs in
+    ``<workdir>/annotations/candidates`` (where ``gill annotate build`` puts them, and the only folder served)."""
     import duckdb
     from PIL import Image
 
     prompts = prompts or {}
-    (workdir / "candidates").mkdir(parents=True, exist_ok=True)
+    (workdir / CANDIDATES_DIR).mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(1, n + 1):
         for kind, color in (("gen", (200, 30, 30)), ("ret", (30, 30, 200))):
-            Image.new("RGB", (8, 8), (color[0], color[1] + i, color[2])).save(workdir / f"candidates/{i}_{kind}.png")
-        rows.append((i, prompts.get(i, f"prompt number {i}"), "Animals", "Basic", "", f"candidates/{i}_gen.png",
-                     f"candidates/{i}_ret.png", f"key{i}", 0.5 + i / 100))  # fmt: skip
+            Image.new("RGB", (8, 8), (color[0], color[1] + i, color[2])).save(
+                workdir / CANDIDATES_DIR / f"{i}_{kind}.png"
+            )
+        rows.append((i, prompts.get(i, f"prompt number {i}"), "Animals", "Basic", "",
+                     f"{CANDIDATES_DIR.as_posix()}/{i}_gen.png", f"{CANDIDATES_DIR.as_posix()}/{i}_ret.png", f"key{i}",
+                     0.5 + i / 100))  # fmt: skip
     con = duckdb.connect(str(workdir / "gill.duckdb"))
     try:
         con.execute("CREATE OR REPLACE TABLE decision_candidates (prompt_id INTEGER, prompt VARCHAR, category VARCHAR, "
@@ -74,15 +80,17 @@ def workdir(tmp_path: Path) -> Path:
 
 
 @contextmanager
-def running(app: FastAPI) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on 127.0.0.1 (a free port) from a thread; yield its base URL."""
+def running(app: FastAPI, access_log: bool = False) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on 127.0.0.1 (a free port) from a thread; yield its base URL. ``access_log``:
+    log every request at INFO, as ``gill annotate serve`` does."""
     import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
+    level = "info" if access_log else "warning"
+    server = uvicorn.Server(uvicorn.Config(app, log_level=level, lifespan="off", access_log=access_log))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -124,6 +132,12 @@ def logged_in(url: str, token: str) -> Iterator[httpx.Client]:
 def vote(client: httpx.Client, item_id: int, alignment: str = "left", realism: str = "same") -> httpx.Response:
     return client.post("/api/votes", json={"item_id": item_id, "alignment": alignment, "realism": realism},
                        headers=CSRF)  # fmt: skip
+
+
+def admin_page(url: str, token: str = ADMIN) -> httpx.Response:
+    """Open the admin link as a browser does: the token is traded for a cookie, then the page without it."""
+    with httpx.Client(base_url=url, timeout=30, follow_redirects=True) as client:
+        return client.get("/admin", params={"token": token})
 
 
 def dump(workdir: Path) -> list[str]:
@@ -346,7 +360,7 @@ def test_a_script_prompt_is_shown_as_text_on_the_page_and_escaped_on_the_admin_p
         assert "$('prompt').textContent = body.item.prompt;" in script  # ... and the page sets it as text
         assert "innerHTML" not in script and "insertAdjacentHTML" not in script and "document.write" not in script
         assert vote(client, 2).status_code == 200
-    admin = httpx.get(f"{server}/admin", params={"token": ADMIN}, timeout=30)
+    admin = admin_page(server)
     assert admin.status_code == 200
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; a cat" in admin.text
     assert "<script>" not in admin.text and "&lt;b&gt;mallory&lt;/b&gt;" in admin.text
@@ -358,7 +372,7 @@ def test_the_admin_page_needs_the_admin_token_and_shows_progress_and_agreement(w
     assert httpx.get(f"{server}/admin", params={"token": judge_token}, timeout=30).status_code == 401
     with bearer(server, judge_token) as client:
         vote(client, 1)
-    page = httpx.get(f"{server}/admin", params={"token": ADMIN}, timeout=30)
+    page = admin_page(server)
     assert page.status_code == 200
     assert "<td>alice</td><td>1</td><td>6</td>" in page.text
     assert "Fleiss' kappa" in page.text and "Krippendorff" in page.text and "<td>alignment</td>" in page.text
@@ -468,6 +482,237 @@ def test_cli_serve_binds_to_localhost_by_default():
     parser = argparse.ArgumentParser()
     add_app_parsers(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["serve", "--workdir", "w"])
-    assert (args.host, args.port, args.judges_per_item) == ("127.0.0.1", 8765, 5)
+    assert (args.host, args.port, args.judges_per_item) == ("127.0.0.1", 8765, None)  # None: keep the saved k
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "--workdir", "w", "--judges-per-item", "0"])
+
+
+# -- tokens never in logs or addresses --------------------------------------------------------------------------------
+
+
+@contextmanager
+def captured_logs(*names: str) -> Iterator[list[str]]:
+    """Every line the named loggers write while the block runs, formatted as uvicorn's handlers format them."""
+    from uvicorn.logging import AccessFormatter, DefaultFormatter
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            formatter = AccessFormatter(use_colors=False) if record.name == "uvicorn.access" else DefaultFormatter()
+            lines.append(formatter.format(record))
+
+    handler = Collect()
+    for name in names:
+        logging.getLogger(name).addHandler(handler)
+    try:
+        yield lines
+    finally:
+        for name in names:
+            logging.getLogger(name).removeHandler(handler)
+
+
+def test_no_token_reaches_the_access_log_and_login_links_redirect_to_addresses_without_it(workdir: Path):
+    token = add_judge(workdir, "alice")
+    with running(create_app(workdir, admin_token=ADMIN), access_log=True) as url:
+        with captured_logs("uvicorn.access", "uvicorn.error", "annotations.app") as lines:
+            with httpx.Client(base_url=url, timeout=30) as client:
+                login = client.get("/judge", params={"token": token})
+                assert login.status_code == 303 and "token=" not in login.headers["location"]
+                assert client.get(login.headers["location"]).status_code == 200
+                assert client.get("/judge", params={"token": token + "x"}).status_code == 401
+                assert client.get("/api/items/next", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+            with httpx.Client(base_url=url, timeout=30) as admin:
+                link = admin.get("/admin", params={"token": ADMIN})
+                assert link.status_code == 303 and link.headers["location"] == "/admin"
+                assert (
+                    ADMIN_COOKIE_NAME in link.headers["set-cookie"] and "httponly" in link.headers["set-cookie"].lower()
+                )
+                page = admin.get("/admin")  # the cookie alone opens the page: the token has left the address
+                assert page.status_code == 200 and "GILL judging: admin" in page.text
+            assert httpx.get(f"{url}/admin", params={"token": "wrong-admin-token-0123"}, timeout=30).status_code == 401
+    log = "\n".join(lines)
+    assert "GET /judge?token=[redacted]" in log and "GET /admin?token=[redacted]" in log  # the lines were logged ...
+    assert token not in log and ADMIN not in log  # ... without the tokens
+
+
+def test_token_redaction_covers_query_values_bearer_headers_and_session_cookies():
+    from annotations.app import redact_tokens
+
+    line = 'GET /judge?token=abc123&x=1 "Authorization: Bearer s3cr3t" Cookie: gill_judge=c00k1e; gill_admin=adm1n'
+    redacted = redact_tokens(line)
+    assert not any(secret in redacted for secret in ("abc123", "s3cr3t", "c00k1e", "adm1n"))
+    assert "token=[redacted]&x=1" in redacted and "Bearer [redacted]" in redacted
+    from annotations.app import TokenRedactingFilter
+
+    record = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, "login with token=%s", ("abc123",), None)
+    assert TokenRedactingFilter().filter(record) and record.getMessage() == "login with token=[redacted]"
+
+
+# -- revoking a judge -------------------------------------------------------------------------------------------------
+
+
+def test_revoke_judge_ends_the_judges_sessions_at_once_and_keeps_their_votes_marked(workdir: Path, server: str, capsys):
+    from annotations.app import render_admin
+    from annotations.cli_app import status_lines
+    from annotations.store import RevokedJudgeError
+    from gill.cli import main
+
+    token, other = add_judge(workdir, "alice"), add_judge(workdir, "bob")
+    with logged_in(server, token) as cookie_client, bearer(server, token) as bearer_client:
+        assert vote(cookie_client, 1).status_code == 200
+        assert main(["annotate", "revoke-judge", "alice", "--workdir", str(workdir)]) == 0
+        assert "revoked" in capsys.readouterr().out
+        assert cookie_client.get("/api/items/next").status_code == 401  # the very next request
+        assert vote(cookie_client, 2).status_code == 401 and bearer_client.get("/api/votes/mine").status_code == 401
+        assert cookie_client.get("/judge", params={"token": token}).status_code == 401  # the link is dead too
+    with bearer(server, other) as bob:
+        assert vote(bob, 1).status_code == 200  # other judges are unaffected
+    store = JudgingStore(workdir)
+    alice = next(j for j in store.judges() if j.name == "alice")
+    assert alice.revoked_at is not None and [v.item_id for v in store.votes_of(alice)] == [1]  # the vote stays
+    assert store.votes_table()[0].judges == ["alice", "bob"]
+    with pytest.raises(RevokedJudgeError):
+        store.submit_vote(alice, 3, "left", "left")  # the store refuses them too, whatever the caller
+    with pytest.raises(RevokedJudgeError, match="nothing was imported"):
+        store.import_named_votes([("alice", 3, "left", "left")])
+    assert any("alice" in line and f"(revoked {alice.revoked_at})" in line for line in status_lines(workdir))
+    assert f"<td>alice</td><td>1</td><td>6</td><td>revoked {alice.revoked_at}</td>" in render_admin(store)
+
+
+def test_revoking_an_unknown_or_revoked_judge_is_a_clear_error_that_changes_nothing(workdir: Path, tmp_path, capsys):
+    from gill.cli import main
+
+    add_judge(workdir, "alice")
+    before = dump(workdir)
+    assert main(["annotate", "revoke-judge", "mallory", "--workdir", str(workdir)]) == 2
+    err = capsys.readouterr().err
+    assert "no judge named 'mallory'" in err and "'alice'" in err and "Traceback" not in err
+    assert dump(workdir) == before
+    assert main(["annotate", "revoke-judge", "alice", "--workdir", str(workdir)]) == 0
+    revoked = dump(workdir)
+    assert main(["annotate", "revoke-judge", "alice", "--workdir", str(workdir)]) == 2
+    assert "already revoked" in capsys.readouterr().err and dump(workdir) == revoked
+    assert main(["annotate", "revoke-judge", "alice", "--workdir", str(tmp_path / "none")]) == 2
+    assert not store_path(tmp_path / "none").exists()
+
+
+# -- serve: validated before anything is written ----------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_serve_keeps_the_saved_judges_per_item_unless_given(workdir: Path, monkeypatch, capsys):
+    import uvicorn
+
+    from gill.cli import main
+
+    served: list[tuple] = []  # the address of each socket serve hands uvicorn (bound before anything is written)
+    monkeypatch.setattr(
+        uvicorn.Server, "run", lambda self, sockets=None: served.extend(s.getsockname() for s in sockets)
+    )
+    JudgingStore(workdir, judges_per_item=2)
+    port = _free_port()
+    assert main(["annotate", "serve", "--workdir", str(workdir), "--port", str(port)]) == 0
+    assert JudgingStore(workdir).judges_per_item == 2 and "2 judges per item" in capsys.readouterr().out
+    assert served == [("127.0.0.1", port)]
+    assert main(["annotate", "serve", "--workdir", str(workdir), "--port", str(port), "--judges-per-item", "3"]) == 0
+    assert JudgingStore(workdir).judges_per_item == 3
+    assert create_app(workdir).state.store.judges_per_item == 3  # the app's default keeps it too
+
+
+def test_a_failed_serve_changes_nothing_and_says_why_without_a_traceback(workdir: Path, monkeypatch, capsys):
+    import uvicorn
+
+    from gill.cli import main
+
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: pytest.fail("serve must not start"))
+    JudgingStore(workdir, judges_per_item=2).set_admin_token(ADMIN)
+    before = dump(workdir)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = main(["annotate", "serve", "--workdir", str(workdir), "--port", str(port), "--judges-per-item", "4"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"cannot listen on 127.0.0.1 port {port}" in err and "--port" in err
+    code = main(["annotate", "serve", "--workdir", str(workdir), "--admin-token", "short", "--judges-per-item", "4"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--admin-token is refused" in err and "at least 16" in err
+    with pytest.raises(SystemExit) as exit_:
+        main(["annotate", "serve", "--workdir", str(workdir), "--port", "99999", "--judges-per-item", "4"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--port" in err and "1 to 65535, got 99999" in err
+    assert all("Traceback" not in e for e in (err,))
+    assert dump(workdir) == before  # no k reset, no admin token rotation
+    store = JudgingStore(workdir)
+    assert store.judges_per_item == 2 and store.is_admin(ADMIN)
+    with pytest.raises(InputError, match="nothing was changed"):
+        create_app(workdir, judges_per_item=0, admin_token="short")
+    assert dump(workdir) == before
+
+
+# -- images: only registered candidate images -------------------------------------------------------------------------
+
+
+def test_only_registered_image_files_inside_the_candidates_folder_are_served(workdir: Path):
+    from PIL import Image
+
+    store = JudgingStore(workdir)
+    token = store.add_judge("alice")[1]
+    folder = workdir / CANDIDATES_DIR
+    Image.new("RGB", (4, 4), "green").save(folder / "photo.jpg")
+    Image.new("RGB", (4, 4), "green").save(workdir / "elsewhere.png")
+    (folder / "fake.png").write_text("<html>not an image</html>")
+    (folder / "notes.txt").write_text("text")
+    (folder / "link.png").symlink_to(workdir / "elsewhere.png")
+    candidates = CANDIDATES_DIR.as_posix()
+    tampered = {  # item id: (gen_image, ret_image), as a tampered decision_candidates row could set them
+        10: ("gill.duckdb", "annotations/judging.sqlite"),
+        11: ("elsewhere.png", f"{candidates}/../../elsewhere.png"),
+        12: (f"{candidates}/fake.png", f"{candidates}/notes.txt"),
+        13: (f"{candidates}/link.png", str(workdir / "elsewhere.png")),
+        14: (f"{candidates}/photo.jpg", f"{candidates}/photo.jpg"),
+    }
+    store.upsert_items([{"prompt_id": i, "prompt": f"p{i}", "gen_image": g, "ret_image": r}
+                        for i, (g, r) in tampered.items()])  # fmt: skip
+    with running(create_app(workdir)) as url, bearer(url, token) as client:
+        for item_id in (10, 11, 12, 13):
+            for side in ("left", "right"):
+                assert client.get(f"/api/images/{item_id}/{side}").status_code == 404, (item_id, side)
+        jpeg = client.get("/api/images/14/left")
+        assert jpeg.status_code == 200 and jpeg.headers["content-type"] == "image/jpeg"
+        assert client.get("/api/images/1/left").headers["content-type"] == "image/png"
+
+
+# -- strict request types ---------------------------------------------------------------------------------------------
+
+
+def test_vote_item_ids_must_be_json_integers_in_range(workdir: Path, server: str):
+    with bearer(server, add_judge(workdir, "alice")) as client:
+        for item_id in (True, 1.0, "1", 2**63, -(2**63) - 1, None):
+            body = {"item_id": item_id, "alignment": "left", "realism": "left"}
+            response = client.post("/api/votes", json=body, headers=CSRF)
+            assert response.status_code == 422 and "item_id" in response.text, item_id
+        assert client.post("/api/votes", json={"item_id": 2**63 - 1, "alignment": "left", "realism": "left"},
+                           headers=CSRF).status_code == 404  # fmt: skip
+        assert client.get(f"/api/images/{2**63}/left").status_code == 422
+        assert client.get(f"/api/images/{2**70}/left").status_code == 422
+    assert JudgingStore(workdir).count_votes() == 0
+
+
+def test_request_bodies_over_the_limit_get_413_before_any_parsing(workdir: Path, server: str):
+    padded = b'{"item_id": 1, "alignment": "left", "realism": "left"' + b" " * MAX_BODY_BYTES + b"}"
+    headers = {**CSRF, "Content-Type": "application/json"}
+    with bearer(server, add_judge(workdir, "alice")) as client:
+        declared = client.post("/api/votes", content=padded, headers=headers)
+        assert declared.status_code == 413 and str(MAX_BODY_BYTES) in declared.json()["detail"]
+        streamed = client.post("/api/votes", content=iter([padded[:1000], padded[1000:]]), headers=headers)
+        assert streamed.status_code == 413  # chunked, no Content-Length: counted as it arrives
+        assert JudgingStore(workdir).count_votes() == 0
+        small = b'{"item_id": 1, "alignment": "left", "realism": "left"}'
+        assert client.post("/api/votes", content=iter([small]), headers=headers).status_code == 200

@@ -126,17 +126,24 @@ def _earlier_store(workdir: Path, rows_sql: str) -> Path:
     return path
 
 
-def test_a_store_of_an_earlier_version_gains_panels_and_scenes(tmp_path):
+def test_a_store_of_an_earlier_version_gains_panels_scenes_and_revocation(tmp_path):
+    from annotations.store import hash_token
+
     _earlier_store(
         tmp_path,
-        """
-        INSERT INTO judges (name, token_hash, created) VALUES ('old', 'h', 'then');
+        f"""
+        INSERT INTO judges (name, token_hash, created) VALUES ('old', '{hash_token("old-token")}', 'then');
         INSERT INTO items (id, prompt, gen_image, ret_image, gen_side) VALUES (0, 'p', 'a.png', 'b.png', 'left');
+        INSERT INTO votes VALUES (1, 0, 'left', 'same', 't', 't');
     """,
     )
     store = JudgingStore(tmp_path)
-    assert [(j.name, j.panel) for j in store.judges()] == [("old", HUMAN_PANEL)]
+    assert [(j.name, j.panel, j.revoked_at) for j in store.judges()] == [("old", HUMAN_PANEL, None)]
     assert store.item(0).scene is None and store.item(0).has_images()
+    assert store.judge_for_token("old-token").name == "old"
+    revoked = store.revoke_judge("old")
+    assert store.judge_for_token("old-token") is None and store.judges() == [revoked]
+    assert store.count_votes() == 1  # the votes of a revoked judge stay
 
 
 def test_world_prompts_split_bank_compositions_from_novel_ones(small_world):
