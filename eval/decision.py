@@ -92,7 +92,7 @@ def save_head_into_checkpoint(checkpoint_dir: str | os.PathLike[str], head: torc
     valid); ``config.json`` is rewritten by :func:`gill.checkpoint.save_pretrained` with the original ``extra``
     plus ``extra["decision"] = info`` and the original provenance under ``extra["adapters_provenance"]``.
     """
-    from gill.checkpoint import ADAPTERS_FILE, load_adapters, save_pretrained
+    from gill.checkpoint import ADAPTERS_FILE, load_adapters, record_checksums, save_pretrained
     from gill.utils.io import atomic_directory
 
     src = Path(checkpoint_dir)
@@ -106,6 +106,7 @@ def save_head_into_checkpoint(checkpoint_dir: str | os.PathLike[str], head: torc
         staged = save_pretrained(tmp / "staged", loaded.adapters, loaded.config, loaded.img_tokens, extra,
                                  decision_head=head.cpu().eval(), dtype=dtype)  # fmt: skip
         shutil.copyfile(src / record["weights"]["adapters"], staged / ADAPTERS_FILE)  # byte-identical adapters
+        record_checksums(staged)
         for path in staged.iterdir():
             os.replace(path, tmp / path.name)
         staged.rmdir()

@@ -91,6 +91,8 @@ def train_or_resume(config, workdir: str | Path, *, overrides: dict, run_id: str
     """
     import json
 
+    from gill.train import has_checkpoint
+
     workdir = Path(workdir)
     run_dir = workdir / "runs" / run_id
     _set_aside_stale_run(run_dir, data_fingerprint)
@@ -103,7 +105,7 @@ def train_or_resume(config, workdir: str | Path, *, overrides: dict, run_id: str
     finished = final.is_file() and json.loads(final.read_text(encoding="utf-8")).get("extra", {}).get("step") == target
     status = "already trained"
     if not finished:
-        resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
+        resume = has_checkpoint(workdir, run_id)
         status = "resumed" if resume else "trained"
         run_training(config, workdir, overrides=overrides, run_id=run_id, resume=resume, device=device,
                      mark_default=mark_default)  # fmt: skip
@@ -126,13 +128,11 @@ def run_training(
     """
     import dataclasses
 
-    from gill.errors import InputError
-    from gill.train import latest_run, mark_default_run, setup_training
+    from gill.train import mark_default_run, resumable_run, setup_training
 
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, **(overrides or {})))
-    run_id = run_id or (latest_run(workdir) if resume else None)
-    if resume and run_id is None:
-        raise InputError(f"resume: no run with checkpoints under {Path(workdir) / 'runs'}", hint="start a new run")
+    if resume:  # nothing to resume is an error listing the runs, before anything is loaded or written
+        run_id = resumable_run(workdir, run_id)
     trainer = setup_training(config, workdir, run_id=run_id, device=device)
     reporter = TrainingReporter(workdir, trainer.run_dir.name)
     trainer.sink = reporter.log  # the trainer calls it on rank 0 only

@@ -10,6 +10,10 @@ Layout written by :func:`save_pretrained` and read back by :func:`load_adapters`
 The frozen backbones are never stored: they are named (id + revision) and loaded by :mod:`gill.factory`.
 Loading is strict: every missing, unexpected and mis-shaped tensor is listed in one
 :class:`~gill.errors.InputError`. :func:`check_backbones` tells whether a checkpoint fits a config's backbones.
+
+``config.json["files_sha256"]`` records the sha256 of every weights file; loading verifies them, so a damaged
+copy is reported as "checkpoint corrupted" naming the file (not as a mismatch further on). Checkpoints written
+before the record existed load without the check.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from gill.adapters import DecisionHead, GILLAdapters, build_adapters
 from gill.config import DerivedDims, GILLConfig
 from gill.errors import ConfigError, InputError
 from gill.tokenization import ImgTokens
-from gill.utils.io import atomic_directory, atomic_write_json
+from gill.utils.io import atomic_directory, atomic_write_json, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +46,8 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 ADAPTERS_FILE = "adapters.safetensors"
 DECISION_FILE = "decision.safetensors"
+CHECKSUMS_KEY = "files_sha256"
+"""Key of ``config.json`` mapping each weights file's name to its sha256."""
 CHECKED_ROLES = ("lm", "vision", "sd")
 """Backbones the adapters' weights depend on (the metric CLIP does not)."""
 
@@ -134,9 +140,57 @@ def save_pretrained(out_dir: str | os.PathLike[str], adapters: GILLAdapters, con
         save_file(tensors, str(tmp / ADAPTERS_FILE), metadata={"format": FORMAT})
         if decision_head is not None:
             save_file(_tensors(decision_head, dtype), str(tmp / DECISION_FILE), metadata={"format": FORMAT})
-        atomic_write_json(tmp / CONFIG_FILE, record)
+        atomic_write_json(tmp / CONFIG_FILE, {**record, CHECKSUMS_KEY: _checksums(tmp, record)})
     logger.info("saved %d adapter tensors to %s", len(tensors), out_dir)
     return Path(out_dir)
+
+
+def _weight_files(record: dict[str, Any]) -> list[str]:
+    """The weights files a checkpoint record names (adapters, and the decision head when there is one)."""
+    decision = record["weights"].get("decision_head")
+    return [record["weights"]["adapters"], *([decision["file"]] if decision else [])]
+
+
+def _checksums(ckpt_dir: Path, record: dict[str, Any]) -> dict[str, str]:
+    return {name: sha256_file(ckpt_dir / name) for name in _weight_files(record)}
+
+
+def record_checksums(ckpt_dir: str | os.PathLike[str]) -> Path:
+    """Re-record the sha256 of a checkpoint's weights files in its ``config.json`` (after replacing a file on
+    purpose, e.g. with a byte-identical copy); returns the config path."""
+    ckpt_dir = Path(ckpt_dir)
+    record = _read_record(ckpt_dir)
+    return atomic_write_json(ckpt_dir / CONFIG_FILE, {**record, CHECKSUMS_KEY: _checksums(ckpt_dir, record)})
+
+
+def verify_checksum(ckpt_dir: str | os.PathLike[str], name: str, actual: str | None = None,
+                    record: dict[str, Any] | None = None) -> None:  # fmt: skip
+    """Raise "checkpoint corrupted" when file ``name`` does not have the sha256 its ``config.json`` records.
+
+    Args:
+        actual: the file's sha256 when the caller has it (else it is computed).
+        record: the parsed ``config.json`` (else it is read; a folder without one is not checked).
+    """
+    ckpt_dir = Path(ckpt_dir)
+    if record is None:
+        if not (ckpt_dir / CONFIG_FILE).is_file():
+            return
+        record = _read_record(ckpt_dir)
+    expected = (record.get(CHECKSUMS_KEY) or {}).get(name)
+    if expected is None:  # written before checksums were recorded
+        return
+    path = ckpt_dir / name
+    if not path.is_file():
+        raise InputError(f"checkpoint incomplete: {str(path)!r} is missing", [f"{CONFIG_FILE} lists {name}"],
+                         hint="copy the whole checkpoint folder again")  # fmt: skip
+    actual = actual or sha256_file(path)
+    if actual != expected:
+        raise InputError(
+            f"checkpoint corrupted: {str(path)!r} does not match its recorded checksum",
+            [f"{name}: sha256 {actual[:16]}..., {CONFIG_FILE} records {expected[:16]}..."],
+            hint="the file changed after it was saved (a damaged copy or disk): copy the checkpoint again or "
+            "re-export it from its run",
+        )
 
 
 # -- strict loading -----------------------------------------------------------------------------------------------
@@ -224,12 +278,15 @@ def load_adapters(ckpt_dir: str | os.PathLike[str], dims: DerivedDims | None = N
         dims: backbone widths (default: :func:`gill.factory.derive_dims` of the checkpoint's config).
         config: when given, the checkpoint's backbones must equal this config's (:func:`check_backbones`).
     Raises:
-        InputError: not a checkpoint, a mismatching backbone, or missing/unexpected/mis-shaped tensors.
+        InputError: not a checkpoint, a weights file that does not match its recorded sha256 ("checkpoint
+            corrupted"), a mismatching backbone, or missing/unexpected/mis-shaped tensors.
     """
     from safetensors.torch import load_file
 
     ckpt_dir = Path(ckpt_dir)
     record = _read_record(ckpt_dir)
+    for name in _weight_files(record):
+        verify_checksum(ckpt_dir, name, record=record)
     ckpt_config = _config_of(record, ckpt_dir)
     if config is not None:
         check_backbones(ckpt_config, config)

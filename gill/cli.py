@@ -355,7 +355,9 @@ def _add_train_parser(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--run-id", help="name of the run folder under <workdir>/runs (default: a new id)")
-    p.add_argument("--resume", action="store_true", help="continue the run (--run-id, or the latest one)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run (--run-id, or the latest one); an error listing the runs when it has no "
+                        "checkpoint")  # fmt: skip
     p.set_defaults(func=cmd_train)
 
 

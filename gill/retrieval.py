@@ -101,15 +101,18 @@ def checkpoint_id(checkpoint_dir: str | os.PathLike[str]) -> str:
     """First :data:`CHECKPOINT_ID_CHARS` hex chars of the sha256 of the checkpoint's ``adapters.safetensors``.
 
     Raises:
-        InputError: when the folder holds no adapters file.
+        InputError: when the folder holds no adapters file, or one that differs from the sha256 its
+            ``config.json`` records ("checkpoint corrupted": a damaged file is not another checkpoint).
     """
-    from gill.checkpoint import ADAPTERS_FILE
+    from gill.checkpoint import ADAPTERS_FILE, verify_checksum
 
     path = Path(checkpoint_dir) / ADAPTERS_FILE
     if not path.is_file():
         hint = "pass a folder written by gill train (runs/<id>/best) or gill import-official"
         raise InputError(f"{str(checkpoint_dir)!r} is not a gill checkpoint", [f"{ADAPTERS_FILE} not found"], hint=hint)
-    return sha256_file(path)[:CHECKPOINT_ID_CHARS]
+    digest = sha256_file(path)
+    verify_checksum(checkpoint_dir, ADAPTERS_FILE, digest)
+    return digest[:CHECKPOINT_ID_CHARS]
 
 
 def bank_dir(workdir: str | os.PathLike[str], checkpoint_dir: str | os.PathLike[str]) -> Path:

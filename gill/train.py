@@ -42,7 +42,7 @@ from gill.data.reader import TrainingBatch, TrainingData
 from gill.errors import InputError
 from gill.model import GILLModel
 from gill.optim import build_optimizer, build_scheduler
-from gill.resume import CheckpointManager, capture_rng, restore_rng
+from gill.resume import CheckpointManager, RunLock, capture_rng, restore_rng
 from gill.tokenization import ImgTokens
 
 logger = logging.getLogger(__name__)
@@ -132,8 +132,10 @@ class Trainer:
         self, config: GILLConfig, model: GILLModel, img_tokens: ImgTokens, bos_token_id: int,
         train_data: TrainingData, val_data: TrainingData | None, run_dir: Path, *,
         device: str = "cpu", metrics_sink: MetricsSink | None = None, world: DistInfo | None = None,
+        lock: RunLock | None = None,
     ) -> None:  # fmt: skip
         self.config, self.cfg = config, config.train
+        self.lock = lock  # the run's lock (rank 0 of a setup_training run); released when train() ends
         self.model = model.to(device)
         self.img_tokens = img_tokens
         self.img_ids = list(img_tokens.ids)
@@ -169,7 +171,18 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------------------------
 
     def train(self, resume: bool = False) -> TrainResult:
-        """Train to ``train.steps``, validating, logging and checkpointing on schedule."""
+        """Train to ``train.steps``, validating, logging and checkpointing on schedule; then release the run lock."""
+        try:
+            return self._train(resume)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release the run lock (another process may then train this run)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def _train(self, resume: bool) -> TrainResult:
         if resume:
             self.load_latest()
         self.model.train()
@@ -428,7 +441,8 @@ class Trainer:
     # -- state ------------------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything but the weights that a resumed run needs to continue identically."""
+        """Everything but the weights that a resumed run needs to continue identically (tensors and plain
+        containers only: it is loaded with ``weights_only=True``)."""
         return {
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "rng": capture_rng(), "concat_rng": self.concat_rng.get_state(),
@@ -518,14 +532,42 @@ def default_run(workdir: str | Path) -> str | None:
     return path.read_text(encoding="utf-8").strip() or None if path.is_file() else None
 
 
+def existing_runs(workdir: str | Path) -> list[str]:
+    """Every run folder under ``<workdir>/runs``, sorted (hidden folders excluded)."""
+    root = runs_dir(workdir)
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+
+
+def has_checkpoint(workdir: str | Path, run_id: str) -> bool:
+    """Whether run ``run_id`` has a complete resumable checkpoint."""
+    return CheckpointManager(runs_dir(workdir) / run_id / "checkpoints").latest_step() is not None
+
+
 def latest_run(workdir: str | Path) -> str | None:
     """The newest run id with a checkpoint, for ``--resume`` without ``--run-id``."""
-    runs = (
-        sorted(p for p in runs_dir(workdir).glob("*") if (p / "checkpoints").is_dir())
-        if runs_dir(workdir).is_dir()
-        else []
+    runs = [run for run in existing_runs(workdir) if has_checkpoint(workdir, run)]
+    return runs[-1] if runs else None
+
+
+def resumable_run(workdir: str | Path, run_id: str | None) -> str:
+    """The run ``--resume`` continues: ``run_id``, which must have a checkpoint, or the newest run with one.
+
+    Raises:
+        InputError: nothing to resume; it lists the runs that exist (and which have checkpoints).
+    """
+    from gill.errors import InputError
+
+    chosen = run_id if run_id is not None else latest_run(workdir)
+    if chosen is not None and has_checkpoint(workdir, chosen):
+        return chosen
+    runs = existing_runs(workdir)
+    listed = [f"{run} ({'has checkpoints' if has_checkpoint(workdir, run) else 'no checkpoint'})" for run in runs]
+    what = f"run {run_id!r} has no checkpoint to resume" if run_id is not None else "no run with checkpoints"
+    raise InputError(
+        f"resume: {what} under {runs_dir(workdir)}",
+        [f"runs there: {', '.join(listed) if listed else 'none'}"],
+        hint="pass one that has checkpoints with --run-id, or drop --resume to start a new run",
     )
-    return runs[-1].name if runs else None
 
 
 def setup_training(
@@ -534,17 +576,41 @@ def setup_training(
 ) -> Trainer:  # fmt: skip
     """Load the frozen LM and tokenizer, build GILL and the data readers, and make the run folder.
 
-    Needs ``gill data precompute`` output for ``train`` (``val`` is used for validation when present).
+    Needs ``gill data precompute`` output for ``train`` (``val`` is used for validation when present). Rank 0
+    takes the run's :class:`~gill.resume.RunLock` (held until :meth:`Trainer.train` ends) before writing anything.
+
+    Raises:
+        InputError: another process trains this run (nothing is written), or the features are not usable.
     """
-    from gill.data.precompute import feature_dir
-    from gill.factory import derive_dims, load_backbones
-    from gill.tokenization import add_img_tokens
     from gill.utils.io import atomic_write_json
 
     workdir = Path(workdir)
     world = init_distributed_from_env(device)
     if device.startswith("cuda") and world.world_size > 1:
         device = f"cuda:{torch.cuda.current_device()}"
+    run_dir = runs_dir(workdir) / shared_run_id(run_id, world)
+    lock = RunLock(run_dir) if world.is_main else None
+    if lock is not None and run_dir.is_dir():
+        lock.acquire()  # refuse at once, before loading models, when another process trains this run
+    try:
+        model, tokenizer, img_tokens = _build_model(config, device)
+        train, val = _open_data(workdir, tokenizer, img_tokens, config.max_len)
+        if lock is not None:
+            lock.acquire()  # creates the run folder
+            atomic_write_json(run_dir / "config.json", config.to_dict())
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return Trainer(config, model, img_tokens, tokenizer.bos_token_id, train, val, run_dir,
+                   device=device, metrics_sink=metrics_sink, world=world, lock=lock)  # fmt: skip
+
+
+def _build_model(config: GILLConfig, device: str) -> tuple[GILLModel, Any, ImgTokens]:
+    """The frozen LM with GILL's adapters (seeded initialisation), its tokenizer and the [IMG] tokens."""
+    from gill.factory import derive_dims, load_backbones
+    from gill.tokenization import add_img_tokens
+
     dims = derive_dims(config)
     lm_dtype = torch.bfloat16 if config.train.precision == "bf16" and device.startswith("cuda") else None
     backbones = load_backbones(config, roles=("lm",), dtype=lm_dtype)
@@ -554,12 +620,15 @@ def setup_training(
     if config.train.objective().img_init == "lm_rows":
         copied = model.init_img_from_lm_rows_()
         logger.info("[IMG] rows: %d of %d copied from the LM's unused rows", copied, len(img_tokens.ids))
-    train = TrainingData("train", workdir, backbones.tokenizer, img_tokens, config.max_len)
+    return model, backbones.tokenizer, img_tokens
+
+
+def _open_data(
+    workdir: Path, tokenizer: Any, img_tokens: ImgTokens, max_len: int
+) -> tuple[TrainingData, TrainingData | None]:
+    """The checked ``train`` features and, when precomputed, the ``val`` ones (else None)."""
+    from gill.data.precompute import feature_dir
+
+    train = TrainingData("train", workdir, tokenizer, img_tokens, max_len)
     has_val = feature_dir("val", workdir).is_dir()
-    val = TrainingData("val", workdir, backbones.tokenizer, img_tokens, config.max_len) if has_val else None
-    run_dir = runs_dir(workdir) / shared_run_id(run_id, world)
-    if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "config.json", config.to_dict())
-    return Trainer(config, model, img_tokens, backbones.tokenizer.bos_token_id, train, val, run_dir,
-                   device=device, metrics_sink=metrics_sink, world=world)  # fmt: skip
+    return train, (TrainingData("val", workdir, tokenizer, img_tokens, max_len) if has_val else None)

@@ -2,10 +2,39 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from gill.data.shards import ShardSample
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def python_process(code: str, *args: str | Path, **popen) -> subprocess.Popen:
+    """``python -c code args`` importing this checkout's gill, with the tests' environment (offline, caches)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], cwd=REPO, env=env, **popen)
+
+
+HOLD_RUN_LOCK = """
+import sys, time
+from gill.resume import RunLock
+
+lock = RunLock(sys.argv[1]).acquire()
+print("locked", flush=True)
+time.sleep(120)
+"""
+"""For :func:`python_process`: take the run lock of the folder ``argv[1]``, say ``locked``, and keep it."""
+
+
+def killed_python(code: str, *args: str | Path, timeout: float = 300) -> None:
+    """Run ``code`` (which kills itself with SIGKILL at the point under test) and check that it died that way."""
+    proc = python_process(code, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == -9, f"expected a SIGKILL, got rc {proc.returncode}\n{out[-2000:]}\n{err[-3000:]}"
 
 
 def world_samples(world, per_shard: int, split: str = "train") -> list[ShardSample]:

@@ -10,7 +10,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gill.adapters import DecisionHead, build_adapters
-from gill.checkpoint import ADAPTERS_FILE, CONFIG_FILE, check_backbones, load_adapters, save_pretrained
+from gill.checkpoint import (
+    ADAPTERS_FILE,
+    CHECKSUMS_KEY,
+    CONFIG_FILE,
+    check_backbones,
+    load_adapters,
+    record_checksums,
+    save_pretrained,
+)
 from gill.cli import main
 from gill.errors import InputError
 from gill.factory import derive_dims
@@ -65,6 +73,7 @@ def test_strict_loading_lists_every_missing_unexpected_and_misshaped_tensor(tiny
     state["mapper.extra.weight"] = torch.zeros(3, 2)
     state["input_proj.linear.weight"] = torch.zeros(5, 48)
     save_file(state, str(out / ADAPTERS_FILE))
+    record_checksums(out)  # weights that do not fit their config, recorded as such (not a damaged copy)
     with pytest.raises(InputError) as info:
         load_adapters(out)
     message = str(info.value)
@@ -81,6 +90,41 @@ def test_a_checkpoint_for_other_backbones_is_detected_naming_both(tiny, tmp_path
     message = str(info.value)
     assert config.backbones.lm.id in message and "facebook/opt-6.7b" in message and "vision:" in message
     check_backbones(config, config.with_backbones(clip_metric="/elsewhere"))  # the metric CLIP does not matter
+
+
+def flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # the last byte of a safetensors file is tensor data: the file still parses
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damaged", [ADAPTERS_FILE, "decision.safetensors"])
+def test_a_flipped_byte_in_the_weights_is_reported_as_corruption_naming_the_file(tiny, tmp_path, damaged):
+    from gill.retrieval import checkpoint_id
+
+    config, dims, adapters, tokens = tiny
+    out = save_pretrained(tmp_path / "ckpt", adapters, config, tokens, decision_head=DecisionHead(dims.lm_hidden))
+    recorded = json.loads((out / CONFIG_FILE).read_text())[CHECKSUMS_KEY]
+    assert set(recorded) == {ADAPTERS_FILE, "decision.safetensors"}
+    before = checkpoint_id(out)
+    flip_last_byte(out / damaged)
+    with pytest.raises(InputError, match="checkpoint corrupted") as info:
+        load_adapters(out)
+    assert str(out / damaged) in str(info.value) and "re-export" in info.value.render()
+    if damaged == ADAPTERS_FILE:  # the bank lookup says so too, instead of "built by another checkpoint"
+        with pytest.raises(InputError, match=f"checkpoint corrupted: '{out / damaged}'"):
+            checkpoint_id(out)
+    else:
+        assert checkpoint_id(out) == before  # the id is the adapters' hash only
+
+
+def test_a_checkpoint_saved_before_checksums_still_loads(tiny, tmp_path):
+    config, _, adapters, tokens = tiny
+    out = save_pretrained(tmp_path / "ckpt", adapters, config, tokens)
+    record = json.loads((out / CONFIG_FILE).read_text())
+    del record[CHECKSUMS_KEY]
+    (out / CONFIG_FILE).write_text(json.dumps(record))
+    assert_same_tensors(load_adapters(out).adapters.state_dict(), adapters.state_dict())
 
 
 def test_a_folder_without_config_is_not_a_checkpoint(tmp_path):

@@ -188,13 +188,14 @@ def test_a_bank_built_by_another_checkpoint_is_refused(workdir, banked, tmp_path
 
     from safetensors.torch import load_file, save_file
 
-    from gill.checkpoint import FORMAT
+    from gill.checkpoint import FORMAT, record_checksums
 
     other = tmp_path / "other-ckpt"
     shutil.copytree(resolve_checkpoint(workdir), other)
     weights = load_file(str(other / "adapters.safetensors"))
     weights = {k: v + 0.01 for k, v in weights.items()}
     save_file(weights, str(other / "adapters.safetensors"), metadata={"format": FORMAT})
+    record_checksums(other)  # another checkpoint, saved as such (not a damaged copy)
     with pytest.raises(InputError) as err:
         GILLPipeline.from_pretrained(other, workdir=workdir)
     assert "other checkpoints" in str(err.value) and "gill index build" in err.value.render()

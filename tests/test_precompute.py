@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from shard_helpers import world_samples
+from shard_helpers import killed_python, world_samples
 
 from gill.data.precompute import (
     FrozenEncoders,
@@ -22,8 +23,10 @@ from gill.data.precompute import (
     feature_dir,
     image_shards,
     load_encoders,
+    output_problems,
     precompute_shard,
     precompute_split,
+    read_feature_manifest,
 )
 from gill.data.shards import ShardSample, image_split_dir, write_image_shard
 from gill.errors import ConfigError, InputError
@@ -206,6 +209,78 @@ def test_crash_mid_shard_leaves_no_feature_folder(precomputed, tiny_config, tmp_
         precompute_shard(tars / "00001.tar", "train", workdir, encoders, PrecomputeOptions(batch_size=4, dtype="fp32"))
     assert sorted(p.name for p in folder.iterdir()) == ["00001", "00002"]  # no half shard, no temp folder
     assert (folder / "00001" / "manifest.json").read_text() == old_manifest
+
+
+def test_a_truncated_or_edited_feature_shard_is_recomputed_not_taken_as_up_to_date(precomputed, tiny_config, tmp_path):
+    workdir = copy_workdir(precomputed, tmp_path)
+    folder = feature_dir("train", workdir)
+    intact = {(s, n): (folder / s / n).read_bytes() for s in ("00001", "00002") for n in ("vision.npy", "sd_text.npy")}
+    manifest = read_feature_manifest(folder / "00001")
+    assert manifest["files"]["sd_text.npy"]["size"] == len(intact["00001", "sd_text.npy"])
+    assert len(manifest["files"]["sd_text.npy"]["sha256"]) == 64
+    os.truncate(folder / "00001" / "sd_text.npy", 5000)  # truncate -s 5000
+    edited = bytearray(intact["00002", "vision.npy"])
+    edited[-1] ^= 0x40  # one value changed, same size
+    (folder / "00002" / "vision.npy").write_bytes(bytes(edited))
+    assert set(output_problems(folder / "00001", manifest)) == {"sd_text.npy"}
+    again = precompute_split("train", workdir, tiny_config, PrecomputeOptions(batch_size=4), progress=False)
+    assert [r.skipped for r in again] == [True, False, False]
+    assert {key: (folder / key[0] / key[1]).read_bytes() for key in intact} == intact
+    assert all(not output_problems(folder / r.shard, read_feature_manifest(folder / r.shard), checksums=True)
+               for r in again)  # fmt: skip
+
+
+def test_a_changed_byte_that_kept_size_and_mtime_is_found_by_a_full_check(precomputed, tmp_path):
+    workdir = copy_workdir(precomputed, tmp_path)
+    shard = feature_dir("train", workdir) / "00000"
+    path, stat = shard / "sd_text.npy", (shard / "sd_text.npy").stat()
+    data = bytearray(path.read_bytes())
+    data[-2] ^= 0x01
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    manifest = read_feature_manifest(shard)
+    assert output_problems(shard, manifest) == {}  # the documented cheap check: size and mtime
+    assert "sd_text.npy does not match its sha256" in output_problems(shard, manifest, checksums=True)["sd_text.npy"]
+
+
+KILLED_PRECOMPUTE = """
+import os, signal, sys
+from pathlib import Path
+from gill.data.precompute import FrozenEncoders, PrecomputeOptions, precompute_split
+from gill.presets import get_preset
+
+FrozenEncoders.encode = lambda *args: os.kill(os.getpid(), signal.SIGKILL)  # killed during the first batch
+precompute_split("train", Path(sys.argv[1]), get_preset("tiny"), PrecomputeOptions(dtype="fp32"), progress=False)
+"""
+
+
+def test_the_temporary_folder_of_a_killed_run_is_removed_by_the_next_and_nothing_else(precomputed, tiny_config,
+                                                                                       tmp_path):  # fmt: skip
+    import fcntl
+
+    workdir = copy_workdir(precomputed, tmp_path)
+    folder = feature_dir("train", workdir)
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    killed_python(KILLED_PRECOMPUTE, workdir)  # replacing shard 00000 with fp32 features
+    (leftover,) = [p for p in folder.iterdir() if p.name.startswith(".")]
+    assert leftover.name.startswith(".00000.") and leftover.name.endswith(".tmp") and any(leftover.iterdir())
+    others = [folder / ".notes", folder / "scratch.tmp", folder / ".00001.abcdefgh.tmp.bak"]
+    for other in others:
+        other.mkdir()
+    (folder / ".00002.abcdefgh.tmp").write_text("a file, not a folder of ours")
+    in_use = folder / ".00001.inuse_01.tmp"  # a live writer's folder: it holds the folder's flock
+    in_use.mkdir()
+    lock = os.open(in_use, os.O_RDONLY)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        again = precompute_split("train", workdir, tiny_config, PrecomputeOptions(batch_size=4), progress=False)
+        assert all(r.skipped for r in again)  # the kill left the previous shards intact
+        assert not leftover.exists() and in_use.is_dir()
+        assert all(p.is_dir() for p in others) and (folder / ".00002.abcdefgh.tmp").is_file()
+        assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == {
+            **before, Path(".00002.abcdefgh.tmp"): b"a file, not a folder of ours"}  # fmt: skip
+    finally:
+        os.close(lock)
 
 
 @pytest.mark.parametrize("num_workers", [0, 1])

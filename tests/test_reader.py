@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -155,6 +156,27 @@ def test_feature_keys_that_differ_from_the_image_shard_are_refused(world, tmp_pa
     with pytest.raises(InputError) as err:
         world.data(workdir, verify=False)
     assert "feature shard 00001" in str(err.value) and "000019999" in str(err.value) and "000010002" in str(err.value)
+
+
+@pytest.mark.parametrize("change", ["truncate", "grow"])
+def test_a_truncated_or_grown_feature_file_is_refused_naming_shard_and_file_until_precompute_repairs_it(
+    world, tiny_config, tmp_path, change
+):
+    workdir = copy_workdir(world, tmp_path)
+    path = feature_dir("train", workdir) / "00001" / "sd_text.npy"
+    if change == "truncate":
+        os.truncate(path, 5000)  # truncate -s 5000
+    else:
+        with open(path, "ab") as handle:  # np.load reads the header's shape and would not notice
+            handle.write(bytes(64))
+    with pytest.raises(InputError) as err:
+        world.data(workdir, verify=False)
+    message = err.value.render()
+    assert "feature shard 00001: sd_text.npy is " in message and str(path) in message
+    assert f"gill data precompute --split train --workdir {workdir}" in message
+    results = precompute_split("train", workdir, tiny_config, PrecomputeOptions(batch_size=8), progress=False)
+    assert [r.skipped for r in results] == [True, False, True]
+    assert len(world.data(workdir)) == 16
 
 
 def test_missing_feature_shard_is_refused(world, tmp_path):

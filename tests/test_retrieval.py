@@ -244,6 +244,18 @@ def test_a_bank_built_by_another_checkpoint_is_refused_naming_both(world_dir, ba
     assert ours in message and theirs in message and f"--checkpoint {other}" in message
 
 
+def test_a_checkpoint_with_a_flipped_byte_is_reported_corrupted_not_as_another_checkpoint(world_dir, bank, tmp_path):
+    damaged = Path(shutil.copytree(world_dir / "ckpt-a", tmp_path / "ckpt-a"))
+    data = bytearray((damaged / "adapters.safetensors").read_bytes())
+    data[-1] ^= 0x01  # a tensor byte: the file still parses, its hash (the checkpoint id) changes
+    (damaged / "adapters.safetensors").write_bytes(bytes(data))
+    with pytest.raises(InputError) as err:
+        RetrievalBank.open(world_dir, damaged)
+    message = err.value.render()
+    assert message.startswith(f"checkpoint corrupted: '{damaged / 'adapters.safetensors'}'")
+    assert "another checkpoint" not in message and "no retrieval bank" not in message
+
+
 def test_missing_features_and_a_missing_checkpoint_are_reported_together(tmp_path):
     with pytest.raises(InputError) as err:
         build_bank(tmp_path, tmp_path / "no-such-ckpt", splits=("train", "val"), progress=False)

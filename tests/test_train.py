@@ -134,6 +134,41 @@ def test_gill_train_command_records_metrics_and_draws_the_curve(workdir, capsys)
     assert "no run with checkpoints" in capsys.readouterr().err
 
 
+def test_gill_train_refuses_a_run_another_process_is_training_and_changes_nothing(workdir, capsys):
+    import subprocess
+
+    from shard_helpers import HOLD_RUN_LOCK, python_process
+
+    from gill.cli import main
+
+    run = workdir / "runs" / "busy"
+    holder = python_process(HOLD_RUN_LOCK, run, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        argv = ["train", "--workdir", str(workdir), "--steps", "2", "--batch-size", "8", "--run-id", "busy"]
+        assert main(argv) == 2
+        assert "run 'busy' is being trained by another process" in capsys.readouterr().err
+        assert sorted(p.name for p in run.iterdir()) == ["train.lock"]  # no config.json, no checkpoint
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(argv) == 0  # the holder is gone: the run trains
+
+
+def test_gill_train_resume_of_a_run_without_checkpoints_fails_listing_the_runs(workdir, capsys):
+    from gill.cli import main
+    from gill.resume import CheckpointManager
+
+    CheckpointManager(workdir / "runs" / "resumable" / "checkpoints").save(2, {"w": torch.ones(1)}, {})
+    (workdir / "runs" / "fresh").mkdir(parents=True, exist_ok=True)
+    argv = ["train", "--workdir", str(workdir), "--steps", "1", "--batch-size", "8", "--resume", "--run-id", "typo"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "run 'typo' has no checkpoint to resume" in err
+    assert "resumable (has checkpoints)" in err and "fresh (no checkpoint)" in err and "--run-id" in err
+    assert not (workdir / "runs" / "typo").exists()
+
+
 def test_gill_train_under_torchrun_matches_a_single_process_run(workdir, tmp_path):
     import subprocess
     import sys

@@ -10,8 +10,17 @@ Diffusion text encoder are frozen, so their outputs are computed once here and r
   (pad to ``model_max_length``, truncate on the right, no attention mask; official §3.1);
 * ``keys.json``: ``{"keys": [...], "captions": [...]}``, the row order of both arrays (sorted by key);
 * ``manifest.json``: encoder identity (ids, revisions, sha256 of configs, tokenizer files and weights, image
-  processor settings), dtypes, shapes, count, the source tar's sha256 and the **fingerprint** (sha256 of the
-  canonical JSON of every input that determines the arrays).
+  processor settings), dtypes, shapes, count, the source tar's sha256, the **fingerprint** (sha256 of the
+  canonical JSON of every input that determines the arrays) and ``files``: size, sha256 and mtime of each of
+  the three files above.
+
+Verification of the outputs: a re-run keeps a shard only when its fingerprint matches *and* its files are intact.
+Sizes are compared on every run (free: a ``stat``); the sha256 is recomputed when a file's size matches but its
+modification time differs from the recorded one (the file was rewritten or edited in place, which is suspicious),
+so an untouched shard costs no read. A damaged shard (missing, truncated, grown or edited file) is recomputed.
+Corruption that keeps both size and mtime (bit rot) is not looked for; :func:`output_problems` with
+``checksums=True`` checks every byte. Shards written before ``files`` was recorded are recomputed once. Leftover
+temporary shard folders of a killed run (``.<shard>.<8 chars>.tmp``) are removed by the next run.
 
 Storage dtype: ``fp32`` stores float32; ``fp16`` and ``bf16`` store float16 (numpy has no bfloat16; bf16 values
 fit fp16's range for these post-layernorm outputs and lose no mantissa bits, and a non-finite value after the
@@ -62,7 +71,7 @@ from gill.data.shards import (
     stats_path,
 )
 from gill.errors import ConfigError, InputError
-from gill.utils.io import atomic_directory, atomic_write_json, sha256_file
+from gill.utils.io import atomic_directory, atomic_write_json, remove_stale_temp_dirs, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +81,8 @@ VISION_FILE = "vision.npy"
 SD_TEXT_FILE = "sd_text.npy"
 KEYS_FILE = "keys.json"
 MANIFEST_FILE = "manifest.json"
+OUTPUT_FILES = (VISION_FILE, SD_TEXT_FILE, KEYS_FILE)
+"""The files of a feature shard that ``manifest.json["files"]`` records (size, sha256, mtime)."""
 
 DTypeName = Literal["fp16", "bf16", "fp32"]
 TORCH_DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -586,12 +597,52 @@ def _manifest(
     }
 
 
+def file_records(folder: Path) -> dict[str, dict[str, Any]]:
+    """``manifest.json["files"]``: size, sha256 and mtime of each output file of a written shard folder."""
+    records = {}
+    for name in OUTPUT_FILES:
+        stat = (folder / name).stat()
+        records[name] = {"size": stat.st_size, "sha256": sha256_file(folder / name), "mtime_ns": stat.st_mtime_ns}
+    return records
+
+
+def output_problems(folder: Path, manifest: dict[str, Any], *, checksums: bool | None = None) -> dict[str, str]:
+    """What is wrong with a feature shard's files against ``manifest["files"]``: file name -> problem (empty: intact).
+
+    Args:
+        checksums: True: compare every file's sha256; False: sizes only; None (default): sizes, and the sha256
+            of a file whose mtime differs from the recorded one.
+    """
+    records = manifest.get("files")
+    if not isinstance(records, dict) or set(records) != set(OUTPUT_FILES):
+        return {MANIFEST_FILE: f"{MANIFEST_FILE} records no sizes and checksums of its files (an older gill's)"}
+    problems = {}
+    for name, record in sorted(records.items()):
+        path = folder / name
+        try:
+            stat = path.stat()
+        except OSError:
+            problems[name] = f"{name} is missing ({path})"
+            continue
+        if stat.st_size != record.get("size"):
+            problems[name] = (f"{name} is {stat.st_size} bytes, {MANIFEST_FILE} records {record.get('size')} "
+                              f"(truncated or damaged: {path})")  # fmt: skip
+        elif (checksums or (checksums is None and stat.st_mtime_ns != record.get("mtime_ns"))) and (
+            sha256_file(path) != record.get("sha256")
+        ):
+            problems[name] = f"{name} does not match its sha256 in {MANIFEST_FILE} (damaged: {path})"
+    return problems
+
+
 def _up_to_date(folder: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The manifest of an intact feature shard with this fingerprint, else None (a damaged one is logged)."""
     manifest = read_feature_manifest(folder)
     if manifest is None or manifest.get("fingerprint") != fingerprint:
         return None
-    files = (VISION_FILE, SD_TEXT_FILE, KEYS_FILE)
-    return manifest if all((folder / f).is_file() for f in files) else None
+    if problems := output_problems(folder, manifest):
+        logger.warning("feature shard %s is damaged, recomputing it: %s", folder, "; ".join(problems.values()))
+        return None
+    return manifest
 
 
 def precompute_shard(
@@ -603,12 +654,14 @@ def precompute_shard(
     *,
     on_batch: Callable[[int], None] | None = None,
 ) -> ShardResult:
-    """Write (or keep, when its fingerprint is unchanged) the feature shard of one complete image shard.
+    """Write (or keep, when its fingerprint is unchanged and its files are intact) the feature shard of one
+    complete image shard, after removing temporary folders a killed run left of it.
 
     One unit of work: a flow can fan out one task per shard. ``on_batch(n)`` is called after each batch.
     """
     shard_tar, shard = Path(shard_tar), Path(shard_tar).stem
     out = feature_dir(split, workdir) / shard
+    remove_stale_temp_dirs(out.parent, target=shard)  # what a killed run left of this shard
     source_sha256 = sha256_file(shard_tar)
     fingerprint = canonical_sha256(fingerprint_inputs(encoders, options, source_sha256))
     if (previous := _up_to_date(out, fingerprint)) is not None:
@@ -624,6 +677,7 @@ def precompute_shard(
         atomic_write_json(tmp / KEYS_FILE, {"keys": keys, "captions": captions}, indent=0)
         duration = time.perf_counter() - start
         manifest = _manifest(split, shard_tar, keys, encoders, options, source_sha256, duration)
+        manifest["files"] = file_records(tmp)
         atomic_write_json(tmp / MANIFEST_FILE, manifest)
     result = ShardResult.from_manifest(manifest, skipped=False)
     logger.info("precomputed %s/%s: %d rows in %.2f s (%.1f samples/s)", split, shard, len(keys), duration,
@@ -665,7 +719,9 @@ def precompute_split(
     *,
     progress: bool = True,
 ) -> list[ShardResult]:
-    """Precompute every complete image shard of ``split`` (skipping up-to-date ones), with one progress bar.
+    """Precompute every complete image shard of ``split`` (skipping intact up-to-date ones), with one progress bar.
+
+    Temporary shard folders left in the split's feature folder by a killed run are removed first.
 
     Raises:
         InputError: when the split has no complete image shard, or an image does not decode.
@@ -674,6 +730,7 @@ def precompute_split(
 
     workdir = Path(workdir)
     shards = _require_image_shards(split, workdir)
+    remove_stale_temp_dirs(feature_dir(split, workdir))  # temporary shard folders of a killed run
     _warn_orphans(split, workdir, shards)
     encoders = load_encoders(config, options)
     total = sum(_expected_count(s) for s in shards)

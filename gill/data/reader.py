@@ -39,6 +39,7 @@ from gill.data.precompute import (
     SD_TEXT_FILE,
     VISION_FILE,
     feature_dir,
+    output_problems,
     read_feature_manifest,
 )
 from gill.data.shards import WORKER_CONTEXT, complete_image_shards, image_split_dir, shard_keys
@@ -213,9 +214,20 @@ def _key_problems(name: str, feature_keys: list[str], image_keys: list[str]) -> 
     return [f"feature shard {name}: keys differ from image shard {name}.tar: " + "; ".join(detail)]
 
 
-def _array_problems(name: str, folder: Path, manifest: dict[str, Any], count: int) -> list[str]:
+def _size_problems(name: str, folder: Path, manifest: dict[str, Any]) -> dict[str, str]:
+    """Files whose size differs from the one the manifest records (a truncated or grown file): file -> problem."""
+    if "files" not in manifest:  # written before sizes were recorded: the array checks below still apply
+        return {}
+    return {f: f"feature shard {name}: {p}" for f, p in output_problems(folder, manifest, checksums=False).items()}
+
+
+def _array_problems(
+    name: str, folder: Path, manifest: dict[str, Any], count: int, skip: Iterable[str] = ()
+) -> list[str]:
     problems = []
     for what, file in (("vision", VISION_FILE), ("sd_text", SD_TEXT_FILE)):
+        if file in skip:  # already reported as truncated or damaged
+            continue
         try:
             shape = list(np.load(folder / file, mmap_mode="r").shape) if count else manifest["arrays"][what]["shape"]
         except (OSError, ValueError, KeyError) as err:
@@ -235,17 +247,18 @@ def load_feature_shard(folder: Path, image_tar: Path, *, verify: bool) -> tuple[
     manifest = read_feature_manifest(folder)
     if manifest is None or manifest.get("format_version") != FORMAT_VERSION:
         return None, [f"feature shard {name}: missing, unreadable or old manifest.json (format {FORMAT_VERSION})"]
+    damaged = _size_problems(name, folder, manifest)
     try:
         listing = json.loads((folder / KEYS_FILE).read_text(encoding="utf-8"))
         keys, captions = list(listing["keys"]), list(listing["captions"])
     except (OSError, ValueError, KeyError, TypeError) as err:
-        return None, [f"feature shard {name}: cannot read {KEYS_FILE} ({err})"]
+        return None, [*damaged.values(), f"feature shard {name}: cannot read {KEYS_FILE} ({err})"]
     problems = _key_problems(name, keys, shard_keys(image_tar))
     if len(captions) != len(keys) or manifest.get("count") != len(keys):
         problems.append(
             f"feature shard {name}: {len(keys)} keys, {len(captions)} captions, manifest count {manifest.get('count')}"
         )
-    problems += _array_problems(name, folder, manifest, len(keys))
+    problems += [*damaged.values(), *_array_problems(name, folder, manifest, len(keys), skip=damaged)]
     if verify and (recorded := manifest.get("source", {}).get("sha256")) != (actual := sha256_file(image_tar)):
         problems.append(
             f"feature shard {name}: computed from a different {image_tar.name} (manifest sha256 "
@@ -316,7 +329,8 @@ def open_feature_shards(split: str, workdir: Path, *, verify: bool = True) -> li
         raise InputError(
             f"feature shards of split {split!r} do not match its image shards",
             problems,
-            hint="re-run the precompute stage for this split (it recomputes stale shards)",
+            hint=f"re-run the precompute stage for this split: gill data precompute --split {split} --workdir "
+            f"{workdir} (it recomputes stale and damaged shards)",
         )
     return shards
 
