@@ -262,11 +262,23 @@ def _config_of(record: dict[str, Any], ckpt_dir: Path) -> GILLConfig:
         raise InputError(f"invalid config in {str(ckpt_dir / CONFIG_FILE)!r}", err.problems) from err
 
 
-def _load_decision_head(ckpt_dir: Path, info: dict[str, Any]) -> DecisionHead:
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; an empty, truncated or garbled file is an :class:`InputError` naming it
+    (checkpoints written before checksums were recorded reach this point unverified)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise InputError(f"checkpoint corrupted: {str(path)!r} cannot be read as safetensors",
+                         [str(err).splitlines()[0][:200]],
+                         hint="copy the checkpoint again, or export it again from its run") from err  # fmt: skip
+
+
+def _load_decision_head(ckpt_dir: Path, info: dict[str, Any]) -> DecisionHead:
     head = DecisionHead(info["in_features"] - int(info["with_retrieval_score"]), info["with_retrieval_score"])
-    return load_strict(head, load_file(str(ckpt_dir / info["file"])), str(ckpt_dir / info["file"]))  # type: ignore
+    return load_strict(head, _read_weights(ckpt_dir / info["file"]), str(ckpt_dir / info["file"]))  # type: ignore
 
 
 def load_adapters(ckpt_dir: str | os.PathLike[str], dims: DerivedDims | None = None, *,
@@ -281,8 +293,6 @@ def load_adapters(ckpt_dir: str | os.PathLike[str], dims: DerivedDims | None = N
         InputError: not a checkpoint, a weights file that does not match its recorded sha256 ("checkpoint
             corrupted"), a mismatching backbone, or missing/unexpected/mis-shaped tensors.
     """
-    from safetensors.torch import load_file
-
     ckpt_dir = Path(ckpt_dir)
     record = _read_record(ckpt_dir)
     for name in _weight_files(record):
@@ -295,7 +305,7 @@ def load_adapters(ckpt_dir: str | os.PathLike[str], dims: DerivedDims | None = N
 
         dims = derive_dims(ckpt_config)
     source = str(ckpt_dir / record["weights"]["adapters"])
-    adapters = adapters_from_state_dict(ckpt_config, dims, load_file(source), source)
+    adapters = adapters_from_state_dict(ckpt_config, dims, _read_weights(Path(source)), source)
     decision = record["weights"].get("decision_head")
     tokens = record["img_tokens"]
     return LoadedCheckpoint(

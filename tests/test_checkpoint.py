@@ -127,6 +127,22 @@ def test_a_checkpoint_saved_before_checksums_still_loads(tiny, tmp_path):
     assert_same_tensors(load_adapters(out).adapters.state_dict(), adapters.state_dict())
 
 
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_an_unreadable_weights_file_of_a_checkpoint_without_checksums_is_named_not_a_traceback(tiny, tmp_path,
+                                                                                              damage):  # fmt: skip
+    config, _, adapters, tokens = tiny
+    out = save_pretrained(tmp_path / "ckpt", adapters, config, tokens)
+    record = json.loads((out / CONFIG_FILE).read_text())
+    del record[CHECKSUMS_KEY]  # as written before checksums: nothing to verify against
+    (out / CONFIG_FILE).write_text(json.dumps(record))
+    weights = out / ADAPTERS_FILE
+    data = weights.read_bytes()
+    weights.write_bytes(b"" if damage == "empty" else data[: len(data) // 2])
+    with pytest.raises(InputError, match="checkpoint corrupted") as err:
+        load_adapters(out)
+    assert str(weights) in str(err.value)
+
+
 def test_a_folder_without_config_is_not_a_checkpoint(tmp_path):
     with pytest.raises(InputError, match="not a gill checkpoint"):
         load_adapters(tmp_path)
