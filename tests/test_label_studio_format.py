@@ -199,7 +199,9 @@ def test_a_later_annotation_of_the_same_user_replaces_the_earlier(store, tmp_pat
 
 def test_records_reach_the_store_sorted_by_judge_then_item(store, tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr(store, "import_named_votes", lambda records, panel: seen.append((records, panel)) or 3)
+    monkeypatch.setattr(
+        store, "import_named_votes", lambda records, panel, overwrite=False: seen.append((records, panel)) or 3
+    )
     path = write(tmp_path, "order.json", [
         full_task(1, 2, annotation(1, {"id": 9, "email": "zed@lab"}, ("Left", "Left"))),
         full_task(2, 1, annotation(2, {"id": 9, "email": "zed@lab"}, ("Right", "Left"))),
