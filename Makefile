@@ -56,6 +56,7 @@ label-studio:
 
 lint: install
 	$(BIN)/ruff check gill eval annotations flows tests bench
+	$(BIN)/ruff format --check gill eval annotations flows tests bench
 
 # Refresh the pinned versions from the current venv (run after changing dependencies).
 lock:

@@ -84,8 +84,13 @@ MAX_BODY_BYTES = 64 * 1024
 SQLITE_INT_MIN, SQLITE_INT_MAX = -(2**63), 2**63 - 1
 ItemId = Annotated[int, Field(strict=True, ge=SQLITE_INT_MIN, le=SQLITE_INT_MAX)]
 """An item id: a JSON integer (never a bool, float or string) that fits SQLite's 64-bit integers."""
-IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
-               ".webp": "image/webp"}  # fmt: skip
+IMAGE_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+}
 """The image files the app serves, by suffix, with their content type (the file's first bytes must agree)."""
 TOKEN_LOGGERS = ("uvicorn", "uvicorn.access", "uvicorn.error", "uvicorn.asgi", __name__)
 """The loggers :func:`install_token_redaction` guards (a logger's filters see only its own records)."""
@@ -173,8 +178,7 @@ class BodySizeLimit:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             bad = not declared.isdigit()
-            await _plain_error(send, 400 if bad else 413,
-                               "bad Content-Length header" if bad else self._too_large())  # fmt: skip
+            await _plain_error(send, 400 if bad else 413, "bad Content-Length header" if bad else self._too_large())
             return
         received = 0
 
@@ -219,8 +223,11 @@ def create_app(
     token_problems = [] if admin_token is None else [f"admin token: {p}" for p in admin_token_problems(admin_token)]
     problems = judges_per_item_problems(judges_per_item) + token_problems
     if problems:
-        raise InputError("cannot start the judging app; nothing was changed", problems,
-                         hint=ADMIN_TOKEN_HINT if token_problems else None)  # fmt: skip
+        raise InputError(
+            "cannot start the judging app; nothing was changed",
+            problems,
+            hint=ADMIN_TOKEN_HINT if token_problems else None,
+        )
     store = JudgingStore(workdir, judges_per_item=judges_per_item)
     if admin_token is not None:
         store.set_admin_token(admin_token)
@@ -264,19 +271,27 @@ def create_app(
     @app.get("/api/items/next")
     def next_item(judge: JudgeDep) -> dict:
         item = store.next_item(judge)
-        return {"judge": judge.name, "item": None if item is None else _public_item(item),
-                "progress": _progress(store, judge)}  # fmt: skip
+        return {
+            "judge": judge.name,
+            "item": None if item is None else _public_item(item),
+            "progress": _progress(store, judge),
+        }
 
     @app.get("/api/images/{item_id}/{side}")
-    def image(item_id: Annotated[int, PathParam(ge=SQLITE_INT_MIN, le=SQLITE_INT_MAX)], side: str,
-              judge: JudgeDep) -> FileResponse:  # fmt: skip
+    def image(
+        item_id: Annotated[int, PathParam(ge=SQLITE_INT_MIN, le=SQLITE_INT_MAX)], side: str, judge: JudgeDep
+    ) -> FileResponse:
         item = store.item(item_id)
         if item is None or side not in SIDES:
             raise HTTPException(404, "no such item or side")
         found = candidate_image(root, item.image_for(side))
         if found is None:
-            logger.warning("item %d: the %s image is missing, not an image file or outside %s", item_id, side,
-                           root / CANDIDATES_DIR)  # fmt: skip
+            logger.warning(
+                "item %d: the %s image is missing, not an image file or outside %s",
+                item_id,
+                side,
+                root / CANDIDATES_DIR,
+            )
             raise HTTPException(404, "image not found")
         # The file name would tell generated from retrieved: send none, and no caching of a judge-only file.
         return FileResponse(found[0], media_type=found[1], headers={"Cache-Control": "private, no-store"})
@@ -298,14 +313,21 @@ def create_app(
         return {"judge": judge.name, "votes": [_public_vote(v) for v in store.votes_of(judge)]}
 
     @app.get("/admin")
-    def admin(request: Request, token: Annotated[str, Query()] = "",
-              authorization: Annotated[str | None, Header()] = None) -> Response:  # fmt: skip
+    def admin(
+        request: Request, token: Annotated[str, Query()] = "", authorization: Annotated[str | None, Header()] = None
+    ) -> Response:
         if token:  # the admin link: trade the token for a cookie and take it out of the address bar
             if not store.is_admin(token):
                 return HTMLResponse(_ADMIN_FAILED, 401)
             response = RedirectResponse("/admin", status_code=303)
-            response.set_cookie(ADMIN_COOKIE_NAME, token, max_age=ADMIN_COOKIE_MAX_AGE_S, httponly=True,
-                                samesite="strict", path="/admin")  # fmt: skip
+            response.set_cookie(
+                ADMIN_COOKIE_NAME,
+                token,
+                max_age=ADMIN_COOKIE_MAX_AGE_S,
+                httponly=True,
+                samesite="strict",
+                path="/admin",
+            )
             return response
         if not store.is_admin(_bearer(authorization) or request.cookies.get(ADMIN_COOKIE_NAME)):
             return HTMLResponse(_ADMIN_FAILED, 401)
@@ -319,8 +341,11 @@ def current_judge(request: Request, authorization: Annotated[str | None, Header(
     store: JudgingStore = request.app.state.store
     judge = store.judge_for_token(_bearer(authorization) or request.cookies.get(COOKIE_NAME))
     if judge is None:
-        raise HTTPException(401, "open your personal login link (or send Authorization: Bearer <token>)",
-                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        raise HTTPException(
+            401,
+            "open your personal login link (or send Authorization: Bearer <token>)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     return judge
 
 
@@ -379,8 +404,13 @@ def _sniff_image(path: Path) -> str | None:
 
 def _public_item(item: StoreItem) -> dict:
     """What the judge may see: never the image paths or which side is generated."""
-    return {"id": item.id, "prompt": item.prompt, "category": item.category, "challenge": item.challenge,
-            "images": {side: f"/api/images/{item.id}/{side}" for side in SIDES}}  # fmt: skip
+    return {
+        "id": item.id,
+        "prompt": item.prompt,
+        "category": item.category,
+        "challenge": item.challenge,
+        "images": {side: f"/api/images/{item.id}/{side}" for side in SIDES},
+    }
 
 
 def _public_vote(vote: StoreVote) -> dict:
@@ -415,16 +445,21 @@ def _admin_panel(store: JudgingStore, panel: str) -> str:
     suffix = "" if panel == HUMAN_PANEL else "-" + e(panel)
     if panel == SIMULATED_PANEL:
         title = "SIMULATED judges (answer-key panel, not people)"
-    rows = "".join(f"<tr><td>{e(j.name)}</td><td>{p.done}</td><td>{p.total}</td>"
-                   f"<td>{'revoked ' + e(j.revoked_at) if j.revoked_at else ''}</td></tr>"
-                   for j, p in store.judge_progress(panel))  # fmt: skip
+    rows = "".join(
+        f"<tr><td>{e(j.name)}</td><td>{p.done}</td><td>{p.total}</td>"
+        f"<td>{'revoked ' + e(j.revoked_at) if j.revoked_at else ''}</td></tr>"
+        for j, p in store.judge_progress(panel)
+    )
     agreement = "".join(
         f"<tr><td>{e(a.question)}</td><td>{_num(a.fleiss_kappa)}</td><td>{a.fleiss_items}</td>"
         f"<td>{_num(a.alpha)}</td><td>{a.alpha_items}</td></tr>"
         for a in store.agreement(panel)
     )
-    recent = "".join(f"<tr><td>{iv.item.id}</td><td>{e(iv.item.prompt)}</td><td>{e(','.join(iv.alignment))}</td>"
-                     f"<td>{e(','.join(iv.realism))}</td></tr>" for iv in store.votes_table(panel=panel))  # fmt: skip
+    recent = "".join(
+        f"<tr><td>{iv.item.id}</td><td>{e(iv.item.prompt)}</td><td>{e(','.join(iv.alignment))}</td>"
+        f"<td>{e(','.join(iv.realism))}</td></tr>"
+        for iv in store.votes_table(panel=panel)
+    )
     return f"""<section class="panel" id="panel-{e(panel)}" data-panel="{e(panel)}">
 <h2>{e(title)}</h2>
 <p>{store.complete_items(panel)} item(s) complete; {store.count_votes(panel)} vote(s).</p>

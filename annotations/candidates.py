@@ -101,8 +101,15 @@ def read_prompts(path: str | os.PathLike[str] | None = None, limit: int | None =
         if not prompt:
             problems.append(f"line {i + 2}: empty prompt")
             continue
-        rows.append(PromptRow(prompt_id=i, prompt=prompt, category=record.get("Category") or "",
-                              challenge=record.get("Challenge") or "", note=record.get("Note") or ""))  # fmt: skip
+        rows.append(
+            PromptRow(
+                prompt_id=i,
+                prompt=prompt,
+                category=record.get("Category") or "",
+                challenge=record.get("Challenge") or "",
+                note=record.get("Note") or "",
+            )
+        )
     if problems:
         raise InputError(f"invalid prompts in {str(path)!r}", problems)
     return rows[:limit] if limit is not None else rows
@@ -132,17 +139,27 @@ def world_prompts(root: str | os.PathLike[str], n: int, seed: int = 0) -> list[P
     train = [scene_from_dict(e["scene"]) for e in document.get("cc3m", {}).get("train", [])]
     n_held = n // 2
     if len(train) < n_held:
-        raise InputError(f"the world at {root} has {len(train)} training scenes, fewer than the {n_held} needed",
-                         [], hint="ask for fewer candidates (--limit) or a bigger world (world_train)")  # fmt: skip
+        raise InputError(
+            f"the world at {root} has {len(train)} training scenes, fewer than the {n_held} needed",
+            [],
+            hint="ask for fewer candidates (--limit) or a bigger world (world_train)",
+        )
     rng = random.Random(f"gill-world-prompts:{seed}")
     held = [(scene, HELD_NOTE) for scene in rng.sample(train, n_held)]
     novel = [(_novel_scene(rng), NOVEL_NOTE) for _ in range(n - n_held)]
     order = held + novel
     rng.shuffle(order)
     seen: set[str] = set()
-    return [PromptRow(prompt_id=i, prompt=_unique_caption(scene, rng, seen), category=WORLD_CATEGORY, note=note,
-                      scene=json.dumps(scene.to_dict(), sort_keys=True))
-            for i, (scene, note) in enumerate(order)]  # fmt: skip
+    return [
+        PromptRow(
+            prompt_id=i,
+            prompt=_unique_caption(scene, rng, seen),
+            category=WORLD_CATEGORY,
+            note=note,
+            scene=json.dumps(scene.to_dict(), sort_keys=True),
+        )
+        for i, (scene, note) in enumerate(order)
+    ]
 
 
 def _unique_caption(scene: Scene, rng: random.Random, seen: set[str], attempts: int = 50) -> str:
@@ -176,8 +193,11 @@ def _done(workdir: Path, database: Path, rows: list[PromptRow]) -> set[int]:
     with connect(database) as con:
         records = con.execute(f"SELECT prompt_id, prompt, gen_image, ret_image FROM {TABLE}").fetchall()
     wanted = {row.prompt_id: row.prompt for row in rows}
-    return {pid for pid, prompt, gen, ret in records
-            if wanted.get(pid) == prompt and (workdir / gen).is_file() and (workdir / ret).is_file()}  # fmt: skip
+    return {
+        pid
+        for pid, prompt, gen, ret in records
+        if wanted.get(pid) == prompt and (workdir / gen).is_file() and (workdir / ret).is_file()
+    }
 
 
 def _save_png(image: Any, path: Path) -> None:
@@ -189,11 +209,19 @@ def _save_png(image: Any, path: Path) -> None:
 
 
 def build_candidates(
-    workdir: str | os.PathLike[str], *, checkpoint: str | os.PathLike[str] | None = None,
-    prompts: str | os.PathLike[str] | None = None, limit: int | None = None, sd_steps: int = 50,
-    guidance_scale: float = 7.5, seed: int = 1337, device: str = "cpu", flush_every: int = 32, progress: bool = True,
+    workdir: str | os.PathLike[str],
+    *,
+    checkpoint: str | os.PathLike[str] | None = None,
+    prompts: str | os.PathLike[str] | None = None,
+    limit: int | None = None,
+    sd_steps: int = 50,
+    guidance_scale: float = 7.5,
+    seed: int = 1337,
+    device: str = "cpu",
+    flush_every: int = 32,
+    progress: bool = True,
     batch_size: int = 16,
-) -> CandidateSummary:  # fmt: skip
+) -> CandidateSummary:
     """Generate (SD baseline) and retrieve (GILL's bank) one image per prompt; rows into ``decision_candidates``.
 
     Args:
@@ -222,16 +250,22 @@ def build_candidates(
     root = world_root(workdir)
     if (prompts is None and root is not None) or str(prompts) == WORLD:
         if root is None:
-            raise InputError(f"{workdir} has no synthetic world for world prompts", [],
-                             hint="build it (gill data synth --out WORKDIR/world) or pass a prompts TSV")  # fmt: skip
+            raise InputError(
+                f"{workdir} has no synthetic world for world prompts",
+                [],
+                hint="build it (gill data synth --out WORKDIR/world) or pass a prompts TSV",
+            )
         rows = world_prompts(root, DEFAULT_WORLD_PROMPTS if limit is None else limit, seed=seed)
     else:
         rows = read_prompts(prompts, limit)
     ckpt = resolve_checkpoint(workdir, checkpoint)
     pipe = GILLPipeline.from_pretrained(ckpt, workdir=workdir, device=device)
     if pipe.bank is None:
-        raise InputError("decision candidates need a retrieval bank", [f"none for checkpoint {ckpt}"],
-                         hint=f"run: gill index build --workdir {workdir} --checkpoint {ckpt}")  # fmt: skip
+        raise InputError(
+            "decision candidates need a retrieval bank",
+            [f"none for checkpoint {ckpt}"],
+            hint=f"run: gill index build --workdir {workdir} --checkpoint {ckpt}",
+        )
     database, images = db_path(workdir), workdir / CANDIDATES_DIR
     done = _done(workdir, database, rows)
     todo = [row for row in rows if row.prompt_id not in done]
@@ -242,19 +276,35 @@ def build_candidates(
         # one generator per prompt, each seeded alike: the batch draws what one prompt at a time would
         generators = [torch.Generator(device="cpu").manual_seed(seed) for _ in chunk]
         with torch.no_grad():
-            generated = pipe.sd([row.prompt for row in chunk], num_inference_steps=sd_steps,
-                                guidance_scale=guidance_scale, generator=generators).images  # fmt: skip
+            generated = pipe.sd(
+                [row.prompt for row in chunk],
+                num_inference_steps=sd_steps,
+                guidance_scale=guidance_scale,
+                generator=generators,
+            ).images
             hits = [pipe.retrieve(pipe.text_query(row.prompt), k=1)[0] for row in chunk]
         for row, image, hit in zip(chunk, generated, hits, strict=True):
             gen_rel = CANDIDATES_DIR / f"{row.prompt_id:05d}-gen.png"
             ret_rel = CANDIDATES_DIR / f"{row.prompt_id:05d}-ret.png"
             _save_png(image, workdir / gen_rel)
             _save_png(pipe.bank.image(hit), workdir / ret_rel)
-            pending.append({"prompt_id": row.prompt_id, "prompt": row.prompt, "category": row.category,
-                            "challenge": row.challenge, "note": row.note, "gen_image": str(gen_rel),
-                            "ret_image": str(ret_rel), "ret_key": hit.key, "ret_score": hit.score,
-                            "ret_scaled_score": hit.scaled_score, "checkpoint_id": ckpt_id, "sd_seed": seed,
-                            "scene": row.scene})  # fmt: skip
+            pending.append(
+                {
+                    "prompt_id": row.prompt_id,
+                    "prompt": row.prompt,
+                    "category": row.category,
+                    "challenge": row.challenge,
+                    "note": row.note,
+                    "gen_image": str(gen_rel),
+                    "ret_image": str(ret_rel),
+                    "ret_key": hit.key,
+                    "ret_score": hit.score,
+                    "ret_scaled_score": hit.scaled_score,
+                    "checkpoint_id": ckpt_id,
+                    "sd_seed": seed,
+                    "scene": row.scene,
+                }
+            )
         bar.update(len(chunk))
         if len(pending) >= flush_every:
             replace_rows(database, TABLE, pending)
@@ -263,5 +313,6 @@ def build_candidates(
     if pending:
         replace_rows(database, TABLE, pending)
     logger.info("decision candidates: %d built, %d already done, in %s", len(todo), len(rows) - len(todo), images)
-    return CandidateSummary(total=len(rows), built=len(todo), skipped=len(rows) - len(todo), database=database,
-                            images_dir=images)  # fmt: skip
+    return CandidateSummary(
+        total=len(rows), built=len(todo), skipped=len(rows) - len(todo), database=database, images_dir=images
+    )

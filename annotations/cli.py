@@ -70,8 +70,10 @@ def cmd_annotate_human_baseline(args: argparse.Namespace) -> int:
         return 0
     f1, labels = report["human_macro_f1"], report["labels"]
     _out(f"votes: {report['votes']}")
-    _out(f"confident labels: gen {labels['gen']}  ret {labels['ret']}  same {labels['same']}  "
-         f"(usable {labels['usable']} of {labels['total']})")  # fmt: skip
+    _out(
+        f"confident labels: gen {labels['gen']}  ret {labels['ret']}  same {labels['same']}  "
+        f"(usable {labels['usable']} of {labels['total']})"
+    )
     _out(f"human macro-F1, official (optimistic: each judge helped form the label): {f1['official']!r}")
     for s in f1["official_judges"]:
         _out(f"  judge {s['judge']}: {s['f1']:.4f} on {s['n']} prompts")
@@ -79,8 +81,10 @@ def cmd_annotate_human_baseline(args: argparse.Namespace) -> int:
     for s in f1["leave_one_out_judges"]:
         _out(f"  judge {s['judge']}: {s['f1']:.4f} on {s['n']} prompts")
     k, a = report["fleiss_kappa"], report["krippendorff_alpha_nominal"]
-    _out(f"Fleiss' kappa (ret/gen/same): {k['kappa']:.4f} on the {k['items']} items with all {k['raters']} votes "
-         f"({k['dropped']} dropped); generalised to all items: {k['generalised_all_items']:.4f}")  # fmt: skip
+    _out(
+        f"Fleiss' kappa (ret/gen/same): {k['kappa']:.4f} on the {k['items']} items with all {k['raters']} votes "
+        f"({k['dropped']} dropped); generalised to all items: {k['generalised_all_items']:.4f}"
+    )
     _out(f"Krippendorff's alpha (nominal): {a['alpha']:.4f} on {a['items']} items ({a['pairable']} pairable votes)")
     return 0
 
@@ -89,9 +93,13 @@ def cmd_annotate_human_baseline(args: argparse.Namespace) -> int:
 
 
 def _add_votes_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--votes", type=Path, default=None,
-                   help="votes TSV (Prompt, Category, Challenge, Note, Decisions); default: the shipped "
-                        "PartiPromptsAllDecisions_Alignment.tsv")  # fmt: skip
+    p.add_argument(
+        "--votes",
+        type=Path,
+        default=None,
+        help="votes TSV (Prompt, Category, Challenge, Note, Decisions); default: the shipped "
+        "PartiPromptsAllDecisions_Alignment.tsv",
+    )
 
 
 def add_annotate_parsers(groups: argparse._SubParsersAction) -> argparse._SubParsersAction:
@@ -112,9 +120,12 @@ def add_annotate_parsers(groups: argparse._SubParsersAction) -> argparse._SubPar
     p = commands.add_parser("build", help="candidates: an SD-baseline image and the top bank image per prompt")
     p.add_argument("--workdir", type=Path, required=True, help="work folder with a checkpoint and its bank")
     p.add_argument("--checkpoint", type=Path, help="checkpoint (default: the newest run's best/ or final/)")
-    p.add_argument("--prompts", type=Path,
-                   help="TSV with a Prompt column, or 'world' for world prompts (default: world prompts when the "
-                        "workdir holds a synthetic world, else the shipped PartiPrompts)")  # fmt: skip
+    p.add_argument(
+        "--prompts",
+        type=Path,
+        help="TSV with a Prompt column, or 'world' for world prompts (default: world prompts when the "
+        "workdir holds a synthetic world, else the shipped PartiPrompts)",
+    )
     p.add_argument("--limit", type=int, help="only the first N prompts (world prompts: how many, default 400)")
     p.add_argument("--sd-steps", type=int, default=50, help="SD denoising steps (default 50)")
     p.add_argument("--seed", type=int, default=1337, help="SD seed for every prompt (default 1337)")
@@ -142,12 +153,19 @@ def add_annotate_parsers(groups: argparse._SubParsersAction) -> argparse._SubPar
     p = commands.add_parser("import", help="import votes (default: the shipped PartiPrompts votes, official-tsv)")
     p.add_argument("--workdir", type=Path, required=True)
     p.add_argument("--format", choices=("official-tsv", "label-studio", "html-bundle"), default="official-tsv")
-    p.add_argument("paths", nargs="*", type=Path,
-                   help="official-tsv: ALIGNMENT [REALISM] (default: the shipped files); label-studio: the JSON "
-                   "export; html-bundle: votes-<bundle>-<name>.json files")  # fmt: skip
+    p.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        help="official-tsv: ALIGNMENT [REALISM] (default: the shipped files); label-studio: the JSON "
+        "export; html-bundle: votes-<bundle>-<name>.json files",
+    )
     p.add_argument("--panel", default="human", help="the panel the votes go to (default: human, i.e. people)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a judge's stored vote when the import differs (default: refuse)")  # fmt: skip
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a judge's stored vote when the import differs (default: refuse)",
+    )
     p.set_defaults(func=cmd_annotate_import)
 
     p = commands.add_parser("simulate", help="let the SIMULATED answer-key panel judge the world items (own panel)")
@@ -174,11 +192,16 @@ def _add_label_studio_parsers(commands: argparse._SubParsersAction) -> None:
         p.add_argument("--url", help="Label Studio (default: $LABEL_STUDIO_URL, else http://localhost:8080)")
         p.add_argument("--token", help="personal access token or legacy token (default: $LABEL_STUDIO_API_KEY)")
 
-    p = commands.add_parser("label-studio-setup",
-                            help="export the items for Label Studio; create its project, storage, tasks")  # fmt: skip
+    p = commands.add_parser(
+        "label-studio-setup", help="export the items for Label Studio; create its project, storage, tasks"
+    )
     connection(p)
-    p.add_argument("--out", type=Path, help="export folder (default: W/annotations/label-studio); Label Studio's "
-                   "LOCAL_FILES_DOCUMENT_ROOT must be this folder (or --document-root)")  # fmt: skip
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="export folder (default: W/annotations/label-studio); Label Studio's "
+        "LOCAL_FILES_DOCUMENT_ROOT must be this folder (or --document-root)",
+    )
     p.add_argument("--title", help="project title")
     p.add_argument(
         "--votes",
@@ -202,8 +225,11 @@ def _add_label_studio_parsers(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--save", type=Path, help="where to keep the export (default: W/annotations/...)")
     p.add_argument("--panel", default="human", help="the panel the votes go to (default: human)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a judge's stored vote when the import differs (default: refuse)")  # fmt: skip
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a judge's stored vote when the import differs (default: refuse)",
+    )
     p.set_defaults(func=cmd_label_studio_pull)
 
 
@@ -213,8 +239,11 @@ def cmd_annotate_export(args: argparse.Namespace) -> int:
     from annotations.store import JudgingStore, store_path
 
     if not store_path(args.workdir).is_file():
-        raise InputError(f"no judging store in {args.workdir}", [f"{store_path(args.workdir)} does not exist"],
-                         hint="pass the --workdir that `gill annotate build` (or the pipeline) used")  # fmt: skip
+        raise InputError(
+            f"no judging store in {args.workdir}",
+            [f"{store_path(args.workdir)} does not exist"],
+            hint="pass the --workdir that `gill annotate build` (or the pipeline) used",
+        )
     store = JudgingStore(args.workdir)
     if args.format == "official-tsv":
         paths = exchange.export_official_tsv(store, args.out, complete_only=args.complete_only, panel=args.panel)
@@ -239,8 +268,9 @@ def cmd_annotate_import(args: argparse.Namespace) -> int:
     store = JudgingStore(args.workdir)
     if args.format == "official-tsv":
         if len(args.paths) > 2:
-            raise InputError("official-tsv takes at most two files", [f"got {len(args.paths)}"],
-                             hint="ALIGNMENT.tsv [REALISM.tsv]")  # fmt: skip
+            raise InputError(
+                "official-tsv takes at most two files", [f"got {len(args.paths)}"], hint="ALIGNMENT.tsv [REALISM.tsv]"
+            )
         result = exchange.import_official_tsv(store, *args.paths, panel=args.panel, overwrite=args.overwrite)
     elif args.format == "label-studio":
         if len(args.paths) != 1:
@@ -262,8 +292,9 @@ def cmd_annotate_simulate(args: argparse.Namespace) -> int:
     from annotations.store import SIMULATED_PANEL, JudgingStore
 
     store = JudgingStore(args.workdir)
-    summary = run_simulated_panel(args.workdir, PanelConfig(judges=args.judges, seed=args.seed, noise=args.noise),
-                                  store=store)  # fmt: skip
+    summary = run_simulated_panel(
+        args.workdir, PanelConfig(judges=args.judges, seed=args.seed, noise=args.noise), store=store
+    )
     _out(
         f"SIMULATED panel (answer-key judges, not people): {summary.votes} new vote(s) on {summary.items} world "
         f"item(s) by {', '.join(summary.judges)}; {summary.skipped} item(s) without a scene are left to people"
@@ -278,12 +309,23 @@ def cmd_annotate_build(args: argparse.Namespace) -> int:
     from annotations.candidates import build_candidates
     from annotations.store import JudgingStore, import_candidates
 
-    summary = build_candidates(args.workdir, checkpoint=args.checkpoint, prompts=args.prompts, limit=args.limit,
-                               sd_steps=args.sd_steps, seed=args.seed, device=args.device)  # fmt: skip
+    summary = build_candidates(
+        args.workdir,
+        checkpoint=args.checkpoint,
+        prompts=args.prompts,
+        limit=args.limit,
+        sd_steps=args.sd_steps,
+        seed=args.seed,
+        device=args.device,
+    )
     store = JudgingStore(args.workdir)
     import_candidates(args.workdir, store)
-    _out(f"decision candidates: {summary.total} prompts ({summary.built} built, {summary.skipped} already done); "
-         f"images in {summary.images_dir}, rows in {summary.database} table decision_candidates")  # fmt: skip
-    _out(f"judging store {store.path}: {store.judgeable_items()} item(s) with images, open to judges "
-         f"(gill annotate add-judge NAME --workdir {args.workdir}, then gill annotate serve)")  # fmt: skip
+    _out(
+        f"decision candidates: {summary.total} prompts ({summary.built} built, {summary.skipped} already done); "
+        f"images in {summary.images_dir}, rows in {summary.database} table decision_candidates"
+    )
+    _out(
+        f"judging store {store.path}: {store.judgeable_items()} item(s) with images, open to judges "
+        f"(gill annotate add-judge NAME --workdir {args.workdir}, then gill annotate serve)"
+    )
     return 0

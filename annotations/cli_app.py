@@ -80,8 +80,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
     (the port is in use, the host is not an address of this machine)."""
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn does
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]  # fmt: skip
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, family, socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
     except (socket.gaierror, UnicodeError) as err:
         raise InputError(
             f"--host {host!r} cannot be resolved; nothing was changed",
@@ -94,9 +95,12 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as err:
         sock.close()
-        raise InputError(f"cannot listen on {host} port {port}; nothing was changed", [err.strerror or str(err)],
-                         hint="another program (another `gill annotate serve`?) may use the port: stop it, or "
-                              "pick another with --port") from err  # fmt: skip
+        raise InputError(
+            f"cannot listen on {host} port {port}; nothing was changed",
+            [err.strerror or str(err)],
+            hint="another program (another `gill annotate serve`?) may use the port: stop it, or "
+            "pick another with --port",
+        ) from err
     return sock
 
 
@@ -119,11 +123,16 @@ def _print_serving(store: JudgingStore, args: argparse.Namespace, added: int, to
     from annotations.store import HUMAN_PANEL, SIMULATED_PANEL
 
     people = store.judges(HUMAN_PANEL)
-    others = [f"{len(store.judges(p))} {p.upper() if p == SIMULATED_PANEL else p} judge(s) in their own panel"
-              for p in store.panels() if p != HUMAN_PANEL]  # fmt: skip
-    _out(f"{store.judgeable_items()} item(s) to judge ({added} new), {len(people)} person(s) judging, "
-         f"{store.judges_per_item} judges per item; votes in {store.path}"
-         + (f" ({'; '.join(others)}: they take no person's slot)" if others else ""))  # fmt: skip
+    others = [
+        f"{len(store.judges(p))} {p.upper() if p == SIMULATED_PANEL else p} judge(s) in their own panel"
+        for p in store.panels()
+        if p != HUMAN_PANEL
+    ]
+    _out(
+        f"{store.judgeable_items()} item(s) to judge ({added} new), {len(people)} person(s) judging, "
+        f"{store.judges_per_item} judges per item; votes in {store.path}"
+        + (f" ({'; '.join(others)}: they take no person's slot)" if others else "")
+    )
     _out(f"admin page: {admin_link(args.host, args.port, token)}")
     if not people:
         _out(f"no people judging yet: gill annotate add-judge NAME --workdir {args.workdir} prints a judge's link")
@@ -144,8 +153,10 @@ def cmd_annotate_revoke_judge(args: argparse.Namespace) -> int:
     store = _existing_store(args.workdir)
     judge = store.revoke_judge(args.name)
     votes = len(store.votes_of(judge))
-    _out(f"judge {judge.name!r} revoked at {judge.revoked_at}: their login link and sessions no longer work; "
-         f"their {votes} vote(s) stay in {store.path}, marked as from a revoked judge")  # fmt: skip
+    _out(
+        f"judge {judge.name!r} revoked at {judge.revoked_at}: their login link and sessions no longer work; "
+        f"their {votes} vote(s) stay in {store.path}, marked as from a revoked judge"
+    )
     return 0
 
 
@@ -154,8 +165,11 @@ def _existing_store(workdir: Path) -> JudgingStore:
     from annotations.store import JudgingStore, store_path
 
     if not store_path(workdir).exists():
-        raise InputError(f"{store_path(workdir)} does not exist: nothing has been judged in {workdir} yet", [],
-                         hint=f"start with gill annotate add-judge NAME --workdir {workdir}")  # fmt: skip
+        raise InputError(
+            f"{store_path(workdir)} does not exist: nothing has been judged in {workdir} yet",
+            [],
+            hint=f"start with gill annotate add-judge NAME --workdir {workdir}",
+        )
     return JudgingStore(workdir)
 
 
@@ -164,16 +178,21 @@ def status_lines(workdir: Path) -> list[str]:
     from annotations.store import SIMULATED_PANEL
 
     store = _existing_store(workdir)
-    lines = [f"{store.path}: {store.count_items()} item(s), {store.judgeable_items()} with images; "
-             f"{store.judges_per_item} judges per item and panel"]  # fmt: skip
+    lines = [
+        f"{store.path}: {store.count_items()} item(s), {store.judgeable_items()} with images; "
+        f"{store.judges_per_item} judges per item and panel"
+    ]
     for panel in store.panels():
         label = "SIMULATED judges (answer-key panel, not people)" if panel == SIMULATED_PANEL else f"panel {panel}"
         lines.append(f"{label}: {store.complete_items(panel)} item(s) complete, {store.count_votes(panel)} vote(s)")
         judges = store.judge_progress(panel)
         lines.append("  judges:" if judges else "  judges: none yet")
         width = max((len(j.name) for j, _ in judges), default=0)
-        lines += [f"    {j.name:<{width}}  {p.done} / {p.total} done" + (f"  (revoked {j.revoked_at})" if j.revoked_at
-                  else "") for j, p in judges]  # fmt: skip
+        lines += [
+            f"    {j.name:<{width}}  {p.done} / {p.total} done"
+            + (f"  (revoked {j.revoked_at})" if j.revoked_at else "")
+            for j, p in judges
+        ]
         lines.append("  agreement (official votes gen/ret/same):")
         lines += [f"    {a.describe()}" for a in store.agreement(panel)]
     return lines
@@ -211,8 +230,12 @@ def _whole(text: str) -> int:
 
 
 def _add_workdir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workdir", type=Path, required=True,
-                   help="work folder: candidates in gill.duckdb, votes in annotations/judging.sqlite")  # fmt: skip
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        required=True,
+        help="work folder: candidates in gill.duckdb, votes in annotations/judging.sqlite",
+    )
 
 
 def _add_address(p: argparse.ArgumentParser, what: str) -> None:
@@ -225,10 +248,17 @@ def add_app_parsers(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("serve", help="serve the retrieve-vs-generate judging app")
     _add_workdir(p)
     _add_address(p, "address to bind")
-    p.add_argument("--judges-per-item", type=_positive, default=None,
-                   help="judges each item gets, saved in the store (default: the saved value, else 5)")  # fmt: skip
-    p.add_argument("--admin-token", default=None,
-                   help="admin token to accept (default: a new random one, printed as the admin link)")  # fmt: skip
+    p.add_argument(
+        "--judges-per-item",
+        type=_positive,
+        default=None,
+        help="judges each item gets, saved in the store (default: the saved value, else 5)",
+    )
+    p.add_argument(
+        "--admin-token",
+        default=None,
+        help="admin token to accept (default: a new random one, printed as the admin link)",
+    )
     p.set_defaults(func=cmd_annotate_serve)
 
     p = commands.add_parser("add-judge", help="add a judge and print their personal login link")

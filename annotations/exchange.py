@@ -67,13 +67,20 @@ def export_official_tsv(
     ``panel``, by item id; judges in judge-id order)."""
     table = store.votes_table(complete_only=complete_only, panel=panel)
     out = Path(out_dir)
-    return [write_votes(out / f"Decisions_{q.capitalize()}_{panel}.tsv", [entry.row(q) for entry in table])
-            for q in ("alignment", "realism")]  # fmt: skip
+    return [
+        write_votes(out / f"Decisions_{q.capitalize()}_{panel}.tsv", [entry.row(q) for entry in table])
+        for q in ("alignment", "realism")
+    ]
 
 
-def import_official_tsv(store: JudgingStore, alignment: str | os.PathLike[str] | None = None,
-                        realism: str | os.PathLike[str] | None = None, panel: str = HUMAN_PANEL,
-                        judge_prefix: str = "tsv-judge-", overwrite: bool = False) -> ImportResult:  # fmt: skip
+def import_official_tsv(
+    store: JudgingStore,
+    alignment: str | os.PathLike[str] | None = None,
+    realism: str | os.PathLike[str] | None = None,
+    panel: str = HUMAN_PANEL,
+    judge_prefix: str = "tsv-judge-",
+    overwrite: bool = False,
+) -> ImportResult:
     """Import votes in the released layout (default: the shipped PartiPrompts files) onto the store's items.
 
     Rows are matched to items by prompt text; a row whose prompt is no item of the store is skipped and counted
@@ -88,8 +95,10 @@ def import_official_tsv(store: JudgingStore, alignment: str | os.PathLike[str] |
         pairs = enumerate(zip(a_rows, r_rows, strict=False))
         problems = [f"row {i + 1}: {a.prompt!r} vs {r.prompt!r}" for i, (a, r) in pairs if a.prompt != r.prompt]
         if len(a_rows) != len(r_rows) or problems:
-            raise InputError("the alignment and realism files do not list the same prompts in the same order",
-                             [f"{len(a_rows)} vs {len(r_rows)} rows", *problems[:20]])  # fmt: skip
+            raise InputError(
+                "the alignment and realism files do not list the same prompts in the same order",
+                [f"{len(a_rows)} vs {len(r_rows)} rows", *problems[:20]],
+            )
     by_prompt = {item.prompt: item for item in store.items() if item.has_images()}
     records, skipped = [], 0
     for i, row in enumerate(a_rows):
@@ -99,20 +108,24 @@ def import_official_tsv(store: JudgingStore, alignment: str | os.PathLike[str] |
             continue
         for n, vote in enumerate(row.votes):
             realism_vote = r_rows[i].votes[n] if r_rows is not None and n < len(r_rows[i].votes) else "same"
-            records.append((f"{judge_prefix}{n + 1}", item.id, _side(vote, item.gen_side),
-                            _side(realism_vote, item.gen_side)))  # fmt: skip
+            records.append(
+                (f"{judge_prefix}{n + 1}", item.id, _side(vote, item.gen_side), _side(realism_vote, item.gen_side))
+            )
     if not records and skipped:
-        raise InputError(f"none of the {len(a_rows)} prompts of {alignment or default_votes_path('alignment')} is an "
-                         f"item of {store.path}; nothing was imported", [],
-                         hint="votes go onto judging items with images: build the candidates for these prompts first "
-                              "(gill annotate build --prompts FILE); to fit the decision classifier on a votes file "
-                              "directly, use gill decision fit --votes FILE")  # fmt: skip
+        raise InputError(
+            f"none of the {len(a_rows)} prompts of {alignment or default_votes_path('alignment')} is an "
+            f"item of {store.path}; nothing was imported",
+            [],
+            hint="votes go onto judging items with images: build the candidates for these prompts first "
+            "(gill annotate build --prompts FILE); to fit the decision classifier on a votes file "
+            "directly, use gill decision fit --votes FILE",
+        )
     written = store.import_named_votes(records, panel=panel, overwrite=overwrite) if records else 0
     reasons = (f"{skipped} prompt(s) are not items of this store (build candidates for them first)",) if skipped else ()
-    logger.info("imported %d votes on %d of %d prompts from the official TSV", written, len(a_rows) - skipped,
-                len(a_rows))  # fmt: skip
-    return ImportResult(votes=written, skipped=skipped, reasons=reasons,
-                        judges=tuple(sorted({r[0] for r in records})))  # fmt: skip
+    logger.info(
+        "imported %d votes on %d of %d prompts from the official TSV", written, len(a_rows) - skipped, len(a_rows)
+    )
+    return ImportResult(votes=written, skipped=skipped, reasons=reasons, judges=tuple(sorted({r[0] for r in records})))
 
 
 # -- Label Studio: see annotations.label_studio (export without votes, side-by-side config, neutral image names,
@@ -148,9 +161,11 @@ def export_html_bundle(store: JudgingStore, out_dir: str | os.PathLike[str]) -> 
     if not items and not problems:
         problems.append(f"{store.path} has no item with images")
     if problems:
-        raise InputError("cannot bundle items without their images", problems[:50],
-                         hint="build the candidates first (gill annotate build, or the pipeline's candidates "
-                              "stage)")  # fmt: skip
+        raise InputError(
+            "cannot bundle items without their images",
+            problems[:50],
+            hint="build the candidates first (gill annotate build, or the pipeline's candidates stage)",
+        )
     (out / "images").mkdir(parents=True, exist_ok=True)
     for source, name in copies:
         shutil.copyfile(source, out / "images" / name)
@@ -163,8 +178,9 @@ def export_html_bundle(store: JudgingStore, out_dir: str | os.PathLike[str]) -> 
     return out / "index.html"
 
 
-def import_bundle_votes(store: JudgingStore, paths: list[str | os.PathLike[str]], panel: str = HUMAN_PANEL, *,
-                        overwrite: bool = False) -> ImportResult:  # fmt: skip
+def import_bundle_votes(
+    store: JudgingStore, paths: list[str | os.PathLike[str]], panel: str = HUMAN_PANEL, *, overwrite: bool = False
+) -> ImportResult:
     """Import ``votes-<bundle>-<name>.json`` files saved by the offline bundle (one transaction for all files).
 
     A vote that differs from the judge's vote already in the store (cast in the web app, say) is a conflict that
@@ -189,8 +205,13 @@ def import_bundle_votes(store: JudgingStore, paths: list[str | os.PathLike[str]]
         for v, vote in enumerate(votes):
             fields = vote if isinstance(vote, dict) else {}
             item_id, a, r = fields.get("item_id"), fields.get("alignment"), fields.get("realism")
-            if isinstance(item_id, bool) or not isinstance(item_id, int) or item_id not in items \
-                    or a not in CHOICES or r not in CHOICES:  # fmt: skip
+            if (
+                isinstance(item_id, bool)
+                or not isinstance(item_id, int)
+                or item_id not in items
+                or a not in CHOICES
+                or r not in CHOICES
+            ):
                 problems.append(f"{path}: vote {v} {str(vote)[:120]} (unknown item or choice)")
                 continue
             records.append((name, item_id, a, r))
@@ -206,6 +227,12 @@ def official_rows(store: JudgingStore, question: str = "alignment", panel: str =
 
 
 __all__ = [
-    "FORMATS", "ImportResult", "export_html_bundle", "export_official_tsv", "import_bundle_votes",
-    "import_official_tsv", "official_rows", "official_vote",
-]  # fmt: skip
+    "FORMATS",
+    "ImportResult",
+    "export_html_bundle",
+    "export_official_tsv",
+    "import_bundle_votes",
+    "import_official_tsv",
+    "official_rows",
+    "official_vote",
+]

@@ -185,19 +185,24 @@ class LabelStudioExport:
 
     def describe(self) -> str:
         """A few lines for the CLI."""
-        lines = [f"{self.n_tasks} task(s), {len(self.images)} image(s), {self.n_predictions} prediction(s) in "
-                 f"{self.out_dir}"]  # fmt: skip
+        lines = [
+            f"{self.n_tasks} task(s), {len(self.images)} image(s), {self.n_predictions} prediction(s) in {self.out_dir}"
+        ]
         if self.items_without_images:
             lines.append(f"{self.items_without_images} item(s) without images left out")
-        lines.append(f"serve the images with LOCAL_FILES_SERVING_ENABLED=true LOCAL_FILES_DOCUMENT_ROOT="
-                     f"{self.document_root} and a local-files storage on {self.images_dir}")  # fmt: skip
+        lines.append(
+            f"serve the images with LOCAL_FILES_SERVING_ENABLED=true LOCAL_FILES_DOCUMENT_ROOT="
+            f"{self.document_root} and a local-files storage on {self.images_dir}"
+        )
         return "\n".join(lines)
 
 
 def _result(alignment: str, realism: str) -> list[dict[str, Any]]:
     """A Label Studio ``result`` answering both questions (sides -> Choice values)."""
-    return [{"from_name": q, "to_name": "left", "type": "choices", "value": {"choices": [CHOICE_LABELS[side]]}}
-            for q, side in (("alignment", alignment), ("realism", realism))]  # fmt: skip
+    return [
+        {"from_name": q, "to_name": "left", "type": "choices", "value": {"choices": [CHOICE_LABELS[side]]}}
+        for q, side in (("alignment", alignment), ("realism", realism))
+    ]
 
 
 def _image_name(item: Item, side: str, source: Path) -> str:
@@ -238,15 +243,21 @@ def export_label_studio(
     root = Path(document_root).resolve() if document_root is not None else out
     images_dir = out / IMAGES_DIR
     if root not in images_dir.parents:
-        raise InputError(f"the images folder {images_dir} is not inside the document root {root}", [],
-                         hint="Label Studio serves only files under LOCAL_FILES_DOCUMENT_ROOT: export into a folder "
-                              "inside it, or leave document_root unset (the export folder)")  # fmt: skip
+        raise InputError(
+            f"the images folder {images_dir} is not inside the document root {root}",
+            [],
+            hint="Label Studio serves only files under LOCAL_FILES_DOCUMENT_ROOT: export into a folder "
+            "inside it, or leave document_root unset (the export folder)",
+        )
 
     items = [item for item in store.items() if item.has_images()]
     left_out = store.count_items() - len(items)
     if not items:
-        raise InputError(f"{store.path} has no item with images to export", [],
-                         hint="build the candidates first (gill annotate build)")  # fmt: skip
+        raise InputError(
+            f"{store.path} has no item with images to export",
+            [],
+            hint="build the candidates first (gill annotate build)",
+        )
     problems, copies = [], []
     for item in items:
         missing = []
@@ -260,9 +271,11 @@ def export_label_studio(
         if missing:
             problems.append(f"item {item.id} ({item.prompt[:60]!r}): missing {' and '.join(missing)}")
     if problems:
-        raise InputError(f"cannot export {len(problems)} item(s) to Label Studio: image files are missing under "
-                         f"{store.workdir}", problems[:50] + _more(problems, 50),
-                         hint="rebuild the candidates (gill annotate build) or fix the paths")  # fmt: skip
+        raise InputError(
+            f"cannot export {len(problems)} item(s) to Label Studio: image files are missing under {store.workdir}",
+            problems[:50] + _more(problems, 50),
+            hint="rebuild the candidates (gill annotate build) or fix the paths",
+        )
 
     predictions: dict[int, list[dict[str, Any]]] = {}
     if votes == "predictions":
@@ -297,9 +310,17 @@ def export_label_studio(
     tasks_path = atomic_write_json(out / TASKS_FILE, tasks)  # last: a complete tasks.json means the images are there
     n_predictions = sum(len(p) for p in predictions.values())
     logger.info("Label Studio export: %d task(s), %d prediction(s) in %s", len(tasks), n_predictions, out)
-    return LabelStudioExport(out_dir=out, tasks=tasks_path, label_config=config, images_dir=images_dir,
-                             images=tuple(written), document_root=root, n_tasks=len(tasks),
-                             n_predictions=n_predictions, items_without_images=left_out)  # fmt: skip
+    return LabelStudioExport(
+        out_dir=out,
+        tasks=tasks_path,
+        label_config=config,
+        images_dir=images_dir,
+        images=tuple(written),
+        document_root=root,
+        n_tasks=len(tasks),
+        n_predictions=n_predictions,
+        items_without_images=left_out,
+    )
 
 
 def _more(problems: Sequence[str], limit: int) -> list[str]:
@@ -469,17 +490,20 @@ def read_label_studio_votes(
     except (OSError, ValueError) as err:
         raise InputError(f"cannot read the Label Studio export {where!r}", [str(err)]) from err
     if not isinstance(rows, list):
-        raise InputError(f"invalid Label Studio export {where!r}",
-                         [f"the file holds a JSON {type(rows).__name__}, not a list of tasks"],
-                         hint="export the project from Label Studio as JSON or JSON_MIN")  # fmt: skip
+        raise InputError(
+            f"invalid Label Studio export {where!r}",
+            [f"the file holds a JSON {type(rows).__name__}, not a list of tasks"],
+            hint="export the project from Label Studio as JSON or JSON_MIN",
+        )
     known = None if item_ids is None else {int(i) for i in item_ids}
     emails = _collect_emails(rows, users)
     kinds = {_row_kind(row) for row in rows}
     problems: list[str] = []
     if None in kinds:
         bad = [i for i, row in enumerate(rows) if _row_kind(row) is None]
-        problems += [f"row {i}: neither a task (data/annotations) nor a JSON_MIN row (gill_item_id/annotator)"
-                     for i in bad[:20]]  # fmt: skip
+        problems += [
+            f"row {i}: neither a task (data/annotations) nor a JSON_MIN row (gill_item_id/annotator)" for i in bad[:20]
+        ]
     if {"JSON", "JSON_MIN"} <= kinds:
         problems.append("the file mixes JSON tasks and JSON_MIN rows")
     fmt = "empty" if not rows else ("JSON_MIN" if kinds == {"JSON_MIN"} else "JSON")
@@ -555,8 +579,9 @@ def read_label_studio_votes(
             order = (str(row.get("updated_at") or row.get("created_at") or ""), _as_int(row.get("annotation_id")) or 0)
             add(label, item_id, row.get("annotator"), {q: row.get(q) for q in QUESTIONS}, order)
     if problems:
-        raise InputError(f"invalid Label Studio export {where!r}; nothing was imported", problems[:50] +
-                         _more(problems, 50))  # fmt: skip
+        raise InputError(
+            f"invalid Label Studio export {where!r}; nothing was imported", problems[:50] + _more(problems, 50)
+        )
     records = tuple(sorted((name, item_id, a, r) for (name, item_id), (_, a, r) in latest.items()))
     return LabelStudioVotes(format=fmt, records=records, skipped=dict(skipped), tasks_without_annotations=unannotated)
 
@@ -580,10 +605,15 @@ def import_label_studio(
     """
     read = read_label_studio_votes(path, item_ids=[item.id for item in store.items()], users=users)
     written = store.import_named_votes(list(read.records), panel=panel, overwrite=overwrite) if read.records else 0
-    result = LabelStudioImport(path=Path(path), format=read.format, votes=written,
-                               skipped=sum(read.skipped.values()), skipped_by_reason=dict(read.skipped),
-                               judges=tuple(sorted({r[0] for r in read.records})),
-                               tasks_without_annotations=read.tasks_without_annotations)  # fmt: skip
+    result = LabelStudioImport(
+        path=Path(path),
+        format=read.format,
+        votes=written,
+        skipped=sum(read.skipped.values()),
+        skipped_by_reason=dict(read.skipped),
+        judges=tuple(sorted({r[0] for r in read.records})),
+        tasks_without_annotations=read.tasks_without_annotations,
+    )
     logger.info("Label Studio import: %s", result.describe())
     return result
 
@@ -594,8 +624,9 @@ def import_label_studio(
 class LabelStudioAPIError(GillError):
     """A Label Studio API call failed (unreachable, refused, or an unexpected answer)."""
 
-    def __init__(self, message: str, problems: Iterable[str] = (), hint: str | None = None,
-                 status: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, message: str, problems: Iterable[str] = (), hint: str | None = None, status: int | None = None
+    ) -> None:
         self.status = status
         super().__init__(message, problems, hint)
 
@@ -644,8 +675,9 @@ class LabelStudioClient:
 
     def _refresh_access(self) -> str:
         try:
-            resp = self._session.post(f"{self.url}/api/token/refresh/", json={"refresh": self.token},
-                                      timeout=self.timeout)  # fmt: skip
+            resp = self._session.post(
+                f"{self.url}/api/token/refresh/", json={"refresh": self.token}, timeout=self.timeout
+            )
         except self._requests.RequestException as err:
             raise self._unreachable(err) from err
         if resp.status_code != 200 or "access" not in (_json_or_none(resp) or {}):
@@ -681,8 +713,9 @@ class LabelStudioClient:
         headers = dict(kwargs.pop("headers", None) or {})
         for attempt in (0, 1):
             try:
-                resp = self._session.request(method, url, headers={**headers, **self._auth(refresh=attempt == 1)},
-                                             timeout=self.timeout, **kwargs)  # fmt: skip
+                resp = self._session.request(
+                    method, url, headers={**headers, **self._auth(refresh=attempt == 1)}, timeout=self.timeout, **kwargs
+                )
             except self._requests.RequestException as err:
                 raise self._unreachable(err) from err
             if not (resp.status_code == 401 and self.uses_personal_access_token and attempt == 0):
@@ -691,8 +724,9 @@ class LabelStudioClient:
             hint = None
             if resp.status_code == 401:
                 hint = "check the token" if self.uses_personal_access_token else _LEGACY_HINT
-            raise LabelStudioAPIError(f"{method} {url} failed: HTTP {resp.status_code}", [_excerpt(resp)],
-                                      hint=hint, status=resp.status_code)  # fmt: skip
+            raise LabelStudioAPIError(
+                f"{method} {url} failed: HTTP {resp.status_code}", [_excerpt(resp)], hint=hint, status=resp.status_code
+            )
         return resp
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -726,8 +760,9 @@ class LabelStudioClient:
 
     def create_project(self, title: str, label_config: str, *, description: str = "") -> dict[str, Any]:
         """Create a project with this labeling interface (Label Studio validates it); returns the project."""
-        return self._json("POST", "/api/projects", json={"title": title, "label_config": label_config,
-                                                          "description": description})  # fmt: skip
+        return self._json(
+            "POST", "/api/projects", json={"title": title, "label_config": label_config, "description": description}
+        )
 
     def connect_local_storage(
         self,
@@ -747,9 +782,17 @@ class LabelStudioClient:
         a task of its own, which gill does not want for its images folder (gill's tasks come through
         :meth:`import_tasks`), so :func:`setup_project` connects without syncing.
         """
-        storage = self._json("POST", "/api/storages/localfiles", json={
-            "project": project_id, "path": str(Path(path).resolve()), "title": title,
-            "regex_filter": regex_filter or "", "use_blob_urls": use_blob_urls})  # fmt: skip
+        storage = self._json(
+            "POST",
+            "/api/storages/localfiles",
+            json={
+                "project": project_id,
+                "path": str(Path(path).resolve()),
+                "title": title,
+                "regex_filter": regex_filter or "",
+                "use_blob_urls": use_blob_urls,
+            },
+        )
         if sync:
             storage = self.sync_local_storage(int(storage["id"]))
         return storage
@@ -773,8 +816,7 @@ class LabelStudioClient:
         out: list[dict[str, Any]] = []
         page = 1
         while True:
-            data = self._json("GET", "/api/tasks", params={"project": project_id, "page": page,
-                                                             "page_size": page_size})  # fmt: skip
+            data = self._json("GET", "/api/tasks", params={"project": project_id, "page": page, "page_size": page_size})
             batch = data.get("tasks", []) if isinstance(data, dict) else data
             out += batch
             total = data.get("total") if isinstance(data, dict) else None
@@ -786,8 +828,9 @@ class LabelStudioClient:
         self, task_id: int, result: Sequence[dict[str, Any]] = (), *, was_cancelled: bool = False
     ) -> dict[str, Any]:
         """Annotate a task as the token's user (``was_cancelled=True``: the user skipped it)."""
-        return self._json("POST", f"/api/tasks/{task_id}/annotations/",
-                          json={"result": list(result), "was_cancelled": was_cancelled})  # fmt: skip
+        return self._json(
+            "POST", f"/api/tasks/{task_id}/annotations/", json={"result": list(result), "was_cancelled": was_cancelled}
+        )
 
     # export --------------------------------------------------------------------------------------------------
 
@@ -801,21 +844,28 @@ class LabelStudioClient:
         if fmt not in ("JSON", "JSON_MIN"):
             raise InputError(f"export format must be JSON or JSON_MIN, got {fmt!r}")
         if not with_emails:
-            return self._json("GET", f"/api/projects/{project_id}/export",
-                              params={"exportType": fmt, "download_all_tasks": "true"})  # fmt: skip
-        snapshot = self._json("POST", f"/api/projects/{project_id}/exports/", json={
-            "serialization_options": {"annotations__completed_by": {"only_id": False}}})  # fmt: skip
+            return self._json(
+                "GET", f"/api/projects/{project_id}/export", params={"exportType": fmt, "download_all_tasks": "true"}
+            )
+        snapshot = self._json(
+            "POST",
+            f"/api/projects/{project_id}/exports/",
+            json={"serialization_options": {"annotations__completed_by": {"only_id": False}}},
+        )
         export_id = snapshot["id"]
         deadline = time.monotonic() + wait_s
         try:
             while snapshot.get("status") != "completed":
                 if snapshot.get("status") == "failed" or time.monotonic() > deadline:
-                    raise LabelStudioAPIError(f"Label Studio export {export_id} of project {project_id} did not "
-                                              f"complete (status {snapshot.get('status')!r})")  # fmt: skip
+                    raise LabelStudioAPIError(
+                        f"Label Studio export {export_id} of project {project_id} did not "
+                        f"complete (status {snapshot.get('status')!r})"
+                    )
                 time.sleep(0.3)
                 snapshot = self._json("GET", f"/api/projects/{project_id}/exports/{export_id}")
-            return self._json("GET", f"/api/projects/{project_id}/exports/{export_id}/download",
-                              params={"exportType": fmt})  # fmt: skip
+            return self._json(
+                "GET", f"/api/projects/{project_id}/exports/{export_id}/download", params={"exportType": fmt}
+            )
         finally:
             try:
                 self.request("DELETE", f"/api/projects/{project_id}/exports/{export_id}")
@@ -856,8 +906,10 @@ class LabelStudioSetup:
 
     def describe(self) -> str:
         """One line for the CLI."""
-        return (f"Label Studio project {self.project_id}: {self.tasks} task(s), {self.predictions} prediction(s), "
-                f"local-files storage {self.storage_id}; open {self.project_url}")  # fmt: skip
+        return (
+            f"Label Studio project {self.project_id}: {self.tasks} task(s), {self.predictions} prediction(s), "
+            f"local-files storage {self.storage_id}; open {self.project_url}"
+        )
 
 
 def setup_project(
@@ -884,8 +936,11 @@ def setup_project(
     tasks_path, config_path, images = folder / TASKS_FILE, folder / LABEL_CONFIG_FILE, folder / IMAGES_DIR
     missing = [str(p) for p in (tasks_path, config_path, images) if not p.exists()]
     if missing:
-        raise InputError(f"{folder} is not a gill Label Studio export", [f"missing {m}" for m in missing],
-                         hint="export first (export_label_studio / gill annotate label-studio-setup)")  # fmt: skip
+        raise InputError(
+            f"{folder} is not a gill Label Studio export",
+            [f"missing {m}" for m in missing],
+            hint="export first (export_label_studio / gill annotate label-studio-setup)",
+        )
     tasks = json.loads(tasks_path.read_text(encoding="utf-8"))
     project = client.create_project(title, config_path.read_text(encoding="utf-8"), description=description)
     project_id = int(project["id"])
@@ -899,18 +954,30 @@ def setup_project(
             try:
                 served = client.request("GET", url).content
             except LabelStudioAPIError as err:
-                raise LabelStudioAPIError(f"Label Studio does not serve the exported images ({url})", [err.message],
-                                          hint=f"start it with LOCAL_FILES_SERVING_ENABLED=true and "
-                                               f"LOCAL_FILES_DOCUMENT_ROOT set to the folder the image urls are "
-                                               f"relative to ({folder} unless exported with another "
-                                               f"document_root)", status=err.status) from err  # fmt: skip
+                raise LabelStudioAPIError(
+                    f"Label Studio does not serve the exported images ({url})",
+                    [err.message],
+                    hint=f"start it with LOCAL_FILES_SERVING_ENABLED=true and "
+                    f"LOCAL_FILES_DOCUMENT_ROOT set to the folder the image urls are "
+                    f"relative to ({folder} unless exported with another "
+                    f"document_root)",
+                    status=err.status,
+                ) from err
             if local.is_file() and served != local.read_bytes():
-                raise LabelStudioAPIError(f"Label Studio serves other bytes than {local} at {url}", [],
-                                          hint="LOCAL_FILES_DOCUMENT_ROOT points at another folder")  # fmt: skip
+                raise LabelStudioAPIError(
+                    f"Label Studio serves other bytes than {local} at {url}",
+                    [],
+                    hint="LOCAL_FILES_DOCUMENT_ROOT points at another folder",
+                )
             checked = True
-    setup = LabelStudioSetup(project_id=project_id, storage_id=int(storage["id"]), tasks=counts["task_count"],
-                             predictions=counts["prediction_count"],
-                             project_url=f"{client.url}/projects/{project_id}/data", image_checked=checked)  # fmt: skip
+    setup = LabelStudioSetup(
+        project_id=project_id,
+        storage_id=int(storage["id"]),
+        tasks=counts["task_count"],
+        predictions=counts["prediction_count"],
+        project_url=f"{client.url}/projects/{project_id}/data",
+        image_checked=checked,
+    )
     logger.info("%s", setup.describe())
     return setup
 
@@ -962,14 +1029,19 @@ def cmd_label_studio_setup(args: argparse.Namespace) -> int:
     """
     workdir = Path(args.workdir)
     out = Path(getattr(args, "out", None) or workdir / "annotations" / "label-studio")
-    export = export_label_studio(JudgingStore(workdir), out, votes=getattr(args, "votes", None) or "none",
-                                 image_prefix=getattr(args, "image_prefix", None) or DEFAULT_IMAGE_PREFIX,
-                                 document_root=getattr(args, "document_root", None))  # fmt: skip
+    export = export_label_studio(
+        JudgingStore(workdir),
+        out,
+        votes=getattr(args, "votes", None) or "none",
+        image_prefix=getattr(args, "image_prefix", None) or DEFAULT_IMAGE_PREFIX,
+        document_root=getattr(args, "document_root", None),
+    )
     _out(export.describe())
     if getattr(args, "export_only", False):
         return 0
-    setup = setup_project(_client(args), export.out_dir, **({"title": args.title} if getattr(args, "title", None)
-                                                             else {}))  # fmt: skip
+    setup = setup_project(
+        _client(args), export.out_dir, **({"title": args.title} if getattr(args, "title", None) else {})
+    )
     _out(setup.describe())
     return 0
 
@@ -988,17 +1060,37 @@ def cmd_label_studio_pull(args: argparse.Namespace) -> int:
     """
     workdir = Path(args.workdir)
     save = Path(getattr(args, "save", None) or workdir / "annotations" / f"label-studio-project-{args.project}.json")
-    result = pull_votes(_client(args), int(args.project), JudgingStore(workdir), save,
-                        fmt=getattr(args, "format", None) or "JSON",
-                        panel=getattr(args, "panel", None) or HUMAN_PANEL,
-                        overwrite=bool(getattr(args, "overwrite", False)))  # fmt: skip
+    result = pull_votes(
+        _client(args),
+        int(args.project),
+        JudgingStore(workdir),
+        save,
+        fmt=getattr(args, "format", None) or "JSON",
+        panel=getattr(args, "panel", None) or HUMAN_PANEL,
+        overwrite=bool(getattr(args, "overwrite", False)),
+    )
     _out(result.describe())
     return 0
 
 
 __all__ = [
-    "CHOICE_LABELS", "DEFAULT_IMAGE_PREFIX", "LABEL_CONFIG", "LABEL_STUDIO_VERSION", "LabelStudioAPIError",
-    "LabelStudioClient", "LabelStudioExport", "LabelStudioImport", "LabelStudioSetup", "LabelStudioVotes",
-    "cmd_label_studio_pull", "cmd_label_studio_setup", "default_venv_dir", "export_label_studio",
-    "import_label_studio", "pull_votes", "read_label_studio_votes", "server_environment", "setup_project",
-]  # fmt: skip
+    "CHOICE_LABELS",
+    "DEFAULT_IMAGE_PREFIX",
+    "LABEL_CONFIG",
+    "LABEL_STUDIO_VERSION",
+    "LabelStudioAPIError",
+    "LabelStudioClient",
+    "LabelStudioExport",
+    "LabelStudioImport",
+    "LabelStudioSetup",
+    "LabelStudioVotes",
+    "cmd_label_studio_pull",
+    "cmd_label_studio_setup",
+    "default_venv_dir",
+    "export_label_studio",
+    "import_label_studio",
+    "pull_votes",
+    "read_label_studio_votes",
+    "server_environment",
+    "setup_project",
+]

@@ -158,8 +158,9 @@ def simulated_vote(
     return alignment, realism
 
 
-def run_simulated_panel(workdir: str | os.PathLike[str], config: PanelConfig | None = None,
-                        store: JudgingStore | None = None) -> PanelSummary:  # fmt: skip
+def run_simulated_panel(
+    workdir: str | os.PathLike[str], config: PanelConfig | None = None, store: JudgingStore | None = None
+) -> PanelSummary:
     """Let the simulated panel judge every world item of the store (resumes: votes already there are kept)."""
     config = config or PanelConfig()
     workdir = Path(workdir)
@@ -170,8 +171,11 @@ def run_simulated_panel(workdir: str | os.PathLike[str], config: PanelConfig | N
         name = JUDGE_NAME.format(n=n + 1)
         judge = existing.get(name) or store.add_judge(name, panel=SIMULATED_PANEL)[0]
         if judge.panel != SIMULATED_PANEL:
-            raise InputError(f"a judge named {name!r} exists in panel {judge.panel!r}", [],
-                             hint="simulated judges need their own names; rename that judge")  # fmt: skip
+            raise InputError(
+                f"a judge named {name!r} exists in panel {judge.panel!r}",
+                [],
+                hint="simulated judges need their own names; rename that judge",
+            )
         judges.append(judge)
     judgeable = [i for i in store.items() if i.has_images()]
     items = [i for i in judgeable if i.scene]
@@ -186,7 +190,13 @@ def run_simulated_panel(workdir: str | os.PathLike[str], config: PanelConfig | N
             evidence = evidence or item_evidence(workdir, item)
             store.submit_vote(judge, item.id, *simulated_vote(evidence, config, n, item.id))
             written += 1
-    logger.info("simulated panel: %d vote(s) on %d world item(s) by %d simulated judges (%d items without a scene)",
-                written, len(items), len(judges), skipped)  # fmt: skip
-    return PanelSummary(items=len(items), votes=written, judges=tuple(j.name for j in judges), skipped=skipped,
-                        config=config)  # fmt: skip
+    logger.info(
+        "simulated panel: %d vote(s) on %d world item(s) by %d simulated judges (%d items without a scene)",
+        written,
+        len(items),
+        len(judges),
+        skipped,
+    )
+    return PanelSummary(
+        items=len(items), votes=written, judges=tuple(j.name for j in judges), skipped=skipped, config=config
+    )

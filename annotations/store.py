@@ -252,8 +252,10 @@ class Agreement:
 
     def describe(self) -> str:
         """One human-readable line."""
-        return (f"{self.question}: Fleiss' kappa {_fmt(self.fleiss_kappa)} on {self.fleiss_items} complete item(s); "
-                f"Krippendorff's alpha {_fmt(self.alpha)} on {self.alpha_items} item(s)")  # fmt: skip
+        return (
+            f"{self.question}: Fleiss' kappa {_fmt(self.fleiss_kappa)} on {self.fleiss_items} complete item(s); "
+            f"Krippendorff's alpha {_fmt(self.alpha)} on {self.alpha_items} item(s)"
+        )
 
 
 def _fmt(value: float) -> str:
@@ -265,11 +267,16 @@ def _refuse_conflicts(con: sqlite3.Connection, ordered: Sequence[tuple[int, int,
     same judge already has on the item."""
     conflicts = []
     for judge_id, item_id, alignment, realism in ordered:
-        row = con.execute("SELECT v.alignment, v.realism, j.name FROM votes v JOIN judges j ON j.id = v.judge_id "
-                          "WHERE v.judge_id = ? AND v.item_id = ?", (judge_id, item_id)).fetchone()  # fmt: skip
+        row = con.execute(
+            "SELECT v.alignment, v.realism, j.name FROM votes v JOIN judges j ON j.id = v.judge_id "
+            "WHERE v.judge_id = ? AND v.item_id = ?",
+            (judge_id, item_id),
+        ).fetchone()
         if row is not None and (row["alignment"], row["realism"]) != (alignment, realism):
-            conflicts.append(f"judge {row['name']!r}, item {item_id}: the store has {row['alignment']}/"
-                             f"{row['realism']}, the import {alignment}/{realism}")  # fmt: skip
+            conflicts.append(
+                f"judge {row['name']!r}, item {item_id}: the store has {row['alignment']}/"
+                f"{row['realism']}, the import {alignment}/{realism}"
+            )
     if conflicts:
         raise VoteConflictError(
             f"{len(conflicts)} imported vote(s) differ from votes the same judges already cast; nothing was imported",
@@ -340,8 +347,11 @@ class JudgingStore:
 
     def _set_setting(self, key: str, value: str) -> None:
         with self._write() as con:
-            con.execute("INSERT INTO settings (key, value) VALUES (?, ?) "
-                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))  # fmt: skip
+            con.execute(
+                "INSERT INTO settings (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
 
     # -- judges and tokens -----------------------------------------------------------------------------------
 
@@ -356,18 +366,24 @@ class JudgingStore:
         created = _now()
         try:
             with self._write() as con:
-                cur = con.execute("INSERT INTO judges (name, token_hash, created, panel) VALUES (?, ?, ?, ?)",
-                                  (clean, hash_token(token), created, panel))  # fmt: skip
+                cur = con.execute(
+                    "INSERT INTO judges (name, token_hash, created, panel) VALUES (?, ?, ?, ?)",
+                    (clean, hash_token(token), created, panel),
+                )
         except sqlite3.IntegrityError as err:
-            raise InputError(f"a judge named {clean!r} already exists in {self.path}", [],
-                             hint="pick another name; `gill annotate status` lists the judges") from err  # fmt: skip
+            raise InputError(
+                f"a judge named {clean!r} already exists in {self.path}",
+                [],
+                hint="pick another name; `gill annotate status` lists the judges",
+            ) from err
         return Judge(id=int(cur.lastrowid), name=clean, created=created, panel=panel), token
 
     def judges(self, panel: str | None = None) -> list[Judge]:
         """Every judge (of ``panel``, when given), by id."""
         with self._connect() as con:
-            rows = con.execute(f"SELECT {_JUDGE_COLUMNS} FROM judges WHERE ? IS NULL OR panel = ? ORDER BY id",
-                               (panel, panel)).fetchall()  # fmt: skip
+            rows = con.execute(
+                f"SELECT {_JUDGE_COLUMNS} FROM judges WHERE ? IS NULL OR panel = ? ORDER BY id", (panel, panel)
+            ).fetchall()
         return [Judge(**dict(r)) for r in rows]
 
     def revoke_judge(self, name: str) -> Judge:
@@ -383,9 +399,11 @@ class JudgingStore:
             row = con.execute(f"SELECT {_JUDGE_COLUMNS} FROM judges WHERE name = ?", (clean,)).fetchone()
             if row is None:
                 known = [r[0] for r in con.execute("SELECT name FROM judges ORDER BY id LIMIT 20")]
-                raise InputError(f"no judge named {clean!r} in {self.path}; nothing was revoked",
-                                 [f"judges: {', '.join(map(repr, known)) or 'none'}"],
-                                 hint="check the name with `gill annotate status --workdir W`")  # fmt: skip
+                raise InputError(
+                    f"no judge named {clean!r} in {self.path}; nothing was revoked",
+                    [f"judges: {', '.join(map(repr, known)) or 'none'}"],
+                    hint="check the name with `gill annotate status --workdir W`",
+                )
             if row["revoked_at"] is not None:
                 raise InputError(f"judge {clean!r} was already revoked at {row['revoked_at']}; nothing changed")
             revoked_at = _now()
@@ -404,8 +422,10 @@ class JudgingStore:
             return None
         digest = hash_token(token)
         with self._connect() as con:
-            row = con.execute(f"SELECT {_JUDGE_COLUMNS}, token_hash FROM judges WHERE token_hash = ? "
-                              "AND revoked_at IS NULL", (digest,)).fetchone()  # fmt: skip
+            row = con.execute(
+                f"SELECT {_JUDGE_COLUMNS}, token_hash FROM judges WHERE token_hash = ? AND revoked_at IS NULL",
+                (digest,),
+            ).fetchone()
         if row is None or not hmac.compare_digest(row["token_hash"], digest):
             return None
         return Judge(**{k: row[k] for k in row.keys() if k != "token_hash"})
@@ -420,8 +440,9 @@ class JudgingStore:
         """Make ``token`` the admin token (see :func:`admin_token_problems`)."""
         problems = admin_token_problems(token)
         if problems:
-            raise InputError("the admin token is refused; the admin token was not changed", problems,
-                             hint=ADMIN_TOKEN_HINT)  # fmt: skip
+            raise InputError(
+                "the admin token is refused; the admin token was not changed", problems, hint=ADMIN_TOKEN_HINT
+            )
         self._set_setting("admin_token_hash", hash_token(token))
 
     def is_admin(self, token: str | None) -> bool:
@@ -455,10 +476,20 @@ class JudgingStore:
                     "SET prompt = excluded.prompt, category = excluded.category, challenge = excluded.challenge, "
                     "note = excluded.note, gen_image = excluded.gen_image, ret_image = excluded.ret_image, "
                     "ret_key = excluded.ret_key, ret_score = excluded.ret_score, scene = excluded.scene",
-                    (item_id, r["prompt"], r.get("category") or "", r.get("challenge") or "", r.get("note") or "",
-                     r["gen_image"], r["ret_image"], r.get("ret_key"), r.get("ret_score"),
-                     draw_gen_side(self.seed, item_id), r.get("scene")),
-                )  # fmt: skip
+                    (
+                        item_id,
+                        r["prompt"],
+                        r.get("category") or "",
+                        r.get("challenge") or "",
+                        r.get("note") or "",
+                        r["gen_image"],
+                        r["ret_image"],
+                        r.get("ret_key"),
+                        r.get("ret_score"),
+                        draw_gen_side(self.seed, item_id),
+                        r.get("scene"),
+                    ),
+                )
         return self.count_items() - before
 
     def count_items(self) -> int:
@@ -481,8 +512,10 @@ class JudgingStore:
         """The judge's first unvoted item (by id) among the items with both images and fewer than ``k`` voters of
         the judge's panel, or ``None``."""
         with self._connect() as con:
-            row = con.execute(f"SELECT {_ITEM_COLUMNS} FROM items i WHERE {_OPEN_TO_JUDGE} ORDER BY i.id LIMIT 1",
-                              self._open_params(con, judge)).fetchone()  # fmt: skip
+            row = con.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM items i WHERE {_OPEN_TO_JUDGE} ORDER BY i.id LIMIT 1",
+                self._open_params(con, judge),
+            ).fetchone()
         return None if row is None else Item(**dict(row))
 
     def progress(self, judge: Judge | int) -> Progress:
@@ -490,8 +523,9 @@ class JudgingStore:
         jid = _judge_id(judge)
         with self._connect() as con:
             done = con.execute("SELECT COUNT(*) FROM votes WHERE judge_id = ?", (jid,)).fetchone()[0]
-            open_ = con.execute(f"SELECT COUNT(*) FROM items i WHERE {_OPEN_TO_JUDGE}",
-                                self._open_params(con, judge)).fetchone()[0]  # fmt: skip
+            open_ = con.execute(
+                f"SELECT COUNT(*) FROM items i WHERE {_OPEN_TO_JUDGE}", self._open_params(con, judge)
+            ).fetchone()[0]
         return Progress(done=int(done), total=int(done) + int(open_))
 
     def _open_params(self, con: sqlite3.Connection, judge: Judge | int) -> tuple[int, str, int]:
@@ -519,9 +553,11 @@ class JudgingStore:
                 raise UnknownItemError(f"no item with id {item_id}")
             _refuse_revoked(con, jid)
             _, panel, _ = self._open_params(con, jid)
-            others = con.execute("SELECT COUNT(*) FROM votes v JOIN judges j ON j.id = v.judge_id "
-                                 "WHERE v.item_id = ? AND v.judge_id != ? AND j.panel = ?",
-                                 (item_id, jid, panel)).fetchone()[0]  # fmt: skip
+            others = con.execute(
+                "SELECT COUNT(*) FROM votes v JOIN judges j ON j.id = v.judge_id "
+                "WHERE v.item_id = ? AND v.judge_id != ? AND j.panel = ?",
+                (item_id, jid, panel),
+            ).fetchone()[0]
             mine = con.execute("SELECT 1 FROM votes WHERE item_id = ? AND judge_id = ?", (item_id, jid)).fetchone()
             if mine is None and others >= self.judges_per_item:
                 raise ItemFullError(f"item {item_id} already has its {self.judges_per_item} judges of panel {panel!r}")
@@ -534,8 +570,9 @@ class JudgingStore:
             row = con.execute("SELECT * FROM votes WHERE judge_id = ? AND item_id = ?", (jid, item_id)).fetchone()
         return Vote(**dict(row))
 
-    def import_named_votes(self, records: Sequence[tuple[str, int, str, str]], panel: str = HUMAN_PANEL, *,
-                           overwrite: bool = False) -> int:  # fmt: skip
+    def import_named_votes(
+        self, records: Sequence[tuple[str, int, str, str]], panel: str = HUMAN_PANEL, *, overwrite: bool = False
+    ) -> int:
         """Write ``(judge name, item id, alignment, realism)`` side-votes (``left``/``right``/``same``) in ONE
         transaction: the judges not in the store yet are created in ``panel`` (in name order, so their ids do
         not depend on the input order, with an unusable random token). A vote equal to the judge's stored vote on
@@ -545,8 +582,11 @@ class JudgingStore:
         Returns the number of votes written.
         """
         problems = _panel_problems(panel)
-        problems += [f"record {i}: choices {a!r}/{r!r} (allowed: {', '.join(CHOICES)})"
-                     for i, (_, _, a, r) in enumerate(records) if a not in CHOICES or r not in CHOICES]  # fmt: skip
+        problems += [
+            f"record {i}: choices {a!r}/{r!r} (allowed: {', '.join(CHOICES)})"
+            for i, (_, _, a, r) in enumerate(records)
+            if a not in CHOICES or r not in CHOICES
+        ]
         names = sorted({str(n).strip() for n, _, _, _ in records})
         problems += [f"judge {n!r}: {p}" for n in names for p in _name_problems(n)]
         if problems:
@@ -556,23 +596,36 @@ class JudgingStore:
             items = {int(r[0]) for r in con.execute("SELECT id FROM items")}
             unknown = sorted({int(i) for _, i, _, _ in records} - items)
             if unknown:
-                raise UnknownItemError(f"{len(unknown)} vote item(s) are not items of {self.path}; nothing was "
-                                       "imported", [f"item {i}" for i in unknown[:50]])  # fmt: skip
+                raise UnknownItemError(
+                    f"{len(unknown)} vote item(s) are not items of {self.path}; nothing was imported",
+                    [f"item {i}" for i in unknown[:50]],
+                )
             rows = con.execute("SELECT id, name, panel, revoked_at FROM judges").fetchall()
             known = {r["name"]: (r["id"], r["panel"]) for r in rows}
-            revoked = [f"judge {r['name']!r} was revoked at {r['revoked_at']}" for r in rows
-                       if r["revoked_at"] is not None and r["name"] in names]  # fmt: skip
+            revoked = [
+                f"judge {r['name']!r} was revoked at {r['revoked_at']}"
+                for r in rows
+                if r["revoked_at"] is not None and r["name"] in names
+            ]
             if revoked:
-                raise RevokedJudgeError("votes to import name revoked judges; nothing was imported", revoked[:50],
-                                        hint="leave their votes out of the import")  # fmt: skip
-            clash = [f"judge {n!r} is in panel {known[n][1]!r}, not {panel!r}" for n in names
-                     if n in known and known[n][1] != panel]  # fmt: skip
+                raise RevokedJudgeError(
+                    "votes to import name revoked judges; nothing was imported",
+                    revoked[:50],
+                    hint="leave their votes out of the import",
+                )
+            clash = [
+                f"judge {n!r} is in panel {known[n][1]!r}, not {panel!r}"
+                for n in names
+                if n in known and known[n][1] != panel
+            ]
             if clash:
                 raise InputError("votes to import name judges of another panel; nothing was imported", clash[:50])
             for name in names:
                 if name not in known:
-                    cur = con.execute("INSERT INTO judges (name, token_hash, created, panel) VALUES (?, ?, ?, ?)",
-                                      (name, hash_token(secrets.token_urlsafe(32)), now, panel))  # fmt: skip
+                    cur = con.execute(
+                        "INSERT INTO judges (name, token_hash, created, panel) VALUES (?, ?, ?, ?)",
+                        (name, hash_token(secrets.token_urlsafe(32)), now, panel),
+                    )
                     known[name] = (int(cur.lastrowid), panel)
             ordered = sorted(((known[str(n).strip()][0], int(i), a, r) for n, i, a, r in records))
             if not overwrite:
@@ -583,14 +636,17 @@ class JudgingStore:
                 "realism = excluded.realism, updated = excluded.updated",
                 [(j, i, a, r, now, now) for j, i, a, r in ordered],
             )
-            full = con.execute("SELECT v.item_id, j.panel, COUNT(*) n FROM votes v JOIN judges j "
-                               "ON j.id = v.judge_id GROUP BY v.item_id, j.panel HAVING n > ?",
-                               (self.judges_per_item,)).fetchall()  # fmt: skip
+            full = con.execute(
+                "SELECT v.item_id, j.panel, COUNT(*) n FROM votes v JOIN judges j "
+                "ON j.id = v.judge_id GROUP BY v.item_id, j.panel HAVING n > ?",
+                (self.judges_per_item,),
+            ).fetchall()
             if full:
-                raise ItemFullError(f"the import would give {len(full)} item(s) more than {self.judges_per_item} "
-                                    "judges of one panel; nothing was imported",
-                                    [f"item {r['item_id']}: {r['n']} judges of panel {r['panel']!r}"
-                                     for r in full[:20]])  # fmt: skip
+                raise ItemFullError(
+                    f"the import would give {len(full)} item(s) more than {self.judges_per_item} "
+                    "judges of one panel; nothing was imported",
+                    [f"item {r['item_id']}: {r['n']} judges of panel {r['panel']!r}" for r in full[:20]],
+                )
         return len(records)
 
     def votes_of(self, judge: Judge | int) -> list[Vote]:
@@ -602,8 +658,12 @@ class JudgingStore:
     def count_votes(self, panel: str | None = None) -> int:
         """How many votes there are (of ``panel``'s judges, when given)."""
         with self._connect() as con:
-            return int(con.execute("SELECT COUNT(*) FROM votes v JOIN judges j ON j.id = v.judge_id "
-                                   "WHERE ? IS NULL OR j.panel = ?", (panel, panel)).fetchone()[0])  # fmt: skip
+            return int(
+                con.execute(
+                    "SELECT COUNT(*) FROM votes v JOIN judges j ON j.id = v.judge_id WHERE ? IS NULL OR j.panel = ?",
+                    (panel, panel),
+                ).fetchone()[0]
+            )
 
     def votes_table(self, complete_only: bool = False, panel: str = HUMAN_PANEL) -> list[ItemVotes]:
         """Per item with votes of ``panel`` (by id), the official votes of each of its judges in judge-id order.
@@ -640,9 +700,13 @@ class JudgingStore:
     def complete_items(self, panel: str = HUMAN_PANEL) -> int:
         """How many items have all ``k`` votes of ``panel``."""
         with self._connect() as con:
-            return int(con.execute("SELECT COUNT(*) FROM (SELECT v.item_id FROM votes v JOIN judges j ON "
-                                   "j.id = v.judge_id WHERE j.panel = ? GROUP BY v.item_id HAVING COUNT(*) >= ?)",
-                                   (panel, self.judges_per_item)).fetchone()[0])  # fmt: skip
+            return int(
+                con.execute(
+                    "SELECT COUNT(*) FROM (SELECT v.item_id FROM votes v JOIN judges j ON "
+                    "j.id = v.judge_id WHERE j.panel = ? GROUP BY v.item_id HAVING COUNT(*) >= ?)",
+                    (panel, self.judges_per_item),
+                ).fetchone()[0]
+            )
 
     def judgeable_items(self) -> int:
         """How many items have both images (what judges are shown)."""
@@ -659,10 +723,15 @@ class JudgingStore:
             complete = [r for r in ratings if len(r) >= self.judges_per_item]
             kappa = fleiss_kappa(complete, categories=VOTE_VALUES) if complete else None
             alpha = krippendorff_alpha_nominal(ratings, categories=VOTE_VALUES)
-            out.append(Agreement(question=question,
-                                 fleiss_kappa=math.nan if kappa is None else kappa.kappa,
-                                 fleiss_items=0 if kappa is None else kappa.n_items,
-                                 alpha=alpha.alpha, alpha_items=alpha.n_items))  # fmt: skip
+            out.append(
+                Agreement(
+                    question=question,
+                    fleiss_kappa=math.nan if kappa is None else kappa.kappa,
+                    fleiss_items=0 if kappa is None else kappa.n_items,
+                    alpha=alpha.alpha,
+                    alpha_items=alpha.n_items,
+                )
+            )
         return out
 
 
@@ -732,8 +801,9 @@ def _retire_votes(con: sqlite3.Connection, where: str, reason: str) -> int:
     moved = con.execute(
         "INSERT INTO retired_votes (judge_id, item_id, prompt, alignment, realism, created, updated, retired, reason) "
         "SELECT v.judge_id, v.item_id, i.prompt, v.alignment, v.realism, v.created, v.updated, ?, ? FROM votes v "
-        f"JOIN items i ON i.id = v.item_id WHERE v.item_id IN ({selected})", (now, reason),
-    ).rowcount  # fmt: skip
+        f"JOIN items i ON i.id = v.item_id WHERE v.item_id IN ({selected})",
+        (now, reason),
+    ).rowcount
     con.execute(f"DELETE FROM votes WHERE item_id IN ({selected})")
     return moved
 
@@ -750,8 +820,11 @@ def _migrate(con: sqlite3.Connection) -> None:
       items that no judge could see. Their votes move to ``retired_votes``, the items are deleted. The judges that
       import created (``partiprompts-judge-N``) are deleted once they have no vote left.
     """
-    later = (("judges", "panel", "TEXT NOT NULL DEFAULT 'human'"), ("judges", "revoked_at", "TEXT"),
-             ("items", "scene", "TEXT"))  # fmt: skip
+    later = (
+        ("judges", "panel", "TEXT NOT NULL DEFAULT 'human'"),
+        ("judges", "revoked_at", "TEXT"),
+        ("items", "scene", "TEXT"),
+    )
     for table, column, ddl in later:
         names = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
         if names and column not in names:
@@ -761,11 +834,13 @@ def _migrate(con: sqlite3.Connection) -> None:
         con.execute("BEGIN IMMEDIATE")
         moved = _retire_votes(con, imageless, "an item without images (an earlier version's import)")
         gone = con.execute(f"DELETE FROM items WHERE {imageless}").rowcount
-        con.execute("DELETE FROM judges WHERE name LIKE ? AND id NOT IN (SELECT judge_id FROM votes)",
-                    (LEGACY_IMPORTED_JUDGE,))  # fmt: skip
+        con.execute(
+            "DELETE FROM judges WHERE name LIKE ? AND id NOT IN (SELECT judge_id FROM votes)", (LEGACY_IMPORTED_JUDGE,)
+        )
         con.execute("COMMIT")
-        logger.warning("judging store: retired %d item(s) without images and moved their %d vote(s) to "
-                       "retired_votes", gone, moved)  # fmt: skip
+        logger.warning(
+            "judging store: retired %d item(s) without images and moved their %d vote(s) to retired_votes", gone, moved
+        )
 
 
 def _judge_id(judge: Judge | int) -> int:
@@ -784,13 +859,17 @@ def import_candidates(workdir: str | os.PathLike[str], store: JudgingStore | Non
 
     path = db_path(workdir)
     if not path.exists():
-        raise InputError(f"{path} does not exist", [],
-                         hint=f"the {CANDIDATES_TABLE} table is written there by the candidate stage")  # fmt: skip
+        raise InputError(
+            f"{path} does not exist", [], hint=f"the {CANDIDATES_TABLE} table is written there by the candidate stage"
+        )
     with connect(path, read_only=True) as con:
         tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         if CANDIDATES_TABLE not in tables:
-            raise InputError(f"{path} has no table {CANDIDATES_TABLE}", [f"tables: {sorted(tables) or 'none'}"],
-                             hint="generate the retrieve-vs-generate candidates first")  # fmt: skip
+            raise InputError(
+                f"{path} has no table {CANDIDATES_TABLE}",
+                [f"tables: {sorted(tables) or 'none'}"],
+                hint="generate the retrieve-vs-generate candidates first",
+            )
         cursor = con.execute(f"SELECT * FROM {CANDIDATES_TABLE} ORDER BY prompt_id")
         names = [d[0] for d in cursor.description]
         rows = [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]

@@ -77,8 +77,9 @@ def _read_table(path: Path, expected: tuple[str, ...]) -> tuple[list[tuple[int, 
     if missing:
         problems.append((1, f"line 1 (header): missing column(s) {', '.join(missing)}"))
     elif tuple(header) != expected:
-        problems.append((1, f"line 1 (header): columns must be exactly {' '.join(expected)} in this order, got "
-                            f"{' '.join(header)}"))  # fmt: skip
+        problems.append(
+            (1, f"line 1 (header): columns must be exactly {' '.join(expected)} in this order, got {' '.join(header)}")
+        )
     rows = []
     for number, line in enumerate(lines[1:], start=2):
         fields = line.split("\t")
@@ -97,9 +98,12 @@ def _raise(path: Path, numbered: list[tuple[int, str]], header: tuple[str, ...] 
     if len(problems) > MAX_PROBLEMS:
         shown.append(f"... and {len(problems) - MAX_PROBLEMS} more")
     kind = "votes" if header == VOTES_HEADER else "confident-labels"
-    raise InputError(f"{path} is not a valid {kind} file ({len(problems)} problem(s))", shown,
-                     hint=f"expected UTF-8 TSV with header {' '.join(header)}; values from {'/'.join(VOTE_VALUES)}, "
-                          "votes comma-separated")  # fmt: skip
+    raise InputError(
+        f"{path} is not a valid {kind} file ({len(problems)} problem(s))",
+        shown,
+        hint=f"expected UTF-8 TSV with header {' '.join(header)}; values from {'/'.join(VOTE_VALUES)}, "
+        "votes comma-separated",
+    )
 
 
 def parse_votes(text: str) -> tuple[list[str], list[str]]:
@@ -124,14 +128,24 @@ def read_votes(path: str | os.PathLike[str]) -> list[VoteRow]:
     for number, fields in table:
         earlier = first_line.setdefault(fields[0], number)
         if earlier != number:
-            problems.append((number, f"line {number}: the prompt repeats line {earlier} ({fields[0][:60]!r}); each "
-                                     "prompt once, with all its votes in one Decisions cell"))  # fmt: skip
+            problems.append(
+                (
+                    number,
+                    f"line {number}: the prompt repeats line {earlier} ({fields[0][:60]!r}); each "
+                    "prompt once, with all its votes in one Decisions cell",
+                )
+            )
         votes, bad = parse_votes(fields[4])
         if not votes:
             problems.append((number, f"line {number}: no votes in Decisions"))
         elif bad:
-            problems.append((number, f"line {number}: unknown vote value(s) {', '.join(repr(b) for b in bad)} "
-                                     f"(allowed: {', '.join(VOTE_VALUES)})"))  # fmt: skip
+            problems.append(
+                (
+                    number,
+                    f"line {number}: unknown vote value(s) {', '.join(repr(b) for b in bad)} "
+                    f"(allowed: {', '.join(VOTE_VALUES)})",
+                )
+            )
         rows.append(VoteRow(*fields[:4], votes=votes))
     if problems:
         _raise(path, problems)
@@ -167,8 +181,11 @@ def _write(path: str | os.PathLike[str], header: tuple[str, ...], lines: list[li
 
 def write_votes(path: str | os.PathLike[str], rows: Sequence[VoteRow]) -> Path:
     """Write ``rows`` in the released votes layout (atomically); the inverse of :func:`read_votes`."""
-    bad = [f"row {i + 1}: unknown vote value(s) {[v for v in r.votes if v not in VOTE_VALUES]}"
-           for i, r in enumerate(rows) if not r.votes or any(v not in VOTE_VALUES for v in r.votes)]  # fmt: skip
+    bad = [
+        f"row {i + 1}: unknown vote value(s) {[v for v in r.votes if v not in VOTE_VALUES]}"
+        for i, r in enumerate(rows)
+        if not r.votes or any(v not in VOTE_VALUES for v in r.votes)
+    ]
     if bad:
         raise InputError(f"cannot write {path}", bad[:MAX_PROBLEMS])
     return _write(path, VOTES_HEADER, [[*r.text_fields(), ",".join(r.votes)] for r in rows])

@@ -165,25 +165,41 @@ def measure_on(rows: np.ndarray, queries: np.ndarray, data: str) -> list[Row]:
     for nprobe in sorted({min(p, index.nlist) for p in NPROBES[data]} | {index.nprobe}):
         found = np.concatenate([index.search(queries[i : i + 1], K, nprobe)[1] for i in range(n_queries)])
         approx = latencies_ms(lambda i, p=nprobe: index.search(queries[i : i + 1], K, p), n_queries)
-        out.append(Row(n=n, data=data, build_s=build_s, nlist=index.nlist, nprobe=nprobe,
-                       default=nprobe == index.nprobe, approx_ms=approx, recall=recall_at_k(found, truth),
-                       exact_ms=exact))  # fmt: skip
+        out.append(
+            Row(
+                n=n,
+                data=data,
+                build_s=build_s,
+                nlist=index.nlist,
+                nprobe=nprobe,
+                default=nprobe == index.nprobe,
+                approx_ms=approx,
+                recall=recall_at_k(found, truth),
+                exact_ms=exact,
+            )
+        )
     return out
 
 
 def report(rows: list[Row]) -> None:
-    head = (f"{'N':>10} {'data':>10} {'build s':>8} {'nlist':>6} {'nprobe':>7} {'approx p50':>11} {'p95 ms':>7} "
-            f"{'recall@10':>10} {'exact p50':>10} {'p95 ms':>7}  goal")  # fmt: skip
+    head = (
+        f"{'N':>10} {'data':>10} {'build s':>8} {'nlist':>6} {'nprobe':>7} {'approx p50':>11} {'p95 ms':>7} "
+        f"{'recall@10':>10} {'exact p50':>10} {'p95 ms':>7}  goal"
+    )
     print("\n" + head + "\n" + "-" * len(head))
     for r in rows:
         goal = "yes" if r.approx_ms[0] < GOAL_P50_MS and r.recall >= GOAL_RECALL else "no"
         default = "*" if r.default else " "
-        print(f"{r.n:>10,} {r.data:>10} {r.build_s:>8.1f} {r.nlist:>6} {r.nprobe:>6}{default} "
-              f"{r.approx_ms[0]:>11.2f} {r.approx_ms[1]:>7.2f} {r.recall:>10.3f} {r.exact_ms[0]:>10.1f} "
-              f"{r.exact_ms[1]:>7.1f}  {goal}")  # fmt: skip
-    print(f"* default nprobe (scans ~{SCAN_ROWS:,} rows). goal: approximate p50 < {GOAL_P50_MS:.0f} ms and "
-          f"recall@{K} >= {GOAL_RECALL}; recall is against exact search; latencies are single queries (batch 1), "
-          f"top-{K}.")  # fmt: skip
+        print(
+            f"{r.n:>10,} {r.data:>10} {r.build_s:>8.1f} {r.nlist:>6} {r.nprobe:>6}{default} "
+            f"{r.approx_ms[0]:>11.2f} {r.approx_ms[1]:>7.2f} {r.recall:>10.3f} {r.exact_ms[0]:>10.1f} "
+            f"{r.exact_ms[1]:>7.1f}  {goal}"
+        )
+    print(
+        f"* default nprobe (scans ~{SCAN_ROWS:,} rows). goal: approximate p50 < {GOAL_P50_MS:.0f} ms and "
+        f"recall@{K} >= {GOAL_RECALL}; recall is against exact search; latencies are single queries (batch 1), "
+        f"top-{K}."
+    )
 
 
 def main() -> None:
@@ -197,10 +213,12 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     sizes = [100_000] if args.quick else [parse_size(s) for s in args.sizes.split(",")]
-    print(f"{DIM}-d rows, top-{K}, {args.queries} queries, {torch.get_num_threads()} threads; "
-          f"nlist = 2 sqrt(N) (e.g. {default_nlist(3_300_000)} at 3.3M, default nprobe "
-          f"{default_nprobe(3_300_000, default_nlist(3_300_000))}); load average {os.getloadavg()[0]:.2f} on "
-          f"{os.cpu_count()} CPUs")  # fmt: skip
+    print(
+        f"{DIM}-d rows, top-{K}, {args.queries} queries, {torch.get_num_threads()} threads; "
+        f"nlist = 2 sqrt(N) (e.g. {default_nlist(3_300_000)} at 3.3M, default nprobe "
+        f"{default_nprobe(3_300_000, default_nlist(3_300_000))}); load average {os.getloadavg()[0]:.2f} on "
+        f"{os.cpu_count()} CPUs"
+    )
     start, rows = time.perf_counter(), []
     for n in sizes:
         for data in args.data.split(","):

@@ -36,8 +36,16 @@ def _mid_size_lm(config, out: Path):
     from transformers import OPTConfig, OPTForCausalLM
 
     tiny = load_backbones(config, roles=("lm",))
-    lm_cfg = OPTConfig(**{**tiny.lm.config.to_dict(), "hidden_size": 512, "word_embed_proj_dim": 512,
-                          "num_hidden_layers": 6, "ffn_dim": 2048, "num_attention_heads": 8})  # fmt: skip
+    lm_cfg = OPTConfig(
+        **{
+            **tiny.lm.config.to_dict(),
+            "hidden_size": 512,
+            "word_embed_proj_dim": 512,
+            "num_hidden_layers": 6,
+            "ffn_dim": 2048,
+            "num_attention_heads": 8,
+        }
+    )
     torch.manual_seed(0)
     OPTForCausalLM(lm_cfg).save_pretrained(out)
     tiny.tokenizer.save_pretrained(out)
@@ -52,10 +60,15 @@ def measure(config, label: str) -> None:
     model = GILLModel(config, dims, models.lm, img.ids)
     captions = ["a large red circle on the left of a striped background"] * BATCH
     tokens = tokenize_captions(models.tokenizer, captions, img, config.max_len)
-    batch = TrainingBatch(keys=[str(i) for i in range(BATCH)], captions=captions, input_ids=tokens.input_ids,
-                          attention_mask=tokens.attention_mask, caption_len=tokens.caption_len,
-                          vision_features=torch.randn(BATCH, dims.vision_hidden),
-                          sd_targets=torch.randn(BATCH, config.adapters.num_clip_tokens, dims.sd_text_dim))  # fmt: skip
+    batch = TrainingBatch(
+        keys=[str(i) for i in range(BATCH)],
+        captions=captions,
+        input_ids=tokens.input_ids,
+        attention_mask=tokens.attention_mask,
+        caption_len=tokens.caption_len,
+        vision_features=torch.randn(BATCH, dims.vision_hidden),
+        sd_targets=torch.randn(BATCH, config.adapters.num_clip_tokens, dims.sd_text_dim),
+    )
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(config, model, img, models.tokenizer.bos_token_id, None, None, Path(tmp))
 

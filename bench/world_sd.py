@@ -29,8 +29,15 @@ from gill.synth.render import render_scene
 from gill.synth.text import cc3m_caption
 from gill.zoo.world_sd import generate, sample_held_out_scenes, shipped_paths
 
-ATTRIBUTES = ("scene_background_ok", "scene_color_ok", "scene_cell_ok", "scene_color_cell_ok", "scene_size_ok",
-              "scene_kind_ok", "scene_all_ok")  # fmt: skip
+ATTRIBUTES = (
+    "scene_background_ok",
+    "scene_color_ok",
+    "scene_cell_ok",
+    "scene_color_cell_ok",
+    "scene_size_ok",
+    "scene_kind_ok",
+    "scene_all_ok",
+)
 
 
 def accuracy(images, scenes) -> dict[str, float]:

@@ -106,8 +106,9 @@ class BenchOptions(_Validated):
 
     @property
     def image_options(self) -> ImageOptions:
-        return ImageOptions(sd_steps=self.sd_steps, guidance_scale=self.guidance_scale, height=self.height,
-                            width=self.width)  # fmt: skip
+        return ImageOptions(
+            sd_steps=self.sd_steps, guidance_scale=self.guidance_scale, height=self.height, width=self.width
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,8 +153,9 @@ class BenchSummary:
 class BenchSession:
     """A checkpoint's pipeline, metric models, run id and output folder, shared by the benchmarks of one call."""
 
-    def __init__(self, workdir: Path, checkpoint: Path, pipe: Any, metrics: Any, options: BenchOptions,
-                 run_id: str, config: Any) -> None:  # fmt: skip
+    def __init__(
+        self, workdir: Path, checkpoint: Path, pipe: Any, metrics: Any, options: BenchOptions, run_id: str, config: Any
+    ) -> None:
         self.workdir = workdir
         self.checkpoint = checkpoint
         self.pipe = pipe
@@ -169,8 +171,15 @@ class BenchSession:
         self.runner = SystemRunner(pipe, metrics.clip, options.image_options)
 
     @classmethod
-    def open(cls, workdir: str | Path, *, checkpoint: str | Path | None = None, options: BenchOptions = BenchOptions(),
-             metric_spec: Any = None, need_fid: bool = False) -> BenchSession:  # fmt: skip
+    def open(
+        cls,
+        workdir: str | Path,
+        *,
+        checkpoint: str | Path | None = None,
+        options: BenchOptions = BenchOptions(),
+        metric_spec: Any = None,
+        need_fid: bool = False,
+    ) -> BenchSession:
         """Resolve the checkpoint, check the metric models (failing before any heavy load), load the pipeline."""
         from eval.metric_models import MetricModelSpec, resolve_metric_models
         from gill.checkpoint import read_checkpoint_config
@@ -180,16 +189,20 @@ class BenchSession:
         workdir = Path(workdir)
         ckpt = resolve_checkpoint(workdir, checkpoint)
         config = read_checkpoint_config(ckpt)
-        metrics = resolve_metric_models(config, metric_spec or MetricModelSpec(), device=options.device,
-                                        need_fid=need_fid)  # fmt: skip
+        metrics = resolve_metric_models(
+            config, metric_spec or MetricModelSpec(), device=options.device, need_fid=need_fid
+        )
         chosen = options.systems or tuple(SYSTEMS)
         wants_bank = any(s in SYSTEMS and (SYSTEMS[s].needs_bank or s == "gill") for s in chosen)
         pipe = GILLPipeline.from_pretrained(ckpt, workdir=workdir if wants_bank else None, device=options.device)
         ckpt_id = checkpoint_id(ckpt)
         # FID is recomputed from the saved images at every call, so its feature model is not part of the identity
         scorers = {k: v for k, v in metrics.names.items() if k != "fid"}
-        identity = {"checkpoint": ckpt_id, "images": dataclasses.asdict(options.image_options),
-                    "metric_models": scorers}  # fmt: skip
+        identity = {
+            "checkpoint": ckpt_id,
+            "images": dataclasses.asdict(options.image_options),
+            "metric_models": scorers,
+        }
         run_id = options.run_id or f"{ckpt_id[:10]}-{_digest(identity)[:6]}"
         session = cls(workdir, ckpt, pipe, metrics, options, run_id, config)
         session.clip_override = bool(getattr(metric_spec, "clip", None))
@@ -201,8 +214,14 @@ class BenchSession:
         existing = query(self.database, "SELECT started_at FROM runs WHERE run_id = ?", [self.run_id])
         started = existing["started_at"].iloc[0] if len(existing) else dt.datetime.now(dt.UTC).replace(tzinfo=None)
         document = {"model": self.config.to_dict(), "bench": identity, "workdir": str(self.workdir)}
-        row = {"run_id": self.run_id, "started_at": started, "git_sha": source_git_sha(), "preset": self.config.preset,
-               "checkpoint": str(self.checkpoint), "config": json.dumps(document, sort_keys=True)}  # fmt: skip
+        row = {
+            "run_id": self.run_id,
+            "started_at": started,
+            "git_sha": source_git_sha(),
+            "preset": self.config.preset,
+            "checkpoint": str(self.checkpoint),
+            "config": json.dumps(document, sort_keys=True),
+        }
         replace_rows(self.database, "runs", [row])
         logger.info("benchmark run %s (checkpoint %s) -> %s", self.run_id, self.checkpoint, self.database)
 
@@ -227,8 +246,10 @@ class BenchSession:
             unsupported.update({s: reason for s in needing})
             systems = [s for s in systems if s not in needing]
         if unsupported:
-            rows = [{"run_id": self.run_id, "benchmark": benchmark, "system": s, "reason": r}
-                    for s, r in unsupported.items()]  # fmt: skip
+            rows = [
+                {"run_id": self.run_id, "benchmark": benchmark, "system": s, "reason": r}
+                for s, r in unsupported.items()
+            ]
             replace_rows(self.database, "unsupported_systems", rows)
             for system, reason in unsupported.items():
                 logger.warning("%s: system %s not run: %s", benchmark, system, reason)
@@ -239,14 +260,20 @@ class BenchSession:
         """CLIP embeddings of the bank (built on first use), for the ``clip-retrieval`` system."""
         if self._clip_bank is None and self.pipe.bank is not None:
             same = self.config.backbones.clip_metric == self.config.backbones.vision and not self.clip_override
-            self._clip_bank = ClipBank.build(self.pipe, self.metrics.clip, self.workdir / "bench" / "clip-bank",
-                                             from_features=same, progress=self.options.progress)  # fmt: skip
+            self._clip_bank = ClipBank.build(
+                self.pipe,
+                self.metrics.clip,
+                self.workdir / "bench" / "clip-bank",
+                from_features=same,
+                progress=self.options.progress,
+            )
         return self._clip_bank
 
     # -- generation benchmarks ----------------------------------------------------------------------------------
 
-    def run_generation(self, benchmark: str, setting: str, items: Sequence[BenchItem],
-                       systems: Sequence[str]) -> Counts:  # fmt: skip
+    def run_generation(
+        self, benchmark: str, setting: str, items: Sequence[BenchItem], systems: Sequence[str]
+    ) -> Counts:
         """Score ``systems`` on every item of one setting for every seed, skipping rows already scored."""
         from tqdm import tqdm
 
@@ -272,8 +299,9 @@ class BenchSession:
             counts.add(self._write_samples(rows))
         return counts
 
-    def _score_item(self, benchmark: str, setting: str, seed: int, item: BenchItem,
-                    need: list[str]) -> list[dict[str, Any]]:  # fmt: skip
+    def _score_item(
+        self, benchmark: str, setting: str, seed: int, item: BenchItem, need: list[str]
+    ) -> list[dict[str, Any]]:
         base = self._base_row(benchmark, setting, seed, item)
         try:
             reference, context = _load(item)
@@ -290,8 +318,14 @@ class BenchSession:
         rows = []
         for system in need:
             result = produced.get(system) or Produced(image=None, skip_reason="system produced nothing")
-            row = {**base, "system": system, "decision": result.decision, "p_ret": result.p_ret,
-                   "ret_key": result.ret_key, "sd_seed": sd_seed if SYSTEMS[system].uses_seed else None}  # fmt: skip
+            row = {
+                **base,
+                "system": system,
+                "decision": result.decision,
+                "p_ret": result.p_ret,
+                "ret_key": result.ret_key,
+                "sd_seed": sd_seed if SYSTEMS[system].uses_seed else None,
+            }
             if result.image is None:
                 rows.append({**row, "status": "skipped", "skip_reason": result.skip_reason})
                 continue
@@ -302,13 +336,21 @@ class BenchSession:
 
     def _base_row(self, benchmark: str, setting: str, seed: int, item: BenchItem) -> dict[str, Any]:
         """The key and reference columns every ``samples`` row of ``item`` shares."""
-        return {"run_id": self.run_id, "benchmark": benchmark, "setting": setting, "seed": seed,
-                "sample_id": item.sample_id, "context_length": item.context_length,
-                "reference_path": str(item.reference) if item.reference else None, "prompt": item.text,
-                "context_paths": json.dumps([str(p) if p else None for p in item.context])}  # fmt: skip
+        return {
+            "run_id": self.run_id,
+            "benchmark": benchmark,
+            "setting": setting,
+            "seed": seed,
+            "sample_id": item.sample_id,
+            "context_length": item.context_length,
+            "reference_path": str(item.reference) if item.reference else None,
+            "prompt": item.text,
+            "context_paths": json.dumps([str(p) if p else None for p in item.context]),
+        }
 
-    def _score_images(self, produced: dict[str, Produced], reference: Image.Image,
-                      scene: SceneTarget | None) -> dict[str, dict[str, float]]:  # fmt: skip
+    def _score_images(
+        self, produced: dict[str, Produced], reference: Image.Image, scene: SceneTarget | None
+    ) -> dict[str, dict[str, float]]:
         """CLIP similarity and LPIPS to the reference, and the scene-metric columns when the answer key is known."""
         names = [s for s, p in produced.items() if p.image is not None]
         if not names:
@@ -324,8 +366,12 @@ class BenchSession:
         return scores
 
     def _scored_keys(self, benchmark: str, setting: str) -> set[tuple[str, int, str]]:
-        rows = query(self.database, "SELECT system, seed, sample_id FROM samples WHERE run_id = ? AND benchmark = ? "
-                     "AND setting = ? AND status = 'ok'", [self.run_id, benchmark, setting])  # fmt: skip
+        rows = query(
+            self.database,
+            "SELECT system, seed, sample_id FROM samples WHERE run_id = ? AND benchmark = ? "
+            "AND setting = ? AND status = 'ok'",
+            [self.run_id, benchmark, setting],
+        )
         return {(r.system, int(r.seed), r.sample_id) for r in rows.itertuples()}
 
     def _write_samples(self, rows: list[dict[str, Any]]) -> Counts:
@@ -352,23 +398,31 @@ class BenchSession:
             except data.UnreadableImage as err:
                 rows += [{**base, "system": s, "status": "skipped", "skip_reason": str(err)} for s in RETRIEVAL_SYSTEMS]
         ids = {item.sample_id for item, _ in loaded}
-        previous = query(self.database, "SELECT system, sample_id, pool_size FROM samples WHERE run_id = ? AND "
-                         "benchmark = ? AND setting = ? AND status = 'ok'",
-                         [self.run_id, benchmark, setting])  # fmt: skip
+        previous = query(
+            self.database,
+            "SELECT system, sample_id, pool_size FROM samples WHERE run_id = ? AND "
+            "benchmark = ? AND setting = ? AND status = 'ok'",
+            [self.run_id, benchmark, setting],
+        )
         if len(loaded) >= 2 and all(_same_pool(previous[previous.system == s], ids) for s in RETRIEVAL_SYSTEMS):
             counts.resumed = len(ids) * len(RETRIEVAL_SYSTEMS)
             return counts + self._write_samples(rows)
         if len(loaded) < 2:
             reason = "fewer than 2 readable samples: no retrieval pool"
-            rows += [{**b, "system": s, "status": "skipped", "skip_reason": reason}
-                     for _, b in loaded for s in RETRIEVAL_SYSTEMS]  # fmt: skip
+            rows += [
+                {**b, "system": s, "status": "skipped", "skip_reason": reason}
+                for _, b in loaded
+                for s in RETRIEVAL_SYSTEMS
+            ]
             return counts + self._write_samples(rows)
         queries, pools = self._retrieval_embeddings([item for item, _ in loaded])
         targets = torch.arange(len(loaded))
         for system in RETRIEVAL_SYSTEMS:
             ranks = target_ranks(queries[system], pools[system], targets).tolist()
-            rows += [{**base, "system": system, "status": "ok", "target_rank": int(r), "pool_size": len(loaded)}
-                     for (_, base), r in zip(loaded, ranks, strict=True)]  # fmt: skip
+            rows += [
+                {**base, "system": system, "status": "ok", "target_rank": int(r), "pool_size": len(loaded)}
+                for (_, base), r in zip(loaded, ranks, strict=True)
+            ]
         return counts + self._write_samples(rows)
 
     def _retrieval_embeddings(self, items: list[BenchItem]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -385,8 +439,10 @@ class BenchSession:
             q_clip.append(clip.text_features([item.text])[0])
             p_clip.append(clip.image_features([reference])[0])
         stack = torch.stack
-        return ({"fromage-retrieval": stack(q_gill), "clip-retrieval": stack(q_clip)},
-                {"fromage-retrieval": stack(p_gill), "clip-retrieval": stack(p_clip)})  # fmt: skip
+        return (
+            {"fromage-retrieval": stack(q_gill), "clip-retrieval": stack(q_clip)},
+            {"fromage-retrieval": stack(p_gill), "clip-retrieval": stack(p_clip)},
+        )
 
     # -- FID ----------------------------------------------------------------------------------------------------
 
@@ -394,9 +450,12 @@ class BenchSession:
         """FID of each system's generated images against the real images of the same samples (per seed)."""
         from eval.metrics import frechet_distance
 
-        samples = query(self.database, "SELECT system, seed, sample_id, generated_path, reference_path FROM samples "
-                        "WHERE run_id = ? AND benchmark = ? AND setting = ? AND status = 'ok' ORDER BY sample_id",
-                        [self.run_id, benchmark, setting])  # fmt: skip
+        samples = query(
+            self.database,
+            "SELECT system, seed, sample_id, generated_path, reference_path FROM samples "
+            "WHERE run_id = ? AND benchmark = ? AND setting = ? AND status = 'ok' ORDER BY sample_id",
+            [self.run_id, benchmark, setting],
+        )
         cache: dict[str, np.ndarray] = {}
         rows = []
         for system in systems:
@@ -408,19 +467,32 @@ class BenchSession:
             if len(common) < 2:
                 continue
             ref = self._fid_features(own[own.seed == seeds[0]].set_index("sample_id").loc[common].reference_path, cache)
-            gens = [self._fid_features(own[own.seed == s].set_index("sample_id").loc[common].generated_path, cache)
-                    for s in seeds]  # fmt: skip
+            gens = [
+                self._fid_features(own[own.seed == s].set_index("sample_id").loc[common].generated_path, cache)
+                for s in seeds
+            ]
             per_seed = [frechet_distance(g, ref) for g in gens]
             low = high = None
             if self.options.fid_bootstrap:
                 stats = _fid_bootstrap(gens, ref, self.options.fid_bootstrap)
                 tail = (1 - self.options.confidence) / 2 * 100
                 low, high = (float(v) for v in np.percentile(stats, [tail, 100 - tail]))
-            rows.append({"run_id": self.run_id, "benchmark": benchmark, "setting": setting, "system": system,
-                         "metric": "fid", "mean": float(np.mean(per_seed)), "ci_low": low, "ci_high": high,
-                         "n": len(common), "n_seeds": len(seeds),
-                         "seed_std": float(np.std(per_seed, ddof=1)) if len(seeds) > 1 else None,
-                         "metric_model": self.metrics.names["fid"]})  # fmt: skip
+            rows.append(
+                {
+                    "run_id": self.run_id,
+                    "benchmark": benchmark,
+                    "setting": setting,
+                    "system": system,
+                    "metric": "fid",
+                    "mean": float(np.mean(per_seed)),
+                    "ci_low": low,
+                    "ci_high": high,
+                    "n": len(common),
+                    "n_seeds": len(seeds),
+                    "seed_std": float(np.std(per_seed, ddof=1)) if len(seeds) > 1 else None,
+                    "metric_model": self.metrics.names["fid"],
+                }
+            )
         return rows
 
     def _fid_features(self, paths: Iterable[str], cache: dict[str, np.ndarray]) -> np.ndarray:
@@ -436,14 +508,18 @@ class BenchSession:
 
     def summarise(self, benchmark: str, extra: Sequence[dict[str, Any]] = ()) -> Any:
         """Recompute ``results`` of one benchmark from its ``samples`` (replacing the benchmark's old rows)."""
-        frame = query(self.database, "SELECT * FROM samples WHERE run_id = ? AND benchmark = ?",
-                      [self.run_id, benchmark])  # fmt: skip
+        frame = query(
+            self.database, "SELECT * FROM samples WHERE run_id = ? AND benchmark = ?", [self.run_id, benchmark]
+        )
         rows = list(extra)
         for (setting, system), group in frame.groupby(["setting", "system"], sort=True):
             rows += self._metric_rows(benchmark, str(setting), str(system), group)
         replace_rows(self.database, "results", rows, scope={"run_id": self.run_id, "benchmark": benchmark})
-        return query(self.database, "SELECT * FROM results WHERE run_id = ? AND benchmark = ? ORDER BY setting, "
-                     "system, metric", [self.run_id, benchmark])  # fmt: skip
+        return query(
+            self.database,
+            "SELECT * FROM results WHERE run_id = ? AND benchmark = ? ORDER BY setting, system, metric",
+            [self.run_id, benchmark],
+        )
 
     def _metric_rows(self, benchmark: str, setting: str, system: str, group: Any) -> list[dict[str, Any]]:
         from eval.metrics import bootstrap_ci
@@ -466,22 +542,42 @@ class BenchSession:
             ok["value"] = values
             per_sample = ok.groupby("sample_id")["value"].mean().to_numpy(dtype=float)
             per_seed = ok.groupby("seed")["value"].mean().to_numpy(dtype=float)
-            row = {"run_id": self.run_id, "benchmark": benchmark, "setting": setting, "system": system,
-                   "metric": metric, "n": len(per_sample), "n_skipped": skipped, "n_seeds": len(per_seed),
-                   "metric_model": models[metric],
-                   "pool_size": int(ok.pool_size.max()) if ok.pool_size.notna().any() else None}  # fmt: skip
+            row = {
+                "run_id": self.run_id,
+                "benchmark": benchmark,
+                "setting": setting,
+                "system": system,
+                "metric": metric,
+                "n": len(per_sample),
+                "n_skipped": skipped,
+                "n_seeds": len(per_seed),
+                "metric_model": models[metric],
+                "pool_size": int(ok.pool_size.max()) if ok.pool_size.notna().any() else None,
+            }
             if len(per_sample):
                 ci = bootstrap_ci(per_sample, confidence=self.options.confidence, n_boot=self.options.n_boot)
-                row.update(mean=float(per_sample.mean()), ci_low=ci.low, ci_high=ci.high,
-                           seed_std=float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None)  # fmt: skip
+                row.update(
+                    mean=float(per_sample.mean()),
+                    ci_low=ci.low,
+                    ci_high=ci.high,
+                    seed_std=float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None,
+                )
             rows.append(row)
         return rows
 
     def summary(self, benchmark: str, counts: Counts, unsupported: dict[str, str], extra=()) -> BenchSummary:
         results = self.summarise(benchmark, extra)
-        return BenchSummary(run_id=self.run_id, benchmark=benchmark, database=self.database, out_dir=self.out_dir,
-                            scored=counts.scored, skipped=counts.skipped, resumed=counts.resumed, results=results,
-                            unsupported=unsupported)  # fmt: skip
+        return BenchSummary(
+            run_id=self.run_id,
+            benchmark=benchmark,
+            database=self.database,
+            out_dir=self.out_dir,
+            scored=counts.scored,
+            skipped=counts.skipped,
+            resumed=counts.resumed,
+            results=results,
+            unsupported=unsupported,
+        )
 
 
 @dataclass
@@ -512,13 +608,18 @@ def vist_items(stories: Sequence[data.VistStory], setting: str) -> list[BenchIte
         needed = list(story.photo_ids[: len(context)]) + [story.photo_ids[-1]]
         paths = list(context) + [story.target_path]
         missing = [pid for pid, p in zip(needed, paths, strict=True) if p is None]
-        items.append(BenchItem(
-            sample_id=story.story_id, text=data.vist_text(story, setting), reference=story.target_path,
-            context=context, context_length=VIST_CONTEXT_LENGTH.get(setting, len(story.captions)),
-            make_prompt=lambda images, s=story: data.vist_prompt(s, setting, images),
-            missing=f"photo(s) {', '.join(missing)} not found as {{id}}.jpg/.jpeg/.png/.gif" if missing else None,
-            scene=scene_target(story.target_path),
-        ))  # fmt: skip
+        items.append(
+            BenchItem(
+                sample_id=story.story_id,
+                text=data.vist_text(story, setting),
+                reference=story.target_path,
+                context=context,
+                context_length=VIST_CONTEXT_LENGTH.get(setting, len(story.captions)),
+                make_prompt=lambda images, s=story: data.vist_prompt(s, setting, images),
+                missing=f"photo(s) {', '.join(missing)} not found as {{id}}.jpg/.jpeg/.png/.gif" if missing else None,
+                scene=scene_target(story.target_path),
+            )
+        )
     return items
 
 
@@ -528,9 +629,17 @@ def visdial_items(dialogs: Sequence[data.VisDialSample], rounds: int) -> list[Be
     for d in dialogs:
         text = d.dialog_text(rounds)
         missing = None if d.image_path else f"image {data.VISDIAL_IMAGE.format(image_id=d.image_id)} not found"
-        items.append(BenchItem(sample_id=str(d.image_id), text=text, reference=d.image_path, context_length=rounds,
-                               make_prompt=_text_prompt(text), missing=missing,
-                               scene=scene_target(d.image_path)))  # fmt: skip
+        items.append(
+            BenchItem(
+                sample_id=str(d.image_id),
+                text=text,
+                reference=d.image_path,
+                context_length=rounds,
+                make_prompt=_text_prompt(text),
+                missing=missing,
+                scene=scene_target(d.image_path),
+            )
+        )
     return items
 
 
@@ -538,10 +647,17 @@ def _text_prompt(text: str) -> Callable[[list[Image.Image]], list[Any]]:
     return lambda images: [text]
 
 
-def run_vist(workdir: str | Path, sis_json: str | Path, images: str | Path, *,
-             settings: Sequence[str] = data.VIST_SETTINGS, checkpoint: str | Path | None = None,
-             options: BenchOptions = BenchOptions(), metric_spec: Any = None,
-             session: BenchSession | None = None) -> list[BenchSummary]:  # fmt: skip
+def run_vist(
+    workdir: str | Path,
+    sis_json: str | Path,
+    images: str | Path,
+    *,
+    settings: Sequence[str] = data.VIST_SETTINGS,
+    checkpoint: str | Path | None = None,
+    options: BenchOptions = BenchOptions(),
+    metric_spec: Any = None,
+    session: BenchSession | None = None,
+) -> list[BenchSummary]:
     """VIST contextual generation (Table 1) for each setting, and recall@k (``vist-retrieval``)."""
     bad = [s for s in settings if s not in data.VIST_SETTINGS]
     if bad:
@@ -551,10 +667,17 @@ def run_vist(workdir: str | Path, sis_json: str | Path, images: str | Path, *,
     return _contextual(session, "vist", [(s, vist_items(stories, s)) for s in settings])
 
 
-def run_visdial(workdir: str | Path, dialogs_json: str | Path, images: str | Path, *,
-                rounds: Sequence[int] = (1, 5, 10), checkpoint: str | Path | None = None,
-                options: BenchOptions = BenchOptions(), metric_spec: Any = None,
-                session: BenchSession | None = None) -> list[BenchSummary]:  # fmt: skip
+def run_visdial(
+    workdir: str | Path,
+    dialogs_json: str | Path,
+    images: str | Path,
+    *,
+    rounds: Sequence[int] = (1, 5, 10),
+    checkpoint: str | Path | None = None,
+    options: BenchOptions = BenchOptions(),
+    metric_spec: Any = None,
+    session: BenchSession | None = None,
+) -> list[BenchSummary]:
     """VisDial contextual generation (Table 2) for R rounds of dialog, and text-to-image recall@k."""
     if not rounds or any(r < 1 for r in rounds):
         raise InputError(f"rounds: give positive integers, got {list(rounds)}", [])
@@ -563,8 +686,9 @@ def run_visdial(workdir: str | Path, dialogs_json: str | Path, images: str | Pat
     return _contextual(session, "visdial", [(data.visdial_setting(r), visdial_items(dialogs, r)) for r in rounds])
 
 
-def _contextual(session: BenchSession, benchmark: str,
-                settings: list[tuple[str, list[BenchItem]]]) -> list[BenchSummary]:  # fmt: skip
+def _contextual(
+    session: BenchSession, benchmark: str, settings: list[tuple[str, list[BenchItem]]]
+) -> list[BenchSummary]:
     """Generation for every setting, then (with ``options.retrieval``) the ``<benchmark>-retrieval`` recall task."""
     systems, unsupported = session.resolve_systems(benchmark, GENERATION_SYSTEMS)
     counts, retrieval = Counts(), Counts()
@@ -578,13 +702,20 @@ def _contextual(session: BenchSession, benchmark: str,
     return out
 
 
-def run_cc3m_fid(workdir: str | Path, *, checkpoint: str | Path | None = None, options: BenchOptions = BenchOptions(),
-                 metric_spec: Any = None, split: str = "val",
-                 session: BenchSession | None = None) -> BenchSummary:  # fmt: skip
+def run_cc3m_fid(
+    workdir: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    options: BenchOptions = BenchOptions(),
+    metric_spec: Any = None,
+    split: str = "val",
+    session: BenchSession | None = None,
+) -> BenchSummary:
     """clean-fid (mode ``clean``) of images generated from CC3M validation captions against the real images."""
     samples = data.read_cc3m_val(workdir, split=split, limit=options.limit)
-    session = session or BenchSession.open(workdir, checkpoint=checkpoint, options=options, metric_spec=metric_spec,
-                                           need_fid=True)  # fmt: skip
+    session = session or BenchSession.open(
+        workdir, checkpoint=checkpoint, options=options, metric_spec=metric_spec, need_fid=True
+    )
     systems, unsupported = session.resolve_systems("cc3m-fid", FID_SYSTEMS)
     reference_dir = session.out_dir / "cc3m-fid" / split / "reference"
     from tqdm import tqdm
@@ -603,14 +734,26 @@ def _cc3m_item(sample: data.Cc3mSample, reference_dir: Path) -> BenchItem:
             _save_png(data.cc3m_image(sample), path)
         except InputError as err:
             missing = err.message
-    return BenchItem(sample_id=sample.key, text=sample.caption, reference=path, context_length=1,
-                     make_prompt=_text_prompt(sample.caption), missing=missing,
-                     scene=scene_target(sample.url))  # fmt: skip
+    return BenchItem(
+        sample_id=sample.key,
+        text=sample.caption,
+        reference=path,
+        context_length=1,
+        make_prompt=_text_prompt(sample.caption),
+        missing=missing,
+        scene=scene_target(sample.url),
+    )
 
 
-def run_mapper_ablation(workdir: str | Path, checkpoints: Sequence[str | Path], *, sis_json: str | Path | None,
-                        images: str | Path | None, options: BenchOptions = BenchOptions(),
-                        metric_spec: Any = None) -> list[BenchSummary]:  # fmt: skip
+def run_mapper_ablation(
+    workdir: str | Path,
+    checkpoints: Sequence[str | Path],
+    *,
+    sis_json: str | Path | None,
+    images: str | Path | None,
+    options: BenchOptions = BenchOptions(),
+    metric_spec: Any = None,
+) -> list[BenchSummary]:
     """The paper's mapper ablation: CC3M FID and VIST (5 captions + 4 images) CLIP similarity of ``gill-gen``,
     one benchmark run per checkpoint (rows of the ``table_mapper_ablation`` view)."""
     if not checkpoints:

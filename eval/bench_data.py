@@ -241,7 +241,7 @@ def read_visdial(dialogs_json: str | Path, images_dir: str | Path, *, limit: int
                 caption=str(dialog.get("caption", "")),
                 rounds=rounds,
                 image_path=image if image.is_file() else None,
-            )  # fmt: skip
+            )
         )
     _raise_problems(f"VisDial file {str(path)!r} is malformed", problems, hint)
     logger.info("VisDial: %d dialogs from %s", len(samples), path)
@@ -279,14 +279,16 @@ def read_cc3m_val(workdir: str | Path, *, split: str = "val", limit: int | None 
     if not shards:
         raise InputError(
             f"no complete CC3M {split} image shards under {image_split_dir(split, Path(workdir))}",
-            [], hint=f"download the {split} split first: gill data download --split {split} --workdir W",
-        )  # fmt: skip
+            [],
+            hint=f"download the {split} split first: gill data download --split {split} --workdir W",
+        )
     samples: list[Cc3mSample] = []
     for shard in shards:
         for sample in iter_shard_samples(index_shard(shard)):
             url = sample.meta.get("url")
-            samples.append(Cc3mSample(key=sample.key, caption=sample.caption, shard=shard,
-                                      url=str(url) if url else None))  # fmt: skip
+            samples.append(
+                Cc3mSample(key=sample.key, caption=sample.caption, shard=shard, url=str(url) if url else None)
+            )
             if limit is not None and len(samples) >= limit:
                 return samples
     return samples

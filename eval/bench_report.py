@@ -35,29 +35,49 @@ class PaperTable:
 
 
 SCENE_TABLES = (
-    PaperTable(title="Scene metric, VIST (answer key of the synthetic world; share right, main shape)",
-               benchmark="vist",
-               settings=(("1cap", "1 caption"), ("5cap", "5 captions"), ("5cap4img", "5 caps, 4 images")),
-               metrics=(("scene_score", "scene score"), ("scene_color_cell", "colour+cell"))),
-    PaperTable(title="Scene metric, VisDial (answer key; share right, all shapes)", benchmark="visdial",
-               settings=(("1round", "1 round"), ("5rounds", "5 rounds"), ("10rounds", "10 rounds")),
-               metrics=(("scene_score", "scene score"), ("scene_color_cell", "colour+cell"))),
-    PaperTable(title="Scene metric, CC3M validation captions (answer key; all shapes)", benchmark="cc3m-fid",
-               settings=(("val", "val"),),
-               metrics=(("scene_background", "background"), ("scene_color", "colour"), ("scene_cell", "cell"),
-                        ("scene_size", "size"), ("scene_kind", "kind"), ("scene_all", "all right"),
-                        ("scene_score", "score"))),
-)  # fmt: skip
+    PaperTable(
+        title="Scene metric, VIST (answer key of the synthetic world; share right, main shape)",
+        benchmark="vist",
+        settings=(("1cap", "1 caption"), ("5cap", "5 captions"), ("5cap4img", "5 caps, 4 images")),
+        metrics=(("scene_score", "scene score"), ("scene_color_cell", "colour+cell")),
+    ),
+    PaperTable(
+        title="Scene metric, VisDial (answer key; share right, all shapes)",
+        benchmark="visdial",
+        settings=(("1round", "1 round"), ("5rounds", "5 rounds"), ("10rounds", "10 rounds")),
+        metrics=(("scene_score", "scene score"), ("scene_color_cell", "colour+cell")),
+    ),
+    PaperTable(
+        title="Scene metric, CC3M validation captions (answer key; all shapes)",
+        benchmark="cc3m-fid",
+        settings=(("val", "val"),),
+        metrics=(
+            ("scene_background", "background"),
+            ("scene_color", "colour"),
+            ("scene_cell", "cell"),
+            ("scene_size", "size"),
+            ("scene_kind", "kind"),
+            ("scene_all", "all right"),
+            ("scene_score", "score"),
+        ),
+    ),
+)
 """Per-attribute accuracy of the scene metric, where the benchmark data is a synthetic shapes world."""
 
 PAPER_TABLES = (
-    PaperTable(title="Table 1: VIST contextual image generation", benchmark="vist",
-               settings=(("1cap", "1 caption"), ("5cap", "5 captions"), ("5cap4img", "5 caps, 4 images")),
-               metrics=(("clip_sim", "CLIP sim (higher better)"), ("lpips", "LPIPS (lower better)"))),
-    PaperTable(title="Table 2: VisDial contextual image generation", benchmark="visdial",
-               settings=(("1round", "1 round"), ("5rounds", "5 rounds"), ("10rounds", "10 rounds")),
-               metrics=(("clip_sim", "CLIP sim (higher better)"), ("lpips", "LPIPS (lower better)"))),
-)  # fmt: skip
+    PaperTable(
+        title="Table 1: VIST contextual image generation",
+        benchmark="vist",
+        settings=(("1cap", "1 caption"), ("5cap", "5 captions"), ("5cap4img", "5 caps, 4 images")),
+        metrics=(("clip_sim", "CLIP sim (higher better)"), ("lpips", "LPIPS (lower better)")),
+    ),
+    PaperTable(
+        title="Table 2: VisDial contextual image generation",
+        benchmark="visdial",
+        settings=(("1round", "1 round"), ("5rounds", "5 rounds"), ("10rounds", "10 rounds")),
+        metrics=(("clip_sim", "CLIP sim (higher better)"), ("lpips", "LPIPS (lower better)")),
+    ),
+)
 
 
 def latest_run(workdir: str | Path) -> str | None:
@@ -65,8 +85,11 @@ def latest_run(workdir: str | Path) -> str | None:
     path = db_path(workdir)
     if not path.is_file():
         return None
-    frame = query(path, "SELECT r.run_id FROM runs r WHERE EXISTS (SELECT 1 FROM results x WHERE x.run_id = r.run_id)"
-                  " ORDER BY r.started_at DESC LIMIT 1")  # fmt: skip
+    frame = query(
+        path,
+        "SELECT r.run_id FROM runs r WHERE EXISTS (SELECT 1 FROM results x WHERE x.run_id = r.run_id)"
+        " ORDER BY r.started_at DESC LIMIT 1",
+    )
     return str(frame.run_id.iloc[0]) if len(frame) else None
 
 
@@ -117,11 +140,16 @@ def fid_table(results: Any) -> list[dict[str, str]]:
     """CC3M FID per system (interval: bootstrap over samples; seed spread as std)."""
     own = results[(results.benchmark == "cc3m-fid") & (results.metric == "fid")]
     return [
-        {"system": r.system, "FID (lower better)": cell(r.mean, r.ci_low, r.ci_high), "n": str(r.n),
-         "seeds": str(r.n_seeds), "seed std": "-" if _nan(r.seed_std) else f"{r.seed_std:.3f}",
-         "feature model": r.metric_model}
+        {
+            "system": r.system,
+            "FID (lower better)": cell(r.mean, r.ci_low, r.ci_high),
+            "n": str(r.n),
+            "seeds": str(r.n_seeds),
+            "seed std": "-" if _nan(r.seed_std) else f"{r.seed_std:.3f}",
+            "feature model": r.metric_model,
+        }
         for r in sorted(own.itertuples(), key=lambda r: _order(r.system))
-    ]  # fmt: skip
+    ]
 
 
 def render(rows: list[dict[str, Any]], fmt: str = "table") -> str:
@@ -164,16 +192,20 @@ def run_sql(workdir: str | Path, sql: str, fmt: str = "table", max_rows: int | N
     if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 0):
         problems.append(f"max_rows: must be an integer >= 0, got {max_rows!r}")
     if problems:
-        raise InputError("invalid SQL request", problems,
-                         hint='pass a query, e.g. gill db query --workdir W "SELECT * FROM results"')  # fmt: skip
+        raise InputError(
+            "invalid SQL request", problems, hint='pass a query, e.g. gill db query --workdir W "SELECT * FROM results"'
+        )
     path = _database(workdir)
     try:
         frame = user_query(path, sql)
     except duckdb.Error as err:
-        raise InputError("the SQL query failed", [str(err).splitlines()[0]],
-                         hint="tables: runs, samples, results, unsupported_systems; views: table1_vist, "
-                              "table2_visdial, table_retrieval, table_cc3m_fid, table_mapper_ablation, "
-                              "context_effect (see eval/README.md)") from err  # fmt: skip
+        raise InputError(
+            "the SQL query failed",
+            [str(err).splitlines()[0]],
+            hint="tables: runs, samples, results, unsupported_systems; views: table1_vist, "
+            "table2_visdial, table_retrieval, table_cc3m_fid, table_mapper_ablation, "
+            "context_effect (see eval/README.md)",
+        ) from err
     rows = frame_rows(frame)
     if max_rows is not None and len(rows) > max_rows:
         return render(rows[:max_rows], fmt) + f"({len(rows) - max_rows} more rows not shown)\n"
@@ -191,13 +223,22 @@ def build_report(workdir: str | Path, *, run_id: str | None = None, fmt: str = "
         known = ", ".join(query(path, "SELECT DISTINCT run_id FROM results").run_id) or "none"
         raise InputError(f"run {run_id!r} has no results in {path}", [f"runs with results: {known}"])
     run = query(path, "SELECT * FROM runs WHERE run_id = ?", [run_id])
-    out = [f"benchmark run {run_id}" + (f" (checkpoint {run.checkpoint.iloc[0]}, preset {run.preset.iloc[0]})"
-                                         if len(run) else ""), f"database: {path}", ""]  # fmt: skip
+    out = [
+        f"benchmark run {run_id}"
+        + (f" (checkpoint {run.checkpoint.iloc[0]}, preset {run.preset.iloc[0]})" if len(run) else ""),
+        f"database: {path}",
+        "",
+    ]
     sections = [(t.title, paper_table(results, t), t.benchmark) for t in PAPER_TABLES]
     scene = results[results.metric.str.startswith("scene_")]
     sections += [(t.title, paper_table(scene, t), None) for t in SCENE_TABLES]
-    sections.append(("Retrieval recall@k (the true image ranked among the evaluated samples' images)",
-                     retrieval_table(results), None))  # fmt: skip
+    sections.append(
+        (
+            "Retrieval recall@k (the true image ranked among the evaluated samples' images)",
+            retrieval_table(results),
+            None,
+        )
+    )
     sections.append(("CC3M FID (clean-fid, mode clean)", fid_table(results), "cc3m-fid"))
     ablation = query(path, "SELECT * FROM table_mapper_ablation")
     if len(ablation) > 1:
@@ -222,11 +263,20 @@ def claims_rows(path: Path, run_id: str) -> list[dict[str, str]]:
     for r in frame.itertuples():
         paper = "-" if _nan(r.paper_a) else f"{r.paper_a:.3f} vs {r.paper_b:.3f}"
         claim = r.claim + (" [fitted on SIMULATED panel votes]" if "SIMULATED" in str(r.arm_a) else "")
-        rows.append({"id": r.claim_id, "claim": claim, "where": r.source, "metric": r.metric,
-                     "paper (A vs B)": paper, "ours A": cell(r.ours_a, r.a_low, r.a_high),
-                     "ours B": cell(r.ours_b, r.b_low, r.b_high), "holds": r.holds,
-                     "paired A-B": cell(r.diff, r.diff_low, r.diff_high),
-                     "holds (paired)": "-" if _nan(r.holds_paired) else r.holds_paired})  # fmt: skip
+        rows.append(
+            {
+                "id": r.claim_id,
+                "claim": claim,
+                "where": r.source,
+                "metric": r.metric,
+                "paper (A vs B)": paper,
+                "ours A": cell(r.ours_a, r.a_low, r.a_high),
+                "ours B": cell(r.ours_b, r.b_low, r.b_high),
+                "holds": r.holds,
+                "paired A-B": cell(r.diff, r.diff_low, r.diff_high),
+                "holds (paired)": "-" if _nan(r.holds_paired) else r.holds_paired,
+            }
+        )
     return rows
 
 
@@ -249,10 +299,13 @@ def _footnotes(path: Path, results: Any, run_id: str, benchmark: str) -> list[st
     models = sorted({f"{m}: {model}" for m, model in zip(own.metric, own.metric_model, strict=True) if model})
     lines = [f"  metric models: {'; '.join(models)}"]
     n = own.n.max() if len(own) else 0
-    lines.append(f"  samples per cell: up to {n}; skipped: {int(own.n_skipped.fillna(0).max()) if len(own) else 0}; "
-                 f"seeds: {int(own.n_seeds.max()) if len(own) else 0}")  # fmt: skip
-    unsupported = query(path, "SELECT system, reason FROM unsupported_systems WHERE run_id = ? AND benchmark = ?",
-                        [run_id, benchmark])  # fmt: skip
+    lines.append(
+        f"  samples per cell: up to {n}; skipped: {int(own.n_skipped.fillna(0).max()) if len(own) else 0}; "
+        f"seeds: {int(own.n_seeds.max()) if len(own) else 0}"
+    )
+    unsupported = query(
+        path, "SELECT system, reason FROM unsupported_systems WHERE run_id = ? AND benchmark = ?", [run_id, benchmark]
+    )
     lines += [f"  not run: {r.system}: {r.reason}" for r in unsupported.itertuples()]
     return [*lines, ""]
 
@@ -269,8 +322,12 @@ def plot_context_effect(workdir: str | Path, out: str | Path, *, run_id: str | N
         series.setdefault(f"{r.benchmark} {r.system}", []).append((float(r.context_length), float(r.clip_sim)))
     if not series:
         return None
-    return plot_curves(series, out, title=f"CLIP similarity vs context (run {run_id})",
-                       xlabel="context: VIST prompt items (captions + images), VisDial rounds")  # fmt: skip
+    return plot_curves(
+        series,
+        out,
+        title=f"CLIP similarity vs context (run {run_id})",
+        xlabel="context: VIST prompt items (captions + images), VisDial rounds",
+    )
 
 
 def _database(workdir: str | Path) -> Path:

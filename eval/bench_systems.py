@@ -52,19 +52,35 @@ class SystemSpec:
 SYSTEMS: dict[str, SystemSpec] = {
     s.name: s
     for s in (
-        SystemSpec(name="gill", description="GILL, decision classifier picks generate or retrieve",
-                   uses_seed=True, needs_bank=False),
+        SystemSpec(
+            name="gill",
+            description="GILL, decision classifier picks generate or retrieve",
+            uses_seed=True,
+            needs_bank=False,
+        ),
         SystemSpec(name="gill-gen", description="GILL, always generate", uses_seed=True, needs_bank=False),
         SystemSpec(name="gill-ret", description="GILL, always retrieve", uses_seed=False, needs_bank=True),
-        SystemSpec(name="gill-oracle", description="GILL, oracle decision (better of gen/ret by CLIP similarity)",
-                   uses_seed=True, needs_bank=True),
+        SystemSpec(
+            name="gill-oracle",
+            description="GILL, oracle decision (better of gen/ret by CLIP similarity)",
+            uses_seed=True,
+            needs_bank=True,
+        ),
         SystemSpec(name="sd", description="Stable Diffusion alone on the text", uses_seed=True, needs_bank=False),
-        SystemSpec(name="clip-retrieval", description="CLIP text-to-image retrieval from the bank",
-                   uses_seed=False, needs_bank=True),
-        SystemSpec(name="fromage-retrieval", description="FROMAGe-style: GILL's retrieval head, no generation",
-                   uses_seed=False, needs_bank=True),
+        SystemSpec(
+            name="clip-retrieval",
+            description="CLIP text-to-image retrieval from the bank",
+            uses_seed=False,
+            needs_bank=True,
+        ),
+        SystemSpec(
+            name="fromage-retrieval",
+            description="FROMAGe-style: GILL's retrieval head, no generation",
+            uses_seed=False,
+            needs_bank=True,
+        ),
     )
-}  # fmt: skip
+}
 UNSUPPORTED_SYSTEMS: dict[str, str] = {
     "glide": "GLIDE is not available in diffusers (no maintained pipeline loads its weights), so it cannot be run "
     "here; the paper's GLIDE rows are quoted from its authors, never recomputed by gill",
@@ -105,8 +121,9 @@ class SystemRunner:
     GILL's variants share one forced decode; ``gill`` reuses the image ``gill-gen`` or ``gill-ret`` made.
     """
 
-    def __init__(self, pipe: GILLPipeline, clip: ClipScorer, options: ImageOptions,
-                 clip_bank: ClipBank | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, pipe: GILLPipeline, clip: ClipScorer, options: ImageOptions, clip_bank: ClipBank | None = None
+    ) -> None:
         self.pipe = pipe
         self.clip = clip
         self.options = options
@@ -116,9 +133,16 @@ class SystemRunner:
         from gill.pipeline import GenerationSettings
 
         o = self.options
-        return GenerationSettings(force_image=True, max_new_tokens=1, mode="auto", num_inference_steps=o.sd_steps,
-                                  guidance_scale=o.guidance_scale, seed=sd_seed, height=o.height,
-                                  width=o.width)  # fmt: skip
+        return GenerationSettings(
+            force_image=True,
+            max_new_tokens=1,
+            mode="auto",
+            num_inference_steps=o.sd_steps,
+            guidance_scale=o.guidance_scale,
+            seed=sd_seed,
+            height=o.height,
+            width=o.width,
+        )
 
     @torch.no_grad()
     def produce(self, prompt: list[Any], text: str, systems: set[str], sd_seed: int) -> dict[str, Produced]:
@@ -147,24 +171,33 @@ class SystemRunner:
         out: dict[str, Produced] = {}
         if need_gen:
             image, flagged = pipe.generate_image(states, settings)
-            out["gill-gen"] = Produced(image=image, skip_reason="safety checker flagged the image" if flagged else None,
-                                       decision="gen")  # fmt: skip
+            out["gill-gen"] = Produced(
+                image=image, skip_reason="safety checker flagged the image" if flagged else None, decision="gen"
+            )
         if need_ret and best is not None:
             out["gill-ret"] = Produced(image=pipe.bank.image(best), decision="ret", ret_key=best.key)  # type: ignore
         if "gill" in systems:
             chosen = out.get(f"gill-{decision.label}")
-            out["gill"] = Produced(image=chosen.image if chosen else None,
-                                   skip_reason=chosen.skip_reason if chosen else "no retrieval bank",
-                                   decision=decision.label, p_ret=decision.p_ret,
-                                   ret_key=chosen.ret_key if chosen else None)  # fmt: skip
+            out["gill"] = Produced(
+                image=chosen.image if chosen else None,
+                skip_reason=chosen.skip_reason if chosen else "no retrieval bank",
+                decision=decision.label,
+                p_ret=decision.p_ret,
+                ret_key=chosen.ret_key if chosen else None,
+            )
         return out
 
     def _sd(self, text: str, sd_seed: int) -> Produced:
         o = self.options
         result = self.pipe.sd(
-            prompt=[text], guidance_scale=o.guidance_scale, num_inference_steps=o.sd_steps, height=o.height,
-            width=o.width, output_type="pil", generator=torch.Generator(device="cpu").manual_seed(sd_seed),
-        )  # fmt: skip
+            prompt=[text],
+            guidance_scale=o.guidance_scale,
+            num_inference_steps=o.sd_steps,
+            height=o.height,
+            width=o.width,
+            output_type="pil",
+            generator=torch.Generator(device="cpu").manual_seed(sd_seed),
+        )
         flags = getattr(result, "nsfw_content_detected", None)
         if flags and flags[0]:
             return Produced(image=None, skip_reason="safety checker flagged the image")
@@ -215,8 +248,9 @@ class ClipBank:
         return best_row
 
     @classmethod
-    def build(cls, pipe: GILLPipeline, clip: ClipScorer, cache_dir: Path, *, from_features: bool,
-              progress: bool = True) -> ClipBank:  # fmt: skip
+    def build(
+        cls, pipe: GILLPipeline, clip: ClipScorer, cache_dir: Path, *, from_features: bool, progress: bool = True
+    ) -> ClipBank:
         from tqdm import tqdm
 
         from gill.data.precompute import VISION_FILE, feature_dir

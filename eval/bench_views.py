@@ -40,7 +40,7 @@ VIEWS: dict[str, str] = {
         "visdial",
         {"1round": "1round", "5rounds": "5rounds", "10rounds": "10rounds"},
         {"clip_sim": "clip", "lpips": "lpips"},
-    ),  # fmt: skip
+    ),
     "table_retrieval": (
         "SELECT run_id, benchmark, setting, system, "
         "max(mean) FILTER (WHERE metric = 'recall@1') AS r1, max(mean) FILTER (WHERE metric = 'recall@5') AS r5, "

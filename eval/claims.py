@@ -88,59 +88,192 @@ def _visdial(setting: str) -> Arm:
 
 
 CLAIMS: tuple[Claim, ...] = (
-    Claim(claim_id="a1", claim="GILL beats SD at 5 captions (VIST)", source="Table 1", metric="clip_sim",
-          higher_is_better=True, a=_vist("5cap"), b=_vist("5cap", "sd"), paper_a=0.612, paper_b=0.598),
-    Claim(claim_id="a2", claim="GILL beats SD at 5 captions (VIST), scene metric", source="Table 1 (scene metric)",
-          metric="scene_score", higher_is_better=True, a=_vist("5cap"), b=_vist("5cap", "sd")),
-    Claim(claim_id="b1", claim="context helps GILL: 5 captions > 1 caption (VIST)", source="Table 1",
-          metric="clip_sim", higher_is_better=True, a=_vist("5cap"), b=_vist("1cap"), paper_a=0.612, paper_b=0.581),
-    Claim(claim_id="b2", claim="context helps GILL: 5 captions + 4 images > 5 captions (VIST)", source="Table 1",
-          metric="clip_sim", higher_is_better=True, a=_vist("5cap4img"), b=_vist("5cap"), paper_a=0.641,
-          paper_b=0.612),
-    Claim(claim_id="b3", claim="context helps GILL: 5 captions > 1 caption (VIST), scene metric",
-          source="Table 1 (scene metric)", metric="scene_score", higher_is_better=True, a=_vist("5cap"),
-          b=_vist("1cap")),
-    Claim(claim_id="b4", claim="context helps GILL: 5 captions + 4 images > 5 captions (VIST), scene metric",
-          source="Table 1 (scene metric)", metric="scene_score", higher_is_better=True, a=_vist("5cap4img"),
-          b=_vist("5cap")),
-    Claim(claim_id="b5", claim="more dialogue helps GILL: 5 rounds > 1 round (VisDial)", source="Table 2",
-          metric="clip_sim", higher_is_better=True, a=_visdial("5rounds"), b=_visdial("1round"), paper_a=0.621,
-          paper_b=0.528),
-    Claim(claim_id="b6", claim="more dialogue helps GILL: 10 rounds > 5 rounds (VisDial)", source="Table 2",
-          metric="clip_sim", higher_is_better=True, a=_visdial("10rounds"), b=_visdial("5rounds"), paper_a=0.645,
-          paper_b=0.621),
-    Claim(claim_id="b7", claim="more dialogue helps GILL: 10 rounds > 1 round (VisDial), scene metric",
-          source="Table 2 (scene metric)", metric="scene_score", higher_is_better=True, a=_visdial("10rounds"),
-          b=_visdial("1round")),
-    Claim(claim_id="c1", claim="the GILLMapper beats a linear mapper (VIST, 5 captions + 4 images)",
-          source="Table 3", metric="clip_sim", higher_is_better=True, a=_vist("5cap4img", mapper="gill_mapper"),
-          b=_vist("5cap4img", mapper="linear"), paper_a=0.641, paper_b=0.500),
-    Claim(claim_id="c2", claim="the GILLMapper beats a 3-layer MLP mapper (VIST, 5 captions + 4 images)",
-          source="Table 3", metric="clip_sim", higher_is_better=True, a=_vist("5cap4img", mapper="gill_mapper"),
-          b=_vist("5cap4img", mapper="mlp3"), paper_a=0.641, paper_b=0.502),
-    Claim(claim_id="c3", claim="the GILLMapper beats a linear mapper (VIST, 5 captions + 4 images), scene metric",
-          source="Table 3 (scene metric)", metric="scene_score", higher_is_better=True,
-          a=_vist("5cap4img", mapper="gill_mapper"), b=_vist("5cap4img", mapper="linear")),
-    Claim(claim_id="c4", claim="the GILLMapper beats a 3-layer MLP mapper (VIST, 5 captions + 4 images), scene "
-          "metric", source="Table 3 (scene metric)", metric="scene_score", higher_is_better=True,
-          a=_vist("5cap4img", mapper="gill_mapper"), b=_vist("5cap4img", mapper="mlp3")),
-    Claim(claim_id="d1", claim="GILL retrieval from 5 captions + 4 images beats CLIP retrieval from 5 captions",
-          source="section 4.1 (VIST retrieval)", metric="recall@1", higher_is_better=True,
-          a=Arm(benchmark="vist-retrieval", setting="5cap4img", system="fromage-retrieval"),
-          b=Arm(benchmark="vist-retrieval", setting="5cap", system="clip-retrieval"), paper_a=0.203, paper_b=0.088),
-    Claim(claim_id="e1", claim="the decision classifier beats chance (macro-F1, 5-fold CV)", source="section 3.3",
-          metric="decision_macro_f1", higher_is_better=True, a=None, b=None, paper_a=0.544,
-          paper_b=CHANCE_MACRO_F1, b_constant=CHANCE_MACRO_F1, decision=DecisionArm()),
-    Claim(claim_id="e4", claim="a bank-aware decision classifier beats chance (macro-F1, 5-fold CV)",
-          source="beyond the paper (section 3.3 + retrieval score)",
-          metric="decision_macro_f1", higher_is_better=True, a=None, b=None, paper_b=CHANCE_MACRO_F1,
-          b_constant=CHANCE_MACRO_F1, decision=DecisionArm(recipe="balanced", with_retrieval_score=True)),
-    Claim(claim_id="e2", claim="the oracle beats generate-only (VIST, 5 captions + 4 images)", source="section 3.3",
-          metric="clip_sim", higher_is_better=True, a=_vist("5cap4img", "gill-oracle"), b=_vist("5cap4img")),
-    Claim(claim_id="e3", claim="the oracle beats retrieve-only (VIST, 5 captions + 4 images)", source="section 3.3",
-          metric="clip_sim", higher_is_better=True, a=_vist("5cap4img", "gill-oracle"),
-          b=_vist("5cap4img", "gill-ret")),
-)  # fmt: skip
+    Claim(
+        claim_id="a1",
+        claim="GILL beats SD at 5 captions (VIST)",
+        source="Table 1",
+        metric="clip_sim",
+        higher_is_better=True,
+        a=_vist("5cap"),
+        b=_vist("5cap", "sd"),
+        paper_a=0.612,
+        paper_b=0.598,
+    ),
+    Claim(
+        claim_id="a2",
+        claim="GILL beats SD at 5 captions (VIST), scene metric",
+        source="Table 1 (scene metric)",
+        metric="scene_score",
+        higher_is_better=True,
+        a=_vist("5cap"),
+        b=_vist("5cap", "sd"),
+    ),
+    Claim(
+        claim_id="b1",
+        claim="context helps GILL: 5 captions > 1 caption (VIST)",
+        source="Table 1",
+        metric="clip_sim",
+        higher_is_better=True,
+        a=_vist("5cap"),
+        b=_vist("1cap"),
+        paper_a=0.612,
+        paper_b=0.581,
+    ),
+    Claim(
+        claim_id="b2",
+        claim="context helps GILL: 5 captions + 4 images > 5 captions (VIST)",
+        source="Table 1",
+        metric="clip_sim",
+        higher_is_better=True,
+        a=_vist("5cap4img"),
+        b=_vist("5cap"),
+        paper_a=0.641,
+        paper_b=0.612,
+    ),
+    Claim(
+        claim_id="b3",
+        claim="context helps GILL: 5 captions > 1 caption (VIST), scene metric",
+        source="Table 1 (scene metric)",
+        metric="scene_score",
+        higher_is_better=True,
+        a=_vist("5cap"),
+        b=_vist("1cap"),
+    ),
+    Claim(
+        claim_id="b4",
+        claim="context helps GILL: 5 captions + 4 images > 5 captions (VIST), scene metric",
+        source="Table 1 (scene metric)",
+        metric="scene_score",
+        higher_is_better=True,
+        a=_vist("5cap4img"),
+        b=_vist("5cap"),
+    ),
+    Claim(
+        claim_id="b5",
+        claim="more dialogue helps GILL: 5 rounds > 1 round (VisDial)",
+        source="Table 2",
+        metric="clip_sim",
+        higher_is_better=True,
+        a=_visdial("5rounds"),
+        b=_visdial("1round"),
+        paper_a=0.621,
+        paper_b=0.528,
+    ),
+    Claim(
+        claim_id="b6",
+        claim="more dialogue helps GILL: 10 rounds > 5 rounds (VisDial)",
+        source="Table 2",
+        metric="clip_sim",
+        higher_is_better=True,
+        a=_visdial("10rounds"),
+        b=_visdial("5rounds"),
+        paper_a=0.645,
+        paper_b=0.621,
+    ),
+    Claim(
+        claim_id="b7",
+        claim="more dialogue helps GILL: 10 rounds > 1 round (VisDial), scene metric",
+        source="Table 2 (scene metric)",
+        metric="scene_score",
+        higher_is_better=True,
+        a=_visdial("10rounds"),
+        b=_visdial("1round"),
+    ),
+    Claim(
+        claim_id="c1",
+        claim="the GILLMapper beats a linear mapper (VIST, 5 captions + 4 images)",
+        source="Table 3",
+        metric="clip_sim",
+        higher_is_better=True,
+        a=_vist("5cap4img", mapper="gill_mapper"),
+        b=_vist("5cap4img", mapper="linear"),
+        paper_a=0.641,
+        paper_b=0.500,
+    ),
+    Claim(
+        claim_id="c2",
+        claim="the GILLMapper beats a 3-layer MLP mapper (VIST, 5 captions + 4 images)",
+        source="Table 3",
+        metric="clip_sim",
+        higher_is_better=True,
+        a=_vist("5cap4img", mapper="gill_mapper"),
+        b=_vist("5cap4img", mapper="mlp3"),
+        paper_a=0.641,
+        paper_b=0.502,
+    ),
+    Claim(
+        claim_id="c3",
+        claim="the GILLMapper beats a linear mapper (VIST, 5 captions + 4 images), scene metric",
+        source="Table 3 (scene metric)",
+        metric="scene_score",
+        higher_is_better=True,
+        a=_vist("5cap4img", mapper="gill_mapper"),
+        b=_vist("5cap4img", mapper="linear"),
+    ),
+    Claim(
+        claim_id="c4",
+        claim="the GILLMapper beats a 3-layer MLP mapper (VIST, 5 captions + 4 images), scene metric",
+        source="Table 3 (scene metric)",
+        metric="scene_score",
+        higher_is_better=True,
+        a=_vist("5cap4img", mapper="gill_mapper"),
+        b=_vist("5cap4img", mapper="mlp3"),
+    ),
+    Claim(
+        claim_id="d1",
+        claim="GILL retrieval from 5 captions + 4 images beats CLIP retrieval from 5 captions",
+        source="section 4.1 (VIST retrieval)",
+        metric="recall@1",
+        higher_is_better=True,
+        a=Arm(benchmark="vist-retrieval", setting="5cap4img", system="fromage-retrieval"),
+        b=Arm(benchmark="vist-retrieval", setting="5cap", system="clip-retrieval"),
+        paper_a=0.203,
+        paper_b=0.088,
+    ),
+    Claim(
+        claim_id="e1",
+        claim="the decision classifier beats chance (macro-F1, 5-fold CV)",
+        source="section 3.3",
+        metric="decision_macro_f1",
+        higher_is_better=True,
+        a=None,
+        b=None,
+        paper_a=0.544,
+        paper_b=CHANCE_MACRO_F1,
+        b_constant=CHANCE_MACRO_F1,
+        decision=DecisionArm(),
+    ),
+    Claim(
+        claim_id="e4",
+        claim="a bank-aware decision classifier beats chance (macro-F1, 5-fold CV)",
+        source="beyond the paper (section 3.3 + retrieval score)",
+        metric="decision_macro_f1",
+        higher_is_better=True,
+        a=None,
+        b=None,
+        paper_b=CHANCE_MACRO_F1,
+        b_constant=CHANCE_MACRO_F1,
+        decision=DecisionArm(recipe="balanced", with_retrieval_score=True),
+    ),
+    Claim(
+        claim_id="e2",
+        claim="the oracle beats generate-only (VIST, 5 captions + 4 images)",
+        source="section 3.3",
+        metric="clip_sim",
+        higher_is_better=True,
+        a=_vist("5cap4img", "gill-oracle"),
+        b=_vist("5cap4img"),
+    ),
+    Claim(
+        claim_id="e3",
+        claim="the oracle beats retrieve-only (VIST, 5 captions + 4 images)",
+        source="section 3.3",
+        metric="clip_sim",
+        higher_is_better=True,
+        a=_vist("5cap4img", "gill-oracle"),
+        b=_vist("5cap4img", "gill-ret"),
+    ),
+)
 """Every claim the report checks, in report order."""
 
 _MAPPER = "json_extract_string(r.config, '$.model.adapters.mapper.kind')"
@@ -156,8 +289,10 @@ def _q(value: str | float | None) -> str:
 
 
 def _cell(arm: Arm, metric: str) -> str:
-    return (f"benchmark = {_q(arm.benchmark)} AND setting = {_q(arm.setting)} AND system = {_q(arm.system)} "
-            f"AND metric = {_q(metric)}")  # fmt: skip
+    return (
+        f"benchmark = {_q(arm.benchmark)} AND setting = {_q(arm.setting)} AND system = {_q(arm.system)} "
+        f"AND metric = {_q(metric)}"
+    )
 
 
 def _per_sample_value(metric: str) -> str:
@@ -175,8 +310,10 @@ def _arm_source(arm: Arm, metric: str, latest: bool) -> str:
     if arm.mapper is None:
         return f"(SELECT * FROM results WHERE {_cell(arm, metric)})"
     newest = " ORDER BY r.started_at DESC LIMIT 1" if latest else ""
-    return (f"(SELECT x.* FROM results x JOIN runs r USING (run_id) WHERE {_cell(arm, metric)} "
-            f"AND {_MAPPER} = {_q(arm.mapper)}{newest})")  # fmt: skip
+    return (
+        f"(SELECT x.* FROM results x JOIN runs r USING (run_id) WHERE {_cell(arm, metric)} "
+        f"AND {_MAPPER} = {_q(arm.mapper)}{newest})"
+    )
 
 
 def _pairs(claim: Claim) -> str:
@@ -185,14 +322,18 @@ def _pairs(claim: Claim) -> str:
     value = _per_sample_value(claim.metric)
 
     def per_sample(arm: Arm, alias: str) -> str:
-        return (f"(SELECT run_id, sample_id, avg({value}) AS v FROM samples WHERE benchmark = {_q(arm.benchmark)} "
-                f"AND setting = {_q(arm.setting)} AND system = {_q(arm.system)} AND status = 'ok' "
-                f"GROUP BY run_id, sample_id) {alias}")  # fmt: skip
+        return (
+            f"(SELECT run_id, sample_id, avg({value}) AS v FROM samples WHERE benchmark = {_q(arm.benchmark)} "
+            f"AND setting = {_q(arm.setting)} AND system = {_q(arm.system)} AND status = 'ok' "
+            f"GROUP BY run_id, sample_id) {alias}"
+        )
 
-    return (f"(SELECT avg(pa.v - pb.v) AS diff, stddev_samp(pa.v - pb.v) AS sd, count(*) AS n_pairs FROM "
-            f"{per_sample(claim.a, 'pa')} JOIN {per_sample(claim.b, 'pb')} ON pb.sample_id = pa.sample_id "
-            f"WHERE pa.run_id = a.run_id AND pb.run_id = b.run_id AND pa.v IS NOT NULL "
-            f"AND pb.v IS NOT NULL)")  # fmt: skip
+    return (
+        f"(SELECT avg(pa.v - pb.v) AS diff, stddev_samp(pa.v - pb.v) AS sd, count(*) AS n_pairs FROM "
+        f"{per_sample(claim.a, 'pa')} JOIN {per_sample(claim.b, 'pb')} ON pb.sample_id = pa.sample_id "
+        f"WHERE pa.run_id = a.run_id AND pb.run_id = b.run_id AND pa.v IS NOT NULL "
+        f"AND pb.v IS NOT NULL)"
+    )
 
 
 def _comparison_sql(claim: Claim) -> str:
@@ -223,12 +364,16 @@ def _decision_sql(claim: Claim) -> str:
     """The classifier's cross-validated macro-F1 (latest fit of the claim's recipe and features; interval from the
     folds) against a constant."""
     arm = claim.decision or DecisionArm()
-    latest = (f"(SELECT run_id FROM decision_eval WHERE protocol LIKE 'cv%' AND coalesce(recipe, 'official') = "
-              f"{_q(arm.recipe)} AND coalesce(with_retrieval_score, false) = {str(arm.with_retrieval_score).lower()} "
-              "ORDER BY created DESC LIMIT 1)")  # fmt: skip
+    latest = (
+        f"(SELECT run_id FROM decision_eval WHERE protocol LIKE 'cv%' AND coalesce(recipe, 'official') = "
+        f"{_q(arm.recipe)} AND coalesce(with_retrieval_score, false) = {str(arm.with_retrieval_score).lower()} "
+        "ORDER BY created DESC LIMIT 1)"
+    )
     name = f"decision classifier ({arm.label}"
-    folds = (f"(SELECT avg(value) AS mean, stddev_samp(value) AS sd, count(*) AS k, max(n) AS n FROM decision_eval "
-             f"WHERE run_id = {latest} AND metric LIKE 'macro_f1_fold%')")  # fmt: skip
+    folds = (
+        f"(SELECT avg(value) AS mean, stddev_samp(value) AS sd, count(*) AS k, max(n) AS n FROM decision_eval "
+        f"WHERE run_id = {latest} AND metric LIKE 'macro_f1_fold%')"
+    )
     return (
         f"SELECT r.run_id, {_q(claim.claim_id)} AS claim_id, {_q(claim.claim)} AS claim, {_q(claim.source)} AS source, "
         f"{_q(claim.metric)} AS metric, CASE WHEN EXISTS (SELECT 1 FROM decision_eval WHERE run_id = {latest} AND "

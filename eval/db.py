@@ -124,8 +124,9 @@ def ensure_schema(con: Any) -> None:
     """Create every table that does not exist yet, add the columns a newer gill added, (re)create the views."""
     for name, columns in TABLES.items():
         con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
-        listed = con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = ? AND "
-                             "table_schema = 'main'", [name]).fetchall()  # fmt: skip
+        listed = con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ? AND table_schema = 'main'", [name]
+        ).fetchall()
         present = {row[0] for row in listed}
         for column, kind in column_definitions(columns).items():
             if column not in present:

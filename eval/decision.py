@@ -46,8 +46,19 @@ def record_decision(workdir: str | os.PathLike[str], rows: list[dict[str, Any]])
     """Insert ``rows`` into ``decision_eval`` (created if missing) in one transaction; returns the count."""
     from eval.db import connect, db_path
 
-    columns = ("run_id", "created", "checkpoint", "checkpoint_id", "votes", "with_retrieval_score", "recipe",
-               "protocol", "metric", "value", "n")  # fmt: skip
+    columns = (
+        "run_id",
+        "created",
+        "checkpoint",
+        "checkpoint_id",
+        "votes",
+        "with_retrieval_score",
+        "recipe",
+        "protocol",
+        "metric",
+        "value",
+        "n",
+    )
     with connect(db_path(workdir)) as con:  # creates the table (eval.db.TABLES)
         con.execute("BEGIN TRANSACTION")
         sql = f"INSERT OR REPLACE INTO {TABLE} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
@@ -83,9 +94,12 @@ def official_train_size(n: int) -> int:
     return D.OFFICIAL_TRAIN if n > D.OFFICIAL_TRAIN + 100 else max(1, round(0.6 * n))
 
 
-def save_head_into_checkpoint(checkpoint_dir: str | os.PathLike[str], head: torch.nn.Module,
-                              out_dir: str | os.PathLike[str] | None = None,
-                              info: dict[str, Any] | None = None) -> Path:  # fmt: skip
+def save_head_into_checkpoint(
+    checkpoint_dir: str | os.PathLike[str],
+    head: torch.nn.Module,
+    out_dir: str | os.PathLike[str] | None = None,
+    info: dict[str, Any] | None = None,
+) -> Path:
     """Write ``checkpoint_dir`` with ``head`` as its decision head to ``out_dir`` (default: in place, atomically).
 
     The adapters file is copied byte for byte (so the checkpoint id, and with it the retrieval bank, stays
@@ -103,8 +117,15 @@ def save_head_into_checkpoint(checkpoint_dir: str | os.PathLike[str], head: torc
     extra = {**record.get("extra", {}), "decision": info or {}}
     extra.setdefault("adapters_provenance", record.get("provenance"))
     with atomic_directory(target) as tmp:
-        staged = save_pretrained(tmp / "staged", loaded.adapters, loaded.config, loaded.img_tokens, extra,
-                                 decision_head=head.cpu().eval(), dtype=dtype)  # fmt: skip
+        staged = save_pretrained(
+            tmp / "staged",
+            loaded.adapters,
+            loaded.config,
+            loaded.img_tokens,
+            extra,
+            decision_head=head.cpu().eval(),
+            dtype=dtype,
+        )
         shutil.copyfile(src / record["weights"]["adapters"], staged / ADAPTERS_FILE)  # byte-identical adapters
         record_checksums(staged)
         for path in staged.iterdir():
@@ -114,12 +135,21 @@ def save_head_into_checkpoint(checkpoint_dir: str | os.PathLike[str], head: torc
 
 
 def fit_decision(
-    workdir: str | os.PathLike[str], checkpoint_dir: str | os.PathLike[str], *,
-    votes_path: str | os.PathLike[str] | None = None, with_retrieval_score: bool = False,
-    out_checkpoint: str | os.PathLike[str] | None = None, device: str = "cpu", folds: int = 5,
-    steps: int | None = None, seed: int | None = None, batch_size: int = 64, panel: str = "human",
-    recipe: str = "official", save_head: bool = True,
-) -> DecisionFitResult:  # fmt: skip
+    workdir: str | os.PathLike[str],
+    checkpoint_dir: str | os.PathLike[str],
+    *,
+    votes_path: str | os.PathLike[str] | None = None,
+    with_retrieval_score: bool = False,
+    out_checkpoint: str | os.PathLike[str] | None = None,
+    device: str = "cpu",
+    folds: int = 5,
+    steps: int | None = None,
+    seed: int | None = None,
+    batch_size: int = 64,
+    panel: str = "human",
+    recipe: str = "official",
+    save_head: bool = True,
+) -> DecisionFitResult:
     """Fit the decision classifier of ``checkpoint_dir`` on the votes and record everything (see module doc).
 
     Args:
@@ -160,26 +190,55 @@ def fit_decision(
     x = decision_features(pipe, prompts, with_retrieval_score=with_retrieval_score, batch_size=batch_size)
     steps = D.OFFICIAL_STEPS if steps is None else steps
     seed = D.OFFICIAL_SEED if seed is None else seed
-    result, head = fit_and_evaluate(x, y, seed=seed, steps=steps, with_retrieval_score=with_retrieval_score,
-                                    folds=folds, n_train=official_train_size(len(y)), recipe=recipe)  # fmt: skip
+    result, head = fit_and_evaluate(
+        x,
+        y,
+        seed=seed,
+        steps=steps,
+        with_retrieval_score=with_retrieval_score,
+        folds=folds,
+        n_train=official_train_size(len(y)),
+        recipe=recipe,
+    )
     human = human_baseline(rows)
-    result = dataclasses.replace(result, human_official_f1=human.official, human_loo_f1=human.leave_one_out,
-                                 n_same=len(rows) - len(usable), panel=panel)  # fmt: skip
+    result = dataclasses.replace(
+        result,
+        human_official_f1=human.official,
+        human_loo_f1=human.leave_one_out,
+        n_same=len(rows) - len(usable),
+        panel=panel,
+    )
     created = _dt.datetime.now(_dt.UTC).replace(microsecond=0)
     run_id = f"decision-{created:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
     ckpt_id = checkpoint_id(checkpoint_dir)
-    common = {"run_id": run_id, "created": created.replace(tzinfo=None), "checkpoint": str(Path(checkpoint_dir)),
-              "checkpoint_id": ckpt_id, "votes": str(votes), "with_retrieval_score": with_retrieval_score,
-              "recipe": recipe}  # fmt: skip
+    common = {
+        "run_id": run_id,
+        "created": created.replace(tzinfo=None),
+        "checkpoint": str(Path(checkpoint_dir)),
+        "checkpoint_id": ckpt_id,
+        "votes": str(votes),
+        "with_retrieval_score": with_retrieval_score,
+        "recipe": recipe,
+    }
     record_decision(workdir, _rows(result, common))
-    info = {"run_id": run_id, "votes": str(votes), "panel": panel,
-            "trained_on": "official split, train part, final step", "recipe": recipe,
-            "retrieval_score_feature": D.RETRIEVAL_SCORE_SCALE if with_retrieval_score else None,
-            "figures": result.as_dict()}  # fmt: skip
+    info = {
+        "run_id": run_id,
+        "votes": str(votes),
+        "panel": panel,
+        "trained_on": "official split, train part, final step",
+        "recipe": recipe,
+        "retrieval_score_feature": D.RETRIEVAL_SCORE_SCALE if with_retrieval_score else None,
+        "figures": result.as_dict(),
+    }
     if save_head:
         save_head_into_checkpoint(checkpoint_dir, head, out_checkpoint, info)
-    logger.info("decision run %s: official test F1 %.4f, CV %.4f +- %.4f", run_id, result.official_test_f1,
-                result.cv_mean_f1, result.cv_std_f1)  # fmt: skip
+    logger.info(
+        "decision run %s: official test F1 %.4f, CV %.4f +- %.4f",
+        run_id,
+        result.official_test_f1,
+        result.cv_mean_f1,
+        result.cv_std_f1,
+    )
     return result
 
 
@@ -200,9 +259,16 @@ class DecisionStageResult:
     """Which head the checkpoint keeps (:data:`HEADS`)."""
 
 
-def fit_decision_stage(workdir: str | os.PathLike[str], checkpoint_dir: str | os.PathLike[str], *,
-                       votes_path: str | os.PathLike[str], panel: str = "human", head: str = "official",
-                       steps: int | None = None, device: str = "cpu") -> DecisionStageResult:  # fmt: skip
+def fit_decision_stage(
+    workdir: str | os.PathLike[str],
+    checkpoint_dir: str | os.PathLike[str],
+    *,
+    votes_path: str | os.PathLike[str],
+    panel: str = "human",
+    head: str = "official",
+    steps: int | None = None,
+    device: str = "cpu",
+) -> DecisionStageResult:
     """The decision stage of the pipeline: fit the official head and record it; with ``head="bank-aware"`` also fit
     the bank-aware head, which is then the one written into the checkpoint (auto mode uses it).
 
@@ -230,12 +296,17 @@ def store_votes_tsv(workdir: str | os.PathLike[str], panel: str = "human") -> Pa
     from gill.errors import InputError
 
     if not store_path(workdir).is_file():
-        raise InputError(f"no judging store under {workdir}", [],
-                         hint="judge with `gill annotate serve`, or `gill annotate import` votes first")  # fmt: skip
+        raise InputError(
+            f"no judging store under {workdir}",
+            [],
+            hint="judge with `gill annotate serve`, or `gill annotate import` votes first",
+        )
     store = JudgingStore(workdir)
     if not store.votes_table(panel=panel):
-        raise InputError(f"the judging store under {workdir} has no votes of panel {panel!r}",
-                         [f"panels: {', '.join(f'{p} ({store.count_votes(p)} votes)' for p in store.panels())}"],
-                         hint="judge first (gill annotate serve), or import votes (gill annotate import)")  # fmt: skip
+        raise InputError(
+            f"the judging store under {workdir} has no votes of panel {panel!r}",
+            [f"panels: {', '.join(f'{p} ({store.count_votes(p)} votes)' for p in store.panels())}"],
+            hint="judge first (gill annotate serve), or import votes (gill annotate import)",
+        )
     alignment, _ = export_official_tsv(store, Path(workdir) / "annotations" / "exports", panel=panel)
     return alignment

@@ -40,8 +40,11 @@ def curve_series(database: Path, run_id: str) -> dict[str, list[tuple[float, flo
     from eval.db import query
 
     names = ", ".join(f"'{n}'" for n in CURVES)
-    frame = query(database, f"SELECT step, name, value FROM train_metrics WHERE run_id = ? AND name IN ({names}) "
-                  "ORDER BY step", [run_id])  # fmt: skip
+    frame = query(
+        database,
+        f"SELECT step, name, value FROM train_metrics WHERE run_id = ? AND name IN ({names}) ORDER BY step",
+        [run_id],
+    )
     return {str(n): list(zip(g.step.astype(float), g.value, strict=True)) for n, g in frame.groupby("name")}
 
 
@@ -53,11 +56,16 @@ def curve_summary(database: Path, run_id: str) -> list[dict[str, float | str]]:
     for name, points in sorted(curve_series(database, run_id).items()):
         (s0, v0), (s1, v1) = points[0], points[-1]
         rows.append({"metric": name, "first_step": s0, "first": round(v0, 4), "last_step": s1, "last": round(v1, 4)})
-    val = query(database, "SELECT step, name, value FROM train_metrics WHERE run_id = ? AND name LIKE 'val_%' "
-                "AND step = (SELECT max(step) FROM train_metrics WHERE run_id = ? AND name LIKE 'val_%')",
-                [run_id, run_id])  # fmt: skip
-    rows += [{"metric": r.name, "first_step": "", "first": "", "last_step": float(r.step), "last": round(r.value, 4)}
-             for r in val.itertuples()]  # fmt: skip
+    val = query(
+        database,
+        "SELECT step, name, value FROM train_metrics WHERE run_id = ? AND name LIKE 'val_%' "
+        "AND step = (SELECT max(step) FROM train_metrics WHERE run_id = ? AND name LIKE 'val_%')",
+        [run_id, run_id],
+    )
+    rows += [
+        {"metric": r.name, "first_step": "", "first": "", "last_step": float(r.step), "last": round(r.value, 4)}
+        for r in val.itertuples()
+    ]
     return rows
 
 
@@ -76,12 +84,23 @@ def _set_aside_stale_run(run_dir: Path, data_fingerprint: str | None) -> None:
     while (aside := run_dir.with_name(f"{run_dir.name}.stale-{n}")).exists():
         n += 1
     run_dir.rename(aside)
-    logger.warning("run %s was trained on other data (or before data fingerprints were recorded): moved to %s; "
-                   "training afresh", run_dir.name, aside)  # fmt: skip
+    logger.warning(
+        "run %s was trained on other data (or before data fingerprints were recorded): moved to %s; training afresh",
+        run_dir.name,
+        aside,
+    )
 
 
-def train_or_resume(config, workdir: str | Path, *, overrides: dict, run_id: str, device: str = "cpu",
-                    mark_default: bool = True, data_fingerprint: str | None = None) -> dict:  # fmt: skip
+def train_or_resume(
+    config,
+    workdir: str | Path,
+    *,
+    overrides: dict,
+    run_id: str,
+    device: str = "cpu",
+    mark_default: bool = True,
+    data_fingerprint: str | None = None,
+) -> dict:
     """Bring run ``run_id`` to its step count: train it, resume it from its newest checkpoint after a crash, or
     recognise it as finished (its ``final/`` holds the target step). Returns the run's curve summary.
     With ``mark_default`` the run becomes the workdir's default checkpoint (not for ablation variants).
@@ -107,21 +126,34 @@ def train_or_resume(config, workdir: str | Path, *, overrides: dict, run_id: str
     if not finished:
         resume = has_checkpoint(workdir, run_id)
         status = "resumed" if resume else "trained"
-        run_training(config, workdir, overrides=overrides, run_id=run_id, resume=resume, device=device,
-                     mark_default=mark_default)  # fmt: skip
+        run_training(
+            config, workdir, overrides=overrides, run_id=run_id, resume=resume, device=device, mark_default=mark_default
+        )
     elif mark_default:
         from gill.train import mark_default_run
 
         mark_default_run(workdir, run_id)
     database = db_path(workdir)
-    return {"run_id": run_id, "run_dir": str(run_dir), "status": status, "steps": target,
-            "curve": curve_summary(database, run_id), "loss_curve": str(run_dir / "loss_curve.png")}  # fmt: skip
+    return {
+        "run_id": run_id,
+        "run_dir": str(run_dir),
+        "status": status,
+        "steps": target,
+        "curve": curve_summary(database, run_id),
+        "loss_curve": str(run_dir / "loss_curve.png"),
+    }
 
 
 def run_training(
-    config, workdir: str | Path, *, overrides: dict | None = None, run_id: str | None = None,
-    resume: bool = False, device: str = "cpu", mark_default: bool = True,
-):  # fmt: skip
+    config,
+    workdir: str | Path,
+    *,
+    overrides: dict | None = None,
+    run_id: str | None = None,
+    resume: bool = False,
+    device: str = "cpu",
+    mark_default: bool = True,
+):
     """Train (or resume) with metrics into ``train_metrics`` and a loss curve: what ``gill train`` and the flow run.
 
     Returns ``(TrainResult, loss_curve_path)``.

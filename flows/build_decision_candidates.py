@@ -28,14 +28,27 @@ def candidates_task(params: CandidateParams) -> dict:
     from annotations.candidates import build_candidates
     from annotations.store import JudgingStore, import_candidates
 
-    summary = build_candidates(params.workdir, checkpoint=params.checkpoint, prompts=params.prompts,
-                               limit=params.limit, sd_steps=params.sd_steps, seed=params.seed, device=params.device,
-                               progress=False)  # fmt: skip
+    summary = build_candidates(
+        params.workdir,
+        checkpoint=params.checkpoint,
+        prompts=params.prompts,
+        limit=params.limit,
+        sd_steps=params.sd_steps,
+        seed=params.seed,
+        device=params.device,
+        progress=False,
+    )
     store = JudgingStore(params.workdir)
     import_candidates(params.workdir, store)
-    return {"total": summary.total, "built": summary.built, "skipped": summary.skipped,
-            "database": str(summary.database), "images": str(summary.images_dir), "store": str(store.path),
-            "judgeable_items": store.judgeable_items()}  # fmt: skip
+    return {
+        "total": summary.total,
+        "built": summary.built,
+        "skipped": summary.skipped,
+        "database": str(summary.database),
+        "images": str(summary.images_dir),
+        "store": str(store.path),
+        "judgeable_items": store.judgeable_items(),
+    }
 
 
 @flow(name="build-decision-candidates", log_prints=True)
@@ -44,8 +57,12 @@ def build_decision_candidates_flow(params: CandidateParams) -> dict:
     if params.build_index:
         bank_task(params)
     summary = candidates_task(params)
-    create_markdown_artifact(key="decision-candidates", markdown=(
-        f"{summary['total']} prompts ({summary['built']} built, {summary['skipped']} already done); images in "
-        f"`{summary['images']}`, rows in `{summary['database']}` table `decision_candidates`"))  # fmt: skip
+    create_markdown_artifact(
+        key="decision-candidates",
+        markdown=(
+            f"{summary['total']} prompts ({summary['built']} built, {summary['skipped']} already done); images in "
+            f"`{summary['images']}`, rows in `{summary['database']}` table `decision_candidates`"
+        ),
+    )
     print(f"decision candidates: {summary}")
     return summary

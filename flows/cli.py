@@ -24,9 +24,14 @@ import urllib.request
 from pathlib import Path
 
 DEMO_SETTINGS = {
-    "world_train": 1024, "candidate_limit": 400, "candidate_sd_steps": 10, "bench_sd_steps": 10, "fid_bootstrap": 20,
-    "decision_steps": 500, "bench_limit": 8,
-}  # fmt: skip
+    "world_train": 1024,
+    "candidate_limit": 400,
+    "candidate_sd_steps": 10,
+    "bench_sd_steps": 10,
+    "fid_bootstrap": 20,
+    "decision_steps": 500,
+    "bench_limit": 8,
+}
 """What ``make demo`` changes from the defaults to finish in minutes on 2 CPU cores (SD steps, limits)."""
 
 
@@ -81,8 +86,17 @@ def start_server(port: int, home: Path, timeout_s: float = 120) -> tuple[subproc
     api_url = f"http://127.0.0.1:{port}/api"
     prefect = Path(sys.executable).with_name("prefect")
     env = {**os.environ, "PREFECT_HOME": str(home.resolve()), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    command = [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui",
-               "--analytics-off"]  # fmt: skip
+    command = [
+        str(prefect),
+        "server",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-ui",
+        "--analytics-off",
+    ]
     server = subprocess.Popen(command, env=env)
     deadline = time.monotonic() + timeout_s
     while not _healthy(api_url):
@@ -100,14 +114,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         home.mkdir(parents=True, exist_ok=True)
         server, api_url = start_server(args.port, home)
         os.environ["PREFECT_API_URL"] = api_url
-        logging.getLogger("gill").warning("Prefect server on %s (UI off); in another shell: export "
-                                          "PREFECT_API_URL=%s", api_url, api_url)  # fmt: skip
+        logging.getLogger("gill").warning(
+            "Prefect server on %s (UI off); in another shell: export PREFECT_API_URL=%s", api_url, api_url
+        )
     _prefect_env(home)
     try:
         from flows.full_pipeline import gill_pipeline
 
-        gill_pipeline.serve(name="full-pipeline", description="GILL end to end: data, adapters, decision, benchmarks",
-                            tags=["gill"])  # fmt: skip
+        gill_pipeline.serve(
+            name="full-pipeline", description="GILL end to end: data, adapters, decision, benchmarks", tags=["gill"]
+        )
     finally:
         if server is not None:
             server.terminate()
@@ -122,8 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name)
         p.add_argument("--workdir", type=Path, default=Path(default))
         p.add_argument("--params", help="JSON of PipelineParams fields, e.g. '{\"bench_limit\": 4}'")
-        p.add_argument("--dask", metavar="ADDRESS", help="run the per-shard tasks on Dask: 'local' (a local "
-                       "cluster) or a scheduler address such as tcp://scheduler:8786")  # fmt: skip
+        p.add_argument(
+            "--dask",
+            metavar="ADDRESS",
+            help="run the per-shard tasks on Dask: 'local' (a local "
+            "cluster) or a scheduler address such as tcp://scheduler:8786",
+        )
         p.set_defaults(func=handler)
     p = sub.add_parser("serve")
     p.add_argument("--workdir", type=Path, default=Path("work/pipeline"), help="where the server's SQLite lives")

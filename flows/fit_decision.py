@@ -21,9 +21,17 @@ def fit_task(params: DecisionParams) -> dict:
 
     votes = store_votes_tsv(params.workdir, panel=params.panel) if params.from_store else params.votes
     checkpoint = resolve_checkpoint(params.workdir, params.checkpoint)
-    result = fit_decision(params.workdir, checkpoint, votes_path=votes, device=params.device, folds=params.folds,
-                          with_retrieval_score=params.with_retrieval_score, steps=params.steps, recipe=params.recipe,
-                          panel=params.panel if params.from_store else "human")  # fmt: skip
+    result = fit_decision(
+        params.workdir,
+        checkpoint,
+        votes_path=votes,
+        device=params.device,
+        folds=params.folds,
+        with_retrieval_score=params.with_retrieval_score,
+        steps=params.steps,
+        recipe=params.recipe,
+        panel=params.panel if params.from_store else "human",
+    )
     return {**result.as_dict(), "checkpoint": str(checkpoint)}
 
 
@@ -31,9 +39,13 @@ def fit_task(params: DecisionParams) -> dict:
 def fit_decision_flow(params: DecisionParams) -> dict:
     """Fit the decision classifier and publish its figures."""
     figures = fit_task(params)
-    create_markdown_artifact(key="decision-fit", markdown=(
-        f"checkpoint `{figures['checkpoint']}`: official test macro-F1 {figures['official_test_f1']:.4f}, "
-        f"{figures['cv_folds']}-fold CV {figures['cv_mean_f1']:.4f} +- {figures['cv_std_f1']:.4f}; human baseline "
-        f"{figures['human_official_f1']:.4f} (leave-one-out {figures['human_loo_f1']:.4f})"))  # fmt: skip
+    create_markdown_artifact(
+        key="decision-fit",
+        markdown=(
+            f"checkpoint `{figures['checkpoint']}`: official test macro-F1 {figures['official_test_f1']:.4f}, "
+            f"{figures['cv_folds']}-fold CV {figures['cv_mean_f1']:.4f} +- {figures['cv_std_f1']:.4f}; human baseline "
+            f"{figures['human_official_f1']:.4f} (leave-one-out {figures['human_loo_f1']:.4f})"
+        ),
+    )
     print(f"decision classifier: {figures}")
     return figures

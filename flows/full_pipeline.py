@@ -62,8 +62,11 @@ def folder_digest(folder: Path | None) -> str | None:
     """A cheap fingerprint of a folder: names, sizes and mtimes of its files."""
     if folder is None:
         return None
-    entries = sorted(f"{p.relative_to(folder)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
-                     for p in Path(folder).rglob("*") if p.is_file())  # fmt: skip
+    entries = sorted(
+        f"{p.relative_to(folder)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+        for p in Path(folder).rglob("*")
+        if p.is_file()
+    )
     return hashlib.sha256("\n".join(entries).encode()).hexdigest()
 
 
@@ -100,16 +103,20 @@ def download_task(workdir: Path, split: str, urls: Path, urls_sha256: str | None
 
     report = download_split(urls, split, workdir, DownloadOptions(**options), progress=False)
     record_download(db_path(workdir), split, report.shard_rows(), report.failure_rows())
-    create_table_artifact(key=f"cc3m-yield-{split}", table=[{**r} for r in report.shard_rows()],
-                          description=f"{report.summary().splitlines()[0]}; query {db_path(workdir)} "
-                                      "tables download_shards, download_failures")  # fmt: skip
+    create_table_artifact(
+        key=f"cc3m-yield-{split}",
+        table=[{**r} for r in report.shard_rows()],
+        description=f"{report.summary().splitlines()[0]}; query {db_path(workdir)} "
+        "tables download_shards, download_failures",
+    )
     print(report.summary().splitlines()[0])
     return {"split": split, "total": report.total, "successes": report.successes}
 
 
 @task(task_run_name="precompute {split} shard {shard_tar.stem}")
-def precompute_task(shard_tar: Path, shard_sha256: str, split: str, workdir: Path, config_json: str,
-                    options: Any) -> dict:  # fmt: skip
+def precompute_task(
+    shard_tar: Path, shard_sha256: str, split: str, workdir: Path, config_json: str, options: Any
+) -> dict:
     """Frozen targets of one image shard (one task per shard, so a Dask task runner can spread them)."""
     from gill.data.precompute import precompute_shard
 
@@ -118,19 +125,36 @@ def precompute_task(shard_tar: Path, shard_sha256: str, split: str, workdir: Pat
 
 
 @task(task_run_name="train adapters {run_id}")
-def train_task(workdir: Path, config_json: str, overrides: dict, run_id: str, features: list[str],
-               device: str, mark_default: bool = True) -> dict:  # fmt: skip
+def train_task(
+    workdir: Path,
+    config_json: str,
+    overrides: dict,
+    run_id: str,
+    features: list[str],
+    device: str,
+    mark_default: bool = True,
+) -> dict:
     """Train (or resume, or recognise as finished) the adapters; the curve summary becomes an artifact."""
     from eval.db import db_path
     from eval.reports import train_or_resume
     from gill.config import GILLConfig
 
     data = hashlib.sha256("\n".join(features).encode()).hexdigest()  # a run never resumes onto other data
-    summary = train_or_resume(GILLConfig.from_json(config_json), workdir, overrides=overrides, run_id=run_id,
-                              device=device, mark_default=mark_default, data_fingerprint=data)  # fmt: skip
-    create_table_artifact(key="train-curve", table=summary["curve"],
-                          description=f"run {run_id}: first and last logged values of each loss and the last "
-                                      f"validation; every step in {db_path(workdir)} table train_metrics")  # fmt: skip
+    summary = train_or_resume(
+        GILLConfig.from_json(config_json),
+        workdir,
+        overrides=overrides,
+        run_id=run_id,
+        device=device,
+        mark_default=mark_default,
+        data_fingerprint=data,
+    )
+    create_table_artifact(
+        key="train-curve",
+        table=summary["curve"],
+        description=f"run {run_id}: first and last logged values of each loss and the last "
+        f"validation; every step in {db_path(workdir)} table train_metrics",
+    )
     return summary
 
 
@@ -144,8 +168,9 @@ def index_task(workdir: Path, checkpoint: Path, checkpoint_id: str, features: li
 
 
 @task(task_run_name="judging candidates")
-def candidates_task(workdir: Path, checkpoint: Path, checkpoint_id: str, limit: int | None, sd_steps: int,
-                    device: str) -> dict:  # fmt: skip
+def candidates_task(
+    workdir: Path, checkpoint: Path, checkpoint_id: str, limit: int | None, sd_steps: int, device: str
+) -> dict:
     """SD-baseline and top-bank images per prompt (world prompts on the embedded default, else PartiPrompts), loaded
     into the judging store with their images, open to people (``gill annotate build``, then ``serve``)."""
     from annotations.candidates import build_candidates
@@ -154,13 +179,25 @@ def candidates_task(workdir: Path, checkpoint: Path, checkpoint_id: str, limit: 
     s = build_candidates(workdir, checkpoint=checkpoint, limit=limit, sd_steps=sd_steps, device=device)
     store = JudgingStore(workdir)
     import_candidates(workdir, store)
-    return {"total": s.total, "built": s.built, "skipped": s.skipped, "images": str(s.images_dir),
-            "store": str(store.path), "judgeable_items": store.judgeable_items()}  # fmt: skip
+    return {
+        "total": s.total,
+        "built": s.built,
+        "skipped": s.skipped,
+        "images": str(s.images_dir),
+        "store": str(store.path),
+        "judgeable_items": store.judgeable_items(),
+    }
 
 
 @task(task_run_name="votes")
-def votes_task(workdir: Path, votes: Path | None, votes_sha256: str | None, simulated: bool, panel_seed: int,
-               candidates_digest: str | None) -> dict:  # fmt: skip
+def votes_task(
+    workdir: Path,
+    votes: Path | None,
+    votes_sha256: str | None,
+    simulated: bool,
+    panel_seed: int,
+    candidates_digest: str | None,
+) -> dict:
     """The votes the decision classifier is fitted on: a given TSV, else on the embedded default the SIMULATED
     panel's votes (5 answer-key judges voting in their own panel of the store), else the shipped PartiPrompts votes
     (read from their file: they never become imageless items of the live store)."""
@@ -169,13 +206,26 @@ def votes_task(workdir: Path, votes: Path | None, votes_sha256: str | None, simu
     if votes is not None or not simulated:
         return _votes_source(workdir, votes, simulated)
     summary = run_simulated_panel(workdir, PanelConfig(seed=panel_seed))
-    return {**_votes_source(workdir, votes, simulated), "simulated_votes": summary.votes, "items": summary.items,
-            "judges": list(summary.judges)}  # fmt: skip
+    return {
+        **_votes_source(workdir, votes, simulated),
+        "simulated_votes": summary.votes,
+        "items": summary.items,
+        "judges": list(summary.judges),
+    }
 
 
 @task(task_run_name="fit decision classifier")
-def decision_task(workdir: Path, checkpoint: Path, checkpoint_id: str, votes_tsv: str, votes_sha256: str | None,
-                  panel: str, steps: int | None, device: str, head: str) -> dict:  # fmt: skip
+def decision_task(
+    workdir: Path,
+    checkpoint: Path,
+    checkpoint_id: str,
+    votes_tsv: str,
+    votes_sha256: str | None,
+    panel: str,
+    steps: int | None,
+    device: str,
+    head: str,
+) -> dict:
     """Fit the retrieve-or-generate classifier on the votes; F1 beside the judges' baseline as an artifact.
 
     The official head (h[IMG0], the notebook's recipe) is always fitted and recorded; with ``head="bank-aware"``
@@ -185,19 +235,25 @@ def decision_task(workdir: Path, checkpoint: Path, checkpoint_id: str, votes_tsv
 
     who = "human" if panel == "human" else f"{panel.upper()} panel (answer-key judges, not people)"
     try:
-        fits = fit_decision_stage(workdir, checkpoint, votes_path=Path(votes_tsv), panel=panel, head=head,
-                                  steps=steps, device=device)  # fmt: skip
+        fits = fit_decision_stage(
+            workdir, checkpoint, votes_path=Path(votes_tsv), panel=panel, head=head, steps=steps, device=device
+        )
     except InsufficientLabelsError as err:  # a small run: the pipeline goes on, the gill system always generates
-        create_markdown_artifact(key="decision-f1", markdown=f"decision classifier **not fitted** on {votes_tsv} "
-                                 f"({who} votes): {err}; query {db_path(workdir)} table decision_eval")  # fmt: skip
+        create_markdown_artifact(
+            key="decision-f1",
+            markdown=f"decision classifier **not fitted** on {votes_tsv} "
+            f"({who} votes): {err}; query {db_path(workdir)} table decision_eval",
+        )
         return {"fitted": False, "reason": str(err)}
     official, aware = fits.official, fits.bank_aware
     figures = official.as_dict()
     rows = _decision_rows("official head, h[IMG0]", figures)
     if aware is not None:
         rows += _decision_rows("bank-aware head, h[IMG0] + retrieval score, balanced", aware.as_dict())
-    rows += [{"what": f"{who} baseline (official, leaky)", "macro_f1": figures["human_official_f1"]},
-             {"what": f"{who} baseline (leave-one-judge-out)", "macro_f1": figures["human_loo_f1"]}]  # fmt: skip
+    rows += [
+        {"what": f"{who} baseline (official, leaky)", "macro_f1": figures["human_official_f1"]},
+        {"what": f"{who} baseline (leave-one-judge-out)", "macro_f1": figures["human_loo_f1"]},
+    ]
     create_table_artifact(
         key="decision-f1",
         table=rows,
@@ -213,16 +269,29 @@ def decision_task(workdir: Path, checkpoint: Path, checkpoint_id: str, votes_tsv
 
 
 def _decision_rows(name: str, figures: dict) -> list[dict]:
-    return [{"what": f"{name}: official {figures['n_train']}/rest split (final model)",
-             "macro_f1": figures["official_test_f1"]},
-            {"what": f"{name}: {figures['cv_folds']}-fold CV", "macro_f1": figures["cv_mean_f1"]},
-            {"what": f"{name}: best on test (notebook; selection on test)",
-             "macro_f1": figures["official_best_on_test_f1"]}]  # fmt: skip
+    return [
+        {
+            "what": f"{name}: official {figures['n_train']}/rest split (final model)",
+            "macro_f1": figures["official_test_f1"],
+        },
+        {"what": f"{name}: {figures['cv_folds']}-fold CV", "macro_f1": figures["cv_mean_f1"]},
+        {
+            "what": f"{name}: best on test (notebook; selection on test)",
+            "macro_f1": figures["official_best_on_test_f1"],
+        },
+    ]
 
 
 @task(task_run_name="benchmark {benchmark}")
-def bench_task(benchmark: str, workdir: Path, checkpoint: Path, checkpoint_fingerprint: str, data: dict,
-               data_digest: str | None, options_json: str) -> dict:  # fmt: skip
+def bench_task(
+    benchmark: str,
+    workdir: Path,
+    checkpoint: Path,
+    checkpoint_fingerprint: str,
+    data: dict,
+    data_digest: str | None,
+    options_json: str,
+) -> dict:
     """One benchmark (``gill bench vist|visdial|cc3m-fid``); resumes at its first unscored sample."""
     from eval.bench import BenchOptions, run_cc3m_fid, run_visdial, run_vist
 
@@ -230,15 +299,21 @@ def bench_task(benchmark: str, workdir: Path, checkpoint: Path, checkpoint_finge
     settings = raw.pop("settings", None)
     options = BenchOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
     if benchmark == "vist":
-        summaries = run_vist(workdir, data["sis_json"], data["images"], settings=settings, checkpoint=checkpoint,
-                             options=options)  # fmt: skip
+        summaries = run_vist(
+            workdir, data["sis_json"], data["images"], settings=settings, checkpoint=checkpoint, options=options
+        )
     elif benchmark == "visdial":
-        summaries = run_visdial(workdir, data["dialogs_json"], data["images"], rounds=settings, checkpoint=checkpoint,
-                                options=options)  # fmt: skip
+        summaries = run_visdial(
+            workdir, data["dialogs_json"], data["images"], rounds=settings, checkpoint=checkpoint, options=options
+        )
     else:
         summaries = [run_cc3m_fid(workdir, checkpoint=checkpoint, options=options)]
-    return {"run_id": summaries[0].run_id, "scored": sum(s.scored for s in summaries),
-            "skipped": sum(s.skipped for s in summaries), "resumed": sum(s.resumed for s in summaries)}  # fmt: skip
+    return {
+        "run_id": summaries[0].run_id,
+        "scored": sum(s.scored for s in summaries),
+        "skipped": sum(s.skipped for s in summaries),
+        "resumed": sum(s.resumed for s in summaries),
+    }
 
 
 @task(task_run_name="report")
@@ -262,8 +337,9 @@ def report_task(workdir: Path, run_id: str, results_digest: str) -> dict:
     tables.update({"retrieval": retrieval_table(results), "cc3m-fid": fid_table(results)})
     for name, rows in tables.items():
         if rows:
-            create_table_artifact(key=f"bench-{name}", table=rows,
-                                  description=f"run {run_id}; every number: {database} table results")  # fmt: skip
+            create_table_artifact(
+                key=f"bench-{name}", table=rows, description=f"run {run_id}; every number: {database} table results"
+            )
     text = build_report(workdir, run_id=run_id, fmt="markdown")
     create_markdown_artifact(key="bench-report", markdown=text)
     reports = workdir / "bench" / "reports"
@@ -271,8 +347,11 @@ def report_task(workdir: Path, run_id: str, results_digest: str) -> dict:
     grids = draw_run_grids(workdir, run_id, reports)
     claims = build_claims(workdir, run_id=run_id, fmt="markdown")
     create_markdown_artifact(key="claims", markdown=claims)
-    return {"report": build_report(workdir, run_id=run_id), "plot": str(plot) if plot else None,
-            "grids": [str(g) for g in grids]}  # fmt: skip
+    return {
+        "report": build_report(workdir, run_id=run_id),
+        "plot": str(plot) if plot else None,
+        "grids": [str(g) for g in grids],
+    }
 
 
 # -- the flow -------------------------------------------------------------------------------------------------------
@@ -309,42 +388,81 @@ def gill_pipeline(params: PipelineParams = PipelineParams()) -> dict:  # noqa: B
         options = PrecomputeOptions(batch_size=params.precompute_batch_size, device=params.device)
         for split in ("train", "val"):
             shards = image_shards(split, workdir)
-            futures = [run["precompute"].submit(s, file_digest(s), split, workdir, config_json, options)
-                       for s in shards]  # fmt: skip
+            futures = [
+                run["precompute"].submit(s, file_digest(s), split, workdir, config_json, options) for s in shards
+            ]
             rows = [f.result() for f in futures]
             _record_precompute(workdir, rows)
             log.done(f"precompute {split}", {"shards": len(rows), "samples": sum(r["count"] for r in rows)})
     features = _feature_fingerprints(workdir)
     if log.wants("train"):
-        overrides = {k: v for k, v in (("steps", params.steps), ("batch_size", params.batch_size),
-                                       ("seed", params.train_seed)) if v is not None}  # fmt: skip
+        overrides = {
+            k: v
+            for k, v in (("steps", params.steps), ("batch_size", params.batch_size), ("seed", params.train_seed))
+            if v is not None
+        }
         log.done("train", run["train"](workdir, config_json, overrides, params.run_id, features, params.device))
     later = {"index", "candidates", "decision", "vist", "visdial", "cc3m-fid"}
     checkpoint = _checkpoint(workdir, params.run_id) if later & set(log.selected) else None
     if log.wants("index"):
         log.done("index", run["index"](workdir, checkpoint, adapters_id(checkpoint), features))
     if log.wants("candidates"):
-        log.done("candidates", run["candidates"](workdir, checkpoint, adapters_id(checkpoint),
-                                                 params.candidate_limit, params.candidate_sd_steps,
-                                                 params.device))  # fmt: skip
+        log.done(
+            "candidates",
+            run["candidates"](
+                workdir,
+                checkpoint,
+                adapters_id(checkpoint),
+                params.candidate_limit,
+                params.candidate_sd_steps,
+                params.device,
+            ),
+        )
     votes = None
     if log.wants("votes"):
         from annotations.candidates import CANDIDATES_DIR
 
-        votes = log.done("votes", run["votes"](workdir, params.votes, file_digest(params.votes), world is not None,
-                                               params.panel_seed, folder_digest(workdir / CANDIDATES_DIR)))  # fmt: skip
+        votes = log.done(
+            "votes",
+            run["votes"](
+                workdir,
+                params.votes,
+                file_digest(params.votes),
+                world is not None,
+                params.panel_seed,
+                folder_digest(workdir / CANDIDATES_DIR),
+            ),
+        )
     if log.wants("decision"):
         votes = votes or _votes_source(workdir, params.votes, simulated=world is not None)
         tsv = Path(votes["votes_tsv"])
-        log.done("decision", run["decision"](workdir, checkpoint, adapters_id(checkpoint), str(tsv),
-                                             file_digest(tsv), votes["panel"], params.decision_steps,
-                                             params.device, _decision_head(params, world)))  # fmt: skip
+        log.done(
+            "decision",
+            run["decision"](
+                workdir,
+                checkpoint,
+                adapters_id(checkpoint),
+                str(tsv),
+                file_digest(tsv),
+                votes["panel"],
+                params.decision_steps,
+                params.device,
+                _decision_head(params, world),
+            ),
+        )
     bench_run = None
     for benchmark in ("vist", "visdial", "cc3m-fid"):
         if log.wants(benchmark):
             data, digest = _bench_data(benchmark, sources, workdir)
-            summary = run["bench"](benchmark, workdir, checkpoint, checkpoint_fingerprint(checkpoint), data, digest,
-                                   _bench_options(params, benchmark))  # fmt: skip
+            summary = run["bench"](
+                benchmark,
+                workdir,
+                checkpoint,
+                checkpoint_fingerprint(checkpoint),
+                data,
+                digest,
+                _bench_options(params, benchmark),
+            )
             bench_run = summary["run_id"]
             log.done(benchmark, summary)
     if log.wants("ablation") and params.ablation_mappers:
@@ -364,27 +482,42 @@ def gill_pipeline(params: PipelineParams = PipelineParams()) -> dict:  # noqa: B
     return out
 
 
-TASKS = {"world": world_task, "download": download_task, "precompute": precompute_task, "train": train_task,
-         "index": index_task, "candidates": candidates_task, "votes": votes_task, "decision": decision_task,
-         "bench": bench_task, "report": report_task}  # fmt: skip
+TASKS = {
+    "world": world_task,
+    "download": download_task,
+    "precompute": precompute_task,
+    "train": train_task,
+    "index": index_task,
+    "candidates": candidates_task,
+    "votes": votes_task,
+    "decision": decision_task,
+    "bench": bench_task,
+    "report": report_task,
+}
 
 
 # -- helpers --------------------------------------------------------------------------------------------------------
 
 
-def _mapper_ablation(run: dict, log: Any, params: PipelineParams, workdir: Path, config: Any, sources: dict,
-                     features: list[str]) -> None:  # fmt: skip
+def _mapper_ablation(
+    run: dict, log: Any, params: PipelineParams, workdir: Path, config: Any, sources: dict, features: list[str]
+) -> None:
     """Paper Table 3: a checkpoint per ablation mapper, trained like the main run, scored like its gill-gen."""
     import dataclasses
 
-    overrides = {k: v for k, v in (("steps", params.steps), ("batch_size", params.batch_size),
-                                   ("seed", params.train_seed)) if v is not None}  # fmt: skip
+    overrides = {
+        k: v
+        for k, v in (("steps", params.steps), ("batch_size", params.batch_size), ("seed", params.train_seed))
+        if v is not None
+    }
     for kind in params.ablation_mappers:
         mapper = dataclasses.replace(config.adapters.mapper, kind=kind)
         variant = dataclasses.replace(config, adapters=dataclasses.replace(config.adapters, mapper=mapper))
         run_id = f"{params.run_id}-{kind}"
-        log.done(f"ablation train {kind}", run["train"](workdir, variant.to_json(), overrides, run_id, features,
-                                                        params.device, mark_default=False))  # fmt: skip
+        log.done(
+            f"ablation train {kind}",
+            run["train"](workdir, variant.to_json(), overrides, run_id, features, params.device, mark_default=False),
+        )
         checkpoint = _checkpoint(workdir, run_id)
         for benchmark in ("vist", "cc3m-fid"):
             data, digest = _bench_data(benchmark, sources, workdir)
@@ -392,8 +525,15 @@ def _mapper_ablation(run: dict, log: Any, params: PipelineParams, workdir: Path,
             options.update(systems=["gill-gen"], retrieval=False)
             if benchmark == "vist":
                 options["settings"] = ["5cap4img"]
-            summary = run["bench"](benchmark, workdir, checkpoint, checkpoint_fingerprint(checkpoint), data, digest,
-                                   json.dumps(options, sort_keys=True))  # fmt: skip
+            summary = run["bench"](
+                benchmark,
+                workdir,
+                checkpoint,
+                checkpoint_fingerprint(checkpoint),
+                data,
+                digest,
+                json.dumps(options, sort_keys=True),
+            )
             log.done(f"ablation {benchmark} {kind}", summary)
 
 
@@ -438,30 +578,48 @@ def _check_weights(config: Any, stages: list[str]) -> None:
         except MissingWeightsError as err:
             errors.append(err)
     if errors:
-        raise MissingWeightsError(f"Missing weights for the selected stages ({', '.join(stages)})",
-                                  [p for e in errors for p in e.problems],
-                                  "\n".join(e.hint for e in errors if e.hint))  # fmt: skip
+        raise MissingWeightsError(
+            f"Missing weights for the selected stages ({', '.join(stages)})",
+            [p for e in errors for p in e.problems],
+            "\n".join(e.hint for e in errors if e.hint),
+        )
 
 
 def _synth(params: PipelineParams) -> dict[str, int]:
-    return {"seed": params.world_seed, "n_train": params.world_train, "n_val": params.world_val,
-            "n_stories": params.world_stories, "n_dialogs": params.world_dialogs}  # fmt: skip
+    return {
+        "seed": params.world_seed,
+        "n_train": params.world_train,
+        "n_val": params.world_val,
+        "n_stories": params.world_stories,
+        "n_dialogs": params.world_dialogs,
+    }
 
 
 def _world_sources(world: dict[str, str] | None) -> dict[str, str]:
     if world is None:
         raise ValueError("the synthetic world is the data source, but its stage was not selected")
-    return {"cc3m_train": world["cc3m_train_tsv"], "cc3m_val": world["cc3m_val_tsv"],
-            "vist_sis_json": world["vist_sis_json"], "vist_images": world["vist_images_dir"],
-            "visdial_json": world["visdial_json"], "visdial_images": world["visdial_images_dir"]}  # fmt: skip
+    return {
+        "cc3m_train": world["cc3m_train_tsv"],
+        "cc3m_val": world["cc3m_val_tsv"],
+        "vist_sis_json": world["vist_sis_json"],
+        "vist_images": world["vist_images_dir"],
+        "visdial_json": world["visdial_json"],
+        "visdial_images": world["visdial_images_dir"],
+    }
 
 
 def _download_options(params: PipelineParams, config: Any, synthetic: bool) -> dict:
     image_size = params.image_size or (64 if config.preset == "tiny" else 224)
     shard_size = params.shard_size or (100 if synthetic else 10000)
-    return {"processes": params.processes, "threads": params.threads, "image_size": image_size,
-            "shard_size": shard_size, "distributor": params.distributor, "timeout": 10 if not synthetic else 5,
-            "retries": 2 if not synthetic else 0}  # fmt: skip
+    return {
+        "processes": params.processes,
+        "threads": params.threads,
+        "image_size": image_size,
+        "shard_size": shard_size,
+        "distributor": params.distributor,
+        "timeout": 10 if not synthetic else 5,
+        "retries": 2 if not synthetic else 0,
+    }
 
 
 def _record_precompute(workdir: Path, rows: list[dict]) -> None:
@@ -507,9 +665,14 @@ def _bench_data(benchmark: str, sources: dict[str, str], workdir: Path) -> tuple
 
 
 def _bench_options(params: PipelineParams, benchmark: str) -> str:
-    options: dict[str, Any] = {"seeds": params.bench_seeds, "limit": params.bench_limit,
-                               "sd_steps": params.bench_sd_steps, "fid_bootstrap": params.fid_bootstrap,
-                               "device": params.device, "progress": True}  # fmt: skip
+    options: dict[str, Any] = {
+        "seeds": params.bench_seeds,
+        "limit": params.bench_limit,
+        "sd_steps": params.bench_sd_steps,
+        "fid_bootstrap": params.fid_bootstrap,
+        "device": params.device,
+        "progress": True,
+    }
     if benchmark == "vist":
         options["settings"] = params.vist_settings
     elif benchmark == "visdial":

@@ -115,9 +115,20 @@ class DecisionParams(BaseModel):
 
 
 StageName = Literal[
-    "world", "download", "precompute", "train", "index", "candidates", "votes", "decision", "vist", "visdial",
-    "cc3m-fid", "ablation", "report",
-]  # fmt: skip
+    "world",
+    "download",
+    "precompute",
+    "train",
+    "index",
+    "candidates",
+    "votes",
+    "decision",
+    "vist",
+    "visdial",
+    "cc3m-fid",
+    "ablation",
+    "report",
+]
 STAGES: tuple[str, ...] = StageName.__args__  # type: ignore[attr-defined]
 
 
@@ -130,8 +141,11 @@ class PipelineParams(ModelParams):
     """
 
     workdir: Path = Field(Path("work/pipeline"), description="work folder: every output, cache and the DuckDB file")
-    stages: list[StageName] = Field(list(STAGES), description="stages to run, in pipeline order; the others are "
-                                    "skipped and later stages read their outputs from the workdir")  # fmt: skip
+    stages: list[StageName] = Field(
+        list(STAGES),
+        description="stages to run, in pipeline order; the others are "
+        "skipped and later stages read their outputs from the workdir",
+    )
     refresh: bool = Field(False, description="ignore cached stage results and re-run every selected stage")
     device: str = Field("cpu", description="torch device for every stage: cpu or cuda")
     # -- data sources (None: the synthetic world) --
@@ -168,9 +182,12 @@ class PipelineParams(ModelParams):
         "400 world prompts on the embedded default, else all 1,632 PartiPrompts)",
     )
     candidate_sd_steps: int = Field(50, ge=1, description="SD steps of the judging candidates")
-    votes: Path | None = Field(None, description="votes TSV (official layout) to fit the decision classifier on; "
-                               "default: the SIMULATED answer-key panel's votes on the embedded default, else the "
-                               "shipped PartiPrompts votes")  # fmt: skip
+    votes: Path | None = Field(
+        None,
+        description="votes TSV (official layout) to fit the decision classifier on; "
+        "default: the SIMULATED answer-key panel's votes on the embedded default, else the "
+        "shipped PartiPrompts votes",
+    )
     panel_seed: int = Field(0, ge=0, description="seed of the simulated judges' noise (embedded default)")
     decision_steps: int | None = Field(None, ge=1, description="classifier steps (default: the official 2000)")
     decision_head: Literal["official", "bank-aware"] | None = Field(

@@ -43,9 +43,14 @@ def data_sources(params: PipelineParams) -> dict[str, str] | None:
     Raises:
         ValueError: some but not all sources are given (naming the missing ones).
     """
-    given = {"cc3m_train": params.cc3m_train_urls, "cc3m_val": params.cc3m_val_urls,
-             "vist_sis_json": params.vist_sis_json, "vist_images": params.vist_images,
-             "visdial_json": params.visdial_json, "visdial_images": params.visdial_images}  # fmt: skip
+    given = {
+        "cc3m_train": params.cc3m_train_urls,
+        "cc3m_val": params.cc3m_val_urls,
+        "vist_sis_json": params.vist_sis_json,
+        "vist_images": params.vist_images,
+        "visdial_json": params.visdial_json,
+        "visdial_images": params.visdial_images,
+    }
     if all(v is None for v in given.values()):
         return None
     missing = [k for k, v in given.items() if v is None]

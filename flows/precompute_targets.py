@@ -60,13 +60,19 @@ def precompute_targets_flow(params: PrecomputeParams) -> dict:
     options = PrecomputeOptions(batch_size=params.batch_size, device=params.device, dtype=params.dtype)
     shards = image_shards(params.split, params.workdir)
     futures = precompute_shard_task.map(
-        shards, split=unmapped(params.split), workdir=unmapped(params.workdir),
-        config_json=unmapped(config_json), options=unmapped(options),
-    )  # fmt: skip
+        shards,
+        split=unmapped(params.split),
+        workdir=unmapped(params.workdir),
+        config_json=unmapped(config_json),
+        options=unmapped(options),
+    )
     results = [f.result() for f in futures]
     database = record_precompute_task(params.workdir, params.split, results)
-    create_table_artifact(key=f"precompute-{params.split}", table=[r.row() for r in results],
-                          description=f"{len(results)} feature shards for {params.split}")  # fmt: skip
+    create_table_artifact(
+        key=f"precompute-{params.split}",
+        table=[r.row() for r in results],
+        description=f"{len(results)} feature shards for {params.split}",
+    )
     computed = sum(not r.skipped for r in results)
     print(f"{len(results)} shards ({computed} computed, {len(results) - computed} up to date) -> {database}")
     return {"shards": len(results), "computed": computed, "samples": sum(r.count for r in results)}

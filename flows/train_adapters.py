@@ -19,11 +19,22 @@ def train_task(params: TrainParams) -> dict:
 
     names = ("steps", "batch_size", "lr", "seed")
     overrides = {name: getattr(params, name) for name in names if getattr(params, name) is not None}
-    result, curve = run_training(params.gill_config(), params.workdir, overrides=overrides, run_id=params.run_id,
-                                 resume=params.resume, device=params.device)  # fmt: skip
-    return {"run_id": result.run_id, "run_dir": str(result.run_dir), "curve": str(curve),
-            "last": result.history[-1] if result.history else {}, "validations": result.validations,
-            "best_t2i_r1": result.best_t2i_r1}  # fmt: skip
+    result, curve = run_training(
+        params.gill_config(),
+        params.workdir,
+        overrides=overrides,
+        run_id=params.run_id,
+        resume=params.resume,
+        device=params.device,
+    )
+    return {
+        "run_id": result.run_id,
+        "run_dir": str(result.run_dir),
+        "curve": str(curve),
+        "last": result.history[-1] if result.history else {},
+        "validations": result.validations,
+        "best_t2i_r1": result.best_t2i_r1,
+    }
 
 
 @flow(name="train-adapters", log_prints=True)
@@ -31,10 +42,15 @@ def train_adapters_flow(params: TrainParams) -> dict:
     """Train the adapters (paper section 3.4) and publish the final metrics."""
     summary = train_task(params)
     last = {k: round(v, 4) for k, v in summary["last"].items()}
-    create_table_artifact(key="train-metrics", table=[last, *summary["validations"]],
-                          description=f"run {summary['run_id']}: last logged step and validations")  # fmt: skip
-    markdown = (f"Run `{summary['run_id']}` in `{summary['run_dir']}`; loss curve `{summary['curve']}`; "
-                f"best val t2i R@1 {summary['best_t2i_r1']:.3f}")  # fmt: skip
+    create_table_artifact(
+        key="train-metrics",
+        table=[last, *summary["validations"]],
+        description=f"run {summary['run_id']}: last logged step and validations",
+    )
+    markdown = (
+        f"Run `{summary['run_id']}` in `{summary['run_dir']}`; loss curve `{summary['curve']}`; "
+        f"best val t2i R@1 {summary['best_t2i_r1']:.3f}"
+    )
     create_markdown_artifact(key="train-run", markdown=markdown)
     print(f"run {summary['run_id']}: loss {last.get('loss')} (curve {summary['curve']})")
     return summary

@@ -110,10 +110,15 @@ class GILLMapper(nn.Module):
         with warnings.catch_warnings():  # pre-LN encoders cannot use nested tensors; torch warns about it
             warnings.filterwarnings("ignore", message="enable_nested_tensor is True")
             self.tfm = nn.Transformer(
-                d_model=mapper.hidden_dim, nhead=mapper.num_heads, num_encoder_layers=mapper.num_encoder_layers,
-                num_decoder_layers=mapper.num_decoder_layers, dim_feedforward=mapper.ffn_dim, dropout=mapper.dropout,
-                batch_first=True, norm_first=True,
-            )  # fmt: skip
+                d_model=mapper.hidden_dim,
+                nhead=mapper.num_heads,
+                num_encoder_layers=mapper.num_encoder_layers,
+                num_decoder_layers=mapper.num_decoder_layers,
+                dim_feedforward=mapper.ffn_dim,
+                dropout=mapper.dropout,
+                batch_first=True,
+                norm_first=True,
+            )
         self.query_embs = nn.Parameter(torch.randn(1, num_clip_tokens, mapper.hidden_dim))  # (1, Q, H), std 1
         self.out = nn.Linear(mapper.hidden_dim, sd_text_dim)
 
@@ -144,9 +149,12 @@ class MLP3Mapper(nn.Module):
         super().__init__()
         self.num_clip_tokens = num_clip_tokens
         self.net = nn.Sequential(
-            nn.Linear(lm_hidden, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
+            nn.Linear(lm_hidden, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.GELU(),
             nn.Linear(hidden_dim, sd_text_dim),
-        )  # fmt: skip
+        )
 
     def forward(self, h_img: torch.Tensor, e_img: torch.Tensor) -> torch.Tensor:
         """(B, n, D), (n, D) -> (B, Q, Dt)."""
@@ -160,12 +168,17 @@ class TransformerEncoderMapper(nn.Module):
         super().__init__()
         self.fc = nn.Linear(lm_hidden, mapper.hidden_dim)
         layer = nn.TransformerEncoderLayer(
-            d_model=mapper.hidden_dim, nhead=mapper.num_heads, dim_feedforward=mapper.ffn_dim, dropout=mapper.dropout,
-            batch_first=True, norm_first=True,
-        )  # fmt: skip
+            d_model=mapper.hidden_dim,
+            nhead=mapper.num_heads,
+            dim_feedforward=mapper.ffn_dim,
+            dropout=mapper.dropout,
+            batch_first=True,
+            norm_first=True,
+        )
         final_norm = nn.LayerNorm(mapper.hidden_dim)  # pre-LN stacks need a last norm (as nn.Transformer adds)
-        self.encoder = nn.TransformerEncoder(layer, mapper.num_encoder_layers, norm=final_norm,
-                                             enable_nested_tensor=False)  # fmt: skip
+        self.encoder = nn.TransformerEncoder(
+            layer, mapper.num_encoder_layers, norm=final_norm, enable_nested_tensor=False
+        )
         self.query_embs = nn.Parameter(torch.randn(1, num_clip_tokens, mapper.hidden_dim))  # (1, Q, H)
         self.out = nn.Linear(mapper.hidden_dim, sd_text_dim)
 
@@ -193,8 +206,9 @@ def build_mapper(config: AdapterConfig, dims: DerivedDims) -> nn.Module:
         return MLP3Mapper(dims.lm_hidden, dims.sd_text_dim, q, mapper.hidden_dim)
     if mapper.kind == "transformer_encoder":
         return TransformerEncoderMapper(dims.lm_hidden, dims.sd_text_dim, q, mapper)
-    raise ConfigError(f"unknown mapper kind {mapper.kind!r}",
-                      ["allowed: gill_mapper, linear, mlp3, transformer_encoder"])  # fmt: skip
+    raise ConfigError(
+        f"unknown mapper kind {mapper.kind!r}", ["allowed: gill_mapper, linear, mlp3, transformer_encoder"]
+    )
 
 
 # -- all adapters ---------------------------------------------------------------------------------------------
@@ -208,8 +222,7 @@ class GILLAdapters(nn.Module):
         self.config = config
         self.input_proj = InputProjection(dims.vision_hidden, dims.lm_hidden, config.n_visual_tokens)
         self.img_embeddings = ImgTokenEmbeddings(config.num_img_tokens, dims.lm_hidden, init_std)
-        self.retrieval = RetrievalHeads(dims.lm_hidden, dims.vision_hidden, config.ret_emb_dim,
-                                        config.logit_scale_init)  # fmt: skip
+        self.retrieval = RetrievalHeads(dims.lm_hidden, dims.vision_hidden, config.ret_emb_dim, config.logit_scale_init)
         self.mapper = build_mapper(config, dims)
 
 

@@ -25,8 +25,9 @@ BLEU_ORDERS = (1, 2, 3, 4)
 
 
 @torch.no_grad()
-def greedy_captions(model: GILLModel, vision_features: torch.Tensor, tokenizer: Any,
-                    max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:  # fmt: skip
+def greedy_captions(
+    model: GILLModel, vision_features: torch.Tensor, tokenizer: Any, max_new_tokens: int = MAX_NEW_TOKENS
+) -> list[str]:
     """(B, Dv) CLIP features -> B greedy captions (KV cache, [IMG] never emitted, stop at end-of-text)."""
     bos = tokenizer.bos_token_id
     eos = tokenizer.eos_token_id
@@ -50,8 +51,9 @@ def greedy_captions(model: GILLModel, vision_features: torch.Tensor, tokenizer: 
         if bool(done.all()):
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = model.forward_lm(model.embed_tokens(next_ids[:, None]), mask, past_key_values=out.past_key_values,
-                               use_cache=True)  # fmt: skip
+        out = model.forward_lm(
+            model.embed_tokens(next_ids[:, None]), mask, past_key_values=out.past_key_values, use_cache=True
+        )
     return [truncate_caption(text) for text in tokenizer.batch_decode(tokens.tolist(), skip_special_tokens=True)]
 
 

@@ -74,8 +74,14 @@ class LoadedCheckpoint:
 def source_git_sha() -> str | None:
     """The commit of the gill source tree, or None without git or outside a repository."""
     try:
-        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                              text=True, timeout=10, check=False)  # fmt: skip
+        proc = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     sha = proc.stdout.strip()
@@ -86,12 +92,21 @@ def _tensors(module: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return {k: v.detach().to(device="cpu", dtype=dtype).contiguous() for k, v in module.state_dict().items()}
 
 
-def _record(config: GILLConfig, img_tokens: ImgTokens, decision_head: DecisionHead | None, dtype: torch.dtype,
-            num_parameters: int, extra: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
+def _record(
+    config: GILLConfig,
+    img_tokens: ImgTokens,
+    decision_head: DecisionHead | None,
+    dtype: torch.dtype,
+    num_parameters: int,
+    extra: dict[str, Any] | None,
+) -> dict[str, Any]:
     decision = None
     if decision_head is not None:
-        decision = {"file": DECISION_FILE, "with_retrieval_score": decision_head.with_retrieval_score,
-                    "in_features": decision_head.linear.in_features}  # fmt: skip
+        decision = {
+            "file": DECISION_FILE,
+            "with_retrieval_score": decision_head.with_retrieval_score,
+            "in_features": decision_head.linear.in_features,
+        }
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -103,19 +118,26 @@ def _record(config: GILLConfig, img_tokens: ImgTokens, decision_head: DecisionHe
             "dtype": str(dtype).removeprefix("torch."),
             "num_parameters": num_parameters,
             "decision_head": decision,
-        },  # fmt: skip
+        },
         "provenance": {
             "gill_version": gill.__version__,
             "git_sha": source_git_sha(),
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        },  # fmt: skip
+        },
         "extra": extra or {},
     }
 
 
-def save_pretrained(out_dir: str | os.PathLike[str], adapters: GILLAdapters, config: GILLConfig, img_tokens: ImgTokens,
-                    extra: dict[str, Any] | None = None, *, decision_head: DecisionHead | None = None,
-                    dtype: torch.dtype = torch.float32) -> Path:  # fmt: skip
+def save_pretrained(
+    out_dir: str | os.PathLike[str],
+    adapters: GILLAdapters,
+    config: GILLConfig,
+    img_tokens: ImgTokens,
+    extra: dict[str, Any] | None = None,
+    *,
+    decision_head: DecisionHead | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
     """Write the adapters (and optionally a decision head) of ``config`` to ``out_dir`` atomically.
 
     Args:
@@ -132,8 +154,10 @@ def save_pretrained(out_dir: str | os.PathLike[str], adapters: GILLAdapters, con
     from safetensors.torch import save_file
 
     if getattr(adapters, "config", config.adapters) != config.adapters:
-        raise InputError("the adapters were built from a different adapter config than the one being saved",
-                         [f"adapters: {adapters.config}", f"config.adapters: {config.adapters}"])  # fmt: skip
+        raise InputError(
+            "the adapters were built from a different adapter config than the one being saved",
+            [f"adapters: {adapters.config}", f"config.adapters: {config.adapters}"],
+        )
     tensors = _tensors(adapters, dtype)
     record = _record(config, img_tokens, decision_head, dtype, sum(t.numel() for t in tensors.values()), extra)
     with atomic_directory(out_dir) as tmp:
@@ -163,8 +187,9 @@ def record_checksums(ckpt_dir: str | os.PathLike[str]) -> Path:
     return atomic_write_json(ckpt_dir / CONFIG_FILE, {**record, CHECKSUMS_KEY: _checksums(ckpt_dir, record)})
 
 
-def verify_checksum(ckpt_dir: str | os.PathLike[str], name: str, actual: str | None = None,
-                    record: dict[str, Any] | None = None) -> None:  # fmt: skip
+def verify_checksum(
+    ckpt_dir: str | os.PathLike[str], name: str, actual: str | None = None, record: dict[str, Any] | None = None
+) -> None:
     """Raise "checkpoint corrupted" when file ``name`` does not have the sha256 its ``config.json`` records.
 
     Args:
@@ -181,8 +206,11 @@ def verify_checksum(ckpt_dir: str | os.PathLike[str], name: str, actual: str | N
         return
     path = ckpt_dir / name
     if not path.is_file():
-        raise InputError(f"checkpoint incomplete: {str(path)!r} is missing", [f"{CONFIG_FILE} lists {name}"],
-                         hint="copy the whole checkpoint folder again")  # fmt: skip
+        raise InputError(
+            f"checkpoint incomplete: {str(path)!r} is missing",
+            [f"{CONFIG_FILE} lists {name}"],
+            hint="copy the whole checkpoint folder again",
+        )
     actual = actual or sha256_file(path)
     if actual != expected:
         raise InputError(
@@ -225,8 +253,13 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str, 
     return module
 
 
-def adapters_from_state_dict(config: GILLConfig, dims: DerivedDims, state: dict[str, torch.Tensor],
-                             source: str = "state dict", hint: str = SAME_RUN_HINT) -> GILLAdapters:  # fmt: skip
+def adapters_from_state_dict(
+    config: GILLConfig,
+    dims: DerivedDims,
+    state: dict[str, torch.Tensor],
+    source: str = "state dict",
+    hint: str = SAME_RUN_HINT,
+) -> GILLAdapters:
     """Build ``config``'s adapters around ``state`` (no random init: the modules are made on the meta device)."""
     with torch.device("meta"):
         adapters = build_adapters(config, dims)
@@ -236,8 +269,11 @@ def adapters_from_state_dict(config: GILLConfig, dims: DerivedDims, state: dict[
 def _read_record(ckpt_dir: Path) -> dict[str, Any]:
     path = ckpt_dir / CONFIG_FILE
     if not path.is_file():
-        raise InputError(f"{str(ckpt_dir)!r} is not a gill checkpoint", [f"{CONFIG_FILE} not found"],
-                         hint="pass a folder written by save_pretrained or `gill import-official`")  # fmt: skip
+        raise InputError(
+            f"{str(ckpt_dir)!r} is not a gill checkpoint",
+            [f"{CONFIG_FILE} not found"],
+            hint="pass a folder written by save_pretrained or `gill import-official`",
+        )
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
@@ -245,8 +281,11 @@ def _read_record(ckpt_dir: Path) -> dict[str, Any]:
     if record.get("format") != FORMAT or not isinstance(record.get("format_version"), int):
         raise InputError(f"{str(path)!r} is not a {FORMAT} config", [f"format: {record.get('format')!r}"])
     if record["format_version"] > FORMAT_VERSION:
-        raise InputError(f"{str(path)!r} has format version {record['format_version']}",
-                         [f"this gill reads versions <= {FORMAT_VERSION}"], hint="upgrade gill")  # fmt: skip
+        raise InputError(
+            f"{str(path)!r} has format version {record['format_version']}",
+            [f"this gill reads versions <= {FORMAT_VERSION}"],
+            hint="upgrade gill",
+        )
     return record
 
 
@@ -271,9 +310,11 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as err:
-        raise InputError(f"checkpoint corrupted: {str(path)!r} cannot be read as safetensors",
-                         [str(err).splitlines()[0][:200]],
-                         hint="copy the checkpoint again, or export it again from its run") from err  # fmt: skip
+        raise InputError(
+            f"checkpoint corrupted: {str(path)!r} cannot be read as safetensors",
+            [str(err).splitlines()[0][:200]],
+            hint="copy the checkpoint again, or export it again from its run",
+        ) from err
 
 
 def _load_decision_head(ckpt_dir: Path, info: dict[str, Any]) -> DecisionHead:
@@ -281,8 +322,9 @@ def _load_decision_head(ckpt_dir: Path, info: dict[str, Any]) -> DecisionHead:
     return load_strict(head, _read_weights(ckpt_dir / info["file"]), str(ckpt_dir / info["file"]))  # type: ignore
 
 
-def load_adapters(ckpt_dir: str | os.PathLike[str], dims: DerivedDims | None = None, *,
-                  config: GILLConfig | None = None) -> LoadedCheckpoint:  # fmt: skip
+def load_adapters(
+    ckpt_dir: str | os.PathLike[str], dims: DerivedDims | None = None, *, config: GILLConfig | None = None
+) -> LoadedCheckpoint:
     """Read a checkpoint written by :func:`save_pretrained`, strictly.
 
     Args:
@@ -327,5 +369,8 @@ def check_backbones(ckpt_config: GILLConfig, config: GILLConfig) -> None:
         if (theirs[role].id, theirs[role].revision) != (ours[role].id, ours[role].revision)
     ]
     if problems:
-        raise InputError("the checkpoint's backbones differ from the config's", problems,
-                         hint="adapters fit only the backbones they were trained on")  # fmt: skip
+        raise InputError(
+            "the checkpoint's backbones differ from the config's",
+            problems,
+            hint="adapters fit only the backbones they were trained on",
+        )

@@ -87,9 +87,22 @@ def cmd_models_check(args: argparse.Namespace) -> int:
     config = resolve_config(args)
     statuses = check_backbones(config.backbones)
     if args.json:
-        _out(json.dumps([{"role": s.role, "id": s.ref.id, "revision": s.ref.revision, "available": s.available,
-                          "local_dir": str(s.local_dir) if s.local_dir else None, "problem": s.problem}
-                         for s in statuses], indent=2))  # fmt: skip
+        _out(
+            json.dumps(
+                [
+                    {
+                        "role": s.role,
+                        "id": s.ref.id,
+                        "revision": s.ref.revision,
+                        "available": s.available,
+                        "local_dir": str(s.local_dir) if s.local_dir else None,
+                        "problem": s.problem,
+                    }
+                    for s in statuses
+                ],
+                indent=2,
+            )
+        )
     else:
         _out(f"preset: {config.preset}")
         for s in statuses:
@@ -157,8 +170,14 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     """Write the synthetic shapes world (CC3M TSV, VIST SIS, VisDial json) into --out."""
     from gill.synth import SynthConfig, synthesize_world
 
-    config = SynthConfig(seed=args.seed, n_train=args.n_train, n_val=args.n_val, n_stories=args.n_stories,
-                         n_dialogs=args.n_dialogs, image_size=args.image_size)  # fmt: skip
+    config = SynthConfig(
+        seed=args.seed,
+        n_train=args.n_train,
+        n_val=args.n_val,
+        n_stories=args.n_stories,
+        n_dialogs=args.n_dialogs,
+        image_size=args.image_size,
+    )
     summary = synthesize_world(args.out, config, progress=not args.quiet)
     _out(json.dumps(summary.to_dict(), indent=2, default=str))
     return 0
@@ -170,11 +189,17 @@ def cmd_data_download(args: argparse.Namespace) -> int:
     from gill.data.download import DownloadOptions, download_split
 
     options = DownloadOptions(
-        processes=args.processes, threads=args.threads, image_size=args.image_size, resize_mode=args.resize_mode,
+        processes=args.processes,
+        threads=args.threads,
+        image_size=args.image_size,
+        resize_mode=args.resize_mode,
         drop_duplicate_urls=args.drop_duplicate_urls,
-        shard_size=args.shard_size, timeout=args.timeout, retries=args.retries, distributor=args.distributor,
+        shard_size=args.shard_size,
+        timeout=args.timeout,
+        retries=args.retries,
+        distributor=args.distributor,
         respect_noai=args.respect_noai,
-    )  # fmt: skip
+    )
     report = download_split(args.urls, args.split, args.workdir, options, progress=not args.quiet)
     record_download(db_path(args.workdir), args.split, report.shard_rows(), report.failure_rows())
     _out(report.summary())
@@ -211,8 +236,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     names = ("steps", "batch_size", "lr", "grad_accum", "seed")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    result, curve = run_training(resolve_config(args), args.workdir, overrides=overrides, run_id=args.run_id,
-                                 resume=args.resume, device=args.device)  # fmt: skip
+    result, curve = run_training(
+        resolve_config(args),
+        args.workdir,
+        overrides=overrides,
+        run_id=args.run_id,
+        resume=args.resume,
+        device=args.device,
+    )
     if curve is None:  # a non-zero rank under torchrun: rank 0 reports
         return 0
     last = result.history[-1] if result.history else {}
@@ -355,9 +386,11 @@ def _add_train_parser(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--run-id", help="name of the run folder under <workdir>/runs (default: a new id)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run (--run-id, or the latest one); an error listing the runs when it has no "
-                        "checkpoint")  # fmt: skip
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run (--run-id, or the latest one); an error listing the runs when it has no checkpoint",
+    )
     p.set_defaults(func=cmd_train)
 
 
@@ -378,19 +411,31 @@ def _add_download_parser(data: argparse._SubParsersAction) -> None:
     p.add_argument("--processes", type=int, default=1, help="download processes")
     p.add_argument("--threads", type=int, default=16, help="download threads per process")
     p.add_argument("--image-size", type=int, default=224, help="side of the stored images")
-    p.add_argument("--resize-mode", choices=("center_crop", "border", "keep_ratio", "original"), default="center_crop",
-                   help="how img2dataset stores images (default center_crop at --image-size); original: the source "
-                        "bytes, so precompute preprocesses the original image as the official code does")  # fmt: skip
+    p.add_argument(
+        "--resize-mode",
+        choices=("center_crop", "border", "keep_ratio", "original"),
+        default="center_crop",
+        help="how img2dataset stores images (default center_crop at --image-size); original: the source "
+        "bytes, so precompute preprocesses the original image as the official code does",
+    )
     p.add_argument("--shard-size", type=int, default=10000, help="samples per shard")
     p.add_argument("--timeout", type=float, default=10, help="seconds per url")
     p.add_argument("--retries", type=int, default=2, help="retries per url")
     p.add_argument("--distributor", choices=("multiprocessing", "pyspark", "ray"), default="multiprocessing")
     noai = p.add_mutually_exclusive_group()
-    noai.add_argument("--respect-noai", dest="respect_noai", action="store_true", default=True,
-                      help="skip images whose X-Robots-Tag forbids AI use (default)")  # fmt: skip
+    noai.add_argument(
+        "--respect-noai",
+        dest="respect_noai",
+        action="store_true",
+        default=True,
+        help="skip images whose X-Robots-Tag forbids AI use (default)",
+    )
     noai.add_argument("--ignore-noai", dest="respect_noai", action="store_false", help="download them anyway")
-    p.add_argument("--drop-duplicate-urls", action="store_true",
-                   help="fetch each url once (default: repeated urls are fetched again and reported)")  # fmt: skip
+    p.add_argument(
+        "--drop-duplicate-urls",
+        action="store_true",
+        help="fetch each url once (default: repeated urls are fetched again and reported)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_download)
 

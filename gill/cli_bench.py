@@ -30,40 +30,62 @@ def _names(text: str) -> tuple[str, ...]:
 def _options(args: argparse.Namespace):  # -> BenchOptions
     from eval.bench import BenchOptions
 
-    return BenchOptions(seeds=args.seeds, limit=args.limit, systems=args.systems, sd_steps=args.sd_steps,
-                        guidance_scale=args.guidance_scale, height=args.height, width=args.width, n_boot=args.n_boot,
-                        fid_bootstrap=args.fid_bootstrap, retrieval=not args.no_retrieval, run_id=args.run_id,
-                        device=args.device, progress=not args.no_progress)  # fmt: skip
+    return BenchOptions(
+        seeds=args.seeds,
+        limit=args.limit,
+        systems=args.systems,
+        sd_steps=args.sd_steps,
+        guidance_scale=args.guidance_scale,
+        height=args.height,
+        width=args.width,
+        n_boot=args.n_boot,
+        fid_bootstrap=args.fid_bootstrap,
+        retrieval=not args.no_retrieval,
+        run_id=args.run_id,
+        device=args.device,
+        progress=not args.no_progress,
+    )
 
 
 def _metric_spec(args: argparse.Namespace):  # -> MetricModelSpec
     from eval.metric_models import MetricModelSpec
 
-    return MetricModelSpec(clip=args.clip_model, lpips_weights=args.lpips_weights,
-                           inception_weights=args.inception_weights)  # fmt: skip
+    return MetricModelSpec(
+        clip=args.clip_model, lpips_weights=args.lpips_weights, inception_weights=args.inception_weights
+    )
 
 
 def _print(summaries, workdir: Path) -> None:
     from eval.bench_report import build_report
 
     for s in summaries:
-        _out(f"{s.benchmark}: {s.scored} sample rows scored, {s.skipped} skipped, {s.resumed} already scored "
-             f"(run {s.run_id})")  # fmt: skip
+        _out(
+            f"{s.benchmark}: {s.scored} sample rows scored, {s.skipped} skipped, {s.resumed} already scored "
+            f"(run {s.run_id})"
+        )
     if summaries:
         _out()
         _out(build_report(workdir, run_id=summaries[0].run_id))
         _out(f"images: {summaries[0].out_dir}")
-        _out(f'query: gill report --workdir {workdir} --sql "SELECT * FROM results WHERE run_id = '
-             f"'{summaries[0].run_id}'\"")  # fmt: skip
+        _out(
+            f'query: gill report --workdir {workdir} --sql "SELECT * FROM results WHERE run_id = '
+            f"'{summaries[0].run_id}'\""
+        )
 
 
 def cmd_bench_vist(args: argparse.Namespace) -> int:
     """VIST Table 1 settings and recall@k."""
     from eval.bench import run_vist
 
-    summaries = run_vist(args.workdir, args.sis_json, args.images, settings=args.settings,
-                         checkpoint=args.checkpoint, options=_options(args),
-                         metric_spec=_metric_spec(args))  # fmt: skip
+    summaries = run_vist(
+        args.workdir,
+        args.sis_json,
+        args.images,
+        settings=args.settings,
+        checkpoint=args.checkpoint,
+        options=_options(args),
+        metric_spec=_metric_spec(args),
+    )
     _print(summaries, args.workdir)
     return 0
 
@@ -72,9 +94,15 @@ def cmd_bench_visdial(args: argparse.Namespace) -> int:
     """VisDial Table 2 settings and recall@k."""
     from eval.bench import run_visdial
 
-    summaries = run_visdial(args.workdir, args.dialogs_json, args.images, rounds=args.rounds,
-                            checkpoint=args.checkpoint, options=_options(args),
-                            metric_spec=_metric_spec(args))  # fmt: skip
+    summaries = run_visdial(
+        args.workdir,
+        args.dialogs_json,
+        args.images,
+        rounds=args.rounds,
+        checkpoint=args.checkpoint,
+        options=_options(args),
+        metric_spec=_metric_spec(args),
+    )
     _print(summaries, args.workdir)
     return 0
 
@@ -83,8 +111,13 @@ def cmd_bench_cc3m_fid(args: argparse.Namespace) -> int:
     """CC3M validation FID."""
     from eval.bench import run_cc3m_fid
 
-    summary = run_cc3m_fid(args.workdir, checkpoint=args.checkpoint, options=_options(args),
-                           metric_spec=_metric_spec(args), split=args.split)  # fmt: skip
+    summary = run_cc3m_fid(
+        args.workdir,
+        checkpoint=args.checkpoint,
+        options=_options(args),
+        metric_spec=_metric_spec(args),
+        split=args.split,
+    )
     _print([summary], args.workdir)
     return 0
 
@@ -95,8 +128,14 @@ def cmd_bench_ablation(args: argparse.Namespace) -> int:
     from eval.bench_report import frame_rows, render
     from eval.db import db_path, query
 
-    summaries = run_mapper_ablation(args.workdir, args.checkpoints, sis_json=args.sis_json, images=args.images,
-                                    options=_options(args), metric_spec=_metric_spec(args))  # fmt: skip
+    summaries = run_mapper_ablation(
+        args.workdir,
+        args.checkpoints,
+        sis_json=args.sis_json,
+        images=args.images,
+        options=_options(args),
+        metric_spec=_metric_spec(args),
+    )
     for s in summaries:
         _out(f"{s.benchmark}: {s.scored} scored, {s.skipped} skipped, {s.resumed} already scored (run {s.run_id})")
     _out(render(frame_rows(query(db_path(args.workdir), "SELECT * FROM table_mapper_ablation"))))
@@ -130,8 +169,14 @@ def _add_common(p: argparse.ArgumentParser, *, seeds: str = "42", one_checkpoint
     if one_checkpoint:
         p.add_argument("--checkpoint", type=Path, help="checkpoint folder (default: the newest run's best/ or final/)")
     else:
-        p.add_argument("--checkpoint", dest="checkpoints", type=Path, action="append", required=True,
-                       help="a checkpoint to compare (repeat: e.g. one per mapper kind)")  # fmt: skip
+        p.add_argument(
+            "--checkpoint",
+            dest="checkpoints",
+            type=Path,
+            action="append",
+            required=True,
+            help="a checkpoint to compare (repeat: e.g. one per mapper kind)",
+        )
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
     p.add_argument("--seeds", type=_ints, default=_ints(seeds), help=f"SD seeds, comma-separated (default {seeds})")
     p.add_argument("--limit", type=int, help="evaluate the first N samples only")
@@ -141,8 +186,9 @@ def _add_common(p: argparse.ArgumentParser, *, seeds: str = "42", one_checkpoint
         help="comma-separated systems (default: all the benchmark supports): "
         "gill, gill-gen, gill-ret, gill-oracle, sd, clip-retrieval, fromage-retrieval (glide: unsupported)",
     )
-    p.add_argument("--run-id", help="benchmark run id (default: from the checkpoint and image settings; "
-                   "the same id resumes)")  # fmt: skip
+    p.add_argument(
+        "--run-id", help="benchmark run id (default: from the checkpoint and image settings; the same id resumes)"
+    )
     g = p.add_argument_group("image generation (GILL and SD alike)")
     g.add_argument("--sd-steps", type=int, default=50, help="denoising steps (default 50, as the paper)")
     g.add_argument("--guidance-scale", type=float, default=7.5)
@@ -166,8 +212,12 @@ def add_bench_parsers(groups: argparse._SubParsersAction) -> None:
     p = sub.add_parser("vist", help="VIST contextual generation (paper Table 1) and retrieval recall")
     p.add_argument("--sis-json", type=Path, required=True, help="VIST story-in-sequence JSON (any split)")
     p.add_argument("--images", type=Path, required=True, help="folder of {photo_flickr_id}.{jpg,jpeg,png,gif}")
-    p.add_argument("--settings", type=_names, default=("1cap", "5cap", "5cap4img"),
-                   help="comma-separated: 1cap, 5cap, 5cap4img (default all)")  # fmt: skip
+    p.add_argument(
+        "--settings",
+        type=_names,
+        default=("1cap", "5cap", "5cap4img"),
+        help="comma-separated: 1cap, 5cap, 5cap4img (default all)",
+    )
     _add_common(p)
     p.set_defaults(func=cmd_bench_vist)
     p = sub.add_parser("visdial", help="VisDial contextual generation (paper Table 2) and retrieval recall")

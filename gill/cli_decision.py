@@ -30,16 +30,27 @@ def cmd_decision_fit(args: argparse.Namespace) -> int:
         votes = store_votes_tsv(args.workdir, panel=args.panel)
         label = " (SIMULATED answer-key judges, not people)" if args.panel == "simulated" else ""
         _out(f"votes of panel {args.panel!r} from the judging store{label}: {votes}")
-    result = fit_decision(args.workdir, checkpoint, votes_path=votes, out_checkpoint=args.out,
-                          with_retrieval_score=args.with_retrieval_score, device=args.device, folds=args.folds,
-                          steps=args.steps, seed=args.seed, recipe=args.recipe,
-                          panel=args.panel if args.from_store else "human")  # fmt: skip
+    result = fit_decision(
+        args.workdir,
+        checkpoint,
+        votes_path=votes,
+        out_checkpoint=args.out,
+        with_retrieval_score=args.with_retrieval_score,
+        device=args.device,
+        folds=args.folds,
+        steps=args.steps,
+        seed=args.seed,
+        recipe=args.recipe,
+        panel=args.panel if args.from_store else "human",
+    )
     if args.json:
         _out(json.dumps(result.as_dict(), indent=2))
         return 0
     _out(result.render())
-    _out(f"decision head saved in {args.out or checkpoint}; figures: gill db query --workdir {args.workdir} "
-         '"SELECT * FROM decision_eval"')  # fmt: skip
+    _out(
+        f"decision head saved in {args.out or checkpoint}; figures: gill db query --workdir {args.workdir} "
+        '"SELECT * FROM decision_eval"'
+    )
     return 0
 
 
@@ -57,14 +68,24 @@ def add_decision_parsers(groups: argparse._SubParsersAction) -> None:
         action="store_true",
         help="use the judging store's votes (W/annotations/judging.sqlite) instead of a TSV",
     )
-    p.add_argument("--panel", default="human",
-                   help="with --from-store: whose votes, 'human' (people, default) or 'simulated' (the answer-key "
-                        "judges of the shapes world)")  # fmt: skip
-    p.add_argument("--with-retrieval-score", action="store_true",
-                   help="paper-era head: also feed the max logit-scaled bank score (needs a bank)")  # fmt: skip
-    p.add_argument("--recipe", choices=("official", "balanced"), default="official",
-                   help="official: the notebook's loop (default); balanced: the same loop on standardised features "
-                        "with a class-weighted loss")  # fmt: skip
+    p.add_argument(
+        "--panel",
+        default="human",
+        help="with --from-store: whose votes, 'human' (people, default) or 'simulated' (the answer-key "
+        "judges of the shapes world)",
+    )
+    p.add_argument(
+        "--with-retrieval-score",
+        action="store_true",
+        help="paper-era head: also feed the max logit-scaled bank score (needs a bank)",
+    )
+    p.add_argument(
+        "--recipe",
+        choices=("official", "balanced"),
+        default="official",
+        help="official: the notebook's loop (default); balanced: the same loop on standardised features "
+        "with a class-weighted loss",
+    )
     p.add_argument("--out", type=Path, help="write a copy of the checkpoint with the head here (default: in place)")
     p.add_argument("--device", default="cpu", help="torch device for the features (cpu, cuda, ...)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")

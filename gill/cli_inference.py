@@ -33,20 +33,29 @@ def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
 
 def _add_settings_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("decoding and images")
-    g.add_argument("--mode", choices=("auto", "gen", "ret"), default="auto",
-                   help="auto: the decision classifier picks; gen/ret: always generate/retrieve")  # fmt: skip
+    g.add_argument(
+        "--mode",
+        choices=("auto", "gen", "ret"),
+        default="auto",
+        help="auto: the decision classifier picks; gen/ret: always generate/retrieve",
+    )
     g.add_argument("--seed", type=int, default=1337, help="seeds sampling and SD noise (official demo: 1337)")
     g.add_argument("--max-new-tokens", type=int, default=32)
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     g.add_argument("--top-p", type=float, default=1.0)
-    how_often = ("how often to return images: multiplies the odds of [IMG0] at every step by F (1 = unchanged, "
-                 "0 = never; default 1.3: odds 30%% higher). Not the official demo's 1.3, which is its "
-                 "ret_scale_factor: pass --ret-scale-factor for that")  # fmt: skip
-    g.add_argument("--image-frequency", type=float, default=None, metavar="F",
-                   help=how_often)  # fmt: skip
-    g.add_argument("--ret-scale-factor", type=float, metavar="S",
-                   help="the official demo's knob instead of --image-frequency: when S > 1 the [IMG0] logit becomes "
-                        "|logit| x S (official demo slider, default there 1.3)")  # fmt: skip
+    how_often = (
+        "how often to return images: multiplies the odds of [IMG0] at every step by F (1 = unchanged, "
+        "0 = never; default 1.3: odds 30%% higher). Not the official demo's 1.3, which is its "
+        "ret_scale_factor: pass --ret-scale-factor for that"
+    )
+    g.add_argument("--image-frequency", type=float, default=None, metavar="F", help=how_often)
+    g.add_argument(
+        "--ret-scale-factor",
+        type=float,
+        metavar="S",
+        help="the official demo's knob instead of --image-frequency: when S > 1 the [IMG0] logit becomes "
+        "|logit| x S (official demo slider, default there 1.3)",
+    )
     g.add_argument("--force-image", action="store_true", help="start the reply with an image")
     g.add_argument("--max-images", type=int, default=1)
     g.add_argument("--sd-steps", type=int, default=50, help="Stable Diffusion denoising steps")
@@ -71,12 +80,20 @@ def _settings(args: argparse.Namespace):  # -> GenerationSettings
 
     try:
         return GenerationSettings(
-            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-            image_frequency=_image_frequency(args), ret_scale_factor=args.ret_scale_factor,
-            force_image=args.force_image, max_images=args.max_images,
-            mode=args.mode, num_inference_steps=args.sd_steps, guidance_scale=args.guidance_scale, seed=args.seed,
-            height=args.height, width=args.width,
-        )  # fmt: skip
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            image_frequency=_image_frequency(args),
+            ret_scale_factor=args.ret_scale_factor,
+            force_image=args.force_image,
+            max_images=args.max_images,
+            mode=args.mode,
+            num_inference_steps=args.sd_steps,
+            guidance_scale=args.guidance_scale,
+            seed=args.seed,
+            height=args.height,
+            width=args.width,
+        )
     except ConfigError as err:
         raise InputError("invalid generation options", err.problems) from err
 
@@ -190,8 +207,10 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     checkpoint = resolve_checkpoint(args.workdir, args.checkpoint)
     approximate = {"auto": "auto", "yes": True, "no": False}[args.approximate]
     info = build_bank(args.workdir, checkpoint, splits=tuple(args.splits), approximate=approximate)
-    _out(f"bank {info.path}: {info.count} images, {info.dim}-d, approximate index: {info.approximate} "
-         f"(checkpoint {checkpoint}, id {info.checkpoint_id})")  # fmt: skip
+    _out(
+        f"bank {info.path}: {info.count} images, {info.dim}-d, approximate index: {info.approximate} "
+        f"(checkpoint {checkpoint}, id {info.checkpoint_id})"
+    )
     return 0
 
 
@@ -199,13 +218,23 @@ def cmd_index_query(args: argparse.Namespace) -> int:
     """Search the bank with a text query; print the top-k keys, scores and captions (and save the images)."""
     pipe = _load_pipeline(args, load_sd=False)
     if pipe.bank is None:
-        raise InputError(f"no retrieval bank for this checkpoint under {args.workdir}", [],
-                         hint=f"run: gill index build --workdir {args.workdir}")  # fmt: skip
+        raise InputError(
+            f"no retrieval bank for this checkpoint under {args.workdir}",
+            [],
+            hint=f"run: gill index build --workdir {args.workdir}",
+        )
     hits = pipe.bank.search(pipe.text_query(args.query)[None], k=args.k, method=args.method)[0]
     rows = []
     for rank, hit in enumerate(hits, start=1):
-        rows.append({"rank": rank, "key": hit.key, "score": round(hit.score, 4), "split": hit.split,
-                     "caption": pipe.bank.caption(hit)})  # fmt: skip
+        rows.append(
+            {
+                "rank": rank,
+                "key": hit.key,
+                "score": round(hit.score, 4),
+                "split": hit.split,
+                "caption": pipe.bank.caption(hit),
+            }
+        )
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
             pipe.bank.image(hit).save(args.out / f"{rank:02d}-{hit.key}.png")
@@ -242,8 +271,12 @@ def add_inference_parsers(groups: argparse._SubParsersAction) -> None:
     p = index.add_parser("build", help="embed the precomputed images with a checkpoint's retrieval head")
     _add_checkpoint_args(p)
     p.add_argument("--splits", nargs="+", default=["train"], help="feature splits to index (default: train)")
-    p.add_argument("--approximate", choices=("auto", "yes", "no"), default="auto",
-                   help="also build a FAISS index (auto: for large banks)")  # fmt: skip
+    p.add_argument(
+        "--approximate",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="also build a FAISS index (auto: for large banks)",
+    )
     p.set_defaults(func=cmd_index_build)
     p = index.add_parser("query", help="search the bank with text")
     p.add_argument("query", help="the text to search for")

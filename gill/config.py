@@ -264,17 +264,23 @@ class TrainConfig(_Validated):
         return Objective(
             lp_second_segment=not exact if self.lp_second_segment is None else self.lp_second_segment,
             separate_mode_passes=exact if self.separate_mode_passes is None else self.separate_mode_passes,
-            contrastive_official_world=(2 if exact else 1) if self.contrastive_official_world is None
+            contrastive_official_world=(2 if exact else 1)
+            if self.contrastive_official_world is None
             else self.contrastive_official_world,
             img_init=("lm_rows" if exact else "fresh") if self.img_init is None else self.img_init,
             logit_scale_clamp=not exact if self.logit_scale_clamp is None else self.logit_scale_clamp,
-        )  # fmt: skip
+        )
 
     def _paper_exact_problems(self) -> list[str]:
         if not self.paper_exact:
             return []
-        official = {"lp_second_segment": False, "separate_mode_passes": True, "img_init": "lm_rows",
-                    "logit_scale_clamp": False, "gen_loss": "l2"}  # fmt: skip
+        official = {
+            "lp_second_segment": False,
+            "separate_mode_passes": True,
+            "img_init": "lm_rows",
+            "logit_scale_clamp": False,
+            "gen_loss": "l2",
+        }
         problems = [
             f"{name}: paper_exact computes the official objective, which needs {value!r}, got {getattr(self, name)!r}"
             " (leave it unset, or turn paper_exact off)"

@@ -198,17 +198,25 @@ def _parts(source: Any, tokenizer: Any, bank: Any) -> tuple[GILLModel, Any, Any,
 
     if isinstance(source, GILLModel):
         if tokenizer is None:
-            raise InputError("decision_features needs the tokenizer with a bare GILLModel", [],
-                             hint="pass tokenizer=, or pass the GILLPipeline")  # fmt: skip
+            raise InputError(
+                "decision_features needs the tokenizer with a bare GILLModel",
+                [],
+                hint="pass tokenizer=, or pass the GILLPipeline",
+            )
         return source, tokenizer, bank, source.img_token_ids.device
     return source.model, tokenizer or source.tokenizer, bank if bank is not None else source.bank, source.device
 
 
 @torch.no_grad()
 def decision_features(
-    source: GILLPipeline | GILLModel, prompts: Sequence[str], *, with_retrieval_score: bool = False,
-    batch_size: int = 64, tokenizer: Any = None, bank: RetrievalBank | None = None,
-) -> torch.Tensor:  # fmt: skip
+    source: GILLPipeline | GILLModel,
+    prompts: Sequence[str],
+    *,
+    with_retrieval_score: bool = False,
+    batch_size: int = 64,
+    tokenizer: Any = None,
+    bank: RetrievalBank | None = None,
+) -> torch.Tensor:
     """(N, D) hidden states at ``[IMG0]`` of ``prompt + "[IMG0]..[IMG7]"`` (BOS first); (N, D + 1) with the score.
 
     Args:
@@ -223,12 +231,18 @@ def decision_features(
     """
     model, tok, bank, device = _parts(source, tokenizer, bank)
     if with_retrieval_score and bank is None:
-        raise InputError("the retrieval-score feature needs a retrieval bank", [],
-                         hint="load the pipeline with workdir= after `gill index build --workdir W`")  # fmt: skip
+        raise InputError(
+            "the retrieval-score feature needs a retrieval bank",
+            [],
+            hint="load the pipeline with workdir= after `gill index build --workdir W`",
+        )
     if isinstance(prompts, str):
         raise InputError("prompts must be a list of strings, not one string", [])
-    bad = [f"prompts[{i}]: {type(p).__name__} {p!r}"[:80] for i, p in enumerate(prompts)
-           if not isinstance(p, str) or not p.strip()]  # fmt: skip
+    bad = [
+        f"prompts[{i}]: {type(p).__name__} {p!r}"[:80]
+        for i, p in enumerate(prompts)
+        if not isinstance(p, str) or not p.strip()
+    ]
     if bad:
         raise InputError("every prompt must be a non-empty string", bad[:20])
     img_ids = model.img_token_ids.tolist()
@@ -247,8 +261,11 @@ def decision_features(
         mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in chunk], dtype=torch.long)
         is_img0 = ids == img_ids[0]
         if not bool(is_img0.any(1).all()):
-            raise InputError("the tokenizer did not produce [IMG0] for every prompt", [],
-                             hint="load the tokenizer with the [IMG] tokens added (gill.tokenization)")  # fmt: skip
+            raise InputError(
+                "the tokenizer did not produce [IMG0] for every prompt",
+                [],
+                hint="load the tokenizer with the [IMG] tokens added (gill.tokenization)",
+            )
         # The *last* [IMG0] of each row: the appended run (a prompt could spell "[IMG0]" itself).
         pos = width - 1 - is_img0.flip(1).int().argmax(1)  # (B,)
         ids, mask = ids.to(device), mask.to(device)
@@ -293,8 +310,9 @@ def _check(features: torch.Tensor, labels: torch.Tensor | Sequence[int]) -> tupl
 
 def _check_recipe(recipe: str) -> None:
     if recipe not in RECIPES:
-        raise InputError(f"unknown decision recipe {recipe!r}", [f"recipe: {recipe!r}"],
-                         hint=f"use one of {', '.join(RECIPES)}")  # fmt: skip
+        raise InputError(
+            f"unknown decision recipe {recipe!r}", [f"recipe: {recipe!r}"], hint=f"use one of {', '.join(RECIPES)}"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -319,9 +337,18 @@ class _Standardizer:
         head.linear.weight.copy_(weight)
 
 
-def _train(x: torch.Tensor, y: torch.Tensor, *, with_retrieval_score: bool, seed: int, steps: int, lr: float,
-           eval_set: tuple[torch.Tensor, torch.Tensor] | None = None, eval_every: int = OFFICIAL_EVAL_EVERY,
-           recipe: str = "official") -> tuple[DecisionHead, list[tuple[int, float]]]:  # fmt: skip
+def _train(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    with_retrieval_score: bool,
+    seed: int,
+    steps: int,
+    lr: float,
+    eval_set: tuple[torch.Tensor, torch.Tensor] | None = None,
+    eval_every: int = OFFICIAL_EVAL_EVERY,
+    recipe: str = "official",
+) -> tuple[DecisionHead, list[tuple[int, float]]]:
     """The notebook's loop; returns the final head (eval mode) and (step, F1 on ``eval_set``) along the way.
 
     ``recipe="balanced"`` keeps the loop (seed, Dropout(0.5), AdamW, steps) and changes two things, both standard
@@ -401,9 +428,16 @@ def _f1(head: DecisionHead, x: torch.Tensor, y: torch.Tensor) -> float:
     return macro_f1(y, predict(head, x))
 
 
-def fit_decision_head(features: torch.Tensor, labels: torch.Tensor | Sequence[int], *, seed: int = OFFICIAL_SEED,
-                      steps: int = OFFICIAL_STEPS, lr: float = OFFICIAL_LR,
-                      with_retrieval_score: bool = False, recipe: str = "official") -> DecisionHead:  # fmt: skip
+def fit_decision_head(
+    features: torch.Tensor,
+    labels: torch.Tensor | Sequence[int],
+    *,
+    seed: int = OFFICIAL_SEED,
+    steps: int = OFFICIAL_STEPS,
+    lr: float = OFFICIAL_LR,
+    with_retrieval_score: bool = False,
+    recipe: str = "official",
+) -> DecisionHead:
     """Train Dropout(0.5) -> Linear on (N, D[+1]) features with the official recipe; return the head in eval mode.
 
     Args:
@@ -430,10 +464,17 @@ def official_split(n: int, n_train: int = OFFICIAL_TRAIN) -> tuple[torch.Tensor,
 
 
 def evaluate_official(
-    features: torch.Tensor, labels: torch.Tensor | Sequence[int], *, seed: int = OFFICIAL_SEED,
-    steps: int = OFFICIAL_STEPS, lr: float = OFFICIAL_LR, with_retrieval_score: bool = False,
-    n_train: int = OFFICIAL_TRAIN, eval_every: int = OFFICIAL_EVAL_EVERY, recipe: str = "official",
-) -> OfficialResult:  # fmt: skip
+    features: torch.Tensor,
+    labels: torch.Tensor | Sequence[int],
+    *,
+    seed: int = OFFICIAL_SEED,
+    steps: int = OFFICIAL_STEPS,
+    lr: float = OFFICIAL_LR,
+    with_retrieval_score: bool = False,
+    n_train: int = OFFICIAL_TRAIN,
+    eval_every: int = OFFICIAL_EVAL_EVERY,
+    recipe: str = "official",
+) -> OfficialResult:
     """Train on the first ``n_train`` examples, test on the rest (file order), as the notebook does.
 
     ``test_f1`` is the final model's; ``best_on_test_f1`` is the notebook's max over the checkpoints every
@@ -441,11 +482,27 @@ def evaluate_official(
     """
     x, y = _check(features, labels)
     train, test = official_split(len(y), n_train)
-    head, history = _train(x[train], y[train], with_retrieval_score=with_retrieval_score, seed=seed, steps=steps,
-                           lr=lr, eval_set=(x[test], y[test]), eval_every=eval_every, recipe=recipe)  # fmt: skip
+    head, history = _train(
+        x[train],
+        y[train],
+        with_retrieval_score=with_retrieval_score,
+        seed=seed,
+        steps=steps,
+        lr=lr,
+        eval_set=(x[test], y[test]),
+        eval_every=eval_every,
+        recipe=recipe,
+    )
     best_step, best = max(history, key=lambda sf: (sf[1], -sf[0]))  # the earliest of equal bests
-    return OfficialResult(test_f1=history[-1][1], best_on_test_f1=best, best_step=best_step, history=tuple(history),
-                          head=head, n_train=len(train), n_test=len(test))  # fmt: skip
+    return OfficialResult(
+        test_f1=history[-1][1],
+        best_on_test_f1=best,
+        best_step=best_step,
+        history=tuple(history),
+        head=head,
+        n_train=len(train),
+        n_test=len(test),
+    )
 
 
 def stratified_folds(labels: torch.Tensor | Sequence[int], folds: int = 5, seed: int = OFFICIAL_SEED) -> torch.Tensor:
@@ -459,8 +516,10 @@ def stratified_folds(labels: torch.Tensor | Sequence[int], folds: int = 5, seed:
         raise InputError("cross-validation needs at least 2 folds", [f"folds: {folds}"])
     counts = torch.bincount(y, minlength=2)
     if int(counts.min()) < folds:
-        raise InputError(f"each class needs at least {folds} examples for {folds}-fold CV",
-                         [f"class {c}: {int(n)}" for c, n in enumerate(counts.tolist())])  # fmt: skip
+        raise InputError(
+            f"each class needs at least {folds} examples for {folds}-fold CV",
+            [f"class {c}: {int(n)}" for c, n in enumerate(counts.tolist())],
+        )
     gen = torch.Generator().manual_seed(seed)
     fold = torch.empty_like(y)
     offset = 0
@@ -472,52 +531,97 @@ def stratified_folds(labels: torch.Tensor | Sequence[int], folds: int = 5, seed:
     return fold
 
 
-def cross_validate(features: torch.Tensor, labels: torch.Tensor | Sequence[int], folds: int = 5,
-                   seed: int = OFFICIAL_SEED, *, steps: int = OFFICIAL_STEPS, lr: float = OFFICIAL_LR,
-                   with_retrieval_score: bool = False, recipe: str = "official") -> CVResult:  # fmt: skip
+def cross_validate(
+    features: torch.Tensor,
+    labels: torch.Tensor | Sequence[int],
+    folds: int = 5,
+    seed: int = OFFICIAL_SEED,
+    *,
+    steps: int = OFFICIAL_STEPS,
+    lr: float = OFFICIAL_LR,
+    with_retrieval_score: bool = False,
+    recipe: str = "official",
+) -> CVResult:
     """Stratified ``folds``-fold CV of the recipe: train on k-1 folds (final model), macro-F1 on the held-out one."""
     x, y = _check(features, labels)
     fold = stratified_folds(y, folds, seed)
     scores = []
     for k in range(folds):
         held = fold == k
-        head = _train(x[~held], y[~held], with_retrieval_score=with_retrieval_score, seed=seed, steps=steps,
-                      lr=lr, recipe=recipe)[0]  # fmt: skip
+        head = _train(
+            x[~held], y[~held], with_retrieval_score=with_retrieval_score, seed=seed, steps=steps, lr=lr, recipe=recipe
+        )[0]
         scores.append(_f1(head, x[held], y[held]))
     t = torch.tensor(scores, dtype=torch.float64)
     std = float(t.std(unbiased=True)) if folds > 1 else 0.0
-    return CVResult(mean_f1=float(t.mean()), std_f1=std if math.isfinite(std) else 0.0, per_fold=tuple(scores),
-                    folds=folds, seed=seed)  # fmt: skip
+    return CVResult(
+        mean_f1=float(t.mean()),
+        std_f1=std if math.isfinite(std) else 0.0,
+        per_fold=tuple(scores),
+        folds=folds,
+        seed=seed,
+    )
 
 
 def fit_and_evaluate(
-    features: torch.Tensor, labels: torch.Tensor | Sequence[int], *, seed: int = OFFICIAL_SEED,
-    steps: int = OFFICIAL_STEPS, lr: float = OFFICIAL_LR, with_retrieval_score: bool = False, folds: int = 5,
-    n_train: int = OFFICIAL_TRAIN, recipe: str = "official",
-) -> tuple[DecisionFitResult, DecisionHead]:  # fmt: skip
+    features: torch.Tensor,
+    labels: torch.Tensor | Sequence[int],
+    *,
+    seed: int = OFFICIAL_SEED,
+    steps: int = OFFICIAL_STEPS,
+    lr: float = OFFICIAL_LR,
+    with_retrieval_score: bool = False,
+    folds: int = 5,
+    n_train: int = OFFICIAL_TRAIN,
+    recipe: str = "official",
+) -> tuple[DecisionFitResult, DecisionHead]:
     """The official protocol and stratified CV on the same data; returns the figures and the official final head.
 
     The returned head is the one the figures describe: trained on the official train part, final step.
     """
     x, y = _check(features, labels)
-    official = evaluate_official(x, y, seed=seed, steps=steps, lr=lr, with_retrieval_score=with_retrieval_score,
-                                 n_train=n_train, recipe=recipe)  # fmt: skip
-    cv = cross_validate(x, y, folds, seed, steps=steps, lr=lr, with_retrieval_score=with_retrieval_score,
-                        recipe=recipe)  # fmt: skip
+    official = evaluate_official(
+        x, y, seed=seed, steps=steps, lr=lr, with_retrieval_score=with_retrieval_score, n_train=n_train, recipe=recipe
+    )
+    cv = cross_validate(x, y, folds, seed, steps=steps, lr=lr, with_retrieval_score=with_retrieval_score, recipe=recipe)
     train, test = official_split(len(y), n_train)
     result = DecisionFitResult(
-        official_test_f1=official.test_f1, official_best_on_test_f1=official.best_on_test_f1,
-        official_best_step=official.best_step, cv_mean_f1=cv.mean_f1, cv_std_f1=cv.std_f1,
-        cv_per_fold=cv.per_fold, cv_folds=folds, n_train=len(train), n_test=len(test),
-        n_train_gen=int((y[train] == GEN).sum()), n_train_ret=int((y[train] == RET).sum()),
-        n_test_gen=int((y[test] == GEN).sum()), n_test_ret=int((y[test] == RET).sum()),
-        n_gen=int((y == GEN).sum()), n_ret=int((y == RET).sum()), with_retrieval_score=with_retrieval_score,
-        feature_dim=x.shape[1], steps=steps, lr=lr, seed=seed, recipe=recipe,
-    )  # fmt: skip
+        official_test_f1=official.test_f1,
+        official_best_on_test_f1=official.best_on_test_f1,
+        official_best_step=official.best_step,
+        cv_mean_f1=cv.mean_f1,
+        cv_std_f1=cv.std_f1,
+        cv_per_fold=cv.per_fold,
+        cv_folds=folds,
+        n_train=len(train),
+        n_test=len(test),
+        n_train_gen=int((y[train] == GEN).sum()),
+        n_train_ret=int((y[train] == RET).sum()),
+        n_test_gen=int((y[test] == GEN).sum()),
+        n_test_ret=int((y[test] == RET).sum()),
+        n_gen=int((y == GEN).sum()),
+        n_ret=int((y == RET).sum()),
+        with_retrieval_score=with_retrieval_score,
+        feature_dim=x.shape[1],
+        steps=steps,
+        lr=lr,
+        seed=seed,
+        recipe=recipe,
+    )
     return result, official.head
 
 
 __all__ = [
-    "CVResult", "DecisionFitResult", "OfficialResult", "cross_validate", "decision_features", "evaluate_official",
-    "fit_and_evaluate", "fit_decision_head", "macro_f1", "official_split", "predict", "stratified_folds",
-]  # fmt: skip
+    "CVResult",
+    "DecisionFitResult",
+    "OfficialResult",
+    "cross_validate",
+    "decision_features",
+    "evaluate_official",
+    "fit_and_evaluate",
+    "fit_decision_head",
+    "macro_f1",
+    "official_split",
+    "predict",
+    "stratified_folds",
+]

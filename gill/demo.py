@@ -133,8 +133,10 @@ def train_stage(workdir: Path, config: GILLConfig, seed: int) -> dict[str, Any]:
     overrides = {"steps": steps, "val_every": steps, "ckpt_every": steps, "seed": seed}
     result, curve = run_training(config, workdir, overrides=overrides, run_id=f"demo-seed{seed}")
     first, last = result.history[0], result.history[-1]
-    outputs = {f"{name} (step {first['step']} -> {last['step']})": f"{first[name]:.3f} -> {last[name]:.3f}"
-               for name in ("loss_cap", "loss_lp", "loss_ret", "loss_gen")}  # fmt: skip
+    outputs = {
+        f"{name} (step {first['step']} -> {last['step']})": f"{first[name]:.3f} -> {last[name]:.3f}"
+        for name in ("loss_cap", "loss_lp", "loss_ret", "loss_gen")
+    }
     if result.validations:
         val = result.validations[-1]
         chance = 1 / max(val["val_samples"], 1)

@@ -81,8 +81,15 @@ class GILLModel(nn.Module):
         decision_head: optional retrieve-or-generate classifier.
     """
 
-    def __init__(self, config: GILLConfig, dims: DerivedDims, lm: nn.Module, img_token_ids: Sequence[int],
-                 adapters: GILLAdapters | None = None, decision_head: DecisionHead | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: GILLConfig,
+        dims: DerivedDims,
+        lm: nn.Module,
+        img_token_ids: Sequence[int],
+        adapters: GILLAdapters | None = None,
+        decision_head: DecisionHead | None = None,
+    ) -> None:
         super().__init__()
         ids = _check_img_ids(img_token_ids, config.adapters.num_img_tokens)
         width = lm.get_input_embeddings().embedding_dim
@@ -137,9 +144,14 @@ class GILLModel(nn.Module):
         return lm_logits.index_copy(-1, self.img_token_ids, img_logits.to(lm_logits.dtype))
 
     def forward_lm(
-        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-        past_key_values: Any = None, use_cache: bool = False, compute_logits: bool = True,
-    ) -> LMOutput:  # fmt: skip
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+        compute_logits: bool = True,
+    ) -> LMOutput:
         """Run the frozen LM on (B, T, D) embeddings; return the ``text_emb_layers`` states and the logits.
 
         With ``use_cache`` the pass extends ``past_key_values`` (the LM's own cache) and returns the new cache;
@@ -147,14 +159,21 @@ class GILLModel(nn.Module):
         """
         layers = self.config.adapters.text_emb_layers
         need_all = any(i != -1 for i in layers)
-        out = self.lm.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                 past_key_values=past_key_values, output_hidden_states=need_all,
-                                 use_cache=use_cache)  # fmt: skip
+        out = self.lm.base_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            output_hidden_states=need_all,
+            use_cache=use_cache,
+        )
         last = out.last_hidden_state  # (B, T, D), after the final layer norm (OPT: and project_out)
         hidden = tuple(last if i == -1 else out.hidden_states[i] for i in layers)
-        return LMOutput(hidden_states=hidden, last_hidden_state=last,
-                        logits=self.logits(last) if compute_logits else None,
-                        past_key_values=out.past_key_values if use_cache else None)  # fmt: skip
+        return LMOutput(
+            hidden_states=hidden,
+            last_hidden_state=last,
+            logits=self.logits(last) if compute_logits else None,
+            past_key_values=out.past_key_values if use_cache else None,
+        )
 
     def img_states(self, hidden: torch.Tensor, caption_len: torch.Tensor) -> torch.Tensor:
         """(B, T, D) states and (B,) lengths -> (B, n, D) states at the [IMG] inputs (``caption_len - n ..``)."""
@@ -276,11 +295,15 @@ class ModelSummary:
         if self.trainable == OFFICIAL_TRAINABLE and not why:
             lines.append(f"trainable matches the released GILL checkpoint: {OFFICIAL_TRAINABLE:,} (official §1.3)")
         else:
-            lines.append(f"trainable differs from the released GILL ({OFFICIAL_TRAINABLE:,}) by "
-                         f"{self.trainable - OFFICIAL_TRAINABLE:+,}:")  # fmt: skip
+            lines.append(
+                f"trainable differs from the released GILL ({OFFICIAL_TRAINABLE:,}) by "
+                f"{self.trainable - OFFICIAL_TRAINABLE:+,}:"
+            )
             lines += [f"  - {w}" for w in why] or ["  - the paper config's modules no longer match official §1.3"]
-        lines.append("note: the release trained the 8 [IMG] rows through the whole LM embedding matrix "
-                     "(requires_grad on all rows, gradient-masked); here they are a separate table.")  # fmt: skip
+        lines.append(
+            "note: the release trained the 8 [IMG] rows through the whole LM embedding matrix "
+            "(requires_grad on all rows, gradient-masked); here they are a separate table."
+        )
         return "\n".join(lines)
 
 
@@ -312,10 +335,12 @@ def _adapter_rows(config: GILLConfig, dims: DerivedDims) -> list[ModuleCount]:
         "retrieval.logit_scale": "scalar",
         "mapper": _mapper_shape(config, dims),
     }
-    return [ModuleCount(name=name, shape=shape, trainable=_count(adapters.get_submodule(name))[0], frozen=0)
-            if name != "retrieval.logit_scale" else
-            ModuleCount(name=name, shape=shape, trainable=adapters.retrieval.logit_scale.numel(), frozen=0)
-            for name, shape in shapes.items()]  # fmt: skip
+    return [
+        ModuleCount(name=name, shape=shape, trainable=_count(adapters.get_submodule(name))[0], frozen=0)
+        if name != "retrieval.logit_scale"
+        else ModuleCount(name=name, shape=shape, trainable=adapters.retrieval.logit_scale.numel(), frozen=0)
+        for name, shape in shapes.items()
+    ]
 
 
 def _frozen_rows(config: GILLConfig, dims: DerivedDims) -> list[ModuleCount]:
@@ -331,8 +356,9 @@ def _frozen_rows(config: GILLConfig, dims: DerivedDims) -> list[ModuleCount]:
     rows = []
     for name, model, ref in (("frozen lm", lm, backbones.lm), ("frozen vision", vision, backbones.vision)):
         model.requires_grad_(False)
-        rows.append(ModuleCount(name=name, trainable=0, frozen=_count(model)[1],
-                                shape=f"{type(model).__name__} {ref.id}"))  # fmt: skip
+        rows.append(
+            ModuleCount(name=name, trainable=0, frozen=_count(model)[1], shape=f"{type(model).__name__} {ref.id}")
+        )
     return rows
 
 
@@ -348,6 +374,7 @@ def summary(config: GILLConfig) -> ModelSummary:
     rows = _adapter_rows(config, dims)
     paper = paper_config()
     official = {r.name: r for r in _adapter_rows(paper, derive_dims(paper))}
-    rows = [dataclasses.replace(r, official=official[r.name].trainable, official_shape=official[r.name].shape)
-            for r in rows]  # fmt: skip
+    rows = [
+        dataclasses.replace(r, official=official[r.name].trainable, official_shape=official[r.name].shape) for r in rows
+    ]
     return ModelSummary(preset=config.preset, rows=tuple(rows + _frozen_rows(config, dims)))

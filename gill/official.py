@@ -73,13 +73,15 @@ class ImportReport:
     def render(self) -> str:
         """Human-readable summary."""
         ids = list(self.img_token_ids) or "unknown (tokenizer not on disk; recomputed by add_img_tokens on use)"
-        return "\n".join([
-            f"imported {self.num_parameters:,} adapter parameters into {self.out_dir}",
-            f"  backbones: lm {self.config.backbones.lm.id}, vision {self.config.backbones.vision.id}, "
-            f"sd {self.config.backbones.sd.id}",
-            f"  mapper: {self.config.adapters.mapper.kind}, [IMG] ids: {ids}",
-            f"  decision head: {self.decision_head or 'none'}",
-        ])  # fmt: skip
+        return "\n".join(
+            [
+                f"imported {self.num_parameters:,} adapter parameters into {self.out_dir}",
+                f"  backbones: lm {self.config.backbones.lm.id}, vision {self.config.backbones.vision.id}, "
+                f"sd {self.config.backbones.sd.id}",
+                f"  mapper: {self.config.adapters.mapper.kind}, [IMG] ids: {ids}",
+                f"  decision head: {self.decision_head or 'none'}",
+            ]
+        )
 
 
 # -- reading the release files ------------------------------------------------------------------------------------
@@ -167,8 +169,13 @@ def _model_args_problems(args: dict[str, Any]) -> list[str]:
     problems = []
     required = ("opt_version", "visual_encoder", "n_visual_tokens", "ret_emb_dim", "num_tokens", "num_clip_tokens")
     problems += [f"{key}: required field is missing" for key in required if key not in args]
-    checks = (("text_fc_mode", "gill_mapper"), ("ret_text_fc_mode", "linear"), ("share_ret_gen", True),
-              ("freeze_lm", True), ("freeze_vm", True))  # fmt: skip
+    checks = (
+        ("text_fc_mode", "gill_mapper"),
+        ("ret_text_fc_mode", "linear"),
+        ("share_ret_gen", True),
+        ("freeze_lm", True),
+        ("freeze_vm", True),
+    )
     problems += [
         f"{key}: only {want!r} (the released model) is supported, got {args[key]!r}"
         for key, want in checks
@@ -177,8 +184,14 @@ def _model_args_problems(args: dict[str, Any]) -> list[str]:
     return problems
 
 
-def config_from_model_args(args: dict[str, Any], *, mapper: MapperConfig | None = None, lm: str | None = None,
-                           vision: str | None = None, sd: str | None = None) -> GILLConfig:  # fmt: skip
+def config_from_model_args(
+    args: dict[str, Any],
+    *,
+    mapper: MapperConfig | None = None,
+    lm: str | None = None,
+    vision: str | None = None,
+    sd: str | None = None,
+) -> GILLConfig:
     """Map official ``model_args.json`` values to a GILLConfig (official §7.1).
 
     Args:
@@ -193,14 +206,21 @@ def config_from_model_args(args: dict[str, Any], *, mapper: MapperConfig | None 
     if problems:
         raise InputError("model_args.json is not a supported GILL release", problems)
     vision_ref = ModelRef(id=vision or args["visual_encoder"])
-    backbones = BackbonesConfig(lm=ModelRef(id=lm or args["opt_version"]), vision=vision_ref,
-                                sd=ModelRef(id=sd or PAPER_SD), clip_metric=vision_ref)  # fmt: skip
+    backbones = BackbonesConfig(
+        lm=ModelRef(id=lm or args["opt_version"]),
+        vision=vision_ref,
+        sd=ModelRef(id=sd or PAPER_SD),
+        clip_metric=vision_ref,
+    )
     try:
         adapters = AdapterConfig(
-            num_img_tokens=args["num_tokens"], n_visual_tokens=args["n_visual_tokens"],
-            ret_emb_dim=args["ret_emb_dim"], num_clip_tokens=args["num_clip_tokens"],
-            text_emb_layers=tuple(args.get("text_emb_layers", (-1,))), mapper=mapper or MapperConfig(),
-        )  # fmt: skip
+            num_img_tokens=args["num_tokens"],
+            n_visual_tokens=args["n_visual_tokens"],
+            ret_emb_dim=args["ret_emb_dim"],
+            num_clip_tokens=args["num_clip_tokens"],
+            text_emb_layers=tuple(args.get("text_emb_layers", (-1,))),
+            mapper=mapper or MapperConfig(),
+        )
     except ConfigError as err:
         raise InputError("model_args.json has invalid values", err.problems) from err
     return GILLConfig(preset="official", backbones=backbones, adapters=adapters)
@@ -212,13 +232,19 @@ def load_official_decision_head(path: str | os.PathLike[str], dims: DerivedDims)
     unknown = sorted(set(state) - {"1.weight", "1.bias"})
     missing = sorted({"1.weight", "1.bias"} - set(state))
     if unknown or missing:
-        raise InputError(f"{str(path)!r} is not a GILL decision model",
-                         [f"unknown: {k}" for k in unknown] + [f"missing: {k}" for k in missing])  # fmt: skip
+        raise InputError(
+            f"{str(path)!r} is not a GILL decision model",
+            [f"unknown: {k}" for k in unknown] + [f"missing: {k}" for k in missing],
+        )
     width = state["1.weight"].shape[-1]
     if state["1.weight"].ndim != 2 or width not in (dims.lm_hidden, dims.lm_hidden + 1):
-        raise InputError(f"{str(path)!r} does not fit the LM",
-                         [f"1.weight {tuple(state['1.weight'].shape)}: expected (2, {dims.lm_hidden}) or "
-                          f"(2, {dims.lm_hidden + 1}) (paper-era, with the retrieval-score feature)"])  # fmt: skip
+        raise InputError(
+            f"{str(path)!r} does not fit the LM",
+            [
+                f"1.weight {tuple(state['1.weight'].shape)}: expected (2, {dims.lm_hidden}) or "
+                f"(2, {dims.lm_hidden + 1}) (paper-era, with the retrieval-score feature)"
+            ],
+        )
     head = DecisionHead(dims.lm_hidden, with_retrieval_score=width == dims.lm_hidden + 1)
     weights = {"linear.weight": state["1.weight"].float(), "linear.bias": state["1.bias"].float()}
     return load_strict(head, weights, str(path))  # type: ignore[return-value]
@@ -246,23 +272,31 @@ def _img_tokens(config: GILLConfig) -> ImgTokens:
         return ImgTokens(strings=strings, ids=())
 
 
-def _convert_adapters(src: Path, args: dict[str, Any],
-                      overrides: dict[str, str | None]) -> tuple[GILLConfig, GILLAdapters, DerivedDims]:  # fmt: skip
+def _convert_adapters(
+    src: Path, args: dict[str, Any], overrides: dict[str, str | None]
+) -> tuple[GILLConfig, GILLAdapters, DerivedDims]:
     from gill.factory import derive_dims
 
     state = convert_state_dict(load_official_state_dict(src / CKPT_FILE), int(args.get("num_tokens", 0)))
     config = config_from_model_args(args, mapper=infer_mapper_config(state), **overrides)
     dims = derive_dims(config)
     if "gen_emb_dim" in args and args["gen_emb_dim"] != dims.sd_text_dim:
-        raise InputError("model_args.json does not fit the SD pipeline",
-                         [f"gen_emb_dim {args['gen_emb_dim']} != {config.backbones.sd.id} text width "
-                          f"{dims.sd_text_dim}"])  # fmt: skip
+        raise InputError(
+            "model_args.json does not fit the SD pipeline",
+            [f"gen_emb_dim {args['gen_emb_dim']} != {config.backbones.sd.id} text width {dims.sd_text_dim}"],
+        )
     hint = "expected the keys of official §7.2 (official names are listed as unexpected when unknown)"
     return config, adapters_from_state_dict(config, dims, state, str(src / CKPT_FILE), hint=hint), dims
 
 
-def import_official(src_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, lm: str | None = None,
-                    vision: str | None = None, sd: str | None = None) -> ImportReport:  # fmt: skip
+def import_official(
+    src_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    lm: str | None = None,
+    vision: str | None = None,
+    sd: str | None = None,
+) -> ImportReport:
     """Convert an official GILL release folder into a :mod:`gill.checkpoint` folder.
 
     Args:
@@ -278,17 +312,29 @@ def import_official(src_dir: str | os.PathLike[str], out_dir: str | os.PathLike[
     config, adapters, dims = _convert_adapters(src, args, {"lm": lm, "vision": vision, "sd": sd})
     decision = load_official_decision_head(src / DECISION_FILE, dims) if (src / DECISION_FILE).is_file() else None
     tokens = _img_tokens(config)
-    files = {name: sha256_file(src / name) for name in (MODEL_ARGS_FILE, CKPT_FILE, DECISION_FILE)
-             if (src / name).is_file()}  # fmt: skip
-    extra = {"imported_from": {"source": str(src.resolve()), "sha256": files, "model_args": args,
-                               "official_img_token_ids": args.get("gen_token_idx")}}  # fmt: skip
+    files = {
+        name: sha256_file(src / name) for name in (MODEL_ARGS_FILE, CKPT_FILE, DECISION_FILE) if (src / name).is_file()
+    }
+    extra = {
+        "imported_from": {
+            "source": str(src.resolve()),
+            "sha256": files,
+            "model_args": args,
+            "official_img_token_ids": args.get("gen_token_idx"),
+        }
+    }
     save_pretrained(out_dir, adapters, config, tokens, extra, decision_head=decision)
     head = None
     if decision is not None:
         score = " (with retrieval score)" if decision.with_retrieval_score else ""
         head = f"{decision.linear.in_features} -> 2{score}"
-    return ImportReport(out_dir=Path(out_dir), config=config, decision_head=head, img_token_ids=tokens.ids,
-                        num_parameters=sum(p.numel() for p in adapters.parameters()))  # fmt: skip
+    return ImportReport(
+        out_dir=Path(out_dir),
+        config=config,
+        decision_head=head,
+        img_token_ids=tokens.ids,
+        num_parameters=sum(p.numel() for p in adapters.parameters()),
+    )
 
 
 def official_state_dict(adapters: GILLAdapters) -> dict[str, torch.Tensor]:

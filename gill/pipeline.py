@@ -132,9 +132,11 @@ class GenerationSettings(_Validated):
 
 def image_size_problems(height: int | None, width: int | None) -> list[str]:
     """What is wrong with a requested SD image size (None: the pipeline's native size)."""
-    return [f"{name}: must be a positive multiple of 8 (SD's latent factor), got {value}"
-            for name, value in (("height", height), ("width", width))
-            if value is not None and (value < 8 or value % 8)]  # fmt: skip
+    return [
+        f"{name}: must be a positive multiple of 8 (SD's latent factor), got {value}"
+        for name, value in (("height", height), ("width", width))
+        if value is not None and (value < 8 or value % 8)
+    ]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -186,11 +188,17 @@ class ImageResult:
     def sidecar(self) -> dict[str, Any]:
         """JSON-ready description (everything but the pixels)."""
         return {
-            "kind": self.kind, "score": self.score, "scaled_score": self.scaled_score,
-            "decision": vars(self.decision), "key": self.key, "shard": self.shard, "caption": self.caption,
-            "seed": self.seed, "safety_flagged": self.safety_flagged,
+            "kind": self.kind,
+            "score": self.score,
+            "scaled_score": self.scaled_score,
+            "decision": vars(self.decision),
+            "key": self.key,
+            "shard": self.shard,
+            "caption": self.caption,
+            "seed": self.seed,
+            "safety_flagged": self.safety_flagged,
             "size": list(self.image.size) if self.image is not None else None,
-        }  # fmt: skip
+        }
 
 
 OutputItem = TextResult | ImageResult
@@ -248,8 +256,16 @@ class GILLPipeline:
         device: where the models run.
     """
 
-    def __init__(self, model: GILLModel, tokenizer: Any, vision: Any, image_processor: Any, sd: Any = None,
-                 bank: RetrievalBank | None = None, device: str | torch.device = "cpu") -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: GILLModel,
+        tokenizer: Any,
+        vision: Any,
+        image_processor: Any,
+        sd: Any = None,
+        bank: RetrievalBank | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.vision = vision
@@ -269,9 +285,15 @@ class GILLPipeline:
 
     @classmethod
     def from_pretrained(
-        cls, checkpoint_dir: str | os.PathLike[str], *, workdir: str | os.PathLike[str] | None = None,
-        config: GILLConfig | None = None, device: str = "cpu", load_sd: bool = True, dtype: torch.dtype | None = None,
-    ) -> GILLPipeline:  # fmt: skip
+        cls,
+        checkpoint_dir: str | os.PathLike[str],
+        *,
+        workdir: str | os.PathLike[str] | None = None,
+        config: GILLConfig | None = None,
+        device: str = "cpu",
+        load_sd: bool = True,
+        dtype: torch.dtype | None = None,
+    ) -> GILLPipeline:
         """Load a checkpoint folder (``config.json`` + ``adapters.safetensors`` [+ ``decision.safetensors``]).
 
         Args:
@@ -300,8 +322,14 @@ class GILLPipeline:
                 ],
                 hint="load the tokenizer the checkpoint was trained with (same LM id and revision)",
             )
-        model = GILLModel(ckpt.config, derive_dims(ckpt.config), backbones.lm, img.ids, adapters=ckpt.adapters,
-                          decision_head=ckpt.decision_head)  # fmt: skip
+        model = GILLModel(
+            ckpt.config,
+            derive_dims(ckpt.config),
+            backbones.lm,
+            img.ids,
+            adapters=ckpt.adapters,
+            decision_head=ckpt.decision_head,
+        )
         bank = None
         if workdir is not None:
             from gill.retrieval import RetrievalBank, bank_dir
@@ -313,8 +341,9 @@ class GILLPipeline:
                 logger.info("no retrieval bank for this checkpoint under %s: generation only", workdir)
         sd = backbones.sd.to(device) if backbones.sd is not None else None
         vision = backbones.vision.to(device)
-        pipe = cls(model.to(device), backbones.tokenizer, vision, backbones.image_processor, sd=sd, bank=bank,
-                   device=device)  # fmt: skip
+        pipe = cls(
+            model.to(device), backbones.tokenizer, vision, backbones.image_processor, sd=sd, bank=bank, device=device
+        )
         pipe.checkpoint_dir = Path(checkpoint_dir)
         return pipe
 
@@ -375,13 +404,17 @@ class GILLPipeline:
         room = self.model.dims.lm_max_positions - settings.max_new_tokens - n * settings.max_images
         if room < 1:
             need = f"max_new_tokens {settings.max_new_tokens} + {n} x max_images {settings.max_images}"
-            raise InputError("the reply does not fit the LM's context",
-                             [f"{need} >= context {self.model.dims.lm_max_positions}"],
-                             hint="lower max_new_tokens")  # fmt: skip
+            raise InputError(
+                "the reply does not fit the LM's context",
+                [f"{need} >= context {self.model.dims.lm_max_positions}"],
+                hint="lower max_new_tokens",
+            )
         if embeds.shape[1] <= room:
             return embeds, []
-        message = (f"prompt of {embeds.shape[1]} positions is longer than the {room} the LM's context leaves "
-                   f"(context {self.model.dims.lm_max_positions}); kept its last {room}")  # fmt: skip
+        message = (
+            f"prompt of {embeds.shape[1]} positions is longer than the {room} the LM's context leaves "
+            f"(context {self.model.dims.lm_max_positions}); kept its last {room}"
+        )
         logger.warning(message)
         return embeds[:, -room:], [message]
 
@@ -401,8 +434,9 @@ class GILLPipeline:
             if settings.use_cache:
                 total = (0 if past is None else past.get_seq_length()) + step_embeds.shape[1]
                 mask = torch.ones(1, total, dtype=torch.long, device=self.device)
-                out = self.model.forward_lm(step_embeds, mask, past_key_values=past, use_cache=True,
-                                            compute_logits=False)  # fmt: skip
+                out = self.model.forward_lm(
+                    step_embeds, mask, past_key_values=past, use_cache=True, compute_logits=False
+                )
                 past = out.past_key_values
             else:
                 mask = torch.ones(1, all_embeds.shape[1], dtype=torch.long, device=self.device)
@@ -435,8 +469,9 @@ class GILLPipeline:
         # even when [IMG0] was the last token the budget allowed.
         return DecodeResult(token_ids=ids, blocks=blocks, img_states=states, stop_reason=stop)
 
-    def _next_token(self, logits: torch.Tensor, settings: GenerationSettings, sampled: int, blocks: int,
-                    generator: torch.Generator) -> int:  # fmt: skip
+    def _next_token(
+        self, logits: torch.Tensor, settings: GenerationSettings, sampled: int, blocks: int, generator: torch.Generator
+    ) -> int:
         """Logit edits of official §4.3 (with an additive [IMG0] bias), then greedy or top-p sampling."""
         img0, rest = self.img_ids[0], self.img_ids[1:]
         if settings.force_image and blocks == 0 and sampled == 0:
@@ -513,11 +548,15 @@ class GILLPipeline:
             cond = F.pad(cond, (0, 0, 0, negative.shape[1] - cond.shape[1]))
         sd_dtype = self.sd.unet.dtype
         out = self.sd(
-            prompt_embeds=cond.to(sd_dtype), negative_prompt_embeds=negative.to(sd_dtype),
-            guidance_scale=settings.guidance_scale, num_inference_steps=settings.num_inference_steps,
-            height=settings.height, width=settings.width, output_type="pil",
+            prompt_embeds=cond.to(sd_dtype),
+            negative_prompt_embeds=negative.to(sd_dtype),
+            guidance_scale=settings.guidance_scale,
+            num_inference_steps=settings.num_inference_steps,
+            height=settings.height,
+            width=settings.width,
+            output_type="pil",
             generator=torch.Generator(device="cpu").manual_seed(settings.seed),
-        )  # fmt: skip
+        )
         flags = getattr(out, "nsfw_content_detected", None)
         if flags and flags[0]:
             logger.warning("Stable Diffusion's safety checker flagged the generated image; it is not returned")
@@ -542,8 +581,9 @@ class GILLPipeline:
     # -- everything ---------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def __call__(self, prompt: Sequence[PromptItem], settings: GenerationSettings | None = None,
-                 **overrides: Any) -> GILLOutput:  # fmt: skip
+    def __call__(
+        self, prompt: Sequence[PromptItem], settings: GenerationSettings | None = None, **overrides: Any
+    ) -> GILLOutput:
         """Run GILL on an interleaved prompt; ``overrides`` replace fields of ``settings``."""
         import dataclasses
 
@@ -569,13 +609,27 @@ class GILLPipeline:
         if decision.label == "ret":
             assert best is not None
             seen.add(best.row)
-            return ImageResult(kind="ret", image=self.bank.image(best), score=best.score,  # type: ignore[union-attr]
-                               scaled_score=best.score * scale, decision=decision, key=best.key, shard=best.shard,
-                               caption=self.bank.caption(best))  # type: ignore[union-attr]  # fmt: skip
+            return ImageResult(
+                kind="ret",
+                image=self.bank.image(best),
+                score=best.score,  # type: ignore[union-attr]
+                scaled_score=best.score * scale,
+                decision=decision,
+                key=best.key,
+                shard=best.shard,
+                caption=self.bank.caption(best),
+            )  # type: ignore[union-attr]
         image, flagged = self.generate_image(states, settings)
         score = self.image_score(image, query) if image is not None else float("nan")
-        return ImageResult(kind="gen", image=image, score=score, scaled_score=score * scale, decision=decision,
-                           seed=settings.seed, safety_flagged=flagged)  # fmt: skip
+        return ImageResult(
+            kind="gen",
+            image=image,
+            score=score,
+            scaled_score=score * scale,
+            decision=decision,
+            seed=settings.seed,
+            safety_flagged=flagged,
+        )
 
     def _append_text(self, items: list[OutputItem], ids: list[int]) -> None:
         text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
@@ -655,8 +709,11 @@ def resolve_checkpoint(workdir: str | os.PathLike[str], checkpoint: str | os.Pat
                 candidates.append((run.stat().st_mtime, run / name))
                 break
     if not candidates:
-        raise InputError(f"no trained checkpoint under {str(root)!r}", [],
-                         hint="run `gill train --workdir W` first, or pass --checkpoint DIR")  # fmt: skip
+        raise InputError(
+            f"no trained checkpoint under {str(root)!r}",
+            [],
+            hint="run `gill train --workdir W` first, or pass --checkpoint DIR",
+        )
     return max(candidates)[1]
 
 
@@ -678,9 +735,16 @@ def load_prompt_images(paths: Sequence[str | os.PathLike[str]]) -> list[Image.Im
 
 
 __all__ = [
-    "Decision", "DecodeResult", "GILLOutput", "GILLPipeline", "GenerationSettings", "ImageResult",
-    "TextResult", "load_prompt_images", "resolve_checkpoint",
-]  # fmt: skip
+    "Decision",
+    "DecodeResult",
+    "GILLOutput",
+    "GILLPipeline",
+    "GenerationSettings",
+    "ImageResult",
+    "TextResult",
+    "load_prompt_images",
+    "resolve_checkpoint",
+]
 
 
 # -- saving and chatting --------------------------------------------------------------------------------------------

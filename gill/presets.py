@@ -59,9 +59,15 @@ def tiny_config(zoo_dir: str | Path | None = None) -> GILLConfig:
     mapper = MapperConfig(hidden_dim=32, num_heads=4, num_encoder_layers=2, num_decoder_layers=2, ffn_dim=64)
     adapters = AdapterConfig(num_img_tokens=8, n_visual_tokens=4, ret_emb_dim=32, num_clip_tokens=77, mapper=mapper)
     train = TrainConfig(
-        steps=600, batch_size=16, warmup_steps=20, decay_every=400, val_every=200, ckpt_every=200, log_every=5,
+        steps=600,
+        batch_size=16,
+        warmup_steps=20,
+        decay_every=400,
+        val_every=200,
+        ckpt_every=200,
+        log_every=5,
         precision="fp32",
-    )  # fmt: skip
+    )
     return GILLConfig(preset="tiny", backbones=backbones, adapters=adapters, max_len=32, train=train)
 
 

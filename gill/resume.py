@@ -60,7 +60,7 @@ def capture_rng() -> dict[str, Any]:
             "pos": int(pos),
             "has_gauss": int(has_gauss),
             "cached_gaussian": float(cached),
-        },  # fmt: skip
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -72,8 +72,15 @@ def restore_rng(state: dict[str, Any]) -> None:
     """Put back the RNG states of :func:`capture_rng`."""
     python, numpy = state["python"], state["numpy"]
     random.setstate((python["version"], tuple(int(x) for x in python["state"].tolist()), python["gauss"]))
-    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
-                         numpy["cached_gaussian"]))  # fmt: skip
+    np.random.set_state(
+        (
+            numpy["kind"],
+            numpy["keys"].numpy().astype(np.uint32),
+            numpy["pos"],
+            numpy["has_gauss"],
+            numpy["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -210,8 +217,9 @@ class CheckpointManager:
             )
         path = self.root / f"step-{chosen:08d}"
         state = load_train_state(path / STATE_FILE)
-        return TrainingCheckpoint(step=state.pop("step"), weights=load_file(str(path / WEIGHTS_FILE)),
-                                  state=state, path=path)  # fmt: skip
+        return TrainingCheckpoint(
+            step=state.pop("step"), weights=load_file(str(path / WEIGHTS_FILE)), state=state, path=path
+        )
 
 
 def load_train_state(path: Path) -> dict[str, Any]:

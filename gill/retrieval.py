@@ -139,8 +139,14 @@ class BankShard:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (the manifest's shard table)."""
-        return {"split": self.split, "name": self.name, "tar": self.tar, "start": self.start, "count": self.count,
-                "fingerprint": self.fingerprint}  # fmt: skip
+        return {
+            "split": self.split,
+            "name": self.name,
+            "tar": self.tar,
+            "start": self.start,
+            "count": self.count,
+            "fingerprint": self.fingerprint,
+        }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -241,8 +247,15 @@ class ApproximateIndex:
         """Lists scanned per query unless a search says otherwise."""
 
     @classmethod
-    def build(cls, vectors: np.ndarray, *, nlist: int | None = None, nprobe: int | None = None, seed: int = 0,
-              progress: bool = False) -> ApproximateIndex:  # fmt: skip
+    def build(
+        cls,
+        vectors: np.ndarray,
+        *,
+        nlist: int | None = None,
+        nprobe: int | None = None,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> ApproximateIndex:
         """Train the coarse quantizer on a random sample of ``vectors`` (N, R) and add every row.
 
         Args:
@@ -272,8 +285,14 @@ class ApproximateIndex:
                 chunk = np.ascontiguousarray(vectors[first : first + ADD_CHUNK_ROWS], dtype=np.float32)  # (c, R)
                 index.add(chunk)
                 bar.update(len(chunk))
-        logger.info("IVF-Flat index: %d rows, %d lists, trained on %d rows in %.1f s, added in %.1f s", n, nlist,
-                    len(sample), trained, time.perf_counter() - start - trained)  # fmt: skip
+        logger.info(
+            "IVF-Flat index: %d rows, %d lists, trained on %d rows in %.1f s, added in %.1f s",
+            n,
+            nlist,
+            len(sample),
+            trained,
+            time.perf_counter() - start - trained,
+        )
         return cls(index, nprobe)
 
     @property
@@ -290,8 +309,14 @@ class ApproximateIndex:
         """What the manifest records about the index."""
         import faiss
 
-        return {"kind": self.KIND, "metric": "inner_product", "nlist": self.nlist, "nprobe": self.nprobe,
-                "kmeans_iterations": KMEANS_ITERATIONS, "faiss_version": faiss.__version__}  # fmt: skip
+        return {
+            "kind": self.KIND,
+            "metric": "inner_product",
+            "nlist": self.nlist,
+            "nprobe": self.nprobe,
+            "kmeans_iterations": KMEANS_ITERATIONS,
+            "faiss_version": faiss.__version__,
+        }
 
     def search(self, queries: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(B, R) normalised queries -> (B, k) scores and rows, best first; missing results are row -1."""
@@ -335,8 +360,9 @@ def _merge_top_k(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarr
     return np.take_along_axis(scores, part, 1), np.take_along_axis(rows, part, 1)
 
 
-def exact_search(embeddings: np.ndarray, queries: np.ndarray, k: int,
-                 exclude: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def exact_search(
+    embeddings: np.ndarray, queries: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` inner products of (B, R) ``queries`` against (N, R) ``embeddings`` (a memory map is fine).
 
     One matrix product and a partial sort per :data:`EXACT_CHUNK_ROWS` rows. ``exclude[b]`` lists rows query ``b``
@@ -354,8 +380,9 @@ def exact_search(embeddings: np.ndarray, queries: np.ndarray, k: int,
             scores[q, inside] = -np.inf
         chunk_rows = np.broadcast_to(np.arange(first, first + len(block), dtype=np.int64), scores.shape)
         scores, chunk_rows = _merge_top_k(scores, chunk_rows, k)
-        best_scores, best_rows = _merge_top_k(np.concatenate([best_scores, scores], 1),
-                                              np.concatenate([best_rows, chunk_rows], 1), k)  # fmt: skip
+        best_scores, best_rows = _merge_top_k(
+            np.concatenate([best_scores, scores], 1), np.concatenate([best_rows, chunk_rows], 1), k
+        )
     order = np.stack([np.lexsort((r, -s)) for s, r in zip(best_scores, best_rows, strict=True)]) if b else best_rows
     return np.take_along_axis(best_scores, order, 1), np.take_along_axis(best_rows, order, 1)
 
@@ -434,8 +461,16 @@ def _shard_table(workdir: Path, sources: list[_FeatureSource]) -> list[BankShard
     table, start = [], 0
     for src in sources:
         tar = (image_split_dir(src.split, workdir) / f"{src.name}.tar").relative_to(workdir).as_posix()
-        table.append(BankShard(split=src.split, name=src.name, tar=tar, start=start, count=src.count,
-                               fingerprint=str(src.manifest.get("fingerprint"))))  # fmt: skip
+        table.append(
+            BankShard(
+                split=src.split,
+                name=src.name,
+                tar=tar,
+                start=start,
+                count=src.count,
+                fingerprint=str(src.manifest.get("fingerprint")),
+            )
+        )
         start += src.count
     return table
 
@@ -487,8 +522,9 @@ def _up_to_date(path: Path, signature: dict[str, Any]) -> dict[str, Any] | None:
     return manifest if all((path / f).is_file() for f in files) else None
 
 
-def _validated_keys(workdir: Path, splits: Sequence[str], table: list[BankShard],
-                    projection: _RetrievalProjection) -> list[list[str]]:  # fmt: skip
+def _validated_keys(
+    workdir: Path, splits: Sequence[str], table: list[BankShard], projection: _RetrievalProjection
+) -> list[list[str]]:
     """Keys of every shard of ``table``, after checking features against their image shards; one error for all."""
     from gill.data.reader import open_feature_shards
 
@@ -503,12 +539,19 @@ def _validated_keys(workdir: Path, splits: Sequence[str], table: list[BankShard]
             keys[(split, shard.name)] = shard.keys
             width = shard.manifest.get("arrays", {}).get("vision", {}).get("shape", [0, None])[1]
             if width != projection.image_proj.in_features:
-                problems.append(f"feature shard {split}/{shard.name}: vision width {width}, the checkpoint's "
-                                f"image_proj takes {projection.image_proj.in_features}")  # fmt: skip
+                problems.append(
+                    f"feature shard {split}/{shard.name}: vision width {width}, the checkpoint's "
+                    f"image_proj takes {projection.image_proj.in_features}"
+                )
             encoder = shard.manifest.get("encoders", {}).get("vision", {})
             if encoder.get("id") is not None and encoder.get("id") != projection.vision["id"]:
-                logger.warning("feature shard %s/%s was computed with vision encoder %s, the checkpoint was trained "
-                               "on %s", split, shard.name, encoder.get("id"), projection.vision["id"])  # fmt: skip
+                logger.warning(
+                    "feature shard %s/%s was computed with vision encoder %s, the checkpoint was trained on %s",
+                    split,
+                    shard.name,
+                    encoder.get("id"),
+                    projection.vision["id"],
+                )
     missing = [f"{s.split}/{s.name}" for s in table if (s.split, s.name) not in keys]
     if missing and not problems:
         problems.append(f"feature shards changed while building: {missing}")
@@ -525,8 +568,14 @@ def project_images(image_proj: nn.Linear, features: np.ndarray) -> np.ndarray:
     return F.normalize(image_proj(x), dim=-1).numpy()  # (b, R)
 
 
-def _write_embeddings(folder: Path, table: list[BankShard], workdir: Path, projection: _RetrievalProjection,
-                      batch_size: int, progress: bool) -> None:  # fmt: skip
+def _write_embeddings(
+    folder: Path,
+    table: list[BankShard],
+    workdir: Path,
+    projection: _RetrievalProjection,
+    batch_size: int,
+    progress: bool,
+) -> None:
     from tqdm import tqdm
 
     n, dim = sum(s.count for s in table), projection.image_proj.out_features
@@ -603,13 +652,25 @@ def build_bank(
             del vectors, index
         manifest = _bank_manifest(projection, splits, table, count, index_params, time.perf_counter() - start)
         atomic_write_json(tmp / MANIFEST_FILE, manifest)
-    logger.info("built retrieval bank %s: %d rows, dim %d, %s, in %.1f s", path, count, manifest["dim"],
-                "approximate index" if use_index else "exact search only", manifest["seconds"])  # fmt: skip
+    logger.info(
+        "built retrieval bank %s: %d rows, dim %d, %s, in %.1f s",
+        path,
+        count,
+        manifest["dim"],
+        "approximate index" if use_index else "exact search only",
+        manifest["seconds"],
+    )
     return _info(path, manifest, skipped=False)
 
 
-def _bank_manifest(projection: _RetrievalProjection, splits: Sequence[str], table: list[BankShard], count: int,
-                   index_params: dict[str, Any] | None, seconds: float) -> dict[str, Any]:  # fmt: skip
+def _bank_manifest(
+    projection: _RetrievalProjection,
+    splits: Sequence[str],
+    table: list[BankShard],
+    count: int,
+    index_params: dict[str, Any] | None,
+    seconds: float,
+) -> dict[str, Any]:
     dim = projection.image_proj.out_features
     return {
         "format": FORMAT,
@@ -630,9 +691,15 @@ def _bank_manifest(projection: _RetrievalProjection, splits: Sequence[str], tabl
 
 
 def _info(path: Path, manifest: dict[str, Any], *, skipped: bool) -> BankInfo:
-    return BankInfo(path=path, count=int(manifest["count"]), dim=int(manifest["dim"]),
-                    checkpoint_id=manifest["checkpoint"]["id"], approximate=manifest.get("approximate") is not None,
-                    seconds=float(manifest["seconds"]), skipped=skipped)  # fmt: skip
+    return BankInfo(
+        path=path,
+        count=int(manifest["count"]),
+        dim=int(manifest["dim"]),
+        checkpoint_id=manifest["checkpoint"]["id"],
+        approximate=manifest.get("approximate") is not None,
+        seconds=float(manifest["seconds"]),
+        skipped=skipped,
+    )
 
 
 # -- the bank -------------------------------------------------------------------------------------------------
@@ -659,8 +726,10 @@ def _as_exclusions(exclude_rows: Sequence[Iterable[int] | None] | None, batch: i
         return None
     exclude_rows = list(exclude_rows)
     if len(exclude_rows) != batch:
-        raise InputError("invalid exclude_rows", [f"one iterable of rows per query: {batch} queries, got "
-                                                  f"{len(exclude_rows)} entries"])  # fmt: skip
+        raise InputError(
+            "invalid exclude_rows",
+            [f"one iterable of rows per query: {batch} queries, got {len(exclude_rows)} entries"],
+        )
     return [np.fromiter((int(r) for r in rows or ()), dtype=np.int64) for rows in exclude_rows]
 
 
@@ -670,8 +739,15 @@ class RetrievalBank:
     Use :meth:`open` with the checkpoint that will make the queries (it refuses a bank of another checkpoint).
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], embeddings: np.ndarray, keys: list[str],
-                 index: ApproximateIndex | None, workdir: Path) -> None:  # fmt: skip
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict[str, Any],
+        embeddings: np.ndarray,
+        keys: list[str],
+        index: ApproximateIndex | None,
+        workdir: Path,
+    ) -> None:
         self.path = path
         self.manifest = manifest
         self.embeddings = embeddings  # (N, R) float32, memory-mapped
@@ -693,14 +769,22 @@ class RetrievalBank:
         if _read_manifest(path) is None:
             others = [f"{m['checkpoint']['id']} (checkpoint {m['checkpoint']['path']})" for m in _banks(workdir)]
             problems = [f"expected {path}", f"banks under {workdir / INDEX_DIR}: {', '.join(others) or 'none'}"]
-            raise InputError(f"no retrieval bank for checkpoint {str(checkpoint_dir)!r} (id {ckpt})", problems,
-                             hint=_hint(workdir, checkpoint_dir))  # fmt: skip
+            raise InputError(
+                f"no retrieval bank for checkpoint {str(checkpoint_dir)!r} (id {ckpt})",
+                problems,
+                hint=_hint(workdir, checkpoint_dir),
+            )
         return cls.load(path, ckpt, checkpoint_dir=checkpoint_dir)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], expected_checkpoint_id: str | None = None, *,
-             workdir: str | os.PathLike[str] | None = None,
-             checkpoint_dir: str | os.PathLike[str] | None = None) -> RetrievalBank:  # fmt: skip
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        expected_checkpoint_id: str | None = None,
+        *,
+        workdir: str | os.PathLike[str] | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+    ) -> RetrievalBank:
         """Open the bank folder ``path`` (its workdir defaults to ``path/../..``).
 
         Raises:
@@ -712,20 +796,26 @@ class RetrievalBank:
         hint = _hint(workdir, checkpoint_dir if checkpoint_dir is not None else "<checkpoint>")
         manifest = _read_manifest(path)
         if manifest is None:
-            raise InputError(f"no retrieval bank at {str(path)!r}", [f"{MANIFEST_FILE} missing or not a {FORMAT}"],
-                             hint=hint)  # fmt: skip
+            raise InputError(
+                f"no retrieval bank at {str(path)!r}", [f"{MANIFEST_FILE} missing or not a {FORMAT}"], hint=hint
+            )
         if (version := manifest.get("format_version")) != FORMAT_VERSION:
-            raise InputError(f"the retrieval bank at {str(path)!r} has format version {version}",
-                             [f"this gill reads version {FORMAT_VERSION}"], hint="re-" + hint)  # fmt: skip
+            raise InputError(
+                f"the retrieval bank at {str(path)!r} has format version {version}",
+                [f"this gill reads version {FORMAT_VERSION}"],
+                hint="re-" + hint,
+            )
         built_by = manifest["checkpoint"]["id"]
         if expected_checkpoint_id is not None and built_by != expected_checkpoint_id:
             requested = f"requested: checkpoint id {expected_checkpoint_id}"
             raise InputError(
                 f"the retrieval bank at {str(path)!r} was built by another checkpoint",
-                [f"bank: checkpoint id {built_by} ({manifest['checkpoint']['path']})",
-                 requested + (f" ({checkpoint_dir})" if checkpoint_dir is not None else "")],
+                [
+                    f"bank: checkpoint id {built_by} ({manifest['checkpoint']['path']})",
+                    requested + (f" ({checkpoint_dir})" if checkpoint_dir is not None else ""),
+                ],
                 hint="its rows come from that checkpoint's image_proj; " + hint,
-            )  # fmt: skip
+            )
         return cls(path, manifest, *_read_bank_files(path, manifest), workdir=workdir)
 
     # -- facts --
@@ -757,9 +847,15 @@ class RetrievalBank:
 
     # -- search --
 
-    def search(self, queries: torch.Tensor | np.ndarray, k: int = 3, *, method: SearchMethod = "auto",
-               exclude_rows: Sequence[Iterable[int] | None] | None = None,
-               nprobe: int | None = None) -> list[list[Hit]]:  # fmt: skip
+    def search(
+        self,
+        queries: torch.Tensor | np.ndarray,
+        k: int = 3,
+        *,
+        method: SearchMethod = "auto",
+        exclude_rows: Sequence[Iterable[int] | None] | None = None,
+        nprobe: int | None = None,
+    ) -> list[list[Hit]]:
         """The top-``k`` images of each query, best first (GILL paper section 3.2; official §4.4).
 
         Args:
@@ -777,19 +873,25 @@ class RetrievalBank:
         if method not in ("exact", "approx", "auto"):
             raise InputError("invalid retrieval arguments", [f"method: must be exact, approx or auto, got {method!r}"])
         if method == "approx" and self.index is None:
-            raise InputError(f"the retrieval bank at {str(self.path)!r} has no approximate index", [],
-                             hint="rebuild it with --approximate, or search with method='exact'")  # fmt: skip
+            raise InputError(
+                f"the retrieval bank at {str(self.path)!r} has no approximate index",
+                [],
+                hint="rebuild it with --approximate, or search with method='exact'",
+            )
         q = _as_queries(queries, self.dim)  # (B, R)
         exclude = _as_exclusions(exclude_rows, len(q))
         if self.index is not None and method != "exact":
             scores, rows = self._approximate(q, k, exclude, nprobe)
         else:
             scores, rows = exact_search(self.embeddings, q, k, exclude)  # (B, k), (B, k)
-        return [[self.hit(int(r), float(s)) for s, r in zip(srow, rrow, strict=True) if r >= 0 and np.isfinite(s)]
-                for srow, rrow in zip(scores, rows, strict=True)]  # fmt: skip
+        return [
+            [self.hit(int(r), float(s)) for s, r in zip(srow, rrow, strict=True) if r >= 0 and np.isfinite(s)]
+            for srow, rrow in zip(scores, rows, strict=True)
+        ]
 
-    def _approximate(self, q: np.ndarray, k: int, exclude: list[np.ndarray] | None,
-                     nprobe: int | None) -> tuple[list[np.ndarray], list[np.ndarray]]:  # fmt: skip
+    def _approximate(
+        self, q: np.ndarray, k: int, exclude: list[np.ndarray] | None, nprobe: int | None
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         assert self.index is not None
         extra = max((len(e) for e in exclude), default=0) if exclude else 0
         scores, rows = self.index.search(q, min(k + extra, self.count), nprobe)  # (B, k + extra)
@@ -802,8 +904,14 @@ class RetrievalBank:
     def hit(self, row: int, score: float) -> Hit:
         """The :class:`Hit` of bank row ``row`` with cosine ``score``."""
         shard = self.shard_of(row)
-        return Hit(row=row, key=self.keys[row], split=shard.split, shard=shard.tar, score=score,
-                   scaled_score=score * self.logit_scale)  # fmt: skip
+        return Hit(
+            row=row,
+            key=self.keys[row],
+            split=shard.split,
+            shard=shard.tar,
+            score=score,
+            scaled_score=score * self.logit_scale,
+        )
 
     def shard_of(self, row: int) -> BankShard:
         """The image shard holding bank row ``row``."""
@@ -849,8 +957,9 @@ def _read_bank_files(path: Path, manifest: dict[str, Any]) -> tuple[np.ndarray, 
     try:
         embeddings = np.load(path / EMBEDDINGS_FILE, mmap_mode="r")
         if embeddings.shape != (count, dim) or embeddings.dtype != np.float32:
-            problems.append(f"{EMBEDDINGS_FILE}: {embeddings.dtype} {embeddings.shape}, manifest says float32 "
-                            f"{(count, dim)}")  # fmt: skip
+            problems.append(
+                f"{EMBEDDINGS_FILE}: {embeddings.dtype} {embeddings.shape}, manifest says float32 {(count, dim)}"
+            )
     except (OSError, ValueError) as err:
         problems.append(f"{EMBEDDINGS_FILE}: {err}")
     try:
@@ -867,8 +976,11 @@ def _read_bank_files(path: Path, manifest: dict[str, Any]) -> tuple[np.ndarray, 
         except (RuntimeError, OSError, KeyError) as err:
             problems.append(f"{params.get('file', INDEX_FILE)}: {err}")
     if problems:
-        raise InputError(f"the retrieval bank at {str(path)!r} is damaged", problems,
-                         hint="rebuild it: gill index build --workdir W --checkpoint C")  # fmt: skip
+        raise InputError(
+            f"the retrieval bank at {str(path)!r} is damaged",
+            problems,
+            hint="rebuild it: gill index build --workdir W --checkpoint C",
+        )
     return embeddings, keys, index
 
 

@@ -100,10 +100,14 @@ class TrainResult:
 def slice_batch(batch: TrainingBatch, start: int, end: int) -> TrainingBatch:
     """Rows ``start:end`` of every field of a batch."""
     return TrainingBatch(
-        keys=batch.keys[start:end], captions=batch.captions[start:end], input_ids=batch.input_ids[start:end],
-        attention_mask=batch.attention_mask[start:end], caption_len=batch.caption_len[start:end],
-        vision_features=batch.vision_features[start:end], sd_targets=batch.sd_targets[start:end],
-    )  # fmt: skip
+        keys=batch.keys[start:end],
+        captions=batch.captions[start:end],
+        input_ids=batch.input_ids[start:end],
+        attention_mask=batch.attention_mask[start:end],
+        caption_len=batch.caption_len[start:end],
+        vision_features=batch.vision_features[start:end],
+        sd_targets=batch.sd_targets[start:end],
+    )
 
 
 def _all_reduce_sum(value: torch.Tensor, world: DistInfo) -> torch.Tensor:
@@ -129,11 +133,20 @@ class Trainer:
     """Runs :meth:`train`; :meth:`train_step` and :meth:`validate` are the units (style: small, named steps)."""
 
     def __init__(
-        self, config: GILLConfig, model: GILLModel, img_tokens: ImgTokens, bos_token_id: int,
-        train_data: TrainingData, val_data: TrainingData | None, run_dir: Path, *,
-        device: str = "cpu", metrics_sink: MetricsSink | None = None, world: DistInfo | None = None,
+        self,
+        config: GILLConfig,
+        model: GILLModel,
+        img_tokens: ImgTokens,
+        bos_token_id: int,
+        train_data: TrainingData,
+        val_data: TrainingData | None,
+        run_dir: Path,
+        *,
+        device: str = "cpu",
+        metrics_sink: MetricsSink | None = None,
+        world: DistInfo | None = None,
         lock: RunLock | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.config, self.cfg = config, config.train
         self.lock = lock  # the run's lock (rank 0 of a setup_training run); released when train() ends
         self.model = model.to(device)
@@ -297,8 +310,11 @@ class Trainer:
         both and l_p is weighted ``0.5 * (ret_loss_scale + gen_loss_scale)`` (the same objective in expectation).
         """
         cap, cap_report = self.captioning_loss(batch)
-        scales = L.LossScales(cap_loss_scale=self.cfg.cap_loss_scale, ret_loss_scale=self.cfg.ret_loss_scale,
-                              gen_loss_scale=self.cfg.gen_loss_scale)  # fmt: skip
+        scales = L.LossScales(
+            cap_loss_scale=self.cfg.cap_loss_scale,
+            ret_loss_scale=self.cfg.ret_loss_scale,
+            gen_loss_scale=self.cfg.gen_loss_scale,
+        )
         if self.objective.separate_mode_passes:
             ret_pass, gen_pass = self.text_pass(batch), self.text_pass(batch)
             lp, lp_report = self._mode_weighted_lp(ret_pass, gen_pass, scales)
@@ -308,18 +324,26 @@ class Trainer:
             lp, lp_report, ret, gen = text["lp"], text["lp_report"], text["ret"], text["gen"]
         total = L.combine(cap, lp, ret.loss * self._contrastive_factor(), gen, scales).total
         report = {
-            "loss_cap": cap_report, "loss_lp": lp_report, "loss_ret": float(ret.loss.detach()),
+            "loss_cap": cap_report,
+            "loss_lp": lp_report,
+            "loss_ret": float(ret.loss.detach()),
             "loss_gen": float(_all_reduce_sum(gen.detach(), self.world) / self.world.world_size),
-            "t2i_acc1": float(ret.t2i_acc1), "i2t_acc1": float(ret.i2t_acc1),
-        }  # fmt: skip
-        weights = {"loss_cap": scales.cap_loss_scale, "loss_lp": scales.lp_weight,
-                   "loss_ret": scales.ret_loss_scale, "loss_gen": scales.gen_loss_scale}  # fmt: skip
+            "t2i_acc1": float(ret.t2i_acc1),
+            "i2t_acc1": float(ret.i2t_acc1),
+        }
+        weights = {
+            "loss_cap": scales.cap_loss_scale,
+            "loss_lp": scales.lp_weight,
+            "loss_ret": scales.ret_loss_scale,
+            "loss_gen": scales.gen_loss_scale,
+        }
         report["loss"] = sum(weight * report[name] for name, weight in weights.items())
         return total, report
 
     @staticmethod
-    def _mode_weighted_lp(ret_pass: dict[str, Any], gen_pass: dict[str, Any],
-                          scales: L.LossScales) -> tuple[torch.Tensor | None, float]:  # fmt: skip
+    def _mode_weighted_lp(
+        ret_pass: dict[str, Any], gen_pass: dict[str, Any], scales: L.LossScales
+    ) -> tuple[torch.Tensor | None, float]:
         """The official l_p of two passes as one term for :func:`~gill.losses.combine` (which weighs l_p by
         ``lp_weight`` = 0.5 * (ret + gen)): the scale-weighted mean of the two passes' l_p."""
         total = scales.ret_loss_scale + scales.gen_loss_scale
@@ -358,17 +382,25 @@ class Trainer:
         positions = L.img_positions(batch.input_ids, self.img_ids)  # (B, n)
         mask, rows = batch.attention_mask, torch.arange(len(batch.keys), device=embeds.device)
         if L.draw_concat(self.concat_rng, self.cfg.concat_prob):
-            merged = L.concat_pairs(embeds, labels, mask, L.second_bos_mask(batch.input_ids, self.bos), positions,
-                                    second_segment_loss=self.objective.lp_second_segment)  # fmt: skip
+            merged = L.concat_pairs(
+                embeds,
+                labels,
+                mask,
+                L.second_bos_mask(batch.input_ids, self.bos),
+                positions,
+                second_segment_loss=self.objective.lp_second_segment,
+            )
             embeds, labels, mask, positions = merged.embeds, merged.labels, merged.attention_mask, merged.positions
             rows = rows // 2
         out = self.model.forward_lm(embeds, mask)
         lp, lp_report = global_lm_loss(out.logits, labels, self.world)
         hidden = out.hidden_states[0]  # (B', S, D) the first text_emb_layers entry
         h_img = hidden[rows.unsqueeze(1), positions]  # (B, n, D) in the original example order
-        ret = L.contrastive_loss(self.model.text_retrieval_embeddings(h_img[:, 0]),
-                                 self.model.image_retrieval_embeddings(batch.vision_features),
-                                 self.model.adapters.retrieval.scale())  # fmt: skip
+        ret = L.contrastive_loss(
+            self.model.text_retrieval_embeddings(h_img[:, 0]),
+            self.model.image_retrieval_embeddings(batch.vision_features),
+            self.model.adapters.retrieval.scale(),
+        )
         gen = L.generation_loss(self.model.generation_embeddings(h_img), batch.sd_targets, kind=self.cfg.gen_loss)
         return {"lp": lp, "lp_report": lp_report, "ret": ret, "gen": gen}
 
@@ -398,16 +430,21 @@ class Trainer:
             )
             texts.append(self.model.text_retrieval_embeddings(h_img[:, 0]).float().cpu())
             images.append(self.model.image_retrieval_embeddings(batch.vision_features).float().cpu())
-            sums["val_loss_gen"] += float(L.generation_loss(self.model.generation_embeddings(h_img), batch.sd_targets,
-                                                            kind=self.cfg.gen_loss))  # fmt: skip
+            sums["val_loss_gen"] += float(
+                L.generation_loss(self.model.generation_embeddings(h_img), batch.sd_targets, kind=self.cfg.gen_loss)
+            )
             batches += 1
         self.model.train()
         recall = retrieval_recall(torch.cat(texts), torch.cat(images), ks=(1, 5))
         means = {k: v / max(batches, 1) for k, v in sums.items()}
         bleu = {f"val_{k}": v for k, v in corpus_bleu(captions, references).items()} if captions else {}
         # val_samples: the size of the retrieval pool, so R@k can be read against chance (k / val_samples).
-        return {**means, **{f"val_{k}": v for k, v in recall.items()}, **bleu,
-                "val_samples": float(len(torch.cat(texts)))}  # fmt: skip
+        return {
+            **means,
+            **{f"val_{k}": v for k, v in recall.items()},
+            **bleu,
+            "val_samples": float(len(torch.cat(texts))),
+        }
 
     def _without_img_strings(self, caption: str) -> str:
         """The reference caption with any [IMG] token strings removed (official §2.7)."""
@@ -444,11 +481,15 @@ class Trainer:
         """Everything but the weights that a resumed run needs to continue identically (tensors and plain
         containers only: it is loaded with ``weights_only=True``)."""
         return {
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "rng": capture_rng(), "concat_rng": self.concat_rng.get_state(),
-            "position": vars(self.position).copy(), "best_t2i_r1": self.result.best_t2i_r1,
-            "history": self.result.history, "validations": self.result.validations,
-        }  # fmt: skip
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": capture_rng(),
+            "concat_rng": self.concat_rng.get_state(),
+            "position": vars(self.position).copy(),
+            "best_t2i_r1": self.result.best_t2i_r1,
+            "history": self.result.history,
+            "validations": self.result.validations,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output."""
@@ -571,9 +612,13 @@ def resumable_run(workdir: str | Path, run_id: str | None) -> str:
 
 
 def setup_training(
-    config: GILLConfig, workdir: str | Path, *, run_id: str | None = None, device: str = "cpu",
+    config: GILLConfig,
+    workdir: str | Path,
+    *,
+    run_id: str | None = None,
+    device: str = "cpu",
     metrics_sink: MetricsSink | None = None,
-) -> Trainer:  # fmt: skip
+) -> Trainer:
     """Load the frozen LM and tokenizer, build GILL and the data readers, and make the run folder.
 
     Needs ``gill data precompute`` output for ``train`` (``val`` is used for validation when present). Rank 0
@@ -602,8 +647,19 @@ def setup_training(
         if lock is not None:
             lock.release()
         raise
-    return Trainer(config, model, img_tokens, tokenizer.bos_token_id, train, val, run_dir,
-                   device=device, metrics_sink=metrics_sink, world=world, lock=lock)  # fmt: skip
+    return Trainer(
+        config,
+        model,
+        img_tokens,
+        tokenizer.bos_token_id,
+        train,
+        val,
+        run_dir,
+        device=device,
+        metrics_sink=metrics_sink,
+        world=world,
+        lock=lock,
+    )
 
 
 def _build_model(config: GILLConfig, device: str) -> tuple[GILLModel, Any, ImgTokens]:

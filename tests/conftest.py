@@ -14,8 +14,13 @@ from pathlib import Path
 import pytest
 
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="gill-tests-"))
-for _name, _sub in (("HF_HOME", "hf"), ("PREFECT_HOME", "prefect"), ("GILL_CACHE_DIR", "gill-cache"),
-                    ("TORCH_HOME", "torch"), ("XDG_CACHE_HOME", "xdg")):  # fmt: skip
+for _name, _sub in (
+    ("HF_HOME", "hf"),
+    ("PREFECT_HOME", "prefect"),
+    ("GILL_CACHE_DIR", "gill-cache"),
+    ("TORCH_HOME", "torch"),
+    ("XDG_CACHE_HOME", "xdg"),
+):
     os.environ[_name] = str(_SESSION_TMP / _sub)
 os.environ.pop("HF_HUB_CACHE", None)
 os.environ.pop("GILL_ALLOW_DOWNLOADS", None)

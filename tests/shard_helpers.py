@@ -74,10 +74,22 @@ def trained_workdir(root: Path, world, config, *, steps: int, run_id: str, bank:
 
 
 SMALL_PIPELINE = {
-    "world_train": 32, "world_val": 8, "world_stories": 3, "world_dialogs": 3, "shard_size": 16, "threads": 4,
-    "steps": 4, "batch_size": 8, "candidate_limit": 12, "candidate_sd_steps": 2, "decision_steps": 20,
-    "bench_sd_steps": 2, "bench_limit": 3, "visdial_rounds": [1, 10], "fid_bootstrap": 5,
-}  # fmt: skip
+    "world_train": 32,
+    "world_val": 8,
+    "world_stories": 3,
+    "world_dialogs": 3,
+    "shard_size": 16,
+    "threads": 4,
+    "steps": 4,
+    "batch_size": 8,
+    "candidate_limit": 12,
+    "candidate_sd_steps": 2,
+    "decision_steps": 20,
+    "bench_sd_steps": 2,
+    "bench_limit": 3,
+    "visdial_rounds": [1, 10],
+    "fid_bootstrap": 5,
+}
 """PipelineParams fields that make the full pipeline run in about a minute on the tiny preset."""
 
 DEMO_PIPELINE = {**SMALL_PIPELINE, "candidate_limit": 24, "candidate_sd_steps": 10}

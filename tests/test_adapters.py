@@ -31,14 +31,29 @@ PAPER_COUNTS = {
     "mapper": 31_958_784,
 }
 
-DIMS = DerivedDims(lm_hidden=24, lm_vocab_size=100, lm_max_positions=64, lm_num_layers=2, vision_hidden=20,
-                   vision_image_size=32, sd_text_dim=12, sd_text_tokens=77, clip_projection_dim=16)  # fmt: skip
+DIMS = DerivedDims(
+    lm_hidden=24,
+    lm_vocab_size=100,
+    lm_max_positions=64,
+    lm_num_layers=2,
+    vision_hidden=20,
+    vision_image_size=32,
+    sd_text_dim=12,
+    sd_text_tokens=77,
+    clip_projection_dim=16,
+)
 MAPPER = MapperConfig(hidden_dim=16, num_heads=4, num_encoder_layers=2, num_decoder_layers=1, ffn_dim=40)
 
 
 def adapter_config(kind: str = "gill_mapper", **kw) -> AdapterConfig:
-    return AdapterConfig(num_img_tokens=8, n_visual_tokens=3, ret_emb_dim=10, num_clip_tokens=77,
-                         mapper=dataclasses.replace(MAPPER, kind=kind), **kw)  # fmt: skip
+    return AdapterConfig(
+        num_img_tokens=8,
+        n_visual_tokens=3,
+        ret_emb_dim=10,
+        num_clip_tokens=77,
+        mapper=dataclasses.replace(MAPPER, kind=kind),
+        **kw,
+    )
 
 
 def n_params(module: torch.nn.Module) -> int:

@@ -58,14 +58,26 @@ def write_candidates(workdir: Path, n: int = 6, prompts: dict[int, str] | None =
             Image.new("RGB", (8, 8), (color[0], color[1] + i, color[2])).save(
                 workdir / CANDIDATES_DIR / f"{i}_{kind}.png"
             )
-        rows.append((i, prompts.get(i, f"prompt number {i}"), "Animals", "Basic", "",
-                     f"{CANDIDATES_DIR.as_posix()}/{i}_gen.png", f"{CANDIDATES_DIR.as_posix()}/{i}_ret.png", f"key{i}",
-                     0.5 + i / 100))  # fmt: skip
+        rows.append(
+            (
+                i,
+                prompts.get(i, f"prompt number {i}"),
+                "Animals",
+                "Basic",
+                "",
+                f"{CANDIDATES_DIR.as_posix()}/{i}_gen.png",
+                f"{CANDIDATES_DIR.as_posix()}/{i}_ret.png",
+                f"key{i}",
+                0.5 + i / 100,
+            )
+        )
     con = duckdb.connect(str(workdir / "gill.duckdb"))
     try:
-        con.execute("CREATE OR REPLACE TABLE decision_candidates (prompt_id INTEGER, prompt VARCHAR, category VARCHAR, "
-                    "challenge VARCHAR, note VARCHAR, gen_image VARCHAR, ret_image VARCHAR, ret_key VARCHAR, "
-                    "ret_score DOUBLE)")  # fmt: skip
+        con.execute(
+            "CREATE OR REPLACE TABLE decision_candidates (prompt_id INTEGER, prompt VARCHAR, category VARCHAR, "
+            "challenge VARCHAR, note VARCHAR, gen_image VARCHAR, ret_image VARCHAR, ret_key VARCHAR, "
+            "ret_score DOUBLE)"
+        )
         con.executemany("INSERT INTO decision_candidates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
     finally:
         con.close()
@@ -130,8 +142,9 @@ def logged_in(url: str, token: str) -> Iterator[httpx.Client]:
 
 
 def vote(client: httpx.Client, item_id: int, alignment: str = "left", realism: str = "same") -> httpx.Response:
-    return client.post("/api/votes", json={"item_id": item_id, "alignment": alignment, "realism": realism},
-                       headers=CSRF)  # fmt: skip
+    return client.post(
+        "/api/votes", json={"item_id": item_id, "alignment": alignment, "realism": realism}, headers=CSRF
+    )
 
 
 def admin_page(url: str, token: str = ADMIN) -> httpx.Response:
@@ -678,8 +691,9 @@ def test_only_registered_image_files_inside_the_candidates_folder_are_served(wor
         13: (f"{candidates}/link.png", str(workdir / "elsewhere.png")),
         14: (f"{candidates}/photo.jpg", f"{candidates}/photo.jpg"),
     }
-    store.upsert_items([{"prompt_id": i, "prompt": f"p{i}", "gen_image": g, "ret_image": r}
-                        for i, (g, r) in tampered.items()])  # fmt: skip
+    store.upsert_items(
+        [{"prompt_id": i, "prompt": f"p{i}", "gen_image": g, "ret_image": r} for i, (g, r) in tampered.items()]
+    )
     with running(create_app(workdir)) as url, bearer(url, token) as client:
         for item_id in (10, 11, 12, 13):
             for side in ("left", "right"):
@@ -698,8 +712,12 @@ def test_vote_item_ids_must_be_json_integers_in_range(workdir: Path, server: str
             body = {"item_id": item_id, "alignment": "left", "realism": "left"}
             response = client.post("/api/votes", json=body, headers=CSRF)
             assert response.status_code == 422 and "item_id" in response.text, item_id
-        assert client.post("/api/votes", json={"item_id": 2**63 - 1, "alignment": "left", "realism": "left"},
-                           headers=CSRF).status_code == 404  # fmt: skip
+        assert (
+            client.post(
+                "/api/votes", json={"item_id": 2**63 - 1, "alignment": "left", "realism": "left"}, headers=CSRF
+            ).status_code
+            == 404
+        )
         assert client.get(f"/api/images/{2**63}/left").status_code == 422
         assert client.get(f"/api/images/{2**70}/left").status_code == 422
     assert JudgingStore(workdir).count_votes() == 0

@@ -84,8 +84,7 @@ def _wait_item(driver: WebDriver, item_id: int | str, progress: str) -> None:
 
     def ready(d: WebDriver) -> bool:
         body = d.find_element(By.TAG_NAME, "body")
-        return (body.get_attribute("data-item-id") == str(item_id)
-                and d.find_element(By.ID, "progress").text == progress)  # fmt: skip
+        return body.get_attribute("data-item-id") == str(item_id) and d.find_element(By.ID, "progress").text == progress
 
     WebDriverWait(driver, WAIT_S).until(ready)
 

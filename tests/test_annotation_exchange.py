@@ -21,9 +21,20 @@ def _partiprompts_store(workdir):
     Image.new("RGB", (4, 4), "red").save(workdir / "img" / "a.png")
     store = JudgingStore(workdir)
     rows = read_votes(default_votes_path("alignment"))
-    store.upsert_items([{"prompt_id": i, "prompt": r.prompt, "category": r.category, "challenge": r.challenge,
-                         "note": r.note, "gen_image": "img/a.png", "ret_image": "img/a.png"}
-                        for i, r in enumerate(rows)])  # fmt: skip
+    store.upsert_items(
+        [
+            {
+                "prompt_id": i,
+                "prompt": r.prompt,
+                "category": r.category,
+                "challenge": r.challenge,
+                "note": r.note,
+                "gen_image": "img/a.png",
+                "ret_image": "img/a.png",
+            }
+            for i, r in enumerate(rows)
+        ]
+    )
     return store
 
 
@@ -34,8 +45,21 @@ def test_the_shipped_votes_import_onto_items_with_images_and_export_byte_for_byt
     assert main(["annotate", "import", "--workdir", str(tmp_path)]) == 0  # the shipped files
     assert "8158 vote(s) by 5 judge(s)" in capsys.readouterr().out  # 1632 x 5 minus the two 4-vote rows
     assert [j.name for j in store.judges()] == [f"tsv-judge-{n}" for n in range(1, 6)]
-    assert main(["annotate", "export", "--workdir", str(tmp_path), "--format", "official-tsv", "--out",
-                 str(tmp_path / "out")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "annotate",
+                "export",
+                "--workdir",
+                str(tmp_path),
+                "--format",
+                "official-tsv",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     for aspect in ("alignment", "realism"):
         exported = (tmp_path / "out" / f"Decisions_{aspect.capitalize()}_human.tsv").read_bytes()
         assert exported == default_votes_path(aspect).read_bytes(), aspect
@@ -63,8 +87,12 @@ def test_items_without_images_are_never_served_or_bundled(tmp_path):
     (tmp_path / "img").mkdir()
     Image.new("RGB", (4, 4), "red").save(tmp_path / "img" / "a.png")
     image = "img/a.png"
-    store.upsert_items([{"prompt_id": 0, "prompt": "old imageless item", "gen_image": "", "ret_image": ""},
-                        {"prompt_id": 1, "prompt": "a cat", "gen_image": image, "ret_image": image}])  # fmt: skip
+    store.upsert_items(
+        [
+            {"prompt_id": 0, "prompt": "old imageless item", "gen_image": "", "ret_image": ""},
+            {"prompt_id": 1, "prompt": "a cat", "gen_image": image, "ret_image": image},
+        ]
+    )
     judge, _ = store.add_judge("ann")
     assert store.next_item(judge).id == 1 and store.progress(judge).total == 1 and store.judgeable_items() == 1
     index = exchange.export_html_bundle(store, tmp_path / "bundle")
@@ -91,8 +119,17 @@ def judged(tmp_path):
     for i, prompt in enumerate(["a red star", "a <script>alert(1)</script> square", "a blue circle"]):
         for kind, colour in (("gen", "red"), ("ret", "blue")):
             Image.new("RGB", (8, 8), colour).save(tmp_path / "img" / f"{i}-{kind}.png")
-        rows.append({"prompt_id": i, "prompt": prompt, "category": "Shapes", "challenge": "Basic", "note": "",
-                     "gen_image": f"img/{i}-gen.png", "ret_image": f"img/{i}-ret.png"})  # fmt: skip
+        rows.append(
+            {
+                "prompt_id": i,
+                "prompt": prompt,
+                "category": "Shapes",
+                "challenge": "Basic",
+                "note": "",
+                "gen_image": f"img/{i}-gen.png",
+                "ret_image": f"img/{i}-ret.png",
+            }
+        )
     store.upsert_items(rows)
     ann, bo = store.add_judge("ann")[0], store.add_judge("bo")[0]
     store.submit_vote(ann, 0, "left", "same")
@@ -111,8 +148,13 @@ def test_html_bundle_is_self_contained_escaped_and_its_votes_import(judged, tmp_
     assert "http" not in (folder / "index.html").read_text().replace("http-equiv", "")  # no external assets
     data = json.loads(items_js.split("=", 1)[1].rstrip().rstrip(";"))
     assert [item["id"] for item in data["items"]] == [0, 1, 2]
-    again = json.loads((exchange.export_html_bundle(judged, tmp_path / "b2").parent / "items.js").read_text()
-                       .split("=", 1)[1].rstrip().rstrip(";"))  # fmt: skip
+    again = json.loads(
+        (exchange.export_html_bundle(judged, tmp_path / "b2").parent / "items.js")
+        .read_text()
+        .split("=", 1)[1]
+        .rstrip()
+        .rstrip(";")
+    )
     assert data["bundle"] and again["bundle"] != data["bundle"]  # each bundle keeps its own saved votes
     assert all((folder / item["left"]).is_file() and (folder / item["right"]).is_file() for item in data["items"])
     saved = tmp_path / "votes-dee.json"
@@ -192,8 +234,10 @@ def test_export_of_a_workdir_without_a_store_is_an_error_that_creates_nothing(tm
     from gill.cli import main
 
     typo = tmp_path / "wokrdir"
-    assert main(["annotate", "export", "--workdir", str(typo), "--format", "official-tsv", "--out",
-                 str(tmp_path / "out")]) == 2  # fmt: skip
+    assert (
+        main(["annotate", "export", "--workdir", str(typo), "--format", "official-tsv", "--out", str(tmp_path / "out")])
+        == 2
+    )
     assert "no judging store" in capsys.readouterr().err
     assert not typo.exists() and not (tmp_path / "out").exists()
 
@@ -217,21 +261,32 @@ def test_a_bundle_that_changes_a_web_judges_vote_is_a_conflict_unless_overwritin
     with pytest.raises(VoteConflictError) as err:
         exchange.import_bundle_votes(judged, [saved])
     assert err.value.problems == ["judge 'ann', item 0: the store has left/same, the import right/right"]
-    assert {(v.item_id, v.alignment, v.realism) for v in judged.votes_of(ann)} == {(0, "left", "same"),
-                                                                                  (1, "same", "right")}  # fmt: skip
+    assert {(v.item_id, v.alignment, v.realism) for v in judged.votes_of(ann)} == {
+        (0, "left", "same"),
+        (1, "same", "right"),
+    }
     same = tmp_path / "votes-b2-ann.json"  # the same answers again: no conflict, nothing changes
     same.write_text(json.dumps({"judge": "ann", "votes": [{"item_id": 0, "alignment": "left", "realism": "same"}]}))
     exchange.import_bundle_votes(judged, [same])
     exchange.import_bundle_votes(judged, [saved], overwrite=True)
     assert {(v.item_id, v.alignment, v.realism) for v in judged.votes_of(ann)} == {
-        (0, "right", "right"), (1, "same", "right"), (2, "left", "left")}  # fmt: skip
+        (0, "right", "right"),
+        (1, "same", "right"),
+        (2, "left", "left"),
+    }
 
 
-@pytest.mark.parametrize("content", [
-    '{"judge": "x", "votes": {"item_id": 0}}', '{"judge": "x", "votes": ["left"]}', "[1, 2]", '"just text"',
-    '{"judge": "x", "votes": [{"item_id": true, "alignment": "left", "realism": "left"}]}',
-    '{"judge": "x", "votes": [{"item_id": 99999999999999999999, "alignment": "left", "realism": "left"}]}',
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"judge": "x", "votes": {"item_id": 0}}',
+        '{"judge": "x", "votes": ["left"]}',
+        "[1, 2]",
+        '"just text"',
+        '{"judge": "x", "votes": [{"item_id": true, "alignment": "left", "realism": "left"}]}',
+        '{"judge": "x", "votes": [{"item_id": 99999999999999999999, "alignment": "left", "realism": "left"}]}',
+    ],
+)
 def test_malformed_bundle_files_are_plain_errors(judged, tmp_path, content):
     path = tmp_path / "votes-bad.json"
     path.write_text(content)

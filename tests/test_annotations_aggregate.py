@@ -103,9 +103,11 @@ def test_human_baseline_reproduces_the_official_number_and_the_leave_one_out_is_
 
 
 def test_leave_one_out_labels_use_the_other_judges_only():
-    rows = [VoteRow("p1", "", "", "", ["gen", "gen", "gen", "ret", "ret"]),
-            VoteRow("p2", "", "", "", ["ret", "gen", "gen", "gen", "same"]),
-            VoteRow("p3", "", "", "", ["gen", "gen", "same", "gen"])]  # fmt: skip
+    rows = [
+        VoteRow("p1", "", "", "", ["gen", "gen", "gen", "ret", "ret"]),
+        VoteRow("p2", "", "", "", ["ret", "gen", "gen", "gen", "same"]),
+        VoteRow("p3", "", "", "", ["gen", "gen", "same", "gen"]),
+    ]
     # Without judge 3: p1 is gen,gen,gen,ret (3 of 4), p2 ret,gen,gen,same (2), p3 gen,gen,same (not unanimous).
     assert leave_one_out_labels(rows, 3) == ["gen", "same", "same"]
     # Without judge 0: p1 gen,gen,ret,ret -> same; p2 gen,gen,gen,same -> gen; p3 gen,same,gen -> same.
@@ -132,8 +134,18 @@ def test_macro_f1_matches_torchmetrics():
 
 # -- agreement --------------------------------------------------------------------------------------------------------
 
-WIKIPEDIA_FLEISS = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
-                    [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]]  # fmt: skip
+WIKIPEDIA_FLEISS = [
+    [0, 0, 0, 0, 14],
+    [0, 2, 6, 4, 2],
+    [0, 0, 3, 5, 6],
+    [0, 3, 9, 2, 0],
+    [2, 2, 8, 1, 1],
+    [7, 7, 0, 0, 0],
+    [3, 2, 6, 3, 0],
+    [2, 5, 3, 2, 2],
+    [6, 5, 2, 1, 0],
+    [0, 2, 2, 3, 7],
+]
 
 
 def test_fleiss_kappa_on_the_wikipedia_example():
@@ -158,10 +170,12 @@ def test_fleiss_kappa_with_missing_ratings_by_hand():
 def test_krippendorff_alpha_on_the_textbook_example_with_missing_data():
     # Krippendorff (2011), "Computing Krippendorff's alpha-reliability": 4 observers x 12 units, values 1..5.
     n = None
-    observers = [[1, 2, 3, 3, 2, 1, 4, 1, 2, n, n, n],
-                 [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, n, 3],
-                 [n, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, n],
-                 [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, n]]  # fmt: skip
+    observers = [
+        [1, 2, 3, 3, 2, 1, 4, 1, 2, n, n, n],
+        [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, n, 3],
+        [n, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, n],
+        [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, n],
+    ]
     result = krippendorff_alpha_nominal([list(unit) for unit in zip(*observers, strict=True)])
     assert round(result.alpha, 3) == 0.743
     assert (result.n_pairable, result.n_items) == (40, 11)  # unit 12 has a single value: not pairable
@@ -204,12 +218,15 @@ def test_released_votes_round_trip_byte_identically(aspect, tmp_path):
 
 def test_reader_lists_every_bad_line_in_one_error(tmp_path):
     path = tmp_path / "bad.tsv"
-    path.write_text("Prompt\tCategory\tChallenge\tNote\tDecisions\n"
-                    "a cat\tAnimals\tBasic\t\tgen,ret,gen,gen,gen\n"
-                    "a dog\tAnimals\tBasic\t\tgen,maybe,gen,gen,GEN\n"
-                    "a cow\tAnimals\tBasic\tgen,gen,gen\n"
-                    "a pig\tAnimals\tBasic\t\t\n"
-                    "a bee\tAnimals\tBasic\t\tret,ret,ret,ret,yes\n", encoding="utf-8")  # fmt: skip
+    path.write_text(
+        "Prompt\tCategory\tChallenge\tNote\tDecisions\n"
+        "a cat\tAnimals\tBasic\t\tgen,ret,gen,gen,gen\n"
+        "a dog\tAnimals\tBasic\t\tgen,maybe,gen,gen,GEN\n"
+        "a cow\tAnimals\tBasic\tgen,gen,gen\n"
+        "a pig\tAnimals\tBasic\t\t\n"
+        "a bee\tAnimals\tBasic\t\tret,ret,ret,ret,yes\n",
+        encoding="utf-8",
+    )
     with pytest.raises(InputError) as caught:
         read_votes(path)
     err = caught.value
@@ -233,8 +250,10 @@ def test_reader_names_missing_header_columns_and_missing_files(tmp_path):
 
 
 def test_writers_round_trip_and_refuse_bad_cells(tmp_path):
-    rows = [VoteRow('say "hi"', "Arts", "Basic", "a note, with comma", ["ret", "same", "gen"]),
-            VoteRow("a horse", "Animals", "Simple Detail", "", ["same", "same", "same", "same"])]  # fmt: skip
+    rows = [
+        VoteRow('say "hi"', "Arts", "Basic", "a note, with comma", ["ret", "same", "gen"]),
+        VoteRow("a horse", "Animals", "Simple Detail", "", ["same", "same", "same", "same"]),
+    ]
     assert read_votes(write_votes(tmp_path / "v.tsv", rows)) == rows
     labels = confident_labels(rows)
     assert [lab for _, lab in read_confident(write_confident(tmp_path / "c.tsv", rows, labels))] == labels
@@ -288,8 +307,10 @@ def test_cli_human_baseline_reports_f1_and_agreement(capsys, tmp_path):
 
 
 def test_annotations_never_import_prefect():
-    code = ("import sys, annotations.cli, annotations.aggregate, annotations.agreement, annotations.votes; "
-            "assert not [m for m in sys.modules if m.split('.')[0] == 'prefect']")  # fmt: skip
+    code = (
+        "import sys, annotations.cli, annotations.aggregate, annotations.agreement, annotations.votes; "
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'prefect']"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -13,8 +13,12 @@ PREFECT_FREE = ("gill", "eval", "annotations")
 
 def test_no_prefect_import_statement_in_library_packages():
     pattern = re.compile(r"^\s*(import prefect|from prefect)", re.MULTILINE)
-    offenders = [str(p.relative_to(ROOT)) for pkg in PREFECT_FREE for p in (ROOT / pkg).rglob("*.py")
-                 if pattern.search(p.read_text(encoding="utf-8"))]  # fmt: skip
+    offenders = [
+        str(p.relative_to(ROOT))
+        for pkg in PREFECT_FREE
+        for p in (ROOT / pkg).rglob("*.py")
+        if pattern.search(p.read_text(encoding="utf-8"))
+    ]
     assert offenders == []
 
 

@@ -27,8 +27,9 @@ def bench_work(tmp_path_factory, small_world, tiny_config) -> Path:
     """A trained tiny checkpoint with its bank, plus the world's CC3M val pairs as image shards."""
     from gill.data.shards import image_split_dir, write_image_shard
 
-    root = trained_workdir(tmp_path_factory.mktemp("bench-work"), small_world, tiny_config, steps=6, run_id="b",
-                           bank=True)  # fmt: skip
+    root = trained_workdir(
+        tmp_path_factory.mktemp("bench-work"), small_world, tiny_config, steps=6, run_id="b", bank=True
+    )
     write_image_shard(image_split_dir("val", root) / "00000.tar", world_samples(small_world, 8, split="val"))
     head = DecisionHead(tiny_config_dims(tiny_config))  # a classifier that always prefers retrieval: p_ret = 0.731
     torch.nn.init.zeros_(head.linear.weight)
@@ -67,9 +68,15 @@ def test_every_benchmark_setting_and_system_writes_sample_and_result_rows(bench_
     got = set(zip(ok.benchmark, ok.setting, ok.system, strict=True))
     expected = {("vist", s, m) for s in ("1cap", "5cap", "5cap4img") for m in ALL}
     expected |= {("visdial", s, m) for s in ("1round", "5rounds", "10rounds") for m in ALL}
-    expected |= {(b, s, m) for b, ss in (("vist-retrieval", ("1cap", "5cap", "5cap4img")),
-                                          ("visdial-retrieval", ("1round", "5rounds", "10rounds")))
-                 for s in ss for m in ("fromage-retrieval", "clip-retrieval")}  # fmt: skip
+    expected |= {
+        (b, s, m)
+        for b, ss in (
+            ("vist-retrieval", ("1cap", "5cap", "5cap4img")),
+            ("visdial-retrieval", ("1round", "5rounds", "10rounds")),
+        )
+        for s in ss
+        for m in ("fromage-retrieval", "clip-retrieval")
+    }
     expected |= {("cc3m-fid", "val", m) for m in ("gill-gen", "sd")}
     assert got == expected
     # 4 stories, 4 dialogs, 8 val pairs; seed-free systems once, the others once per seed
@@ -117,8 +124,10 @@ def test_intervals_contain_the_mean_and_seed_statistics_are_recorded(bench_work,
     assert (fid.ci_low <= fid.ci_high).all()
     recall = results[results.metric.str.startswith("recall@")]
     assert (recall.pool_size == 4).all()
-    r1, r10 = (recall[recall.metric == m].set_index(["benchmark", "setting", "system"])["mean"]
-               for m in ("recall@1", "recall@10"))  # fmt: skip
+    r1, r10 = (
+        recall[recall.metric == m].set_index(["benchmark", "setting", "system"])["mean"]
+        for m in ("recall@1", "recall@10")
+    )
     assert (r10 >= r1).all() and (r10 == 1.0).all()  # a pool of 4: every true image is in the top 10
 
 
@@ -148,8 +157,9 @@ def test_fromage_retrieval_equals_gill_retrieve_only(bench_work, full_run):
     """Two code paths (one LM pass vs cached forced decoding) must pick the same bank image."""
     samples = _samples(bench_work, full_run["run_id"])
     own = samples[samples.benchmark.isin(["vist", "visdial"]) & samples.system.isin(["gill-ret", "fromage-retrieval"])]
-    keys = own.pivot_table(index=["benchmark", "setting", "sample_id"], columns="system", values="ret_key",
-                           aggfunc="first")  # fmt: skip
+    keys = own.pivot_table(
+        index=["benchmark", "setting", "sample_id"], columns="system", values="ret_key", aggfunc="first"
+    )
     assert len(keys) == 24 and (keys["gill-ret"] == keys["fromage-retrieval"]).all()
 
 
@@ -187,8 +197,9 @@ def test_rerun_resumes_and_a_crash_loses_only_unwritten_rows(bench_work, small_w
             [run_id],
         )
     deleted = 7 + 4  # 7 systems at seed 42, the 4 seed-dependent ones at seed 43
-    resumed = run_vist(bench_work, small_world.vist_sis_json, small_world.vist_images_dir, options=options,
-                       settings=("1cap",))  # fmt: skip
+    resumed = run_vist(
+        bench_work, small_world.vist_sis_json, small_world.vist_images_dir, options=options, settings=("1cap",)
+    )
     assert resumed[0].scored == deleted
 
 
@@ -223,12 +234,22 @@ def test_report_prints_paper_tables_runs_user_sql_and_draws_the_context_figure(b
     plot = bench_work / "ctx.png"
     assert main(["report", "--workdir", str(bench_work), "--run-id", full_run["run_id"], "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
-    for text in ("Table 1: VIST", "Table 2: VisDial", "5 caps, 4 images", "10 rounds", "gill-oracle", "CC3M FID",
-                 "R@10", "not run: glide"):  # fmt: skip
+    for text in (
+        "Table 1: VIST",
+        "Table 2: VisDial",
+        "5 caps, 4 images",
+        "10 rounds",
+        "gill-oracle",
+        "CC3M FID",
+        "R@10",
+        "not run: glide",
+    ):
         assert text in out
     assert Image.open(plot).size == (800, 480)
-    sql = (f"SELECT system, count(*) AS n FROM samples WHERE run_id = '{full_run['run_id']}' AND benchmark = 'vist' "
-           "AND status = 'ok' GROUP BY system")  # fmt: skip
+    sql = (
+        f"SELECT system, count(*) AS n FROM samples WHERE run_id = '{full_run['run_id']}' AND benchmark = 'vist' "
+        "AND status = 'ok' GROUP BY system"
+    )
     assert main(["report", "--workdir", str(bench_work), "--sql", sql, "--format", "csv"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "system,n" and dict(line.split(",") for line in lines[1:])["sd"] == str(4 * 3 * 2)
@@ -241,9 +262,27 @@ def test_report_prints_paper_tables_runs_user_sql_and_draws_the_context_figure(b
 def test_cli_bench_vist_runs_and_rejects_bad_input(bench_work, small_world, capsys):
     from gill.cli import main
 
-    args = ["bench", "vist", "--workdir", str(bench_work), "--sis-json", str(small_world.vist_sis_json),
-            "--images", str(small_world.vist_images_dir), "--settings", "1cap", "--systems", "sd", "--limit", "2",
-            "--sd-steps", "2", "--no-progress", "--run-id", "cli"]  # fmt: skip
+    args = [
+        "bench",
+        "vist",
+        "--workdir",
+        str(bench_work),
+        "--sis-json",
+        str(small_world.vist_sis_json),
+        "--images",
+        str(small_world.vist_images_dir),
+        "--settings",
+        "1cap",
+        "--systems",
+        "sd",
+        "--limit",
+        "2",
+        "--sd-steps",
+        "2",
+        "--no-progress",
+        "--run-id",
+        "cli",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "vist: 2 sample rows scored" in out and "Table 1" in out
@@ -261,15 +300,17 @@ def test_mapper_ablation_table_compares_checkpoints(bench_work, small_world, tin
 
     config = dataclasses.replace(
         tiny_config,
-        adapters=dataclasses.replace(tiny_config.adapters,
-                                     mapper=dataclasses.replace(tiny_config.adapters.mapper, kind="linear")),
+        adapters=dataclasses.replace(
+            tiny_config.adapters, mapper=dataclasses.replace(tiny_config.adapters.mapper, kind="linear")
+        ),
         train=dataclasses.replace(tiny_config.train, steps=4, batch_size=8, warmup_steps=1, log_every=2),
-    )  # fmt: skip
+    )
     setup_training(config, bench_work, run_id="lin").train()
     checkpoints = [bench_work / "runs" / "b" / "final", bench_work / "runs" / "lin" / "final"]
     options = BenchOptions(seeds=(42,), limit=4, **FAST)
-    summaries = run_mapper_ablation(bench_work, checkpoints, sis_json=small_world.vist_sis_json,
-                                    images=small_world.vist_images_dir, options=options)  # fmt: skip
+    summaries = run_mapper_ablation(
+        bench_work, checkpoints, sis_json=small_world.vist_sis_json, images=small_world.vist_images_dir, options=options
+    )
     table = query(db_path(bench_work), "SELECT * FROM table_mapper_ablation")
     table = table[table.run_id.isin({s.run_id for s in summaries})]
     assert len(table) == 2
@@ -293,8 +334,9 @@ def test_readers_order_vist_by_worker_arrangement_and_format_visdial(small_world
     assert dialog.image_path.name == f"VisualDialog_val2018_{dialog.image_id:012d}.jpg"
 
 
-def test_world_samples_carry_scene_columns_and_data_outside_a_world_leaves_them_null(bench_work, full_run,
-                                                                                   small_world, tmp_path):  # fmt: skip
+def test_world_samples_carry_scene_columns_and_data_outside_a_world_leaves_them_null(
+    bench_work, full_run, small_world, tmp_path
+):
     import shutil
 
     from PIL import Image
@@ -335,8 +377,12 @@ def test_grids_show_context_ground_truth_sd_and_gill_for_each_setting(bench_work
 
     written = draw_run_grids(bench_work, full_run["run_id"], tmp_path, limit=3)
     names = {p.name for p in written}
-    assert {"grid_vist_5cap4img.png", "grid_vist_1cap.png", "grid_visdial_10rounds.png",
-            "grid_cc3m-fid_val.png"} <= names  # fmt: skip
+    assert {
+        "grid_vist_5cap4img.png",
+        "grid_vist_1cap.png",
+        "grid_visdial_10rounds.png",
+        "grid_cc3m-fid_val.png",
+    } <= names
     with Image.open(tmp_path / "grid_vist_5cap4img.png") as grid, Image.open(tmp_path / "grid_vist_1cap.png") as one:
         assert grid.height == 40 + 3 * (TILE + 30) and grid.width > 8 * TILE  # 4 context photos + text + 4 outputs
         assert grid.width - one.width == 4 * TILE  # the same output columns; 1 caption has no context photos

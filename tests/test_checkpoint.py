@@ -128,8 +128,7 @@ def test_a_checkpoint_saved_before_checksums_still_loads(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["empty", "truncated"])
-def test_an_unreadable_weights_file_of_a_checkpoint_without_checksums_is_named_not_a_traceback(tiny, tmp_path,
-                                                                                              damage):  # fmt: skip
+def test_an_unreadable_weights_file_of_a_checkpoint_without_checksums_is_named_not_a_traceback(tiny, tmp_path, damage):
     config, _, adapters, tokens = tiny
     out = save_pretrained(tmp_path / "ckpt", adapters, config, tokens)
     record = json.loads((out / CONFIG_FILE).read_text())
@@ -159,8 +158,12 @@ def write_official_release(tmp_path: Path, tiny, decision_width: int | None = No
     state = {"module." + k: v.to(torch.bfloat16) for k, v in official_state_dict(adapters).items()}
     torch.save({"state_dict": state}, src / "pretrained_ckpt.pth.tar")
     args = json.loads((ASSETS / "model_args.json").read_text())
-    args.update(opt_version=config.backbones.lm.id, visual_encoder=config.backbones.vision.id,
-                ret_emb_dim=config.adapters.ret_emb_dim, gen_emb_dim=dims.sd_text_dim)  # fmt: skip
+    args.update(
+        opt_version=config.backbones.lm.id,
+        visual_encoder=config.backbones.vision.id,
+        ret_emb_dim=config.adapters.ret_emb_dim,
+        gen_emb_dim=dims.sd_text_dim,
+    )
     (src / "model_args.json").write_text(json.dumps(args))
     if decision_width:
         weights = {"1.weight": torch.randn(2, decision_width), "1.bias": torch.randn(2)}
@@ -212,7 +215,10 @@ def test_the_real_model_args_map_to_the_paper_config():
     paper = paper_config()
     assert config.adapters == paper.adapters
     assert (config.backbones.lm, config.backbones.vision, config.backbones.sd) == (
-        paper.backbones.lm, paper.backbones.vision, paper.backbones.sd)  # fmt: skip
+        paper.backbones.lm,
+        paper.backbones.vision,
+        paper.backbones.sd,
+    )
     with pytest.raises(InputError, match="text_fc_mode"):
         config_from_model_args({**read_model_args(ASSETS / "model_args.json"), "text_fc_mode": "linear"})
 

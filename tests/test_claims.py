@@ -18,18 +18,44 @@ T0 = dt.datetime(2026, 1, 1)
 
 def _run(run_id: str, mapper: str = "gill_mapper", minutes: int = 0) -> dict:
     config = {"model": {"adapters": {"mapper": {"kind": mapper}}}}
-    return {"run_id": run_id, "started_at": T0 + dt.timedelta(minutes=minutes), "preset": "tiny",
-            "checkpoint": f"/ckpt/{run_id}", "config": json.dumps(config)}  # fmt: skip
+    return {
+        "run_id": run_id,
+        "started_at": T0 + dt.timedelta(minutes=minutes),
+        "preset": "tiny",
+        "checkpoint": f"/ckpt/{run_id}",
+        "config": json.dumps(config),
+    }
 
 
 def _result(run_id: str, benchmark: str, setting: str, system: str, metric: str, mean: float, half: float) -> dict:
-    return {"run_id": run_id, "benchmark": benchmark, "setting": setting, "system": system, "metric": metric,
-            "mean": mean, "ci_low": mean - half, "ci_high": mean + half, "n": 10, "n_seeds": 1}  # fmt: skip
+    return {
+        "run_id": run_id,
+        "benchmark": benchmark,
+        "setting": setting,
+        "system": system,
+        "metric": metric,
+        "mean": mean,
+        "ci_low": mean - half,
+        "ci_high": mean + half,
+        "n": 10,
+        "n_seeds": 1,
+    }
 
 
 def _samples(run_id: str, setting: str, system: str, values: list[float], column: str = "clip_sim") -> list[dict]:
-    return [{"run_id": run_id, "benchmark": "vist", "setting": setting, "system": system, "seed": 42,
-             "sample_id": f"s{i}", "status": "ok", column: v} for i, v in enumerate(values)]  # fmt: skip
+    return [
+        {
+            "run_id": run_id,
+            "benchmark": "vist",
+            "setting": setting,
+            "system": system,
+            "seed": 42,
+            "sample_id": f"s{i}",
+            "status": "ok",
+            column: v,
+        }
+        for i, v in enumerate(values)
+    ]
 
 
 def _claims(path, run_id: str = "main") -> dict:
@@ -46,12 +72,16 @@ def database(tmp_path):
 
 
 def test_separated_intervals_hold_overlapping_ones_are_inconclusive_and_reversed_ones_fail(database):
-    replace_rows(database, "results", [
-        _result("main", "vist", "5cap", "gill-gen", "clip_sim", 0.60, 0.01),
-        _result("main", "vist", "5cap", "sd", "clip_sim", 0.50, 0.01),  # a1: A clearly above B -> true
-        _result("main", "vist", "1cap", "gill-gen", "clip_sim", 0.59, 0.05),  # b1: overlapping -> inconclusive
-        _result("main", "vist", "5cap4img", "gill-gen", "clip_sim", 0.40, 0.01),  # b2: A below B -> false
-    ])  # fmt: skip
+    replace_rows(
+        database,
+        "results",
+        [
+            _result("main", "vist", "5cap", "gill-gen", "clip_sim", 0.60, 0.01),
+            _result("main", "vist", "5cap", "sd", "clip_sim", 0.50, 0.01),  # a1: A clearly above B -> true
+            _result("main", "vist", "1cap", "gill-gen", "clip_sim", 0.59, 0.05),  # b1: overlapping -> inconclusive
+            _result("main", "vist", "5cap4img", "gill-gen", "clip_sim", 0.40, 0.01),  # b2: A below B -> false
+        ],
+    )
     claims = _claims(database)
     assert claims["a1"].holds == "true"
     assert claims["b1"].holds == "inconclusive"
@@ -62,12 +92,20 @@ def test_separated_intervals_hold_overlapping_ones_are_inconclusive_and_reversed
 
 def test_paired_differences_decide_what_overlapping_intervals_cannot(database):
     base = [0.2, 0.5, 0.8, 0.3, 0.6, 0.9, 0.4, 0.7]
-    replace_rows(database, "results", [
-        _result("main", "vist", "5cap4img", "gill-oracle", "clip_sim", 0.57, 0.2),
-        _result("main", "vist", "5cap4img", "gill-gen", "clip_sim", 0.55, 0.2),
-    ])  # fmt: skip
-    replace_rows(database, "samples", _samples("main", "5cap4img", "gill-oracle", [v + 0.02 for v in base])
-                 + _samples("main", "5cap4img", "gill-gen", base))  # fmt: skip
+    replace_rows(
+        database,
+        "results",
+        [
+            _result("main", "vist", "5cap4img", "gill-oracle", "clip_sim", 0.57, 0.2),
+            _result("main", "vist", "5cap4img", "gill-gen", "clip_sim", 0.55, 0.2),
+        ],
+    )
+    replace_rows(
+        database,
+        "samples",
+        _samples("main", "5cap4img", "gill-oracle", [v + 0.02 for v in base])
+        + _samples("main", "5cap4img", "gill-gen", base),
+    )
     e2 = _claims(database)["e2"]
     assert e2.holds == "inconclusive"  # the two wide intervals overlap
     assert e2.n_pairs == len(base)
@@ -76,11 +114,15 @@ def test_paired_differences_decide_what_overlapping_intervals_cannot(database):
 
 
 def test_ablation_claims_compare_with_the_latest_run_of_the_other_mapper(database):
-    replace_rows(database, "results", [
-        _result("main", "vist", "5cap4img", "gill-gen", "clip_sim", 0.60, 0.01),
-        _result("lin", "vist", "5cap4img", "gill-gen", "clip_sim", 0.70, 0.01),
-        _result("old-lin", "vist", "5cap4img", "gill-gen", "clip_sim", 0.10, 0.01),
-    ])  # fmt: skip
+    replace_rows(
+        database,
+        "results",
+        [
+            _result("main", "vist", "5cap4img", "gill-gen", "clip_sim", 0.60, 0.01),
+            _result("lin", "vist", "5cap4img", "gill-gen", "clip_sim", 0.70, 0.01),
+            _result("old-lin", "vist", "5cap4img", "gill-gen", "clip_sim", 0.10, 0.01),
+        ],
+    )
     c1 = _claims(database)["c1"]
     assert c1.ours_b == pytest.approx(0.70)  # the newer linear run, not the older one
     assert c1.holds == "false"
@@ -89,9 +131,18 @@ def test_ablation_claims_compare_with_the_latest_run_of_the_other_mapper(databas
 
 def test_decision_claim_uses_the_latest_cross_validation_folds_against_chance(database):
     replace_rows(database, "results", [_result("main", "vist", "5cap", "sd", "clip_sim", 0.5, 0.01)])
-    rows = [{"run_id": run, "created": T0 + dt.timedelta(minutes=m), "protocol": "cv5", "metric": f"macro_f1_fold{k}",
-             "value": v + 0.01 * k, "n": 900} for run, m, v in (("d-old", 0, 0.40), ("d-new", 5, 0.70))
-            for k in range(5)]  # fmt: skip
+    rows = [
+        {
+            "run_id": run,
+            "created": T0 + dt.timedelta(minutes=m),
+            "protocol": "cv5",
+            "metric": f"macro_f1_fold{k}",
+            "value": v + 0.01 * k,
+            "n": 900,
+        }
+        for run, m, v in (("d-old", 0, 0.40), ("d-new", 5, 0.70))
+        for k in range(5)
+    ]
     replace_rows(database, "decision_eval", rows)
     e1 = _claims(database)["e1"]
     assert e1.ours_a == pytest.approx(0.72)
@@ -103,11 +154,30 @@ def test_decision_claim_uses_the_latest_cross_validation_folds_against_chance(da
 def test_the_official_and_the_bank_aware_decision_claims_read_their_own_fits(database):
     replace_rows(database, "results", [_result("main", "vist", "5cap", "sd", "clip_sim", 0.5, 0.01)])
     fits = (("official", False, 0, 0.45, "d-off"), ("balanced", True, 5, 0.62, "d-aware"))
-    rows = [{"run_id": run, "created": T0 + dt.timedelta(minutes=m), "protocol": "cv5", "metric": f"macro_f1_fold{k}",
-             "value": v + 0.01 * k, "n": 300, "recipe": recipe, "with_retrieval_score": score}
-            for recipe, score, m, v, run in fits for k in range(5)]  # fmt: skip
-    rows.append({"run_id": "d-aware", "created": T0 + dt.timedelta(minutes=5), "protocol": "simulated-panel",
-                 "metric": "macro_f1_official", "value": 0.95, "n": 300})  # fmt: skip
+    rows = [
+        {
+            "run_id": run,
+            "created": T0 + dt.timedelta(minutes=m),
+            "protocol": "cv5",
+            "metric": f"macro_f1_fold{k}",
+            "value": v + 0.01 * k,
+            "n": 300,
+            "recipe": recipe,
+            "with_retrieval_score": score,
+        }
+        for recipe, score, m, v, run in fits
+        for k in range(5)
+    ]
+    rows.append(
+        {
+            "run_id": "d-aware",
+            "created": T0 + dt.timedelta(minutes=5),
+            "protocol": "simulated-panel",
+            "metric": "macro_f1_official",
+            "value": 0.95,
+            "n": 300,
+        }
+    )
     replace_rows(database, "decision_eval", rows)
     claims = _claims(database)
     assert claims["e1"].ours_a == pytest.approx(0.47) and claims["e1"].holds == "false"  # the newer fit is not e1's
@@ -120,8 +190,14 @@ def test_every_claim_names_its_source_and_the_report_prints_the_table(database, 
     from gill.cli import main
 
     assert {c.claim_id[0] for c in CLAIMS} == set("abcde") and all(c.source for c in CLAIMS)
-    replace_rows(database, "results", [_result("main", "vist", "5cap", "gill-gen", "clip_sim", 0.6, 0.01),
-                                       _result("main", "vist", "5cap", "sd", "clip_sim", 0.5, 0.01)])  # fmt: skip
+    replace_rows(
+        database,
+        "results",
+        [
+            _result("main", "vist", "5cap", "gill-gen", "clip_sim", 0.6, 0.01),
+            _result("main", "vist", "5cap", "sd", "clip_sim", 0.5, 0.01),
+        ],
+    )
     assert main(["report", "--workdir", str(tmp_path), "--claims"]) == 0
     out = capsys.readouterr().out
     assert "GILL beats SD at 5 captions (VIST)" in out and "Table 1" in out and "true" in out
@@ -130,9 +206,11 @@ def test_every_claim_names_its_source_and_the_report_prints_the_table(database, 
 def test_an_older_database_gains_the_new_columns_and_keeps_its_rows(tmp_path):
     path = db_path(tmp_path)
     con = duckdb.connect(str(path))
-    con.execute("CREATE TABLE samples (run_id VARCHAR NOT NULL, benchmark VARCHAR NOT NULL, setting VARCHAR NOT NULL, "
-                "system VARCHAR NOT NULL, seed INTEGER NOT NULL, sample_id VARCHAR NOT NULL, clip_sim DOUBLE, "
-                "PRIMARY KEY (run_id, benchmark, setting, system, seed, sample_id))")  # fmt: skip
+    con.execute(
+        "CREATE TABLE samples (run_id VARCHAR NOT NULL, benchmark VARCHAR NOT NULL, setting VARCHAR NOT NULL, "
+        "system VARCHAR NOT NULL, seed INTEGER NOT NULL, sample_id VARCHAR NOT NULL, clip_sim DOUBLE, "
+        "PRIMARY KEY (run_id, benchmark, setting, system, seed, sample_id))"
+    )
     con.execute("INSERT INTO samples VALUES ('r', 'vist', '5cap', 'sd', 42, 's0', 0.5)")
     con.close()
     ensure_database(path)

@@ -133,8 +133,10 @@ def test_user_sql_cannot_touch_files_extensions_or_the_network(tmp_path, capsys)
 def test_a_bad_or_missing_device_and_an_odd_batch_are_plain_errors(tmp_path, capsys, monkeypatch):
     import torch
 
-    for argv in (["generate", "--workdir", str(tmp_path), "--device", "banana", "a red star"],
-                 ["train", "--workdir", str(tmp_path), "--device", "banana"]):  # fmt: skip
+    for argv in (
+        ["generate", "--workdir", str(tmp_path), "--device", "banana", "a red star"],
+        ["train", "--workdir", str(tmp_path), "--device", "banana"],
+    ):
         assert main(argv) == 2
         assert "'banana' is not a torch device" in capsys.readouterr().err
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

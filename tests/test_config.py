@@ -81,8 +81,17 @@ def test_backbone_overrides_replace_only_the_named_roles():
 
 
 def test_settings_that_exceed_the_backbones_are_reported_together():
-    dims = DerivedDims(lm_hidden=64, lm_vocab_size=100, lm_max_positions=16, lm_num_layers=2, vision_hidden=48,
-                       vision_image_size=32, sd_text_dim=32, sd_text_tokens=10, clip_projection_dim=40)  # fmt: skip
+    dims = DerivedDims(
+        lm_hidden=64,
+        lm_vocab_size=100,
+        lm_max_positions=16,
+        lm_num_layers=2,
+        vision_hidden=48,
+        vision_image_size=32,
+        sd_text_dim=32,
+        sd_text_tokens=10,
+        clip_projection_dim=40,
+    )
     config = GILLConfig(backbones=paper_config().backbones, adapters=AdapterConfig(text_emb_layers=(-1, 5)), max_len=32)
     with pytest.raises(ConfigError) as info:
         check_against_dims(config, dims)
@@ -125,11 +134,21 @@ def test_paper_exact_fills_the_official_objective_and_refuses_contradicting_opti
 
     train = paper_config().train
     ours = train.objective()
-    assert (ours.lp_second_segment, ours.separate_mode_passes, ours.contrastive_official_world, ours.img_init,
-            ours.logit_scale_clamp) == (True, False, 1, "fresh", True)  # fmt: skip
+    assert (
+        ours.lp_second_segment,
+        ours.separate_mode_passes,
+        ours.contrastive_official_world,
+        ours.img_init,
+        ours.logit_scale_clamp,
+    ) == (True, False, 1, "fresh", True)
     exact = dataclasses.replace(train, paper_exact=True).objective()
-    assert (exact.lp_second_segment, exact.separate_mode_passes, exact.contrastive_official_world, exact.img_init,
-            exact.logit_scale_clamp) == (False, True, 2, "lm_rows", False)  # fmt: skip
+    assert (
+        exact.lp_second_segment,
+        exact.separate_mode_passes,
+        exact.contrastive_official_world,
+        exact.img_init,
+        exact.logit_scale_clamp,
+    ) == (False, True, 2, "lm_rows", False)
     assert (
         dataclasses.replace(train, paper_exact=True, contrastive_official_world=4)
         .objective()

@@ -210,8 +210,21 @@ def test_gill_decision_fit_rewrites_the_checkpoint_in_place_with_the_score_head(
     adapters = (ckpt / ADAPTERS_FILE).read_bytes()
     parser = argparse.ArgumentParser(prog="gill")
     add_decision_parsers(parser.add_subparsers(dest="group", required=True))
-    args = parser.parse_args(["decision", "fit", "--workdir", str(workdir), "--checkpoint", str(ckpt),
-                              "--with-retrieval-score", "--steps", "100", "--folds", "3"])  # fmt: skip
+    args = parser.parse_args(
+        [
+            "decision",
+            "fit",
+            "--workdir",
+            str(workdir),
+            "--checkpoint",
+            str(ckpt),
+            "--with-retrieval-score",
+            "--steps",
+            "100",
+            "--folds",
+            "3",
+        ]
+    )
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     assert "test macro-F1, final model" in printed and "human macro-F1, official" in printed and "3-fold" in printed
@@ -245,8 +258,16 @@ def test_the_official_decision_model_runs_on_4096_d_states():
 def _panel_rows() -> list:
     from annotations.votes import VoteRow
 
-    return [VoteRow(f"a {'red' if i % 2 else 'blue'} star number {i}", "Shapes world", "", "",
-                    votes=["gen" if i % 2 else "ret"] * 5) for i in range(60)]  # fmt: skip
+    return [
+        VoteRow(
+            f"a {'red' if i % 2 else 'blue'} star number {i}",
+            "Shapes world",
+            "",
+            "",
+            votes=["gen" if i % 2 else "ret"] * 5,
+        )
+        for i in range(60)
+    ]
 
 
 def test_a_fit_on_the_simulated_panel_names_the_panel_and_scales_the_official_split(workdir, tmp_path):
@@ -256,8 +277,14 @@ def test_a_fit_on_the_simulated_panel_names_the_panel_and_scales_the_official_sp
 
     rows = _panel_rows()
     votes = write_votes(tmp_path / "Decisions_Alignment_simulated.tsv", rows)
-    result = fit_decision(workdir, resolve_checkpoint(workdir), votes_path=votes, out_checkpoint=tmp_path / "c",
-                          steps=50, panel="simulated")  # fmt: skip
+    result = fit_decision(
+        workdir,
+        resolve_checkpoint(workdir),
+        votes_path=votes,
+        out_checkpoint=tmp_path / "c",
+        steps=50,
+        panel="simulated",
+    )
     assert (result.n_train, result.n_test, result.panel) == (36, 24, "simulated")  # 60% of 60: not the 600 of 911
     assert result.human_loo_f1 == pytest.approx(1.0)  # unanimous judges agree with the others' label
     assert "SIMULATED judges macro-F1, leave-one-out" in result.render()
@@ -309,10 +336,15 @@ def test_the_decision_stage_records_the_official_head_and_saves_the_bank_aware_o
     assert fits.bank_aware is not None and fits.bank_aware.recipe == "balanced" and fits.bank_aware.with_retrieval_score
     head = load_adapters(ckpt).decision_head
     assert head is not None and head.with_retrieval_score  # the checkpoint keeps the bank-aware head
-    recorded = query(db_path(workdir), "SELECT DISTINCT recipe, with_retrieval_score FROM decision_eval "
-                     "WHERE votes = ?", [str(votes)])  # fmt: skip
-    assert set(zip(recorded.recipe, recorded.with_retrieval_score, strict=True)) == {("official", False),
-                                                                                      ("balanced", True)}  # fmt: skip
+    recorded = query(
+        db_path(workdir),
+        "SELECT DISTINCT recipe, with_retrieval_score FROM decision_eval WHERE votes = ?",
+        [str(votes)],
+    )
+    assert set(zip(recorded.recipe, recorded.with_retrieval_score, strict=True)) == {
+        ("official", False),
+        ("balanced", True),
+    }
     official_only = tmp_path / "official"
     shutil.copytree(resolve_checkpoint(workdir), official_only)
     assert fit_decision_stage(workdir, official_only, votes_path=votes, panel="simulated", steps=50).bank_aware is None

@@ -31,8 +31,9 @@ def _free_port() -> int:
 
 def _api(url: str, body: dict | None = None) -> tuple[int, object]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"},
-                                     method="POST" if body is not None else "GET")  # fmt: skip
+    request = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json"}, method="POST" if body is not None else "GET"
+    )
     try:
         with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback
             return response.status, json.loads(response.read() or b"null")
@@ -48,9 +49,14 @@ def served(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(PREFECT_HOME=str(root / "prefect-home"), PREFECT_RUNNER_POLL_FREQUENCY="1", PREFECT_PORT=str(port))
     log = (root / "serve.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--workdir", str(root / "serve")],
-                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "serve", "--workdir", str(root / "serve")],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     api = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + 240
     while _api(f"{api}/deployments/name/gill/full-pipeline")[0] != 200:
@@ -68,8 +74,19 @@ def served(tmp_path_factory):
 
 
 def _run_deployment(served, params: dict) -> str:
-    command = [str(PREFECT), "deployment", "run", "gill/full-pipeline", "--params", json.dumps({"params": params}),
-               "--watch", "--watch-interval", "2", "--watch-timeout", "900"]  # fmt: skip
+    command = [
+        str(PREFECT),
+        "deployment",
+        "run",
+        "gill/full-pipeline",
+        "--params",
+        json.dumps({"params": params}),
+        "--watch",
+        "--watch-interval",
+        "2",
+        "--watch-timeout",
+        "900",
+    ]
     done = subprocess.run(command, env=served["env"], capture_output=True, text=True, timeout=1000, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return re.search(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", done.stdout).group(0)

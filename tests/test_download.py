@@ -551,16 +551,22 @@ def test_original_mode_keeps_the_source_bytes_for_the_official_preprocessing(sma
     """``resize_mode="original"``: neither resized nor re-encoded, so precompute's processor sees the original image
     (the official pipeline preprocesses the source image, not a 224 px JPEG of it)."""
     script = tmp_path / "original.py"
-    script.write_text(textwrap.dedent("""\
+    script.write_text(
+        textwrap.dedent("""\
         import sys
         from pathlib import Path
         from gill.data.download import DownloadOptions, download_split
         options = DownloadOptions(resize_mode="original", shard_size=16, threads=4)
         download_split(Path(sys.argv[1]), "train", Path(sys.argv[2]), options, progress=False)
-        """))  # fmt: skip
+        """)
+    )
     workdir = tmp_path / "work"
-    done = subprocess.run([sys.executable, str(script), str(small_world.cc3m_train_tsv), str(workdir)],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(script), str(small_world.cc3m_train_tsv), str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = read_url_file(small_world.cc3m_train_tsv)
     urls = dict(zip(rows["caption"], rows["url"], strict=True))
@@ -584,16 +590,19 @@ def test_repeated_urls_are_reported_and_can_be_dropped(small_world, tmp_path):
     kept = download.DownloadReport(split="train", n_input=8, duplicate_urls=2)
     assert "2 row(s) repeat an earlier url: fetched again (drop them with --drop-duplicate-urls)" in kept.summary()
     script = tmp_path / "repeats.py"
-    script.write_text(textwrap.dedent("""\
+    script.write_text(
+        textwrap.dedent("""\
         import sys
         from pathlib import Path
         from gill.data.download import DownloadOptions, download_split
         options = DownloadOptions(image_size=32, shard_size=16, threads=2, drop_duplicate_urls=True)
         report = download_split(Path(sys.argv[1]), "train", Path(sys.argv[2]), options, progress=False)
         sys.stdout.write(f"{report.n_input} {report.successes} {report.duplicate_urls}\\n{report.summary()}\\n")
-        """))  # fmt: skip
-    done = subprocess.run([sys.executable, str(script), str(urls), str(tmp_path / "work")], capture_output=True,
-                          text=True, timeout=180)  # fmt: skip
+        """)
+    )
+    done = subprocess.run(
+        [sys.executable, str(script), str(urls), str(tmp_path / "work")], capture_output=True, text=True, timeout=180
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("6 6 2\n")  # each url fetched once
     assert "2 row(s) repeat an earlier url: dropped" in done.stdout

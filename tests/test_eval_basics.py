@@ -19,8 +19,11 @@ def test_metrics_are_stored_per_run_step_and_name_and_replaced_on_rewrite(tmp_pa
 
 
 def test_loss_curves_are_drawn_where_the_data_is(tmp_path):
-    out = plot_curves({"loss": [(0, 4.0), (50, 2.0), (100, 1.0)], "loss_gen": [(0, 1.0), (100, 0.5)]},
-                      tmp_path / "curve.png", title="tiny run")  # fmt: skip
+    out = plot_curves(
+        {"loss": [(0, 4.0), (50, 2.0), (100, 1.0)], "loss_gen": [(0, 1.0), (100, 0.5)]},
+        tmp_path / "curve.png",
+        title="tiny run",
+    )
     image = Image.open(out).convert("RGB")
     assert image.size == (800, 480)
     colours = set(image.getdata())

@@ -48,8 +48,16 @@ def downloaded(prefect_server, small_world, tmp_path_factory) -> Path:
     from flows.download_cc3m import DownloadParams, download_cc3m_flow
 
     workdir = tmp_path_factory.mktemp("flow-work")
-    params = DownloadParams(urls=small_world.cc3m_train_tsv, split="train", workdir=workdir, shard_size=6,
-                            image_size=64, threads=4, timeout=5, retries=0)  # fmt: skip
+    params = DownloadParams(
+        urls=small_world.cc3m_train_tsv,
+        split="train",
+        workdir=workdir,
+        shard_size=6,
+        image_size=64,
+        threads=4,
+        timeout=5,
+        retries=0,
+    )
     state = download_cc3m_flow(params, return_state=True)
     assert state.is_completed(), state
     result = state.result()
@@ -90,8 +98,9 @@ def test_precompute_flow_spreads_over_a_local_dask_cluster(downloaded, tmp_path)
     from gill.data.precompute import feature_dir
 
     shutil.rmtree(feature_dir("train", downloaded), ignore_errors=True)
-    runner = DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True,
-                                            "dashboard_address": None})  # fmt: skip
+    runner = DaskTaskRunner(
+        cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+    )
     result = precompute_targets_flow.with_options(task_runner=runner)(
         PrecomputeParams(split="train", workdir=downloaded, batch_size=4)
     )

@@ -50,19 +50,52 @@ def test_every_export_works_on_the_demo_workdir_and_hides_the_generated_side(dem
     assert len(list((bundle / "images").iterdir())) == 2 * N
     assert main(["annotate", "export", "--workdir", str(workdir), "--format", "label-studio", "--out", str(ls)]) == 0
     tasks = json.loads((ls / "tasks.json").read_text())
-    assert len(tasks) == N and all(set(t["data"]) == {"prompt", "image_left", "image_right", "gill_item_id"}
-                                    for t in tasks)  # fmt: skip
+    assert len(tasks) == N and all(
+        set(t["data"]) == {"prompt", "image_left", "image_right", "gill_item_id"} for t in tasks
+    )
     assert not any("annotations" in t or "predictions" in t for t in tasks)  # no votes unless asked for
     urls = [t["data"][side] for t in tasks for side in ("image_left", "image_right")]
     assert not any("gen" in u or "ret" in u for u in urls)
     config = (ls / "label_config.xml").read_text()
     assert "flex" in config and config.index('name="left"') < config.index('name="right"')  # side by side
-    assert main(["annotate", "export", "--workdir", str(workdir), "--format", "official-tsv", "--panel",
-                 "simulated", "--out", str(tmp_path / "tsv")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "annotate",
+                "export",
+                "--workdir",
+                str(workdir),
+                "--format",
+                "official-tsv",
+                "--panel",
+                "simulated",
+                "--out",
+                str(tmp_path / "tsv"),
+            ]
+        )
+        == 0
+    )
     lines = (tmp_path / "tsv" / "Decisions_Alignment_simulated.tsv").read_text().splitlines()
     assert len(lines) == N + 1 and all(len(line.split("\t")[4].split(",")) == 5 for line in lines[1:])
-    assert main(["annotate", "export", "--workdir", str(workdir), "--format", "label-studio", "--votes", "predictions",
-                 "--panel", "simulated", "--out", str(tmp_path / "ls-sim")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "annotate",
+                "export",
+                "--workdir",
+                str(workdir),
+                "--format",
+                "label-studio",
+                "--votes",
+                "predictions",
+                "--panel",
+                "simulated",
+                "--out",
+                str(tmp_path / "ls-sim"),
+            ]
+        )
+        == 0
+    )
     offered = json.loads((tmp_path / "ls-sim" / "tasks.json").read_text())
     versions = {p["model_version"] for t in offered for p in t["predictions"]}
     assert versions == {f"gill:simulated-judge-{n}" for n in range(1, 6)}  # named as simulated, never annotations

@@ -31,8 +31,15 @@ def _world_store(workdir: Path, n: int = 6, k: int = 2) -> JudgingStore:
         scene, other = sample_scene(rng), sample_scene(rng)
         render_scene(scene, 64).save(workdir / "img" / f"{i}-match.png")
         render_scene(other, 64).save(workdir / "img" / f"{i}-other.png")
-        rows.append({"prompt_id": i, "prompt": f"world prompt {i}", "gen_image": f"img/{i}-match.png",
-                     "ret_image": f"img/{i}-other.png", "scene": json.dumps(scene.to_dict())})  # fmt: skip
+        rows.append(
+            {
+                "prompt_id": i,
+                "prompt": f"world prompt {i}",
+                "gen_image": f"img/{i}-match.png",
+                "ret_image": f"img/{i}-other.png",
+                "scene": json.dumps(scene.to_dict()),
+            }
+        )
     store = JudgingStore(workdir, judges_per_item=k)
     store.upsert_items(rows)
     return store
@@ -48,8 +55,9 @@ def test_simulated_votes_never_take_a_persons_slot_and_never_mix(tmp_path):
     store.submit_vote(person, 0, "right", "right")
     assert store.count_votes(HUMAN_PANEL) == 1 and store.count_votes(SIMULATED_PANEL) == 6
     assert [e.judges for e in store.votes_table()] == [["ann"]]  # human by default: no simulated vote
-    assert all(name.startswith("simulated-judge-") for e in store.votes_table(panel=SIMULATED_PANEL)
-               for name in e.judges)  # fmt: skip
+    assert all(
+        name.startswith("simulated-judge-") for e in store.votes_table(panel=SIMULATED_PANEL) for name in e.judges
+    )
     second, _ = store.add_judge("bo")
     store.submit_vote(second, 0, "left", "left")
     with pytest.raises(ItemFullError, match="panel 'human'"):  # k = 2 people, whatever the simulated panel did
@@ -172,10 +180,23 @@ def test_world_candidates_load_into_the_store_with_images_and_scenes(tmp_path):
     (tmp_path / "c").mkdir()
     for name in ("g.png", "r.png"):
         Image.new("RGB", (8, 8), "blue").save(tmp_path / "c" / name)
-    scene = json.dumps({"background": "white", "shapes": [{"kind": "star", "color": "red", "size": "large",
-                                                            "position": "center"}]})  # fmt: skip
-    replace_rows(db_path(tmp_path), "decision_candidates", [{"prompt_id": 0, "prompt": "a red star", "gen_image":
-                 "c/g.png", "ret_image": "c/r.png", "scene": scene, "note": HELD_NOTE}])  # fmt: skip
+    scene = json.dumps(
+        {"background": "white", "shapes": [{"kind": "star", "color": "red", "size": "large", "position": "center"}]}
+    )
+    replace_rows(
+        db_path(tmp_path),
+        "decision_candidates",
+        [
+            {
+                "prompt_id": 0,
+                "prompt": "a red star",
+                "gen_image": "c/g.png",
+                "ret_image": "c/r.png",
+                "scene": scene,
+                "note": HELD_NOTE,
+            }
+        ],
+    )
     assert import_candidates(tmp_path) == 1
     item = JudgingStore(tmp_path).item(0)
     assert item.scene == scene and item.has_images() and item.note == HELD_NOTE
@@ -206,12 +227,14 @@ def test_an_item_whose_prompt_changes_sets_its_old_votes_aside(tmp_path):
     store.submit_vote(ann, 0, "left", "left")
     store.submit_vote(ann, 1, "right", "right")
     item = store.item(1)
-    store.upsert_items([{"prompt_id": 1, "prompt": "another prompt", "gen_image": item.gen_image,
-                         "ret_image": item.ret_image}])  # fmt: skip
+    store.upsert_items(
+        [{"prompt_id": 1, "prompt": "another prompt", "gen_image": item.gen_image, "ret_image": item.ret_image}]
+    )
     assert [v.item_id for v in store.votes_of(ann)] == [0]  # the vote on the old prompt no longer counts
     assert store.next_item(ann).id == 1  # and the new item is open to ann again
     kept = sqlite3.connect(store.path).execute("SELECT prompt, alignment FROM retired_votes").fetchall()
     assert kept == [("world prompt 1", "right")]
-    store.upsert_items([{"prompt_id": 0, "prompt": "world prompt 0", "gen_image": "img/0-match.png",
-                         "ret_image": "img/0-other.png"}])  # unchanged: its votes stay  # fmt: skip
+    store.upsert_items(
+        [{"prompt_id": 0, "prompt": "world prompt 0", "gen_image": "img/0-match.png", "ret_image": "img/0-other.png"}]
+    )  # unchanged: its votes stay
     assert [v.item_id for v in store.votes_of(ann)] == [0]

@@ -25,8 +25,9 @@ def make_store(workdir, *, images=True, extra_rows=()):
         for kind, colour in (("gen", "red"), ("ret", "blue")):
             if images:
                 Image.new("RGB", (8, 8), colour).save(workdir / "img" / f"{i}-{kind}.png")
-        rows.append({"prompt_id": i, "prompt": prompt, "gen_image": f"img/{i}-gen.png",
-                     "ret_image": f"img/{i}-ret.png"})  # fmt: skip
+        rows.append(
+            {"prompt_id": i, "prompt": prompt, "gen_image": f"img/{i}-gen.png", "ret_image": f"img/{i}-ret.png"}
+        )
     store.upsert_items(rows + list(extra_rows))
     return store
 
@@ -42,8 +43,10 @@ def votes_of(store):
 
 
 def result(alignment, realism):
-    return [{"from_name": q, "to_name": "left", "type": "choices", "value": {"choices": [answer]}}
-            for q, answer in (("alignment", alignment), ("realism", realism))]  # fmt: skip
+    return [
+        {"from_name": q, "to_name": "left", "type": "choices", "value": {"choices": [answer]}}
+        for q, answer in (("alignment", alignment), ("realism", realism))
+    ]
 
 
 def write(tmp_path, name, rows):
@@ -73,8 +76,9 @@ def test_export_writes_neutral_tasks_the_label_config_and_the_images(store, tmp_
             assert copied.read_bytes() == (store.workdir / item.image_for(side)).read_bytes()
     text = (out / "tasks.json").read_text()
     assert "gen" not in text.replace("gill_item_id", "") and "ret" not in text  # nothing tells the sides apart
-    assert sorted(p.name for p in (out / "images").iterdir()) == [f"{i:05d}-{s}.png" for i in range(3)
-                                                                    for s in ("left", "right")]  # fmt: skip
+    assert sorted(p.name for p in (out / "images").iterdir()) == [
+        f"{i:05d}-{s}.png" for i in range(3) for s in ("left", "right")
+    ]
 
 
 def test_the_label_config_shows_the_prompt_and_the_images_side_by_side(store, tmp_path):
@@ -85,7 +89,9 @@ def test_the_label_config_shows_the_prompt_and_the_images_side_by_side(store, tm
     columns = row.findall("View")
     assert [c.find("Header").get("value") for c in columns] == ["Left", "Right"]
     assert [(c.find("Image").get("name"), c.find("Image").get("value")) for c in columns] == [
-        ("left", "$image_left"), ("right", "$image_right")]  # fmt: skip
+        ("left", "$image_left"),
+        ("right", "$image_right"),
+    ]
     choices = {c.get("name"): c for c in root.iter("Choices")}
     assert set(choices) == {"alignment", "realism"}
     for c in choices.values():
@@ -97,21 +103,28 @@ def test_votes_go_out_as_predictions_only_when_asked(store, tmp_path):
     ann, bo = store.add_judge("ann")[0], store.add_judge("bo@lab")[0]
     store.submit_vote(ann, 0, "left", "same")
     store.submit_vote(bo, 0, "right", "left")
-    assert all("predictions" not in t for t in json.loads(ls.export_label_studio(store, tmp_path / "a").tasks
-                                                          .read_text()))  # fmt: skip
+    assert all(
+        "predictions" not in t for t in json.loads(ls.export_label_studio(store, tmp_path / "a").tasks.read_text())
+    )
     export = ls.export_label_studio(store, tmp_path / "b", votes="predictions")
     tasks = json.loads(export.tasks.read_text())
     assert export.n_predictions == 2 and all("annotations" not in t for t in tasks)
-    assert tasks[0]["predictions"] == [{"model_version": "gill:ann", "result": result("Left", "About the same")},
-                                       {"model_version": "gill:bo@lab", "result": result("Right", "Left")}]  # fmt: skip
+    assert tasks[0]["predictions"] == [
+        {"model_version": "gill:ann", "result": result("Left", "About the same")},
+        {"model_version": "gill:bo@lab", "result": result("Right", "Left")},
+    ]
     assert "predictions" not in tasks[1]
     with pytest.raises(InputError, match="votes must be one of"):
         ls.export_label_studio(store, tmp_path / "c", votes="annotations")
 
 
 def test_image_urls_are_relative_to_the_document_root(store, tmp_path):
-    export = ls.export_label_studio(store, tmp_path / "root" / "gill", document_root=tmp_path / "root",
-                                    image_prefix="http://ls:8080/data/local-files/?d=")  # fmt: skip
+    export = ls.export_label_studio(
+        store,
+        tmp_path / "root" / "gill",
+        document_root=tmp_path / "root",
+        image_prefix="http://ls:8080/data/local-files/?d=",
+    )
     task = json.loads(export.tasks.read_text())[0]
     assert task["data"]["image_left"] == "http://ls:8080/data/local-files/?d=gill/images/00000-left.png"
     with pytest.raises(InputError, match="not inside the document root"):
@@ -134,8 +147,9 @@ def test_missing_images_are_all_named_and_nothing_is_written(tmp_path):
 
 
 def test_items_without_image_paths_are_left_out_and_counted(tmp_path):
-    store = make_store(tmp_path / "work", extra_rows=[{"prompt_id": 7, "prompt": "votes only", "gen_image": "",
-                                                        "ret_image": ""}])  # fmt: skip
+    store = make_store(
+        tmp_path / "work", extra_rows=[{"prompt_id": 7, "prompt": "votes only", "gen_image": "", "ret_image": ""}]
+    )
     export = ls.export_label_studio(store, tmp_path / "ls")
     assert export.n_tasks == 3 and export.items_without_images == 1 and "left out" in export.describe()
     empty = JudgingStore(tmp_path / "empty")
@@ -147,51 +161,95 @@ def test_items_without_image_paths_are_left_out_and_counted(tmp_path):
 
 
 def full_task(task_id, item_id, *annotations, **extra):
-    return {"id": task_id, "data": {"prompt": "p", "gill_item_id": item_id}, "annotations": list(annotations),
-            "predictions": [], **extra}  # fmt: skip
+    return {
+        "id": task_id,
+        "data": {"prompt": "p", "gill_item_id": item_id},
+        "annotations": list(annotations),
+        "predictions": [],
+        **extra,
+    }
 
 
 def annotation(ann_id, who, answers=None, *, cancelled=False, updated="2026-01-01T00:00:00Z", **extra):
-    return {"id": ann_id, "completed_by": who, "result": result(*answers) if answers else [],
-            "was_cancelled": cancelled, "updated_at": updated, **extra}  # fmt: skip
+    return {
+        "id": ann_id,
+        "completed_by": who,
+        "result": result(*answers) if answers else [],
+        "was_cancelled": cancelled,
+        "updated_at": updated,
+        **extra,
+    }
 
 
 def test_full_json_export_imports_with_emails_and_counts_what_it_skips(store, tmp_path):
-    path = write(tmp_path, "export.json", [
-        full_task(1, 0, annotation(1, {"id": 1, "email": "ann@lab"}, ("Left", "About the same")),
-                  annotation(2, 2, ("Right", "Left"))),  # a bare id: the email comes from task 2
-        full_task(2, 1, annotation(3, {"id": 2, "email": "bo@lab", "first_name": ""}, ("About the same", "Right")),
-                  annotation(4, {"id": 1, "email": "ann@lab"}, cancelled=True)),
-        full_task(3, 2, annotation(5, 1, None)),  # submitted without answers
-        full_task(4, 2),  # nobody annotated it
-    ])  # fmt: skip
+    path = write(
+        tmp_path,
+        "export.json",
+        [
+            full_task(
+                1,
+                0,
+                annotation(1, {"id": 1, "email": "ann@lab"}, ("Left", "About the same")),
+                annotation(2, 2, ("Right", "Left")),
+            ),  # a bare id: the email comes from task 2
+            full_task(
+                2,
+                1,
+                annotation(3, {"id": 2, "email": "bo@lab", "first_name": ""}, ("About the same", "Right")),
+                annotation(4, {"id": 1, "email": "ann@lab"}, cancelled=True),
+            ),
+            full_task(3, 2, annotation(5, 1, None)),  # submitted without answers
+            full_task(4, 2),  # nobody annotated it
+        ],
+    )
     before = store.count_votes()
     done = ls.import_label_studio(store, path)
     assert (done.format, done.votes, done.skipped, done.tasks_without_annotations) == ("JSON", 3, 2, 1)
     assert done.skipped_by_reason == {ls.SKIP_CANCELLED: 1, ls.SKIP_EMPTY: 1}
     assert done.judges == ("ann@lab", "bo@lab") and "2 annotation(s) skipped" in done.describe()
     assert store.count_votes() == before + 3
-    assert votes_of(store) == {("ann@lab", 0): ("left", "same"), ("bo@lab", 0): ("right", "left"),
-                               ("bo@lab", 1): ("same", "right")}  # fmt: skip
+    assert votes_of(store) == {
+        ("ann@lab", 0): ("left", "same"),
+        ("bo@lab", 0): ("right", "left"),
+        ("bo@lab", 1): ("same", "right"),
+    }
     assert {j.panel for j in store.judges()} == {"human"}
 
 
 def test_bare_user_ids_use_created_username_then_users_then_a_stable_fallback(store, tmp_path):
-    rows = [full_task(1, 0, annotation(1, 1, ("Left", "Left"), created_username=" ann@lab, 1"),
-                      annotation(2, 2, ("Right", "Right"))),
-            full_task(2, 1, annotation(3, 2, ("Left", "Right")))]  # fmt: skip
+    rows = [
+        full_task(
+            1,
+            0,
+            annotation(1, 1, ("Left", "Left"), created_username=" ann@lab, 1"),
+            annotation(2, 2, ("Right", "Right")),
+        ),
+        full_task(2, 1, annotation(3, 2, ("Left", "Right"))),
+    ]
     path = write(tmp_path, "ids.json", rows)
     read = ls.read_label_studio_votes(path)
-    assert read.records == (("ann@lab", 0, "left", "left"), ("label-studio-user-2", 0, "right", "right"),
-                            ("label-studio-user-2", 1, "left", "right"))  # fmt: skip
+    assert read.records == (
+        ("ann@lab", 0, "left", "left"),
+        ("label-studio-user-2", 0, "right", "right"),
+        ("label-studio-user-2", 1, "left", "right"),
+    )
     read = ls.read_label_studio_votes(path, users={2: "bo@lab"})
     assert [r[0] for r in read.records] == ["ann@lab", "bo@lab", "bo@lab"]
 
 
 def test_a_later_annotation_of_the_same_user_replaces_the_earlier(store, tmp_path):
-    path = write(tmp_path, "twice.json", [full_task(1, 0,
-        annotation(7, {"id": 1, "email": "ann@lab"}, ("Left", "Left"), updated="2026-01-02T00:00:00Z"),
-        annotation(3, {"id": 1, "email": "ann@lab"}, ("Right", "Right"), updated="2026-01-01T00:00:00Z"))])  # fmt: skip
+    path = write(
+        tmp_path,
+        "twice.json",
+        [
+            full_task(
+                1,
+                0,
+                annotation(7, {"id": 1, "email": "ann@lab"}, ("Left", "Left"), updated="2026-01-02T00:00:00Z"),
+                annotation(3, {"id": 1, "email": "ann@lab"}, ("Right", "Right"), updated="2026-01-01T00:00:00Z"),
+            )
+        ],
+    )
     done = ls.import_label_studio(store, path)
     assert done.votes == 1 and done.skipped_by_reason == {ls.SKIP_SUPERSEDED: 1}
     assert votes_of(store) == {("ann@lab", 0): ("left", "left")}
@@ -202,23 +260,39 @@ def test_records_reach_the_store_sorted_by_judge_then_item(store, tmp_path, monk
     monkeypatch.setattr(
         store, "import_named_votes", lambda records, panel, overwrite=False: seen.append((records, panel)) or 3
     )
-    path = write(tmp_path, "order.json", [
-        full_task(1, 2, annotation(1, {"id": 9, "email": "zed@lab"}, ("Left", "Left"))),
-        full_task(2, 1, annotation(2, {"id": 9, "email": "zed@lab"}, ("Right", "Left"))),
-        full_task(3, 0, annotation(3, {"id": 4, "email": "amy@lab"}, ("Left", "Right"))),
-    ])  # fmt: skip
+    path = write(
+        tmp_path,
+        "order.json",
+        [
+            full_task(1, 2, annotation(1, {"id": 9, "email": "zed@lab"}, ("Left", "Left"))),
+            full_task(2, 1, annotation(2, {"id": 9, "email": "zed@lab"}, ("Right", "Left"))),
+            full_task(3, 0, annotation(3, {"id": 4, "email": "amy@lab"}, ("Left", "Right"))),
+        ],
+    )
     assert ls.import_label_studio(store, path, panel="lab-panel").votes == 3
-    assert seen == [([("amy@lab", 0, "left", "right"), ("zed@lab", 1, "right", "left"),
-                      ("zed@lab", 2, "left", "left")], "lab-panel")]  # fmt: skip
+    assert seen == [
+        (
+            [("amy@lab", 0, "left", "right"), ("zed@lab", 1, "right", "left"), ("zed@lab", 2, "left", "left")],
+            "lab-panel",
+        )
+    ]
 
 
 # -- import: JSON_MIN export ----------------------------------------------------------------------------------------
 
 
 def min_row(task_id, item_id, annotator, alignment, realism, annotation_id):
-    row = {"prompt": "p", "image_left": "/data/local-files/?d=images/x-left.png", "gill_item_id": item_id,
-           "id": task_id, "annotator": annotator, "annotation_id": annotation_id,
-           "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z", "lead_time": None}  # fmt: skip
+    row = {
+        "prompt": "p",
+        "image_left": "/data/local-files/?d=images/x-left.png",
+        "gill_item_id": item_id,
+        "id": task_id,
+        "annotator": annotator,
+        "annotation_id": annotation_id,
+        "created_at": "2026-01-01T00:00:00Z",
+        "updated_at": "2026-01-01T00:00:00Z",
+        "lead_time": None,
+    }
     for question, answer in (("alignment", alignment), ("realism", realism)):
         if answer is not None:
             row[question] = answer
@@ -226,17 +300,24 @@ def min_row(task_id, item_id, annotator, alignment, realism, annotation_id):
 
 
 def test_json_min_export_imports(store, tmp_path):
-    path = write(tmp_path, "min.json", [
-        min_row(1, 0, "bo@lab", "Right", "Left", 2),
-        min_row(1, 0, "ann@lab", "Left", "About the same", 1),
-        min_row(2, 1, 5, {"choices": ["Right"]}, ["Left"], 3),  # an id without email; other value shapes
-        min_row(3, 2, None, None, None, None),  # an exported task without annotation
-        min_row(4, 2, "ann@lab", None, None, 4),  # an annotation without answers
-    ])  # fmt: skip
+    path = write(
+        tmp_path,
+        "min.json",
+        [
+            min_row(1, 0, "bo@lab", "Right", "Left", 2),
+            min_row(1, 0, "ann@lab", "Left", "About the same", 1),
+            min_row(2, 1, 5, {"choices": ["Right"]}, ["Left"], 3),  # an id without email; other value shapes
+            min_row(3, 2, None, None, None, None),  # an exported task without annotation
+            min_row(4, 2, "ann@lab", None, None, 4),  # an annotation without answers
+        ],
+    )
     done = ls.import_label_studio(store, path)
     assert (done.format, done.votes, done.skipped, done.tasks_without_annotations) == ("JSON_MIN", 3, 1, 1)
-    assert votes_of(store) == {("ann@lab", 0): ("left", "same"), ("bo@lab", 0): ("right", "left"),
-                               ("label-studio-user-5", 1): ("right", "left")}  # fmt: skip
+    assert votes_of(store) == {
+        ("ann@lab", 0): ("left", "same"),
+        ("bo@lab", 0): ("right", "left"),
+        ("label-studio-user-5", 1): ("right", "left"),
+    }
 
 
 # -- import: problems -----------------------------------------------------------------------------------------------
@@ -244,13 +325,17 @@ def test_json_min_export_imports(store, tmp_path):
 
 def test_every_problem_is_reported_at_once_and_nothing_is_written(store, tmp_path):
     ann = {"id": 1, "email": "ann@lab"}
-    path = write(tmp_path, "bad.json", [
-        full_task(1, 0, annotation(1, ann, ("Left", "Left"))),  # fine, but not written either
-        full_task(2, 99, annotation(2, ann, ("Left", "Left"))),  # unknown item
-        full_task(3, 1, annotation(3, ann, ("Maybe", "Left"))),  # not an answer
-        full_task(4, 2, {"id": 4, "completed_by": ann, "result": result("Left", "Left")[:1]}),  # realism missing
-        {"id": 5, "data": {"prompt": "not from gill"}, "annotations": []},  # no gill_item_id
-    ])  # fmt: skip
+    path = write(
+        tmp_path,
+        "bad.json",
+        [
+            full_task(1, 0, annotation(1, ann, ("Left", "Left"))),  # fine, but not written either
+            full_task(2, 99, annotation(2, ann, ("Left", "Left"))),  # unknown item
+            full_task(3, 1, annotation(3, ann, ("Maybe", "Left"))),  # not an answer
+            full_task(4, 2, {"id": 4, "completed_by": ann, "result": result("Left", "Left")[:1]}),  # realism missing
+            {"id": 5, "data": {"prompt": "not from gill"}, "annotations": []},  # no gill_item_id
+        ],
+    )
     before = (store.count_votes(), len(store.judges()))
     with pytest.raises(InputError) as err:
         ls.import_label_studio(store, path)
@@ -262,11 +347,14 @@ def test_every_problem_is_reported_at_once_and_nothing_is_written(store, tmp_pat
     assert (store.count_votes(), len(store.judges())) == before
 
 
-@pytest.mark.parametrize(("content", "match"), [
-    ('{"tasks": []}', "not a list"),
-    ("not json", "cannot read"),
-    ('[{"foo": 1}]', "neither a task"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ('{"tasks": []}', "not a list"),
+        ("not json", "cannot read"),
+        ('[{"foo": 1}]', "neither a task"),
+    ],
+)
 def test_files_that_are_no_label_studio_export_are_refused(store, tmp_path, content, match):
     path = tmp_path / "x.json"
     path.write_text(content)
@@ -286,17 +374,26 @@ def test_votes_exported_as_predictions_come_back_through_annotations_with_the_sa
     store.submit_vote(ann, 0, "left", "same")
     store.submit_vote(ann, 2, "right", "right")
     tasks = json.loads(ls.export_label_studio(store, tmp_path / "ls", votes="predictions").tasks.read_text())
-    exported = [full_task(i + 1, t["data"]["gill_item_id"],
-                          *[annotation(i + 1, {"id": 3, "email": "cy@lab"}, None, result=p["result"])
-                            for p in t.get("predictions", [])]) for i, t in enumerate(tasks)]  # fmt: skip
+    exported = [
+        full_task(
+            i + 1,
+            t["data"]["gill_item_id"],
+            *[
+                annotation(i + 1, {"id": 3, "email": "cy@lab"}, None, result=p["result"])
+                for p in t.get("predictions", [])
+            ],
+        )
+        for i, t in enumerate(tasks)
+    ]
     fresh = make_store(tmp_path / "fresh", images=False)
     done = ls.import_label_studio(fresh, write(tmp_path, "accepted.json", exported))
     assert done.votes == 2 and votes_of(fresh) == {("cy@lab", 0): ("left", "same"), ("cy@lab", 2): ("right", "right")}
 
 
 def test_server_environment_and_venv_location():
-    env = ls.server_environment("/srv/gill-export", data_dir="/srv/ls-data", username="me@lab", password="pw",
-                                token="tok123456")  # fmt: skip
+    env = ls.server_environment(
+        "/srv/gill-export", data_dir="/srv/ls-data", username="me@lab", password="pw", token="tok123456"
+    )
     assert env["LOCAL_FILES_SERVING_ENABLED"] == "true" and env["LOCAL_FILES_DOCUMENT_ROOT"] == "/srv/gill-export"
     assert env["LABEL_STUDIO_USERNAME"] == "me@lab" and env["LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN"] == "true"
     assert env["LABEL_STUDIO_LATEST_VERSION_CHECK"] == "false"

@@ -81,8 +81,14 @@ class Server:
 
     def cli(self, *args: str) -> str:
         """Run ``label-studio <args>`` against this server's data dir."""
-        proc = subprocess.run([str(self.venv / "bin" / "label-studio"), *args], env=self.env, capture_output=True,
-                              text=True, timeout=180, cwd=self.log.parent)  # fmt: skip
+        proc = subprocess.run(
+            [str(self.venv / "bin" / "label-studio"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd=self.log.parent,
+        )
         assert proc.returncode == 0, f"label-studio {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
         return proc.stdout
 
@@ -92,8 +98,11 @@ def label_studio(tmp_path_factory):
     venv = _venv()
     exe = venv / "bin" / "label-studio"
     if not exe.is_file():
-        pytest.fail(f"Label Studio {ls.LABEL_STUDIO_VERSION} is not installed in {venv}: run `make label-studio` "
-                    f"(`make test` runs it first; set {ls.VENV_ENV} to use another folder)", pytrace=False)  # fmt: skip
+        pytest.fail(
+            f"Label Studio {ls.LABEL_STUDIO_VERSION} is not installed in {venv}: run `make label-studio` "
+            f"(`make test` runs it first; set {ls.VENV_ENV} to use another folder)",
+            pytrace=False,
+        )
     base = tmp_path_factory.mktemp("label-studio")
     data, export_root, log_path = base / "data", base / "export", base / "server.log"
     export_root.mkdir()
@@ -104,31 +113,47 @@ def label_studio(tmp_path_factory):
     else:
         data.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "LOCAL_FILES_"))}
-    env.update(ls.server_environment(export_root, data_dir=data, username=ADMIN, password=PASSWORD,
-                                     token=ADMIN_TOKEN))  # fmt: skip
+    env.update(ls.server_environment(export_root, data_dir=data, username=ADMIN, password=PASSWORD, token=ADMIN_TOKEN))
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     start = time.monotonic()
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port",
-                                 str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=base,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [str(exe), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=base,
+            start_new_session=True,
+        )
     try:
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"Label Studio exited with {proc.returncode} before answering; its log:\n"
-                            f"{_tail(log_path)}", pytrace=False)  # fmt: skip
+                pytest.fail(
+                    f"Label Studio exited with {proc.returncode} before answering; its log:\n{_tail(log_path)}",
+                    pytrace=False,
+                )
             try:
                 if requests.get(f"{url}/health", timeout=2).status_code == 200:
                     break
             except requests.RequestException:
                 pass
             if time.monotonic() - start > STARTUP_TIMEOUT_S:
-                pytest.fail(f"Label Studio did not answer {url}/health within {STARTUP_TIMEOUT_S} s; its log:\n"
-                            f"{_tail(log_path)}", pytrace=False)  # fmt: skip
+                pytest.fail(
+                    f"Label Studio did not answer {url}/health within {STARTUP_TIMEOUT_S} s; its log:\n"
+                    f"{_tail(log_path)}",
+                    pytrace=False,
+                )
             time.sleep(0.25)
-        yield Server(url=url, venv=venv, env=env, export_root=export_root, log=log_path,
-                     startup_s=time.monotonic() - start, used_template=used_template)  # fmt: skip
+        yield Server(
+            url=url,
+            venv=venv,
+            env=env,
+            export_root=export_root,
+            log=log_path,
+            startup_s=time.monotonic() - start,
+            used_template=used_template,
+        )
     finally:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -149,15 +174,23 @@ def build_store(workdir: Path, *, images: bool = True) -> JudgingStore:
         for k, kind in enumerate(("gen", "ret")):
             if images:
                 Image.new("RGB", (16, 12), (40 * i, 200 * k, 90)).save(workdir / "img" / f"{i}-{kind}.png")
-        rows.append({"prompt_id": i, "prompt": f"prompt number {i}", "gen_image": f"img/{i}-gen.png",
-                     "ret_image": f"img/{i}-ret.png"})  # fmt: skip
+        rows.append(
+            {
+                "prompt_id": i,
+                "prompt": f"prompt number {i}",
+                "gen_image": f"img/{i}-gen.png",
+                "ret_image": f"img/{i}-ret.png",
+            }
+        )
     store.upsert_items(rows)
     return store
 
 
 def result(alignment: str, realism: str) -> list[dict]:
-    return [{"from_name": q, "to_name": "left", "type": "choices", "value": {"choices": [answer]}}
-            for q, answer in (("alignment", alignment), ("realism", realism))]  # fmt: skip
+    return [
+        {"from_name": q, "to_name": "left", "type": "choices", "value": {"choices": [answer]}}
+        for q, answer in (("alignment", alignment), ("realism", realism))
+    ]
 
 
 def votes_of(store: JudgingStore) -> dict[tuple[str, int], tuple[str, str]]:
@@ -188,7 +221,9 @@ def test_round_trip_through_a_real_label_studio(label_studio, tmp_path):
     project = admin.request("GET", f"/api/projects/{setup.project_id}").json()
     parsed = project["parsed_label_config"]
     assert {name: parsed[name]["labels"] for name in ("alignment", "realism")} == {
-        "alignment": ["Left", "Right", "About the same"], "realism": ["Left", "Right", "About the same"]}  # fmt: skip
+        "alignment": ["Left", "Right", "About the same"],
+        "realism": ["Left", "Right", "About the same"],
+    }
 
     tasks = {t["data"]["gill_item_id"]: t for t in admin.tasks(setup.project_id)}
     assert sorted(tasks) == list(range(N_ITEMS))
@@ -221,8 +256,9 @@ def test_round_trip_through_a_real_label_studio(label_studio, tmp_path):
             assert done.skipped_by_reason == {ls.SKIP_CANCELLED: 1}
         assert votes_of(fresh) == expected, fmt
         by_cli = build_store(tmp_path / f"cli-{fmt}", images=False)  # and as a user does it: gill annotate import
-        assert main(["annotate", "import", "--workdir", str(by_cli.workdir), "--format", "label-studio",
-                     str(path)]) == 0  # fmt: skip
+        assert (
+            main(["annotate", "import", "--workdir", str(by_cli.workdir), "--format", "label-studio", str(path)]) == 0
+        )
         assert votes_of(by_cli) == expected, fmt
         assert [j.name for j in by_cli.judges()] == [ADMIN, SECOND]  # emails, in name order
 
@@ -231,13 +267,17 @@ def test_round_trip_through_a_real_label_studio(label_studio, tmp_path):
     quick.write_text(json.dumps(admin.export(setup.project_id, "JSON", with_emails=False)))
     ids = {email: uid for uid, email in admin.user_emails().items()}
     assert {r[0] for r in ls.read_label_studio_votes(quick).records} == {
-        f"label-studio-user-{ids[ADMIN]}", f"label-studio-user-{ids[SECOND]}"}  # fmt: skip
+        f"label-studio-user-{ids[ADMIN]}",
+        f"label-studio-user-{ids[SECOND]}",
+    }
     with_users = ls.read_label_studio_votes(quick, users=admin.user_emails())
     assert {(n, i): (a, r) for n, i, a, r in with_users.records} == expected
     assert with_users.tasks_without_annotations == 1 and with_users.skipped == {ls.SKIP_CANCELLED: 1}
-    print(f"\nLabel Studio {ls.LABEL_STUDIO_VERSION}: up in {server.startup_s:.1f} s "
-          f"({'template database' if server.used_template else 'fresh migrations'}); "
-          f"round trip {time.monotonic() - t0:.1f} s")  # fmt: skip
+    print(
+        f"\nLabel Studio {ls.LABEL_STUDIO_VERSION}: up in {server.startup_s:.1f} s "
+        f"({'template database' if server.used_template else 'fresh migrations'}); "
+        f"round trip {time.monotonic() - t0:.1f} s"
+    )
 
 
 def test_a_storage_outside_the_document_root_is_refused_with_label_studios_reason(label_studio, tmp_path):
@@ -254,8 +294,22 @@ def test_the_setup_and_pull_commands(label_studio, tmp_path, capsys):
     store = build_store(tmp_path / "work")
     common = {"workdir": str(tmp_path / "work"), "url": label_studio.url, "token": ADMIN_TOKEN}
     connection = ["--workdir", common["workdir"], "--url", common["url"], "--token", common["token"]]
-    assert main(["annotate", "label-studio-setup", *connection, "--out", str(label_studio.export_root / "by-command"),
-                 "--title", "gill command", "--document-root", str(label_studio.export_root)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "annotate",
+                "label-studio-setup",
+                *connection,
+                "--out",
+                str(label_studio.export_root / "by-command"),
+                "--title",
+                "gill command",
+                "--document-root",
+                str(label_studio.export_root),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert f"{N_ITEMS} task(s)" in printed and "Label Studio project" in printed
     project_id = int(printed.split("Label Studio project ", 1)[1].split(":", 1)[0])

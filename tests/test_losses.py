@@ -291,8 +291,13 @@ def _loss_and_grads(text, image, scale):
     text, image, scale = (x.clone().requires_grad_(True) for x in (text, image, scale))
     out = contrastive_loss(text, image, scale)
     out.loss.backward()
-    return {"loss": out.loss.detach(), "text": text.grad, "image": image.grad, "scale": scale.grad,
-            "logits": out.logits_per_image.detach()}  # fmt: skip
+    return {
+        "loss": out.loss.detach(),
+        "text": text.grad,
+        "image": image.grad,
+        "scale": scale.grad,
+        "logits": out.logits_per_image.detach(),
+    }
 
 
 def _distributed_worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
@@ -379,8 +384,14 @@ def test_combine_weights_lp_by_the_mean_of_ret_and_gen_scales() -> None:
     scales = LossScales(cap_loss_scale=2.0, ret_loss_scale=1.0, gen_loss_scale=0.0)
     losses = combine(cap, lp, ret, gen, scales, metrics={"acc": torch.tensor(0.5)})
     assert losses.total.item() == 2 * 1 + 0.5 * 2 + 3
-    assert losses.scalars() == {"loss/cap": 1.0, "loss/lp": 2.0, "loss/ret": 3.0, "loss/gen": 4.0,
-                                "loss/total": 6.0, "acc": 0.5}  # fmt: skip
+    assert losses.scalars() == {
+        "loss/cap": 1.0,
+        "loss/lp": 2.0,
+        "loss/ret": 3.0,
+        "loss/gen": 4.0,
+        "loss/total": 6.0,
+        "acc": 0.5,
+    }
     assert combine(None, lp, None, None).total.item() == 2.0
     with pytest.raises(ValueError, match="every loss is None"):
         combine(None, None, None, None)

@@ -156,8 +156,11 @@ def test_other_text_emb_layers_return_those_lm_hidden_states(parts):
     model = GILLModel(config, dims, lm, tokens.ids)
     batch = caption_ids(parts)
     out = model.forward_lm(model.embed_tokens(batch.input_ids), batch.attention_mask)
-    ref = lm.base_model(inputs_embeds=model.embed_tokens(batch.input_ids), attention_mask=batch.attention_mask,
-                        output_hidden_states=True)  # fmt: skip
+    ref = lm.base_model(
+        inputs_embeds=model.embed_tokens(batch.input_ids),
+        attention_mask=batch.attention_mask,
+        output_hidden_states=True,
+    )
     torch.testing.assert_close(out.hidden_states[0], ref.hidden_states[1])
     torch.testing.assert_close(out.hidden_states[1], ref.last_hidden_state)
 
@@ -185,8 +188,16 @@ def test_model_summary_command_prints_the_paper_table(capsys):
     assert main(["model", "summary", "--preset", "paper"]) == 0
     out = capsys.readouterr().out
     assert "50,096,385" in out and "matches the released GILL" in out
-    for name in ("input_proj", "img_embeddings", "retrieval.text_proj", "retrieval.image_proj",
-                 "retrieval.logit_scale", "mapper", "frozen lm", "frozen vision"):  # fmt: skip
+    for name in (
+        "input_proj",
+        "img_embeddings",
+        "retrieval.text_proj",
+        "retrieval.image_proj",
+        "retrieval.logit_scale",
+        "mapper",
+        "frozen lm",
+        "frozen vision",
+    ):
         assert name in out
 
 

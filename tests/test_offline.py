@@ -57,8 +57,13 @@ def test_paper_demo_fails_before_doing_any_work(tmp_path, capsys):
 def test_the_console_command_fails_fast_in_a_fresh_process(tmp_path):
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf")}
     env.pop("HF_HUB_OFFLINE")  # gill must switch offline mode on by itself
-    proc = subprocess.run([sys.executable, "-m", "gill.cli", "models", "check", "--preset", "paper"],
-                          capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "gill.cli", "models", "check", "--preset", "paper"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 3
     assert "Downloads are off (HF_HUB_OFFLINE=1)" in proc.stderr and PAPER_SD in proc.stderr
 

@@ -60,8 +60,9 @@ def test_forced_img_gives_text_and_a_generated_image(pipe):
 
 
 def test_img_states_exist_when_img0_is_the_last_token_allowed(pipe):
-    decoded = pipe.generate_text(pipe.encode_prompt(["a blue circle"]), dataclasses.replace(
-        FAST, max_new_tokens=1, force_image=True))  # fmt: skip
+    decoded = pipe.generate_text(
+        pipe.encode_prompt(["a blue circle"]), dataclasses.replace(FAST, max_new_tokens=1, force_image=True)
+    )
     assert decoded.blocks == [0] and decoded.token_ids == pipe.img_ids
     (states,) = decoded.img_states
     assert states.shape == (8, pipe.model.dims.lm_hidden) and torch.isfinite(states).all()
@@ -177,8 +178,9 @@ def test_auto_follows_the_decision_classifier(banked):
 
 
 def test_two_image_blocks_never_return_the_same_bank_image(banked):
-    settings = dataclasses.replace(FAST, force_image=True, mode="ret", max_images=2, image_frequency=1e6,
-                                   max_new_tokens=8)  # fmt: skip
+    settings = dataclasses.replace(
+        FAST, force_image=True, mode="ret", max_images=2, image_frequency=1e6, max_new_tokens=8
+    )
     keys = [image.key for image in banked(["shapes"], settings).images]
     assert len(keys) == 2 and len(set(keys)) == 2
 
@@ -207,8 +209,21 @@ def test_gill_generate_prints_the_reply_and_writes_images_with_sidecars(banked, 
     from gill.cli import main
 
     out = tmp_path / "gen"
-    argv = ["generate", "--workdir", str(workdir), "a red star", "--force-image", "--mode", "ret", "--out", str(out),
-            "--max-new-tokens", "4", "--seed", "3"]  # fmt: skip
+    argv = [
+        "generate",
+        "--workdir",
+        str(workdir),
+        "a red star",
+        "--force-image",
+        "--mode",
+        "ret",
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "4",
+        "--seed",
+        "3",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     (sidecar,) = out.glob("*.json")

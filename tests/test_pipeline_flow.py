@@ -48,8 +48,11 @@ def test_pipeline_resumes_after_a_crash_and_reruns_only_what_a_change_touches(pr
     resumed = gill_pipeline(params, return_state=True)
     assert resumed.is_completed()
     states = _task_states(resumed.state_details.flow_run_id)
-    before = [n for n in states if n.split()[0] in ("synthetic", "download", "precompute", "train", "retrieval",
-                                                    "judging", "votes", "fit")]  # fmt: skip
+    before = [
+        n
+        for n in states
+        if n.split()[0] in ("synthetic", "download", "precompute", "train", "retrieval", "judging", "votes", "fit")
+    ]
     assert before and all(states[n] == "Cached" for n in before), states
     assert states["benchmark vist"] == "Cached"
     assert states["benchmark visdial"] == "Completed" and states["benchmark cc3m-fid"] == "Completed"
@@ -80,15 +83,17 @@ def test_pipeline_resumes_after_a_crash_and_reruns_only_what_a_change_touches(pr
     assert set(settings.setting) == {"1round", "5rounds", "10rounds"}
 
     # the mapper ablation trains a linear-mapper checkpoint like the main one and fills claims c1 and c3
-    ablated = gill_pipeline(params.model_copy(update={"visdial_rounds": [1, 5, 10], "ablation_mappers": ["linear"]}),
-                            return_state=True)  # fmt: skip
+    ablated = gill_pipeline(
+        params.model_copy(update={"visdial_rounds": [1, 5, 10], "ablation_mappers": ["linear"]}), return_state=True
+    )
     assert ablated.is_completed()
     assert (params.workdir / "runs" / "pipeline-linear" / "final" / "adapters.safetensors").is_file()
     assert resolve_checkpoint(params.workdir).parent.name == "pipeline"  # the newer ablation run is not the default
     table = query(database, "SELECT mapper, cc3m_fid, vist_clip_sim FROM table_mapper_ablation")
     assert {"gill_mapper", "linear"} <= set(table.mapper) and table.vist_clip_sim.notna().all()
-    claims = query(database, "SELECT claim_id, holds, ours_b FROM claims WHERE claim_id IN ('c1', 'c3') AND "
-                   "holds != 'not run'")  # fmt: skip
+    claims = query(
+        database, "SELECT claim_id, holds, ours_b FROM claims WHERE claim_id IN ('c1', 'c3') AND holds != 'not run'"
+    )
     assert set(claims.claim_id) == {"c1", "c3"} and claims.ours_b.notna().all()
     assert "Claims of the paper" in ablated.result()["report"]
 
@@ -100,8 +105,9 @@ def test_per_shard_precompute_tasks_run_on_a_local_dask_cluster(prefect_server, 
     from flows.params import PipelineParams
     from gill.data.precompute import feature_dir
 
-    runner = DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": False,
-                                            "dashboard_address": None})  # fmt: skip
+    runner = DaskTaskRunner(
+        cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": False, "dashboard_address": None}
+    )
     params = PipelineParams(workdir=tmp_path / "w", stages=["download", "precompute"], **SMALL_PIPELINE)
     out = gill_pipeline.with_options(task_runner=runner)(params)
     assert out["stages"]["precompute train"] == {"shards": 2, "samples": 32}

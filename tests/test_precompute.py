@@ -226,8 +226,9 @@ def test_a_truncated_or_edited_feature_shard_is_recomputed_not_taken_as_up_to_da
     again = precompute_split("train", workdir, tiny_config, PrecomputeOptions(batch_size=4), progress=False)
     assert [r.skipped for r in again] == [True, False, False]
     assert {key: (folder / key[0] / key[1]).read_bytes() for key in intact} == intact
-    assert all(not output_problems(folder / r.shard, read_feature_manifest(folder / r.shard), checksums=True)
-               for r in again)  # fmt: skip
+    assert all(
+        not output_problems(folder / r.shard, read_feature_manifest(folder / r.shard), checksums=True) for r in again
+    )
 
 
 def test_a_changed_byte_that_kept_size_and_mtime_is_found_by_a_full_check(precomputed, tmp_path):
@@ -254,8 +255,9 @@ precompute_split("train", Path(sys.argv[1]), get_preset("tiny"), PrecomputeOptio
 """
 
 
-def test_the_temporary_folder_of_a_killed_run_is_removed_by_the_next_and_nothing_else(precomputed, tiny_config,
-                                                                                       tmp_path):  # fmt: skip
+def test_the_temporary_folder_of_a_killed_run_is_removed_by_the_next_and_nothing_else(
+    precomputed, tiny_config, tmp_path
+):
     import fcntl
 
     workdir = copy_workdir(precomputed, tmp_path)
@@ -278,7 +280,9 @@ def test_the_temporary_folder_of_a_killed_run_is_removed_by_the_next_and_nothing
         assert not leftover.exists() and in_use.is_dir()
         assert all(p.is_dir() for p in others) and (folder / ".00002.abcdefgh.tmp").is_file()
         assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == {
-            **before, Path(".00002.abcdefgh.tmp"): b"a file, not a folder of ours"}  # fmt: skip
+            **before,
+            Path(".00002.abcdefgh.tmp"): b"a file, not a folder of ours",
+        }
     finally:
         os.close(lock)
 

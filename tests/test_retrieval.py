@@ -212,7 +212,7 @@ def test_an_approximate_bank_agrees_with_exact_search(workdir_copy):
     assert all(h.row != 1 for hits in approx for h in hits)
     np.testing.assert_allclose(
         [h.score for hits in approx for h in hits], [h.score for hits in exact for h in hits], rtol=1e-5, atol=1e-6
-    )  # fmt: skip  (faiss and numpy sum in different orders)
+    )  # faiss and numpy sum in different orders
 
 
 def test_approximate_search_on_an_exact_bank_and_bad_queries_are_refused(bank):

@@ -50,8 +50,11 @@ def science(tmp_path_factory, tiny_config):
 
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("science")
-    world = synthesize_world(root / "world", SynthConfig(seed=7, n_train=N_TRAIN, n_val=N_VAL, n_stories=N_STORIES,
-                                                         n_dialogs=2), progress=False)  # fmt: skip
+    world = synthesize_world(
+        root / "world",
+        SynthConfig(seed=7, n_train=N_TRAIN, n_val=N_VAL, n_stories=N_STORIES, n_dialogs=2),
+        progress=False,
+    )
     write_image_shard(image_split_dir("train", root) / "00000.tar", world_samples(world, N_TRAIN))
     write_image_shard(image_split_dir("val", root) / "00000.tar", world_samples(world, N_VAL, split="val"))
     for split in ("train", "val"):
@@ -67,8 +70,11 @@ def science(tmp_path_factory, tiny_config):
 def _cc3m(root: Path, checkpoint: Path, metric: str) -> float:
     options = BenchOptions(systems=("gill-gen",), **OPTIONS)
     summary = run_cc3m_fid(root, checkpoint=checkpoint, options=options)
-    rows = query(db_path(root), "SELECT mean FROM results WHERE run_id = ? AND benchmark = 'cc3m-fid' AND "
-                 "system = 'gill-gen' AND metric = ?", [summary.run_id, metric])  # fmt: skip
+    rows = query(
+        db_path(root),
+        "SELECT mean FROM results WHERE run_id = ? AND benchmark = 'cc3m-fid' AND system = 'gill-gen' AND metric = ?",
+        [summary.run_id, metric],
+    )
     return float(rows["mean"].iloc[0])
 
 
@@ -83,10 +89,19 @@ def test_trained_gill_gets_caption_colours_right_far_above_an_untrained_mapper(s
 def test_gill_at_five_captions_is_at_least_as_good_as_at_one_on_stories_that_refer_back(science):
     root, world, checkpoints = science
     options = BenchOptions(systems=("gill-gen",), **OPTIONS)
-    summaries = run_vist(root, world.vist_sis_json, world.vist_images_dir, settings=("1cap", "5cap"),
-                         checkpoint=checkpoints["gill_mapper"], options=options)  # fmt: skip
-    scores = query(db_path(root), "SELECT setting, mean FROM results WHERE run_id = ? AND benchmark = 'vist' AND "
-                   "metric = 'scene_score'", [summaries[0].run_id]).set_index("setting")["mean"]  # fmt: skip
+    summaries = run_vist(
+        root,
+        world.vist_sis_json,
+        world.vist_images_dir,
+        settings=("1cap", "5cap"),
+        checkpoint=checkpoints["gill_mapper"],
+        options=options,
+    )
+    scores = query(
+        db_path(root),
+        "SELECT setting, mean FROM results WHERE run_id = ? AND benchmark = 'vist' AND metric = 'scene_score'",
+        [summaries[0].run_id],
+    ).set_index("setting")["mean"]
     assert scores["5cap"] >= scores["1cap"]
 
 

@@ -52,8 +52,13 @@ def test_zoo_holds_the_paper_backbone_classes(tiny_config):
     assert type(models.clip_metric).__name__ == "CLIPModel"
     assert type(models.sd).__name__ == "StableDiffusionPipeline"
     names = {k: type(v).__name__ for k, v in models.sd.components.items() if v is not None}
-    assert names == {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL", "text_encoder": "CLIPTextModel",
-                     "tokenizer": "CLIPTokenizer", "scheduler": "DPMSolverMultistepScheduler"}  # fmt: skip
+    assert names == {
+        "unet": "UNet2DConditionModel",
+        "vae": "AutoencoderKL",
+        "text_encoder": "CLIPTextModel",
+        "tokenizer": "CLIPTokenizer",
+        "scheduler": "DPMSolverMultistepScheduler",
+    }
     assert models.sd.unet.dtype == torch.float32 and models.sd.vae.dtype == torch.float32  # fp16 on disk
     assert not models.lm.training and not models.vision.training
 
@@ -70,8 +75,9 @@ def test_reloaded_models_run_a_forward_pass(tiny_config, small_world):
     image = Image.open(next(small_world.cc3m_images_dir.rglob("*.jpg"))).convert("RGB")
     pixels = models.image_processor(images=image, return_tensors="pt").pixel_values
     assert models.vision(pixel_values=pixels).pooler_output.shape == (1, models.vision.config.hidden_size)
-    gen = models.sd("a small red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
-                    output_type="pt").images  # fmt: skip
+    gen = models.sd(
+        "a small red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt"
+    ).images
     assert gen.shape == (1, 3, 64, 64) and 0.0 <= float(gen.min()) and float(gen.max()) <= 1.0
 
 

@@ -46,8 +46,11 @@ def learning_workdir(tiny_config, tmp_path_factory) -> Path:
     from gill.synth import SynthConfig, synthesize_world
 
     root = tmp_path_factory.mktemp("learn-work")
-    world = synthesize_world(root / "world", SynthConfig(seed=11, n_train=192, n_val=48, n_stories=1, n_dialogs=1,
-                                                         image_size=32), progress=False)  # fmt: skip
+    world = synthesize_world(
+        root / "world",
+        SynthConfig(seed=11, n_train=192, n_val=48, n_stories=1, n_dialogs=1, image_size=32),
+        progress=False,
+    )
     for split in ("train", "val"):
         samples = world_samples(world, 64, split)
         for shard in range(0, len(samples), 64):
@@ -58,8 +61,9 @@ def learning_workdir(tiny_config, tmp_path_factory) -> Path:
 
 def test_training_lowers_every_loss_and_lifts_validation_recall_far_above_chance(learning_workdir):
     steps = 240
-    config = tiny_train_config(steps=steps, batch_size=16, warmup_steps=20, decay_every=160, val_every=steps,
-                               ckpt_every=steps)  # fmt: skip
+    config = tiny_train_config(
+        steps=steps, batch_size=16, warmup_steps=20, decay_every=160, val_every=steps, ckpt_every=steps
+    )
     result = setup_training(config, learning_workdir, run_id="learn").train()
 
     def mean(name, rows):
@@ -179,8 +183,19 @@ def test_gill_train_under_torchrun_matches_a_single_process_run(workdir, tmp_pat
     args = ["train", "--workdir", str(workdir), "--steps", "5", "--batch-size", "8"]
     assert main([*args, "--run-id", "one-process"]) == 0
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "gill.cli", *args, "--run-id", "torchrun"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "gill.cli",
+        *args,
+        "--run-id",
+        "torchrun",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("run torchrun: 5 steps") == 1  # rank 0 reports, once
@@ -227,8 +242,9 @@ def test_the_paper_exact_objective_gives_the_second_segment_no_lp_and_averages_t
 def test_the_official_two_process_weighting_halves_the_adapters_contrastive_gradient_only(workdir):
     grads = {}
     for world in (1, 2):
-        trainer = setup_training(tiny_train_config(steps=1, contrastive_official_world=world), workdir,
-                                 run_id=f"weight{world}")  # fmt: skip
+        trainer = setup_training(
+            tiny_train_config(steps=1, contrastive_official_world=world), workdir, run_id=f"weight{world}"
+        )
         trainer.accumulate_gradients(next(trainer._optimizer_steps(trainer.cfg.batch_size)))
         grads[world] = {n: p.grad.clone() for n, p in trainer.model.adapters.named_parameters() if p.grad is not None}
     for name in ("retrieval.text_proj.weight", "retrieval.image_proj.weight"):  # only the contrastive loss reaches them
@@ -265,8 +281,9 @@ def test_two_processes_give_every_parameter_the_single_process_gradient_logit_sc
 def test_validation_reports_bleu_of_greedy_captions_and_the_clamp_is_a_training_option(learning_workdir):
     import math
 
-    trainer = setup_training(tiny_train_config(steps=1, logit_scale_max=math.log(20.0)), learning_workdir,
-                             run_id="bleu")  # fmt: skip
+    trainer = setup_training(
+        tiny_train_config(steps=1, logit_scale_max=math.log(20.0)), learning_workdir, run_id="bleu"
+    )
     values = trainer.validate()
     assert all(0.0 <= values[f"val_bleu{n}"] <= 1.0 for n in (1, 2, 3, 4))
     assert values["val_bleu1"] >= values["val_bleu4"]

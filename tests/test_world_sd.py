@@ -105,16 +105,29 @@ def test_the_build_is_deterministic_and_loads_like_real_sd(tmp_path):
 
     from gill.zoo.tiny import build_world_sd
 
-    tiny = WorldSDConfig(vae_steps=2, vae_batch=4, text_pretrain_steps=2, text_pretrain_batch=8, pool_size=16,
-                         unet_steps=2, unet_batch=4, unet_warmup=1, log_every=1)  # fmt: skip
+    tiny = WorldSDConfig(
+        vae_steps=2,
+        vae_batch=4,
+        text_pretrain_steps=2,
+        text_pretrain_batch=8,
+        pool_size=16,
+        unet_steps=2,
+        unet_batch=4,
+        unet_warmup=1,
+        log_every=1,
+    )
     first, _ = build_world_sd(seed=3, config=tiny, out=tmp_path / "a", progress=lambda line: None)
     second, _ = build_world_sd(seed=3, config=tiny, out=tmp_path / "b", progress=lambda line: None)
     assert sha256_tree(first) == sha256_tree(second)
     assert verify_world_sd(folder=first, manifest=tmp_path / "a" / "world_sd.json") == []
     pipe = StableDiffusionPipeline.from_pretrained(first)
     pipe.set_progress_bar_config(disable=True)
-    image = pipe("a small red circle in the center of a white background", num_inference_steps=2,
-                 output_type="pt", generator=torch.Generator().manual_seed(0)).images  # fmt: skip
+    image = pipe(
+        "a small red circle in the center of a white background",
+        num_inference_steps=2,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(0),
+    ).images
     assert image.shape == (1, 3, 64, 64)
 
 

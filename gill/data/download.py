@@ -581,10 +581,14 @@ def download_split(
     repeats = duplicate_url_rows(frame)
     if repeats:
         rows = ", ".join(str(row) for row in repeats[:10]) + (" ..." if len(repeats) > 10 else "")
-        action = ("dropping them" if options.drop_duplicate_urls
-                  else "each is fetched again; --drop-duplicate-urls keeps only the first")  # fmt: skip
-        logger.warning("cc3m %s: %d row(s) of %s repeat an earlier url (data rows %s): %s", split, len(repeats),
-                       urls, rows, action)  # fmt: skip
+        action = (
+            "dropping them"
+            if options.drop_duplicate_urls
+            else "each is fetched again; --drop-duplicate-urls keeps only the first"
+        )
+        logger.warning(
+            "cc3m %s: %d row(s) of %s repeat an earlier url (data rows %s): %s", split, len(repeats), urls, rows, action
+        )
         if options.drop_duplicate_urls:
             frame = frame.drop_duplicates("url", keep="first").reset_index(drop=True)
     out = split_dir(workdir, split)

@@ -625,8 +625,10 @@ def output_problems(folder: Path, manifest: dict[str, Any], *, checksums: bool |
             problems[name] = f"{name} is missing ({path})"
             continue
         if stat.st_size != record.get("size"):
-            problems[name] = (f"{name} is {stat.st_size} bytes, {MANIFEST_FILE} records {record.get('size')} "
-                              f"(truncated or damaged: {path})")  # fmt: skip
+            problems[name] = (
+                f"{name} is {stat.st_size} bytes, {MANIFEST_FILE} records {record.get('size')} "
+                f"(truncated or damaged: {path})"
+            )
         elif (checksums or (checksums is None and stat.st_mtime_ns != record.get("mtime_ns"))) and (
             sha256_file(path) != record.get("sha256")
         ):
@@ -680,8 +682,9 @@ def precompute_shard(
         manifest["files"] = file_records(tmp)
         atomic_write_json(tmp / MANIFEST_FILE, manifest)
     result = ShardResult.from_manifest(manifest, skipped=False)
-    logger.info("precomputed %s/%s: %d rows in %.2f s (%.1f samples/s)", split, shard, len(keys), duration,
-                result.samples_per_s)  # fmt: skip
+    logger.info(
+        "precomputed %s/%s: %d rows in %.2f s (%.1f samples/s)", split, shard, len(keys), duration, result.samples_per_s
+    )
     return result
 
 
@@ -739,6 +742,13 @@ def precompute_split(
         for shard_tar in shards:
             results.append(precompute_shard(shard_tar, split, workdir, encoders, options, on_batch=bar.update))
     wall, done = time.perf_counter() - start, sum(r.count for r in results if not r.skipped)
-    logger.info("precomputed split %s: %d shards (%d skipped), %d new rows in %.1f s (%.1f samples/s)", split,
-                len(results), sum(r.skipped for r in results), done, wall, done / wall if wall else 0.0)  # fmt: skip
+    logger.info(
+        "precomputed split %s: %d shards (%d skipped), %d new rows in %.1f s (%.1f samples/s)",
+        split,
+        len(results),
+        sum(r.skipped for r in results),
+        done,
+        wall,
+        done / wall if wall else 0.0,
+    )
     return results

@@ -171,9 +171,12 @@ def changed_scene(scene: Scene, rng: random.Random) -> Scene:
     if attribute == "background":
         return replace(scene, background=rng.choice([b for b in BACKGROUNDS if b != scene.background]))
     shape = scene.shapes[0]
-    choices = {"position": [p for p in POSITIONS if all(s.position != p for s in scene.shapes)],
-               "color": list(COLORS), "kind": [k for k in SHAPE_KINDS if all(s.kind != k for s in scene.shapes)],
-               "size": list(SIZES)}[attribute]  # fmt: skip
+    choices = {
+        "position": [p for p in POSITIONS if all(s.position != p for s in scene.shapes)],
+        "color": list(COLORS),
+        "kind": [k for k in SHAPE_KINDS if all(s.kind != k for s in scene.shapes)],
+        "size": list(SIZES),
+    }[attribute]
     value = rng.choice([v for v in choices if v != getattr(shape, attribute)] or [getattr(shape, attribute)])
     return replace(scene, shapes=(replace(shape, **{attribute: value}), *scene.shapes[1:]))
 

@@ -13,16 +13,23 @@ def check_device(device: str, what: str = "--device") -> torch.device:
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise InputError(f"{what} {device!r} is not a torch device", [str(err).splitlines()[0][:200]],
-                         hint="use cpu, cuda, cuda:N or mps") from None  # fmt: skip
+        raise InputError(
+            f"{what} {device!r} is not a torch device",
+            [str(err).splitlines()[0][:200]],
+            hint="use cpu, cuda, cuda:N or mps",
+        ) from None
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
-            raise InputError(f"{what} {device!r}: CUDA is not available on this machine", [],
-                             hint="use --device cpu, or run on a machine with an NVIDIA GPU and driver")  # fmt: skip
+            raise InputError(
+                f"{what} {device!r}: CUDA is not available on this machine",
+                [],
+                hint="use --device cpu, or run on a machine with an NVIDIA GPU and driver",
+            )
         count = torch.cuda.device_count()
         if parsed.index is not None and parsed.index >= count:
             raise InputError(f"{what} {device!r}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}", [])
     if parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError(f"{what} {device!r}: Apple's MPS backend is not available on this machine", [],
-                         hint="use --device cpu")  # fmt: skip
+        raise InputError(
+            f"{what} {device!r}: Apple's MPS backend is not available on this machine", [], hint="use --device cpu"
+        )
     return parsed

@@ -111,9 +111,15 @@ def clip_text_targets(clip, tokenizer, captions: list[str], chunk: int = 512) ->
 
 
 def pretrain_lm(
-    lm, tokenizer, corpus: list[str], *, seed: int, steps: int = 300, batch: int = 32,
+    lm,
+    tokenizer,
+    corpus: list[str],
+    *,
+    seed: int,
+    steps: int = 300,
+    batch: int = 32,
     summary: SummaryTargets | None = None,
-) -> PretrainReport:  # fmt: skip
+) -> PretrainReport:
     """Causal-LM training of ``lm`` on ``corpus`` lines (AdamW, lr 3e-3), plus the optional summary objective."""
     generator = torch.Generator().manual_seed(seed)
     head = None if summary is None else torch.nn.Linear(lm.config.hidden_size, summary.embeddings.shape[1])
@@ -124,8 +130,9 @@ def pretrain_lm(
     with _fixed_threads():
         for _ in range(steps):
             rows = torch.randint(len(corpus), (batch,), generator=generator).tolist()
-            enc = tokenizer([corpus[i] for i in rows], padding="longest", truncation=True, max_length=128,
-                            return_tensors="pt")  # fmt: skip
+            enc = tokenizer(
+                [corpus[i] for i in rows], padding="longest", truncation=True, max_length=128, return_tensors="pt"
+            )
             labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
             loss = lm(input_ids=enc.input_ids, attention_mask=enc.attention_mask, labels=labels).loss
             if summary is not None and head is not None:
@@ -142,8 +149,14 @@ def _summary_loss(lm, head, tokenizer, summary: SummaryTargets, batch: int, gene
     """``1 - cos(head(h_eos), target)`` over a batch of captions each followed by the EOS token."""
     rows = torch.randint(len(summary.captions), (batch,), generator=generator)
     texts = [summary.captions[i] + tokenizer.eos_token for i in rows.tolist()]
-    enc = tokenizer(texts, padding="longest", truncation=True, max_length=SUMMARY_MAX_TOKENS, padding_side="right",
-                    return_tensors="pt")  # fmt: skip
+    enc = tokenizer(
+        texts,
+        padding="longest",
+        truncation=True,
+        max_length=SUMMARY_MAX_TOKENS,
+        padding_side="right",
+        return_tensors="pt",
+    )
     hidden = lm.get_decoder()(input_ids=enc.input_ids, attention_mask=enc.attention_mask).last_hidden_state
     last = enc.attention_mask.sum(dim=1) - 1  # (B,) the EOS position
     predicted = F.normalize(head(hidden[torch.arange(batch), last]), dim=-1)  # (B, E)
@@ -181,8 +194,9 @@ def pretrain_clip(
             captions, images = contrastive_batch(rng, batch)
             pixels = image_processor(images=images, return_tensors="pt").pixel_values  # (B, 3, H, W)
             enc = tokenizer(captions, padding="longest", truncation=True, return_tensors="pt")
-            out = clip(input_ids=enc.input_ids, attention_mask=enc.attention_mask, pixel_values=pixels,
-                       return_loss=True)  # fmt: skip
+            out = clip(
+                input_ids=enc.input_ids, attention_mask=enc.attention_mask, pixel_values=pixels, return_loss=True
+            )
             warmup = min(1.0, (step + 1) / 100)
             for group in optim.param_groups:
                 group["lr"] = lr * warmup * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))

@@ -134,7 +134,7 @@ def shipped_zoo_problems(seed: int = SHIPPED_SEED) -> list[str]:
         for name in ("opt", "clip")
         if not (shipped / name).is_dir() or sha256_tree(shipped / name) != manifest.components.get(name)
     ]
-    return problems + verify_world_sd()  # fmt: skip
+    return problems + verify_world_sd()
 
 
 def ship_tiny_zoo(seed: int = SHIPPED_SEED) -> ZooManifest:
@@ -187,8 +187,9 @@ def ensure_tiny_zoo(zoo_dir: str | Path, seed: int = 0) -> ZooManifest:
     if not problems:
         logger.info("installing the shipped tiny model zoo into %s (first use)", zoo_dir)
         return _copy_shipped(zoo_dir)
-    logger.info("building the tiny model zoo into %s (first use; shipped zoo not usable: %s)", zoo_dir,
-                "; ".join(problems))  # fmt: skip
+    logger.info(
+        "building the tiny model zoo into %s (first use; shipped zoo not usable: %s)", zoo_dir, "; ".join(problems)
+    )
     return build_tiny_zoo(zoo_dir, seed=seed)
 
 
@@ -246,10 +247,18 @@ def _save_opt(out: Path, tok, seed: int, corpus: list[str], summary: SummaryTarg
     from transformers import OPTConfig, OPTForCausalLM
 
     config = OPTConfig(
-        vocab_size=len(tok), hidden_size=LM_WIDTH, word_embed_proj_dim=LM_WIDTH, num_hidden_layers=2,
-        ffn_dim=4 * LM_WIDTH, num_attention_heads=4, max_position_embeddings=512, dropout=0.0,
-        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-    )  # fmt: skip
+        vocab_size=len(tok),
+        hidden_size=LM_WIDTH,
+        word_embed_proj_dim=LM_WIDTH,
+        num_hidden_layers=2,
+        ffn_dim=4 * LM_WIDTH,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+        dropout=0.0,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     torch.manual_seed(seed)
     lm = OPTForCausalLM(config)
     report = pretrain_lm(lm, tok, corpus, seed=seed, summary=summary, steps=LM_PRETRAIN_STEPS)
@@ -262,10 +271,17 @@ def _clip_text_config(tok, width: int, projection_dim: int):
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
-        vocab_size=len(tok), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=CLIP_MAX_TOKENS, projection_dim=projection_dim,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )  # fmt: skip
+        vocab_size=len(tok),
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=CLIP_MAX_TOKENS,
+        projection_dim=projection_dim,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
 
 
 def _save_clip(out: Path, tok, seed: int):  # -> CLIPModel
@@ -273,9 +289,14 @@ def _save_clip(out: Path, tok, seed: int):  # -> CLIPModel
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPVisionConfig
 
     vision = CLIPVisionConfig(
-        hidden_size=VISION_WIDTH, intermediate_size=2 * VISION_WIDTH, num_hidden_layers=2, num_attention_heads=4,
-        image_size=32, patch_size=4, projection_dim=CLIP_PROJ,
-    )  # fmt: skip
+        hidden_size=VISION_WIDTH,
+        intermediate_size=2 * VISION_WIDTH,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=4,
+        projection_dim=CLIP_PROJ,
+    )
     text = _clip_text_config(tok, CLIP_TEXT_WIDTH, CLIP_PROJ)
     config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=CLIP_PROJ)
     torch.manual_seed(seed)
@@ -293,8 +314,9 @@ WORLD_SD_CORPUS_SEED = 0
 """The world SD's tokenizer is the zoo's CLIP tokenizer for this corpus seed (it ships inside ``sd/tokenizer``)."""
 
 
-def build_world_sd(*, seed: int = 0, config: WorldSDConfig | None = None, out: str | Path | None = None,
-                   progress=logger.info) -> tuple[Path, BuildReport]:  # fmt: skip
+def build_world_sd(
+    *, seed: int = 0, config: WorldSDConfig | None = None, out: str | Path | None = None, progress=logger.info
+) -> tuple[Path, BuildReport]:
     """Train the world SD from scratch and write it with its manifest (default: the shipped location).
 
     Returns the pipeline folder and the build report. Deterministic for a seed on a given machine and torch build.

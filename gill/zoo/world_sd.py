@@ -61,8 +61,12 @@ logger = logging.getLogger(__name__)
 THREADS = 1
 """Intra-op threads during the build: CPU reductions then split the same way every time (repeatable weights on
 any machine; one thread also leaves a core free for other work during the long build)."""
-SD15_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-                 "num_train_timesteps": 1000}  # fmt: skip
+SD15_SCHEDULE = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+}
 """Stable Diffusion v1.5's noise schedule (its ``scheduler_config.json``)."""
 
 
@@ -202,11 +206,16 @@ def make_vae(config: WorldSDConfig) -> AutoencoderKL:
     """The world VAE (SD's ``AutoencoderKL`` class, smaller, 4x latent factor by default)."""
     n = len(config.vae_channels)
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=config.latent_channels,
-        block_out_channels=config.vae_channels, layers_per_block=1, norm_num_groups=8,
-        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=config.latent_channels,
+        block_out_channels=config.vae_channels,
+        layers_per_block=1,
+        norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
         sample_size=config.image_size,
-    )  # fmt: skip
+    )
 
 
 def make_text_encoder(config: WorldSDConfig, tokenizer) -> CLIPTextModel:
@@ -216,11 +225,17 @@ def make_text_encoder(config: WorldSDConfig, tokenizer) -> CLIPTextModel:
 
 def _text_config(config: WorldSDConfig, tokenizer) -> CLIPTextConfig:
     return CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=config.text_width, intermediate_size=4 * config.text_width,
-        num_hidden_layers=config.text_layers, num_attention_heads=config.text_heads,
-        max_position_embeddings=tokenizer.model_max_length, projection_dim=config.text_width,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=config.text_width,
+        intermediate_size=4 * config.text_width,
+        num_hidden_layers=config.text_layers,
+        num_attention_heads=config.text_heads,
+        max_position_embeddings=tokenizer.model_max_length,
+        projection_dim=config.text_width,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
 
 
 def make_unet(config: WorldSDConfig) -> UNet2DConditionModel:
@@ -229,33 +244,45 @@ def make_unet(config: WorldSDConfig) -> UNet2DConditionModel:
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in config.unet_attention)
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(config.unet_attention))
     return UNet2DConditionModel(
-        sample_size=config.image_size // factor, in_channels=config.latent_channels,
-        out_channels=config.latent_channels, layers_per_block=config.unet_layers_per_block,
-        block_out_channels=config.unet_channels, norm_num_groups=8, down_block_types=down, up_block_types=up,
-        cross_attention_dim=config.text_width, attention_head_dim=config.unet_heads,
-    )  # fmt: skip
+        sample_size=config.image_size // factor,
+        in_channels=config.latent_channels,
+        out_channels=config.latent_channels,
+        layers_per_block=config.unet_layers_per_block,
+        block_out_channels=config.unet_channels,
+        norm_num_groups=8,
+        down_block_types=down,
+        up_block_types=up,
+        cross_attention_dim=config.text_width,
+        attention_head_dim=config.unet_heads,
+    )
 
 
 def make_noise_schedule(config: WorldSDConfig) -> DDPMScheduler:
     """The training noise schedule: SD's betas, optionally rescaled to zero terminal SNR."""
-    return DDPMScheduler(**SD15_SCHEDULE, prediction_type=config.prediction_type,
-                         rescale_betas_zero_snr=config.zero_terminal_snr)  # fmt: skip
+    return DDPMScheduler(
+        **SD15_SCHEDULE, prediction_type=config.prediction_type, rescale_betas_zero_snr=config.zero_terminal_snr
+    )
 
 
 def make_scheduler(config: WorldSDConfig) -> DPMSolverMultistepScheduler:
     """DPM-Solver++ (2nd order) over the training schedule, with trailing timesteps: good images in 10-20 steps."""
-    return DPMSolverMultistepScheduler(**SD15_SCHEDULE, algorithm_type="dpmsolver++", solver_order=2,
-                                       prediction_type=config.prediction_type,
-                                       rescale_betas_zero_snr=config.zero_terminal_snr,
-                                       timestep_spacing="trailing" if config.zero_terminal_snr else "linspace",
-                                       steps_offset=0 if config.zero_terminal_snr else 1)  # fmt: skip
+    return DPMSolverMultistepScheduler(
+        **SD15_SCHEDULE,
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        prediction_type=config.prediction_type,
+        rescale_betas_zero_snr=config.zero_terminal_snr,
+        timestep_spacing="trailing" if config.zero_terminal_snr else "linspace",
+        steps_offset=0 if config.zero_terminal_snr else 1,
+    )
 
 
 # -- VAE ---------------------------------------------------------------------------------------------------------
 
 
-def vae_loss(vae: AutoencoderKL, pixels: torch.Tensor, masks: torch.Tensor, config: WorldSDConfig,
-             generator: torch.Generator) -> torch.Tensor:  # fmt: skip
+def vae_loss(
+    vae: AutoencoderKL, pixels: torch.Tensor, masks: torch.Tensor, config: WorldSDConfig, generator: torch.Generator
+) -> torch.Tensor:
     """Shape-weighted L1 + L2 reconstruction plus a small KL term (SD's VAE objective without the GAN)."""
     posterior = vae.encode(pixels).latent_dist
     noise = torch.randn(posterior.mean.shape, generator=generator)
@@ -306,15 +333,24 @@ def encode_pool(vae: AutoencoderKL, scenes: list[Scene], size: int, chunk: int =
 
 def make_clip(config: WorldSDConfig, tokenizer) -> CLIPModel:
     """A CLIP whose text tower is the SD text encoder's shape, with a small vision tower (32 px, patch 4)."""
-    vision = CLIPVisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-                              image_size=32, patch_size=4, projection_dim=config.text_width)  # fmt: skip
+    vision = CLIPVisionConfig(
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=4,
+        projection_dim=config.text_width,
+    )
     text = _text_config(config, tokenizer)
-    return CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
-                                projection_dim=config.text_width))  # fmt: skip
+    return CLIPModel(
+        CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=config.text_width)
+    )
 
 
-def pretrain_text_encoder(config: WorldSDConfig, tokenizer,
-                          progress: Callable[[str], None]) -> tuple[CLIPTextModel, tuple[float, float]]:  # fmt: skip
+def pretrain_text_encoder(
+    config: WorldSDConfig, tokenizer, progress: Callable[[str], None]
+) -> tuple[CLIPTextModel, tuple[float, float]]:
     """CLIP-train a text tower on (caption, render) pairs with hard negatives; return it as ``CLIPTextModel``."""
     torch.manual_seed(config.seed + 3)
     clip = make_clip(config, tokenizer)
@@ -369,8 +405,9 @@ def build_pool(vae: AutoencoderKL, config: WorldSDConfig) -> LatentPool:
     vae.register_to_config(scaling_factor=round(1.0 / std, 5))
     logger.info("world SD: latent std %.4f -> scaling factor %.5f", std, vae.config.scaling_factor)
     index = torch.arange(len(scenes))
-    return LatentPool(scenes=scenes, latents=latents * vae.config.scaling_factor, masks=masks,
-                      single=index[:half], mixed=index[half:])  # fmt: skip
+    return LatentPool(
+        scenes=scenes, latents=latents * vae.config.scaling_factor, masks=masks, single=index[:half], mixed=index[half:]
+    )
 
 
 def _draw_indices(pool: LatentPool, batch: int, single_prob: float, generator: torch.Generator) -> torch.Tensor:
@@ -383,8 +420,9 @@ def _draw_indices(pool: LatentPool, batch: int, single_prob: float, generator: t
 
 def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
     """(B, 77) ids padded to the tokenizer's max length, as ``StableDiffusionPipeline.encode_prompt`` does."""
-    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids  # fmt: skip
+    return tokenizer(
+        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
 
 
 def min_snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float | None) -> torch.Tensor:
@@ -400,8 +438,9 @@ def min_snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: fl
 class WorldSDTrainer:
     """Joint training of the SD text encoder and UNet on the latent pool (epsilon objective, EMA weights)."""
 
-    def __init__(self, config: WorldSDConfig, tokenizer, pool: LatentPool,
-                 text_encoder: CLIPTextModel | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, config: WorldSDConfig, tokenizer, pool: LatentPool, text_encoder: CLIPTextModel | None = None
+    ) -> None:
         self.config = config
         self.tokenizer = tokenizer
         self.pool = pool
@@ -505,9 +544,15 @@ def _step(optim: torch.optim.Optimizer, loss: torch.Tensor, params, lr: float) -
 def assemble_pipeline(vae, text_encoder, tokenizer, unet, config: WorldSDConfig) -> StableDiffusionPipeline:
     """The components as a stock ``StableDiffusionPipeline`` (no safety checker: the world has no people)."""
     return StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=make_scheduler(config),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )  # fmt: skip
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=make_scheduler(config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
 
 
 def train_world_sd(
@@ -530,14 +575,25 @@ def train_world_sd(
         unet_losses = trainer.train(progress)
         seconds["unet"] = time.perf_counter() - start
     pipe = assemble_pipeline(vae, trainer.ema["text_encoder"], tokenizer, trainer.ema["unet"], config)
-    report = BuildReport(config=asdict(config), vae_loss=vae_losses, unet_loss=unet_losses,
-                         seconds={k: round(v, 1) for k, v in seconds.items()})  # fmt: skip
+    report = BuildReport(
+        config=asdict(config),
+        vae_loss=vae_losses,
+        unet_loss=unet_losses,
+        seconds={k: round(v, 1) for k, v in seconds.items()},
+    )
     return pipe, report
 
 
 @torch.no_grad()
-def generate(pipe: StableDiffusionPipeline, captions: list[str], *, steps: int = 20, guidance: float = 7.5,
-             seed: int = 0, batch: int = 32) -> list[Image.Image]:  # fmt: skip
+def generate(
+    pipe: StableDiffusionPipeline,
+    captions: list[str],
+    *,
+    steps: int = 20,
+    guidance: float = 7.5,
+    seed: int = 0,
+    batch: int = 32,
+) -> list[Image.Image]:
     """Images for ``captions`` (one seeded generator per caption, so an image does not depend on its batch)."""
     images: list[Image.Image] = []
     for i in range(0, len(captions), batch):
@@ -591,8 +647,11 @@ def verify_world_sd(folder: Path | None = None, manifest: Path | None = None) ->
     expected = json.loads(manifest.read_text(encoding="utf-8"))["files"]
     actual = folder_hashes(folder) if folder.is_dir() else {}
     problems = [f"{folder / name}: missing" for name in expected if name not in actual]
-    problems += [f"{folder / name}: sha256 differs from {manifest.name}" for name in expected
-                 if name in actual and actual[name] != expected[name]]  # fmt: skip
+    problems += [
+        f"{folder / name}: sha256 differs from {manifest.name}"
+        for name in expected
+        if name in actual and actual[name] != expected[name]
+    ]
     problems += [f"{folder / name}: not listed in {manifest.name}" for name in actual if name not in expected]
     return problems
 
@@ -603,8 +662,9 @@ def require_world_sd() -> None:
 
     problems = verify_world_sd()
     if problems:
-        raise InputError("the shipped world-trained Stable Diffusion weights are not intact", problems,
-                         hint=REBUILD_HINT)  # fmt: skip
+        raise InputError(
+            "the shipped world-trained Stable Diffusion weights are not intact", problems, hint=REBUILD_HINT
+        )
 
 
 def install_world_sd(dest: Path) -> None:
@@ -628,7 +688,11 @@ def write_shipped(pipe: StableDiffusionPipeline, report: BuildReport, folder: Pa
     with atomic_directory(folder) as tmp:
         pipe.save_pretrained(tmp)
         hashes = folder_hashes(tmp)
-    document = {"format": 1, "files": hashes, "build": asdict(report),
-                "rebuild": "gill models build-world-sd --seed {seed}".format(seed=report.config["seed"])}  # fmt: skip
+    document = {
+        "format": 1,
+        "files": hashes,
+        "build": asdict(report),
+        "rebuild": "gill models build-world-sd --seed {seed}".format(seed=report.config["seed"]),
+    }
     atomic_write_json(manifest, document)
     return document
