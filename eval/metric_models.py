@@ -35,7 +35,7 @@ import torch
 from eval.metrics import cosine_similarity_rows
 from gill.config import GILLConfig, ModelRef
 from gill.errors import InputError, MissingWeightsError
-from gill.hub import check_backbone, downloads_allowed, hub_cache_dir
+from gill.hub import check_backbone, downloads_allowed, hub_cache_dir, hub_kwargs
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -114,8 +114,8 @@ class ClipScorer:
         import transformers
 
         transformers.utils.logging.set_verbosity_error()
-        model = transformers.CLIPModel.from_pretrained(str(source), revision=revision)
-        processor = transformers.CLIPProcessor.from_pretrained(str(source), revision=revision)
+        model = transformers.CLIPModel.from_pretrained(str(source), revision=revision, **hub_kwargs())
+        processor = transformers.CLIPProcessor.from_pretrained(str(source), revision=revision, **hub_kwargs())
         return cls(model, processor, name=name, device=device, batch_size=batch_size)
 
     @property

@@ -23,6 +23,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from gill.hub import configure_environment
+
 DEMO_SETTINGS = {
     "world_train": 1024,
     "candidate_limit": 400,
@@ -132,6 +134,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_environment()  # a front end: gill's offline Hub defaults for this process (the library sets none)
     parser = argparse.ArgumentParser(prog="python -m flows.cli", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, handler, default in (("demo", cmd_demo, "work/demo"), ("run", cmd_run, "work/pipeline")):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from gill.config import GILLConfig
 from gill.errors import GillError
+from gill.hub import configure_environment
 
 logger = logging.getLogger("gill")
 
@@ -447,7 +448,9 @@ def _setup_logging(verbosity: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``gill`` console command."""
+    """Entry point of the ``gill`` console command (a front end: it sets gill's offline Hub defaults for its own
+    process, :func:`gill.hub.configure_environment`; importing the library does not)."""
+    configure_environment()
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:

@@ -19,7 +19,7 @@ from typing import Any
 
 from gill.config import DerivedDims, GILLConfig, ModelRef, check_against_dims
 from gill.errors import ConfigError, MissingWeightsError
-from gill.hub import downloads_allowed, locate, require_backbones
+from gill.hub import downloads_allowed, hub_kwargs, locate, require_backbones
 from gill.manifests import manifests_dir
 
 logger = logging.getLogger(__name__)
@@ -160,7 +160,9 @@ def load_backbones(config: GILLConfig, roles: Iterable[str] = ("lm", "vision"), 
             continue
         for attr, class_name, is_model in _HF_LOADERS[role]:
             kw = {"dtype": dtype} if is_model and dtype is not None else {}
-            loaded = getattr(transformers, class_name).from_pretrained(src[role], revision=revision, **kw)
+            loaded = getattr(transformers, class_name).from_pretrained(
+                src[role], revision=revision, **kw, **hub_kwargs()
+            )
             setattr(out, attr, loaded.eval() if is_model else loaded)
     return out
 
@@ -170,7 +172,7 @@ def load_sd_pipeline(source: str, revision: str = "main", dtype: Any = None) -> 
     from diffusers import StableDiffusionPipeline
 
     kw = {"torch_dtype": dtype} if dtype is not None else {}
-    pipe = StableDiffusionPipeline.from_pretrained(source, revision=revision, **kw)
+    pipe = StableDiffusionPipeline.from_pretrained(source, revision=revision, **kw, **hub_kwargs())
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -195,6 +197,10 @@ def load_sd_text_encoder(config: GILLConfig, dtype: Any = None) -> SDTextEncoder
     revision = config.backbones.sd.revision
     quiet_hf_logging()
     kw = {"dtype": dtype} if dtype is not None else {}
-    tokenizer = transformers.CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", revision=revision)
-    encoder = transformers.CLIPTextModel.from_pretrained(source, subfolder="text_encoder", revision=revision, **kw)
+    tokenizer = transformers.CLIPTokenizer.from_pretrained(
+        source, subfolder="tokenizer", revision=revision, **hub_kwargs()
+    )
+    encoder = transformers.CLIPTextModel.from_pretrained(
+        source, subfolder="text_encoder", revision=revision, **kw, **hub_kwargs()
+    )
     return SDTextEncoder(tokenizer=tokenizer, text_encoder=encoder.eval(), source=source)

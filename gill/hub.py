@@ -21,6 +21,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gill.config import BackbonesConfig, ModelRef
 from gill.errors import MissingWeightsError
@@ -49,10 +50,17 @@ def downloads_allowed() -> bool:
     return explicit is not None and explicit.lower() not in _TRUE
 
 
+def hub_kwargs() -> dict[str, Any]:
+    """``from_pretrained`` keywords for gill's own loads: ``local_files_only`` unless downloads are allowed, so the
+    library stays offline without touching the process's environment."""
+    return {} if downloads_allowed() else {"local_files_only": True}
+
+
 def configure_environment() -> None:
     """Set offline-friendly defaults for the Hugging Face libraries (never overriding what the user set).
 
-    Called when :mod:`gill` is imported, before transformers/diffusers read their environment.
+    Called by the front ends (the ``gill`` command, the flows' entry point) for their own process; importing the
+    library never calls it (a host program's own Hub use stays as it configured it).
     """
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

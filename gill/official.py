@@ -29,6 +29,7 @@ from gill.adapters import DecisionHead, GILLAdapters
 from gill.checkpoint import adapters_from_state_dict, load_strict, save_pretrained
 from gill.config import AdapterConfig, BackbonesConfig, DerivedDims, GILLConfig, MapperConfig, ModelRef
 from gill.errors import ConfigError, InputError
+from gill.hub import hub_kwargs
 from gill.tokenization import ImgTokens, img_token_strings
 from gill.utils.io import sha256_file
 
@@ -266,7 +267,7 @@ def _img_tokens(config: GILLConfig) -> ImgTokens:
 
         from gill.tokenization import add_img_tokens
 
-        return add_img_tokens(AutoTokenizer.from_pretrained(folder), config.adapters.num_img_tokens)
+        return add_img_tokens(AutoTokenizer.from_pretrained(folder, **hub_kwargs()), config.adapters.num_img_tokens)
     except (OSError, ValueError) as err:
         logger.warning("could not load the tokenizer from %s (%s); [IMG] ids left unknown", folder, err)
         return ImgTokens(strings=strings, ids=())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -22,16 +23,24 @@ def test_no_prefect_import_statement_in_library_packages():
     assert offenders == []
 
 
-def test_importing_every_library_module_loads_no_prefect():
+def test_importing_every_library_module_loads_no_prefect_and_leaves_the_environment_alone():
+    """A guest in its host's process: importing any library module changes no environment variable (in particular
+    not ``HF_HUB_OFFLINE``: a host program's own Hub downloads keep working) and imports no Prefect. (diffusers
+    itself sets ``TORCHINDUCTOR_CACHE_DIR`` when imported, so the third-party stack is imported first.)"""
     code = (
-        "import importlib, pkgutil, sys\n"
+        "import importlib, os, pkgutil, sys\n"
+        "import diffusers, torch, transformers  # what these do to the environment on import is theirs, not gill's\n"
+        "before = dict(os.environ)\n"
         f"for pkg in {PREFECT_FREE!r}:\n"
         "    mod = importlib.import_module(pkg)\n"
         "    for info in pkgutil.walk_packages(mod.__path__, pkg + '.'):\n"
         "        importlib.import_module(info.name)\n"
         "bad = sorted(m for m in sys.modules if m == 'prefect' or m.startswith('prefect.'))\n"
-        "print(len(sys.modules)); assert not bad, bad\n"
+        "changed = sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k))\n"
+        "import huggingface_hub.constants as c\n"
+        "print(len(sys.modules)); assert not bad, bad; assert not changed, changed; assert not c.HF_HUB_OFFLINE\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_HUB_") and k != "TOKENIZERS_PARALLELISM"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert int(proc.stdout.strip()) > 50  # the walk really imported the packages
