@@ -20,10 +20,13 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
 from gill.hub import configure_environment
+
+logger = logging.getLogger("gill.flows")
 
 DEMO_SETTINGS = {
     "world_train": 1024,
@@ -37,9 +40,42 @@ DEMO_SETTINGS = {
 """What ``make demo`` changes from the defaults to finish in minutes on 2 CPU cores (SD steps, limits)."""
 
 
+def user_prefect_profile() -> str | None:
+    """The user's active Prefect profile when it names a server or Prefect Cloud (``PREFECT_API_URL`` or
+    ``PREFECT_API_KEY`` in ``~/.prefect/profiles.toml``), else None."""
+    path = Path("~/.prefect/profiles.toml").expanduser()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    active = os.environ.get("PREFECT_PROFILE") or data.get("active") or "ephemeral"
+    profiles = data.get("profiles")
+    profile = profiles.get(active) if isinstance(profiles, dict) else None
+    if isinstance(profile, dict) and (profile.get("PREFECT_API_URL") or profile.get("PREFECT_API_KEY")):
+        return str(active)
+    return None
+
+
 def _prefect_env(home: Path) -> None:
-    home.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("PREFECT_HOME", str(home.resolve()))
+    """Prefect settings for this process. The user's own configuration wins: a ``PREFECT_HOME`` or
+    ``PREFECT_API_URL`` they set, or a profile that names a server or Prefect Cloud. Only without any of them
+    does Prefect get a home inside the workdir (a temporary local server); the choice is logged."""
+    if "PREFECT_HOME" in os.environ or os.environ.get("PREFECT_API_URL"):
+        logger.info("Prefect: using your settings (PREFECT_HOME / PREFECT_API_URL from the environment)")
+    elif (profile := user_prefect_profile()) is not None:
+        logger.warning(
+            "Prefect: using your profile %r from ~/.prefect/profiles.toml (its server); the stage cache "
+            "stays in the workdir",
+            profile,
+        )
+    else:
+        home.mkdir(parents=True, exist_ok=True)
+        os.environ["PREFECT_HOME"] = str(home.resolve())
+        logger.info(
+            "Prefect: no profile with a server is configured; using a home in the workdir (%s) and a "
+            "temporary local server",
+            home,
+        )
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -112,3 +112,30 @@ def test_deployment_runs_the_full_pipeline_and_a_second_run_hits_the_cache(serve
     status, runs = _api(f"{served['api']}/task_runs/filter", {"flow_runs": {"id": {"any_": [second]}}})
     assert status == 200 and len(runs) >= 14
     assert {r["state"]["name"] for r in runs} == {"Cached"}, sorted((r["name"], r["state"]["name"]) for r in runs)
+
+
+def test_the_users_prefect_profile_is_respected_and_a_workdir_home_is_only_the_fallback(tmp_path, monkeypatch):
+    """A user whose active profile names a server (or Prefect Cloud) keeps it: the demo must not hide it behind a
+    workdir-local home and a throwaway server. Without such a profile, Prefect gets a home in the workdir."""
+    from flows import cli
+
+    home = tmp_path / "user"
+    (home / ".prefect").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    (home / ".prefect" / "profiles.toml").write_text(
+        'active = "team"\n[profiles.team]\nPREFECT_API_URL = "http://127.0.0.1:4200/api"\n[profiles.local]\n'
+    )
+    assert cli.user_prefect_profile() == "team"
+    cli._prefect_env(tmp_path / "work" / ".prefect" / "home")
+    assert "PREFECT_HOME" not in os.environ and not (tmp_path / "work").exists()
+
+    monkeypatch.setenv("PREFECT_PROFILE", "local")  # a profile without a server: the workdir home is used
+    assert cli.user_prefect_profile() is None
+    cli._prefect_env(tmp_path / "work" / ".prefect" / "home")
+    assert os.environ["PREFECT_HOME"] == str((tmp_path / "work" / ".prefect" / "home").resolve())
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "chosen"))  # a home the user set is never replaced
+    cli._prefect_env(tmp_path / "other")
+    assert os.environ["PREFECT_HOME"] == str(tmp_path / "chosen") and not (tmp_path / "other").exists()
