@@ -117,6 +117,8 @@ def demo_workdir(session_tmp: Path, tiny_zoo: Path) -> tuple[Path, str]:
     workdir = session_tmp / "demo"
     root = Path(__file__).resolve().parents[1]
     argv = [sys.executable, "-m", "flows.cli", "demo", "--workdir", str(workdir), "--params", json.dumps(DEMO_PIPELINE)]
-    done = subprocess.run(argv, cwd=root, capture_output=True, text=True, timeout=900)
+    # as a user without Prefect settings runs it: no PREFECT_HOME, server or profile, so the state goes in the workdir
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_PROFILE")}
+    done = subprocess.run(argv, cwd=root, capture_output=True, text=True, timeout=900, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return workdir, done.stdout
