@@ -383,16 +383,10 @@ def _train(
             opt.step()
             if eval_set is not None and (step % eval_every == 0 or step == steps):
                 ex, ey = eval_set
-                history.append((step, macro_f1(ey, _raw_predict(head, standardize(ex) if standardize else ex))))
+                history.append((step, _f1(head, standardize(ex) if standardize else ex, ey)))
     if standardize is not None:
         standardize.fold_into(head)
     return head.eval(), history
-
-
-@torch.no_grad()
-def _raw_predict(head: DecisionHead, x: torch.Tensor) -> torch.Tensor:
-    head.eval()
-    return head.linear(x).argmax(-1)
 
 
 _BIT_SHIFTS = torch.arange(8, dtype=torch.uint8)
