@@ -54,9 +54,9 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from annotations.candidates import CANDIDATES_DIR
 from annotations.store import (
     ADMIN_TOKEN_HINT,
+    CANDIDATES_DIR,
     HUMAN_PANEL,
     SIDES,
     SIMULATED_PANEL,

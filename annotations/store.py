@@ -21,7 +21,7 @@ judge resumes where they left off. A submit on an item that already has ``k`` ot
 (:class:`ItemFullError`); a resubmit by the same judge replaces their vote (``UNIQUE(judge_id, item_id)`` + upsert).
 
 Panels: every judge belongs to one panel (``human`` by default; ``simulated`` for the answer-key judges of
-:mod:`annotations.simulated`). The ``k`` slots of an item are counted per panel, so a simulated panel never
+:mod:`flows.stages.votes`). The ``k`` slots of an item are counted per panel, so a simulated panel never
 takes a person's slot, and every summary and export reads one panel at a time (``panel=...``).
 
 Imports are one transaction each (:meth:`JudgingStore.import_named_votes`): missing judges are created and the
@@ -56,6 +56,8 @@ from gill.errors import InputError
 logger = logging.getLogger(__name__)
 
 STORE_NAME = "annotations/judging.sqlite"
+CANDIDATES_DIR = Path("annotations") / "candidates"
+"""Where the candidate images of a work folder live (the judging app serves images only from there)."""
 CANDIDATES_TABLE = "decision_candidates"
 SIDES = ("left", "right")
 CHOICES = ("left", "right", "same")
@@ -66,7 +68,7 @@ MAX_NAME_LENGTH = 100
 HUMAN_PANEL = "human"
 """The panel of people judging through the app, a bundle or Label Studio."""
 SIMULATED_PANEL = "simulated"
-"""The panel of answer-key judges (:mod:`annotations.simulated`): never people, never mixed with them."""
+"""The panel of answer-key judges (:mod:`flows.stages.votes`): never people, never mixed with them."""
 PANEL_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 
 SCHEMA = """
@@ -847,40 +849,20 @@ def _judge_id(judge: Judge | int) -> int:
     return judge.id if isinstance(judge, Judge) else int(judge)
 
 
-def import_candidates(workdir: str | os.PathLike[str], store: JudgingStore | None = None) -> int:
-    """Load the items from the DuckDB table ``decision_candidates`` of ``<workdir>/gill.duckdb`` (idempotent:
-    re-importing updates items by ``prompt_id`` and keeps their generated-image side). Returns the number of new
-    items.
+def add_candidate_items(store: JudgingStore, rows: list[dict], source: str) -> int:
+    """Add or update judging items from candidate rows (the ``decision_candidates`` table's columns; idempotent:
+    rows update items by ``prompt_id`` and keep their generated-image side). Returns the number of new items.
 
     Raises:
-        InputError: the DuckDB file or the table is missing, or rows lack a prompt or image path.
+        InputError: a row lacks a prompt or an image path (every such row is listed; nothing is added).
     """
-    from eval.db import connect, db_path
-
-    path = db_path(workdir)
-    if not path.exists():
-        raise InputError(
-            f"{path} does not exist", [], hint=f"the {CANDIDATES_TABLE} table is written there by the candidate stage"
-        )
-    with connect(path, read_only=True) as con:
-        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        if CANDIDATES_TABLE not in tables:
-            raise InputError(
-                f"{path} has no table {CANDIDATES_TABLE}",
-                [f"tables: {sorted(tables) or 'none'}"],
-                hint="generate the retrieve-vs-generate candidates first",
-            )
-        cursor = con.execute(f"SELECT * FROM {CANDIDATES_TABLE} ORDER BY prompt_id")
-        names = [d[0] for d in cursor.description]
-        rows = [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
     problems = []
     for r in rows:
         missing = [c for c in ("prompt_id", "prompt", "gen_image", "ret_image") if r.get(c) in (None, "")]
         if missing:
             problems.append(f"prompt_id {r.get('prompt_id')}: empty {', '.join(missing)}")
     if problems:
-        raise InputError(f"{path}: {CANDIDATES_TABLE} has {len(problems)} unusable row(s)", problems[:50])
-    store = store if store is not None else JudgingStore(workdir)
+        raise InputError(f"{source}: {CANDIDATES_TABLE} has {len(problems)} unusable row(s)", problems[:50])
     added = store.upsert_items(rows)
-    logger.info("imported %d candidate(s) from %s (%d new)", len(rows), path, added)
+    logger.info("imported %d candidate(s) from %s (%d new)", len(rows), source, added)
     return added

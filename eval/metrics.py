@@ -15,33 +15,9 @@ import numpy as np
 import torch
 
 from gill.errors import InputError
+from gill.validation import retrieval_recall, true_pair_ranks
 
-
-def true_pair_ranks(similarity: torch.Tensor) -> torch.Tensor:
-    """0-based rank of the diagonal entry in each row of a square similarity matrix (ties rank it last)."""
-    if similarity.ndim != 2 or similarity.shape[0] != similarity.shape[1]:
-        raise ValueError(f"similarity must be a square (N, N) matrix, got shape {tuple(similarity.shape)}")
-    diagonal = similarity.diagonal().unsqueeze(1)  # (N, 1)
-    return (similarity >= diagonal).sum(dim=1) - 1  # (N,) entries scoring at least as high, minus itself
-
-
-def retrieval_recall(
-    text_emb: torch.Tensor, image_emb: torch.Tensor, ks: Sequence[int] = (1, 5, 10)
-) -> dict[str, float]:
-    """Recall@k both ways for aligned (N, R) text and image embeddings (cosine similarity, pool = all N).
-
-    Returns:
-        ``{"t2i_r1": ..., "i2t_r1": ..., "t2i_r5": ...}`` as fractions in [0, 1].
-    """
-    if text_emb.shape != image_emb.shape:
-        raise ValueError(
-            f"text and image embeddings must match, got {tuple(text_emb.shape)} and {tuple(image_emb.shape)}"
-        )
-    text = torch.nn.functional.normalize(text_emb.float(), dim=-1)
-    image = torch.nn.functional.normalize(image_emb.float(), dim=-1)
-    similarity = text @ image.T  # (N texts, N images)
-    ranks = {"t2i": true_pair_ranks(similarity), "i2t": true_pair_ranks(similarity.T)}
-    return {f"{d}_r{k}": float((r < k).float().mean()) for k in ks for d, r in ranks.items()}
+__all__ = ["retrieval_recall", "true_pair_ranks"]  # the library's validation recall, also used by the scoring
 
 
 # --- benchmark metrics (the "Benchmarks into DuckDB" issue): per-pair cosine, ranks, bootstrap CIs, FID -------

@@ -25,8 +25,8 @@ def bank_task(params: CandidateParams) -> str:
 @task(task_run_name="decision candidates")
 def candidates_task(params: CandidateParams) -> dict:
     """Generate and retrieve one image per prompt, then load them into the judging store (``gill annotate build``)."""
-    from annotations.candidates import build_candidates
-    from annotations.store import JudgingStore, import_candidates
+    from annotations.store import JudgingStore
+    from flows.stages.candidates import build_candidates, import_candidates
 
     summary = build_candidates(
         params.workdir,

@@ -10,7 +10,7 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
 from flows.params import DownloadParams
-from gill.data.download import DownloadOptions, DownloadReport, download_split
+from flows.stages.download import DownloadOptions, DownloadReport, download_split
 
 
 @task(task_run_name="download cc3m {params.split}")

@@ -99,7 +99,7 @@ def world_task(workdir: Path, synth: dict[str, int]) -> dict[str, str]:
 def download_task(workdir: Path, split: str, urls: Path, urls_sha256: str | None, options: dict) -> dict:
     """img2dataset over one url list into webdataset shards; the yield goes to DuckDB ``download_shards``."""
     from eval.db import db_path, record_download
-    from gill.data.download import DownloadOptions, download_split
+    from flows.stages.download import DownloadOptions, download_split
 
     report = download_split(urls, split, workdir, DownloadOptions(**options), progress=False)
     record_download(db_path(workdir), split, report.shard_rows(), report.failure_rows())
@@ -136,7 +136,7 @@ def train_task(
 ) -> dict:
     """Train (or resume, or recognise as finished) the adapters; the curve summary becomes an artifact."""
     from eval.db import db_path
-    from eval.reports import train_or_resume
+    from flows.stages.train import train_or_resume
     from gill.config import GILLConfig
 
     data = hashlib.sha256("\n".join(features).encode()).hexdigest()  # a run never resumes onto other data
@@ -173,8 +173,8 @@ def candidates_task(
 ) -> dict:
     """SD-baseline and top-bank images per prompt (world prompts on the embedded default, else PartiPrompts), loaded
     into the judging store with their images, open to people (``gill annotate build``, then ``serve``)."""
-    from annotations.candidates import build_candidates
-    from annotations.store import JudgingStore, import_candidates
+    from annotations.store import JudgingStore
+    from flows.stages.candidates import build_candidates, import_candidates
 
     s = build_candidates(workdir, checkpoint=checkpoint, limit=limit, sd_steps=sd_steps, device=device)
     store = JudgingStore(workdir)
@@ -201,7 +201,7 @@ def votes_task(
     """The votes the decision classifier is fitted on: a given TSV, else on the embedded default the SIMULATED
     panel's votes (5 answer-key judges voting in their own panel of the store), else the shipped PartiPrompts votes
     (read from their file: they never become imageless items of the live store)."""
-    from annotations.simulated import PanelConfig, run_simulated_panel
+    from flows.stages.votes import PanelConfig, run_simulated_panel
 
     if votes is not None or not simulated:
         return _votes_source(workdir, votes, simulated)
@@ -420,7 +420,7 @@ def gill_pipeline(params: PipelineParams = PipelineParams()) -> dict:  # noqa: B
         )
     votes = None
     if log.wants("votes"):
-        from annotations.candidates import CANDIDATES_DIR
+        from flows.stages.candidates import CANDIDATES_DIR
 
         votes = log.done(
             "votes",

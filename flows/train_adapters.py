@@ -15,7 +15,7 @@ from flows.params import TrainParams
 @task(task_run_name="train adapters {params.run_id}")
 def train_task(params: TrainParams) -> dict:
     """Run (or resume) one training run; returns its id, folder, history and best validation R@1."""
-    from eval.reports import run_training
+    from flows.stages.train import run_training
 
     names = ("steps", "batch_size", "lr", "seed")
     overrides = {name: getattr(params, name) for name in names if getattr(params, name) is not None}

@@ -44,6 +44,7 @@ from gill.model import GILLModel
 from gill.optim import build_optimizer, build_scheduler
 from gill.resume import CheckpointManager, RunLock, capture_rng, restore_rng
 from gill.tokenization import ImgTokens
+from gill.validation import retrieval_recall
 
 logger = logging.getLogger(__name__)
 
@@ -409,8 +410,6 @@ class Trainer:
     @torch.no_grad()
     def validate(self, batch_size: int = 64) -> dict[str, float]:
         """Caption CE and accuracy, retrieval R@1/5 both ways over the whole val set, generation loss (no concat)."""
-        from eval.metrics import retrieval_recall
-
         self.model.eval()
         sums: dict[str, float] = {"val_loss_cap": 0.0, "val_acc1": 0.0, "val_loss_gen": 0.0}
         texts, images, batches = [], [], 0

@@ -22,18 +22,18 @@ import pytest
 from fastapi import FastAPI
 
 from annotations.app import ADMIN_COOKIE_NAME, COOKIE_NAME, CSRF_HEADER, JUDGE_JS, MAX_BODY_BYTES, create_app
-from annotations.candidates import CANDIDATES_DIR
 from annotations.store import (
+    CANDIDATES_DIR,
     CHOICES,
     ItemFullError,
     JudgingStore,
     UnknownItemError,
     draw_gen_side,
     hash_token,
-    import_candidates,
     official_vote,
     store_path,
 )
+from flows.stages.candidates import import_candidates
 from gill.errors import InputError
 
 ADMIN = "admin-token-for-tests-0123456789"
@@ -458,7 +458,7 @@ def test_a_judge_resumes_where_they_left_off_after_a_reload(workdir: Path, serve
 
 
 def _cli(argv: list[str]) -> int:
-    from annotations.cli_app import add_app_parsers
+    from flows.command.annotate_app import add_app_parsers
 
     parser = argparse.ArgumentParser(prog="gill annotate")
     add_app_parsers(parser.add_subparsers(dest="command", required=True))
@@ -490,7 +490,7 @@ def test_cli_status_without_a_store_says_how_to_start(tmp_path: Path):
 
 
 def test_cli_serve_binds_to_localhost_by_default():
-    from annotations.cli_app import add_app_parsers
+    from flows.command.annotate_app import add_app_parsers
 
     parser = argparse.ArgumentParser()
     add_app_parsers(parser.add_subparsers(dest="command", required=True))
@@ -567,9 +567,9 @@ def test_token_redaction_covers_query_values_bearer_headers_and_session_cookies(
 
 def test_revoke_judge_ends_the_judges_sessions_at_once_and_keeps_their_votes_marked(workdir: Path, server: str, capsys):
     from annotations.app import render_admin
-    from annotations.cli_app import status_lines
     from annotations.store import RevokedJudgeError
-    from gill.cli import main
+    from flows.command.annotate_app import status_lines
+    from flows.command.main import main
 
     token, other = add_judge(workdir, "alice"), add_judge(workdir, "bob")
     with logged_in(server, token) as cookie_client, bearer(server, token) as bearer_client:
@@ -594,7 +594,7 @@ def test_revoke_judge_ends_the_judges_sessions_at_once_and_keeps_their_votes_mar
 
 
 def test_revoking_an_unknown_or_revoked_judge_is_a_clear_error_that_changes_nothing(workdir: Path, tmp_path, capsys):
-    from gill.cli import main
+    from flows.command.main import main
 
     add_judge(workdir, "alice")
     before = dump(workdir)
@@ -622,7 +622,7 @@ def _free_port() -> int:
 def test_serve_keeps_the_saved_judges_per_item_unless_given(workdir: Path, monkeypatch, capsys):
     import uvicorn
 
-    from gill.cli import main
+    from flows.command.main import main
 
     served: list[tuple] = []  # the address of each socket serve hands uvicorn (bound before anything is written)
     monkeypatch.setattr(
@@ -641,7 +641,7 @@ def test_serve_keeps_the_saved_judges_per_item_unless_given(workdir: Path, monke
 def test_a_failed_serve_changes_nothing_and_says_why_without_a_traceback(workdir: Path, monkeypatch, capsys):
     import uvicorn
 
-    from gill.cli import main
+    from flows.command.main import main
 
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: pytest.fail("serve must not start"))
     JudgingStore(workdir, judges_per_item=2).set_admin_token(ADMIN)

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from annotations.app import _num, create_app
-from annotations.store import JudgingStore, import_candidates
+from annotations.store import JudgingStore
+from flows.stages.candidates import import_candidates
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -227,7 +228,7 @@ def test_a_judge_of_the_demo_workdir_sees_both_images_large_votes_and_resumes(br
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from gill.cli import main
+    from flows.command.main import main
 
     demo, _ = demo_workdir
     wd = tmp_path / "demo"

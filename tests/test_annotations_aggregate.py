@@ -26,7 +26,6 @@ from annotations.agreement import (
     fleiss_kappa_from_counts,
     krippendorff_alpha_nominal,
 )
-from annotations.cli import add_annotate_parsers
 from annotations.votes import (
     VoteRow,
     default_votes_path,
@@ -35,6 +34,7 @@ from annotations.votes import (
     write_confident,
     write_votes,
 )
+from flows.command.annotate import add_annotate_parsers
 from gill.errors import InputError
 
 OFFICIAL_HUMAN_F1 = 0.8510681024099351  # official human macro-F1 on the Alignment votes
@@ -308,7 +308,7 @@ def test_cli_human_baseline_reports_f1_and_agreement(capsys, tmp_path):
 
 def test_annotations_never_import_prefect():
     code = (
-        "import sys, annotations.cli, annotations.aggregate, annotations.agreement, annotations.votes; "
+        "import sys, flows.command.annotate, annotations.aggregate, annotations.agreement, annotations.votes; "
         "assert not [m for m in sys.modules if m.split('.')[0] == 'prefect']"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

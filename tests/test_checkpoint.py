@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from flows.command.main import main
 from gill.adapters import DecisionHead, build_adapters
 from gill.checkpoint import (
     ADAPTERS_FILE,
@@ -19,7 +20,6 @@ from gill.checkpoint import (
     record_checksums,
     save_pretrained,
 )
-from gill.cli import main
 from gill.errors import InputError
 from gill.factory import derive_dims
 from gill.official import (

@@ -7,11 +7,13 @@ import subprocess
 import sys
 
 from eval.db import query
-from gill.cli import main
+from flows.command.main import main
 
 
 def test_gill_help_lists_the_commands():
-    proc = subprocess.run([sys.executable, "-m", "gill.cli", "--help"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.command.main", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0
     for command in ("models", "config", "data", "demo"):
         assert command in proc.stdout

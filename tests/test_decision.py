@@ -201,8 +201,8 @@ def test_fit_decision_on_the_shipped_votes_records_figures_and_the_pipeline_uses
 def test_gill_decision_fit_rewrites_the_checkpoint_in_place_with_the_score_head(workdir, tmp_path, capsys):
     import argparse
 
+    from flows.command.decision import add_decision_parsers
     from gill.checkpoint import ADAPTERS_FILE, load_adapters
-    from gill.cli_decision import add_decision_parsers
     from gill.retrieval import RetrievalBank
 
     ckpt = tmp_path / "ckpt"

@@ -9,12 +9,12 @@ from PIL import Image
 from shard_helpers import DEMO_PIPELINE
 
 from annotations.aggregate import confident_labels
-from annotations.candidates import HELD_NOTE, NOVEL_NOTE
 from annotations.store import HUMAN_PANEL, SIMULATED_PANEL, JudgingStore
 from annotations.votes import read_votes
 from eval.db import db_path, query
+from flows.command.main import main
+from flows.stages.candidates import HELD_NOTE, NOVEL_NOTE
 from gill.checkpoint import load_adapters
-from gill.cli import main
 from gill.pipeline import resolve_checkpoint
 
 N = DEMO_PIPELINE["candidate_limit"]

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from annotations.candidates import HELD_NOTE, NOVEL_NOTE, world_prompts
-from annotations.simulated import JUDGE_NAME, PanelConfig, run_simulated_panel
 from annotations.store import HUMAN_PANEL, SIMULATED_PANEL, ItemFullError, JudgingStore, UnknownItemError
 from eval.scene_answers import scene_from_dict
+from flows.stages.candidates import HELD_NOTE, NOVEL_NOTE, world_prompts
+from flows.stages.votes import JUDGE_NAME, PanelConfig, run_simulated_panel
 from gill.errors import InputError
 from gill.synth.render import render_scene
 from gill.synth.scenes import NOVEL_PAIRS, novel_shapes
@@ -85,8 +85,8 @@ def test_simulated_judges_follow_the_answer_key_and_reproduce_from_their_seed(tm
 
 def test_every_output_names_the_simulated_panel(tmp_path):
     from annotations.app import render_admin
-    from annotations.cli_app import status_lines
     from annotations.exchange import export_official_tsv
+    from flows.command.annotate_app import status_lines
 
     store = _world_store(tmp_path, n=3, k=5)
     run_simulated_panel(tmp_path, store=store)
@@ -174,8 +174,8 @@ def test_world_prompts_split_bank_compositions_from_novel_ones(small_world):
 
 def test_world_candidates_load_into_the_store_with_images_and_scenes(tmp_path):
     """``import_candidates`` carries the scene column from DuckDB into the items."""
-    from annotations.store import import_candidates
     from eval.db import db_path, replace_rows
+    from flows.stages.candidates import import_candidates
 
     (tmp_path / "c").mkdir()
     for name in ("g.png", "r.png"):

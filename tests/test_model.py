@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 import torch
 
+from flows.command.main import main
 from gill.adapters import DecisionHead
-from gill.cli import main
 from gill.errors import ConfigError
 from gill.factory import derive_dims, load_backbones
 from gill.model import OFFICIAL_TRAINABLE, GILLModel, summary

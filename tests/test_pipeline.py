@@ -100,7 +100,7 @@ def test_the_official_ret_scale_factor_scales_the_absolute_img0_logit(pipe):
 
 
 def test_chat_help_states_what_the_image_frequency_default_means(capsys):
-    from gill.cli import main
+    from flows.command.main import main
 
     with pytest.raises(SystemExit):
         main(["chat", "--help"])
@@ -206,7 +206,7 @@ def test_a_bank_built_by_another_checkpoint_is_refused(workdir, banked, tmp_path
 def test_gill_generate_prints_the_reply_and_writes_images_with_sidecars(banked, workdir, tmp_path, capsys):
     import json
 
-    from gill.cli import main
+    from flows.command.main import main
 
     out = tmp_path / "gen"
     argv = [
@@ -239,7 +239,7 @@ def test_gill_generate_prints_the_reply_and_writes_images_with_sidecars(banked, 
 def test_gill_index_query_ranks_a_training_caption_first_for_its_own_image(banked, workdir, small_world, capsys):
     import json
 
-    from gill.cli import main
+    from flows.command.main import main
 
     assert main(["index", "query", "--workdir", str(workdir), "a star", "-k", "3", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
@@ -251,7 +251,7 @@ def test_gill_index_query_ranks_a_training_caption_first_for_its_own_image(banke
 def test_chat_keeps_the_history_and_handles_commands(banked, small_world, tmp_path):
     import io
 
-    from gill.cli_inference import run_chat
+    from flows.command.inference import run_chat
     from gill.pipeline import ChatSession
 
     image = next(small_world.cc3m_images_dir.rglob("*.jpg"))

@@ -129,7 +129,7 @@ def test_a_run_locked_by_another_process_is_refused_naming_the_run_until_that_pr
 
 def test_a_run_started_on_other_training_data_is_set_aside_not_resumed(tmp_path):
     """The pipeline passes a digest of the training features: a run of another world is moved aside, never lost."""
-    from eval.reports import DATA_STAMP, _set_aside_stale_run
+    from flows.stages.train import DATA_STAMP, _set_aside_stale_run
 
     run = tmp_path / "runs" / "pipeline"
     (run / "checkpoints" / "step-200").mkdir(parents=True)

@@ -116,9 +116,9 @@ def test_the_gill_mapper_beats_a_linear_mapper_trained_for_the_same_steps(scienc
 def judged(science):
     """The science world's bank, 160 world candidates (half bank compositions, half novel) and the SIMULATED
     answer-key panel's votes on them."""
-    from annotations.candidates import build_candidates
-    from annotations.simulated import run_simulated_panel
-    from annotations.store import JudgingStore, import_candidates
+    from annotations.store import JudgingStore
+    from flows.stages.candidates import build_candidates, import_candidates
+    from flows.stages.votes import run_simulated_panel
     from gill.retrieval import build_bank
 
     root, _, checkpoints = science
@@ -134,8 +134,8 @@ def test_the_simulated_judges_prefer_retrieval_for_bank_compositions_and_generat
     """Section 3.3 in miniature: on world prompts the answer-key panel's confident labels favour the retrieved image
     when the bank holds the composition, and the generated one when the (colour, kind) pair is new to the bank."""
     from annotations.aggregate import confident_label
-    from annotations.candidates import HELD_NOTE, NOVEL_NOTE
     from annotations.store import SIMULATED_PANEL
+    from flows.stages.candidates import HELD_NOTE, NOVEL_NOTE
 
     _, _, store = judged
     labels: dict[str, list[str]] = {HELD_NOTE: [], NOVEL_NOTE: []}

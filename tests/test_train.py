@@ -125,7 +125,7 @@ def test_two_processes_equal_one_process_on_the_same_global_batch(workdir, tmp_p
 
 def test_gill_train_command_records_metrics_and_draws_the_curve(workdir, capsys):
     from eval.db import db_path, query
-    from gill.cli import main
+    from flows.command.main import main
 
     argv = ["train", "--workdir", str(workdir), "--steps", "6", "--batch-size", "8", "--run-id", "cli"]
     assert main(argv) == 0
@@ -143,7 +143,7 @@ def test_gill_train_refuses_a_run_another_process_is_training_and_changes_nothin
 
     from shard_helpers import HOLD_RUN_LOCK, python_process
 
-    from gill.cli import main
+    from flows.command.main import main
 
     run = workdir / "runs" / "busy"
     holder = python_process(HOLD_RUN_LOCK, run, stdout=subprocess.PIPE, text=True)
@@ -160,7 +160,7 @@ def test_gill_train_refuses_a_run_another_process_is_training_and_changes_nothin
 
 
 def test_gill_train_resume_of_a_run_without_checkpoints_fails_listing_the_runs(workdir, capsys):
-    from gill.cli import main
+    from flows.command.main import main
     from gill.resume import CheckpointManager
 
     CheckpointManager(workdir / "runs" / "resumable" / "checkpoints").save(2, {"w": torch.ones(1)}, {})
@@ -178,7 +178,7 @@ def test_gill_train_under_torchrun_matches_a_single_process_run(workdir, tmp_pat
     import sys
 
     from eval.db import db_path, query
-    from gill.cli import main
+    from flows.command.main import main
 
     args = ["train", "--workdir", str(workdir), "--steps", "5", "--batch-size", "8"]
     assert main([*args, "--run-id", "one-process"]) == 0
@@ -191,7 +191,7 @@ def test_gill_train_under_torchrun_matches_a_single_process_run(workdir, tmp_pat
         "--nproc_per_node",
         "2",
         "-m",
-        "gill.cli",
+        "flows.command.main",
         *args,
         "--run-id",
         "torchrun",

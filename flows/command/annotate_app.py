@@ -2,7 +2,7 @@
 progress and agreement.
 
 :func:`add_app_parsers` adds the four commands to the ``gill annotate`` subparsers (see
-:func:`annotations.cli.add_annotate_parsers`). A typical session::
+:func:`flows.command.annotate.add_annotate_parsers`). A typical session::
 
     gill annotate add-judge alice --workdir work/demo     # prints alice's login link
     gill annotate serve --workdir work/demo               # imports the candidates, prints the admin link
@@ -107,7 +107,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 def _import_items(workdir: Path, store: JudgingStore) -> int:
     """Import the candidates into ``store``; return how many are new. A failed import is a warning when the store
     already has items to serve, else the error."""
-    from annotations.store import import_candidates
+    from flows.stages.candidates import import_candidates
 
     try:
         return import_candidates(workdir, store)

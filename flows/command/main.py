@@ -187,7 +187,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 def cmd_data_download(args: argparse.Namespace) -> int:
     """Download a CC3M split into webdataset shards and record the yield in <workdir>/gill.duckdb."""
     from eval.db import db_path, record_download
-    from gill.data.download import DownloadOptions, download_split
+    from flows.stages.download import DownloadOptions, download_split
 
     options = DownloadOptions(
         processes=args.processes,
@@ -233,7 +233,7 @@ def cmd_db_query(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train the adapters on precomputed targets; metrics go to <workdir>/gill.duckdb and a loss-curve PNG."""
-    from eval.reports import run_training
+    from flows.stages.train import run_training
 
     names = ("steps", "batch_size", "lr", "grad_accum", "seed")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
@@ -260,7 +260,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run every stage that exists so far on the embedded default and print a summary."""
-    from gill.demo import run_demo
+    from flows.demo import run_demo
 
     report = run_demo(args.workdir, resolve_config(args, build=False), seed=args.seed)
     _out(report.render())
@@ -285,16 +285,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_precompute_parser(data)
     _add_db_parsers(_group(groups, "db", "query the results database"))
     _add_train_parser(groups)
-    from gill.cli_inference import add_inference_parsers
+    from flows.command.inference import add_inference_parsers
 
     add_inference_parsers(groups)
-    from annotations.cli import add_annotate_parsers
+    from flows.command.annotate import add_annotate_parsers
 
     add_annotate_parsers(groups)
-    from gill.cli_decision import add_decision_parsers
+    from flows.command.decision import add_decision_parsers
 
     add_decision_parsers(groups)
-    from gill.cli_bench import add_bench_parsers
+    from flows.command.bench import add_bench_parsers
 
     add_bench_parsers(groups)
     p = groups.add_parser("demo", help="run the pipeline stages that exist on the embedded default")

@@ -1,6 +1,6 @@
 """``gill generate``, ``gill chat`` and ``gill index build|query``: the inference commands of the ``gill`` CLI.
 
-Registered by :func:`gill.cli.build_parser`; each handler is a thin call into :mod:`gill.pipeline` and
+Registered by :func:`flows.command.main.build_parser`; each handler is a thin call into :mod:`gill.pipeline` and
 :mod:`gill.retrieval`.
 """
 

@@ -96,7 +96,7 @@ def run_demo(workdir: str | Path, config: GILLConfig, seed: int = 0) -> DemoRepo
 def download_stage(workdir: Path, split: str, urls: Path, dims: Any) -> dict[str, Any]:
     """img2dataset over the world's file:// url list, yield recorded in DuckDB."""
     from eval.db import db_path, record_download
-    from gill.data.download import DownloadOptions, download_split
+    from flows.stages.download import DownloadOptions, download_split
 
     image_size = min(224, max(64, dims.vision_image_size))  # 64 px for tiny, 224 px for the paper's CLIP
     options = DownloadOptions(image_size=image_size, shard_size=100, threads=8, timeout=5, retries=0)
@@ -127,7 +127,7 @@ DEMO_TRAIN_STEPS = 200
 
 def train_stage(workdir: Path, config: GILLConfig, seed: int) -> dict[str, Any]:
     """A short adapter training run on the precomputed targets (metrics in DuckDB, loss curve PNG)."""
-    from eval.reports import run_training
+    from flows.stages.train import run_training
 
     steps = min(DEMO_TRAIN_STEPS, config.train.steps)
     overrides = {"steps": steps, "val_every": steps, "ckpt_every": steps, "seed": seed}

@@ -11,7 +11,7 @@ A shard is complete only once its ``_stats.json`` (written last by img2dataset) 
 downstream may use any other shard (:func:`completed_shards`). Sample keys are the 5-digit shard id followed by
 the index within the shard, so the same input and ``shard_size`` always give the same keys.
 
-img2dataset runs in a child process (``python -m gill.data.download --run-img2dataset <config.json>``) because it:
+img2dataset runs in a child process (``python -m flows.stages.download --run-img2dataset <config.json>``) because it:
 uses the multiprocessing *spawn* context (callers without an ``if __name__ == "__main__"`` guard would re-run
 themselves), installs a SIGINT handler in the calling process, prints to stdout, and imports albumentations,
 which checks the network for updates. The child's output goes to ``<workdir>/data/cc3m/_logs/<split>.log``; this
@@ -301,7 +301,7 @@ def read_url_file(path: Path) -> pandas.DataFrame:
     if kind not in (".tsv", ".csv", ".parquet"):
         raise InputError(
             f"URL list {path} has an unsupported extension {path.suffix!r}",
-            hint="use a .tsv, .csv or .parquet file (see the CC3M format notes in gill.data.download)",
+            hint="use a .tsv, .csv or .parquet file (see the CC3M format notes in flows.stages.download)",
         )
     parsed = _parse_parquet(path) if kind == ".parquet" else _parse_text(path, kind)
     if parsed.problems:
@@ -757,7 +757,7 @@ def _run_img2dataset(
     config = inputs.with_name(f"{inputs.stem}.img2dataset.json")
     atomic_write_json(config, img2dataset_kwargs(inputs, out, options))
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "gill.data.download", RUNNER_FLAG, str(config)]
+    command = [sys.executable, "-m", "flows.stages.download", RUNNER_FLAG, str(config)]
     with open(log_path, "ab") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
         log.flush()
@@ -835,7 +835,7 @@ def _tail(log_path: Path, n: int = 15) -> list[str]:
 def _runner_main(argv: list[str]) -> int:
     """Entry point of img2dataset's child process: ``--run-img2dataset <config.json>``."""
     if len(argv) != 2 or argv[0] != RUNNER_FLAG:
-        sys.stderr.write(f"usage: python -m gill.data.download {RUNNER_FLAG} CONFIG.json\n")
+        sys.stderr.write(f"usage: python -m flows.stages.download {RUNNER_FLAG} CONFIG.json\n")
         return 2
     kwargs = json.loads(Path(argv[1]).read_text(encoding="utf-8"))
     _stop_with_parent()

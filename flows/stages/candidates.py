@@ -11,7 +11,7 @@ Prompts: on a work folder with a synthetic shapes world (the embedded default) t
 retrieval bank holds, and half are captions of new scenes with a (colour, kind) pair the training split never
 shows (:data:`gill.synth.scenes.NOVEL_PAIRS`), which the bank cannot hold but the toy Stable Diffusion can draw:
 so retrieval should win on some and generation on others, as section 3.3 argues for real images. Each row keeps
-the prompt's true scene (``scene``, JSON) so the answer-key judges of :mod:`annotations.simulated` can score both
+the prompt's true scene (``scene``, JSON) so the answer-key judges of :mod:`flows.stages.votes` can score both
 images. Elsewhere (the paper preset) prompts come from the shipped PartiPrompts votes file (1,632 prompts) or any
 TSV with a ``Prompt`` column (``Category``, ``Challenge`` and ``Note`` are optional).
 
@@ -31,12 +31,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from annotations.store import CANDIDATES_DIR, JudgingStore, add_candidate_items
+from eval.db import connect, db_path
+from gill.errors import InputError
 from gill.synth.scenes import COLORS, NOVEL_PAIRS, Scene, sample_scene
 from gill.synth.text import cc3m_caption
 
 logger = logging.getLogger(__name__)
 
-CANDIDATES_DIR = Path("annotations") / "candidates"
 TABLE = "decision_candidates"
 WORLD = "world"
 """``prompts=WORLD``: the world prompts of :func:`world_prompts` (the default when the workdir has a world)."""
@@ -316,3 +318,30 @@ def build_candidates(
     return CandidateSummary(
         total=len(rows), built=len(todo), skipped=len(rows) - len(todo), database=database, images_dir=images
     )
+
+
+def import_candidates(workdir: str | os.PathLike[str], store: JudgingStore | None = None) -> int:
+    """Load the items from the DuckDB table ``decision_candidates`` of ``<workdir>/gill.duckdb`` into the judging
+    store (idempotent: re-importing updates items by ``prompt_id`` and keeps their generated-image side). Returns the
+    number of new items.
+
+    Raises:
+        InputError: the DuckDB file or the table is missing, or rows lack a prompt or image path.
+    """
+    path = db_path(workdir)
+    if not path.exists():
+        raise InputError(
+            f"{path} does not exist", [], hint=f"the {TABLE} table is written there by the candidate stage"
+        )
+    with connect(path, read_only=True) as con:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        if TABLE not in tables:
+            raise InputError(
+                f"{path} has no table {TABLE}",
+                [f"tables: {sorted(tables) or 'none'}"],
+                hint="generate the retrieve-vs-generate candidates first",
+            )
+        cursor = con.execute(f"SELECT * FROM {TABLE} ORDER BY prompt_id")
+        names = [d[0] for d in cursor.description]
+        rows = [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
+    return add_candidate_items(store if store is not None else JudgingStore(workdir), rows, str(path))

@@ -177,7 +177,7 @@ def add_annotate_parsers(groups: argparse._SubParsersAction) -> argparse._SubPar
 
     _add_label_studio_parsers(commands)
 
-    from annotations.cli_app import add_app_parsers
+    from flows.command.annotate_app import add_app_parsers
 
     add_app_parsers(commands)
     return commands
@@ -288,8 +288,8 @@ def cmd_annotate_import(args: argparse.Namespace) -> int:
 
 def cmd_annotate_simulate(args: argparse.Namespace) -> int:
     """Run the simulated panel on the store's world items and print its agreement, labelled as simulated."""
-    from annotations.simulated import PanelConfig, run_simulated_panel
     from annotations.store import SIMULATED_PANEL, JudgingStore
+    from flows.stages.votes import PanelConfig, run_simulated_panel
 
     store = JudgingStore(args.workdir)
     summary = run_simulated_panel(
@@ -306,8 +306,8 @@ def cmd_annotate_simulate(args: argparse.Namespace) -> int:
 
 def cmd_annotate_build(args: argparse.Namespace) -> int:
     """Build the decision candidates into <workdir>/annotations/candidates and DuckDB decision_candidates."""
-    from annotations.candidates import build_candidates
-    from annotations.store import JudgingStore, import_candidates
+    from annotations.store import JudgingStore
+    from flows.stages.candidates import build_candidates, import_candidates
 
     summary = build_candidates(
         args.workdir,
