@@ -6,41 +6,26 @@ The work is one task (a training run is one process, or ``torchrun`` for several
 
 from __future__ import annotations
 
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.params import TrainParams
+from flows.tasks import train_task
 
 
-@task(task_run_name="train adapters {params.run_id}")
-def train_task(params: TrainParams) -> dict:
-    """Run (or resume) one training run; returns its id, folder, history and best validation R@1."""
-    from flows.stages.train import run_training
-
+def _overrides(params: TrainParams) -> dict:
     names = ("steps", "batch_size", "lr", "seed")
-    overrides = {name: getattr(params, name) for name in names if getattr(params, name) is not None}
-    result, curve = run_training(
-        params.gill_config(),
-        params.workdir,
-        overrides=overrides,
-        run_id=params.run_id,
-        resume=params.resume,
-        device=params.device,
-    )
-    return {
-        "run_id": result.run_id,
-        "run_dir": str(result.run_dir),
-        "curve": str(curve),
-        "last": result.history[-1] if result.history else {},
-        "validations": result.validations,
-        "best_t2i_r1": result.best_t2i_r1,
-    }
+    return {name: getattr(params, name) for name in names if getattr(params, name) is not None}
 
 
 @flow(name="train-adapters", log_prints=True)
 def train_adapters_flow(params: TrainParams) -> dict:
     """Train the adapters (paper section 3.4) and publish the final metrics."""
-    summary = train_task(params)
+    config_json = params.gill_config().to_json()
+    summary = train_task(
+        params.workdir, config_json, _overrides(params), params.run_id, [], params.device, resume=params.resume
+    )
+    summary["curve"] = summary["loss_curve"]
     last = {k: round(v, 4) for k, v in summary["last"].items()}
     create_table_artifact(
         key="train-metrics",

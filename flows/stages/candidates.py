@@ -33,6 +33,7 @@ from typing import Any
 
 from annotations.store import CANDIDATES_DIR, JudgingStore, add_candidate_items
 from eval.db import connect, db_path
+from flows.workdir import Workdir
 from gill.errors import InputError
 from gill.synth.scenes import COLORS, NOVEL_PAIRS, Scene, sample_scene
 from gill.synth.text import cc3m_caption
@@ -345,3 +346,12 @@ def import_candidates(workdir: str | os.PathLike[str], store: JudgingStore | Non
         names = [d[0] for d in cursor.description]
         rows = [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
     return add_candidate_items(store if store is not None else JudgingStore(workdir), rows, str(path))
+
+
+def run(workdir: Workdir, checkpoint: Path | None = None, **options: Any) -> CandidateSummary:
+    """Stage ``candidates``: build the judging candidates (``options`` are :func:`build_candidates`'s: prompts,
+    limit, sd_steps, guidance_scale, seed, device, batch_size, progress) and load them into the judging store, open
+    to people."""
+    summary = build_candidates(workdir.root, checkpoint=checkpoint, **options)
+    import_candidates(workdir.root, JudgingStore(workdir.root))
+    return summary

@@ -49,6 +49,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from eval.db import record_download
+from flows.workdir import Workdir
 from gill.data.shards import image_split_dir, read_stats
 from gill.errors import ConfigError, GillError, InputError
 from gill.utils.io import atomic_write_json
@@ -878,3 +880,13 @@ if __name__ in ("__main__", "__mp_main__"):  # the runner, and its spawned worke
 
 if __name__ == "__main__":  # spawned workers must not run this again: keep the guard
     sys.exit(_runner_main(sys.argv[1:]))
+
+
+def run(
+    workdir: Workdir, split: str, urls: str | os.PathLike[str], options: DownloadOptions, progress: bool
+) -> DownloadReport:
+    """Stage ``download``: img2dataset over ``urls`` into ``<workdir>/data/cc3m/<split>`` (resuming completed
+    shards); the yield (shard and failure rows) replaces the split's rows in the project store."""
+    report = download_split(urls, split, workdir.root, options, progress=progress)
+    record_download(workdir.database, split, report.shard_rows(), report.failure_rows())
+    return report

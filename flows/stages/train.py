@@ -1,13 +1,19 @@
-"""Reports of pipeline stages: training metrics into DuckDB and a loss-curve PNG."""
+"""Stage ``train``: train the adapters (paper section 3.4) on precomputed targets, with every logged metric in the
+project store (``train_metrics``) and a loss-curve PNG per run; resumes a crashed run from its newest checkpoint."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 from eval.db import db_path, record_metrics
 from eval.plots import plot_curves
+from flows.workdir import Workdir
+from gill.config import GILLConfig
+from gill.train import TrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -184,3 +190,78 @@ def _leave_process_group() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainOptions:
+    """How the train stage runs (what it trains is the config's ``train`` section plus ``overrides``)."""
+
+    run_id: str | None = None
+    """Run folder name under ``<workdir>/runs`` (default: a new id)."""
+    resume: bool | Literal["auto"] = False
+    """True: continue ``run_id`` (or the latest run) from its newest checkpoint; ``"auto"``: train, resume after a
+    crash, or recognise the run as finished (what the pipeline does)."""
+    device: str = "cpu"
+    """Torch device: cpu or cuda."""
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    """Fields of the config's ``train`` section to replace (steps, batch_size, lr, grad_accum, seed, ...)."""
+    mark_default: bool = True
+    """Make the run the work folder's default checkpoint (not for ablation variants)."""
+    data_fingerprint: str | None = None
+    """With ``resume="auto"``: a digest of the training features; a run started on other data is set aside."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainOutcome:
+    """What the train stage did."""
+
+    run_id: str
+    run_dir: Path
+    status: str
+    """trained, resumed, or already trained."""
+    result: TrainResult | None
+    """The trainer's result (None when the run was already trained, or on a non-zero rank under torchrun)."""
+    loss_curve: Path | None
+    curve: list[dict[str, float | str]]
+    """First and last value of each loss and the last validation (from the store)."""
+
+
+def run(workdir: Workdir, config: GILLConfig, options: TrainOptions) -> TrainOutcome:
+    """Train, resume or recognise run ``options.run_id``; metrics into the store, loss curve into the run folder."""
+    if options.resume == "auto":
+        if options.run_id is None:
+            raise ValueError("resume='auto' needs a run_id")
+        summary = train_or_resume(
+            config,
+            workdir.root,
+            overrides=dict(options.overrides),
+            run_id=options.run_id,
+            device=options.device,
+            mark_default=options.mark_default,
+            data_fingerprint=options.data_fingerprint,
+        )
+        return TrainOutcome(
+            run_id=options.run_id,
+            run_dir=Path(summary["run_dir"]),
+            status=summary["status"],
+            result=summary.get("result"),
+            loss_curve=Path(summary["loss_curve"]),
+            curve=summary["curve"],
+        )
+    result, curve = run_training(
+        config,
+        workdir.root,
+        overrides=dict(options.overrides),
+        run_id=options.run_id,
+        resume=bool(options.resume),
+        device=options.device,
+        mark_default=options.mark_default,
+    )
+    return TrainOutcome(
+        run_id=result.run_id,
+        run_dir=result.run_dir,
+        status="resumed" if options.resume else "trained",
+        result=result,
+        loss_curve=curve,
+        curve=curve_summary(workdir.database, result.run_id) if curve is not None else [],
+    )

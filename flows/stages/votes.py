@@ -40,6 +40,7 @@ from PIL import Image
 from annotations.store import CHOICES, SIMULATED_PANEL, Item, JudgingStore
 from eval.scene_answers import scene_from_dict
 from eval.scene_metric import WORK_SIZE, ObjectReading, read_scene, score_scene, to_work_array
+from flows.workdir import Workdir
 from gill.errors import InputError
 from gill.synth.render import render_scene
 from gill.synth.scenes import Scene, Shape
@@ -200,3 +201,10 @@ def run_simulated_panel(
     return PanelSummary(
         items=len(items), votes=written, judges=tuple(j.name for j in judges), skipped=skipped, config=config
     )
+
+
+def run(workdir: Workdir, config: PanelConfig | None = None) -> PanelSummary:
+    """Stage ``votes`` on the embedded default: the SIMULATED panel judges every world item of the judging store
+    (resumes: votes already there are kept). Other votes (people's, a TSV) need no stage: the decision stage reads
+    them."""
+    return run_simulated_panel(workdir.root, config)

@@ -1,0 +1,41 @@
+"""Stage ``report``: the paper tables, the claims table, the effect-of-context figure and the sample grids of a
+benchmark run, from the project store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eval.bench_report import build_claims, build_report, plot_context_effect
+from eval.grids import draw_run_grids
+from flows.workdir import Workdir
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportOutcome:
+    """What the report stage wrote."""
+
+    run_id: str
+    report: str
+    """The paper tables as plain text."""
+    markdown: str
+    """The same tables in markdown."""
+    claims: str
+    """The claims table (markdown)."""
+    plot: Path | None
+    """The effect-of-context figure (None without VIST/VisDial results)."""
+    grids: list[Path] = field(default_factory=list)
+    """Sample grids per benchmark setting."""
+
+
+def run(workdir: Workdir, run_id: str) -> ReportOutcome:
+    """Write the figures under ``<workdir>/bench/reports`` and return the tables."""
+    reports = workdir.bench_reports
+    return ReportOutcome(
+        run_id=run_id,
+        report=build_report(workdir.root, run_id=run_id),
+        markdown=build_report(workdir.root, run_id=run_id, fmt="markdown"),
+        claims=build_claims(workdir.root, run_id=run_id, fmt="markdown"),
+        plot=plot_context_effect(workdir.root, reports / "context_effect.png", run_id=run_id),
+        grids=draw_run_grids(workdir.root, run_id, reports),
+    )

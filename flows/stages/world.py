@@ -1,0 +1,11 @@
+"""Stage ``world``: the synthetic shapes world, the embedded default data (CC3M, VIST and VisDial formats)."""
+
+from __future__ import annotations
+
+from flows.workdir import Workdir
+from gill.synth import SynthConfig, WorldSummary, synthesize_world
+
+
+def run(workdir: Workdir, options: SynthConfig, progress: bool = False) -> WorldSummary:
+    """Build (or reuse, when its manifest matches ``options``) the world under ``<workdir>/world``."""
+    return synthesize_world(workdir.world, options, progress=progress)

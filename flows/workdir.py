@@ -1,0 +1,101 @@
+"""The work folder's layout, in one place: every runner finds its inputs and outputs through a :class:`Workdir`.
+
+A work folder holds everything one pipeline produces::
+
+    <root>/
+      gill.duckdb                 the project store (flows.store): every stage's rows, queried with SQL
+      world/                      the synthetic shapes world (embedded default data)
+      data/cc3m/<split>/          downloaded webdataset shards (img2dataset)
+      features/cc3m/<split>/      precomputed frozen targets, one folder per shard
+      runs/<run_id>/{best,final}/ training runs and their checkpoints (``runs/DEFAULT`` names the default run)
+      annotations/                judging: candidates/ (images), judging.sqlite (the judging store)
+      bench/                      benchmark images and reports/
+      .prefect/                   Prefect task cache and results of the flows
+
+The library (``gill/``) never derives these paths itself from a work folder in new code: runners pass it
+explicit paths (or use the few library helpers listed here, which implement the same layout).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from annotations.store import CANDIDATES_DIR, store_path
+from eval.db import db_path
+from gill.data.precompute import feature_dir
+from gill.data.shards import image_split_dir
+from gill.pipeline import resolve_checkpoint
+from gill.train import runs_dir
+
+
+@dataclass(frozen=True)
+class Workdir:
+    """A work folder (absolute) and where each stage's files live in it."""
+
+    root: Path
+
+    @classmethod
+    def at(cls, path: str | os.PathLike[str]) -> Workdir:
+        """The work folder at ``path`` (made absolute; not created)."""
+        return cls(Path(path).expanduser().resolve())
+
+    @property
+    def database(self) -> Path:
+        """The project store, ``gill.duckdb``."""
+        return db_path(self.root)
+
+    @property
+    def world(self) -> Path:
+        """The synthetic world's folder."""
+        return self.root / "world"
+
+    def images(self, split: str) -> Path:
+        """Downloaded image shards of a CC3M split."""
+        return image_split_dir(split, self.root)
+
+    def features(self, split: str) -> Path:
+        """Precomputed feature shards of a CC3M split."""
+        return feature_dir(split, self.root)
+
+    @property
+    def runs(self) -> Path:
+        """Training runs."""
+        return runs_dir(self.root)
+
+    def run(self, run_id: str) -> Path:
+        """One training run's folder."""
+        return self.runs / run_id
+
+    def checkpoint(self, checkpoint: str | os.PathLike[str] | None = None) -> Path:
+        """A checkpoint folder: ``checkpoint`` when given, else the default run's ``best/`` or ``final/``."""
+        return resolve_checkpoint(self.root, checkpoint)
+
+    def run_checkpoint(self, run_id: str) -> Path:
+        """The checkpoint of run ``run_id`` (its ``best/``, else ``final/``), else the default checkpoint."""
+        for name in ("best", "final"):
+            folder = self.run(run_id) / name
+            if (folder / "adapters.safetensors").is_file():
+                return folder
+        return self.checkpoint()
+
+    @property
+    def candidates(self) -> Path:
+        """Images of the retrieve-vs-generate judging candidates."""
+        return self.root / CANDIDATES_DIR
+
+    @property
+    def judging_store(self) -> Path:
+        """The judging store (SQLite): items, judges, votes."""
+        return store_path(self.root)
+
+    @property
+    def bench_reports(self) -> Path:
+        """Benchmark reports and figures."""
+        return self.root / "bench" / "reports"
+
+    @property
+    def samples(self) -> Path:
+        """Images of the demo's inference stage."""
+        return self.root / "samples"
