@@ -18,7 +18,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flows.stages import download, index, precompute, train
+from flows.stages import world as world_stage
+from flows.stages.download import DownloadOptions
+from flows.stages.train import TrainOptions
+from flows.workdir import Workdir
 from gill.config import GILLConfig
+from gill.data.precompute import PrecomputeOptions
+from gill.synth import SynthConfig
 from gill.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -64,7 +71,6 @@ def run_demo(workdir: str | Path, config: GILLConfig, seed: int = 0) -> DemoRepo
     """Run the demo stages into ``workdir`` and return (and save) the report."""
     from gill.factory import derive_dims
     from gill.hub import require_backbones
-    from gill.synth import SynthConfig, synthesize_world
 
     workdir = Path(workdir).resolve()
     report = DemoReport(workdir=workdir, preset=config.preset)
@@ -76,7 +82,7 @@ def run_demo(workdir: str | Path, config: GILLConfig, seed: int = 0) -> DemoRepo
     )
     world = report.run(
         "synthetic shapes world",
-        lambda: synthesize_world(workdir / "world", SynthConfig(seed=seed), progress=False),
+        lambda: world_stage.run(Workdir(workdir), SynthConfig(seed=seed)),
         summarise=_world_outputs,
     )
     dims = report.run("derived dims", lambda: derive_dims(config), summarise=asdict)
@@ -95,30 +101,24 @@ def run_demo(workdir: str | Path, config: GILLConfig, seed: int = 0) -> DemoRepo
 
 def download_stage(workdir: Path, split: str, urls: Path, dims: Any) -> dict[str, Any]:
     """img2dataset over the world's file:// url list, yield recorded in DuckDB."""
-    from eval.db import db_path, record_download
-    from flows.stages.download import DownloadOptions, download_split
-
     image_size = min(224, max(64, dims.vision_image_size))  # 64 px for tiny, 224 px for the paper's CLIP
     options = DownloadOptions(image_size=image_size, shard_size=100, threads=8, timeout=5, retries=0)
-    result = download_split(urls, split, workdir, options, progress=False)
-    record_download(db_path(workdir), split, result.shard_rows(), result.failure_rows())
-    return {"yield": result.summary().splitlines()[0], "shards": len(result.shards), "database": str(db_path(workdir))}
+    wd = Workdir(workdir)
+    result = download.run(wd, split, urls, options, progress=False)
+    return {"yield": result.summary().splitlines()[0], "shards": len(result.shards), "database": str(wd.database)}
 
 
 def precompute_stage(workdir: Path, split: str, config: GILLConfig) -> dict[str, Any]:
     """Frozen vision features and SD text targets for every shard, one row per shard in DuckDB."""
-    from eval.db import db_path, record_precompute
-    from gill.data.precompute import PrecomputeOptions, feature_dir, precompute_split
-
-    results = precompute_split(split, workdir, config, PrecomputeOptions(batch_size=32), progress=False)
-    record_precompute(db_path(workdir), [r.row() for r in results])
+    wd = Workdir(workdir)
+    results = precompute.run(wd, split, config, PrecomputeOptions(batch_size=32))
     computed = [r for r in results if not r.skipped]
     rate = sum(r.samples_per_s * r.count for r in computed) / max(1, sum(r.count for r in computed))
     return {
         "shards": f"{len(results)} ({len(computed)} computed, {len(results) - len(computed)} up to date)",
         "samples": sum(r.count for r in results),
         "samples_per_s": round(rate, 1) if computed else "n/a (all up to date)",
-        "features": str(feature_dir(split, workdir)),
+        "features": str(wd.features(split)),
     }
 
 
@@ -127,11 +127,10 @@ DEMO_TRAIN_STEPS = 200
 
 def train_stage(workdir: Path, config: GILLConfig, seed: int) -> dict[str, Any]:
     """A short adapter training run on the precomputed targets (metrics in DuckDB, loss curve PNG)."""
-    from flows.stages.train import run_training
-
     steps = min(DEMO_TRAIN_STEPS, config.train.steps)
     overrides = {"steps": steps, "val_every": steps, "ckpt_every": steps, "seed": seed}
-    result, curve = run_training(config, workdir, overrides=overrides, run_id=f"demo-seed{seed}")
+    outcome = train.run(Workdir(workdir), config, TrainOptions(run_id=f"demo-seed{seed}", overrides=overrides))
+    result, curve = outcome.result, outcome.loss_curve
     first, last = result.history[0], result.history[-1]
     outputs = {
         f"{name} (step {first['step']} -> {last['step']})": f"{first[name]:.3f} -> {last[name]:.3f}"
@@ -165,10 +164,7 @@ def _world_outputs(world: Any) -> dict[str, Any]:
 
 def bank_stage(workdir: Path) -> dict[str, Any]:
     """Embed the downloaded training images with the demo run's retrieval head (``gill index build``)."""
-    from gill.pipeline import resolve_checkpoint
-    from gill.retrieval import build_bank
-
-    info = build_bank(workdir, resolve_checkpoint(workdir), splits=("train",), progress=False)
+    info = index.run(Workdir(workdir), splits=("train",))
     return {"bank": str(info.path), "images": info.count, "dim": info.dim, "approximate index": info.approximate}
 
 

@@ -1,8 +1,8 @@
 """Flow ``fit-decision``: fit and evaluate the retrieve-or-generate classifier (paper section 3.3).
 
-One thin task around :func:`eval.decision.fit_decision`: features at ``[IMG0]``, the official 600/rest protocol
-and a stratified k-fold CV, figures into DuckDB ``decision_eval`` beside the human baselines, and the head saved
-into the checkpoint (so ``auto`` mode uses it).
+One thin task around the decision stage's :func:`flows.stages.decision.fit`: features at ``[IMG0]``, the
+official 600/rest protocol and a stratified k-fold CV, figures into DuckDB ``decision_eval`` beside the human
+baselines, and the head saved into the checkpoint (so ``auto`` mode uses it).
 """
 
 from __future__ import annotations
@@ -11,20 +11,20 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows.params import DecisionParams
+from flows.stages import decision as decision_stage
+from flows.workdir import Workdir
 
 
 @task(task_run_name="fit decision classifier")
 def fit_task(params: DecisionParams) -> dict:
     """Fit on the votes (a TSV, the shipped votes, or the judging store); returns the figures."""
-    from eval.decision import fit_decision, store_votes_tsv
-    from gill.pipeline import resolve_checkpoint
-
-    votes = store_votes_tsv(params.workdir, panel=params.panel) if params.from_store else params.votes
-    checkpoint = resolve_checkpoint(params.workdir, params.checkpoint)
-    result = fit_decision(
-        params.workdir,
+    workdir = Workdir.at(params.workdir)
+    votes = decision_stage.store_votes(workdir, panel=params.panel) if params.from_store else params.votes
+    checkpoint = workdir.checkpoint(params.checkpoint)
+    result = decision_stage.fit(
+        workdir,
         checkpoint,
-        votes_path=votes,
+        votes,
         device=params.device,
         folds=params.folds,
         with_retrieval_score=params.with_retrieval_score,

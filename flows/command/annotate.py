@@ -289,12 +289,13 @@ def cmd_annotate_import(args: argparse.Namespace) -> int:
 def cmd_annotate_simulate(args: argparse.Namespace) -> int:
     """Run the simulated panel on the store's world items and print its agreement, labelled as simulated."""
     from annotations.store import SIMULATED_PANEL, JudgingStore
-    from flows.stages.votes import PanelConfig, run_simulated_panel
+    from flows.stages import votes as votes_stage
+    from flows.workdir import Workdir
 
-    store = JudgingStore(args.workdir)
-    summary = run_simulated_panel(
-        args.workdir, PanelConfig(judges=args.judges, seed=args.seed, noise=args.noise), store=store
+    summary = votes_stage.run(
+        Workdir.at(args.workdir), votes_stage.PanelConfig(judges=args.judges, seed=args.seed, noise=args.noise)
     )
+    store = JudgingStore(args.workdir)
     _out(
         f"SIMULATED panel (answer-key judges, not people): {summary.votes} new vote(s) on {summary.items} world "
         f"item(s) by {', '.join(summary.judges)}; {summary.skipped} item(s) without a scene are left to people"
@@ -307,11 +308,12 @@ def cmd_annotate_simulate(args: argparse.Namespace) -> int:
 def cmd_annotate_build(args: argparse.Namespace) -> int:
     """Build the decision candidates into <workdir>/annotations/candidates and DuckDB decision_candidates."""
     from annotations.store import JudgingStore
-    from flows.stages.candidates import build_candidates, import_candidates
+    from flows.stages import candidates as candidates_stage
+    from flows.workdir import Workdir
 
-    summary = build_candidates(
-        args.workdir,
-        checkpoint=args.checkpoint,
+    summary = candidates_stage.run(
+        Workdir.at(args.workdir),
+        args.checkpoint,
         prompts=args.prompts,
         limit=args.limit,
         sd_steps=args.sd_steps,
@@ -319,7 +321,6 @@ def cmd_annotate_build(args: argparse.Namespace) -> int:
         device=args.device,
     )
     store = JudgingStore(args.workdir)
-    import_candidates(args.workdir, store)
     _out(
         f"decision candidates: {summary.total} prompts ({summary.built} built, {summary.skipped} already done); "
         f"images in {summary.images_dir}, rows in {summary.database} table decision_candidates"

@@ -10,6 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from flows.stages import bench as bench_stage
+from flows.workdir import Workdir
+
 
 def _out(text: str = "") -> None:
     sys.stdout.write(text + "\n")
@@ -75,50 +78,32 @@ def _print(summaries, workdir: Path) -> None:
 
 def cmd_bench_vist(args: argparse.Namespace) -> int:
     """VIST Table 1 settings and recall@k."""
-    from eval.bench import run_vist
-
-    summaries = run_vist(
-        args.workdir,
-        args.sis_json,
-        args.images,
-        settings=args.settings,
-        checkpoint=args.checkpoint,
-        options=_options(args),
-        metric_spec=_metric_spec(args),
-    )
-    _print(summaries, args.workdir)
-    return 0
+    data = {"sis_json": args.sis_json, "images": args.images}
+    return _run_bench(args, "vist", data, args.settings)
 
 
 def cmd_bench_visdial(args: argparse.Namespace) -> int:
     """VisDial Table 2 settings and recall@k."""
-    from eval.bench import run_visdial
-
-    summaries = run_visdial(
-        args.workdir,
-        args.dialogs_json,
-        args.images,
-        rounds=args.rounds,
-        checkpoint=args.checkpoint,
-        options=_options(args),
-        metric_spec=_metric_spec(args),
-    )
-    _print(summaries, args.workdir)
-    return 0
+    data = {"dialogs_json": args.dialogs_json, "images": args.images}
+    return _run_bench(args, "visdial", data, args.rounds)
 
 
 def cmd_bench_cc3m_fid(args: argparse.Namespace) -> int:
     """CC3M validation FID."""
-    from eval.bench import run_cc3m_fid
+    return _run_bench(args, "cc3m-fid", {"split": args.split}, None)
 
-    summary = run_cc3m_fid(
-        args.workdir,
+
+def _run_bench(args: argparse.Namespace, benchmark: str, data: dict, settings: list | None) -> int:
+    summaries = bench_stage.run(
+        Workdir.at(args.workdir),
+        benchmark,
         checkpoint=args.checkpoint,
+        data=data,
         options=_options(args),
+        settings=settings,
         metric_spec=_metric_spec(args),
-        split=args.split,
     )
-    _print([summary], args.workdir)
+    _print(summaries, args.workdir)
     return 0
 
 

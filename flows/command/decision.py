@@ -11,6 +11,9 @@ import json
 import sys
 from pathlib import Path
 
+from flows.stages import decision as decision_stage
+from flows.workdir import Workdir
+
 
 def _out(text: str = "") -> None:
     sys.stdout.write(text + "\n")
@@ -19,21 +22,17 @@ def _out(text: str = "") -> None:
 
 def cmd_decision_fit(args: argparse.Namespace) -> int:
     """Fit the decision head on the votes; print the figures beside the human baselines."""
-    from eval.decision import fit_decision
-    from gill.pipeline import resolve_checkpoint
-
-    checkpoint = resolve_checkpoint(args.workdir, args.checkpoint)
+    workdir = Workdir.at(args.workdir)
+    checkpoint = workdir.checkpoint(args.checkpoint)
     votes = args.votes
     if args.from_store:
-        from eval.decision import store_votes_tsv
-
-        votes = store_votes_tsv(args.workdir, panel=args.panel)
+        votes = decision_stage.store_votes(workdir, panel=args.panel)
         label = " (SIMULATED answer-key judges, not people)" if args.panel == "simulated" else ""
         _out(f"votes of panel {args.panel!r} from the judging store{label}: {votes}")
-    result = fit_decision(
-        args.workdir,
+    result = decision_stage.fit(
+        workdir,
         checkpoint,
-        votes_path=votes,
+        votes,
         out_checkpoint=args.out,
         with_retrieval_score=args.with_retrieval_score,
         device=args.device,

@@ -201,12 +201,13 @@ def run_chat(session, out_dir: Path, lines: TextIO, write: Callable[[str], None]
 
 def cmd_index_build(args: argparse.Namespace) -> int:
     """Embed every precomputed image with the checkpoint's retrieval head into a local bank."""
-    from gill.pipeline import resolve_checkpoint
-    from gill.retrieval import build_bank
+    from flows.stages import index as index_stage
+    from flows.workdir import Workdir
 
-    checkpoint = resolve_checkpoint(args.workdir, args.checkpoint)
+    workdir = Workdir.at(args.workdir)
+    checkpoint = workdir.checkpoint(args.checkpoint)
     approximate = {"auto": "auto", "yes": True, "no": False}[args.approximate]
-    info = build_bank(args.workdir, checkpoint, splits=tuple(args.splits), approximate=approximate)
+    info = index_stage.run(workdir, checkpoint, progress=True, splits=tuple(args.splits), approximate=approximate)
     _out(
         f"bank {info.path}: {info.count} images, {info.dim}-d, approximate index: {info.approximate} "
         f"(checkpoint {checkpoint}, id {info.checkpoint_id})"

@@ -15,7 +15,14 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from flows.stages import download as download_stage
+from flows.stages import precompute as precompute_stage
+from flows.stages import train as train_stage
+from flows.stages.download import DownloadOptions
+from flows.stages.train import TrainOptions
+from flows.workdir import Workdir
 from gill.config import GILLConfig
+from gill.data.precompute import PrecomputeOptions
 from gill.errors import GillError
 from gill.hub import configure_environment
 
@@ -186,9 +193,6 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 def cmd_data_download(args: argparse.Namespace) -> int:
     """Download a CC3M split into webdataset shards and record the yield in <workdir>/gill.duckdb."""
-    from eval.db import db_path, record_download
-    from flows.stages.download import DownloadOptions, download_split
-
     options = DownloadOptions(
         processes=args.processes,
         threads=args.threads,
@@ -201,25 +205,22 @@ def cmd_data_download(args: argparse.Namespace) -> int:
         distributor=args.distributor,
         respect_noai=args.respect_noai,
     )
-    report = download_split(args.urls, args.split, args.workdir, options, progress=not args.quiet)
-    record_download(db_path(args.workdir), args.split, report.shard_rows(), report.failure_rows())
+    workdir = Workdir.at(args.workdir)
+    report = download_stage.run(workdir, args.split, args.urls, options, progress=not args.quiet)
     _out(report.summary())
-    _out(f"yield report: {db_path(args.workdir)} (tables download_shards, download_failures)")
+    _out(f"yield report: {workdir.database} (tables download_shards, download_failures)")
     return 0
 
 
 def cmd_data_precompute(args: argparse.Namespace) -> int:
     """Precompute frozen vision features and SD text-encoder targets for every downloaded shard."""
-    from eval.db import db_path, record_precompute
-    from gill.data.precompute import PrecomputeOptions, feature_dir, precompute_split
-
     options = PrecomputeOptions(batch_size=args.batch_size, device=args.device, dtype=args.dtype)
-    results = precompute_split(args.split, args.workdir, resolve_config(args), options, progress=not args.quiet)
-    record_precompute(db_path(args.workdir), [r.row() for r in results])
+    workdir = Workdir.at(args.workdir)
+    results = precompute_stage.run(workdir, args.split, resolve_config(args), options, progress=not args.quiet)
     done = [r for r in results if not r.skipped]
     samples = sum(r.count for r in results)
     _out(f"{len(results)} shards, {samples} samples: {len(done)} computed, {len(results) - len(done)} up to date")
-    _out(f"features: {feature_dir(args.split, args.workdir)}; rows in {db_path(args.workdir)} (precompute_shards)")
+    _out(f"features: {workdir.features(args.split)}; rows in {workdir.database} (precompute_shards)")
     return 0
 
 
@@ -233,18 +234,11 @@ def cmd_db_query(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train the adapters on precomputed targets; metrics go to <workdir>/gill.duckdb and a loss-curve PNG."""
-    from flows.stages.train import run_training
-
     names = ("steps", "batch_size", "lr", "grad_accum", "seed")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    result, curve = run_training(
-        resolve_config(args),
-        args.workdir,
-        overrides=overrides,
-        run_id=args.run_id,
-        resume=args.resume,
-        device=args.device,
-    )
+    options = TrainOptions(run_id=args.run_id, resume=args.resume, device=args.device, overrides=overrides)
+    outcome = train_stage.run(Workdir.at(args.workdir), resolve_config(args), options)
+    result, curve = outcome.result, outcome.loss_curve
     if curve is None:  # a non-zero rank under torchrun: rank 0 reports
         return 0
     last = result.history[-1] if result.history else {}

@@ -23,9 +23,9 @@ def run(
     settings: Sequence[Any] | None = None,
     metric_spec: Any = None,
 ) -> list[BenchSummary]:
-    """One benchmark: ``data`` names its files (vist: ``sis_json``, ``images``; visdial: ``dialogs_json``,
-    ``images``; cc3m-fid: nothing, it reads the work folder's val shards); ``settings`` are VIST settings or
-    VisDial rounds (default: all)."""
+    """One benchmark. ``data`` names its files (vist: ``sis_json``, ``images``; visdial: ``dialogs_json``,
+    ``images``; cc3m-fid: optionally ``split``, the work folder's shards it reads, default val). ``settings`` are
+    VIST settings or VisDial rounds (default: all)."""
     common: dict[str, Any] = {"checkpoint": checkpoint, "options": options, "metric_spec": metric_spec}
     if benchmark == "vist":
         chosen = {"settings": settings} if settings is not None else {}
@@ -34,5 +34,5 @@ def run(
         chosen = {"rounds": settings} if settings is not None else {}
         return run_visdial(workdir.root, data["dialogs_json"], data["images"], **chosen, **common)
     if benchmark == "cc3m-fid":
-        return [run_cc3m_fid(workdir.root, **common)]
+        return [run_cc3m_fid(workdir.root, split=data.get("split", "val"), **common)]
     raise ValueError(f"unknown benchmark {benchmark!r}; known: {', '.join(BENCHMARKS)}")

@@ -4,9 +4,11 @@ macro-F1 beside the judges' baseline in ``decision_eval`` and save the chosen he
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from eval.decision import DecisionStageResult, fit_decision_stage
+from eval.decision import DecisionStageResult, fit_decision, fit_decision_stage, store_votes_tsv
 from flows.workdir import Workdir
+from gill.decision import DecisionFitResult
 
 
 def run(
@@ -28,3 +30,15 @@ def run(
     return fit_decision_stage(
         workdir.root, checkpoint, votes_path=votes, panel=panel, head=head, steps=steps, device=device
     )
+
+
+def fit(workdir: Workdir, checkpoint: Path, votes: Path | None, **options: Any) -> DecisionFitResult:
+    """One head on the given votes (default: the shipped votes), recorded and saved; ``options`` are
+    :func:`eval.decision.fit_decision`'s (recipe, with_retrieval_score, folds, steps, seed, out_checkpoint, panel,
+    device)."""
+    return fit_decision(workdir.root, checkpoint, votes_path=votes, **options)
+
+
+def store_votes(workdir: Workdir, panel: str = "human") -> Path:
+    """The judging store's votes of ``panel`` written in the official TSV layout (what :func:`fit` reads)."""
+    return store_votes_tsv(workdir.root, panel=panel)
