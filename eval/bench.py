@@ -69,21 +69,29 @@ class BenchOptions(_Validated):
     systems: tuple[str, ...] | None = None
     """Systems to run (default: every system the benchmark supports)."""
     sd_steps: int = 50
+    """Denoising steps of every generated image (GILL and SD alike; the paper: 50)."""
     guidance_scale: float = 7.5
+    """Classifier-free guidance scale."""
     height: int | None = None
+    """Generated image height (default: SD's native size)."""
     width: int | None = None
+    """Generated image width (default: SD's native size)."""
     n_boot: int = 1000
     """Bootstrap resamples for the confidence intervals of per-sample metrics."""
     fid_bootstrap: int = 100
     """Bootstrap resamples for the FID interval (each is one FID per seed; 0: no interval)."""
     confidence: float = 0.95
+    """Level of the confidence intervals."""
     retrieval: bool = True
     """Also run the recall@k tasks (VIST, VisDial)."""
     run_id: str | None = None
+    """Benchmark run id (default: from the checkpoint and image settings; the same id resumes)."""
     device: str = "cpu"
+    """Torch device (cpu, cuda, ...)."""
     write_every: int = 8
     """Write sample rows to DuckDB after this many samples (what a crash can lose)."""
     progress: bool = True
+    """Show progress bars."""
 
     def _problems(self) -> list[str]:
         problems = []

@@ -1,4 +1,8 @@
-"""Pydantic parameter models at the flow boundary (validated, described), converted to gill's dataclasses."""
+"""Pydantic parameter models at the flow boundary (validated, described), converted to gill's dataclasses.
+
+The parameters that are options of a stage are generated from that stage's options dataclass
+(:func:`flows.options.params_model`): declared, described and validated once, there.
+"""
 
 from __future__ import annotations
 
@@ -7,60 +11,52 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from eval.bench import BenchOptions
+from flows.options import ModelChoice, options_from, params_model
+from flows.stages.download import DownloadOptions
+from flows.stages.votes import PanelConfig
 from gill.config import GILLConfig
+from gill.data.precompute import PrecomputeOptions
+from gill.synth import SynthConfig
+
+WORLD_FIELDS = {"seed": "seed", "n_train": "train", "n_val": "val", "n_stories": "stories", "n_dialogs": "dialogs"}
+"""The synthetic world's options as pipeline parameters: ``world_seed``, ``world_train``, ..."""
 
 
-class ModelParams(BaseModel):
-    """Which models a flow runs with: a preset or a config file, plus optional backbone overrides."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    preset: Literal["tiny", "paper"] = Field("tiny", description="named preset: tiny (CPU, built-in) or paper")
-    config_path: Path | None = Field(None, description="JSON config file; overrides preset when given")
-    lm: str | None = Field(None, description="override the LM backbone (Hub id or local folder)")
-    vision: str | None = Field(None, description="override the vision encoder (Hub id or local folder)")
-    sd: str | None = Field(None, description="override the Stable Diffusion pipeline (Hub id or local folder)")
-    clip_metric: str | None = Field(None, description="override the metric CLIP model (Hub id or local folder)")
+class ModelParams(params_model("ModelFields", "The model fields of a flow's parameters.", groups=[(ModelChoice, {})])):
+    """Which models a flow runs with: a preset or a config file, plus optional backbone overrides
+    (:class:`flows.options.ModelChoice`)."""
 
     def gill_config(self) -> GILLConfig:
         """The validated :class:`gill.config.GILLConfig` (builds the tiny zoo on first use)."""
-        from gill.presets import get_preset
-
-        config = GILLConfig.load(self.config_path) if self.config_path else get_preset(self.preset)
-        return config.with_backbones(lm=self.lm, vision=self.vision, sd=self.sd, clip_metric=self.clip_metric)
+        return options_from(ModelChoice, self).gill_config()
 
 
-class DownloadParams(BaseModel):
-    """Parameters of the ``download-cc3m`` flow (see ``gill data download --help``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    urls: Path = Field(description="CC3M url list: Google's TSV (caption<TAB>url, no header) or csv/tsv/parquet")
-    split: Literal["train", "val"] = Field(description="which split the list is")
-    workdir: Path = Field(description="work folder; shards go to <workdir>/data/cc3m/<split>/")
-    processes: int = Field(1, ge=1, description="download processes")
-    threads: int = Field(16, ge=1, description="download threads per process")
-    image_size: int = Field(224, ge=8, description="side of the stored images in pixels")
-    resize_mode: Literal["center_crop", "border", "keep_ratio", "original"] = Field(
-        "center_crop", description="how to resize ('original': keep the source bytes, the official preprocessing)"
-    )
-    shard_size: int = Field(10000, ge=1, description="samples per webdataset shard")
-    timeout: float = Field(10, gt=0, description="seconds per url before giving up")
-    retries: int = Field(2, ge=0, description="retries per url")
-    distributor: Literal["multiprocessing", "pyspark", "ray"] = Field(
-        "multiprocessing", description="img2dataset distributor (pyspark/ray for clusters)"
-    )
-    respect_noai: bool = Field(True, description="skip images whose X-Robots-Tag forbids AI use")
+DownloadParams = params_model(
+    "DownloadParams",
+    "Parameters of the ``download-cc3m`` flow (see ``gill data download --help``).",
+    groups=[(DownloadOptions, {})],
+    fields={
+        "urls": (
+            Path,
+            Field(description="CC3M url list: Google's TSV (caption<TAB>url, no header) or csv/tsv/parquet"),
+        ),
+        "split": (Literal["train", "val"], Field(description="which split the list is")),
+        "workdir": (Path, Field(description="work folder; shards go to <workdir>/data/cc3m/<split>/")),
+    },
+)
 
 
-class PrecomputeParams(ModelParams):
-    """Parameters of the ``precompute-targets`` flow (see ``gill data precompute --help``)."""
-
-    split: Literal["train", "val"] = Field(description="which downloaded split to precompute")
-    workdir: Path = Field(description="work folder holding data/cc3m/<split>/")
-    batch_size: int = Field(64, ge=1, description="images/captions per encoder forward")
-    device: str = Field("cpu", description="torch device: cpu or cuda")
-    dtype: Literal["fp16", "bf16", "fp32"] = Field("fp16", description="compute/storage precision")
+PrecomputeParams = params_model(
+    "PrecomputeParams",
+    "Parameters of the ``precompute-targets`` flow (see ``gill data precompute --help``).",
+    base=ModelParams,
+    groups=[(PrecomputeOptions, {})],
+    fields={
+        "split": (Literal["train", "val"], Field(description="which downloaded split to precompute")),
+        "workdir": (Path, Field(description="work folder holding data/cc3m/<split>/")),
+    },
+)
 
 
 class TrainParams(ModelParams):
@@ -132,82 +128,110 @@ StageName = Literal[
 STAGES: tuple[str, ...] = StageName.__args__  # type: ignore[attr-defined]
 
 
-class PipelineParams(ModelParams):
+PipelineParams = params_model(
+    "PipelineParams",
     """Parameters of the ``gill`` flow (deployment ``gill/full-pipeline``): every stage, end to end.
 
     Leave the data sources empty to run on the embedded default: the synthetic shapes world (CC3M, VIST and
     VisDial in their real formats), its world prompts as judging candidates, and a SIMULATED panel of 5
     answer-key judges whose votes fit the decision classifier (people judge the same candidates in their own panel).
-    """
-
-    workdir: Path = Field(Path("work/pipeline"), description="work folder: every output, cache and the DuckDB file")
-    stages: list[StageName] = Field(
-        list(STAGES),
-        description="stages to run, in pipeline order; the others are "
-        "skipped and later stages read their outputs from the workdir",
-    )
-    refresh: bool = Field(False, description="ignore cached stage results and re-run every selected stage")
-    device: str = Field("cpu", description="torch device for every stage: cpu or cuda")
-    # -- data sources (None: the synthetic world) --
-    cc3m_train_urls: Path | None = Field(None, description="CC3M training url list (Google's TSV); default: world's")
-    cc3m_val_urls: Path | None = Field(None, description="CC3M validation url list; default: the world's")
-    vist_sis_json: Path | None = Field(None, description="VIST story-in-sequence JSON; default: the world's")
-    vist_images: Path | None = Field(None, description="folder of VIST photos {photo_flickr_id}.jpg")
-    visdial_json: Path | None = Field(None, description="VisDial 1.0 JSON; default: the world's")
-    visdial_images: Path | None = Field(None, description="folder of VisualDialog_val2018_{id:012d}.jpg")
-    world_seed: int = Field(0, ge=0, description="seed of the synthetic world")
-    world_train: int = Field(256, ge=1, description="synthetic CC3M training pairs")
-    world_val: int = Field(64, ge=1, description="synthetic CC3M validation pairs")
-    world_stories: int = Field(24, ge=1, description="synthetic VIST stories")
-    world_dialogs: int = Field(24, ge=1, description="synthetic VisDial dialogs")
-    # -- download and precompute --
-    processes: int = Field(1, ge=1, description="img2dataset download processes")
-    threads: int = Field(16, ge=1, description="img2dataset download threads per process")
-    image_size: int | None = Field(None, ge=8, description="stored image side (default: 64 for tiny, 224 otherwise)")
-    shard_size: int | None = Field(None, ge=1, description="samples per shard (default: 100 for the world, 10000)")
-    distributor: Literal["multiprocessing", "pyspark", "ray"] = Field(
-        "multiprocessing", description="img2dataset distributor (pyspark/ray spread the download over a cluster)"
-    )
-    precompute_batch_size: int = Field(32, ge=1, description="images/captions per encoder forward")
-    # -- training --
-    steps: int | None = Field(None, ge=1, description="training steps (default: the preset's)")
-    batch_size: int | None = Field(None, ge=2, description="training batch (default: the preset's)")
-    train_seed: int = Field(0, ge=0, description="training seed")
-    run_id: str = Field("pipeline", description="training run folder name under <workdir>/runs")
-    # -- decision --
-    candidate_limit: int | None = Field(
-        None,
-        ge=1,
-        description="prompts to build judging candidates for (default: "
-        "400 world prompts on the embedded default, else all 1,632 PartiPrompts)",
-    )
-    candidate_sd_steps: int = Field(50, ge=1, description="SD steps of the judging candidates")
-    votes: Path | None = Field(
-        None,
-        description="votes TSV (official layout) to fit the decision classifier on; "
-        "default: the SIMULATED answer-key panel's votes on the embedded default, else the "
-        "shipped PartiPrompts votes",
-    )
-    panel_seed: int = Field(0, ge=0, description="seed of the simulated judges' noise (embedded default)")
-    decision_steps: int | None = Field(None, ge=1, description="classifier steps (default: the official 2000)")
-    decision_head: Literal["official", "bank-aware"] | None = Field(
-        None,
-        description="the decision head saved into the checkpoint (auto mode uses it): 'official' (h[IMG0], the "
-        "notebook's recipe) or 'bank-aware' (h[IMG0] + the top retrieval score, standardised and class-weighted); "
-        "the official head is always fitted and recorded; default: bank-aware on the embedded default, else official",
-    )
-    # -- benchmarks --
-    bench_seeds: list[int] = Field([42], min_length=1, description="SD seeds of the benchmarks (official: 42)")
-    bench_limit: int | None = Field(None, ge=1, description="evaluate the first N samples of each benchmark")
-    bench_sd_steps: int = Field(50, ge=1, description="SD steps of every generated benchmark image")
-    vist_settings: list[Literal["1cap", "5cap", "5cap4img"]] = Field(
-        ["1cap", "5cap", "5cap4img"], description="VIST settings (paper Table 1)"
-    )
-    visdial_rounds: list[int] = Field([1, 5, 10], min_length=1, description="VisDial rounds of context (Table 2)")
-    fid_bootstrap: int = Field(100, ge=0, description="bootstrap resamples for the FID interval (0: none)")
-    # -- mapper ablation (paper Table 3) --
-    ablation_mappers: list[Literal["linear", "mlp3", "transformer_encoder"]] = Field(
-        [],
-        description="stage ablation: train one more checkpoint per mapper kind (same steps and data as the main "
-        "run) and score its gill-gen on VIST 5 captions + 4 images and CC3M FID (view table_mapper_ablation)",
-    )
+    """,
+    base=ModelParams,
+    groups=[
+        (SynthConfig, {"include": WORLD_FIELDS, "rename": {k: f"world_{v}" for k, v in WORLD_FIELDS.items()}}),
+        (DownloadOptions, {"include": ("processes", "threads", "distributor")}),
+        (PrecomputeOptions, {"include": ("batch_size",), "prefix": "precompute_", "defaults": {"batch_size": 32}}),
+        (
+            BenchOptions,
+            {
+                "include": ("seeds", "limit", "sd_steps", "fid_bootstrap"),
+                "rename": {"seeds": "bench_seeds", "limit": "bench_limit", "sd_steps": "bench_sd_steps"},
+            },
+        ),
+        (PanelConfig, {"include": ("seed",), "prefix": "panel_"}),
+    ],
+    fields={
+        "workdir": (
+            Path,
+            Field(Path("work/pipeline"), description="work folder: every output, cache and the DuckDB file"),
+        ),
+        "stages": (
+            list[StageName],
+            Field(
+                list(STAGES),
+                description="stages to run, in pipeline order; the others are "
+                "skipped and later stages read their outputs from the workdir",
+            ),
+        ),
+        "refresh": (bool, Field(False, description="ignore cached stage results and re-run every selected stage")),
+        "device": (str, Field("cpu", description="torch device for every stage: cpu or cuda")),
+        "cc3m_train_urls": (
+            Path | None,
+            Field(None, description="CC3M training url list (Google's TSV); default: world's"),
+        ),
+        "cc3m_val_urls": (Path | None, Field(None, description="CC3M validation url list; default: the world's")),
+        "vist_sis_json": (Path | None, Field(None, description="VIST story-in-sequence JSON; default: the world's")),
+        "vist_images": (Path | None, Field(None, description="folder of VIST photos {photo_flickr_id}.jpg")),
+        "visdial_json": (Path | None, Field(None, description="VisDial 1.0 JSON; default: the world's")),
+        "visdial_images": (Path | None, Field(None, description="folder of VisualDialog_val2018_{id:012d}.jpg")),
+        "image_size": (
+            int | None,
+            Field(None, ge=8, description="stored image side (default: 64 for tiny, 224 otherwise)"),
+        ),
+        "shard_size": (
+            int | None,
+            Field(None, ge=1, description="samples per shard (default: 100 for the world, 10000)"),
+        ),
+        "steps": (int | None, Field(None, ge=1, description="training steps (default: the preset's)")),
+        "batch_size": (int | None, Field(None, ge=2, description="training batch (default: the preset's)")),
+        "train_seed": (int, Field(0, ge=0, description="training seed")),
+        "run_id": (str, Field("pipeline", description="training run folder name under <workdir>/runs")),
+        "candidate_limit": (
+            int | None,
+            Field(
+                None,
+                ge=1,
+                description="prompts to build judging candidates for (default: "
+                "400 world prompts on the embedded default, else all 1,632 PartiPrompts)",
+            ),
+        ),
+        "candidate_sd_steps": (int, Field(50, ge=1, description="SD steps of the judging candidates")),
+        "votes": (
+            Path | None,
+            Field(
+                None,
+                description="votes TSV (official layout) to fit the decision classifier on; "
+                "default: the SIMULATED answer-key panel's votes on the embedded default, else the "
+                "shipped PartiPrompts votes",
+            ),
+        ),
+        "decision_steps": (int | None, Field(None, ge=1, description="classifier steps (default: the official 2000)")),
+        "decision_head": (
+            Literal["official", "bank-aware"] | None,
+            Field(
+                None,
+                description="the decision head saved into the checkpoint (auto mode uses it): 'official' "
+                "(h[IMG0], the notebook's recipe) or 'bank-aware' (h[IMG0] + the top retrieval score, standardised "
+                "and class-weighted); the official head is always fitted and recorded; default: bank-aware on the "
+                "embedded default, else official",
+            ),
+        ),
+        "vist_settings": (
+            list[Literal["1cap", "5cap", "5cap4img"]],
+            Field(["1cap", "5cap", "5cap4img"], description="VIST settings (paper Table 1)"),
+        ),
+        "visdial_rounds": (
+            list[int],
+            Field([1, 5, 10], min_length=1, description="VisDial rounds of context (Table 2)"),
+        ),
+        "ablation_mappers": (
+            list[Literal["linear", "mlp3", "transformer_encoder"]],
+            Field(
+                [],
+                description="stage ablation: train one more checkpoint per mapper kind (same steps and data as the "
+                "main run) and score its gill-gen on VIST 5 captions + 4 images and CC3M FID (view "
+                "table_mapper_ablation)",
+            ),
+        ),
+    },
+)

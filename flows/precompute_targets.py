@@ -12,6 +12,7 @@ from __future__ import annotations
 from prefect import flow, unmapped
 from prefect.artifacts import create_table_artifact
 
+from flows.options import options_from
 from flows.params import PrecomputeParams
 from flows.stages import precompute as precompute_stage
 from flows.tasks import file_digest, precompute_task
@@ -23,7 +24,7 @@ from gill.data.precompute import PrecomputeOptions, image_shards
 def precompute_targets_flow(params: PrecomputeParams) -> dict:
     """Precompute GILL's frozen targets (paper section 3: CLIP features, SD text-encoder outputs)."""
     config_json = params.gill_config().to_json()
-    options = PrecomputeOptions(batch_size=params.batch_size, device=params.device, dtype=params.dtype)
+    options = options_from(PrecomputeOptions, params)
     shards = image_shards(params.split, params.workdir)
     futures = precompute_task.map(
         shards,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -44,3 +45,99 @@ def test_importing_every_library_module_loads_no_prefect_and_leaves_the_environm
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert int(proc.stdout.strip()) > 50  # the walk really imported the packages
+
+
+# -- the layers (docs/architecture.md) ------------------------------------------------------------------------------
+
+PROJECT = ("gill", "eval", "annotations", "flows", "data_manifests")
+LAZY_THIRD_PARTY = frozenset(
+    {
+        "cleanfid",  # [eval] extra: FID features, only when FID is scored
+        "lpips",  # [eval] extra: LPIPS, only when LPIPS is scored
+        "img2dataset",  # [data] extra: only the download stage
+        "webdataset",  # [data] extra
+        "prefect_dask",  # [flows] extra: only when a Dask task runner is asked for
+        "uvicorn",  # the judging app's server, only when serving
+        "requests",  # [flows] extra: only the Label Studio client
+        "selenium",  # [dev] extra
+        "fcntl",  # POSIX only: the download's split lock
+        "ctypes",  # Linux only: the download workers' parent-death signal
+    }
+)
+"""Third-party modules a function may import locally: heavy or optional ones, imported only where used."""
+
+
+def _imports(path: Path) -> list[tuple[str, bool, int]]:
+    """(module, at module top?, line) of every import statement of a file; ``if TYPE_CHECKING`` counts as top."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out: list[tuple[str, bool, int]] = []
+
+    def visit(node: ast.AST, top: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.Import):
+                out.extend((a.name, top, child.lineno) for a in child.names)
+            elif isinstance(child, ast.ImportFrom) and child.level == 0 and child.module:
+                out.append((child.module, top, child.lineno))
+            inner = top and not isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda)
+            visit(child, inner)
+
+    visit(tree, True)
+    return out
+
+
+def _modules(*packages: str) -> list[Path]:
+    return sorted(p for pkg in packages for p in (ROOT / pkg).rglob("*.py"))
+
+
+def _offenders(files: list[Path], forbidden: tuple[str, ...]) -> list[str]:
+    return _offenders_from(ROOT, files, forbidden)
+
+
+def _offenders_from(root: Path, files: list[Path], forbidden: tuple[str, ...]) -> list[str]:
+    return [
+        f"{p.relative_to(root)}:{line} imports {module}"
+        for p in files
+        for module, _, line in _imports(p)
+        if module.split(".")[0] in forbidden
+    ]
+
+
+def test_the_model_library_imports_no_application_room():
+    """``gill/`` is the model library: it never imports metrics, judging, stages or front ends."""
+    assert _offenders(_modules("gill"), ("eval", "annotations", "flows")) == []
+
+
+def test_metrics_and_judging_do_not_import_each_other_nor_the_application():
+    assert _offenders(_modules("eval"), ("annotations", "flows")) == []
+    assert _offenders(_modules("annotations"), ("eval", "flows")) == []
+
+
+def test_only_the_prefect_flows_import_prefect():
+    """Runners, the work folder, the option declarations, the ``gill`` command and the demo run without Prefect."""
+    plain = [*_modules("flows/stages", "flows/command"), *(ROOT / "flows" / n for n in PLAIN_FLOWS_MODULES)]
+    assert _offenders(plain, ("prefect", "prefect_dask")) == []
+
+
+PLAIN_FLOWS_MODULES = ("workdir.py", "options.py", "demo.py", "store.py")
+
+
+def test_imports_sit_at_module_top():
+    """Every import of the project's own modules and of the core dependencies is at module top, so the dependency
+    graph is visible; a function imports locally only the heavy optional modules of :data:`LAZY_THIRD_PARTY`."""
+    offenders = [
+        f"{p.relative_to(ROOT)}:{line} imports {module} inside a function or class"
+        for p in _modules(*PROJECT)
+        for module, top, line in _imports(p)
+        if not top and module.split(".")[0] not in LAZY_THIRD_PARTY
+    ]
+    assert offenders == []
+
+
+def test_the_rules_see_a_violation(tmp_path):
+    """The scanner finds a function-local import and a cross-room import (the rules above could not pass vacuously)."""
+    sample = tmp_path / "m.py"
+    sample.write_text("import os\n\ndef f():\n    from eval.metrics import recall_at_k\n    import torch\n")
+    found = _imports(sample)
+    assert ("os", True, 1) in found and ("eval.metrics", False, 4) in found and ("torch", False, 5) in found
+    monkey_root = tmp_path.parent
+    assert [o.split(":", 1)[1] for o in _offenders_from(monkey_root, [sample], ("eval",))] == ["4 imports eval.metrics"]

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from annotations.label_studio import VOTE_MODES
 from annotations.votes import default_votes_path
+from flows.options import add_options, options_from
+from flows.stages.votes import PanelConfig
 from gill.errors import InputError
 
 
@@ -170,9 +172,7 @@ def add_annotate_parsers(groups: argparse._SubParsersAction) -> argparse._SubPar
 
     p = commands.add_parser("simulate", help="let the SIMULATED answer-key panel judge the world items (own panel)")
     p.add_argument("--workdir", type=Path, required=True)
-    p.add_argument("--judges", type=int, default=5, help="simulated judges (default 5)")
-    p.add_argument("--seed", type=int, default=0, help="seed of their noise (default 0)")
-    p.add_argument("--noise", type=float, default=0.15, help="chance of a random answer per question (default 0.15)")
+    add_options(p, PanelConfig)
     p.set_defaults(func=cmd_annotate_simulate)
 
     _add_label_studio_parsers(commands)
@@ -292,9 +292,7 @@ def cmd_annotate_simulate(args: argparse.Namespace) -> int:
     from flows.stages import votes as votes_stage
     from flows.workdir import Workdir
 
-    summary = votes_stage.run(
-        Workdir.at(args.workdir), votes_stage.PanelConfig(judges=args.judges, seed=args.seed, noise=args.noise)
-    )
+    summary = votes_stage.run(Workdir.at(args.workdir), options_from(PanelConfig, args))
     store = JudgingStore(args.workdir)
     _out(
         f"SIMULATED panel (answer-key judges, not people): {summary.votes} new vote(s) on {summary.items} world "

@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from eval.bench import BenchOptions
+from flows.options import add_options, options_from
 from flows.stages import bench as bench_stage
 from flows.workdir import Workdir
 
@@ -30,24 +32,8 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
-def _options(args: argparse.Namespace):  # -> BenchOptions
-    from eval.bench import BenchOptions
-
-    return BenchOptions(
-        seeds=args.seeds,
-        limit=args.limit,
-        systems=args.systems,
-        sd_steps=args.sd_steps,
-        guidance_scale=args.guidance_scale,
-        height=args.height,
-        width=args.width,
-        n_boot=args.n_boot,
-        fid_bootstrap=args.fid_bootstrap,
-        retrieval=not args.no_retrieval,
-        run_id=args.run_id,
-        device=args.device,
-        progress=not args.no_progress,
-    )
+def _options(args: argparse.Namespace) -> BenchOptions:
+    return options_from(BenchOptions, args)
 
 
 def _metric_spec(args: argparse.Namespace):  # -> MetricModelSpec
@@ -129,8 +115,8 @@ def cmd_bench_ablation(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Print the paper tables (or a SQL query) and draw the context figure."""
-    from eval.bench_report import build_claims, build_report, latest_run, plot_context_effect, run_sql
-    from eval.grids import draw_run_grids
+    from eval.bench_report import build_claims, build_report, latest_run, run_sql
+    from flows.stages import report as report_stage
 
     if args.sql:
         _out(run_sql(args.workdir, args.sql, args.format).rstrip("\n"))
@@ -138,14 +124,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.claims:
         _out(build_claims(args.workdir, run_id=args.run_id, fmt=args.format).rstrip("\n"))
         return 0
-    _out(build_report(args.workdir, run_id=args.run_id, fmt=args.format).rstrip("\n"))
-    if not args.no_plot:
-        out = args.plot or args.workdir / "bench" / "reports" / "context_effect.png"
-        written = plot_context_effect(args.workdir, out, run_id=args.run_id)
-        if written is not None:
-            _out(f"context figure: {written}")
-        for grid in draw_run_grids(args.workdir, args.run_id or latest_run(args.workdir), out.parent):
-            _out(f"grid: {grid}")
+    workdir = Workdir.at(args.workdir)
+    run_id = args.run_id or latest_run(args.workdir)
+    if run_id is None:  # no benchmark run yet: the report says so
+        _out(build_report(args.workdir, run_id=None, fmt=args.format).rstrip("\n"))
+        return 0
+    outcome = report_stage.run(workdir, run_id, fmt=args.format, figures=not args.no_plot, plot=args.plot)
+    _out(outcome.report.rstrip("\n"))
+    if outcome.plot is not None:
+        _out(f"context figure: {outcome.plot}")
+    for grid in outcome.grids:
+        _out(f"grid: {grid}")
     return 0
 
 
@@ -162,28 +151,7 @@ def _add_common(p: argparse.ArgumentParser, *, seeds: str = "42", one_checkpoint
             required=True,
             help="a checkpoint to compare (repeat: e.g. one per mapper kind)",
         )
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
-    p.add_argument("--seeds", type=_ints, default=_ints(seeds), help=f"SD seeds, comma-separated (default {seeds})")
-    p.add_argument("--limit", type=int, help="evaluate the first N samples only")
-    p.add_argument(
-        "--systems",
-        type=_names,
-        help="comma-separated systems (default: all the benchmark supports): "
-        "gill, gill-gen, gill-ret, gill-oracle, sd, clip-retrieval, fromage-retrieval (glide: unsupported)",
-    )
-    p.add_argument(
-        "--run-id", help="benchmark run id (default: from the checkpoint and image settings; the same id resumes)"
-    )
-    g = p.add_argument_group("image generation (GILL and SD alike)")
-    g.add_argument("--sd-steps", type=int, default=50, help="denoising steps (default 50, as the paper)")
-    g.add_argument("--guidance-scale", type=float, default=7.5)
-    g.add_argument("--height", type=int, help="generated image height (default: SD's native size)")
-    g.add_argument("--width", type=int, help="generated image width (default: SD's native size)")
-    g = p.add_argument_group("statistics")
-    g.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
-    g.add_argument("--fid-bootstrap", type=int, default=100, help="bootstrap resamples for the FID interval (0: none)")
-    g.add_argument("--no-retrieval", action="store_true", help="skip the recall@k tasks")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_options(p, BenchOptions, defaults={"seeds": _ints(seeds)})
     g = p.add_argument_group("metric models (default: from the preset; real weights are never swapped for random)")
     g.add_argument("--clip-model", metavar="ID_OR_DIR", help="CLIP for CLIP similarity (paper: ViT-L/14)")
     g.add_argument("--lpips-weights", metavar="FILE", help="torchvision alexnet-owt-7be5be79.pth for LPIPS")

@@ -15,9 +15,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from flows.options import ModelChoice, add_options, options_from
 from flows.stages import download as download_stage
 from flows.stages import precompute as precompute_stage
 from flows.stages import train as train_stage
+from flows.stages import world as world_stage
 from flows.stages.download import DownloadOptions
 from flows.stages.train import TrainOptions
 from flows.workdir import Workdir
@@ -25,6 +27,7 @@ from gill.config import GILLConfig
 from gill.data.precompute import PrecomputeOptions
 from gill.errors import GillError
 from gill.hub import configure_environment
+from gill.synth import SynthConfig
 
 logger = logging.getLogger("gill")
 
@@ -41,22 +44,13 @@ def _out(text: str = "") -> None:
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
-    """``--preset``/``--config`` plus per-backbone overrides."""
-    group = parser.add_argument_group("model configuration")
-    group.add_argument("--preset", default="tiny", help="named preset: tiny (default, CPU) or paper")
-    group.add_argument("--config", type=Path, help="JSON config file (overrides --preset)")
-    for role, flag in (("lm", "--lm"), ("vision", "--vision"), ("sd", "--sd"), ("clip_metric", "--clip-metric")):
-        group.add_argument(
-            flag, dest=role, metavar="ID_OR_DIR", help=f"override the {role} backbone (Hub id or local dir)"
-        )
+    """``--preset``/``--config`` plus per-backbone overrides (the fields of :class:`flows.options.ModelChoice`)."""
+    add_options(parser.add_argument_group("model configuration"), ModelChoice, dests={"config_path": "config"})
 
 
 def resolve_config(args: argparse.Namespace, build: bool = True) -> GILLConfig:
     """The config a command runs with: file or preset, then backbone overrides."""
-    from gill.presets import get_preset
-
-    config = GILLConfig.load(args.config) if args.config else get_preset(args.preset, build=build)
-    return config.with_backbones(lm=args.lm, vision=args.vision, sd=args.sd, clip_metric=args.clip_metric)
+    return options_from(ModelChoice, args, dests={"config_path": "config"}).gill_config(build=build)
 
 
 # -- models ----------------------------------------------------------------------------------------------
@@ -176,35 +170,14 @@ def cmd_config_presets(args: argparse.Namespace) -> int:
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
     """Write the synthetic shapes world (CC3M TSV, VIST SIS, VisDial json) into --out."""
-    from gill.synth import SynthConfig, synthesize_world
-
-    config = SynthConfig(
-        seed=args.seed,
-        n_train=args.n_train,
-        n_val=args.n_val,
-        n_stories=args.n_stories,
-        n_dialogs=args.n_dialogs,
-        image_size=args.image_size,
-    )
-    summary = synthesize_world(args.out, config, progress=not args.quiet)
+    summary = world_stage.build(args.out, options_from(SynthConfig, args), progress=not args.quiet)
     _out(json.dumps(summary.to_dict(), indent=2, default=str))
     return 0
 
 
 def cmd_data_download(args: argparse.Namespace) -> int:
     """Download a CC3M split into webdataset shards and record the yield in <workdir>/gill.duckdb."""
-    options = DownloadOptions(
-        processes=args.processes,
-        threads=args.threads,
-        image_size=args.image_size,
-        resize_mode=args.resize_mode,
-        drop_duplicate_urls=args.drop_duplicate_urls,
-        shard_size=args.shard_size,
-        timeout=args.timeout,
-        retries=args.retries,
-        distributor=args.distributor,
-        respect_noai=args.respect_noai,
-    )
+    options = options_from(DownloadOptions, args)
     workdir = Workdir.at(args.workdir)
     report = download_stage.run(workdir, args.split, args.urls, options, progress=not args.quiet)
     _out(report.summary())
@@ -214,7 +187,7 @@ def cmd_data_download(args: argparse.Namespace) -> int:
 
 def cmd_data_precompute(args: argparse.Namespace) -> int:
     """Precompute frozen vision features and SD text-encoder targets for every downloaded shard."""
-    options = PrecomputeOptions(batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+    options = options_from(PrecomputeOptions, args)
     workdir = Workdir.at(args.workdir)
     results = precompute_stage.run(workdir, args.split, resolve_config(args), options, progress=not args.quiet)
     done = [r for r in results if not r.skipped]
@@ -348,12 +321,7 @@ def _add_import_official_parser(groups: argparse._SubParsersAction) -> None:
 def _add_synth_parser(data: argparse._SubParsersAction) -> None:
     p = data.add_parser("synth", help="write the synthetic shapes world in CC3M/VIST/VisDial formats")
     p.add_argument("--out", type=Path, required=True, help="folder to write the world into")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-train", type=int, default=256, help="CC3M-style training pairs")
-    p.add_argument("--n-val", type=int, default=64, help="CC3M-style validation pairs")
-    p.add_argument("--n-stories", type=int, default=24, help="VIST stories (5 images each)")
-    p.add_argument("--n-dialogs", type=int, default=24, help="VisDial dialogs (10 rounds each)")
-    p.add_argument("--image-size", type=int, default=128, help="rendered image side in pixels")
+    add_options(p, SynthConfig)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_synth)
 
@@ -363,9 +331,7 @@ def _add_precompute_parser(data: argparse._SubParsersAction) -> None:
     add_config_args(p)
     p.add_argument("--split", choices=("train", "val"), required=True)
     p.add_argument("--workdir", type=Path, required=True, help="work folder holding data/cc3m/<split>/")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="compute/storage precision")
+    add_options(p, PrecomputeOptions)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_precompute)
 
@@ -403,34 +369,7 @@ def _add_download_parser(data: argparse._SubParsersAction) -> None:
     p.add_argument("--urls", type=Path, required=True, help="CC3M TSV (caption<TAB>url, no header) or csv/tsv/parquet")
     p.add_argument("--split", choices=("train", "val"), required=True)
     p.add_argument("--workdir", type=Path, required=True, help="shards go to <workdir>/data/cc3m/<split>/")
-    p.add_argument("--processes", type=int, default=1, help="download processes")
-    p.add_argument("--threads", type=int, default=16, help="download threads per process")
-    p.add_argument("--image-size", type=int, default=224, help="side of the stored images")
-    p.add_argument(
-        "--resize-mode",
-        choices=("center_crop", "border", "keep_ratio", "original"),
-        default="center_crop",
-        help="how img2dataset stores images (default center_crop at --image-size); original: the source "
-        "bytes, so precompute preprocesses the original image as the official code does",
-    )
-    p.add_argument("--shard-size", type=int, default=10000, help="samples per shard")
-    p.add_argument("--timeout", type=float, default=10, help="seconds per url")
-    p.add_argument("--retries", type=int, default=2, help="retries per url")
-    p.add_argument("--distributor", choices=("multiprocessing", "pyspark", "ray"), default="multiprocessing")
-    noai = p.add_mutually_exclusive_group()
-    noai.add_argument(
-        "--respect-noai",
-        dest="respect_noai",
-        action="store_true",
-        default=True,
-        help="skip images whose X-Robots-Tag forbids AI use (default)",
-    )
-    noai.add_argument("--ignore-noai", dest="respect_noai", action="store_false", help="download them anyway")
-    p.add_argument(
-        "--drop-duplicate-urls",
-        action="store_true",
-        help="fetch each url once (default: repeated urls are fetched again and reported)",
-    )
+    add_options(p, DownloadOptions)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_download)
 

@@ -95,15 +95,25 @@ class DownloadOptions:
     """How img2dataset downloads: parallelism, image processing, sharding, network patience and politeness."""
 
     processes: int = 1
+    """Download processes."""
     threads: int = 16
+    """Download threads per process."""
     image_size: int = 224
+    """Side of the stored images in pixels."""
     resize_mode: Literal["center_crop", "border", "keep_ratio", "original"] = "center_crop"
+    """How images are stored: resized to image_size (center_crop, border, keep_ratio), or original: the source
+    bytes, so precompute preprocesses the original image as the official code does."""
     shard_size: int = 10000
+    """Samples per webdataset shard."""
     timeout: float = 10
+    """Seconds per url before giving up."""
     retries: int = 2
+    """Retries per url."""
     distributor: Literal["multiprocessing", "pyspark", "ray"] = "multiprocessing"
+    """img2dataset distributor (pyspark or ray spread the download over a cluster)."""
     respect_noai: bool = True
-    """True: skip images whose X-Robots-Tag says noai/noimageai/noindex/noimageindex (img2dataset's default)."""
+    """Skip images whose X-Robots-Tag says noai/noimageai/noindex/noimageindex (img2dataset's default);
+    --no-respect-noai downloads them anyway."""
     drop_duplicate_urls: bool = False
     """Keep only the first row of each url (default: every row is fetched, and the repeats are reported)."""
 

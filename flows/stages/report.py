@@ -28,14 +28,17 @@ class ReportOutcome:
     """Sample grids per benchmark setting."""
 
 
-def run(workdir: Workdir, run_id: str) -> ReportOutcome:
-    """Write the figures under ``<workdir>/bench/reports`` and return the tables."""
-    reports = workdir.bench_reports
+def run(
+    workdir: Workdir, run_id: str, *, fmt: str = "table", figures: bool = True, plot: Path | None = None
+) -> ReportOutcome:
+    """The tables of run ``run_id`` in ``fmt`` (table, markdown or csv) and, with ``figures``, the context figure
+    (at ``plot``, default ``<workdir>/bench/reports/context_effect.png``) and the sample grids beside it."""
+    plot = plot or workdir.bench_reports / "context_effect.png"
     return ReportOutcome(
         run_id=run_id,
-        report=build_report(workdir.root, run_id=run_id),
+        report=build_report(workdir.root, run_id=run_id, fmt=fmt),
         markdown=build_report(workdir.root, run_id=run_id, fmt="markdown"),
         claims=build_claims(workdir.root, run_id=run_id, fmt="markdown"),
-        plot=plot_context_effect(workdir.root, reports / "context_effect.png", run_id=run_id),
-        grids=draw_run_grids(workdir.root, run_id, reports),
+        plot=plot_context_effect(workdir.root, plot, run_id=run_id) if figures else None,
+        grids=draw_run_grids(workdir.root, run_id, plot.parent) if figures else [],
     )

@@ -56,10 +56,15 @@ class PanelConfig:
     """The simulated panel's settings (see the module docstring for what each one does)."""
 
     judges: int = 5
+    """Simulated judges (at least 2)."""
     seed: int = 0
+    """Seed of the judges' noise."""
     noise: float = 0.15
+    """Probability that a judge answers at random instead of by the answer key."""
     tie_margin: float = 0.1
+    """Alignment scores closer than this (per judge, spread over 0.5-1.5 times it) are judged the same."""
     realism_margin: float = 0.01
+    """Realism scores closer than this are judged the same."""
 
     def __post_init__(self) -> None:
         problems = []

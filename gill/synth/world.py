@@ -77,11 +77,17 @@ class SynthConfig:
     """Size and seed of a synthetic world. Invalid values raise one ValueError listing all of them."""
 
     seed: int = 0
+    """Seed of the world: scenes, captions, stories and dialogs."""
     n_train: int = 256
+    """CC3M-style training pairs."""
     n_val: int = 64
+    """CC3M-style validation pairs."""
     n_stories: int = 24
+    """VIST stories (5 images each)."""
     n_dialogs: int = 24
+    """VisDial dialogs (10 rounds each)."""
     image_size: int = 128
+    """Side of the rendered images in pixels."""
 
     def __post_init__(self) -> None:
         problems = []
