@@ -17,6 +17,7 @@ benchmark tables) each name the DuckDB file to query.
 
 # No ``from __future__ import annotations`` here: Prefect builds the parameter schema of a served flow from the
 # signature, and a string annotation ("PipelineParams") leaves that pydantic model undefined in the run process.
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -24,8 +25,13 @@ from typing import Any
 
 from prefect import flow
 
+from eval.bench_report import latest_run
+from eval.db import db_path, query
+from eval.metric_models import check_metric_models
 from flows.params import PipelineParams
+from flows.pipeline_support import StageLog, data_sources, locations
 from flows.stages import precompute as precompute_stage
+from flows.stages.candidates import CANDIDATES_DIR
 from flows.tasks import (
     TASKS,
     adapters_id,
@@ -37,6 +43,10 @@ from flows.tasks import (
     votes_source,
 )
 from flows.workdir import Workdir
+from gill.data.precompute import PrecomputeOptions, feature_dir, image_shards, read_feature_manifest
+from gill.data.shards import image_split_dir
+from gill.errors import MissingWeightsError
+from gill.hub import require_backbones
 
 # -- the flow -------------------------------------------------------------------------------------------------------
 
@@ -44,7 +54,6 @@ from flows.workdir import Workdir
 @flow(name="gill", log_prints=True)
 def gill_pipeline(params: PipelineParams = PipelineParams()) -> dict:  # noqa: B008 - pydantic, immutable use
     """GILL end to end (paper sections 3-5): data, adapters, decision classifier, benchmarks, report."""
-    from flows.pipeline_support import StageLog, data_sources, locations
 
     workdir = params.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -67,8 +76,6 @@ def gill_pipeline(params: PipelineParams = PipelineParams()) -> dict:  # noqa: B
             urls = Path(sources[f"cc3m_{split}"])
             log.done(f"download {split}", run["download"](workdir, split, urls, file_digest(urls), options))
     if log.wants("precompute"):
-        from gill.data.precompute import PrecomputeOptions, image_shards
-
         options = PrecomputeOptions(batch_size=params.precompute_batch_size, device=params.device)
         for split in ("train", "val"):
             shards = image_shards(split, workdir)
@@ -102,8 +109,6 @@ def gill_pipeline(params: PipelineParams = PipelineParams()) -> dict:  # noqa: B
         )
     votes = None
     if log.wants("votes"):
-        from flows.stages.candidates import CANDIDATES_DIR
-
         votes = log.done(
             "votes",
             run["votes"](
@@ -151,8 +156,6 @@ def gill_pipeline(params: PipelineParams = PipelineParams()) -> dict:  # noqa: B
         _mapper_ablation(run, log, params, workdir, config, sources, features)
     report = None
     if log.wants("report"):
-        from eval.bench_report import latest_run
-
         run_id = bench_run or latest_run(workdir)
         if run_id is not None:
             report = run["report"](workdir, run_id, _results_digest(workdir, run_id))
@@ -171,7 +174,6 @@ def _mapper_ablation(
     run: dict, log: Any, params: PipelineParams, workdir: Path, config: Any, sources: dict, features: list[str]
 ) -> None:
     """Paper Table 3: a checkpoint per ablation mapper, trained like the main run, scored like its gill-gen."""
-    import dataclasses
 
     overrides = {
         k: v
@@ -215,9 +217,6 @@ def _decision_head(params: Any, world: Any) -> str:
 
 def _check_weights(config: Any, stages: list[str]) -> None:
     """One error naming every missing backbone and metric model the selected stages need."""
-    from eval.metric_models import check_metric_models
-    from gill.errors import MissingWeightsError
-    from gill.hub import require_backbones
 
     errors = []
     checks = (
@@ -279,7 +278,6 @@ def _download_options(params: PipelineParams, config: Any, synthetic: bool) -> d
 
 def _feature_fingerprints(workdir: Path) -> list[str]:
     """The fingerprint of every feature shard (what training and the bank read)."""
-    from gill.data.precompute import feature_dir, read_feature_manifest
 
     out = []
     for split in ("train", "val"):
@@ -298,7 +296,6 @@ def _bench_data(benchmark: str, sources: dict[str, str], workdir: Path) -> tuple
     if benchmark == "visdial":
         data = {"dialogs_json": sources["visdial_json"], "images": sources["visdial_images"]}
         return data, f"{file_digest(Path(data['dialogs_json']))}:{folder_digest(Path(data['images']))}"
-    from gill.data.shards import image_split_dir
 
     return {}, folder_digest(image_split_dir("val", workdir))
 
@@ -320,7 +317,6 @@ def _bench_options(params: PipelineParams, benchmark: str) -> str:
 
 
 def _results_digest(workdir: Path, run_id: str) -> str:
-    from eval.db import db_path, query
 
     frame = query(db_path(workdir), "SELECT * FROM results WHERE run_id = ? ORDER BY ALL", [run_id])
     return hashlib.sha256(frame.to_csv(index=False).encode()).hexdigest()

@@ -18,6 +18,7 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.filesystems import LocalFileSystem
 
 from annotations.store import SIMULATED_PANEL, JudgingStore
 from annotations.votes import default_votes_path
@@ -57,7 +58,6 @@ SHARD_TIMEOUT_S = 2 * 3600
 
 def results_block(workdir: Path) -> Any:
     """A saved LocalFileSystem block for this workdir's task results (Prefect requires saved result storage)."""
-    from prefect.filesystems import LocalFileSystem
 
     folder = (workdir / CACHE_DIR / "results").resolve()
     name = "gill-results-" + hashlib.sha256(str(folder).encode()).hexdigest()[:16]

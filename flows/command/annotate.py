@@ -11,10 +11,24 @@ import json
 import sys
 from pathlib import Path
 
-from annotations.label_studio import VOTE_MODES
-from annotations.votes import default_votes_path
+from annotations import exchange
+from annotations.aggregate import aggregate_file, confident_labels, count_labels, human_baseline
+from annotations.agreement import fleiss_kappa, krippendorff_alpha_nominal
+from annotations.label_studio import (
+    VOTE_MODES,
+    cmd_label_studio_pull,
+    cmd_label_studio_setup,
+    export_label_studio,
+    import_label_studio,
+)
+from annotations.store import SIMULATED_PANEL, JudgingStore, store_path
+from annotations.votes import VOTE_VALUES, default_votes_path, read_votes
+from flows.command.annotate_app import add_app_parsers
 from flows.options import add_options, options_from
+from flows.stages import candidates as candidates_stage
+from flows.stages import votes as votes_stage
 from flows.stages.votes import PanelConfig
+from flows.workdir import Workdir
 from gill.errors import InputError
 
 
@@ -33,7 +47,6 @@ def _votes(args: argparse.Namespace) -> Path:
 
 def cmd_annotate_aggregate(args: argparse.Namespace) -> int:
     """Write the confident labels (official rule) of a votes TSV; print the label counts."""
-    from annotations.aggregate import aggregate_file
 
     counts = aggregate_file(_votes(args), args.out)
     _out(f"confident labels written to {args.out}")
@@ -43,9 +56,6 @@ def cmd_annotate_aggregate(args: argparse.Namespace) -> int:
 
 def human_baseline_report(votes: Path) -> dict:
     """Everything ``gill annotate human-baseline`` prints, as a JSON-ready dict."""
-    from annotations.aggregate import confident_labels, count_labels, human_baseline
-    from annotations.agreement import fleiss_kappa, krippendorff_alpha_nominal
-    from annotations.votes import VOTE_VALUES, read_votes
 
     rows = read_votes(votes)
     table = [r.votes for r in rows]
@@ -177,15 +187,12 @@ def add_annotate_parsers(groups: argparse._SubParsersAction) -> argparse._SubPar
 
     _add_label_studio_parsers(commands)
 
-    from flows.command.annotate_app import add_app_parsers
-
     add_app_parsers(commands)
     return commands
 
 
 def _add_label_studio_parsers(commands: argparse._SubParsersAction) -> None:
     """``label-studio-setup`` and ``label-studio-pull`` (see docs/label-studio.md)."""
-    from annotations.label_studio import cmd_label_studio_pull, cmd_label_studio_setup
 
     def connection(p: argparse.ArgumentParser) -> None:
         p.add_argument("--workdir", type=Path, required=True, help="the work folder of the judging store")
@@ -235,8 +242,6 @@ def _add_label_studio_parsers(commands: argparse._SubParsersAction) -> None:
 
 def cmd_annotate_export(args: argparse.Namespace) -> int:
     """Write the store's items and votes in one of the exchange formats."""
-    from annotations import exchange
-    from annotations.store import JudgingStore, store_path
 
     if not store_path(args.workdir).is_file():
         raise InputError(
@@ -248,8 +253,6 @@ def cmd_annotate_export(args: argparse.Namespace) -> int:
     if args.format == "official-tsv":
         paths = exchange.export_official_tsv(store, args.out, complete_only=args.complete_only, panel=args.panel)
     elif args.format == "label-studio":
-        from annotations.label_studio import export_label_studio
-
         export = export_label_studio(store, args.out, votes=args.votes, panel=args.panel)
         _out(export.describe())
         paths = [export.tasks, export.label_config]
@@ -262,8 +265,6 @@ def cmd_annotate_export(args: argparse.Namespace) -> int:
 
 def cmd_annotate_import(args: argparse.Namespace) -> int:
     """Read votes into the store (the shipped PartiPrompts votes by default)."""
-    from annotations import exchange
-    from annotations.store import JudgingStore
 
     store = JudgingStore(args.workdir)
     if args.format == "official-tsv":
@@ -275,7 +276,6 @@ def cmd_annotate_import(args: argparse.Namespace) -> int:
     elif args.format == "label-studio":
         if len(args.paths) != 1:
             raise InputError("label-studio takes one JSON export", [f"got {len(args.paths)} paths"])
-        from annotations.label_studio import import_label_studio
 
         result = import_label_studio(store, args.paths[0], panel=args.panel, overwrite=args.overwrite)
     else:
@@ -288,9 +288,6 @@ def cmd_annotate_import(args: argparse.Namespace) -> int:
 
 def cmd_annotate_simulate(args: argparse.Namespace) -> int:
     """Run the simulated panel on the store's world items and print its agreement, labelled as simulated."""
-    from annotations.store import SIMULATED_PANEL, JudgingStore
-    from flows.stages import votes as votes_stage
-    from flows.workdir import Workdir
 
     summary = votes_stage.run(Workdir.at(args.workdir), options_from(PanelConfig, args))
     store = JudgingStore(args.workdir)
@@ -305,9 +302,6 @@ def cmd_annotate_simulate(args: argparse.Namespace) -> int:
 
 def cmd_annotate_build(args: argparse.Namespace) -> int:
     """Build the decision candidates into <workdir>/annotations/candidates and DuckDB decision_candidates."""
-    from annotations.store import JudgingStore
-    from flows.stages import candidates as candidates_stage
-    from flows.workdir import Workdir
 
     summary = candidates_stage.run(
         Workdir.at(args.workdir),

@@ -23,6 +23,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from annotations.app import create_app, install_token_redaction
+from annotations.store import (
+    ADMIN_TOKEN_HINT,
+    HUMAN_PANEL,
+    SIMULATED_PANEL,
+    JudgingStore,
+    admin_token_problems,
+    store_path,
+)
+from flows.stages.candidates import import_candidates
 from gill.errors import InputError
 
 if TYPE_CHECKING:
@@ -55,9 +65,6 @@ def cmd_annotate_serve(args: argparse.Namespace) -> int:
     """Check the arguments and bind the port (nothing written yet), then import the candidates, save ``k`` (when
     given) and the admin token, print the admin link, and serve the judging app until interrupted."""
     import uvicorn
-
-    from annotations.app import create_app, install_token_redaction
-    from annotations.store import ADMIN_TOKEN_HINT, JudgingStore, admin_token_problems
 
     if args.admin_token is not None and (problems := admin_token_problems(args.admin_token)):
         raise InputError("--admin-token is refused; nothing was changed", problems, hint=ADMIN_TOKEN_HINT)
@@ -107,7 +114,6 @@ def bind_socket(host: str, port: int) -> socket.socket:
 def _import_items(workdir: Path, store: JudgingStore) -> int:
     """Import the candidates into ``store``; return how many are new. A failed import is a warning when the store
     already has items to serve, else the error."""
-    from flows.stages.candidates import import_candidates
 
     try:
         return import_candidates(workdir, store)
@@ -120,7 +126,6 @@ def _import_items(workdir: Path, store: JudgingStore) -> int:
 
 def _print_serving(store: JudgingStore, args: argparse.Namespace, added: int, token: str) -> None:
     """What ``serve`` prints before it starts: items, judges, ``k``, the admin link."""
-    from annotations.store import HUMAN_PANEL, SIMULATED_PANEL
 
     people = store.judges(HUMAN_PANEL)
     others = [
@@ -140,7 +145,6 @@ def _print_serving(store: JudgingStore, args: argparse.Namespace, added: int, to
 
 def cmd_annotate_add_judge(args: argparse.Namespace) -> int:
     """Add a judge and print their personal login link (shown once: only a hash of the token is stored)."""
-    from annotations.store import JudgingStore
 
     judge, token = JudgingStore(args.workdir).add_judge(args.name)
     _out(f"judge {judge.name!r} added; their personal login link (keep it private, it is shown only once):")
@@ -162,7 +166,6 @@ def cmd_annotate_revoke_judge(args: argparse.Namespace) -> int:
 
 def _existing_store(workdir: Path) -> JudgingStore:
     """The judging store of ``workdir``; :class:`InputError` (and no file created) when there is none yet."""
-    from annotations.store import JudgingStore, store_path
 
     if not store_path(workdir).exists():
         raise InputError(
@@ -175,7 +178,6 @@ def _existing_store(workdir: Path) -> JudgingStore:
 
 def status_lines(workdir: Path) -> list[str]:
     """What ``gill annotate status`` prints (a revoked judge is marked ``revoked <when>``)."""
-    from annotations.store import SIMULATED_PANEL
 
     store = _existing_store(workdir)
     lines = [

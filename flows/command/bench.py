@@ -10,9 +10,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from eval.bench import BenchOptions
+from eval.bench import BenchOptions, run_mapper_ablation
+from eval.bench_report import build_claims, build_report, frame_rows, latest_run, render, run_sql
+from eval.db import db_path, query
+from eval.metric_models import MetricModelSpec
 from flows.options import add_options, options_from
 from flows.stages import bench as bench_stage
+from flows.stages import report as report_stage
 from flows.workdir import Workdir
 
 
@@ -37,7 +41,6 @@ def _options(args: argparse.Namespace) -> BenchOptions:
 
 
 def _metric_spec(args: argparse.Namespace):  # -> MetricModelSpec
-    from eval.metric_models import MetricModelSpec
 
     return MetricModelSpec(
         clip=args.clip_model, lpips_weights=args.lpips_weights, inception_weights=args.inception_weights
@@ -45,7 +48,6 @@ def _metric_spec(args: argparse.Namespace):  # -> MetricModelSpec
 
 
 def _print(summaries, workdir: Path) -> None:
-    from eval.bench_report import build_report
 
     for s in summaries:
         _out(
@@ -95,9 +97,6 @@ def _run_bench(args: argparse.Namespace, benchmark: str, data: dict, settings: l
 
 def cmd_bench_ablation(args: argparse.Namespace) -> int:
     """Mapper ablation over user-supplied checkpoints."""
-    from eval.bench import run_mapper_ablation
-    from eval.bench_report import frame_rows, render
-    from eval.db import db_path, query
 
     summaries = run_mapper_ablation(
         args.workdir,
@@ -115,8 +114,6 @@ def cmd_bench_ablation(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Print the paper tables (or a SQL query) and draw the context figure."""
-    from eval.bench_report import build_claims, build_report, latest_run, run_sql
-    from flows.stages import report as report_stage
 
     if args.sql:
         _out(run_sql(args.workdir, args.sql, args.format).rstrip("\n"))

@@ -14,7 +14,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from flows.stages import index as index_stage
+from flows.workdir import Workdir
+from gill.config import ConfigError
 from gill.errors import GillError, InputError
+from gill.pipeline import (
+    ChatSession,
+    GenerationSettings,
+    GILLPipeline,
+    ImageResult,
+    load_prompt_images,
+    resolve_checkpoint,
+    save_images,
+)
 
 
 def _out(text: str = "") -> None:
@@ -75,8 +87,6 @@ def _image_frequency(args: argparse.Namespace) -> float:
 
 
 def _settings(args: argparse.Namespace):  # -> GenerationSettings
-    from gill.config import ConfigError
-    from gill.pipeline import GenerationSettings
 
     try:
         return GenerationSettings(
@@ -99,7 +109,6 @@ def _settings(args: argparse.Namespace):  # -> GenerationSettings
 
 
 def _load_pipeline(args: argparse.Namespace, load_sd: bool = True):  # -> GILLPipeline
-    from gill.pipeline import GILLPipeline, resolve_checkpoint
 
     checkpoint = resolve_checkpoint(args.workdir, args.checkpoint)
     return GILLPipeline.from_pretrained(checkpoint, workdir=args.workdir, device=args.device, load_sd=load_sd)
@@ -107,7 +116,6 @@ def _load_pipeline(args: argparse.Namespace, load_sd: bool = True):  # -> GILLPi
 
 def _report(output, saved: list[Path], write: Callable[[str], None]) -> None:
     """Print the reply: text, then one line per image with where it was written."""
-    from gill.pipeline import ImageResult
 
     pngs = iter(saved)
     for item in output.items:
@@ -127,7 +135,6 @@ def _report(output, saved: list[Path], write: Callable[[str], None]) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Run GILL on images (first) and text; print the reply and write each image with a JSON sidecar."""
-    from gill.pipeline import load_prompt_images, save_images
 
     settings = _settings(args)
     images = load_prompt_images(args.image or [])
@@ -148,7 +155,6 @@ CHAT_HELP = "commands: /image PATH (attach to the next message), /reset, /quit"
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """Multi-turn terminal chat; images are saved under --out."""
-    from gill.pipeline import ChatSession
 
     session = ChatSession(_load_pipeline(args), _settings(args))
     out_dir = args.out or args.workdir / "chat" / time.strftime("%Y%m%d-%H%M%S")
@@ -158,7 +164,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def run_chat(session, out_dir: Path, lines: TextIO, write: Callable[[str], None]) -> int:
     """The chat loop over ``lines`` (stdin in the CLI); returns the number of turns answered."""
-    from gill.pipeline import load_prompt_images, save_images
 
     write(f"GILL chat. {CHAT_HELP}")
     turns = 0
@@ -201,8 +206,6 @@ def run_chat(session, out_dir: Path, lines: TextIO, write: Callable[[str], None]
 
 def cmd_index_build(args: argparse.Namespace) -> int:
     """Embed every precomputed image with the checkpoint's retrieval head into a local bank."""
-    from flows.stages import index as index_stage
-    from flows.workdir import Workdir
 
     workdir = Workdir.at(args.workdir)
     checkpoint = workdir.checkpoint(args.checkpoint)

@@ -13,8 +13,15 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
+from eval.bench_report import run_sql
+from flows.command.annotate import add_annotate_parsers
+from flows.command.bench import add_bench_parsers
+from flows.command.decision import add_decision_parsers
+from flows.command.inference import add_inference_parsers
+from flows.demo import run_demo
 from flows.options import ModelChoice, add_options, options_from
 from flows.stages import download as download_stage
 from flows.stages import precompute as precompute_stage
@@ -26,8 +33,15 @@ from flows.workdir import Workdir
 from gill.config import GILLConfig
 from gill.data.precompute import PrecomputeOptions
 from gill.errors import GillError
-from gill.hub import configure_environment
+from gill.factory import derive_dims
+from gill.hub import check_backbones, configure_environment, missing_weights_error
+from gill.model import summary
+from gill.official import import_official
+from gill.presets import PRESETS
 from gill.synth import SynthConfig
+from gill.utils.device import check_device
+from gill.zoo import build_tiny_zoo
+from gill.zoo.tiny import build_world_sd, ship_tiny_zoo, shipped_zoo_dir
 
 logger = logging.getLogger("gill")
 
@@ -58,8 +72,6 @@ def resolve_config(args: argparse.Namespace, build: bool = True) -> GILLConfig:
 
 def cmd_models_build_tiny(args: argparse.Namespace) -> int:
     """Build the tiny zoo into --out."""
-    from gill.zoo import build_tiny_zoo
-    from gill.zoo.tiny import ship_tiny_zoo, shipped_zoo_dir
 
     if args.ship:
         manifest = ship_tiny_zoo(seed=args.seed)
@@ -74,7 +86,6 @@ def cmd_models_build_tiny(args: argparse.Namespace) -> int:
 
 def cmd_models_build_world_sd(args: argparse.Namespace) -> int:
     """Train the world SD from scratch and write it (default: over the shipped weights in data_manifests)."""
-    from gill.zoo.tiny import build_world_sd
 
     folder, report = build_world_sd(seed=args.seed, out=args.out, progress=_out)
     _out(f"world SD written to {folder} in {sum(report.seconds.values()) / 60:.1f} min ({report.seconds})")
@@ -84,7 +95,6 @@ def cmd_models_build_world_sd(args: argparse.Namespace) -> int:
 
 def cmd_models_check(args: argparse.Namespace) -> int:
     """Report, for each backbone, whether it is available locally; exit 3 if any is missing."""
-    from gill.hub import check_backbones, missing_weights_error
 
     config = resolve_config(args)
     statuses = check_backbones(config.backbones)
@@ -121,7 +131,6 @@ def cmd_models_check(args: argparse.Namespace) -> int:
 
 def cmd_model_summary(args: argparse.Namespace) -> int:
     """Print per-module trainable/frozen parameter counts (no weights needed) next to the released GILL's."""
-    from gill.model import summary
 
     _out(summary(resolve_config(args)).render())
     return 0
@@ -129,7 +138,6 @@ def cmd_model_summary(args: argparse.Namespace) -> int:
 
 def cmd_import_official(args: argparse.Namespace) -> int:
     """Convert an official GILL release folder (model_args.json, pretrained_ckpt.pth.tar) into our format."""
-    from gill.official import import_official
 
     report = import_official(args.dir, args.out, lm=args.lm, vision=args.vision, sd=args.sd)
     _out(report.render())
@@ -141,13 +149,10 @@ def cmd_import_official(args: argparse.Namespace) -> int:
 
 def cmd_config_show(args: argparse.Namespace) -> int:
     """Print (or save) the resolved config and the dims read from the backbones' configs."""
-    from gill.factory import derive_dims
 
     config = resolve_config(args)
     payload = {"config": config.to_dict()}
     if not args.no_dims:
-        from dataclasses import asdict
-
         payload["derived_dims"] = asdict(derive_dims(config))
     if args.out:
         config.save(args.out)
@@ -158,7 +163,6 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 def cmd_config_presets(args: argparse.Namespace) -> int:
     """List the named presets."""
-    from gill.presets import PRESETS
 
     for name, factory in PRESETS.items():
         _out(f"{name:6s} {(factory.__doc__ or '').strip().splitlines()[0]}")
@@ -199,7 +203,6 @@ def cmd_data_precompute(args: argparse.Namespace) -> int:
 
 def cmd_db_query(args: argparse.Namespace) -> int:
     """Run SQL against <workdir>/gill.duckdb and print the result table (the same function as ``gill report --sql``)."""
-    from eval.bench_report import run_sql
 
     _out(run_sql(args.workdir, args.sql, "csv" if args.csv else "table", max_rows=args.max_rows).rstrip("\n"))
     return 0
@@ -227,7 +230,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run every stage that exists so far on the embedded default and print a summary."""
-    from flows.demo import run_demo
 
     report = run_demo(args.workdir, resolve_config(args, build=False), seed=args.seed)
     _out(report.render())
@@ -252,16 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_precompute_parser(data)
     _add_db_parsers(_group(groups, "db", "query the results database"))
     _add_train_parser(groups)
-    from flows.command.inference import add_inference_parsers
 
     add_inference_parsers(groups)
-    from flows.command.annotate import add_annotate_parsers
 
     add_annotate_parsers(groups)
-    from flows.command.decision import add_decision_parsers
 
     add_decision_parsers(groups)
-    from flows.command.bench import add_bench_parsers
 
     add_bench_parsers(groups)
     p = groups.add_parser("demo", help="run the pipeline stages that exist on the embedded default")
@@ -388,8 +386,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose)
     try:
         if isinstance(getattr(args, "device", None), str):
-            from gill.utils.device import check_device  # torch: only for commands that take a device
-
             check_device(args.device)
         return args.func(args)
     except GillError as err:
