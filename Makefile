@@ -35,8 +35,8 @@ demo: install
 serve: install
 	PREFECT_PORT=$(PREFECT_PORT) $(BIN)/python -m flows.cli serve --workdir work/pipeline
 
-test: install browser-deps label-studio
-	$(BIN)/python -m pytest -q
+test: install browser-deps label-studio duckdb-1x
+	GILL_DUCKDB1_REQUIRED=1 $(BIN)/python -m pytest -q
 
 # Headless Chromium + chromedriver for tests/test_annotation_browser.py (Debian packages). Installed when
 # missing and we are root (CI); elsewhere install them yourself (`apt-get install chromium chromium-driver`),
@@ -53,6 +53,13 @@ browser-deps:
 .PHONY: label-studio
 label-studio:
 	@PYTHON=$(PYTHON) bash scripts/label_studio_env.sh
+
+# A DuckDB 1.1.3 client in its own cached virtualenv, for tests/test_db_compat.py: gill writes gill.duckdb with
+# DuckDB 2 in the 1.1 storage format, and that test opens the file with this client. ~10 s the first time.
+# Where: ${XDG_CACHE_HOME:-~/.cache}/gill/duckdb-1.1.3; or set GILL_DUCKDB1_PYTHON to an interpreter with DuckDB 1.x.
+.PHONY: duckdb-1x
+duckdb-1x:
+	@PYTHON=$(PYTHON) bash scripts/duckdb1_env.sh
 
 lint: install
 	$(BIN)/ruff check gill eval annotations flows tests bench
