@@ -360,13 +360,20 @@ def load_adapters(
 
 
 def check_backbones(ckpt_config: GILLConfig, config: GILLConfig) -> None:
-    """Raise InputError when the checkpoint's LM, vision or SD backbone differs from ``config``'s (id or revision)."""
+    """Raise InputError when the checkpoint's LM, vision or SD backbone differs from ``config``'s (id or revision).
+
+    Ids are compared in their canonical form (:func:`gill.hub.canonical_model_id`): a tiny zoo path recorded by
+    an earlier gill equals the ``gill-tiny/...`` id that names the same model now.
+    """
+    from gill.hub import canonical_model_id
+
     ours, theirs = config.backbones.roles(), ckpt_config.backbones.roles()
     problems = [
         f"{role}: the checkpoint was trained with {theirs[role].id}@{theirs[role].revision}, "
         f"the config uses {ours[role].id}@{ours[role].revision}"
         for role in CHECKED_ROLES
-        if (theirs[role].id, theirs[role].revision) != (ours[role].id, ours[role].revision)
+        if (canonical_model_id(theirs[role].id), theirs[role].revision)
+        != (canonical_model_id(ours[role].id), ours[role].revision)
     ]
     if problems:
         raise InputError(

@@ -40,7 +40,10 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--config", type=Path, help="JSON config file (overrides --preset)")
     for role, flag in (("lm", "--lm"), ("vision", "--vision"), ("sd", "--sd"), ("clip_metric", "--clip-metric")):
         group.add_argument(
-            flag, dest=role, metavar="ID_OR_DIR", help=f"override the {role} backbone (Hub id or local dir)"
+            flag,
+            dest=role,
+            metavar="ID_OR_DIR",
+            help=f"override the {role} backbone (Hub id, gill-tiny/<opt|clip|sd> or local dir)",
         )
 
 

@@ -2,7 +2,8 @@
 
 One frozen dataclass per concern:
 
-* :class:`ModelRef`: one backbone, as a Hub id or a local directory, plus a revision.
+* :class:`ModelRef`: one backbone, as a Hub id, a tiny zoo id (``gill-tiny/opt``) or a local directory, plus a
+  revision.
 * :class:`BackbonesConfig`: the frozen models (causal LM, CLIP vision encoder, Stable Diffusion pipeline,
   CLIP model for metrics).
 * :class:`MapperConfig` and :class:`AdapterConfig`: the sizes of the trainable pieces (paper section 3.2).
@@ -59,7 +60,9 @@ class ModelRef(_Validated):
     """A pretrained model, loaded with ``from_pretrained(id, revision=revision)``."""
 
     id: str
-    """Hugging Face Hub repo id (``facebook/opt-6.7b``) or a local directory saved with ``save_pretrained``."""
+    """Hugging Face Hub repo id (``facebook/opt-6.7b``), a tiny zoo id (``gill-tiny/opt``, ``gill-tiny/clip``,
+    ``gill-tiny/sd``: the zoo in this machine's cache, see :func:`gill.hub.resolve_model_id`) or a local directory
+    saved with ``save_pretrained``."""
     revision: str = "main"
     """Hub branch, tag or commit sha. Ignored when ``id`` is a local directory."""
 

@@ -71,6 +71,7 @@ from gill.data.shards import (
     stats_path,
 )
 from gill.errors import ConfigError, InputError
+from gill.presets import tiny_component
 from gill.utils.io import atomic_directory, atomic_write_json, remove_stale_temp_dirs, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -299,7 +300,7 @@ def _model_identity(model_id: str, revision: str, folder: Path, files: list[Path
     return {
         "id": model_id,
         "revision": revision,
-        "local": looks_like_path(model_id),
+        "local": looks_like_path(model_id) or tiny_component(model_id) is not None,  # identified by its files
         "resolved_commit": folder.name if folder.parent.name == "snapshots" else None,
         "files_sha256": {p.as_posix(): _content_sha256(folder / p) for p in [*files, *weights]},
     }
