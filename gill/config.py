@@ -391,6 +391,36 @@ class GILLConfig(_Validated):
         self.backbones.check_roles(updates)
         return dataclasses.replace(self, backbones=dataclasses.replace(self.backbones, **updates))
 
+    def with_backbones_relative_to(self, base: str | os.PathLike[str], within: str | os.PathLike[str]) -> GILLConfig:
+        """Copy for writing into a file in folder ``base``: each backbone that is a local folder inside ``within``
+        (e.g. a Stable Diffusion trained into the work folder) is named relative to ``base`` (``../../world_sd``),
+        so the folder can be moved or copied as a whole. Other ids are kept; read back with
+        :meth:`with_backbones_resolved_from`."""
+        root, here = Path(within).resolve(), Path(base).resolve()
+        updates = {}
+        for role, ref in self.backbones.roles().items():
+            if not ref.is_local_path or not Path(ref.id).expanduser().is_dir():
+                continue
+            folder = Path(ref.id).expanduser().resolve()
+            if folder.is_relative_to(root):
+                relative = Path(os.path.relpath(folder, here)).as_posix()
+                updates[role] = ModelRef(
+                    id=relative if relative.startswith("../") else f"./{relative}", revision=ref.revision
+                )
+        return self.with_backbones(**updates) if updates else self
+
+    def with_backbones_resolved_from(self, base: str | os.PathLike[str]) -> GILLConfig:
+        """Copy with each relative backbone path (``./x``, ``../x``, as :meth:`with_backbones_relative_to` writes
+        them) resolved against folder ``base``, when that folder exists there (else left as it is, relative to
+        the current directory as before)."""
+        updates = {}
+        for role, ref in self.backbones.roles().items():
+            if ref.id.startswith(("./", "../")):
+                folder = Path(os.path.normpath(Path(base).resolve() / ref.id))
+                if folder.is_dir():
+                    updates[role] = ModelRef(id=str(folder), revision=ref.revision)
+        return self.with_backbones(**updates) if updates else self
+
 
 def _migrated(data: Any) -> Any:
     """``data`` with the fields of earlier config versions moved to where they live now (a copy; never mutated)."""
