@@ -145,9 +145,11 @@ def train_stage(workdir: Path, config: GILLConfig, seed: int) -> dict[str, Any]:
 
 
 def _ensure_zoo(config: GILLConfig) -> dict[str, Any]:
+    from gill.presets import tiny_component, tiny_zoo_dir
     from gill.zoo import ensure_tiny_zoo
 
-    zoo_dir = Path(config.backbones.lm.id).parent
+    lm = config.backbones.lm.id
+    zoo_dir = tiny_zoo_dir() if tiny_component(lm) is not None else Path(lm).parent  # the cache's, or a given zoo
     manifest = ensure_tiny_zoo(zoo_dir)
     return {"zoo": str(zoo_dir), "components": ", ".join(manifest.components)}
 

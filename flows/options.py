@@ -300,13 +300,13 @@ class ModelChoice:
     config_path: Path | None = None
     """JSON config file; overrides the preset when given."""
     lm: str | None = None
-    """Override the LM backbone (Hub id or local folder)."""
+    """Override the LM backbone (Hub id, gill-tiny/opt or local folder)."""
     vision: str | None = None
-    """Override the vision encoder (Hub id or local folder)."""
+    """Override the vision encoder (Hub id, gill-tiny/clip or local folder)."""
     sd: str | None = None
-    """Override the Stable Diffusion pipeline (Hub id or local folder)."""
+    """Override the Stable Diffusion pipeline (Hub id, gill-tiny/sd or local folder)."""
     clip_metric: str | None = None
-    """Override the metric CLIP model (Hub id or local folder)."""
+    """Override the metric CLIP model (Hub id, gill-tiny/clip or local folder)."""
 
     def gill_config(self, build: bool = True) -> GILLConfig:
         """The validated config (``build``: build the tiny zoo into the cache on first use)."""

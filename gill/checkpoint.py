@@ -7,7 +7,11 @@ Layout written by :func:`save_pretrained` and read back by :func:`load_adapters`
     <dir>/adapters.safetensors   GILLAdapters state dict (input_proj, img_embeddings, retrieval, mapper)
     <dir>/decision.safetensors   optional DecisionHead state dict
 
-The frozen backbones are never stored: they are named (id + revision) and loaded by :mod:`gill.factory`.
+The frozen backbones are never stored: they are named (id + revision) and loaded by :mod:`gill.factory`. The
+names hold no path that ties a checkpoint to one machine: the tiny zoo's models are ``gill-tiny/<component>``
+(resolved through the cache, :func:`gill.hub.resolve_model_id`), and a backbone folder inside the work folder is
+recorded relative to the checkpoint (:meth:`~gill.config.GILLConfig.with_backbones_relative_to`), so a work folder
+copied to another machine or user loads there.
 Loading is strict: every missing, unexpected and mis-shaped tensor is listed in one
 :class:`~gill.errors.InputError`. :func:`check_backbones` tells whether a checkpoint fits a config's backbones.
 
@@ -137,6 +141,7 @@ def save_pretrained(
     *,
     decision_head: DecisionHead | None = None,
     dtype: torch.dtype = torch.float32,
+    workdir: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write the adapters (and optionally a decision head) of ``config`` to ``out_dir`` atomically.
 
@@ -148,6 +153,8 @@ def save_pretrained(
         extra: JSON-serialisable additions (training step, data-manifest hash, ...).
         decision_head: optional retrieve-or-generate classifier.
         dtype: storage dtype (float32 by default).
+        workdir: the work folder the checkpoint belongs to: backbone folders inside it are recorded relative to
+            the checkpoint (read back by :func:`load_adapters`), so the work folder can be moved as a whole.
     Returns:
         The checkpoint folder.
     """
@@ -159,6 +166,8 @@ def save_pretrained(
             [f"adapters: {adapters.config}", f"config.adapters: {config.adapters}"],
         )
     tensors = _tensors(adapters, dtype)
+    if workdir is not None:
+        config = config.with_backbones_relative_to(out_dir, within=workdir)
     record = _record(config, img_tokens, decision_head, dtype, sum(t.numel() for t in tensors.values()), extra)
     with atomic_directory(out_dir) as tmp:
         save_file(tensors, str(tmp / ADAPTERS_FILE), metadata={"format": FORMAT})
@@ -295,8 +304,9 @@ def read_checkpoint_config(ckpt_dir: str | os.PathLike[str]) -> GILLConfig:
 
 
 def _config_of(record: dict[str, Any], ckpt_dir: Path) -> GILLConfig:
+    """The checkpoint's config, with backbone paths recorded relative to the checkpoint resolved against it."""
     try:
-        return GILLConfig.from_dict(record["config"])
+        return GILLConfig.from_dict(record["config"]).with_backbones_resolved_from(ckpt_dir)
     except ConfigError as err:
         raise InputError(f"invalid config in {str(ckpt_dir / CONFIG_FILE)!r}", err.problems) from err
 
@@ -360,13 +370,20 @@ def load_adapters(
 
 
 def check_backbones(ckpt_config: GILLConfig, config: GILLConfig) -> None:
-    """Raise InputError when the checkpoint's LM, vision or SD backbone differs from ``config``'s (id or revision)."""
+    """Raise InputError when the checkpoint's LM, vision or SD backbone differs from ``config``'s (id or revision).
+
+    Ids are compared in their canonical form (:func:`gill.hub.canonical_model_id`): a tiny zoo path recorded by
+    an earlier gill equals the ``gill-tiny/...`` id that names the same model now.
+    """
+    from gill.hub import canonical_model_id
+
     ours, theirs = config.backbones.roles(), ckpt_config.backbones.roles()
     problems = [
         f"{role}: the checkpoint was trained with {theirs[role].id}@{theirs[role].revision}, "
         f"the config uses {ours[role].id}@{ours[role].revision}"
         for role in CHECKED_ROLES
-        if (theirs[role].id, theirs[role].revision) != (ours[role].id, ours[role].revision)
+        if (canonical_model_id(theirs[role].id), theirs[role].revision)
+        != (canonical_model_id(ours[role].id), ours[role].revision)
     ]
     if problems:
         raise InputError(

@@ -2,7 +2,8 @@
 
 One frozen dataclass per concern:
 
-* :class:`ModelRef`: one backbone, as a Hub id or a local directory, plus a revision.
+* :class:`ModelRef`: one backbone, as a Hub id, a tiny zoo id (``gill-tiny/opt``) or a local directory, plus a
+  revision.
 * :class:`BackbonesConfig`: the frozen models (causal LM, CLIP vision encoder, Stable Diffusion pipeline,
   CLIP model for metrics).
 * :class:`MapperConfig` and :class:`AdapterConfig`: the sizes of the trainable pieces (paper section 3.2).
@@ -59,7 +60,9 @@ class ModelRef(_Validated):
     """A pretrained model, loaded with ``from_pretrained(id, revision=revision)``."""
 
     id: str
-    """Hugging Face Hub repo id (``facebook/opt-6.7b``) or a local directory saved with ``save_pretrained``."""
+    """Hugging Face Hub repo id (``facebook/opt-6.7b``), a tiny zoo id (``gill-tiny/opt``, ``gill-tiny/clip``,
+    ``gill-tiny/sd``: the zoo in this machine's cache, see :func:`gill.hub.resolve_model_id`) or a local directory
+    saved with ``save_pretrained``."""
     revision: str = "main"
     """Hub branch, tag or commit sha. Ignored when ``id`` is a local directory."""
 
@@ -387,6 +390,36 @@ class GILLConfig(_Validated):
         }
         self.backbones.check_roles(updates)
         return dataclasses.replace(self, backbones=dataclasses.replace(self.backbones, **updates))
+
+    def with_backbones_relative_to(self, base: str | os.PathLike[str], within: str | os.PathLike[str]) -> GILLConfig:
+        """Copy for writing into a file in folder ``base``: each backbone that is a local folder inside ``within``
+        (e.g. a Stable Diffusion trained into the work folder) is named relative to ``base`` (``../../world_sd``),
+        so the folder can be moved or copied as a whole. Other ids are kept; read back with
+        :meth:`with_backbones_resolved_from`."""
+        root, here = Path(within).resolve(), Path(base).resolve()
+        updates = {}
+        for role, ref in self.backbones.roles().items():
+            if not ref.is_local_path or not Path(ref.id).expanduser().is_dir():
+                continue
+            folder = Path(ref.id).expanduser().resolve()
+            if folder.is_relative_to(root):
+                relative = Path(os.path.relpath(folder, here)).as_posix()
+                updates[role] = ModelRef(
+                    id=relative if relative.startswith("../") else f"./{relative}", revision=ref.revision
+                )
+        return self.with_backbones(**updates) if updates else self
+
+    def with_backbones_resolved_from(self, base: str | os.PathLike[str]) -> GILLConfig:
+        """Copy with each relative backbone path (``./x``, ``../x``, as :meth:`with_backbones_relative_to` writes
+        them) resolved against folder ``base``, when that folder exists there (else left as it is, relative to
+        the current directory as before)."""
+        updates = {}
+        for role, ref in self.backbones.roles().items():
+            if ref.id.startswith(("./", "../")):
+                folder = Path(os.path.normpath(Path(base).resolve() / ref.id))
+                if folder.is_dir():
+                    updates[role] = ModelRef(id=str(folder), revision=ref.revision)
+        return self.with_backbones(**updates) if updates else self
 
 
 def _migrated(data: Any) -> Any:

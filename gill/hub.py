@@ -6,8 +6,9 @@ network. The rules here:
 * Downloads are **off** unless the user turns them on (``GILL_ALLOW_DOWNLOADS=1``, or by setting
   ``HF_HUB_OFFLINE=0`` themselves). Off means ``HF_HUB_OFFLINE=1`` is set, so a missing model fails in
   milliseconds instead of after ~20 s of Hub retries.
-* A :class:`~gill.config.ModelRef` resolves to a local directory: the path itself when it is one, otherwise
-  the snapshot in the Hugging Face cache (``HF_HOME`` / ``HF_HUB_CACHE``).
+* A :class:`~gill.config.ModelRef` resolves to a local directory: the tiny zoo in gill's cache for the symbolic
+  ``gill-tiny/<component>`` ids (:func:`resolve_model_id`, the one place they are resolved), the path itself when
+  it is one, otherwise the snapshot in the Hugging Face cache (``HF_HOME`` / ``HF_HUB_CACHE``).
 * :func:`check_backbones` reports, per role, whether the model is complete on disk;
   :func:`require_backbones` raises one :class:`~gill.errors.MissingWeightsError` naming every missing model
   id and how to get it.
@@ -23,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gill.config import BackbonesConfig, ModelRef
-from gill.errors import MissingWeightsError
+from gill.config import BackbonesConfig, ModelRef, looks_like_path
+from gill.errors import GillError, MissingWeightsError
 
 logger = logging.getLogger(__name__)
 
@@ -103,10 +104,60 @@ class BackboneStatus:
         return self.problem is None
 
 
+def resolve_model_id(model_id: str) -> str:
+    """What ``from_pretrained`` loads for a backbone id: the one place gill's own ids become local folders.
+
+    * ``gill-tiny/<component>`` (``opt``, ``clip``, ``sd``): that folder of the tiny zoo in this machine's cache
+      (:func:`gill.presets.tiny_zoo_dir`), installed there first when the cache lacks it (a checked copy of the
+      zoo that ships with gill);
+    * a tiny zoo path of the current builder version recorded before the symbolic ids existed
+      (``/home/me/.cache/gill/tiny-zoo-v5/opt``): the path when it exists, else the zoo in this machine's cache;
+    * anything else (a Hub id, a local folder): unchanged.
+
+    Raises:
+        InputError: the tiny zoo is needed but cannot be installed (the shipped weights are damaged).
+    """
+    from gill.presets import legacy_tiny_component, tiny_component, tiny_zoo_dir
+
+    component = tiny_component(model_id)
+    if component is None:
+        component = legacy_tiny_component(model_id)
+        if component is None or Path(model_id).expanduser().is_dir():
+            return model_id
+    from gill.zoo import ensure_tiny_zoo
+
+    zoo = tiny_zoo_dir()
+    ensure_tiny_zoo(zoo)
+    return str(zoo / component)
+
+
+def canonical_model_id(model_id: str) -> str:
+    """``model_id`` in the form configs record: ``gill-tiny/<component>`` for the tiny zoo's models (also when
+    given as a path into a tiny zoo of the current version), else unchanged. Two ids name the same backbone when
+    their canonical forms are equal."""
+    from gill.presets import legacy_tiny_component, tiny_component, tiny_model_id
+
+    component = tiny_component(model_id) or legacy_tiny_component(model_id)
+    return tiny_model_id(component) if component is not None else model_id
+
+
+def is_tiny_model_id(model_id: str) -> bool:
+    """True for the symbolic ``gill-tiny/<component>`` ids."""
+    from gill.presets import tiny_component
+
+    return tiny_component(model_id) is not None
+
+
 def locate(ref: ModelRef) -> tuple[Path | None, str | None]:
-    """Find ``ref`` on disk: returns ``(directory, None)`` or ``(None, why_not)``. Never touches the network."""
-    if ref.is_local_path:
-        path = Path(ref.id).expanduser()
+    """Find ``ref`` on disk: returns ``(directory, None)`` or ``(None, why_not)``. Never touches the network.
+
+    Resolves ``ref.id`` with :func:`resolve_model_id` first (installing the tiny zoo when it names it)."""
+    try:
+        model_id = resolve_model_id(ref.id)
+    except GillError as err:
+        return None, "the tiny zoo cannot be installed: " + "; ".join([err.message, *err.problems])
+    if looks_like_path(model_id):
+        path = Path(model_id).expanduser()
         if path.is_dir():
             return path, None
         return None, f"local path {str(path)!r} does not exist or is not a directory"
@@ -178,7 +229,7 @@ def missing_weights_error(missing: list[BackboneStatus], preset: str | None) -> 
         f"{ref_id} (needed as {', '.join(s.role for s in group)}): {group[0].problem}"
         for ref_id, group in by_id.items()
     ]
-    hub_ids = [i for i, g in by_id.items() if not g[0].ref.is_local_path]
+    hub_ids = [i for i, g in by_id.items() if not g[0].ref.is_local_path and not is_tiny_model_id(i)]
     where = f" for preset {preset!r}" if preset else ""
     mode = "" if downloads_allowed() else " Downloads are off (HF_HUB_OFFLINE=1)."
     hint_lines = ["How to fix (any one):"]

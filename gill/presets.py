@@ -2,12 +2,16 @@
 
 ``paper`` follows the released ``model_args.json`` (docs/official-gill.md §7.1): OPT-6.7B, CLIP ViT-L/14,
 Stable Diffusion v1.5, 8 [IMG] tokens, 4 visual tokens, 256-d retrieval, GILLMapper (512 wide, 4+4 layers,
-4 heads) to 77 tokens. ``tiny`` points at the tiny zoo (:mod:`gill.zoo`), built into the cache on first use.
+4 heads) to 77 tokens. ``tiny`` names the tiny zoo (:mod:`gill.zoo`) by the symbolic ids ``gill-tiny/opt``,
+``gill-tiny/clip`` and ``gill-tiny/sd``; :func:`gill.hub.resolve_model_id` maps them to the zoo in this machine's
+cache (:func:`tiny_zoo_dir`), built there on first use, so configs and checkpoints that name them hold no path and
+load on any machine.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +40,37 @@ def tiny_zoo_dir() -> Path:
     return cache_dir() / f"tiny-zoo-v{ZOO_VERSION}"
 
 
+TINY_ID_PREFIX = "gill-tiny/"
+"""Backbone ids ``gill-tiny/<component>`` name a component of the tiny zoo in the cache (not a Hub repo)."""
+TINY_COMPONENTS = ("opt", "clip", "sd")
+"""The tiny zoo's model folders."""
+_LEGACY_TINY_PATH = re.compile(r"(?:^|[/\\])tiny-zoo-v(\d+)[/\\](opt|clip|sd)[/\\]?$")
+
+
+def tiny_model_id(component: str) -> str:
+    """The symbolic id of a tiny zoo component (``opt`` -> ``gill-tiny/opt``)."""
+    if component not in TINY_COMPONENTS:
+        raise ConfigError(f"unknown tiny zoo component {component!r}", [f"components: {list(TINY_COMPONENTS)}"])
+    return TINY_ID_PREFIX + component
+
+
+def tiny_component(model_id: str) -> str | None:
+    """The component a symbolic ``gill-tiny/<component>`` id names, else None."""
+    name = model_id.removeprefix(TINY_ID_PREFIX)
+    return name if model_id.startswith(TINY_ID_PREFIX) and name in TINY_COMPONENTS else None
+
+
+def legacy_tiny_component(model_id: str) -> str | None:
+    """The component an absolute tiny zoo path of the current builder version names (``.../tiny-zoo-v5/opt``, as
+    configs recorded before the symbolic ids), else None. Paths of other versions name other weights: None."""
+    match = _LEGACY_TINY_PATH.search(model_id)
+    if match is None:
+        return None
+    from gill.zoo import ZOO_VERSION
+
+    return match.group(2) if int(match.group(1)) == ZOO_VERSION else None
+
+
 def paper_config() -> GILLConfig:
     """The paper's configuration (every adapter default is the released value)."""
     backbones = BackbonesConfig(
@@ -48,13 +83,20 @@ def paper_config() -> GILLConfig:
 
 
 def tiny_config(zoo_dir: str | Path | None = None) -> GILLConfig:
-    """Same structure as the paper's, with CPU-sized adapters over the tiny zoo."""
-    zoo = Path(zoo_dir) if zoo_dir is not None else tiny_zoo_dir()
+    """Same structure as the paper's, with CPU-sized adapters over the tiny zoo.
+
+    The backbones are the symbolic ``gill-tiny/...`` ids (resolved through the cache at load time), or the folders
+    of the zoo at ``zoo_dir`` when one is given.
+    """
+    if zoo_dir is None:
+        ids = {name: tiny_model_id(name) for name in TINY_COMPONENTS}
+    else:
+        ids = {name: str(Path(zoo_dir) / name) for name in TINY_COMPONENTS}
     backbones = BackbonesConfig(
-        lm=ModelRef(id=str(zoo / "opt")),
-        vision=ModelRef(id=str(zoo / "clip")),
-        sd=ModelRef(id=str(zoo / "sd")),
-        clip_metric=ModelRef(id=str(zoo / "clip")),
+        lm=ModelRef(id=ids["opt"]),
+        vision=ModelRef(id=ids["clip"]),
+        sd=ModelRef(id=ids["sd"]),
+        clip_metric=ModelRef(id=ids["clip"]),
     )
     mapper = MapperConfig(hidden_dim=32, num_heads=4, num_encoder_layers=2, num_decoder_layers=2, ffn_dim=64)
     adapters = AdapterConfig(num_img_tokens=8, n_visual_tokens=4, ret_emb_dim=32, num_clip_tokens=77, mapper=mapper)

@@ -25,7 +25,8 @@ none, never half of one)::
     embeddings.npy   (N, R) float32, L2-normalised rows
     rows.json        {"keys": [...]}: the sample key of each row; a row's split and shard come from the
                      manifest's shard table (rows are contiguous per shard)
-    manifest.json    format and version, checkpoint id and path, logit scale, dim, count, splits, the shard table
+    manifest.json    format and version, checkpoint id and path (relative to the workdir when inside it), logit
+                     scale, dim, count, splits, the shard table
                      (split, name, tar relative to the workdir, first row, count, feature fingerprint), the
                      approximate index's parameters, build seconds, creation time
     ivf.faiss        only for approximate banks: a FAISS IVF-Flat index over the same rows
@@ -404,7 +405,19 @@ class _RetrievalProjection:
     """Id and revision of the vision backbone the adapters were trained on."""
 
 
-def _load_projection(checkpoint_dir: Path) -> tuple[_RetrievalProjection | None, list[str]]:
+def recorded_path(path: Path, workdir: Path) -> str:
+    """``path`` as a manifest in ``workdir`` records it: relative to the workdir (posix) when inside it, else
+    absolute (read back with :func:`recorded_location`)."""
+    path, root = path.resolve(), workdir.resolve()
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+
+def recorded_location(recorded: str, workdir: Path) -> Path:
+    """The path :func:`recorded_path` wrote, on this machine (absolute paths of older manifests are kept)."""
+    return workdir / recorded if not Path(recorded).is_absolute() else Path(recorded)
+
+
+def _load_projection(checkpoint_dir: Path, workdir: Path) -> tuple[_RetrievalProjection | None, list[str]]:
     from gill.checkpoint import load_adapters
 
     try:
@@ -416,7 +429,7 @@ def _load_projection(checkpoint_dir: Path) -> tuple[_RetrievalProjection | None,
     vision = loaded.config.backbones.vision
     return _RetrievalProjection(
         checkpoint_id=ckpt_id,
-        checkpoint_path=str(checkpoint_dir.resolve()),
+        checkpoint_path=recorded_path(checkpoint_dir, workdir),
         image_proj=heads.image_proj,
         logit_scale=float(heads.scale().detach()),
         vision={"id": vision.id, "revision": vision.revision},
@@ -622,7 +635,7 @@ def build_bank(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise InputError("invalid bank build arguments", [f"batch_size: must be a positive int, got {batch_size!r}"])
     splits = [splits] if isinstance(splits, str) else list(dict.fromkeys(splits))
-    projection, problems = _load_projection(checkpoint_dir)
+    projection, problems = _load_projection(checkpoint_dir, workdir)
     sources, feature_problems = _feature_sources(workdir, splits)
     problems += feature_problems or ([] if splits else ["splits: give at least one split"])
     if problems:
@@ -811,7 +824,7 @@ class RetrievalBank:
             raise InputError(
                 f"the retrieval bank at {str(path)!r} was built by another checkpoint",
                 [
-                    f"bank: checkpoint id {built_by} ({manifest['checkpoint']['path']})",
+                    f"bank: checkpoint id {built_by} ({recorded_location(manifest['checkpoint']['path'], workdir)})",
                     requested + (f" ({checkpoint_dir})" if checkpoint_dir is not None else ""),
                 ],
                 hint="its rows come from that checkpoint's image_proj; " + hint,

@@ -518,10 +518,12 @@ class Trainer:
         return True
 
     def export(self, out: Path, extra: dict[str, Any]) -> Path:
-        """Write the adapters in the release format (:mod:`gill.checkpoint`)."""
+        """Write the adapters in the release format (:mod:`gill.checkpoint`); backbone folders inside the work
+        folder (``<workdir>/runs/<run id>``) are recorded relative to the checkpoint."""
         from gill.checkpoint import save_pretrained
 
-        return save_pretrained(out, self.model.adapters, self.config, self.img_tokens, extra=extra)
+        workdir = self.run_dir.parent.parent
+        return save_pretrained(out, self.model.adapters, self.config, self.img_tokens, extra=extra, workdir=workdir)
 
 
 def new_run_id() -> str:
@@ -641,7 +643,7 @@ def setup_training(
         train, val = _open_data(workdir, tokenizer, img_tokens, config.max_len)
         if lock is not None:
             lock.acquire()  # creates the run folder
-            atomic_write_json(run_dir / "config.json", config.to_dict())
+            atomic_write_json(run_dir / "config.json", config.with_backbones_relative_to(run_dir, workdir).to_dict())
     except BaseException:
         if lock is not None:
             lock.release()

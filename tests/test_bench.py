@@ -170,7 +170,9 @@ def test_clip_similarity_agrees_with_an_independent_computation(bench_work, full
 
     samples = _samples(bench_work, full_run["run_id"])
     rows = samples[(samples.benchmark == "vist") & (samples.status == "ok")].head(6)
-    folder = tiny_config.backbones.clip_metric.id
+    from gill.hub import resolve_model_id
+
+    folder = resolve_model_id(tiny_config.backbones.clip_metric.id)
     model, processor = CLIPModel.from_pretrained(folder).eval(), CLIPProcessor.from_pretrained(folder)
     for row in rows.itertuples():
         images = [Image.open(row.generated_path).convert("RGB"), Image.open(row.reference_path).convert("RGB")]

@@ -127,7 +127,7 @@ def test_a_checkpoint_with_other_backbones_is_refused_naming_both(workdir):
     paper = get_preset("paper")
     with pytest.raises(InputError) as err:
         GILLPipeline.from_pretrained(resolve_checkpoint(workdir), config=paper)
-    assert "facebook/opt-6.7b" in " ".join(err.value.problems) and "tiny-zoo" in " ".join(err.value.problems)
+    assert "facebook/opt-6.7b" in " ".join(err.value.problems) and "gill-tiny/opt" in " ".join(err.value.problems)
 
 
 @pytest.fixture(scope="module")

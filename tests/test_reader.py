@@ -19,6 +19,7 @@ from gill.data.precompute import PrecomputeOptions, feature_dir, load_encoders, 
 from gill.data.reader import TrainingBatch, TrainingData, tokenize_captions
 from gill.data.shards import ShardSample, image_split_dir, write_image_shard
 from gill.errors import ConfigError, InputError
+from gill.hub import resolve_model_id
 from gill.tokenization import ImgTokens, add_img_tokens
 
 PER_SHARD = 6
@@ -47,7 +48,7 @@ def world(tmp_path_factory, small_world, tiny_config) -> World:
         random.Random(shard).shuffle(chunk)
         write_image_shard(image_split_dir("train", workdir) / f"{shard:05d}.tar", chunk)
     precompute_split("train", workdir, tiny_config, PrecomputeOptions(batch_size=8), progress=False)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_config.backbones.lm.id)  # the LM itself is not needed
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_id(tiny_config.backbones.lm.id))  # not the LM itself
     return World(workdir=workdir, samples=samples, tokenizer=tokenizer, img_tokens=add_img_tokens(tokenizer, 8))
 
 

@@ -10,9 +10,9 @@ Diffusion text encoder are frozen, so their outputs are computed once here and r
   (pad to ``model_max_length``, truncate on the right, no attention mask; official §3.1);
 * ``keys.json``: ``{"keys": [...], "captions": [...]}``, the row order of both arrays (sorted by key);
 * ``manifest.json``: encoder identity (ids, revisions, sha256 of configs, tokenizer files and weights, image
-  processor settings), dtypes, shapes, count, the source tar's sha256, the **fingerprint** (sha256 of the
-  canonical JSON of every input that determines the arrays) and ``files``: size, sha256 and mtime of each of
-  the three files above.
+  processor settings; a model folder inside the workdir is named relative to the workdir), dtypes, shapes, count,
+  the source tar's sha256, the **fingerprint** (sha256 of the canonical JSON of every input that determines the
+  arrays) and ``files``: size, sha256 and mtime of each of the three files above.
 
 Verification of the outputs: a re-run keeps a shard only when its fingerprint matches *and* its files are intact.
 Sizes are compared on every run (free: a ``stat``); the sha256 is recomputed when a file's size matches but its
@@ -71,6 +71,7 @@ from gill.data.shards import (
     stats_path,
 )
 from gill.errors import ConfigError, InputError
+from gill.presets import tiny_component
 from gill.utils.io import atomic_directory, atomic_write_json, remove_stale_temp_dirs, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -299,10 +300,23 @@ def _model_identity(model_id: str, revision: str, folder: Path, files: list[Path
     return {
         "id": model_id,
         "revision": revision,
-        "local": looks_like_path(model_id),
+        "local": looks_like_path(model_id) or tiny_component(model_id) is not None,  # identified by its files
         "resolved_commit": folder.name if folder.parent.name == "snapshots" else None,
         "files_sha256": {p.as_posix(): _content_sha256(folder / p) for p in [*files, *weights]},
     }
+
+
+def _recorded_identity(identity: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """The identity as a manifest in ``workdir`` records it: a local model folder inside the workdir is named
+    relative to it (posix), so the workdir can be moved; the fingerprint never holds such a path."""
+    out = dict(identity)
+    root = workdir.resolve()
+    for role in ("vision", "sd_text"):
+        if out[role].get("local") and looks_like_path(out[role]["id"]):
+            folder = Path(out[role]["id"]).expanduser().resolve()
+            if folder.is_relative_to(root):
+                out[role] = {**out[role], "id": folder.relative_to(root).as_posix()}
+    return out
 
 
 def _fingerprinted(identity: dict[str, Any]) -> dict[str, Any]:
@@ -566,6 +580,7 @@ def compute_arrays(
 
 def _manifest(
     split: str,
+    workdir: Path,
     shard_tar: Path,
     keys: list[str],
     encoders: FrozenEncoders,
@@ -583,7 +598,7 @@ def _manifest(
         "fingerprint": canonical_sha256(inputs),
         "encoder_fingerprint": canonical_sha256(fingerprint_inputs(encoders, options, None)),
         "source": {"tar": shard_tar.name, "sha256": source_sha256, "size": shard_tar.stat().st_size},
-        "encoders": encoders.identity,
+        "encoders": _recorded_identity(encoders.identity, workdir),
         "dtype": {"option": options.dtype, "compute": inputs["compute_dtype"], "storage": inputs["storage_dtype"]},
         "arrays": {
             "vision": {"file": VISION_FILE, "shape": [n, encoders.vision_dim], "dtype": inputs["storage_dtype"]},
@@ -678,7 +693,7 @@ def precompute_shard(
         captions = compute_arrays(tmp, index, keys, encoders, options, on_batch)
         atomic_write_json(tmp / KEYS_FILE, {"keys": keys, "captions": captions}, indent=0)
         duration = time.perf_counter() - start
-        manifest = _manifest(split, shard_tar, keys, encoders, options, source_sha256, duration)
+        manifest = _manifest(split, workdir, shard_tar, keys, encoders, options, source_sha256, duration)
         manifest["files"] = file_records(tmp)
         atomic_write_json(tmp / MANIFEST_FILE, manifest)
     result = ShardResult.from_manifest(manifest, skipped=False)
