@@ -32,12 +32,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 import gill
 from gill.adapters import DecisionHead, GILLAdapters, build_adapters
 from gill.config import DerivedDims, GILLConfig
 from gill.errors import ConfigError, InputError
+from gill.factory import derive_dims
+from gill.hub import canonical_model_id
 from gill.tokenization import ImgTokens
 from gill.utils.io import atomic_directory, atomic_write_json, sha256_file
 
@@ -158,7 +162,6 @@ def save_pretrained(
     Returns:
         The checkpoint folder.
     """
-    from safetensors.torch import save_file
 
     if getattr(adapters, "config", config.adapters) != config.adapters:
         raise InputError(
@@ -314,8 +317,6 @@ def _config_of(record: dict[str, Any], ckpt_dir: Path) -> GILLConfig:
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file; an empty, truncated or garbled file is an :class:`InputError` naming it
     (checkpoints written before checksums were recorded reach this point unverified)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     try:
         return load_file(str(path))
@@ -353,8 +354,6 @@ def load_adapters(
     if config is not None:
         check_backbones(ckpt_config, config)
     if dims is None:
-        from gill.factory import derive_dims
-
         dims = derive_dims(ckpt_config)
     source = str(ckpt_dir / record["weights"]["adapters"])
     adapters = adapters_from_state_dict(ckpt_config, dims, _read_weights(Path(source)), source)
@@ -375,7 +374,6 @@ def check_backbones(ckpt_config: GILLConfig, config: GILLConfig) -> None:
     Ids are compared in their canonical form (:func:`gill.hub.canonical_model_id`): a tiny zoo path recorded by
     an earlier gill equals the ``gill-tiny/...`` id that names the same model now.
     """
-    from gill.hub import canonical_model_id
 
     ours, theirs = config.backbones.roles(), ckpt_config.backbones.roles()
     problems = [

@@ -17,6 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import diffusers
+import transformers
+from diffusers import StableDiffusionPipeline
+from transformers import AutoConfig, CLIPTextConfig, CLIPVisionConfig
+
 from gill.config import DerivedDims, GILLConfig, ModelRef, check_against_dims
 from gill.errors import ConfigError, MissingWeightsError
 from gill.hub import downloads_allowed, hub_kwargs, locate, require_backbones
@@ -27,8 +32,6 @@ logger = logging.getLogger(__name__)
 
 def quiet_hf_logging() -> None:
     """Keep transformers/diffusers at warning level (transformers 5 logs every save/load at info)."""
-    import diffusers
-    import transformers
 
     transformers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.set_verbosity_error()
@@ -64,7 +67,6 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def derive_dims(config: GILLConfig) -> DerivedDims:
     """Read every width GILL needs from the backbones' own configs, and check the config against them."""
-    from transformers import AutoConfig, CLIPTextConfig, CLIPVisionConfig
 
     roles = config.backbones
     lm = AutoConfig.from_pretrained(config_dir("lm", roles.lm))
@@ -146,7 +148,6 @@ def load_backbones(config: GILLConfig, roles: Iterable[str] = ("lm", "vision"), 
     Returns:
         A :class:`LoadedBackbones` with the requested fields filled.
     """
-    import transformers
 
     roles = list(roles)
     config.backbones.check_roles(roles)
@@ -169,7 +170,6 @@ def load_backbones(config: GILLConfig, roles: Iterable[str] = ("lm", "vision"), 
 
 def load_sd_pipeline(source: str, revision: str = "main", dtype: Any = None) -> Any:
     """Load a ``StableDiffusionPipeline`` with its progress bar off."""
-    from diffusers import StableDiffusionPipeline
 
     kw = {"torch_dtype": dtype} if dtype is not None else {}
     pipe = StableDiffusionPipeline.from_pretrained(source, revision=revision, **kw, **hub_kwargs())
@@ -191,7 +191,6 @@ class SDTextEncoder:
 
 def load_sd_text_encoder(config: GILLConfig, dtype: Any = None) -> SDTextEncoder:
     """Load SD's tokenizer and text encoder without the UNet/VAE (a few hundred MB instead of GBs)."""
-    import transformers
 
     source = resolve_sources(config, ["sd"])["sd"]
     revision = config.backbones.sd.revision

@@ -24,8 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError
+
 from gill.config import BackbonesConfig, ModelRef, looks_like_path
 from gill.errors import GillError, MissingWeightsError
+from gill.presets import legacy_tiny_component, tiny_component, tiny_model_id, tiny_zoo_dir
+from gill.zoo import ensure_tiny_zoo
 
 logger = logging.getLogger(__name__)
 
@@ -117,14 +122,12 @@ def resolve_model_id(model_id: str) -> str:
     Raises:
         InputError: the tiny zoo is needed but cannot be installed (the shipped weights are damaged).
     """
-    from gill.presets import legacy_tiny_component, tiny_component, tiny_zoo_dir
 
     component = tiny_component(model_id)
     if component is None:
         component = legacy_tiny_component(model_id)
         if component is None or Path(model_id).expanduser().is_dir():
             return model_id
-    from gill.zoo import ensure_tiny_zoo
 
     zoo = tiny_zoo_dir()
     ensure_tiny_zoo(zoo)
@@ -135,7 +138,6 @@ def canonical_model_id(model_id: str) -> str:
     """``model_id`` in the form configs record: ``gill-tiny/<component>`` for the tiny zoo's models (also when
     given as a path into a tiny zoo of the current version), else unchanged. Two ids name the same backbone when
     their canonical forms are equal."""
-    from gill.presets import legacy_tiny_component, tiny_component, tiny_model_id
 
     component = tiny_component(model_id) or legacy_tiny_component(model_id)
     return tiny_model_id(component) if component is not None else model_id
@@ -143,7 +145,6 @@ def canonical_model_id(model_id: str) -> str:
 
 def is_tiny_model_id(model_id: str) -> bool:
     """True for the symbolic ``gill-tiny/<component>`` ids."""
-    from gill.presets import tiny_component
 
     return tiny_component(model_id) is not None
 
@@ -161,8 +162,6 @@ def locate(ref: ModelRef) -> tuple[Path | None, str | None]:
         if path.is_dir():
             return path, None
         return None, f"local path {str(path)!r} does not exist or is not a directory"
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
         return Path(snapshot_download(ref.id, revision=ref.revision, local_files_only=True)), None

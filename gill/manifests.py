@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import data_manifests
 from gill.utils.io import sha256_file
 
 
 def manifests_dir() -> Path:
     """The installed ``data_manifests`` folder."""
-    import data_manifests
 
     return Path(data_manifests.__file__).parent
 

@@ -23,10 +23,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel
 
 from gill.adapters import DEFAULT_INIT_STD, DecisionHead, GILLAdapters, build_adapters
 from gill.config import DerivedDims, GILLConfig
 from gill.errors import ConfigError
+from gill.factory import config_dir, derive_dims, quiet_hf_logging
+from gill.presets import paper_config
 
 logger = logging.getLogger(__name__)
 
@@ -344,9 +347,6 @@ def _adapter_rows(config: GILLConfig, dims: DerivedDims) -> list[ModuleCount]:
 
 
 def _frozen_rows(config: GILLConfig, dims: DerivedDims) -> list[ModuleCount]:
-    from transformers import AutoConfig, AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel
-
-    from gill.factory import config_dir, quiet_hf_logging
 
     quiet_hf_logging()
     backbones = config.backbones
@@ -367,8 +367,6 @@ def summary(config: GILLConfig) -> ModelSummary:
 
     Reads only the backbones' ``config.json`` (local folders or the shipped configs of the paper backbones).
     """
-    from gill.factory import derive_dims
-    from gill.presets import paper_config
 
     dims = derive_dims(config)
     rows = _adapter_rows(config, dims)

@@ -24,13 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoTokenizer
 
 from gill.adapters import DecisionHead, GILLAdapters
 from gill.checkpoint import adapters_from_state_dict, load_strict, save_pretrained
 from gill.config import AdapterConfig, BackbonesConfig, DerivedDims, GILLConfig, MapperConfig, ModelRef
 from gill.errors import ConfigError, InputError
-from gill.hub import hub_kwargs
-from gill.tokenization import ImgTokens, img_token_strings
+from gill.factory import derive_dims
+from gill.hub import hub_kwargs, locate
+from gill.presets import PAPER_SD
+from gill.tokenization import ImgTokens, add_img_tokens, img_token_strings
 from gill.utils.io import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -201,7 +204,6 @@ def config_from_model_args(
         lm, vision: override ``opt_version`` / ``visual_encoder`` (e.g. with local folders of the same models).
         sd: the Stable Diffusion pipeline (``model_args`` does not name it; default: SD v1.5).
     """
-    from gill.presets import PAPER_SD
 
     problems = _model_args_problems(args)
     if problems:
@@ -256,17 +258,12 @@ def load_official_decision_head(path: str | os.PathLike[str], dims: DerivedDims)
 
 def _img_tokens(config: GILLConfig) -> ImgTokens:
     """[IMG] ids in our tokenizer when the LM's tokenizer is on disk; else strings only."""
-    from gill.hub import locate
 
     strings = img_token_strings(config.adapters.num_img_tokens)
     folder, _ = locate(config.backbones.lm)
     if folder is None:
         return ImgTokens(strings=strings, ids=())
     try:
-        from transformers import AutoTokenizer
-
-        from gill.tokenization import add_img_tokens
-
         return add_img_tokens(AutoTokenizer.from_pretrained(folder, **hub_kwargs()), config.adapters.num_img_tokens)
     except (OSError, ValueError) as err:
         logger.warning("could not load the tokenizer from %s (%s); [IMG] ids left unknown", folder, err)
@@ -276,7 +273,6 @@ def _img_tokens(config: GILLConfig) -> ImgTokens:
 def _convert_adapters(
     src: Path, args: dict[str, Any], overrides: dict[str, str | None]
 ) -> tuple[GILLConfig, GILLAdapters, DerivedDims]:
-    from gill.factory import derive_dims
 
     state = convert_state_dict(load_official_state_dict(src / CKPT_FILE), int(args.get("num_tokens", 0)))
     config = config_from_model_args(args, mapper=infer_mapper_config(state), **overrides)

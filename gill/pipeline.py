@@ -26,6 +26,8 @@ Differences from the official ``GILL.generate_for_images_and_texts`` (each fixes
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import logging
 import math
 import os
@@ -38,9 +40,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from gill.checkpoint import load_adapters
 from gill.config import GILLConfig, _Validated
+from gill.data.precompute import preprocess_images
 from gill.errors import InputError
+from gill.factory import derive_dims, load_backbones
 from gill.model import GILLModel
+from gill.retrieval import RetrievalBank, bank_dir, checkpoint_id
+from gill.tokenization import add_img_tokens
+from gill.train import default_run, runs_dir
+from gill.utils.io import atomic_write_bytes, atomic_write_json
 
 if TYPE_CHECKING:
     from gill.retrieval import Hit, RetrievalBank
@@ -305,9 +314,6 @@ class GILLPipeline:
             load_sd: also load Stable Diffusion (False: retrieval only).
             dtype: weight dtype of the frozen backbones (default: as stored).
         """
-        from gill.checkpoint import load_adapters
-        from gill.factory import derive_dims, load_backbones
-        from gill.tokenization import add_img_tokens
 
         ckpt = load_adapters(checkpoint_dir, config=config)
         roles = ("lm", "vision", "sd") if load_sd else ("lm", "vision")
@@ -332,8 +338,6 @@ class GILLPipeline:
         )
         bank = None
         if workdir is not None:
-            from gill.retrieval import RetrievalBank, bank_dir
-
             if bank_dir(workdir, checkpoint_dir).is_dir():
                 bank = RetrievalBank.open(workdir, checkpoint_dir)
             else:
@@ -374,7 +378,6 @@ class GILLPipeline:
     @torch.no_grad()
     def vision_features(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """(N, Dv) frozen CLIP ``pooler_output`` of RGB copies of ``images`` (precompute's preprocessing)."""
-        from gill.data.precompute import preprocess_images
 
         pixels = preprocess_images(self.image_processor, [im.convert("RGB") for im in images])
         dtype = next(self.vision.parameters()).dtype
@@ -585,7 +588,6 @@ class GILLPipeline:
         self, prompt: Sequence[PromptItem], settings: GenerationSettings | None = None, **overrides: Any
     ) -> GILLOutput:
         """Run GILL on an interleaved prompt; ``overrides`` replace fields of ``settings``."""
-        import dataclasses
 
         settings = dataclasses.replace(settings or GenerationSettings(), **overrides)
         self.check_inputs(prompt, settings)
@@ -670,7 +672,6 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 
 def _refuse_foreign_bank(workdir: Path, checkpoint_dir: Path) -> None:
     """Raise when the workdir holds banks, none of them built by this checkpoint (so retrieval would be wrong)."""
-    from gill.retrieval import checkpoint_id
 
     root = workdir / "index"
     folders = root.iterdir() if root.is_dir() else []
@@ -689,7 +690,6 @@ def _refuse_foreign_bank(workdir: Path, checkpoint_dir: Path) -> None:
 def resolve_checkpoint(workdir: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None = None) -> Path:
     """The checkpoint to use: ``checkpoint`` if given, else the default run's (``runs/DEFAULT``, written by
     ``gill train`` and the pipeline's main run), else the newest run's ``best/`` (or ``final/``)."""
-    from gill.train import default_run, runs_dir
 
     if checkpoint is not None:
         path = Path(checkpoint)
@@ -755,9 +755,6 @@ def save_images(output: GILLOutput, out_dir: str | os.PathLike[str], prefix: str
 
     A safety-flagged result gets only its sidecar (``safety_flagged: true``, no PNG).
     """
-    import io
-
-    from gill.utils.io import atomic_write_bytes, atomic_write_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from gill.config import AdapterConfig, BackbonesConfig, GILLConfig, MapperConfig, ModelRef, TrainConfig
 from gill.errors import ConfigError
+from gill.zoo import ZOO_VERSION, ensure_tiny_zoo
 
 PAPER_LM = "facebook/opt-6.7b"
 PAPER_CLIP = "openai/clip-vit-large-patch14"
@@ -35,7 +36,6 @@ def cache_dir() -> Path:
 
 def tiny_zoo_dir() -> Path:
     """Folder of the tiny zoo for the current builder version."""
-    from gill.zoo import ZOO_VERSION
 
     return cache_dir() / f"tiny-zoo-v{ZOO_VERSION}"
 
@@ -66,7 +66,6 @@ def legacy_tiny_component(model_id: str) -> str | None:
     match = _LEGACY_TINY_PATH.search(model_id)
     if match is None:
         return None
-    from gill.zoo import ZOO_VERSION
 
     return match.group(2) if int(match.group(1)) == ZOO_VERSION else None
 
@@ -122,7 +121,5 @@ def get_preset(name: str, *, build: bool = True) -> GILLConfig:
         raise ConfigError(f"unknown preset {name!r}", [f"available presets: {sorted(PRESETS)}"])
     config = PRESETS[name]()
     if name == "tiny" and build:
-        from gill.zoo import ensure_tiny_zoo
-
         ensure_tiny_zoo(tiny_zoo_dir())
     return config

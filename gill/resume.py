@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from gill.errors import InputError
 from gill.utils.io import atomic_directory, remove_stale_temp_dirs, remove_tree
@@ -192,7 +193,6 @@ class CheckpointManager:
         ``state`` must hold tensors and plain containers only (see the module docstring); leftovers of an
         interrupted save are removed first.
         """
-        from safetensors.torch import save_file
 
         remove_stale_temp_dirs(self.root)
         path = self.root / f"step-{step:08d}"
@@ -207,7 +207,6 @@ class CheckpointManager:
     def load(self, step: int = -1) -> TrainingCheckpoint:
         """Load ``step`` (``-1``: the newest). Raises InputError listing the available steps when absent, or when
         its ``train_state.pt`` holds anything but tensors and plain containers."""
-        from safetensors.torch import load_file
 
         steps = self.steps()
         chosen = steps[-1] if step == -1 and steps else step

@@ -55,13 +55,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from tqdm import tqdm
 
+from gill.checkpoint import ADAPTERS_FILE, load_adapters, verify_checksum
 from gill.data.precompute import VISION_FILE, decode_image, feature_dir, read_feature_manifest
+from gill.data.reader import open_feature_shards
 from gill.data.shards import ShardIndex, ShardSample, image_split_dir, index_shard, read_samples
 from gill.errors import GillError, InputError
 from gill.utils.io import atomic_directory, atomic_write_json, chmod_like_open, sha256_file
@@ -105,7 +109,6 @@ def checkpoint_id(checkpoint_dir: str | os.PathLike[str]) -> str:
         InputError: when the folder holds no adapters file, or one that differs from the sha256 its
             ``config.json`` records ("checkpoint corrupted": a damaged file is not another checkpoint).
     """
-    from gill.checkpoint import ADAPTERS_FILE, verify_checksum
 
     path = Path(checkpoint_dir) / ADAPTERS_FILE
     if not path.is_file():
@@ -226,7 +229,6 @@ def default_nprobe(count: int, nlist: int) -> int:
 
 def _faiss() -> Any:
     """The faiss module, with its OpenMP threads set to torch's (so ``torch.set_num_threads`` governs both)."""
-    import faiss
 
     faiss.omp_set_num_threads(torch.get_num_threads())
     return faiss
@@ -266,7 +268,6 @@ class ApproximateIndex:
             seed: seeds the training sample and k-means.
             progress: show a progress bar while adding rows.
         """
-        from tqdm import tqdm
 
         faiss = _faiss()
         n, dim = vectors.shape
@@ -308,7 +309,6 @@ class ApproximateIndex:
 
     def params(self) -> dict[str, Any]:
         """What the manifest records about the index."""
-        import faiss
 
         return {
             "kind": self.KIND,
@@ -418,7 +418,6 @@ def recorded_location(recorded: str, workdir: Path) -> Path:
 
 
 def _load_projection(checkpoint_dir: Path, workdir: Path) -> tuple[_RetrievalProjection | None, list[str]]:
-    from gill.checkpoint import load_adapters
 
     try:
         ckpt_id = checkpoint_id(checkpoint_dir)
@@ -539,7 +538,6 @@ def _validated_keys(
     workdir: Path, splits: Sequence[str], table: list[BankShard], projection: _RetrievalProjection
 ) -> list[list[str]]:
     """Keys of every shard of ``table``, after checking features against their image shards; one error for all."""
-    from gill.data.reader import open_feature_shards
 
     problems, keys = [], {}
     for split in splits:
@@ -589,7 +587,6 @@ def _write_embeddings(
     batch_size: int,
     progress: bool,
 ) -> None:
-    from tqdm import tqdm
 
     n, dim = sum(s.count for s in table), projection.image_proj.out_features
     out = np.lib.format.open_memmap(folder / EMBEDDINGS_FILE, mode="w+", dtype=np.float32, shape=(n, dim))  # (N, R)

@@ -25,6 +25,7 @@ single-process step on the same global batch.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -37,13 +38,17 @@ import torch.distributed as dist
 
 from gill import losses as L
 from gill.captioning import corpus_bleu, greedy_captions
+from gill.checkpoint import save_pretrained
 from gill.config import GILLConfig
+from gill.data.precompute import feature_dir
 from gill.data.reader import TrainingBatch, TrainingData
 from gill.errors import InputError
+from gill.factory import derive_dims, load_backbones
 from gill.model import GILLModel
 from gill.optim import build_optimizer, build_scheduler
 from gill.resume import CheckpointManager, RunLock, capture_rng, restore_rng
-from gill.tokenization import ImgTokens
+from gill.tokenization import ImgTokens, add_img_tokens
+from gill.utils.io import atomic_write_json, atomic_write_text
 from gill.validation import retrieval_recall
 
 logger = logging.getLogger(__name__)
@@ -520,7 +525,6 @@ class Trainer:
     def export(self, out: Path, extra: dict[str, Any]) -> Path:
         """Write the adapters in the release format (:mod:`gill.checkpoint`); backbone folders inside the work
         folder (``<workdir>/runs/<run id>``) are recorded relative to the checkpoint."""
-        from gill.checkpoint import save_pretrained
 
         workdir = self.run_dir.parent.parent
         return save_pretrained(out, self.model.adapters, self.config, self.img_tokens, extra=extra, workdir=workdir)
@@ -533,7 +537,6 @@ def new_run_id() -> str:
 
 def init_distributed_from_env(device: str = "cpu") -> DistInfo:
     """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1): gloo on CPU, NCCL on GPUs."""
-    import os
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and not dist.is_initialized():
@@ -563,7 +566,6 @@ DEFAULT_RUN_FILE = "DEFAULT"
 
 def mark_default_run(workdir: str | Path, run_id: str) -> None:
     """Make ``run_id`` the workdir's default run (``gill train`` and the pipeline's main run do; ablations don't)."""
-    from gill.utils.io import atomic_write_text
 
     atomic_write_text(runs_dir(workdir) / DEFAULT_RUN_FILE, run_id + "\n")
 
@@ -597,7 +599,6 @@ def resumable_run(workdir: str | Path, run_id: str | None) -> str:
     Raises:
         InputError: nothing to resume; it lists the runs that exist (and which have checkpoints).
     """
-    from gill.errors import InputError
 
     chosen = run_id if run_id is not None else latest_run(workdir)
     if chosen is not None and has_checkpoint(workdir, chosen):
@@ -628,7 +629,6 @@ def setup_training(
     Raises:
         InputError: another process trains this run (nothing is written), or the features are not usable.
     """
-    from gill.utils.io import atomic_write_json
 
     workdir = Path(workdir)
     world = init_distributed_from_env(device)
@@ -665,8 +665,6 @@ def setup_training(
 
 def _build_model(config: GILLConfig, device: str) -> tuple[GILLModel, Any, ImgTokens]:
     """The frozen LM with GILL's adapters (seeded initialisation), its tokenizer and the [IMG] tokens."""
-    from gill.factory import derive_dims, load_backbones
-    from gill.tokenization import add_img_tokens
 
     dims = derive_dims(config)
     lm_dtype = torch.bfloat16 if config.train.precision == "bf16" and device.startswith("cuda") else None
@@ -684,7 +682,6 @@ def _open_data(
     workdir: Path, tokenizer: Any, img_tokens: ImgTokens, max_len: int
 ) -> tuple[TrainingData, TrainingData | None]:
     """The checked ``train`` features and, when precomputed, the ``val`` ones (else None)."""
-    from gill.data.precompute import feature_dir
 
     train = TrainingData("train", workdir, tokenizer, img_tokens, max_len)
     has_val = feature_dir("val", workdir).is_dir()

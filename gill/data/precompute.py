@@ -57,6 +57,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from gill.config import GILLConfig, looks_like_path
 from gill.data.shards import (
@@ -71,6 +72,8 @@ from gill.data.shards import (
     stats_path,
 )
 from gill.errors import ConfigError, InputError
+from gill.factory import load_backbones, load_sd_text_encoder, resolve_sources
+from gill.hub import locate
 from gill.presets import tiny_component
 from gill.utils.io import atomic_directory, atomic_write_json, remove_stale_temp_dirs, sha256_file
 
@@ -256,8 +259,6 @@ class FrozenEncoders:
 
 def load_encoders(config: GILLConfig, options: PrecomputeOptions = PrecomputeOptions()) -> FrozenEncoders:
     """Load the frozen CLIP vision encoder and SD text encoder of ``config`` onto ``options.device``."""
-    from gill.factory import load_backbones, load_sd_text_encoder, resolve_sources
-    from gill.hub import locate
 
     resolve_sources(config, ("vision", "sd"))  # one error naming every missing encoder, before loading any
     vision = load_backbones(config, roles=("vision",))
@@ -744,7 +745,6 @@ def precompute_split(
     Raises:
         InputError: when the split has no complete image shard, or an image does not decode.
     """
-    from tqdm import tqdm
 
     workdir = Path(workdir)
     shards = _require_image_shards(split, workdir)

@@ -30,6 +30,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from gill.synth.render import render_scene
+from gill.synth.scenes import changed_scene, sample_scene, sample_story
+from gill.synth.text import cc3m_caption, dialog_rounds, story_sentences, vist_process
+
 logger = logging.getLogger(__name__)
 
 
@@ -64,8 +68,6 @@ def summary_texts(seed: int, n: int) -> tuple[list[str], list[str]]:
     Half are CC3M-style captions (their own scene), 30% stories (the scene after the last step: the story's
     sentences, raw or VIST-processed) and 20% VisDial-style dialogues of 1-10 rounds (the scene they are about).
     """
-    from gill.synth.scenes import sample_scene, sample_story
-    from gill.synth.text import cc3m_caption, dialog_rounds, story_sentences, vist_process
 
     rng = random.Random(f"tiny-zoo-summary-{seed}")
     texts, targets = [], []
@@ -171,9 +173,6 @@ def contrastive_batch(rng: random.Random, batch: int, image_size: int = 64) -> t
     shape's 3x3 cell from its text embedding 27% of the time (colour 95%); with near misses and 1,000 steps, 55%
     (colour 100%).
     """
-    from gill.synth.render import render_scene
-    from gill.synth.scenes import changed_scene, sample_scene
-    from gill.synth.text import cc3m_caption
 
     base = [sample_scene(rng) for _ in range(batch // 2)]
     scenes = base + [changed_scene(s, rng) for s in base]

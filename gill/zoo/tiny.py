@@ -24,13 +24,33 @@ SD whatever the seed; its own seed is in ``data_manifests/tiny_zoo/world_sd.json
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import tokenizers
+import torch
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTextConfig,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    GPT2Tokenizer,
+    OPTConfig,
+    OPTForCausalLM,
+)
+
 from gill.errors import InputError
+from gill.manifests import manifests_dir
+from gill.synth import caption_corpus
 from gill.utils.io import atomic_directory, atomic_write_json, sha256_tree
 from gill.zoo.pretrain import (
     SummaryTargets,
@@ -116,7 +136,6 @@ SHIPPED_SEED = 0
 
 def shipped_zoo_dir() -> Path:
     """``data_manifests/tiny_zoo``: the pre-built ``opt/`` and ``clip/`` with their ``zoo.json``, and the world SD."""
-    from gill.manifests import manifests_dir
 
     return manifests_dir() / "tiny_zoo"
 
@@ -139,8 +158,6 @@ def shipped_zoo_problems(seed: int = SHIPPED_SEED) -> list[str]:
 
 def ship_tiny_zoo(seed: int = SHIPPED_SEED) -> ZooManifest:
     """Build the zoo from scratch and write its ``opt/``, ``clip/`` and ``zoo.json`` into ``data_manifests``."""
-    import shutil
-    import tempfile
 
     shipped = shipped_zoo_dir()
     with tempfile.TemporaryDirectory() as scratch:
@@ -153,7 +170,6 @@ def ship_tiny_zoo(seed: int = SHIPPED_SEED) -> ZooManifest:
 
 
 def _copy_shipped(zoo_dir: Path) -> ZooManifest:
-    import shutil
 
     shipped = shipped_zoo_dir()
     with atomic_directory(zoo_dir) as tmp:
@@ -197,14 +213,12 @@ def ensure_tiny_zoo(zoo_dir: str | Path, seed: int = 0) -> ZooManifest:
 
 
 def _tokenizer_corpus(seed: int) -> list[str]:
-    from gill.synth import caption_corpus
 
     return caption_corpus(seed=seed)
 
 
 def _train_opt_tokenizer(corpus: list[str]):  # -> GPT2Tokenizer
     """OPT-style GPT-2 byte-level BPE: ``</s>`` is BOS and EOS and is prepended, ``<pad>`` pads."""
-    from transformers import GPT2Tokenizer
 
     base = GPT2Tokenizer(unk_token="<unk>", bos_token="</s>", eos_token="</s>", pad_token="<pad>", add_bos_token=True)
     tok = base.train_new_from_iterator(corpus, vocab_size=VOCAB_SIZE, show_progress=False)
@@ -217,8 +231,6 @@ def _train_clip_tokenizer(corpus: list[str]):  # -> CLIPTokenizer
 
     A trained CLIP BPE lacks them, so a word-final character unseen in training would become ``<|endoftext|>``.
     """
-    import tokenizers
-    from transformers import CLIPTokenizer
 
     trained = CLIPTokenizer().train_new_from_iterator(corpus, vocab_size=VOCAB_SIZE, show_progress=False)
     model = json.loads(trained.backend_tokenizer.to_str())["model"]
@@ -243,8 +255,6 @@ def _summary_targets(clip, clip_tok, seed: int) -> SummaryTargets:
 
 
 def _save_opt(out: Path, tok, seed: int, corpus: list[str], summary: SummaryTargets) -> None:
-    import torch
-    from transformers import OPTConfig, OPTForCausalLM
 
     config = OPTConfig(
         vocab_size=len(tok),
@@ -268,7 +278,6 @@ def _save_opt(out: Path, tok, seed: int, corpus: list[str], summary: SummaryTarg
 
 
 def _clip_text_config(tok, width: int, projection_dim: int):
-    from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
         vocab_size=len(tok),
@@ -285,8 +294,6 @@ def _clip_text_config(tok, width: int, projection_dim: int):
 
 
 def _save_clip(out: Path, tok, seed: int):  # -> CLIPModel
-    import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPVisionConfig
 
     vision = CLIPVisionConfig(
         hidden_size=VISION_WIDTH,
@@ -321,7 +328,6 @@ def build_world_sd(
 
     Returns the pipeline folder and the build report. Deterministic for a seed on a given machine and torch build.
     """
-    import dataclasses
 
     config = dataclasses.replace(config or WorldSDConfig(), seed=seed)
     tokenizer = _train_clip_tokenizer(_tokenizer_corpus(WORLD_SD_CORPUS_SEED))

@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -52,9 +53,12 @@ from diffusers import (
 from PIL import Image
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig
 
+from gill.errors import InputError
+from gill.manifests import manifests_dir
 from gill.synth.render import render_scene
 from gill.synth.scenes import Scene, changed_scene, sample_scene
 from gill.synth.text import cc3m_caption
+from gill.utils.io import atomic_directory, atomic_write_json, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -626,14 +630,12 @@ REBUILD_HINT = (
 
 def shipped_paths() -> tuple[Path, Path]:
     """(pipeline folder, manifest file) of the shipped world SD."""
-    from gill.manifests import manifests_dir
 
     return manifests_dir() / SHIPPED_FOLDER, manifests_dir() / SHIPPED_MANIFEST
 
 
 def folder_hashes(folder: Path) -> dict[str, str]:
     """sha256 of every file under ``folder`` by relative posix path (sorted)."""
-    from gill.utils.io import sha256_file
 
     return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -658,7 +660,6 @@ def verify_world_sd(folder: Path | None = None, manifest: Path | None = None) ->
 
 def require_world_sd() -> None:
     """Raise InputError naming every missing or changed file of the shipped world SD (nothing when intact)."""
-    from gill.errors import InputError
 
     problems = verify_world_sd()
     if problems:
@@ -669,7 +670,6 @@ def require_world_sd() -> None:
 
 def install_world_sd(dest: Path) -> None:
     """Copy the shipped, verified world SD pipeline to ``dest`` (raises InputError naming every bad file)."""
-    import shutil
 
     require_world_sd()
     shutil.copytree(shipped_paths()[0], dest)
@@ -681,7 +681,6 @@ def write_shipped(pipe: StableDiffusionPipeline, report: BuildReport, folder: Pa
     The UNet and the VAE are stored in float16 (half the bytes; ``from_pretrained`` loads them as float32, as it
     does SD's fp16 variants); the small text encoder stays float32.
     """
-    from gill.utils.io import atomic_directory, atomic_write_json
 
     pipe.unet.to(torch.float16)
     pipe.vae.to(torch.float16)
