@@ -17,6 +17,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
+
+import torch
+from PIL import Image
 
 from flows.stages import download, index, precompute, train
 from flows.stages import world as world_stage
@@ -25,8 +29,13 @@ from flows.stages.train import TrainOptions
 from flows.workdir import Workdir
 from gill.config import GILLConfig
 from gill.data.precompute import PrecomputeOptions
+from gill.factory import derive_dims, load_backbones
+from gill.hub import require_backbones
+from gill.pipeline import GenerationSettings, GILLPipeline, resolve_checkpoint, save_images
+from gill.presets import tiny_component, tiny_zoo_dir
 from gill.synth import SynthConfig
 from gill.utils.io import atomic_write_json
+from gill.zoo import ensure_tiny_zoo
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +78,6 @@ class DemoReport:
 
 def run_demo(workdir: str | Path, config: GILLConfig, seed: int = 0) -> DemoReport:
     """Run the demo stages into ``workdir`` and return (and save) the report."""
-    from gill.factory import derive_dims
-    from gill.hub import require_backbones
 
     workdir = Path(workdir).resolve()
     report = DemoReport(workdir=workdir, preset=config.preset)
@@ -145,8 +152,6 @@ def train_stage(workdir: Path, config: GILLConfig, seed: int) -> dict[str, Any]:
 
 
 def _ensure_zoo(config: GILLConfig) -> dict[str, Any]:
-    from gill.presets import tiny_component, tiny_zoo_dir
-    from gill.zoo import ensure_tiny_zoo
 
     lm = config.backbones.lm.id
     zoo_dir = tiny_zoo_dir() if tiny_component(lm) is not None else Path(lm).parent  # the cache's, or a given zoo
@@ -176,10 +181,6 @@ def inference_stage(workdir: Path, world: Any, out_dir: Path, seed: int = 0) -> 
     Reports the reply text, the retrieved image's key and caption, and the CLIP similarity (metric model) of
     each returned image to the caption's ground-truth image.
     """
-    from PIL import Image
-
-    from gill.factory import load_backbones
-    from gill.pipeline import GenerationSettings, GILLPipeline, resolve_checkpoint, save_images
 
     caption, image_path = _first_val_pair(world.cc3m_val_tsv)
     pipe = GILLPipeline.from_pretrained(resolve_checkpoint(workdir), workdir=workdir)
@@ -203,7 +204,6 @@ def inference_stage(workdir: Path, world: Any, out_dir: Path, seed: int = 0) -> 
 
 
 def _clip_similarity(models: Any, a: Any, b: Any) -> float:
-    import torch
 
     inputs = models.clip_processor(images=[a, b], return_tensors="pt")
     with torch.no_grad():
@@ -214,7 +214,6 @@ def _clip_similarity(models: Any, a: Any, b: Any) -> float:
 
 
 def _first_val_pair(tsv: Path) -> tuple[str, Path]:
-    from urllib.parse import unquote, urlparse
 
     caption, url = tsv.read_text(encoding="utf-8").splitlines()[0].split("\t")
     return caption, Path(unquote(urlparse(url).path))

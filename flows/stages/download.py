@@ -49,6 +49,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
 from eval.db import record_download
 from flows.workdir import Workdir
 from gill.data.shards import image_split_dir, read_stats
@@ -304,7 +309,6 @@ def read_url_file(path: Path) -> pandas.DataFrame:
             type, empty, not UTF-8, lacks a ``caption``/``url`` column, or has rows with a wrong column count,
             an empty caption or url, or a url without an http/https/file scheme.
     """
-    import pandas as pd
 
     path = Path(path)
     if not path.is_file():
@@ -428,8 +432,6 @@ def _parse_csv(lines: list[str]) -> _Parsed:
 
 def _parse_parquet(path: Path) -> _Parsed:
     """A parquet file with ``caption`` and ``url`` columns (numbers are 1-based rows)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     try:
         names = pq.read_schema(path).names
@@ -545,7 +547,6 @@ def collect_report(split: str, workdir: Path, n_input: int | None = None) -> Dow
 
 def _shard_failures(split: str, shard: str, parquet: Path) -> list[FailureRow]:
     """Rows of a shard's parquet whose status is not ``success``, in key order."""
-    import pyarrow.parquet as pq
 
     table = pq.read_table(parquet, columns=["key", "url", "caption", "status", "error_message"])
     rows = sorted(table.to_pylist(), key=lambda r: r["key"] or "")
@@ -804,7 +805,6 @@ def _child_env() -> dict[str, str]:
 
 def _watch(child: subprocess.Popen[bytes], out: Path, todo: list[int], progress: bool) -> None:
     """Poll for new ``_stats.json`` files until the child exits: advance the bar and log each finished shard."""
-    from tqdm.auto import tqdm
 
     pending = [_shard_name(i) for i in todo]
     with tqdm(total=len(pending), unit="shard", desc=f"download {out.name}", disable=not progress) as bar:

@@ -3,17 +3,22 @@ project store (``train_metrics``) and a loss-curve PNG per run; resumes a crashe
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from eval.db import db_path, record_metrics
+import torch.distributed as dist
+
+from eval.db import db_path, query, record_metrics
 from eval.plots import plot_curves
 from flows.workdir import Workdir
 from gill.config import GILLConfig
-from gill.train import TrainResult
+from gill.train import TrainResult, has_checkpoint, mark_default_run, resumable_run, setup_training
+from gill.utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +48,6 @@ class TrainingReporter:
 
 def curve_series(database: Path, run_id: str) -> dict[str, list[tuple[float, float]]]:
     """``{loss name: [(step, value), ...]}`` of a run from ``train_metrics`` (empty when nothing is logged)."""
-    from eval.db import query
 
     names = ", ".join(f"'{n}'" for n in CURVES)
     frame = query(
@@ -56,7 +60,6 @@ def curve_series(database: Path, run_id: str) -> dict[str, list[tuple[float, flo
 
 def curve_summary(database: Path, run_id: str) -> list[dict[str, float | str]]:
     """First and last logged value of each loss, and the last validation figures, of a run."""
-    from eval.db import query
 
     rows: list[dict[str, float | str]] = []
     for name, points in sorted(curve_series(database, run_id).items()):
@@ -114,16 +117,11 @@ def train_or_resume(
     With ``data_fingerprint`` (a digest of the training features) a run started on other data is neither resumed
     nor taken as finished: it is moved aside to ``<run>.stale-<n>`` and the run starts afresh.
     """
-    import json
-
-    from gill.train import has_checkpoint
 
     workdir = Path(workdir)
     run_dir = workdir / "runs" / run_id
     _set_aside_stale_run(run_dir, data_fingerprint)
     if data_fingerprint is not None:
-        from gill.utils.io import atomic_write_text
-
         atomic_write_text(run_dir / DATA_STAMP, data_fingerprint + "\n")
     target = int(overrides.get("steps") or config.train.steps)
     final = run_dir / "final" / "config.json"
@@ -136,8 +134,6 @@ def train_or_resume(
             config, workdir, overrides=overrides, run_id=run_id, resume=resume, device=device, mark_default=mark_default
         )
     elif mark_default:
-        from gill.train import mark_default_run
-
         mark_default_run(workdir, run_id)
     database = db_path(workdir)
     return {
@@ -164,9 +160,6 @@ def run_training(
 
     Returns ``(TrainResult, loss_curve_path)``.
     """
-    import dataclasses
-
-    from gill.train import mark_default_run, resumable_run, setup_training
 
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, **(overrides or {})))
     if resume:  # nothing to resume is an error listing the runs, before anything is loaded or written
@@ -186,7 +179,6 @@ def run_training(
 
 
 def _leave_process_group() -> None:
-    import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
