@@ -480,7 +480,7 @@ class BenchSession:
 
 def _base_row(run_id: str, benchmark: str, setting: str, seed: int, item: BenchItem) -> dict[str, Any]:
     """The key and reference columns every ``samples`` row of ``item`` shares (paths as paths: the recorder stores
-    them)."""
+    them relative to the workdir)."""
     return {
         "run_id": run_id,
         "benchmark": benchmark,

@@ -4,6 +4,10 @@ The last piece of a benchmark (:mod:`eval.bench` produces the images, :mod:`eval
 :class:`BenchRecorder` registers the run (``runs``), records unsupported systems, writes ``samples`` rows every few
 samples and the ``results`` of a benchmark, and reads back what an earlier call already scored (so a re-run resumes).
 Writes go through :func:`eval.db.replace_rows` (one short transaction per write, retrying on the single-writer lock).
+
+Paths inside the work folder are stored relative to it (``generated_path``, ``reference_path``, ``context_paths``,
+``runs.checkpoint``) and resolved against it when read back (:mod:`gill.utils.paths`); paths outside it, e.g. a
+user's VIST image folder, stay absolute.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.db import db_path, ensure_database, query, replace_rows
+from gill.utils.paths import resolve_stored, to_stored
 
 PATH_COLUMNS = ("generated_path", "reference_path")
 """``samples`` columns holding one path; ``context_paths`` holds a JSON list of them."""
@@ -58,7 +63,7 @@ class BenchRecorder:
             "started_at": started,
             "git_sha": git_sha,
             "preset": preset,
-            "checkpoint": str(checkpoint),
+            "checkpoint": to_stored(checkpoint, self.workdir),
             "config": json.dumps(config, sort_keys=True),
         }
         replace_rows(self.database, "runs", [row])
@@ -102,13 +107,13 @@ class BenchRecorder:
         out = dict(row)
         for column in PATH_COLUMNS:
             if column in out:
-                out[column] = str(out[column]) if out[column] else None
+                out[column] = to_stored(out[column], self.workdir) if out[column] else None
         if "context_paths" in out:
-            out["context_paths"] = json.dumps([str(p) if p else None for p in out["context_paths"]])
+            out["context_paths"] = json.dumps([to_stored(p, self.workdir) if p else None for p in out["context_paths"]])
         return out
 
     def scored_images(self, benchmark: str, setting: str) -> Any:
-        """``system``, ``seed``, ``sample_id``, ``generated_path`` and ``reference_path`` (as paths) of the
+        """``system``, ``seed``, ``sample_id`` and the resolved ``generated_path`` and ``reference_path`` of the
         setting's ``ok`` rows, by sample id (a DataFrame)."""
         frame = query(
             self.database,
@@ -117,7 +122,9 @@ class BenchRecorder:
             [self.run_id, benchmark, setting],
         )
         for column in PATH_COLUMNS:
-            frame[column] = [Path(v) if isinstance(v, str) and v else None for v in frame[column]]
+            frame[column] = [
+                resolve_stored(v, self.workdir) if isinstance(v, str) and v else None for v in frame[column]
+            ]
         return frame
 
     def samples(self, benchmark: str) -> Any:
