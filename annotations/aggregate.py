@@ -92,22 +92,22 @@ def aggregate_file(votes_path: str | os.PathLike[str], out_path: str | os.PathLi
 
 
 def macro_f1(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str] = DECISION_CLASSES) -> float:
-    """Macro-averaged F1 over ``classes``, as torchmetrics' multiclass F1 with ``average="macro"`` computes it.
+    """Macro-averaged F1 over ``classes`` of string labels: :func:`gill.decision.macro_f1` (torchmetrics' multiclass
+    F1 with ``average="macro"``) on each label's index in ``classes``.
 
     Per class ``F1 = 2 TP / (2 TP + FP + FN)``; classes absent from both ``y_true`` and ``y_pred``
-    (``TP + FP + FN == 0``) are left out of the average; 0.0 when no class is left (or no samples).
+    (``TP + FP + FN == 0``) are left out of the average; 0.0 when no class is left (or no samples). A label outside
+    ``classes`` (e.g. ``same``) belongs to none of them: a miss for the class on the other side.
     """
-    if len(y_true) != len(y_pred):
-        raise ValueError(f"y_true has {len(y_true)} items but y_pred {len(y_pred)}")
-    truth, pred = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
-    scores = []
-    for c in classes:
-        tp = int(np.sum((truth == c) & (pred == c)))
-        fp = int(np.sum((truth != c) & (pred == c)))
-        fn = int(np.sum((truth == c) & (pred != c)))
-        if tp + fp + fn:
-            scores.append(2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(scores)) if scores else 0.0
+    from gill.decision import macro_f1 as indexed_macro_f1  # torch: imported when scoring, not with the package
+
+    index = {c: i for i, c in enumerate(classes)}
+    outside = -1  # no class has this index
+    return indexed_macro_f1(
+        [index.get(label, outside) for label in y_true],
+        [index.get(label, outside) for label in y_pred],
+        num_classes=len(classes),
+    )
 
 
 @dataclass(frozen=True)

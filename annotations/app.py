@@ -71,6 +71,7 @@ from annotations.store import Item as StoreItem
 from annotations.store import Judge as StoreJudge
 from annotations.store import Vote as StoreVote
 from gill.errors import InputError
+from gill.utils.paths import resolve_stored
 
 logger = logging.getLogger(__name__)
 
@@ -380,7 +381,7 @@ def candidate_image(root: Path, relative: str) -> tuple[Path, str] | None:
     if not relative:
         return None
     folder = (root / CANDIDATES_DIR).resolve()
-    path = (root / relative).resolve()
+    path = resolve_stored(relative, root).resolve()
     media = IMAGE_TYPES.get(path.suffix.lower())
     if media is None or not path.is_relative_to(folder) or not path.is_file():
         return None

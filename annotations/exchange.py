@@ -28,6 +28,7 @@ from annotations.store import CHOICES, HUMAN_PANEL, JudgingStore, official_vote
 from annotations.votes import VoteRow, default_votes_path, read_votes, write_votes
 from gill.errors import InputError
 from gill.utils.io import atomic_write_text
+from gill.utils.paths import resolve_stored
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def export_html_bundle(store: JudgingStore, out_dir: str | os.PathLike[str]) -> 
         entry = {"id": item.id, "prompt": item.prompt}
         for side in ("left", "right"):
             rel = item.image_for(side)
-            source = store.workdir / rel
+            source = resolve_stored(rel, store.workdir)
             if not source.is_file():
                 problems.append(f"item {item.id}: {side} image {str(source)!r} is missing")
                 continue

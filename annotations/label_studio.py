@@ -62,6 +62,7 @@ from urllib.parse import quote
 from annotations.store import HUMAN_PANEL, QUESTIONS, SIDES, Item, JudgingStore
 from gill.errors import GillError, InputError
 from gill.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from gill.utils.paths import resolve_stored
 
 logger = logging.getLogger(__name__)
 
@@ -263,7 +264,7 @@ def export_label_studio(
         missing = []
         for side in SIDES:
             rel = item.image_for(side)
-            source = store.workdir / rel
+            source = resolve_stored(rel, store.workdir)
             if source.is_file():
                 copies.append((item, side, source))
             else:

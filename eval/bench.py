@@ -6,6 +6,11 @@ FROMAGe-style evaluation and the CC3M FID of its mapper ablation (section 5), wi
 row of ``results`` with a 95% bootstrap interval over samples and the spread over SD seeds (schema:
 ``eval/README.md``). Images go to ``W/bench/<run_id>/<benchmark>/<setting>/<system>/seed<seed>/``.
 
+A benchmark is three pieces, run by :class:`BenchSession`: :class:`ImageProducer` makes each sample's images
+(through the systems of :mod:`eval.bench_systems`) and saves them, :mod:`eval.bench_scoring` scores them (pure
+functions of the images and the metric models), and :class:`eval.bench_record.BenchRecorder` writes the ``runs``,
+``samples`` and ``results`` rows (the only piece that touches the database).
+
 Robustness: a sample whose images are missing or unreadable is recorded as ``skipped`` with the reason and
 counted (``n_skipped``), never a crash; rows are written every few samples, so a re-run with the same options
 (same ``run_id``) scores only what is missing; DuckDB writes go through :func:`eval.db.replace_rows` (one
@@ -15,11 +20,10 @@ short transaction per write, retrying on the single-writer lock).
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +33,11 @@ import torch
 from PIL import Image
 
 from eval import bench_data as data
+from eval.bench_record import BenchRecorder, Counts
+from eval.bench_scoring import fid_features, fid_fields, pick_oracle, result_rows, score_images
 from eval.bench_systems import SYSTEMS, UNSUPPORTED_SYSTEMS, ClipBank, ImageOptions, Produced, SystemRunner, derive_seed
-from eval.db import db_path, ensure_database, query, replace_rows
+from eval.metrics import target_ranks
 from eval.scene_answers import SceneTarget, scene_target
-from eval.scene_metric import SCENE_COLUMNS, score_image
 from gill.checkpoint import source_git_sha
 from gill.config import _Validated
 from gill.errors import InputError
@@ -44,17 +49,8 @@ GENERATION_SYSTEMS = ("gill", "gill-gen", "gill-ret", "gill-oracle", "sd", "clip
 FID_SYSTEMS = ("gill-gen", "sd")
 RETRIEVAL_SYSTEMS = ("fromage-retrieval", "clip-retrieval")
 """Systems of the recall@k tasks: GILL's retrieval head (FROMAGe-style) and CLIP, ranking the true image."""
-RECALL_KS = (1, 5, 10)
-GENERATION_METRICS = ("clip_sim", "lpips")
-SCENE_METRIC_MODEL = "answer key (scenes.json), eval.scene_metric"
-"""What the ``scene_*`` results were measured with."""
 VIST_CONTEXT_LENGTH = {"1cap": 1, "5cap": 5, "5cap4img": 9}
 """Prompt items per VIST setting (captions + images): the x axis of the effect-of-context figure."""
-
-
-def scene_metric_name(column: str) -> str:
-    """The ``results.metric`` of a scene column: ``scene_color_ok`` -> ``scene_color``."""
-    return column.removesuffix("_ok")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,11 +151,56 @@ class BenchSummary:
     unsupported: dict[str, str] = field(default_factory=dict)
 
 
+# -- producing images ------------------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class ItemImages:
+    """What the systems produced for one sample at one seed, with the ground truth they are scored against."""
+
+    reference: Image.Image
+    produced: dict[str, Produced]
+    """System -> its output (``gill-oracle`` asked for: ``gill-gen`` and ``gill-ret`` instead)."""
+    sd_seed: int
+    """The sample's SD seed (:func:`eval.bench_systems.derive_seed`)."""
+
+
+class ImageProducer:
+    """Makes the images of benchmark samples: loads a sample's prompt and ground-truth images, runs the systems on
+    its prompt (:class:`eval.bench_systems.SystemRunner`) and saves their images as PNGs under ``out_dir``
+    (``<benchmark>/<setting>/<system>/seed<seed>/<sample_id>.png``)."""
+
+    def __init__(self, runner: SystemRunner, out_dir: Path) -> None:
+        self.runner = runner
+        self.out_dir = out_dir
+
+    def produce(self, item: BenchItem, seed: int, systems: Sequence[str]) -> ItemImages:
+        """The outputs of ``systems`` for ``item`` under run seed ``seed`` (``data.UnreadableImage``, saying why,
+        when one of its images is missing or unreadable)."""
+        reference, context = _load(item)
+        sd_seed = derive_seed(seed, item.sample_id)
+        wanted = set(systems) - {"gill-oracle"}
+        if "gill-oracle" in systems:
+            wanted |= {"gill-gen", "gill-ret"}
+        produced = self.runner.produce(item.make_prompt(context), item.text, wanted, sd_seed)
+        return ItemImages(reference=reference, produced=produced, sd_seed=sd_seed)
+
+    def save(self, image: Image.Image, benchmark: str, setting: str, system: str, seed: int, sample_id: str) -> Path:
+        """Write one system's image of one sample; its path."""
+        path = self.out_dir / benchmark / setting / system / f"seed{seed}" / f"{_safe(sample_id)}.png"
+        _save_png(image, path)
+        return path
+
+
 # -- the session: models loaded once, run registered ---------------------------------------------------------------
 
 
 class BenchSession:
-    """A checkpoint's pipeline, metric models, run id and output folder, shared by the benchmarks of one call."""
+    """A checkpoint's pipeline, metric models, run id and output folder, shared by the benchmarks of one call.
+
+    It runs each benchmark as producing images (:class:`ImageProducer`), scoring them (:mod:`eval.bench_scoring`)
+    and recording rows (:class:`~eval.bench_record.BenchRecorder`).
+    """
 
     def __init__(
         self, workdir: Path, checkpoint: Path, pipe: Any, metrics: Any, options: BenchOptions, run_id: str, config: Any
@@ -171,12 +212,14 @@ class BenchSession:
         self.options = options
         self.run_id = run_id
         self.config = config
-        self.database = db_path(workdir)
+        self.recorder = BenchRecorder(workdir, run_id)
+        self.database = self.recorder.database
         self.out_dir = workdir / "bench" / run_id
         self._clip_bank: ClipBank | None = None
         self.clip_override = False
         """Whether the metric CLIP was given by the user (then bank images are encoded, not their features)."""
         self.runner = SystemRunner(pipe, metrics.clip, options.image_options)
+        self.producer = ImageProducer(self.runner, self.out_dir)
 
     @classmethod
     def open(
@@ -218,19 +261,10 @@ class BenchSession:
         return session
 
     def _register(self, identity: dict[str, Any]) -> None:
-        ensure_database(self.database)
-        existing = query(self.database, "SELECT started_at FROM runs WHERE run_id = ?", [self.run_id])
-        started = existing["started_at"].iloc[0] if len(existing) else dt.datetime.now(dt.UTC).replace(tzinfo=None)
         document = {"model": self.config.to_dict(), "bench": identity, "workdir": str(self.workdir)}
-        row = {
-            "run_id": self.run_id,
-            "started_at": started,
-            "git_sha": source_git_sha(),
-            "preset": self.config.preset,
-            "checkpoint": str(self.checkpoint),
-            "config": json.dumps(document, sort_keys=True),
-        }
-        replace_rows(self.database, "runs", [row])
+        self.recorder.register(
+            checkpoint=self.checkpoint, preset=self.config.preset, git_sha=source_git_sha(), config=document
+        )
         logger.info("benchmark run %s (checkpoint %s) -> %s", self.run_id, self.checkpoint, self.database)
 
     # -- systems ------------------------------------------------------------------------------------------------
@@ -254,11 +288,7 @@ class BenchSession:
             unsupported.update({s: reason for s in needing})
             systems = [s for s in systems if s not in needing]
         if unsupported:
-            rows = [
-                {"run_id": self.run_id, "benchmark": benchmark, "system": s, "reason": r}
-                for s, r in unsupported.items()
-            ]
-            replace_rows(self.database, "unsupported_systems", rows)
+            self.recorder.record_unsupported(benchmark, unsupported)
             for system, reason in unsupported.items():
                 logger.warning("%s: system %s not run: %s", benchmark, system, reason)
         return systems, unsupported
@@ -288,7 +318,7 @@ class BenchSession:
         counts = Counts()
         if "clip-retrieval" in systems:
             self.runner.clip_bank = self.clip_bank
-        done = self._scored_keys(benchmark, setting)
+        done = self.recorder.scored_keys(benchmark, setting)
         for seed_index, seed in enumerate(self.options.seeds):
             active = [s for s in systems if SYSTEMS[s].uses_seed or seed_index == 0]
             todo = []
@@ -300,29 +330,26 @@ class BenchSession:
             rows: list[dict[str, Any]] = []
             desc = f"{benchmark} {setting} seed {seed}"
             for item, need in tqdm(todo, desc=desc, unit="sample", disable=not self.options.progress):
-                rows += self._score_item(benchmark, setting, seed, item, need)
+                rows += self._sample_rows(benchmark, setting, seed, item, need)
                 if len(rows) >= self.options.write_every * len(active):
-                    counts.add(self._write_samples(rows))
+                    counts.add(self.recorder.write_samples(rows))
                     rows = []
-            counts.add(self._write_samples(rows))
+            counts.add(self.recorder.write_samples(rows))
         return counts
 
-    def _score_item(
+    def _sample_rows(
         self, benchmark: str, setting: str, seed: int, item: BenchItem, need: list[str]
     ) -> list[dict[str, Any]]:
-        base = self._base_row(benchmark, setting, seed, item)
+        """Produce, score and save the images of ``need`` for one item: its ``samples`` rows."""
+        base = _base_row(self.run_id, benchmark, setting, seed, item)
         try:
-            reference, context = _load(item)
+            images = self.producer.produce(item, seed, need)
         except data.UnreadableImage as err:
             return [{**base, "system": s, "status": "skipped", "skip_reason": str(err)} for s in need]
-        sd_seed = derive_seed(seed, item.sample_id)
-        wanted = set(need) - {"gill-oracle"}
+        produced = images.produced
+        scores = score_images(produced, images.reference, item.scene, self.metrics)
         if "gill-oracle" in need:
-            wanted |= {"gill-gen", "gill-ret"}
-        produced = self.runner.produce(item.make_prompt(context), item.text, wanted, sd_seed)
-        scores = self._score_images(produced, reference, item.scene)
-        if "gill-oracle" in need:
-            produced["gill-oracle"], scores["gill-oracle"] = _oracle(produced, scores)
+            produced["gill-oracle"], scores["gill-oracle"] = pick_oracle(produced, scores)
         rows = []
         for system in need:
             result = produced.get(system) or Produced(image=None, skip_reason="system produced nothing")
@@ -332,89 +359,35 @@ class BenchSession:
                 "decision": result.decision,
                 "p_ret": result.p_ret,
                 "ret_key": result.ret_key,
-                "sd_seed": sd_seed if SYSTEMS[system].uses_seed else None,
+                "sd_seed": images.sd_seed if SYSTEMS[system].uses_seed else None,
             }
             if result.image is None:
                 rows.append({**row, "status": "skipped", "skip_reason": result.skip_reason})
                 continue
-            path = self.out_dir / benchmark / setting / system / f"seed{seed}" / f"{_safe(item.sample_id)}.png"
-            _save_png(result.image, path)
-            rows.append({**row, "status": "ok", "generated_path": str(path), **scores[system]})
+            path = self.producer.save(result.image, benchmark, setting, system, seed, item.sample_id)
+            rows.append({**row, "status": "ok", "generated_path": path, **scores[system]})
         return rows
-
-    def _base_row(self, benchmark: str, setting: str, seed: int, item: BenchItem) -> dict[str, Any]:
-        """The key and reference columns every ``samples`` row of ``item`` shares."""
-        return {
-            "run_id": self.run_id,
-            "benchmark": benchmark,
-            "setting": setting,
-            "seed": seed,
-            "sample_id": item.sample_id,
-            "context_length": item.context_length,
-            "reference_path": str(item.reference) if item.reference else None,
-            "prompt": item.text,
-            "context_paths": json.dumps([str(p) if p else None for p in item.context]),
-        }
-
-    def _score_images(
-        self, produced: dict[str, Produced], reference: Image.Image, scene: SceneTarget | None
-    ) -> dict[str, dict[str, float]]:
-        """CLIP similarity and LPIPS to the reference, and the scene-metric columns when the answer key is known."""
-        names = [s for s, p in produced.items() if p.image is not None]
-        if not names:
-            return {}
-        images = [produced[s].image for s in names]
-        refs = [reference] * len(images)
-        clip = self.metrics.clip.similarity(images, refs).tolist()
-        lpips = self.metrics.lpips.distance(images, refs).tolist()
-        scores = {s: {"clip_sim": float(c), "lpips": float(d)} for s, c, d in zip(names, clip, lpips, strict=True)}
-        if scene is not None:
-            for name, image in zip(names, images, strict=True):
-                scores[name].update(score_image(image, scene.scene, scene.described).columns())
-        return scores
-
-    def _scored_keys(self, benchmark: str, setting: str) -> set[tuple[str, int, str]]:
-        rows = query(
-            self.database,
-            "SELECT system, seed, sample_id FROM samples WHERE run_id = ? AND benchmark = ? "
-            "AND setting = ? AND status = 'ok'",
-            [self.run_id, benchmark, setting],
-        )
-        return {(r.system, int(r.seed), r.sample_id) for r in rows.itertuples()}
-
-    def _write_samples(self, rows: list[dict[str, Any]]) -> Counts:
-        if rows:
-            replace_rows(self.database, "samples", rows)
-        ok = sum(r["status"] == "ok" for r in rows)
-        return Counts(scored=ok, skipped=len(rows) - ok)
 
     # -- retrieval tasks ----------------------------------------------------------------------------------------
 
     @torch.no_grad()
     def run_retrieval(self, benchmark: str, setting: str, items: Sequence[BenchItem]) -> Counts:
         """Recall@k: rank each sample's true image among the true images of every evaluated sample (the pool)."""
-        from eval.metrics import target_ranks
-
         counts = Counts()
         seed = self.options.seeds[0]
         loaded, rows = [], []
         for item in items:
-            base = self._base_row(benchmark, setting, seed, item)
+            base = _base_row(self.run_id, benchmark, setting, seed, item)
             try:
                 _load(item)  # only readable samples join the pool (decoded again when embedded)
                 loaded.append((item, base))
             except data.UnreadableImage as err:
                 rows += [{**base, "system": s, "status": "skipped", "skip_reason": str(err)} for s in RETRIEVAL_SYSTEMS]
         ids = {item.sample_id for item, _ in loaded}
-        previous = query(
-            self.database,
-            "SELECT system, sample_id, pool_size FROM samples WHERE run_id = ? AND "
-            "benchmark = ? AND setting = ? AND status = 'ok'",
-            [self.run_id, benchmark, setting],
-        )
+        previous = self.recorder.scored_pools(benchmark, setting)
         if len(loaded) >= 2 and all(_same_pool(previous[previous.system == s], ids) for s in RETRIEVAL_SYSTEMS):
             counts.resumed = len(ids) * len(RETRIEVAL_SYSTEMS)
-            return counts + self._write_samples(rows)
+            return counts + self.recorder.write_samples(rows)
         if len(loaded) < 2:
             reason = "fewer than 2 readable samples: no retrieval pool"
             rows += [
@@ -422,7 +395,7 @@ class BenchSession:
                 for _, b in loaded
                 for s in RETRIEVAL_SYSTEMS
             ]
-            return counts + self._write_samples(rows)
+            return counts + self.recorder.write_samples(rows)
         queries, pools = self._retrieval_embeddings([item for item, _ in loaded])
         targets = torch.arange(len(loaded))
         for system in RETRIEVAL_SYSTEMS:
@@ -431,7 +404,7 @@ class BenchSession:
                 {**base, "system": system, "status": "ok", "target_rank": int(r), "pool_size": len(loaded)}
                 for (_, base), r in zip(loaded, ranks, strict=True)
             ]
-        return counts + self._write_samples(rows)
+        return counts + self.recorder.write_samples(rows)
 
     def _retrieval_embeddings(self, items: list[BenchItem]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         from tqdm import tqdm
@@ -456,15 +429,8 @@ class BenchSession:
 
     def fid_rows(self, benchmark: str, setting: str, systems: Sequence[str]) -> list[dict[str, Any]]:
         """FID of each system's generated images against the real images of the same samples (per seed)."""
-        from eval.metrics import frechet_distance
-
-        samples = query(
-            self.database,
-            "SELECT system, seed, sample_id, generated_path, reference_path FROM samples "
-            "WHERE run_id = ? AND benchmark = ? AND setting = ? AND status = 'ok' ORDER BY sample_id",
-            [self.run_id, benchmark, setting],
-        )
-        cache: dict[str, np.ndarray] = {}
+        samples = self.recorder.scored_images(benchmark, setting)
+        cache: dict[Path, np.ndarray] = {}
         rows = []
         for system in systems:
             own = samples[samples.system == system]
@@ -474,17 +440,10 @@ class BenchSession:
             common = sorted(set.intersection(*(set(own[own.seed == s].sample_id) for s in seeds)))
             if len(common) < 2:
                 continue
-            ref = self._fid_features(own[own.seed == seeds[0]].set_index("sample_id").loc[common].reference_path, cache)
-            gens = [
-                self._fid_features(own[own.seed == s].set_index("sample_id").loc[common].generated_path, cache)
-                for s in seeds
-            ]
-            per_seed = [frechet_distance(g, ref) for g in gens]
-            low = high = None
-            if self.options.fid_bootstrap:
-                stats = _fid_bootstrap(gens, ref, self.options.fid_bootstrap)
-                tail = (1 - self.options.confidence) / 2 * 100
-                low, high = (float(v) for v in np.percentile(stats, [tail, 100 - tail]))
+            by_seed = {s: own[own.seed == s].set_index("sample_id").loc[common] for s in seeds}
+            ref = fid_features(self.metrics.fid, by_seed[seeds[0]].reference_path, cache)
+            gens = [fid_features(self.metrics.fid, by_seed[s].generated_path, cache) for s in seeds]
+            fields = fid_fields(gens, ref, n_boot=self.options.fid_bootstrap, confidence=self.options.confidence)
             rows.append(
                 {
                     "run_id": self.run_id,
@@ -492,86 +451,25 @@ class BenchSession:
                     "setting": setting,
                     "system": system,
                     "metric": "fid",
-                    "mean": float(np.mean(per_seed)),
-                    "ci_low": low,
-                    "ci_high": high,
-                    "n": len(common),
-                    "n_seeds": len(seeds),
-                    "seed_std": float(np.std(per_seed, ddof=1)) if len(seeds) > 1 else None,
+                    **fields,
                     "metric_model": self.metrics.names["fid"],
                 }
             )
         return rows
 
-    def _fid_features(self, paths: Iterable[str], cache: dict[str, np.ndarray]) -> np.ndarray:
-        paths = list(paths)
-        missing = [p for p in paths if p not in cache]
-        for first in range(0, len(missing), 32):
-            chunk = missing[first : first + 32]
-            feats = self.metrics.fid.image_features([data.load_image(Path(p)) for p in chunk])
-            cache.update(zip(chunk, np.asarray(feats, dtype=np.float64), strict=True))
-        return np.stack([cache[p] for p in paths])
-
     # -- results ------------------------------------------------------------------------------------------------
 
     def summarise(self, benchmark: str, extra: Sequence[dict[str, Any]] = ()) -> Any:
         """Recompute ``results`` of one benchmark from its ``samples`` (replacing the benchmark's old rows)."""
-        frame = query(
-            self.database, "SELECT * FROM samples WHERE run_id = ? AND benchmark = ?", [self.run_id, benchmark]
+        rows = list(extra) + result_rows(
+            self.recorder.samples(benchmark),
+            run_id=self.run_id,
+            benchmark=benchmark,
+            metric_models=self.metrics.names,
+            confidence=self.options.confidence,
+            n_boot=self.options.n_boot,
         )
-        rows = list(extra)
-        for (setting, system), group in frame.groupby(["setting", "system"], sort=True):
-            rows += self._metric_rows(benchmark, str(setting), str(system), group)
-        replace_rows(self.database, "results", rows, scope={"run_id": self.run_id, "benchmark": benchmark})
-        return query(
-            self.database,
-            "SELECT * FROM results WHERE run_id = ? AND benchmark = ? ORDER BY setting, system, metric",
-            [self.run_id, benchmark],
-        )
-
-    def _metric_rows(self, benchmark: str, setting: str, system: str, group: Any) -> list[dict[str, Any]]:
-        from eval.metrics import bootstrap_ci
-
-        ok = group[group.status == "ok"].copy()
-        skipped = len(set(group[group.status == "skipped"].sample_id) - set(ok.sample_id))
-        if benchmark.endswith("-retrieval"):
-            metrics = {f"recall@{k}": (ok.target_rank < k).astype(float) for k in RECALL_KS}
-            model = "GILL retrieval head" if system == "fromage-retrieval" else f"CLIP {self.metrics.names['clip_sim']}"
-            models = dict.fromkeys(metrics, model)
-        else:
-            metrics = {m: ok[m] for m in GENERATION_METRICS}
-            models = {m: self.metrics.names[m] for m in GENERATION_METRICS}
-            for column in SCENE_COLUMNS:  # synthetic-world samples only: NULL on real data
-                if column in ok and ok[column].notna().any():
-                    metrics[scene_metric_name(column)] = ok[column]
-                    models[scene_metric_name(column)] = SCENE_METRIC_MODEL
-        rows = []
-        for metric, values in metrics.items():
-            ok["value"] = values
-            per_sample = ok.groupby("sample_id")["value"].mean().to_numpy(dtype=float)
-            per_seed = ok.groupby("seed")["value"].mean().to_numpy(dtype=float)
-            row = {
-                "run_id": self.run_id,
-                "benchmark": benchmark,
-                "setting": setting,
-                "system": system,
-                "metric": metric,
-                "n": len(per_sample),
-                "n_skipped": skipped,
-                "n_seeds": len(per_seed),
-                "metric_model": models[metric],
-                "pool_size": int(ok.pool_size.max()) if ok.pool_size.notna().any() else None,
-            }
-            if len(per_sample):
-                ci = bootstrap_ci(per_sample, confidence=self.options.confidence, n_boot=self.options.n_boot)
-                row.update(
-                    mean=float(per_sample.mean()),
-                    ci_low=ci.low,
-                    ci_high=ci.high,
-                    seed_std=float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None,
-                )
-            rows.append(row)
-        return rows
+        return self.recorder.write_results(benchmark, rows)
 
     def summary(self, benchmark: str, counts: Counts, unsupported: dict[str, str], extra=()) -> BenchSummary:
         results = self.summarise(benchmark, extra)
@@ -588,21 +486,20 @@ class BenchSession:
         )
 
 
-@dataclass
-class Counts:
-    """Sample rows scored, skipped and resumed (already scored) in one call."""
-
-    scored: int = 0
-    skipped: int = 0
-    resumed: int = 0
-
-    def add(self, other: Counts) -> None:
-        self.scored += other.scored
-        self.skipped += other.skipped
-        self.resumed += other.resumed
-
-    def __add__(self, other: Counts) -> Counts:
-        return Counts(self.scored + other.scored, self.skipped + other.skipped, self.resumed + other.resumed)
+def _base_row(run_id: str, benchmark: str, setting: str, seed: int, item: BenchItem) -> dict[str, Any]:
+    """The key and reference columns every ``samples`` row of ``item`` shares (paths as paths: the recorder stores
+    them relative to the workdir)."""
+    return {
+        "run_id": run_id,
+        "benchmark": benchmark,
+        "setting": setting,
+        "seed": seed,
+        "sample_id": item.sample_id,
+        "context_length": item.context_length,
+        "reference_path": item.reference,
+        "prompt": item.text,
+        "context_paths": item.context,
+    }
 
 
 # -- benchmarks ------------------------------------------------------------------------------------------------------
@@ -789,29 +686,6 @@ def _load(item: BenchItem) -> tuple[Image.Image, list[Image.Image]]:
 def _same_pool(previous: Any, ids: set[str]) -> bool:
     """Whether a retrieval system's stored rows rank exactly ``ids`` (then they are reused)."""
     return set(previous.sample_id) == ids and bool((previous.pool_size == len(ids)).all())
-
-
-def _oracle(produced: dict[str, Produced], scores: dict[str, dict[str, float]]) -> tuple[Produced, dict[str, float]]:
-    """The better of gill-gen and gill-ret by CLIP similarity to the ground truth."""
-    candidates = [s for s in ("gill-gen", "gill-ret") if s in scores]
-    if not candidates:
-        return Produced(image=None, skip_reason="neither generation nor retrieval produced an image"), {}
-    best = max(candidates, key=lambda s: scores[s]["clip_sim"])
-    chosen = produced[best]
-    return dataclasses.replace(chosen, decision=best.removeprefix("gill-")), scores[best]
-
-
-def _fid_bootstrap(gens: list[np.ndarray], ref: np.ndarray, n_boot: int, seed: int = 0) -> np.ndarray:
-    """FID averaged over seeds, for ``n_boot`` resamples of the samples (the same resample for every seed)."""
-    from eval.metrics import frechet_distance
-
-    rng = np.random.default_rng(seed)
-    n = len(ref)
-    stats = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        stats.append(np.mean([frechet_distance(g[idx], ref[idx]) for g in gens]))
-    return np.asarray(stats)
 
 
 def _save_png(image: Image.Image, path: Path) -> Path:

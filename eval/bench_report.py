@@ -18,6 +18,7 @@ from typing import Any
 from eval.bench_views import SYSTEM_ORDER
 from eval.db import db_path, ensure_database, query, user_query
 from gill.errors import InputError
+from gill.utils.paths import resolve_stored
 
 FORMATS = ("table", "markdown", "csv")
 
@@ -225,7 +226,11 @@ def build_report(workdir: str | Path, *, run_id: str | None = None, fmt: str = "
     run = query(path, "SELECT * FROM runs WHERE run_id = ?", [run_id])
     out = [
         f"benchmark run {run_id}"
-        + (f" (checkpoint {run.checkpoint.iloc[0]}, preset {run.preset.iloc[0]})" if len(run) else ""),
+        + (
+            f" (checkpoint {resolve_stored(run.checkpoint.iloc[0], workdir)}, preset {run.preset.iloc[0]})"
+            if len(run)
+            else ""
+        ),
         f"database: {path}",
         "",
     ]

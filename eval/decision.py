@@ -29,13 +29,15 @@ from annotations.votes import default_votes_path, read_votes
 from gill import decision as D
 from gill.decision import GEN, RET, DecisionFitResult, decision_features, fit_and_evaluate
 from gill.errors import InputError
+from gill.utils.paths import to_stored
 
 logger = logging.getLogger(__name__)
 
 TABLE = "decision_eval"
 """One row per figure: protocol ``official-600`` (metrics ``macro_f1``, ``best_on_test_f1``), ``cv5``
 (``macro_f1``, ``macro_f1_std``, ``macro_f1_fold<k>``) and ``human`` (``macro_f1_official``,
-``macro_f1_leave_one_out``); ``n`` is the number of examples the figure is computed on."""
+``macro_f1_leave_one_out``); ``n`` is the number of examples the figure is computed on. ``checkpoint`` and
+``votes`` are stored relative to the workdir when inside it (:func:`gill.utils.paths.resolve_stored` reads them)."""
 
 
 class InsufficientLabelsError(InputError):
@@ -214,9 +216,9 @@ def fit_decision(
     common = {
         "run_id": run_id,
         "created": created.replace(tzinfo=None),
-        "checkpoint": str(Path(checkpoint_dir)),
+        "checkpoint": to_stored(checkpoint_dir, workdir),
         "checkpoint_id": ckpt_id,
-        "votes": str(votes),
+        "votes": to_stored(votes, workdir),
         "with_retrieval_score": with_retrieval_score,
         "recipe": recipe,
     }

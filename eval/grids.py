@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from eval.db import db_path, query
 from gill.utils.io import atomic_write_bytes
+from gill.utils.paths import resolve_stored
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class GridRow:
 
     sample_id: str
     text: str
-    context: tuple[Path, ...]
+    context: tuple[Path | None, ...]
     outputs: dict[str, tuple[Path | None, str]]
     """Column -> (image, label under it)."""
 
@@ -68,25 +69,28 @@ def _label(row: Any) -> str:
     return "\n".join(lines)
 
 
-def grid_rows(frame: Any, limit: int) -> list[GridRow]:
-    """The first ``limit`` samples of one setting's ``samples`` rows (first seed), as grid rows."""
+def grid_rows(frame: Any, limit: int, workdir: str | Path) -> list[GridRow]:
+    """The first ``limit`` samples of one setting's ``samples`` rows (first seed), as grid rows (the rows' paths
+    resolved against ``workdir``)."""
     frame = frame[frame.seed == frame.seed.min()]
     rows = []
     for sample_id in sorted(set(frame.sample_id))[:limit]:
         own = frame[frame.sample_id == sample_id]
         by_system = {r["system"]: r for r in own.to_dict(orient="records")}
         first = next(iter(by_system.values()))
-        outputs: dict[str, tuple[Path | None, str]] = {"reference": (_path(first.get("reference_path")), "")}
+        reference = _path(first.get("reference_path"), workdir)
+        outputs: dict[str, tuple[Path | None, str]] = {"reference": (reference, "")}
         for system, _ in COLUMNS[1:]:
             r = by_system.get(system)
-            outputs[system] = (_path(r.get("generated_path")) if r else None, _label(r) if r else "not run")
-        context = tuple(Path(p) for p in json.loads(first.get("context_paths") or "[]"))
+            outputs[system] = (_path(r.get("generated_path"), workdir) if r else None, _label(r) if r else "not run")
+        context = tuple(_path(p, workdir) for p in json.loads(first.get("context_paths") or "[]"))
         rows.append(GridRow(sample_id=sample_id, text=first.get("prompt") or "", context=context, outputs=outputs))
     return rows
 
 
-def _path(value: Any) -> Path | None:
-    return Path(value) if isinstance(value, str) and value else None
+def _path(value: Any, workdir: str | Path) -> Path | None:
+    """The file a stored path column names (None for NULL)."""
+    return resolve_stored(value, workdir) if isinstance(value, str) and value else None
 
 
 def draw_grid(rows: list[GridRow], title: str) -> Image.Image:
@@ -132,7 +136,7 @@ def draw_run_grids(workdir: str | Path, run_id: str, out_dir: str | Path, *, lim
             if own.empty:
                 continue
             title = f"{benchmark} {setting}: context -> ground truth / SD / GILL (run {run_id})"
-            image = draw_grid(grid_rows(own, limit), title)
+            image = draw_grid(grid_rows(own, limit, workdir), title)
             written.append(save_png(image, Path(out_dir) / f"grid_{benchmark}_{setting}.png"))
     logger.info("qualitative grids: %s", ", ".join(str(p) for p in written))
     return written

@@ -156,6 +156,17 @@ def recall_at_k(ranks: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[int
     return {int(k): float((ranks < k).float().mean()) for k in ks}
 
 
+def recall_hits(ranks: Sequence[float] | np.ndarray | torch.Tensor, k: int) -> np.ndarray:
+    """Per query, 1.0 when its target ranks below ``k`` (0-based ranks), else 0.0: recall@k is their mean.
+
+    The per-example scores a bootstrap interval of recall@k resamples (:func:`bootstrap_ci`).
+    """
+    if k < 1:
+        raise InputError("recall_hits needs a positive k", [f"k: {k} is < 1"], hint="e.g. k=1, 5 or 10")
+    values = ranks.detach().cpu().numpy() if isinstance(ranks, torch.Tensor) else np.asarray(ranks, dtype=float)
+    return (values < k).astype(float)
+
+
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (Heusel et al. 2017, FID).
 
@@ -208,4 +219,37 @@ def fid_bootstrap_ci(
     ref_index = rng.integers(0, features_ref.shape[0], size=(n_boot, features_ref.shape[0]))
     gen, ref = np.asarray(features_gen, dtype=np.float64), np.asarray(features_ref, dtype=np.float64)
     stats = np.array([_frechet(gen[g], ref[r]) for g, r in zip(gen_index, ref_index, strict=True)])
+    return _percentile_interval(stats, confidence)
+
+
+def paired_fid_bootstrap_ci(
+    features_gen: Sequence[np.ndarray],
+    features_ref: np.ndarray,
+    *,
+    n_boot: int,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> ConfidenceInterval:
+    """Percentile-bootstrap interval of the FID averaged over several generated sets of the same samples.
+
+    Row ``i`` of ``features_ref`` and of every ``features_gen[s]`` (one set per SD seed) belong to sample ``i``, so
+    each resample draws one index vector of samples and applies it to the reference and to every generated set
+    (paired, unlike :func:`fid_bootstrap_ci`, whose two sets are unrelated); the statistic is the mean over the
+    generated sets of their FID against the resampled reference. The ``(n_boot, N)`` index matrix comes from
+    ``numpy.random.default_rng(seed)``. Each resample costs one matrix square root per generated set.
+    """
+    _check_bootstrap_args(confidence, n_boot)
+    if not features_gen:
+        raise InputError("paired FID bootstrap needs generated features", ["features_gen: no set given"])
+    problems = [
+        f"features_gen[{s}]: {g.shape[0]} rows, features_ref: {features_ref.shape[0]} (one row per sample in both)"
+        for s, g in enumerate(features_gen)
+        if g.shape[0] != features_ref.shape[0]
+    ]
+    if problems:
+        raise InputError("paired FID bootstrap needs the same samples in every set", problems)
+    for g in features_gen:
+        frechet_distance(g, features_ref)  # validates every set with a readable error
+    index = np.random.default_rng(seed).integers(0, features_ref.shape[0], size=(n_boot, features_ref.shape[0]))
+    stats = np.array([np.mean([frechet_distance(g[i], features_ref[i]) for g in features_gen]) for i in index])
     return _percentile_interval(stats, confidence)

@@ -173,7 +173,10 @@ class DecisionFitResult:
 
 def macro_f1(y_true: torch.Tensor | Sequence[int], y_pred: torch.Tensor | Sequence[int], num_classes: int = 2) -> float:
     """Macro-F1 as torchmetrics' ``multiclass_f1_score(average="macro")``: per class ``2TP / (2TP + FP + FN)``,
-    averaged over the classes that occur in the targets or the predictions (0.0 when there are none)."""
+    averaged over the classes that occur in the targets or the predictions (0.0 when there are none).
+
+    The project's one macro-F1: :func:`annotations.aggregate.macro_f1` maps string labels to class indices and
+    calls it. A label outside ``range(num_classes)`` belongs to no class."""
     t = torch.as_tensor(y_true, dtype=torch.long).reshape(-1)
     p = torch.as_tensor(y_pred, dtype=torch.long).reshape(-1)
     if t.shape != p.shape:

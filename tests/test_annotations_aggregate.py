@@ -130,6 +130,26 @@ def test_macro_f1_matches_torchmetrics():
         assert macro_f1(truth, pred) == pytest.approx(float(expected), abs=1e-6)
     assert macro_f1(["gen", "gen"], ["gen", "gen"]) == 1.0  # 'ret' absent from both: left out of the average
     assert macro_f1(["gen", "ret"], ["ret", "gen"]) == 0.0
+    # a label outside the classes is a miss for the class on the other side: gen F1 = 2/(2+1) ('same' for a gen), ret 1
+    assert macro_f1(["gen", "gen", "ret"], ["gen", "same", "ret"]) == pytest.approx((2 / 3 + 1.0) / 2)
+    assert macro_f1([], []) == 0.0
+    with pytest.raises(ValueError, match="y_true has 2 items but y_pred 1"):
+        macro_f1(["gen", "ret"], ["gen"])
+
+
+def test_the_string_macro_f1_is_gill_decisions_on_class_indices():
+    from gill.decision import macro_f1 as indexed
+
+    rng = np.random.default_rng(1)
+    for size in (1, 9, 40):
+        truth = list(rng.choice(["gen", "ret", "same"], size))
+        pred = list(rng.choice(["gen", "ret", "same"], size))
+        index = {"gen": 0, "ret": 1, "same": 2}
+        as_index = indexed([index[t] for t in truth], [index[p] for p in pred], num_classes=2)
+        assert macro_f1(truth, pred) == as_index  # one implementation: exactly equal
+        assert macro_f1(truth, pred, classes=("gen", "ret", "same")) == indexed(
+            [index[t] for t in truth], [index[p] for p in pred], num_classes=3
+        )
 
 
 # -- agreement --------------------------------------------------------------------------------------------------------

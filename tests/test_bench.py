@@ -17,6 +17,7 @@ from eval.bench_systems import SYSTEMS
 from eval.db import db_path, query
 from eval.decision import save_head_into_checkpoint
 from gill.adapters import DecisionHead
+from gill.utils.paths import resolve_stored
 
 ALL = ("gill", "gill-gen", "gill-ret", "gill-oracle", "sd", "clip-retrieval", "fromage-retrieval")
 FAST = dict(sd_steps=2, n_boot=200, fid_bootstrap=20, write_every=2, progress=False)
@@ -86,8 +87,8 @@ def test_every_benchmark_setting_and_system_writes_sample_and_result_rows(bench_
         assert len(group) == n * seeds, (benchmark, setting, system)
         if benchmark in ("vist", "visdial", "cc3m-fid"):
             assert group.clip_sim.between(-1, 1).all() and (group.lpips >= 0).all()
-            assert all(Path(p).is_file() for p in group.generated_path)
-            assert all(Path(p).is_file() for p in group.reference_path)
+            assert all(resolve_stored(p, bench_work).is_file() for p in group.generated_path)
+            assert all(resolve_stored(p, bench_work).is_file() for p in group.reference_path)
     results = _results(bench_work, full_run["run_id"])
     metrics = set(zip(results.benchmark, results.system, results.metric, strict=True))
     assert {
@@ -103,6 +104,22 @@ def test_every_benchmark_setting_and_system_writes_sample_and_result_rows(bench_
     assert "glide" not in set(results.system)
     unsupported = query(db_path(bench_work), "SELECT * FROM unsupported_systems WHERE run_id = ?", [full_run["run_id"]])
     assert set(unsupported.system) == {"glide"} and unsupported.reason.str.contains("diffusers").all()
+
+
+def test_paths_inside_the_workdir_are_stored_relative_to_it_and_others_absolute(bench_work, small_world, full_run):
+    samples = _samples(bench_work, full_run["run_id"])
+    ok = samples[samples.status == "ok"]
+    generated = ok[ok.benchmark.isin(["vist", "visdial", "cc3m-fid"])]
+    assert generated.generated_path.str.startswith(f"bench/{full_run['run_id']}/").all()
+    cc3m = ok[ok.benchmark == "cc3m-fid"]  # the references are copies saved under the run's folder
+    assert cc3m.reference_path.str.startswith(f"bench/{full_run['run_id']}/cc3m-fid/val/reference/").all()
+    vist = ok[ok.benchmark == "vist"]  # the user's VIST images live outside the workdir: absolute
+    assert not Path(small_world.vist_images_dir).is_relative_to(bench_work)
+    assert vist.reference_path.map(lambda p: Path(p).is_absolute()).all()
+    context = [p for value in vist.context_paths for p in json.loads(value)]
+    assert context and all(Path(p).is_absolute() and Path(p).is_file() for p in context)
+    runs = query(db_path(bench_work), "SELECT checkpoint FROM runs WHERE run_id = ?", [full_run["run_id"]])
+    assert list(runs.checkpoint) == ["runs/b/final"]
 
 
 def test_intervals_contain_the_mean_and_seed_statistics_are_recorded(bench_work, full_run):
@@ -175,7 +192,8 @@ def test_clip_similarity_agrees_with_an_independent_computation(bench_work, full
     folder = resolve_model_id(tiny_config.backbones.clip_metric.id)
     model, processor = CLIPModel.from_pretrained(folder).eval(), CLIPProcessor.from_pretrained(folder)
     for row in rows.itertuples():
-        images = [Image.open(row.generated_path).convert("RGB"), Image.open(row.reference_path).convert("RGB")]
+        paths = [resolve_stored(p, bench_work) for p in (row.generated_path, row.reference_path)]
+        images = [Image.open(p).convert("RGB") for p in paths]
         with torch.no_grad():
             pixels = processor(images=images, return_tensors="pt")["pixel_values"]
             pooled = model.vision_model(pixel_values=pixels).pooler_output
@@ -316,8 +334,8 @@ def test_mapper_ablation_table_compares_checkpoints(bench_work, small_world, tin
     table = query(db_path(bench_work), "SELECT * FROM table_mapper_ablation")
     table = table[table.run_id.isin({s.run_id for s in summaries})]
     assert len(table) == 2
-    kinds = dict(zip(table.checkpoint, table.mapper, strict=True))
-    assert kinds[str(checkpoints[0])] == "gill_mapper" and kinds[str(checkpoints[1])] == "linear"
+    kinds = dict(zip(table.checkpoint, table.mapper, strict=True))  # checkpoints stored relative to the workdir
+    assert kinds["runs/b/final"] == "gill_mapper" and kinds["runs/lin/final"] == "linear"
     assert table.cc3m_fid.notna().all() and table.vist_clip_sim.notna().all()
 
 
@@ -354,8 +372,9 @@ def test_world_samples_carry_scene_columns_and_data_outside_a_world_leaves_them_
     urls = {s.key: s.url for s in read_cc3m_val(bench_work)}  # CC3M references are copies; the url is the key
     for benchmark in ("vist", "visdial", "cc3m-fid"):
         row = generated[(generated.benchmark == benchmark) & (generated.system == "sd")].iloc[0]
-        target = scene_target(urls[row.sample_id] if benchmark == "cc3m-fid" else row.reference_path)
-        with Image.open(row.generated_path) as image:
+        reference = resolve_stored(row.reference_path, bench_work)
+        target = scene_target(urls[row.sample_id] if benchmark == "cc3m-fid" else reference)
+        with Image.open(resolve_stored(row.generated_path, bench_work)) as image:
             again = score_image(image.convert("RGB"), target.scene, target.described).columns()
         assert all(again[c] == pytest.approx(row[c]) for c in SCENE_COLUMNS), benchmark
     results = _results(bench_work, full_run["run_id"])
@@ -388,3 +407,38 @@ def test_grids_show_context_ground_truth_sd_and_gill_for_each_setting(bench_work
     with Image.open(tmp_path / "grid_vist_5cap4img.png") as grid, Image.open(tmp_path / "grid_vist_1cap.png") as one:
         assert grid.height == 40 + 3 * (TILE + 30) and grid.width > 8 * TILE  # 4 context photos + text + 4 outputs
         assert grid.width - one.width == 4 * TILE  # the same output columns; 1 caption has no context photos
+
+
+def test_a_database_with_absolute_paths_of_an_older_gill_still_draws_the_same_grids(bench_work, full_run, tmp_path):
+    """Older versions stored absolute paths: reading resolves relative paths only, so such a database still works."""
+    import duckdb
+
+    from eval.bench_record import BenchRecorder
+    from eval.grids import draw_run_grids
+
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copyfile(db_path(bench_work), db_path(old))
+
+    def absolute(value):
+        return value if value is None or Path(value).is_absolute() else str(bench_work / value)
+
+    with duckdb.connect(str(db_path(old))) as con:
+        keys = "run_id, benchmark, setting, system, seed, sample_id"
+        rows = con.execute(f"SELECT {keys}, generated_path, reference_path, context_paths FROM samples").fetchall()
+        con.executemany(
+            "UPDATE samples SET generated_path = ?, reference_path = ?, context_paths = ? WHERE run_id = ? AND "
+            "benchmark = ? AND setting = ? AND system = ? AND seed = ? AND sample_id = ?",
+            [
+                [absolute(g), absolute(r), json.dumps([absolute(p) for p in json.loads(c or "[]")]), *key]
+                for *key, g, r, c in rows
+            ],
+        )
+        assert con.execute("SELECT count(*) FROM samples WHERE generated_path LIKE 'bench/%'").fetchone() == (0,)
+    new_grids = draw_run_grids(bench_work, full_run["run_id"], tmp_path / "new-grids", limit=2)
+    old_grids = draw_run_grids(old, full_run["run_id"], tmp_path / "old-grids", limit=2)
+    assert [p.name for p in old_grids] == [p.name for p in new_grids]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(old_grids, new_grids, strict=True))
+    scored = BenchRecorder(bench_work, full_run["run_id"]).scored_images("cc3m-fid", "val")
+    assert scored.equals(BenchRecorder(old, full_run["run_id"]).scored_images("cc3m-fid", "val"))
+    assert all(p.is_file() for p in scored.generated_path)

@@ -27,7 +27,9 @@ from eval.metrics import (
     cosine_similarity_rows,
     fid_bootstrap_ci,
     frechet_distance,
+    paired_fid_bootstrap_ci,
     recall_at_k,
+    recall_hits,
     target_ranks,
     true_pair_ranks,
 )
@@ -136,6 +138,34 @@ def test_fid_bootstrap_interval_contains_the_point_value_for_a_clear_shift():
     ci = fid_bootstrap_ci(gen, ref, n_boot=200, seed=1)
     assert ci.low < point < ci.high and ci.low > 4.0  # the shift (4 * 1.5^2 = 9) is far from 0
     assert fid_bootstrap_ci(gen, ref, n_boot=200, seed=1) == ci
+
+
+def test_paired_fid_bootstrap_resamples_the_same_samples_in_every_set_and_averages_over_seeds():
+    rng = np.random.default_rng(5)
+    ref = rng.normal(size=(40, 3))
+    gens = [ref + 1.0 + 0.1 * rng.normal(size=(40, 3)) for _ in range(2)]  # two seeds of the same 40 samples
+    ci = paired_fid_bootstrap_ci(gens, ref, n_boot=50, seed=0)
+    assert paired_fid_bootstrap_ci(gens, ref, n_boot=50, seed=0) == ci
+    # the definition: one index vector per resample (drawn together), the FID per set averaged
+    index = np.random.default_rng(0).integers(0, 40, size=(50, 40))
+    stats = [np.mean([frechet_distance(g[i], ref[i]) for g in gens]) for i in index]
+    low, high = np.quantile(stats, [0.025, 0.975])
+    assert (ci.low, ci.high, ci.confidence) == (low, high, 0.95)
+    point = np.mean([frechet_distance(g, ref) for g in gens])
+    assert ci.low < point < ci.high
+    with pytest.raises(InputError, match="the same samples in every set"):
+        paired_fid_bootstrap_ci([gens[0][:30]], ref, n_boot=5)
+
+
+def test_recall_hits_are_the_per_query_indicators_whose_mean_is_recall_at_k():
+    ranks = torch.tensor([0, 3, 7, 1])
+    for k in (1, 2, 5, 10):
+        hits = recall_hits(ranks, k)
+        assert hits.dtype == np.float64 and set(hits) <= {0.0, 1.0}
+        assert hits.mean() == recall_at_k(ranks, ks=(k,))[k]
+    assert recall_hits([0, 3], 1).tolist() == [1.0, 0.0]
+    with pytest.raises(InputError, match="positive k"):
+        recall_hits(ranks, 0)
 
 
 # --- CLIP --------------------------------------------------------------------------------------------------------

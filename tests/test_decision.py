@@ -159,10 +159,12 @@ def test_cv_folds_are_stratified_balanced_and_deterministic():
 
 
 def test_fit_decision_on_the_shipped_votes_records_figures_and_the_pipeline_uses_the_head(workdir, tmp_path):
+    from annotations.votes import default_votes_path
     from eval.db import db_path, query
     from eval.decision import fit_decision
     from gill.checkpoint import ADAPTERS_FILE, load_adapters
     from gill.retrieval import checkpoint_id
+    from gill.utils.paths import resolve_stored
 
     ckpt = resolve_checkpoint(workdir)
     out = tmp_path / "with-head"
@@ -184,6 +186,10 @@ def test_fit_decision_on_the_shipped_votes_records_figures_and_the_pipeline_uses
     assert figures[("cv5", "macro_f1_std")] == pytest.approx(result.cv_std_f1)
     assert figures[("human", "macro_f1_official")] == pytest.approx(0.8510681024099351)
     assert ("human", "macro_f1_leave_one_out") in figures
+    stored = query(db_path(workdir), "SELECT DISTINCT checkpoint, votes FROM decision_eval WHERE protocol = 'human'")
+    assert len(stored) == 1  # the checkpoint inside the workdir relative to it, the shipped votes file absolute
+    assert not Path(stored.checkpoint[0]).is_absolute() and resolve_stored(stored.checkpoint[0], workdir) == ckpt
+    assert stored.votes[0] == str(default_votes_path())
 
     assert not (ckpt / "decision.safetensors").exists()  # the source checkpoint is untouched with out_checkpoint
     assert (out / ADAPTERS_FILE).read_bytes() == (ckpt / ADAPTERS_FILE).read_bytes()

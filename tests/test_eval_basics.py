@@ -1,4 +1,4 @@
-"""Training metrics table and the loss-curve chart."""
+"""Training metrics table, the loss-curve chart, and how the tables store paths."""
 
 from __future__ import annotations
 
@@ -52,3 +52,24 @@ def test_recall_counts_true_pairs_within_the_top_k():
     assert true_pair_ranks(torch.ones(3, 3)).tolist() == [2, 2, 2]
     random = torch.randn(50, 8)
     assert retrieval_recall(random, random, ks=(1,))["t2i_r1"] == 1.0
+
+
+def test_paths_inside_the_workdir_are_stored_relative_and_resolve_back_and_absolute_ones_stay(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from gill.utils.paths import resolve_stored, to_stored
+
+    work = tmp_path / "work"
+    inside = work / "bench" / "run" / "a b.png"
+    assert to_stored(inside, work) == "bench/run/a b.png"
+    assert resolve_stored("bench/run/a b.png", work) == inside
+    outside = tmp_path / "vist" / "1.jpg"
+    assert to_stored(outside, work) == str(outside)
+    assert resolve_stored(str(outside), work) == outside  # an absolute value (e.g. an older database) as it is
+    assert to_stored(work / "x" / ".." / "y.png", work) == "y.png"
+    monkeypatch.chdir(tmp_path)  # a relative path is taken from the current folder, as when it was opened
+    assert to_stored(Path("work/runs/final"), "work") == "runs/final"
+    assert to_stored("vist/1.jpg", work) == str(outside)
+    link = tmp_path / "link"
+    link.symlink_to(work, target_is_directory=True)
+    assert to_stored(work / "runs" / "final", link) == "runs/final"  # the work folder reached through a symlink

@@ -37,6 +37,7 @@ from flows.workdir import Workdir
 from gill.errors import InputError
 from gill.synth.scenes import COLORS, NOVEL_PAIRS, Scene, sample_scene
 from gill.synth.text import cc3m_caption
+from gill.utils.paths import resolve_stored, to_stored
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +200,9 @@ def _done(workdir: Path, database: Path, rows: list[PromptRow]) -> set[int]:
     return {
         pid
         for pid, prompt, gen, ret in records
-        if wanted.get(pid) == prompt and (workdir / gen).is_file() and (workdir / ret).is_file()
+        if wanted.get(pid) == prompt
+        and resolve_stored(gen, workdir).is_file()
+        and resolve_stored(ret, workdir).is_file()
     }
 
 
@@ -298,8 +301,8 @@ def build_candidates(
                     "category": row.category,
                     "challenge": row.challenge,
                     "note": row.note,
-                    "gen_image": str(gen_rel),
-                    "ret_image": str(ret_rel),
+                    "gen_image": to_stored(workdir / gen_rel, workdir),
+                    "ret_image": to_stored(workdir / ret_rel, workdir),
                     "ret_key": hit.key,
                     "ret_score": hit.score,
                     "ret_scaled_score": hit.scaled_score,

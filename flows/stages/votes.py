@@ -44,6 +44,7 @@ from flows.workdir import Workdir
 from gill.errors import InputError
 from gill.synth.render import render_scene
 from gill.synth.scenes import Scene, Shape
+from gill.utils.paths import resolve_stored
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def item_evidence(workdir: Path, item: Item) -> dict[str, ImageEvidence]:
         raise ValueError(f"item {item.id} has no scene: simulated judges judge world prompts only")
     out = {}
     for side in ("left", "right"):
-        path = workdir / item.image_for(side)
+        path = resolve_stored(item.image_for(side), workdir)
         out[side] = _evidence_cached(str(path), path.stat().st_mtime_ns, item.scene)
     return out
 

@@ -1,0 +1,33 @@
+"""Paths stored in a work folder's tables: relative to the work folder when inside it, absolute otherwise.
+
+A work folder can be moved or copied (to another disk, another machine) with its ``gill.duckdb`` and judging store,
+so every path the tables hold that points inside the work folder is stored relative to it (posix form), and
+resolved against the work folder when read. A path outside it (e.g. a user's VIST image folder, the shipped votes
+file) stays absolute. :func:`resolve_stored` leaves absolute values alone, so databases written before paths were
+stored relative keep working.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def to_stored(path: str | os.PathLike[str], workdir: str | os.PathLike[str]) -> str:
+    """How ``path`` is stored in ``workdir``'s tables: relative to ``workdir`` (posix) when it lies inside it, else
+    the absolute path. A relative ``path`` is taken relative to the current directory, as when it was opened."""
+    absolute = Path(os.path.abspath(path))
+    root = Path(os.path.abspath(workdir))
+    if absolute.is_relative_to(root):
+        return absolute.relative_to(root).as_posix()
+    real, real_root = Path(os.path.realpath(absolute)), Path(os.path.realpath(root))
+    if real.is_relative_to(real_root):  # inside through a symlinked work folder (or a symlink into it)
+        return real.relative_to(real_root).as_posix()
+    return str(absolute)
+
+
+def resolve_stored(value: str | os.PathLike[str], workdir: str | os.PathLike[str]) -> Path:
+    """The file a stored path names: a relative value is joined to ``workdir``; an absolute one (a file outside the
+    work folder, or any path of a database written before paths were stored relative) is returned as it is."""
+    path = Path(value)
+    return path if path.is_absolute() else Path(workdir) / path
