@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from annotations.votes import VOTE_VALUES, VoteRow, read_votes, write_confident
+from gill.decision import macro_f1 as indexed_macro_f1
 
 DECISION_CLASSES = ("gen", "ret")
 """The classes of the decision classifier and of the macro-F1 (``same`` is not a decision)."""
@@ -99,7 +100,6 @@ def macro_f1(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str
     (``TP + FP + FN == 0``) are left out of the average; 0.0 when no class is left (or no samples). A label outside
     ``classes`` (e.g. ``same``) belongs to none of them: a miss for the class on the other side.
     """
-    from gill.decision import macro_f1 as indexed_macro_f1  # torch: imported when scoring, not with the package
 
     index = {c: i for i, c in enumerate(classes)}
     outside = -1  # no class has this index

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gill.errors import InputError
+from gill.manifests import shipped_file
 from gill.utils.io import atomic_write_text
 
 VOTE_VALUES = ("ret", "gen", "same")
@@ -47,7 +48,6 @@ class VoteRow:
 
 def default_votes_path(aspect: str = "alignment") -> Path:
     """The shipped votes file: ``aspect`` is ``alignment`` (which image matches the prompt) or ``realism``."""
-    from gill.manifests import shipped_file
 
     return shipped_file("partiprompts_votes", aspect)
 

@@ -25,6 +25,8 @@ from typing import Any
 
 from PIL import Image
 
+from gill.data.precompute import decode_image
+from gill.data.shards import complete_image_shards, image_split_dir, index_shard, iter_shard_samples, read_samples
 from gill.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -273,7 +275,6 @@ def visdial_setting(rounds: int) -> str:
 
 def read_cc3m_val(workdir: str | Path, *, split: str = "val", limit: int | None = None) -> list[Cc3mSample]:
     """Captions of the workdir's complete ``split`` image shards, in shard and key order (the first ``limit``)."""
-    from gill.data.shards import complete_image_shards, image_split_dir, index_shard, iter_shard_samples
 
     shards = complete_image_shards(split, Path(workdir))
     if not shards:
@@ -296,8 +297,6 @@ def read_cc3m_val(workdir: str | Path, *, split: str = "val", limit: int | None 
 
 def cc3m_image(sample: Cc3mSample) -> Image.Image:
     """The RGB image of a CC3M sample (InputError if its shard no longer holds it or it cannot be decoded)."""
-    from gill.data.precompute import decode_image
-    from gill.data.shards import index_shard, read_samples
 
     index = index_shard(sample.shard)
     if sample.key not in index.members:

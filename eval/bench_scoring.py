@@ -1,6 +1,6 @@
 """Scoring of benchmark outputs: pure functions from images (or sample rows) and the metric models to score fields.
 
-The middle piece of a benchmark (:mod:`eval.bench` produces the images, :mod:`eval.bench_record` writes the rows):
+The middle piece of a benchmark (:mod:`eval.bench` produces the images, the bench stage's recorder writes the rows):
 
 * :func:`score_images`: one sample's outputs against its ground truth: CLIP similarity, LPIPS and, where the
   answer key is known, the scene-metric columns;
@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from eval.bench_data import load_image
 from eval.bench_systems import Produced
 from eval.metrics import bootstrap_ci, frechet_distance, paired_fid_bootstrap_ci, recall_hits
 from eval.scene_answers import SceneTarget
@@ -169,7 +170,6 @@ def fid_fields(gens: Sequence[np.ndarray], ref: np.ndarray, *, n_boot: int, conf
 def fid_features(fid: Any, paths: Iterable[Path], cache: dict[Path, np.ndarray]) -> np.ndarray:
     """(N, D) float64 FID features (``fid.image_features``) of the images at ``paths``, 32 at a time; ``cache``
     keeps the features of images already seen."""
-    from eval.bench_data import load_image
 
     paths = list(paths)
     missing = [p for p in paths if p not in cache]

@@ -21,6 +21,7 @@ not depend on which samples ran before it (the official script shares one genera
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
+
+from gill.data.precompute import VISION_FILE, feature_dir
+from gill.pipeline import GenerationSettings
+from gill.utils.io import atomic_write_bytes
 
 if TYPE_CHECKING:
     from eval.metric_models import ClipScorer
@@ -130,7 +136,6 @@ class SystemRunner:
         self.clip_bank = clip_bank
 
     def settings(self, sd_seed: int) -> Any:
-        from gill.pipeline import GenerationSettings
 
         o = self.options
         return GenerationSettings(
@@ -251,10 +256,6 @@ class ClipBank:
     def build(
         cls, pipe: GILLPipeline, clip: ClipScorer, cache_dir: Path, *, from_features: bool, progress: bool = True
     ) -> ClipBank:
-        from tqdm import tqdm
-
-        from gill.data.precompute import VISION_FILE, feature_dir
-        from gill.utils.io import atomic_write_bytes
 
         bank = pipe.bank
         assert bank is not None
@@ -277,7 +278,6 @@ class ClipBank:
                         rows.append(clip.image_features([image]).numpy().astype(np.float16))
                         bar.update(1)
         embeddings = np.concatenate(rows) if rows else np.zeros((0, 1), np.float16)
-        import io
 
         buffer = io.BytesIO()
         np.save(buffer, embeddings)

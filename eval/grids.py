@@ -19,7 +19,6 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from eval.db import db_path, query
 from gill.utils.io import atomic_write_bytes
 from gill.utils.paths import resolve_stored
 
@@ -126,10 +125,15 @@ def save_png(image: Image.Image, path: Path) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def draw_run_grids(workdir: str | Path, run_id: str, out_dir: str | Path, *, limit: int = 4) -> list[Path]:
-    """One grid per benchmark setting of ``run_id`` that has samples (``GRID_SETTINGS``); the PNGs written."""
+def draw_run_grids(
+    samples: Any, workdir: str | Path, run_id: str, out_dir: str | Path, *, limit: int = 4
+) -> list[Path]:
+    """One grid per benchmark setting of ``run_id`` that has samples (``GRID_SETTINGS``); the PNGs written.
+
+    ``samples``: the run's scored ``samples`` rows (a DataFrame); their paths are resolved against ``workdir``.
+    """
     written = []
-    frame = query(db_path(workdir), "SELECT * FROM samples WHERE run_id = ? AND status = 'ok'", [run_id])
+    frame = samples
     for benchmark, settings in GRID_SETTINGS.items():
         for setting in settings:
             own = frame[(frame.benchmark == benchmark) & (frame.setting == setting)]

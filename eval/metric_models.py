@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import transformers
+from torchvision.transforms.functional import resize
 
 from eval.metrics import cosine_similarity_rows
 from gill.config import GILLConfig, ModelRef
@@ -111,7 +113,6 @@ class ClipScorer:
         cls, source: str | Path, *, name: str, revision: str = "main", device: Device = "cpu", batch_size: int = 32
     ) -> ClipScorer:
         """Load ``CLIPModel`` + ``CLIPProcessor`` from a local folder (or a Hub id when downloads are allowed)."""
-        import transformers
 
         transformers.utils.logging.set_verbosity_error()
         model = transformers.CLIPModel.from_pretrained(str(source), revision=revision, **hub_kwargs())
@@ -271,7 +272,6 @@ def build_lpips(alexnet_weights: Path | None, seed: int = 0) -> torch.nn.Module:
 def lpips_tensor(image: Image.Image) -> torch.Tensor:
     """(1, 3, 256, 256) in [-1, 1]: ``lpips.im2tensor`` of the RGB pixels, resized with antialias (lpips_2dirs.py)."""
     import lpips
-    from torchvision.transforms.functional import resize
 
     tensor = lpips.im2tensor(np.asarray(image.convert("RGB")))
     return resize(tensor, [LPIPS_SIZE, LPIPS_SIZE], antialias=True)

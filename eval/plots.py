@@ -11,6 +11,8 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from PIL import Image, ImageDraw
+
 from gill.utils.io import atomic_write_bytes
 
 PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75))
@@ -25,7 +27,6 @@ def plot_curves(
     xlabel: str = "step",
 ) -> Path:
     """Draw ``{name: [(step, value), ...]}`` as lines and save a PNG; non-finite values are skipped."""
-    from PIL import Image, ImageDraw
 
     points = {name: [(x, y) for x, y in pts if math.isfinite(y)] for name, pts in series.items()}
     points = {name: pts for name, pts in points.items() if pts}

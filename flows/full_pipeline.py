@@ -25,13 +25,13 @@ from typing import Any
 
 from prefect import flow
 
-from eval.bench_report import latest_run
-from eval.db import db_path, query
 from eval.metric_models import check_metric_models
 from flows.params import PipelineParams
 from flows.pipeline_support import StageLog, data_sources, locations
 from flows.stages import precompute as precompute_stage
+from flows.stages.bench_report import latest_run
 from flows.stages.candidates import CANDIDATES_DIR
+from flows.store import db_path, query
 from flows.tasks import (
     TASKS,
     adapters_id,

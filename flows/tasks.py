@@ -23,9 +23,6 @@ from prefect.filesystems import LocalFileSystem
 from annotations.store import SIMULATED_PANEL, JudgingStore
 from annotations.votes import default_votes_path
 from eval.bench import BenchOptions
-from eval.bench_report import PAPER_TABLES, fid_table, paper_table, retrieval_table
-from eval.db import query
-from eval.decision import InsufficientLabelsError, store_votes_tsv
 from flows.stages import bench as bench_stage
 from flows.stages import candidates as candidates_stage
 from flows.stages import decision as decision_stage
@@ -36,6 +33,9 @@ from flows.stages import report as report_stage
 from flows.stages import train as train_stage
 from flows.stages import votes as votes_stage
 from flows.stages import world as world_stage
+from flows.stages.bench_report import PAPER_TABLES, fid_table, paper_table, retrieval_table
+from flows.stages.decision import InsufficientLabelsError, store_votes_tsv
+from flows.store import query
 from flows.workdir import Workdir
 from gill.config import GILLConfig
 from gill.data.precompute import PrecomputeOptions

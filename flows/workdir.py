@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from annotations.store import CANDIDATES_DIR, store_path
-from eval.db import db_path
+from flows.store import db_path
 from gill.data.precompute import feature_dir
 from gill.data.shards import image_split_dir
 from gill.pipeline import resolve_checkpoint

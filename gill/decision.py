@@ -22,7 +22,7 @@ set** (official §8.17). :func:`evaluate_official` reports the *final* model's F
 notebook's number separately (``best_on_test_f1``). The file-order split is not stratified (PartiPrompts is
 sorted by category), so :func:`cross_validate` adds a stratified k-fold estimate with its spread.
 
-Pure torch: no database, no annotation parsing (``eval.decision`` reads the votes and stores the figures).
+Pure torch: no database, no annotation parsing (``flows.stages.decision`` reads the votes and stores the figures).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from gill.adapters import DecisionHead
 from gill.errors import InputError
+from gill.model import GILLModel
 
 if TYPE_CHECKING:
     from gill.model import GILLModel
@@ -197,7 +198,6 @@ def macro_f1(y_true: torch.Tensor | Sequence[int], y_pred: torch.Tensor | Sequen
 
 
 def _parts(source: Any, tokenizer: Any, bank: Any) -> tuple[GILLModel, Any, Any, torch.device]:
-    from gill.model import GILLModel
 
     if isinstance(source, GILLModel):
         if tokenizer is None:

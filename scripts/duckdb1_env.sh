@@ -7,7 +7,7 @@
 #
 # Where: ${XDG_CACHE_HOME:-~/.cache}/gill/duckdb-<version>. $GILL_DUCKDB1_PYTHON names another interpreter that
 # has a DuckDB 1.x (then nothing is created, only checked). Interpreter for the virtualenv: $PYTHON (default
-# python3). DuckDB 1.1.3 is the last release of the oldest line that reads gill's file (see eval/db.py).
+# python3). DuckDB 1.1.3 is the last release of the oldest line that reads gill's file (see flows/store.py).
 set -euo pipefail
 
 DUCKDB_VERSION="1.1.3"

@@ -200,7 +200,7 @@ def test_an_import_that_would_exceed_k_judges_changes_nothing(judged, tmp_path):
 
 
 def test_decision_fit_reads_one_panel_of_the_judging_store(judged, tmp_path):
-    from eval.decision import store_votes_tsv
+    from flows.stages.decision import store_votes_tsv
 
     with pytest.raises(InputError, match="no judging store"):
         store_votes_tsv(tmp_path / "elsewhere")

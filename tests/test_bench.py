@@ -12,10 +12,11 @@ import pytest
 import torch
 from shard_helpers import trained_workdir, world_samples
 
-from eval.bench import BenchOptions, run_cc3m_fid, run_mapper_ablation, run_visdial, run_vist
+from eval.bench import BenchOptions
 from eval.bench_systems import SYSTEMS
-from eval.db import db_path, query
-from eval.decision import save_head_into_checkpoint
+from flows.stages.bench import run_cc3m_fid, run_mapper_ablation, run_visdial, run_vist
+from flows.stages.decision import save_head_into_checkpoint
+from flows.store import db_path, query
 from gill.adapters import DecisionHead
 from gill.utils.paths import resolve_stored
 
@@ -394,9 +395,11 @@ def test_world_samples_carry_scene_columns_and_data_outside_a_world_leaves_them_
 def test_grids_show_context_ground_truth_sd_and_gill_for_each_setting(bench_work, full_run, tmp_path):
     from PIL import Image
 
-    from eval.grids import TILE, draw_run_grids
+    from eval.grids import TILE
+    from flows.stages.report import draw_grids
+    from flows.workdir import Workdir
 
-    written = draw_run_grids(bench_work, full_run["run_id"], tmp_path, limit=3)
+    written = draw_grids(Workdir.at(bench_work), full_run["run_id"], tmp_path, limit=3)
     names = {p.name for p in written}
     assert {
         "grid_vist_5cap4img.png",
@@ -413,8 +416,9 @@ def test_a_database_with_absolute_paths_of_an_older_gill_still_draws_the_same_gr
     """Older versions stored absolute paths: reading resolves relative paths only, so such a database still works."""
     import duckdb
 
-    from eval.bench_record import BenchRecorder
-    from eval.grids import draw_run_grids
+    from flows.stages.bench_record import BenchRecorder
+    from flows.stages.report import draw_grids
+    from flows.workdir import Workdir
 
     old = tmp_path / "old"
     old.mkdir()
@@ -435,8 +439,8 @@ def test_a_database_with_absolute_paths_of_an_older_gill_still_draws_the_same_gr
             ],
         )
         assert con.execute("SELECT count(*) FROM samples WHERE generated_path LIKE 'bench/%'").fetchone() == (0,)
-    new_grids = draw_run_grids(bench_work, full_run["run_id"], tmp_path / "new-grids", limit=2)
-    old_grids = draw_run_grids(old, full_run["run_id"], tmp_path / "old-grids", limit=2)
+    new_grids = draw_grids(Workdir.at(bench_work), full_run["run_id"], tmp_path / "new-grids", limit=2)
+    old_grids = draw_grids(Workdir.at(old), full_run["run_id"], tmp_path / "old-grids", limit=2)
     assert [p.name for p in old_grids] == [p.name for p in new_grids]
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(old_grids, new_grids, strict=True))
     scored = BenchRecorder(bench_work, full_run["run_id"]).scored_images("cc3m-fid", "val")

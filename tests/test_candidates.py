@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 from shard_helpers import trained_workdir
 
-from eval.db import db_path, query
 from flows.stages.candidates import read_prompts
+from flows.store import db_path, query
 from gill.errors import InputError
 
 

@@ -10,8 +10,8 @@ import duckdb
 import pytest
 
 from eval.claims import CHANCE_MACRO_F1, CLAIMS
-from eval.db import db_path, ensure_database, query, replace_rows
 from eval.scene_answers import scene_target
+from flows.store import db_path, ensure_database, query, replace_rows
 
 T0 = dt.datetime(2026, 1, 1)
 

@@ -6,8 +6,8 @@ import json
 import subprocess
 import sys
 
-from eval.db import query
 from flows.command.main import main
+from flows.store import query
 
 
 def test_gill_help_lists_the_commands():
@@ -97,7 +97,7 @@ def test_demo_runs_every_stage_and_writes_a_report(tiny_zoo, tmp_path, capsys):
 
 
 def test_db_query_prints_results_and_names_a_missing_database(tmp_path, capsys):
-    from eval.db import db_path, record_precompute
+    from flows.store import db_path, record_precompute
 
     row = {"split": "val", "shard": "00000", "count": 7, "fingerprint": "f", "duration_s": 1.0, "samples_per_s": 7.0}
     record_precompute(db_path(tmp_path), [row])
@@ -108,7 +108,7 @@ def test_db_query_prints_results_and_names_a_missing_database(tmp_path, capsys):
 
 
 def test_user_sql_cannot_touch_files_extensions_or_the_network(tmp_path, capsys):
-    from eval.db import db_path, ensure_database
+    from flows.store import db_path, ensure_database
 
     ensure_database(db_path(tmp_path))
     secret = tmp_path / "secret.csv"
@@ -154,7 +154,7 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path, capsys, monkeypa
     quietly (exit 141, as a shell reports a SIGPIPE) instead of printing a traceback."""
     import sys
 
-    from eval.db import db_path, ensure_database
+    from flows.store import db_path, ensure_database
 
     ensure_database(db_path(tmp_path))
     sink = (tmp_path / "devnull").open("w")

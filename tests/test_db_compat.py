@@ -19,7 +19,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from eval import db
+from flows import store as db
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_SCRIPT = ROOT / "scripts" / "duckdb1_env.sh"
@@ -83,7 +83,7 @@ def _duckdb1_python() -> Path:
 
 def _write_store(workdir: Path) -> Path:
     """A gill.duckdb with rows in every table, written through gill's own writers."""
-    from eval.decision import record_decision
+    from flows.stages.decision import record_decision
 
     path = db.db_path(workdir)
     shard = dict(split="train", shard="00000")
@@ -236,7 +236,7 @@ def test_a_file_in_duckdb_2_format_is_converted_on_write_without_losing_anything
         con.execute("CREATE VIEW my_view AS SELECT count(*) AS n FROM train_metrics")
         con.execute("COMMENT ON TABLE my_notes IS 'mine'")
     assert db.storage_version_number(path) > db.STORAGE_VERSION_NUMBER
-    with caplog.at_level(logging.WARNING, logger="eval.db"):
+    with caplog.at_level(logging.WARNING, logger="flows.store"):
         db.record_metrics(path, "r", 1000, {"loss": 5.0})
     assert "which DuckDB 1.x cannot read: converting it to v1.1.0" in caplog.text
     assert db.storage_version_number(path) == db.STORAGE_VERSION_NUMBER
@@ -252,7 +252,7 @@ def test_a_file_in_duckdb_2_format_is_converted_on_write_without_losing_anything
         ).fetchall()
     assert keys == [(["run_id", "step", "name"],)]
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="eval.db"):
+    with caplog.at_level(logging.WARNING, logger="flows.store"):
         db.record_metrics(path, "r", 1001, {"loss": 5.0})
     assert not caplog.text  # converted once
     assert db.convert_storage(path) is False
@@ -309,7 +309,7 @@ def test_duckdb_1x_reads_the_tables_and_views_gill_wrote(tmp_path):
         "train_metrics": 2,
         "unsupported_systems": 1,
     }
-    from eval.bench_views import VIEWS
+    from flows.store_views import VIEWS
 
     assert set(got["views"]) == set(VIEWS)
     assert got["table1_vist"] == [["gill-gen", 0.62], ["sd", 0.52]]

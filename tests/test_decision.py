@@ -160,8 +160,8 @@ def test_cv_folds_are_stratified_balanced_and_deterministic():
 
 def test_fit_decision_on_the_shipped_votes_records_figures_and_the_pipeline_uses_the_head(workdir, tmp_path):
     from annotations.votes import default_votes_path
-    from eval.db import db_path, query
-    from eval.decision import fit_decision
+    from flows.stages.decision import fit_decision
+    from flows.store import db_path, query
     from gill.checkpoint import ADAPTERS_FILE, load_adapters
     from gill.retrieval import checkpoint_id
     from gill.utils.paths import resolve_stored
@@ -278,8 +278,8 @@ def _panel_rows() -> list:
 
 def test_a_fit_on_the_simulated_panel_names_the_panel_and_scales_the_official_split(workdir, tmp_path):
     from annotations.votes import write_votes
-    from eval.db import db_path, query
-    from eval.decision import InsufficientLabelsError, fit_decision
+    from flows.stages.decision import InsufficientLabelsError, fit_decision
+    from flows.store import db_path, query
 
     rows = _panel_rows()
     votes = write_votes(tmp_path / "Decisions_Alignment_simulated.tsv", rows)
@@ -330,8 +330,8 @@ def test_the_balanced_recipe_uses_a_small_offset_feature_the_official_one_ignore
 
 def test_the_decision_stage_records_the_official_head_and_saves_the_bank_aware_one(workdir, tmp_path):
     from annotations.votes import write_votes
-    from eval.db import db_path, query
-    from eval.decision import InsufficientLabelsError, fit_decision_stage
+    from flows.stages.decision import InsufficientLabelsError, fit_decision_stage
+    from flows.store import db_path, query
     from gill.checkpoint import load_adapters
 
     ckpt = tmp_path / "ckpt"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from shard_helpers import SMALL_PIPELINE
 
-from eval.db import db_path, query
+from flows.store import db_path, query
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = Path(sys.executable).with_name("prefect")

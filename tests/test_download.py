@@ -307,7 +307,7 @@ def test_error_messages_are_normalised():
 
 def test_report_rows_fit_the_database(tmp_path):
     pytest.importorskip("duckdb")
-    from eval.db import query, record_download
+    from flows.store import query, record_download
 
     shard = ShardStats(
         split="val", shard="00000", count=3, successes=1, failed_to_download=1, failed_to_resize=1, duration_s=0.5

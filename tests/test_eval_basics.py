@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from eval.db import db_path, query, record_metrics
 from eval.plots import plot_curves
+from flows.store import db_path, query, record_metrics
 
 
 def test_metrics_are_stored_per_run_step_and_name_and_replaced_on_rewrite(tmp_path):

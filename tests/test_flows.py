@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.db import db_path, query
+from flows.store import db_path, query
 
 
 @pytest.fixture(scope="module")

@@ -174,8 +174,8 @@ def test_world_prompts_split_bank_compositions_from_novel_ones(small_world):
 
 def test_world_candidates_load_into_the_store_with_images_and_scenes(tmp_path):
     """``import_candidates`` carries the scene column from DuckDB into the items."""
-    from eval.db import db_path, replace_rows
     from flows.stages.candidates import import_candidates
+    from flows.store import db_path, replace_rows
 
     (tmp_path / "c").mkdir()
     for name in ("g.png", "r.png"):

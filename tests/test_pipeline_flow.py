@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from shard_helpers import SMALL_PIPELINE
 
-from eval.db import db_path, query
+from flows.store import db_path, query
 from gill.pipeline import resolve_checkpoint
 
 

@@ -20,9 +20,10 @@ import pytest
 import torch
 from shard_helpers import world_samples
 
-from eval.bench import BenchOptions, run_cc3m_fid, run_vist
-from eval.db import db_path, query
+from eval.bench import BenchOptions
 from eval.scene_metric import CHANCE
+from flows.stages.bench import run_cc3m_fid, run_vist
+from flows.store import db_path, query
 
 N_TRAIN, N_VAL, N_STORIES = 1024, 32, 24
 CANDIDATES = 400
@@ -159,7 +160,7 @@ def test_a_bank_aware_decision_classifier_fitted_on_the_simulated_votes_beats_ch
     novel composition from a familiar one, so it is not asserted (docs/judging.md)."""
     from annotations.store import SIMULATED_PANEL
     from eval.claims import CHANCE_MACRO_F1
-    from eval.decision import fit_decision, store_votes_tsv
+    from flows.stages.decision import fit_decision, store_votes_tsv
 
     root, checkpoint, _ = judged
     votes = store_votes_tsv(root, panel=SIMULATED_PANEL)

@@ -124,8 +124,8 @@ def test_two_processes_equal_one_process_on_the_same_global_batch(workdir, tmp_p
 
 
 def test_gill_train_command_records_metrics_and_draws_the_curve(workdir, capsys):
-    from eval.db import db_path, query
     from flows.command.main import main
+    from flows.store import db_path, query
 
     argv = ["train", "--workdir", str(workdir), "--steps", "6", "--batch-size", "8", "--run-id", "cli"]
     assert main(argv) == 0
@@ -177,8 +177,8 @@ def test_gill_train_under_torchrun_matches_a_single_process_run(workdir, tmp_pat
     import subprocess
     import sys
 
-    from eval.db import db_path, query
     from flows.command.main import main
+    from flows.store import db_path, query
 
     args = ["train", "--workdir", str(workdir), "--steps", "5", "--batch-size", "8"]
     assert main([*args, "--run-id", "one-process"]) == 0

@@ -1,7 +1,7 @@
 """``gill bench vist|visdial|cc3m-fid|ablation`` and ``gill report``: benchmarks into DuckDB, and their tables.
 
 Registered on the top-level parser by :func:`add_bench_parsers`. Handlers are thin calls into :mod:`eval.bench`
-and :mod:`eval.bench_report` (the same functions the benchmark flow calls).
+and :mod:`flows.stages.bench_report` (the same functions the benchmark flow calls).
 """
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from eval.bench import BenchOptions, run_mapper_ablation
-from eval.bench_report import build_claims, build_report, frame_rows, latest_run, render, run_sql
-from eval.db import db_path, query
+from eval.bench import BenchOptions
 from eval.metric_models import MetricModelSpec
 from flows.options import add_options, options_from
 from flows.stages import bench as bench_stage
 from flows.stages import report as report_stage
+from flows.stages.bench import run_mapper_ablation
+from flows.stages.bench_report import build_claims, build_report, frame_rows, latest_run, render, run_sql
+from flows.store import db_path, query
 from flows.workdir import Workdir
 
 

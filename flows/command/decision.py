@@ -1,7 +1,7 @@
 """``gill decision fit``: train and evaluate the retrieve-or-generate classifier of a checkpoint.
 
 Registered on the top-level parser by :func:`add_decision_parsers`; the handler is a thin call into
-:func:`eval.decision.fit_decision` (figures to ``<workdir>/gill.duckdb``, table ``decision_eval``).
+:func:`flows.stages.decision.fit_decision` (figures to ``<workdir>/gill.duckdb``, table ``decision_eval``).
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from eval.bench_report import run_sql
 from flows.command.annotate import add_annotate_parsers
 from flows.command.bench import add_bench_parsers
 from flows.command.decision import add_decision_parsers
@@ -27,6 +26,7 @@ from flows.stages import download as download_stage
 from flows.stages import precompute as precompute_stage
 from flows.stages import train as train_stage
 from flows.stages import world as world_stage
+from flows.stages.bench_report import run_sql
 from flows.stages.download import DownloadOptions
 from flows.stages.train import TrainOptions
 from flows.workdir import Workdir

@@ -31,12 +31,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+from tqdm.auto import tqdm
+
 from annotations.store import CANDIDATES_DIR, JudgingStore, add_candidate_items
-from eval.db import connect, db_path
+from annotations.votes import default_votes_path
+from eval.scene_answers import scene_from_dict
+from flows.store import connect, db_path, replace_rows
 from flows.workdir import Workdir
 from gill.errors import InputError
+from gill.pipeline import GILLPipeline, resolve_checkpoint
+from gill.retrieval import checkpoint_id
 from gill.synth.scenes import COLORS, NOVEL_PAIRS, Scene, sample_scene
 from gill.synth.text import cc3m_caption
+from gill.utils.io import atomic_write_bytes
 from gill.utils.paths import resolve_stored, to_stored
 
 logger = logging.getLogger(__name__)
@@ -84,11 +92,8 @@ def read_prompts(path: str | os.PathLike[str] | None = None, limit: int | None =
     Raises one :class:`~gill.errors.InputError` naming the file and every problem (missing column, empty prompts
     with their line numbers).
     """
-    from gill.errors import InputError
 
     if path is None:
-        from annotations.votes import default_votes_path
-
         path = default_votes_path()
     path = Path(path)
     try:
@@ -136,8 +141,6 @@ def world_prompts(root: str | os.PathLike[str], n: int, seed: int = 0) -> list[P
     The ``note`` says which (``composition in the bank`` / ``novel composition (not in the bank)``); judges never
     see it. Deterministic in ``(root's scenes, n, seed)``.
     """
-    from eval.scene_answers import scene_from_dict
-    from gill.errors import InputError
 
     document = json.loads((Path(root) / "scenes.json").read_text(encoding="utf-8"))
     train = [scene_from_dict(e["scene"]) for e in document.get("cc3m", {}).get("train", [])]
@@ -192,7 +195,6 @@ def _novel_scene(rng: random.Random) -> Scene:
 
 def _done(workdir: Path, database: Path, rows: list[PromptRow]) -> set[int]:
     """Prompt ids whose row (with the same prompt text) and both images exist."""
-    from eval.db import connect
 
     with connect(database) as con:
         records = con.execute(f"SELECT prompt_id, prompt, gen_image, ret_image FROM {TABLE}").fetchall()
@@ -207,7 +209,6 @@ def _done(workdir: Path, database: Path, rows: list[PromptRow]) -> set[int]:
 
 
 def _save_png(image: Any, path: Path) -> None:
-    from gill.utils.io import atomic_write_bytes
 
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -244,13 +245,6 @@ def build_candidates(
         progress: show a progress bar.
         batch_size: prompts per Stable Diffusion call (each with its own generator seeded ``seed``).
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from eval.db import db_path, replace_rows
-    from gill.errors import InputError
-    from gill.pipeline import GILLPipeline, resolve_checkpoint
-    from gill.retrieval import checkpoint_id
 
     workdir = Path(workdir)
     root = world_root(workdir)

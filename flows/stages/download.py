@@ -54,7 +54,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from eval.db import record_download
+from flows.store import record_download
 from flows.workdir import Workdir
 from gill.data.shards import image_split_dir, read_stats
 from gill.errors import ConfigError, GillError, InputError
@@ -238,11 +238,11 @@ class DownloadReport:
         return "\n".join(lines)
 
     def shard_rows(self) -> list[dict[str, Any]]:
-        """Rows for ``eval.db.record_download(..., shards=...)``."""
+        """Rows for ``flows.store.record_download(..., shards=...)``."""
         return [asdict(s) for s in self.shards]
 
     def failure_rows(self) -> list[dict[str, Any]]:
-        """Rows for ``eval.db.record_download(..., failures=...)``."""
+        """Rows for ``flows.store.record_download(..., failures=...)``."""
         return [asdict(f) for f in self.failures]
 
 

@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from eval.db import record_precompute
+from flows.store import record_precompute
 from flows.workdir import Workdir
 from gill.config import GILLConfig
 from gill.data.precompute import (

@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval.bench_report import build_claims, build_report, plot_context_effect
 from eval.grids import draw_run_grids
+from flows.stages.bench_report import build_claims, build_report, plot_context_effect
+from flows.store import query
 from flows.workdir import Workdir
 
 
@@ -40,5 +41,11 @@ def run(
         markdown=build_report(workdir.root, run_id=run_id, fmt="markdown"),
         claims=build_claims(workdir.root, run_id=run_id, fmt="markdown"),
         plot=plot_context_effect(workdir.root, plot, run_id=run_id) if figures else None,
-        grids=draw_run_grids(workdir.root, run_id, plot.parent) if figures else [],
+        grids=draw_grids(workdir, run_id, plot.parent) if figures else [],
     )
+
+
+def draw_grids(workdir: Workdir, run_id: str, out_dir: Path, *, limit: int = 4) -> list[Path]:
+    """The qualitative grids of run ``run_id`` (context, ground truth, SD, GILL per sample) under ``out_dir``."""
+    samples = query(workdir.database, "SELECT * FROM samples WHERE run_id = ? AND status = 'ok'", [run_id])
+    return draw_run_grids(samples, workdir.root, run_id, out_dir, limit=limit)

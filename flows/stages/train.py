@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 import torch.distributed as dist
 
-from eval.db import db_path, query, record_metrics
 from eval.plots import plot_curves
+from flows.store import db_path, query, record_metrics
 from flows.workdir import Workdir
 from gill.config import GILLConfig
 from gill.train import TrainResult, has_checkpoint, mark_default_run, resumable_run, setup_training

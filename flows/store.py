@@ -27,6 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import duckdb
+import pandas as pd
+
+from flows.store_views import VIEWS
+
 logger = logging.getLogger(__name__)
 
 DB_NAME = "gill.duckdb"
@@ -353,7 +358,6 @@ def storage_version_number(path: str | Path) -> int | None:
 
 def _open(path: Path, read_only: bool, deadline: float) -> Any:
     """``duckdb.connect`` in :data:`STORAGE_VERSION` (for a new file), retrying while another process holds the lock."""
-    import duckdb
 
     delay = 0.05
     while True:
@@ -479,7 +483,6 @@ def ensure_schema(con: Any) -> None:
                 con.execute(f"ALTER TABLE {name} ADD COLUMN {column.name} {column.type}")
             if present.get((name, column.name)) != column.comment:
                 con.execute(f"COMMENT ON COLUMN {name}.{column.name} IS '{_sql_text(column.comment)}'")
-    from eval.bench_views import VIEWS
 
     for name, sql in VIEWS.items():
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
@@ -506,7 +509,6 @@ def replace_rows(
     Returns:
         The number of rows written.
     """
-    import pandas as pd
 
     if table not in TABLES:
         raise ValueError(f"unknown table {table!r}; known tables: {sorted(TABLES)}")

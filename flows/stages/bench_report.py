@@ -15,8 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eval.bench_views import SYSTEM_ORDER
-from eval.db import db_path, ensure_database, query, user_query
+import duckdb
+
+from eval.plots import plot_curves
+from flows.store import db_path, ensure_database, query, user_query
+from flows.store_views import SYSTEM_ORDER
 from gill.errors import InputError
 from gill.utils.paths import resolve_stored
 
@@ -185,7 +188,6 @@ def frame_rows(frame: Any) -> list[dict[str, Any]]:
 
 def run_sql(workdir: str | Path, sql: str, fmt: str = "table", max_rows: int | None = None) -> str:
     """A user's read-only SQL over the workdir's database, rendered (the first ``max_rows`` rows when given)."""
-    import duckdb
 
     problems = []
     if not sql.strip():
@@ -317,7 +319,6 @@ def _footnotes(path: Path, results: Any, run_id: str, benchmark: str) -> list[st
 
 def plot_context_effect(workdir: str | Path, out: str | Path, *, run_id: str | None = None) -> Path | None:
     """PNG of CLIP similarity against context length, one line per (benchmark, system); None without data."""
-    from eval.plots import plot_curves
 
     path = _database(workdir)
     run_id = run_id or latest_run(workdir)

@@ -3,7 +3,8 @@
 The last piece of a benchmark (:mod:`eval.bench` produces the images, :mod:`eval.bench_scoring` scores them):
 :class:`BenchRecorder` registers the run (``runs``), records unsupported systems, writes ``samples`` rows every few
 samples and the ``results`` of a benchmark, and reads back what an earlier call already scored (so a re-run resumes).
-Writes go through :func:`eval.db.replace_rows` (one short transaction per write, retrying on the single-writer lock).
+Writes go through :func:`flows.store.replace_rows` (one short transaction per write, retrying on the
+single-writer lock).
 
 Paths inside the work folder are stored relative to it (``generated_path``, ``reference_path``, ``context_paths``,
 ``runs.checkpoint``) and resolved against it when read back (:mod:`gill.utils.paths`); paths outside it, e.g. a
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eval.db import db_path, ensure_database, query, replace_rows
+from flows.store import db_path, ensure_database, query, replace_rows
 from gill.utils.paths import resolve_stored, to_stored
 
 PATH_COLUMNS = ("generated_path", "reference_path")
