@@ -297,6 +297,7 @@ class GILLPipeline:
         cls,
         checkpoint_dir: str | os.PathLike[str],
         *,
+        bank: RetrievalBank | str | os.PathLike[str] | None = None,
         workdir: str | os.PathLike[str] | None = None,
         config: GILLConfig | None = None,
         device: str = "cpu",
@@ -307,8 +308,10 @@ class GILLPipeline:
 
         Args:
             checkpoint_dir: the checkpoint (``gill train`` writes ``runs/<id>/best`` and ``runs/<id>/final``).
-            workdir: where ``gill index build`` wrote the retrieval bank; without it (or without a bank there)
-                only generation is possible. A bank built by another checkpoint is an error.
+            bank: the retrieval bank: a loaded :class:`RetrievalBank` or its folder (it must have been built by
+                this checkpoint). Without ``bank`` and ``workdir`` only generation is possible.
+            workdir: a work folder whose ``index/`` holds the checkpoint's bank (what ``gill index build``
+                writes); used when ``bank`` is not given. A bank there built by another checkpoint is an error.
             config: when given, its backbones must be the checkpoint's (an error names both otherwise).
             device: torch device.
             load_sd: also load Stable Diffusion (False: retrieval only).
@@ -336,8 +339,15 @@ class GILLPipeline:
             adapters=ckpt.adapters,
             decision_head=ckpt.decision_head,
         )
-        bank = None
-        if workdir is not None:
+        if bank is not None and not isinstance(bank, RetrievalBank):
+            bank = RetrievalBank.load(bank, checkpoint_id(checkpoint_dir), checkpoint_dir=checkpoint_dir)
+        elif isinstance(bank, RetrievalBank) and bank.manifest["checkpoint"]["id"] != checkpoint_id(checkpoint_dir):
+            raise InputError(
+                f"the retrieval bank at {str(bank.path)!r} was built by another checkpoint",
+                [f"bank: {bank.manifest['checkpoint']['id']}", f"checkpoint: {checkpoint_id(checkpoint_dir)}"],
+                hint=f"build the bank of {checkpoint_dir} (gill index build --checkpoint {checkpoint_dir})",
+            )
+        elif bank is None and workdir is not None:
             if bank_dir(workdir, checkpoint_dir).is_dir():
                 bank = RetrievalBank.open(workdir, checkpoint_dir)
             else:

@@ -266,3 +266,37 @@ def test_chat_keeps_the_history_and_handles_commands(banked, small_world, tmp_pa
     session.turn("hello")
     assert isinstance(session.history[-2], str) and session.history[-2].startswith("Q: hello\nA:")
     assert session.history[-1].endswith("\n") and banked.img_suffix() in session.history[-1]
+
+
+def test_an_explicit_bank_folder_or_object_is_used_without_a_workdir(banked, workdir, tmp_path):
+    """``from_pretrained(checkpoint, bank=...)``: the library takes the bank itself, wherever it lies."""
+    import shutil
+
+    from gill.retrieval import bank_dir
+
+    checkpoint = resolve_checkpoint(workdir)
+    moved = tmp_path / "my-bank"
+    shutil.copytree(bank_dir(workdir, checkpoint), moved)
+    by_folder = GILLPipeline.from_pretrained(checkpoint, bank=moved, load_sd=False)
+    by_object = GILLPipeline.from_pretrained(checkpoint, bank=banked.bank, load_sd=False)
+    settings = dataclasses.replace(FAST, force_image=True, mode="ret")
+    expected = banked(["a small red star"], settings).images[0].key
+    assert by_folder(["a small red star"], settings).images[0].key == expected
+    assert by_object(["a small red star"], settings).images[0].key == expected
+
+
+def test_an_explicit_bank_of_another_checkpoint_is_refused(banked, workdir, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from gill.checkpoint import FORMAT, record_checksums
+
+    other = tmp_path / "other-ckpt"
+    shutil.copytree(resolve_checkpoint(workdir), other)
+    weights = {k: v + 0.01 for k, v in load_file(str(other / "adapters.safetensors")).items()}
+    save_file(weights, str(other / "adapters.safetensors"), metadata={"format": FORMAT})
+    record_checksums(other)
+    with pytest.raises(InputError) as err:
+        GILLPipeline.from_pretrained(other, bank=banked.bank, load_sd=False)
+    assert "another checkpoint" in str(err.value)
