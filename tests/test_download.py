@@ -25,8 +25,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from flows.stages import download
-from flows.stages.download import (
+from flows.stages import download_manager as download
+from flows.stages.download_manager import (
     DownloadOptions,
     DownloadReport,
     FailureRow,
@@ -526,7 +526,7 @@ def test_file_urls_work_from_a_script_without_a_main_guard(small_world, tmp_path
         textwrap.dedent("""\
         import sys
         from pathlib import Path
-        from flows.stages.download import DownloadOptions, download_split
+        from flows.stages.download_manager import DownloadOptions, download_split
         options = DownloadOptions(image_size=64, shard_size=10, threads=4)
         report = download_split(Path(sys.argv[1]), "train", Path(sys.argv[2]), options, progress=False)
         sys.stdout.write(f"{report.successes} {report.total} {report.n_input}\\n")
@@ -555,7 +555,7 @@ def test_original_mode_keeps_the_source_bytes_for_the_official_preprocessing(sma
         textwrap.dedent("""\
         import sys
         from pathlib import Path
-        from flows.stages.download import DownloadOptions, download_split
+        from flows.stages.download_manager import DownloadOptions, download_split
         options = DownloadOptions(resize_mode="original", shard_size=16, threads=4)
         download_split(Path(sys.argv[1]), "train", Path(sys.argv[2]), options, progress=False)
         """)
@@ -594,7 +594,7 @@ def test_repeated_urls_are_reported_and_can_be_dropped(small_world, tmp_path):
         textwrap.dedent("""\
         import sys
         from pathlib import Path
-        from flows.stages.download import DownloadOptions, download_split
+        from flows.stages.download_manager import DownloadOptions, download_split
         options = DownloadOptions(image_size=32, shard_size=16, threads=2, drop_duplicate_urls=True)
         report = download_split(Path(sys.argv[1]), "train", Path(sys.argv[2]), options, progress=False)
         sys.stdout.write(f"{report.n_input} {report.successes} {report.duplicate_urls}\\n{report.summary()}\\n")
@@ -614,7 +614,7 @@ def test_repeated_urls_are_reported_and_can_be_dropped(small_world, tmp_path):
 KILLED_RUN = """\
 import sys
 from pathlib import Path
-from flows.stages.download import DownloadOptions, download_split
+from flows.stages.download_manager import DownloadOptions, download_split
 download_split(Path(sys.argv[1]), "train", Path(sys.argv[2]),
                DownloadOptions(image_size=64, shard_size=4, threads=4, timeout=30, retries=0), progress=False)
 """
