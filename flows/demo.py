@@ -99,9 +99,9 @@ def run_demo(workdir: str | Path, config: GILLConfig, seed: int = 0) -> DemoRepo
         report.run(f"precompute targets {split}", lambda s=split: precompute_stage(workdir, s, config))
     report.run("train adapters", lambda: train_stage(workdir, config, seed))
     report.run("retrieval bank", lambda: bank_stage(workdir))
-    report.run("inference", lambda: inference_stage(workdir, world, workdir / "samples", seed))
+    report.run("inference", lambda: inference_stage(workdir, world, Workdir(workdir).samples, seed))
     atomic_write_json(
-        workdir / "demo_report.json", {"preset": report.preset, "stages": [asdict(s) for s in report.stages]}
+        Workdir(workdir).demo_report, {"preset": report.preset, "stages": [asdict(s) for s in report.stages]}
     )
     return report
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.params import STAGES, PipelineParams
+from flows.workdir import Workdir
 
 logger = logging.getLogger("gill.pipeline")
 
@@ -64,20 +65,21 @@ def data_sources(params: PipelineParams) -> dict[str, str] | None:
 
 def locations(workdir: Path, checkpoint: Path | None) -> dict[str, str]:
     """Where every output of the pipeline lives."""
+    wd = Workdir.at(workdir)
     rows = {
-        "database (query with SQL)": workdir / "gill.duckdb",
-        "image shards": workdir / "data",
-        "precomputed features": workdir / "features",
-        "training runs": workdir / "runs",
+        "database (query with SQL)": wd.database,
+        "image shards": wd.data,
+        "precomputed features": wd.feature_root,
+        "training runs": wd.runs,
         "checkpoint": checkpoint,
-        "retrieval banks": workdir / "index",
-        "judging candidates and votes": workdir / "annotations",
+        "retrieval banks": wd.banks,
+        "judging candidates and votes": wd.annotations,
         "judge them (people)": f"gill annotate add-judge NAME --workdir {workdir}, then gill annotate serve --workdir "
         f"{workdir} (or export --format html-bundle / label-studio)",
-        "benchmark images": workdir / "bench",
-        "context figure": workdir / "bench" / "reports" / "context_effect.png",
-        "qualitative grids (context -> ground truth / SD / GILL)": workdir / "bench" / "reports" / "grid_*.png",
+        "benchmark images": wd.bench,
+        "context figure": wd.bench_reports / "context_effect.png",
+        "qualitative grids (context -> ground truth / SD / GILL)": wd.bench_reports / "grid_*.png",
         "claims table": f"gill report --workdir {workdir} --claims (DuckDB view claims)",
-        "stage cache": workdir / ".prefect",
+        "stage cache": wd.prefect,
     }
     return {k: str(v) for k, v in rows.items() if v is not None}

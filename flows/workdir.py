@@ -8,9 +8,11 @@ A work folder holds everything one pipeline produces::
       data/cc3m/<split>/          downloaded webdataset shards (img2dataset)
       features/cc3m/<split>/      precomputed frozen targets, one folder per shard
       runs/<run_id>/{best,final}/ training runs and their checkpoints (``runs/DEFAULT`` names the default run)
+      index/<checkpoint id>/      retrieval banks
       annotations/                judging: candidates/ (images), judging.sqlite (the judging store)
       bench/                      benchmark images and reports/
-      .prefect/                   Prefect task cache and results of the flows
+      generated/, chat/           outputs of gill generate and gill chat
+      .prefect/                   Prefect task cache and results of the flows (and home/, when no profile is set)
 
 The library (``gill/``) never derives these paths itself from a work folder in new code: runners pass it
 explicit paths (or use the few library helpers listed here, which implement the same layout).
@@ -27,6 +29,7 @@ from flows.store import db_path
 from gill.data.precompute import feature_dir
 from gill.data.shards import image_split_dir
 from gill.pipeline import resolve_checkpoint
+from gill.retrieval import INDEX_DIR
 from gill.train import runs_dir
 
 
@@ -99,3 +102,42 @@ class Workdir:
     def samples(self) -> Path:
         """Images of the demo's inference stage."""
         return self.root / "samples"
+
+    @property
+    def demo_report(self) -> Path:
+        """The stage-by-stage demo's report (``gill demo``)."""
+        return self.root / "demo_report.json"
+
+    @property
+    def data(self) -> Path:
+        """Every downloaded dataset."""
+        return self.root / "data"
+
+    @property
+    def feature_root(self) -> Path:
+        """Every precomputed feature shard."""
+        return self.root / "features"
+
+    @property
+    def banks(self) -> Path:
+        """Retrieval banks, one folder per checkpoint id."""
+        return self.root / INDEX_DIR
+
+    @property
+    def annotations(self) -> Path:
+        """Judging: candidates, the judging store, exports."""
+        return self.root / "annotations"
+
+    @property
+    def bench(self) -> Path:
+        """Benchmark images (one folder per benchmark run) and reports."""
+        return self.root / "bench"
+
+    @property
+    def prefect(self) -> Path:
+        """The flows' task cache and results, and the work-folder-local Prefect home (``.prefect/home``)."""
+        return self.root / ".prefect"
+
+    def outputs(self, kind: str, stamp: str) -> Path:
+        """A folder for one ``gill generate`` (kind ``generated``) or ``gill chat`` (``chat``) session."""
+        return self.root / kind / stamp

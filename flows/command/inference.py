@@ -140,7 +140,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     images = load_prompt_images(args.image or [])
     pipe = _load_pipeline(args)
     output = pipe([*images, args.prompt], settings)
-    out_dir = args.out or args.workdir / "generated" / time.strftime("%Y%m%d-%H%M%S")
+    out_dir = args.out or Workdir.at(args.workdir).outputs("generated", time.strftime("%Y%m%d-%H%M%S"))
     saved = save_images(output, out_dir)
     _report(output, saved, _out)
     if output.images:
@@ -157,7 +157,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     """Multi-turn terminal chat; images are saved under --out."""
 
     session = ChatSession(_load_pipeline(args), _settings(args))
-    out_dir = args.out or args.workdir / "chat" / time.strftime("%Y%m%d-%H%M%S")
+    out_dir = args.out or Workdir.at(args.workdir).outputs("chat", time.strftime("%Y%m%d-%H%M%S"))
     run_chat(session, out_dir, sys.stdin, _out)
     return 0
 
