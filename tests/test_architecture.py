@@ -151,3 +151,36 @@ def test_the_rules_see_a_violation(tmp_path):
     assert ("os", True, 1) in found and ("eval.metrics", False, 4) in found and ("torch", False, 5) in found
     monkey_root = tmp_path.parent
     assert [o.split(":", 1)[1] for o in _offenders_from(monkey_root, [sample], ("eval",))] == ["4 imports eval.metrics"]
+
+
+STAGE_WORK = {
+    "flows.stages.download_manager": {"download_split"},
+    "gill.synth": {"synthesize_world"},
+    "gill.data.precompute": {"precompute_split", "precompute_shard"},
+    "flows.stages.train": {"run_training", "train_or_resume"},
+    "gill.retrieval": {"build_bank"},
+    "flows.stages.candidates": {"build_candidates"},
+    "flows.stages.votes": {"run_simulated_panel"},
+    "flows.stages.decision": {"fit_decision", "fit_decision_stage"},
+    "flows.stages.bench": {"run_vist", "run_visdial", "run_cc3m_fid"},
+}
+"""What a stage's runner does; a front end calling one of these directly would wire the stage a second time."""
+
+
+def _front_ends() -> list[Path]:
+    flows = ROOT / "flows"
+    plain = {"workdir.py", "options.py", "store.py", "store_views.py", "params.py", "pipeline_support.py"}
+    return [*_modules("flows/command"), *(p for p in sorted(flows.glob("*.py")) if p.name not in plain)]
+
+
+def test_front_ends_call_the_stage_runners_not_the_work_they_wrap():
+    """Each stage is wired once: the ``gill`` command, the Prefect flows and the demo reach a stage's work only
+    through its runner (``flows.stages.<stage>.run`` and friends)."""
+    offenders = []
+    for path in _front_ends():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module in STAGE_WORK:
+                names = {a.name for a in node.names} & STAGE_WORK[node.module]
+                offenders += [f"{path.relative_to(ROOT)}:{node.lineno} imports {node.module}.{n}" for n in names]
+    assert offenders == []
+    assert len(_front_ends()) >= 10  # the command's modules, the flows, the tasks, the demo
