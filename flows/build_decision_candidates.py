@@ -6,9 +6,13 @@ which resume where an earlier run stopped. The rows land in DuckDB ``decision_ca
 
 from __future__ import annotations
 
+import dataclasses
+
 from prefect import flow
 
+from flows.options import options_from
 from flows.params import CandidateParams
+from flows.stages.candidates import CandidateOptions
 from flows.tasks import adapters_id, candidates_task, index_task
 from flows.workdir import Workdir
 
@@ -19,13 +23,7 @@ def build_decision_candidates_flow(params: CandidateParams) -> dict:
     checkpoint = Workdir.at(params.workdir).checkpoint(params.checkpoint)
     if params.build_index:
         index_task(params.workdir, checkpoint, adapters_id(checkpoint), [])
-    options = {
-        "prompts": params.prompts,
-        "limit": params.limit,
-        "sd_steps": params.sd_steps,
-        "seed": params.seed,
-        "device": params.device,
-    }
+    options = dataclasses.asdict(options_from(CandidateOptions, params))
     summary = candidates_task(params.workdir, checkpoint, adapters_id(checkpoint), options)
     print(f"decision candidates: {summary}")
     return summary

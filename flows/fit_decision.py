@@ -10,6 +10,7 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
+from flows.options import options_from
 from flows.params import DecisionParams
 from flows.stages import decision as decision_stage
 from flows.workdir import Workdir
@@ -21,16 +22,9 @@ def fit_task(params: DecisionParams) -> dict:
     workdir = Workdir.at(params.workdir)
     votes = decision_stage.store_votes(workdir, panel=params.panel) if params.from_store else params.votes
     checkpoint = workdir.checkpoint(params.checkpoint)
+    options = options_from(decision_stage.FitOptions, params)
     result = decision_stage.fit(
-        workdir,
-        checkpoint,
-        votes,
-        device=params.device,
-        folds=params.folds,
-        with_retrieval_score=params.with_retrieval_score,
-        steps=params.steps,
-        recipe=params.recipe,
-        panel=params.panel if params.from_store else "human",
+        workdir, checkpoint, votes, options, panel=params.panel if params.from_store else "human"
     )
     return {**result.as_dict(), "checkpoint": str(checkpoint)}
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from eval.bench import BenchOptions
 from flows.options import ModelChoice, options_from, params_model
+from flows.stages.candidates import CandidateOptions
+from flows.stages.decision import FitOptions
 from flows.stages.download import DownloadOptions
 from flows.stages.votes import PanelConfig
 from gill.config import GILLConfig
@@ -72,42 +74,45 @@ class TrainParams(ModelParams):
     resume: bool = Field(False, description="continue the run named by run_id (or the latest) from its checkpoint")
 
 
-class CandidateParams(BaseModel):
-    """Parameters of the ``build-decision-candidates`` flow (see ``gill annotate build --help``)."""
+CandidateParams = params_model(
+    "CandidateParams",
+    "Parameters of the ``build-decision-candidates`` flow (see ``gill annotate build --help``).",
+    groups=[(CandidateOptions, {})],
+    fields={
+        "workdir": (Path, Field(description="work folder with a trained checkpoint (runs/) and precomputed features")),
+        "checkpoint": (
+            Path | None,
+            Field(None, description="checkpoint folder (default: the newest run's best/ or final/)"),
+        ),
+        "build_index": (
+            bool,
+            Field(True, description="build (or refresh) the retrieval bank first; skipped if up to date"),
+        ),
+    },
+)
 
-    model_config = ConfigDict(extra="forbid")
 
-    workdir: Path = Field(description="work folder with a trained checkpoint (runs/) and precomputed features")
-    checkpoint: Path | None = Field(None, description="checkpoint folder (default: the newest run's best/ or final/)")
-    prompts: Path | None = Field(
-        None,
-        description="TSV with a Prompt column, or 'world' (default: world prompts "
-        "when the workdir holds a synthetic world, else the shipped PartiPrompts)",
-    )
-    limit: int | None = Field(None, ge=1, description="only the first N prompts")
-    sd_steps: int = Field(50, ge=1, description="denoising steps of the SD baseline")
-    seed: int = Field(1337, description="SD seed used for every prompt")
-    device: str = Field("cpu", description="torch device")
-    build_index: bool = Field(True, description="build (or refresh) the retrieval bank first; skipped if up to date")
-
-
-class DecisionParams(BaseModel):
-    """Parameters of the ``fit-decision`` flow (see ``gill decision fit --help``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    workdir: Path = Field(description="work folder with a trained checkpoint (runs/) and gill.duckdb")
-    checkpoint: Path | None = Field(None, description="checkpoint folder (default: the newest run's best/ or final/)")
-    votes: Path | None = Field(None, description="votes TSV in the official layout (default: the shipped votes)")
-    from_store: bool = Field(False, description="use the judging store's votes instead of a TSV")
-    panel: str = Field("human", description="with from_store: 'human' (people) or 'simulated' (answer-key judges)")
-    with_retrieval_score: bool = Field(False, description="add the top retrieval score feature (paper-era variant)")
-    recipe: Literal["official", "balanced"] = Field(
-        "official", description="official: the notebook's loop; balanced: standardised features, class-weighted loss"
-    )
-    folds: int = Field(5, ge=2, description="cross-validation folds")
-    steps: int | None = Field(None, ge=1, description="training steps (default: the official 2000)")
-    device: str = Field("cpu", description="torch device for the features")
+DecisionParams = params_model(
+    "DecisionParams",
+    "Parameters of the ``fit-decision`` flow (see ``gill decision fit --help``).",
+    groups=[(FitOptions, {})],
+    fields={
+        "workdir": (Path, Field(description="work folder with a trained checkpoint (runs/) and gill.duckdb")),
+        "checkpoint": (
+            Path | None,
+            Field(None, description="checkpoint folder (default: the newest run's best/ or final/)"),
+        ),
+        "votes": (
+            Path | None,
+            Field(None, description="votes TSV in the official layout (default: the shipped votes)"),
+        ),
+        "from_store": (bool, Field(False, description="use the judging store's votes instead of a TSV")),
+        "panel": (
+            str,
+            Field("human", description="with from_store: 'human' (people) or 'simulated' (answer-key judges)"),
+        ),
+    },
+)
 
 
 StageName = Literal[

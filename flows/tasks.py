@@ -193,7 +193,7 @@ def candidates_task(workdir: Path, checkpoint: Path, checkpoint_id: str, options
     """SD-baseline and top-bank images per prompt (world prompts on the embedded default, else PartiPrompts), loaded
     into the judging store with their images, open to people (``gill annotate build``, then ``serve``)."""
     wd = Workdir.at(workdir)
-    s = candidates_stage.run(wd, checkpoint, progress=False, **options)
+    s = candidates_stage.run(wd, checkpoint, candidates_stage.CandidateOptions(**options))
     store = JudgingStore(wd.root)
     summary = {
         "total": s.total,

@@ -13,13 +13,24 @@ from eval.bench import BenchOptions
 from flows.command.main import build_parser
 from flows.options import ModelChoice, add_options, field_docs, options_from, params_model
 from flows.params import DownloadParams, PipelineParams, PrecomputeParams
+from flows.stages.candidates import CandidateOptions
+from flows.stages.decision import FitOptions
 from flows.stages.download import DownloadOptions
 from flows.stages.votes import PanelConfig
 from gill.data.precompute import PrecomputeOptions
 from gill.errors import ConfigError
 from gill.synth import SynthConfig
 
-STAGE_OPTIONS = (DownloadOptions, PrecomputeOptions, SynthConfig, BenchOptions, PanelConfig, ModelChoice)
+STAGE_OPTIONS = (
+    DownloadOptions,
+    PrecomputeOptions,
+    SynthConfig,
+    BenchOptions,
+    PanelConfig,
+    ModelChoice,
+    CandidateOptions,
+    FitOptions,
+)
 
 
 @pytest.mark.parametrize("cls", STAGE_OPTIONS, ids=lambda c: c.__name__)

@@ -27,6 +27,7 @@ from flows.command.annotate_app import add_app_parsers
 from flows.options import add_options, options_from
 from flows.stages import candidates as candidates_stage
 from flows.stages import votes as votes_stage
+from flows.stages.candidates import CandidateOptions
 from flows.stages.votes import PanelConfig
 from flows.workdir import Workdir
 from gill.errors import InputError
@@ -132,16 +133,7 @@ def add_annotate_parsers(groups: argparse._SubParsersAction) -> argparse._SubPar
     p = commands.add_parser("build", help="candidates: an SD-baseline image and the top bank image per prompt")
     p.add_argument("--workdir", type=Path, required=True, help="work folder with a checkpoint and its bank")
     p.add_argument("--checkpoint", type=Path, help="checkpoint (default: the newest run's best/ or final/)")
-    p.add_argument(
-        "--prompts",
-        type=Path,
-        help="TSV with a Prompt column, or 'world' for world prompts (default: world prompts when the "
-        "workdir holds a synthetic world, else the shipped PartiPrompts)",
-    )
-    p.add_argument("--limit", type=int, help="only the first N prompts (world prompts: how many, default 400)")
-    p.add_argument("--sd-steps", type=int, default=50, help="SD denoising steps (default 50)")
-    p.add_argument("--seed", type=int, default=1337, help="SD seed for every prompt (default 1337)")
-    p.add_argument("--device", default="cpu")
+    add_options(p, CandidateOptions)
     p.set_defaults(func=cmd_annotate_build)
 
     p = commands.add_parser("export", help="export the judging store: official-tsv, label-studio or html-bundle")
@@ -304,13 +296,7 @@ def cmd_annotate_build(args: argparse.Namespace) -> int:
     """Build the decision candidates into <workdir>/annotations/candidates and DuckDB decision_candidates."""
 
     summary = candidates_stage.run(
-        Workdir.at(args.workdir),
-        args.checkpoint,
-        prompts=args.prompts,
-        limit=args.limit,
-        sd_steps=args.sd_steps,
-        seed=args.seed,
-        device=args.device,
+        Workdir.at(args.workdir), args.checkpoint, options_from(CandidateOptions, args), progress=True
     )
     store = JudgingStore(args.workdir)
     _out(

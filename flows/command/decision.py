@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from flows.options import add_options, options_from
 from flows.stages import decision as decision_stage
 from flows.workdir import Workdir
 
@@ -33,14 +34,9 @@ def cmd_decision_fit(args: argparse.Namespace) -> int:
         workdir,
         checkpoint,
         votes,
-        out_checkpoint=args.out,
-        with_retrieval_score=args.with_retrieval_score,
-        device=args.device,
-        folds=args.folds,
-        steps=args.steps,
-        seed=args.seed,
-        recipe=args.recipe,
+        options_from(decision_stage.FitOptions, args),
         panel=args.panel if args.from_store else "human",
+        out_checkpoint=args.out,
     )
     if args.json:
         _out(json.dumps(result.as_dict(), indent=2))
@@ -73,22 +69,7 @@ def add_decision_parsers(groups: argparse._SubParsersAction) -> None:
         help="with --from-store: whose votes, 'human' (people, default) or 'simulated' (the answer-key "
         "judges of the shapes world)",
     )
-    p.add_argument(
-        "--with-retrieval-score",
-        action="store_true",
-        help="paper-era head: also feed the max logit-scaled bank score (needs a bank)",
-    )
-    p.add_argument(
-        "--recipe",
-        choices=("official", "balanced"),
-        default="official",
-        help="official: the notebook's loop (default); balanced: the same loop on standardised features "
-        "with a class-weighted loss",
-    )
     p.add_argument("--out", type=Path, help="write a copy of the checkpoint with the head here (default: in place)")
-    p.add_argument("--device", default="cpu", help="torch device for the features (cpu, cuda, ...)")
-    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
-    p.add_argument("--steps", type=int, help="training steps (default: the official 2000)")
-    p.add_argument("--seed", type=int, help="seed (default: the official 1337)")
+    add_options(p, decision_stage.FitOptions)
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=cmd_decision_fit)

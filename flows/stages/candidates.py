@@ -22,6 +22,7 @@ atomically and rows are committed every ``flush_every`` prompts, so a crash lose
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -70,6 +71,36 @@ class PromptRow:
     note: str = ""
     scene: str | None = None
     """JSON of the prompt's true scene (world prompts), else None."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CandidateOptions:
+    """How the judging candidates are built (:func:`build_candidates`'s options)."""
+
+    prompts: str | None = None
+    """TSV with a Prompt column, or 'world' for world prompts (default: world prompts when the work folder holds a
+    synthetic world, else the shipped PartiPrompts)."""
+    limit: int | None = None
+    """Only the first N prompts (world prompts: how many, default 400)."""
+    sd_steps: int = 50
+    """Denoising steps of the SD baseline."""
+    guidance_scale: float = 7.5
+    """Classifier-free guidance scale of the SD baseline."""
+    seed: int = 1337
+    """SD seed used for every prompt (as the official demo seeds each request with 1337)."""
+    device: str = "cpu"
+    """Torch device."""
+    batch_size: int = 16
+    """Prompts per Stable Diffusion call."""
+
+    def __post_init__(self) -> None:
+        problems = [
+            f"{name}={getattr(self, name)!r} (must be an int >= 1)"
+            for name in ("limit", "sd_steps", "batch_size")
+            if getattr(self, name) is not None and (not isinstance(getattr(self, name), int) or getattr(self, name) < 1)
+        ]
+        if problems:
+            raise InputError("invalid candidate options", problems)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -345,10 +376,11 @@ def import_candidates(workdir: str | os.PathLike[str], store: JudgingStore | Non
     return add_candidate_items(store if store is not None else JudgingStore(workdir), rows, str(path))
 
 
-def run(workdir: Workdir, checkpoint: Path | None = None, **options: Any) -> CandidateSummary:
-    """Stage ``candidates``: build the judging candidates (``options`` are :func:`build_candidates`'s: prompts,
-    limit, sd_steps, guidance_scale, seed, device, batch_size, progress) and load them into the judging store, open
-    to people."""
-    summary = build_candidates(workdir.root, checkpoint=checkpoint, **options)
+def run(
+    workdir: Workdir, checkpoint: Path | None = None, options: CandidateOptions | None = None, progress: bool = False
+) -> CandidateSummary:
+    """Stage ``candidates``: build the judging candidates and load them into the judging store, open to people."""
+    options = options or CandidateOptions()
+    summary = build_candidates(workdir.root, checkpoint=checkpoint, progress=progress, **dataclasses.asdict(options))
     import_candidates(workdir.root, JudgingStore(workdir.root))
     return summary

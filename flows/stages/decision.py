@@ -20,8 +20,9 @@ import logging
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -339,11 +340,55 @@ def run(
     )
 
 
-def fit(workdir: Workdir, checkpoint: Path, votes: Path | None, **options: Any) -> DecisionFitResult:
-    """One head on the given votes (default: the shipped votes), recorded and saved; ``options`` are
-    :func:`fit_decision`'s (recipe, with_retrieval_score, folds, steps, seed, out_checkpoint, panel,
-    device)."""
-    return fit_decision(workdir.root, checkpoint, votes_path=votes, **options)
+@dataclass(frozen=True, kw_only=True)
+class FitOptions:
+    """How one decision head is fitted on given votes (``gill decision fit``, the ``fit-decision`` flow)."""
+
+    with_retrieval_score: bool = False
+    """Paper-era head: also feed the max logit-scaled bank score (needs a retrieval bank)."""
+    recipe: Literal["official", "balanced"] = "official"
+    """official: the notebook's loop; balanced: the same loop on standardised features with a class-weighted loss."""
+    folds: int = 5
+    """Cross-validation folds."""
+    steps: int | None = None
+    """Training steps (default: the official 2000)."""
+    seed: int | None = None
+    """Seed (default: the official 1337)."""
+    device: str = "cpu"
+    """Torch device for the features (cpu, cuda, ...)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.folds, int) or self.folds < 2:
+            problems.append(f"folds={self.folds!r} (must be an int >= 2)")
+        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+            problems.append(f"steps={self.steps!r} (must be an int >= 1)")
+        if self.recipe not in ("official", "balanced"):
+            problems.append(f"recipe={self.recipe!r} (official or balanced)")
+        if problems:
+            raise InputError("invalid decision fit options", problems)
+
+
+def fit(
+    workdir: Workdir,
+    checkpoint: Path,
+    votes: Path | None,
+    options: FitOptions | None = None,
+    *,
+    panel: str = "human",
+    out_checkpoint: Path | None = None,
+) -> DecisionFitResult:
+    """One head on the given votes (default: the shipped votes) of ``panel``, recorded in the store and saved into
+    the checkpoint (or a copy at ``out_checkpoint``)."""
+    options = options or FitOptions()
+    return fit_decision(
+        workdir.root,
+        checkpoint,
+        votes_path=votes,
+        out_checkpoint=out_checkpoint,
+        panel=panel,
+        **dataclasses.asdict(options),
+    )
 
 
 def store_votes(workdir: Workdir, panel: str = "human") -> Path:
