@@ -1,1 +1,3 @@
-"""Prefect flows: one per file, thin tasks over gill/eval/annotations. The only package that imports prefect."""
+"""The application: one runner per stage (stages/), the work folder (workdir.py), the project store (store.py), and
+the front ends that call the runners: the ``gill`` command (command/), the demo and the Prefect flows (see
+docs/architecture.md)."""
