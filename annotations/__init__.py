@@ -1,1 +1,2 @@
-"""The retrieve-vs-generate judging app, exports/imports, agreement and aggregation. Grows with the annotation issue."""
+"""Judging: the retrieve-vs-generate judging store and web app, Label Studio and TSV/bundle exchange, aggregation
+of votes and agreement between judges. Imports the model library only (never eval/ or flows/)."""
