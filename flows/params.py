@@ -16,6 +16,7 @@ from flows.options import ModelChoice, options_from, params_model
 from flows.stages.candidates import CandidateOptions
 from flows.stages.decision import FitOptions
 from flows.stages.download import DownloadOptions
+from flows.stages.train import TrainOptions, TrainOverrides
 from flows.stages.votes import PanelConfig
 from gill.config import GILLConfig
 from gill.data.precompute import PrecomputeOptions
@@ -61,17 +62,22 @@ PrecomputeParams = params_model(
 )
 
 
-class TrainParams(ModelParams):
-    """Parameters of the ``train-adapters`` flow (see ``gill train --help``)."""
-
-    workdir: Path = Field(description="work folder with precomputed features under features/cc3m/{train,val}")
-    steps: int | None = Field(None, ge=1, description="optimizer steps (default: the preset's)")
-    batch_size: int | None = Field(None, ge=2, description="global batch per step (default: the preset's)")
-    lr: float | None = Field(None, gt=0, description="peak learning rate (default: the preset's)")
-    seed: int | None = Field(None, ge=0, description="seed of init, data order and augmentation")
-    device: str = Field("cpu", description="torch device: cpu or cuda")
-    run_id: str | None = Field(None, description="run folder name under <workdir>/runs (default: a new id)")
-    resume: bool = Field(False, description="continue the run named by run_id (or the latest) from its checkpoint")
+TrainParams = params_model(
+    "TrainParams",
+    "Parameters of the ``train-adapters`` flow (see ``gill train --help``).",
+    base=ModelParams,
+    groups=[(TrainOverrides, {}), (TrainOptions, {"include": ("run_id", "device")})],
+    fields={
+        "workdir": (
+            Path,
+            Field(description="work folder with precomputed features under features/cc3m/{train,val}"),
+        ),
+        "resume": (
+            bool,
+            Field(False, description="continue the run named by run_id (or the latest) from its checkpoint"),
+        ),
+    },
+)
 
 
 CandidateParams = params_model(

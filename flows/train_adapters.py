@@ -9,22 +9,18 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.options import options_from
 from flows.params import TrainParams
+from flows.stages.train import TrainOverrides
 from flows.tasks import train_task
-
-
-def _overrides(params: TrainParams) -> dict:
-    names = ("steps", "batch_size", "lr", "seed")
-    return {name: getattr(params, name) for name in names if getattr(params, name) is not None}
 
 
 @flow(name="train-adapters", log_prints=True)
 def train_adapters_flow(params: TrainParams) -> dict:
     """Train the adapters (paper section 3.4) and publish the final metrics."""
     config_json = params.gill_config().to_json()
-    summary = train_task(
-        params.workdir, config_json, _overrides(params), params.run_id, [], params.device, resume=params.resume
-    )
+    overrides = options_from(TrainOverrides, params).as_dict()
+    summary = train_task(params.workdir, config_json, overrides, params.run_id, [], params.device, resume=params.resume)
     summary["curve"] = summary["loss_curve"]
     last = {k: round(v, 4) for k, v in summary["last"].items()}
     create_table_artifact(

@@ -16,6 +16,7 @@ from flows.params import DownloadParams, PipelineParams, PrecomputeParams
 from flows.stages.candidates import CandidateOptions
 from flows.stages.decision import FitOptions
 from flows.stages.download import DownloadOptions
+from flows.stages.train import TrainOverrides
 from flows.stages.votes import PanelConfig
 from gill.data.precompute import PrecomputeOptions
 from gill.errors import ConfigError
@@ -30,6 +31,7 @@ STAGE_OPTIONS = (
     ModelChoice,
     CandidateOptions,
     FitOptions,
+    TrainOverrides,
 )
 
 

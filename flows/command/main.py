@@ -28,7 +28,7 @@ from flows.stages import train as train_stage
 from flows.stages import world as world_stage
 from flows.stages.bench_report import run_sql
 from flows.stages.download import DownloadOptions
-from flows.stages.train import TrainOptions
+from flows.stages.train import TrainOptions, TrainOverrides
 from flows.workdir import Workdir
 from gill.config import GILLConfig
 from gill.data.precompute import PrecomputeOptions
@@ -210,9 +210,8 @@ def cmd_db_query(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train the adapters on precomputed targets; metrics go to <workdir>/gill.duckdb and a loss-curve PNG."""
-    names = ("steps", "batch_size", "lr", "grad_accum", "seed")
-    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    options = TrainOptions(run_id=args.run_id, resume=args.resume, device=args.device, overrides=overrides)
+    overrides = options_from(TrainOverrides, args).as_dict()
+    options = options_from(TrainOptions, args, overrides=overrides)
     outcome = train_stage.run(Workdir.at(args.workdir), resolve_config(args), options)
     result, curve = outcome.result, outcome.loss_curve
     if curve is None:  # a non-zero rank under torchrun: rank 0 reports
@@ -338,13 +337,8 @@ def _add_train_parser(groups: argparse._SubParsersAction) -> None:
     p = groups.add_parser("train", help="train the GILL adapters on precomputed targets")
     add_config_args(p)
     p.add_argument("--workdir", type=Path, required=True, help="work folder with features/cc3m/{train,val}")
-    p.add_argument("--steps", type=int, help="optimizer steps (default: the preset's)")
-    p.add_argument("--batch-size", type=int, help="global batch per step")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--grad-accum", type=int, help="micro-batches per step")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--run-id", help="name of the run folder under <workdir>/runs (default: a new id)")
+    add_options(p, TrainOverrides)
+    add_options(p, TrainOptions, include=("run_id", "device"))
     p.add_argument(
         "--resume",
         action="store_true",

@@ -17,6 +17,7 @@ from eval.plots import plot_curves
 from flows.store import db_path, query, record_metrics
 from flows.workdir import Workdir
 from gill.config import GILLConfig
+from gill.errors import ConfigError
 from gill.train import TrainResult, has_checkpoint, mark_default_run, resumable_run, setup_training
 from gill.utils.io import atomic_write_text
 
@@ -182,6 +183,43 @@ def _leave_process_group() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainOverrides:
+    """The training settings a run may change from its config's ``train`` section (None: the config's value)."""
+
+    steps: int | None = None
+    """Optimizer steps (default: the preset's)."""
+    batch_size: int | None = None
+    """Global batch per step (default: the preset's)."""
+    lr: float | None = None
+    """Peak learning rate (default: the preset's)."""
+    grad_accum: int | None = None
+    """Micro-batches per step (default: the preset's)."""
+    seed: int | None = None
+    """Seed of init, data order and augmentation (default: the preset's)."""
+
+    def __post_init__(self) -> None:
+        lows = {"steps": 1, "batch_size": 2, "grad_accum": 1, "seed": 0}
+        problems = [
+            f"{name}={getattr(self, name)!r} (must be an int >= {low})"
+            for name, low in lows.items()
+            if getattr(self, name) is not None
+            and (
+                not isinstance(getattr(self, name), int)
+                or isinstance(getattr(self, name), bool)
+                or getattr(self, name) < low
+            )
+        ]
+        if self.lr is not None and not (isinstance(self.lr, int | float) and self.lr > 0):
+            problems.append(f"lr={self.lr!r} (must be a number > 0)")
+        if problems:
+            raise ConfigError("invalid training overrides", problems)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields that are set, as ``TrainOptions.overrides`` takes them."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 @dataclass(frozen=True, kw_only=True)
