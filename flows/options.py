@@ -54,9 +54,8 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def option_help(cls: type, name: str) -> str:
-    """An option's description: ``metadata["help"]`` of its field, else its attribute docstring, else ''."""
-    field = {f.name: f for f in dataclasses.fields(cls)}[name]
-    return str(field.metadata.get("help") or field_docs(cls).get(name, ""))
+    """An option's description: its attribute docstring ('' when it has none)."""
+    return field_docs(cls).get(name, "")
 
 
 def _hints(cls: type) -> dict[str, Any]:

@@ -172,7 +172,7 @@ def train_task(
         "run_id": outcome.run_id,
         "run_dir": str(outcome.run_dir),
         "status": outcome.status,
-        "steps": int(options.overrides.get("steps") or GILLConfig.from_json(config_json).train.steps),
+        "steps": outcome.steps,
         "curve": outcome.curve,
         "loss_curve": str(outcome.loss_curve),
         "last": outcome.result.history[-1] if outcome.result and outcome.result.history else {},

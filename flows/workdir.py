@@ -24,7 +24,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from annotations.store import CANDIDATES_DIR, store_path
+from annotations.store import CANDIDATES_DIR
 from flows.store import db_path
 from gill.data.precompute import feature_dir
 from gill.data.shards import image_split_dir
@@ -87,11 +87,6 @@ class Workdir:
     def candidates(self) -> Path:
         """Images of the retrieve-vs-generate judging candidates."""
         return self.root / CANDIDATES_DIR
-
-    @property
-    def judging_store(self) -> Path:
-        """The judging store (SQLite): items, judges, votes."""
-        return store_path(self.root)
 
     @property
     def bench_reports(self) -> Path:

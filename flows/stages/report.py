@@ -35,10 +35,11 @@ def run(
     """The tables of run ``run_id`` in ``fmt`` (table, markdown or csv) and, with ``figures``, the context figure
     (at ``plot``, default ``<workdir>/bench/reports/context_effect.png``) and the sample grids beside it."""
     plot = plot or workdir.bench_reports / "context_effect.png"
+    report = build_report(workdir.root, run_id=run_id, fmt=fmt)
     return ReportOutcome(
         run_id=run_id,
-        report=build_report(workdir.root, run_id=run_id, fmt=fmt),
-        markdown=build_report(workdir.root, run_id=run_id, fmt="markdown"),
+        report=report,
+        markdown=report if fmt == "markdown" else build_report(workdir.root, run_id=run_id, fmt="markdown"),
         claims=build_claims(workdir.root, run_id=run_id, fmt="markdown"),
         plot=plot_context_effect(workdir.root, plot, run_id=run_id) if figures else None,
         grids=draw_grids(workdir, run_id, plot.parent) if figures else [],

@@ -202,15 +202,11 @@ class TrainOverrides:
 
     def __post_init__(self) -> None:
         lows = {"steps": 1, "batch_size": 2, "grad_accum": 1, "seed": 0}
+        values = {name: getattr(self, name) for name in lows}
         problems = [
-            f"{name}={getattr(self, name)!r} (must be an int >= {low})"
-            for name, low in lows.items()
-            if getattr(self, name) is not None
-            and (
-                not isinstance(getattr(self, name), int)
-                or isinstance(getattr(self, name), bool)
-                or getattr(self, name) < low
-            )
+            f"{name}={value!r} (must be an int >= {lows[name]})"
+            for name, value in values.items()
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < lows[name])
         ]
         if self.lr is not None and not (isinstance(self.lr, int | float) and self.lr > 0):
             problems.append(f"lr={self.lr!r} (must be a number > 0)")
@@ -249,6 +245,8 @@ class TrainOutcome:
     run_dir: Path
     status: str
     """trained, resumed, or already trained."""
+    steps: int
+    """The run's step count."""
     result: TrainResult | None
     """The trainer's result (None when the run was already trained, or on a non-zero rank under torchrun)."""
     loss_curve: Path | None
@@ -274,7 +272,8 @@ def run(workdir: Workdir, config: GILLConfig, options: TrainOptions) -> TrainOut
             run_id=options.run_id,
             run_dir=Path(summary["run_dir"]),
             status=summary["status"],
-            result=summary.get("result"),
+            steps=summary["steps"],
+            result=None,
             loss_curve=Path(summary["loss_curve"]),
             curve=summary["curve"],
         )
@@ -291,6 +290,7 @@ def run(workdir: Workdir, config: GILLConfig, options: TrainOptions) -> TrainOut
         run_id=result.run_id,
         run_dir=result.run_dir,
         status="resumed" if options.resume else "trained",
+        steps=result.steps,
         result=result,
         loss_curve=curve,
         curve=curve_summary(workdir.database, result.run_id) if curve is not None else [],
