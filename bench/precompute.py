@@ -47,16 +47,28 @@ from gill.data.precompute import (
     FrozenEncoders,
     PrecomputeOptions,
     decode_image,
-    feature_dir,
-    image_shards,
     load_encoders,
     precompute_shard,
 )
-from gill.data.shards import ShardSample, image_split_dir, index_shard, read_samples, write_image_shard
+from gill.data.shards import (
+    ShardSample,
+    SplitFolders,
+    complete_image_shards,
+    index_shard,
+    read_samples,
+    write_image_shard,
+)
 from gill.presets import get_preset, tiny_zoo_dir
 from gill.synth import SynthConfig, synthesize_world
 
 SPLIT = "bench"
+
+
+def split_folders(workdir: Path) -> SplitFolders:
+    """The benchmark's image and feature folders."""
+    return SplitFolders(name=SPLIT, images=workdir / "images", features=workdir / "features")
+
+
 PER_SHARD = 64
 BATCH = 32
 VARIANTS = {
@@ -107,7 +119,7 @@ def write_shards(workdir: Path, n_images: int) -> None:
         for i, (caption, url) in enumerate(rows)
     ]
     for start in range(0, n_images, PER_SHARD):
-        tar = image_split_dir(SPLIT, workdir) / f"{start // PER_SHARD:05d}.tar"
+        tar = split_folders(workdir).images / f"{start // PER_SHARD:05d}.tar"
         write_image_shard(tar, samples[start : start + PER_SHARD])
 
 
@@ -175,9 +187,9 @@ def bare_rate(encoders: FrozenEncoders, inputs: ShardInputs) -> float:
 
 def stage_rate(workdir: Path, inputs: ShardInputs, encoders: FrozenEncoders, options: PrecomputeOptions) -> float:
     """samples/s of precompute_shard on one shard, into a fresh feature folder."""
-    shutil.rmtree(feature_dir(SPLIT, workdir) / inputs.tar.stem, ignore_errors=True)
+    shutil.rmtree(split_folders(workdir).features / inputs.tar.stem, ignore_errors=True)
     start = time.perf_counter()
-    count = precompute_shard(inputs.tar, SPLIT, workdir, encoders, options).count
+    count = precompute_shard(inputs.tar, split_folders(workdir), encoders, options).count
     return count / (time.perf_counter() - start)
 
 
@@ -185,9 +197,10 @@ def measure(name: str, config: GILLConfig, workdir: Path, rounds: int) -> Measur
     """Alternate bare and stage shard by shard (so each pair sees the same machine load); round 0 warms up."""
     encoders = load_encoders(config, PrecomputeOptions(batch_size=BATCH))
     result = Measurement(name=name, stage={v: [] for v in VARIANTS})
-    prepare(image_shards(SPLIT, workdir)[0], encoders, {})  # warm-up: first calls of processor and tokenizer
+    tars = complete_image_shards(split_folders(workdir).images)
+    prepare(tars[0], encoders, {})  # warm-up: first calls of processor and tokenizer
     seconds_per_part: dict[str, float] = {}
-    shards = [prepare(tar, encoders, seconds_per_part) for tar in image_shards(SPLIT, workdir)]
+    shards = [prepare(tar, encoders, seconds_per_part) for tar in tars]
     n = sum(s.count for s in shards)
     out = encoders.encode(shards[0].pixels[0], shards[0].ids[0])
     write = seconds(np.save, workdir / "w.npy", np.zeros((n, *out.sd_text.shape[1:]), np.float16))

@@ -26,7 +26,7 @@ from typing import Any
 from PIL import Image
 
 from gill.data.precompute import decode_image
-from gill.data.shards import complete_image_shards, image_split_dir, index_shard, iter_shard_samples, read_samples
+from gill.data.shards import complete_image_shards, index_shard, iter_shard_samples, read_samples
 from gill.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -273,15 +273,16 @@ def visdial_setting(rounds: int) -> str:
 # -- CC3M validation -------------------------------------------------------------------------------------------------
 
 
-def read_cc3m_val(workdir: str | Path, *, split: str = "val", limit: int | None = None) -> list[Cc3mSample]:
-    """Captions of the workdir's complete ``split`` image shards, in shard and key order (the first ``limit``)."""
+def read_cc3m_val(images: str | Path, *, limit: int | None = None) -> list[Cc3mSample]:
+    """Captions of the complete image shards in folder ``images`` (a CC3M split), in shard and key order (the
+    first ``limit``)."""
 
-    shards = complete_image_shards(split, Path(workdir))
+    shards = complete_image_shards(Path(images))
     if not shards:
         raise InputError(
-            f"no complete CC3M {split} image shards under {image_split_dir(split, Path(workdir))}",
+            f"no complete CC3M image shards under {images}",
             [],
-            hint=f"download the {split} split first: gill data download --split {split} --workdir W",
+            hint="download the split first: gill data download --split val",
         )
     samples: list[Cc3mSample] = []
     for shard in shards:

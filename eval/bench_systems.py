@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from gill.data.precompute import VISION_FILE, feature_dir
+from gill.data.precompute import VISION_FILE
 from gill.pipeline import GenerationSettings
 from gill.utils.io import atomic_write_bytes
 
@@ -267,7 +267,7 @@ class ClipBank:
         with tqdm(total=bank.count, unit="img", desc="CLIP bank", disable=not progress, dynamic_ncols=True) as bar:
             for shard in bank.shards:
                 if from_features:
-                    pooled = np.load(feature_dir(shard.split, bank.workdir) / shard.name / VISION_FILE, mmap_mode="r")
+                    pooled = np.load(bank.shard_features(shard) / VISION_FILE, mmap_mode="r")
                     for first in range(0, shard.count, 4096):
                         x = torch.from_numpy(np.array(pooled[first : first + 4096], dtype=np.float32))
                         rows.append(clip.projection_from_pooled(x).numpy().astype(np.float16))

@@ -31,7 +31,7 @@ from gill.config import GILLConfig
 from gill.data.precompute import PrecomputeOptions
 from gill.factory import derive_dims, load_backbones
 from gill.hub import require_backbones
-from gill.pipeline import GenerationSettings, GILLPipeline, resolve_checkpoint, save_images
+from gill.pipeline import GenerationSettings, GILLPipeline, save_images
 from gill.presets import tiny_component, tiny_zoo_dir
 from gill.synth import SynthConfig
 from gill.utils.io import atomic_write_json
@@ -183,7 +183,9 @@ def inference_stage(workdir: Path, world: Any, out_dir: Path, seed: int = 0) -> 
     """
 
     caption, image_path = _first_val_pair(world.cc3m_val_tsv)
-    pipe = GILLPipeline.from_pretrained(resolve_checkpoint(workdir), workdir=workdir)
+    work = Workdir.at(workdir)
+    checkpoint = work.checkpoint()
+    pipe = GILLPipeline.from_pretrained(checkpoint, bank=index.existing_bank(work, checkpoint))
     settings = GenerationSettings(force_image=True, max_new_tokens=8, num_inference_steps=10, seed=seed)
     gen = pipe([caption], settings, mode="gen")
     ret = pipe([caption], settings, mode="ret")

@@ -43,8 +43,8 @@ from flows.tasks import (
     votes_source,
 )
 from flows.workdir import Workdir
-from gill.data.precompute import PrecomputeOptions, feature_dir, image_shards, read_feature_manifest
-from gill.data.shards import image_split_dir
+from gill.data.precompute import PrecomputeOptions, read_feature_manifest
+from gill.data.shards import complete_image_shards
 from gill.errors import MissingWeightsError
 from gill.hub import require_backbones
 
@@ -78,7 +78,7 @@ def gill_pipeline(params: PipelineParams = PipelineParams()) -> dict:  # noqa: B
     if log.wants("precompute"):
         options = PrecomputeOptions(batch_size=params.precompute_batch_size, device=params.device)
         for split in ("train", "val"):
-            shards = image_shards(split, workdir)
+            shards = complete_image_shards(Workdir.at(workdir).images(split))
             futures = [
                 run["precompute"].submit(s, file_digest(s), split, workdir, config_json, options) for s in shards
             ]
@@ -281,7 +281,7 @@ def _feature_fingerprints(workdir: Path) -> list[str]:
 
     out = []
     for split in ("train", "val"):
-        folder = feature_dir(split, workdir)
+        folder = Workdir.at(workdir).features(split)
         for sub in sorted(folder.iterdir()) if folder.is_dir() else []:
             manifest = read_feature_manifest(sub)
             if manifest is not None:
@@ -297,7 +297,7 @@ def _bench_data(benchmark: str, sources: dict[str, str], workdir: Path) -> tuple
         data = {"dialogs_json": sources["visdial_json"], "images": sources["visdial_images"]}
         return data, f"{file_digest(Path(data['dialogs_json']))}:{folder_digest(Path(data['images']))}"
 
-    return {}, folder_digest(image_split_dir("val", workdir))
+    return {}, folder_digest(Workdir.at(workdir).images("val"))
 
 
 def _bench_options(params: PipelineParams, benchmark: str) -> str:

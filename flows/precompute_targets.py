@@ -17,7 +17,8 @@ from flows.params import PrecomputeParams
 from flows.stages import precompute as precompute_stage
 from flows.tasks import file_digest, precompute_task
 from flows.workdir import Workdir
-from gill.data.precompute import PrecomputeOptions, image_shards
+from gill.data.precompute import PrecomputeOptions
+from gill.data.shards import complete_image_shards
 
 
 @flow(name="precompute-targets", log_prints=True)
@@ -25,7 +26,7 @@ def precompute_targets_flow(params: PrecomputeParams) -> dict:
     """Precompute GILL's frozen targets (paper section 3: CLIP features, SD text-encoder outputs)."""
     config_json = params.gill_config().to_json()
     options = options_from(PrecomputeOptions, params)
-    shards = image_shards(params.split, params.workdir)
+    shards = complete_image_shards(Workdir.at(params.workdir).images(params.split))
     futures = precompute_task.map(
         shards,
         [file_digest(s) for s in shards],

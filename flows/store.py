@@ -31,10 +31,11 @@ import duckdb
 import pandas as pd
 
 from flows.store_views import VIEWS
+from flows.workdir import DATABASE_FILE
 
 logger = logging.getLogger(__name__)
 
-DB_NAME = "gill.duckdb"
+DB_NAME = DATABASE_FILE
 
 
 @dataclass(frozen=True)

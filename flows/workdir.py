@@ -14,8 +14,12 @@ A work folder holds everything one pipeline produces::
       generated/, chat/           outputs of gill generate and gill chat
       .prefect/                   Prefect task cache and results of the flows (and home/, when no profile is set)
 
-The library (``gill/``) never derives these paths itself from a work folder in new code: runners pass it
-explicit paths (or use the few library helpers listed here, which implement the same layout).
+The library (``gill/``) knows nothing of this layout: runners pass it explicit folders (a split's
+:class:`~gill.data.shards.SplitFolders`, a runs folder, a bank folder) and the work folder as the
+``portable_root`` under which paths are recorded relative, so the whole folder can be moved or copied.
+
+This module imports no model code (the judging commands use it and start fast); what needs it lives with its
+stage: :func:`flows.stages.index.existing_bank`, :func:`flows.stages.train.resumable_run`.
 """
 
 from __future__ import annotations
@@ -25,12 +29,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from annotations.store import CANDIDATES_DIR
-from flows.store import db_path
-from gill.data.precompute import feature_dir
-from gill.data.shards import image_split_dir
-from gill.pipeline import resolve_checkpoint
-from gill.retrieval import INDEX_DIR
-from gill.train import runs_dir
+from gill.data.shards import SplitFolders
+from gill.errors import InputError
+from gill.utils.io import atomic_write_text
+
+DATABASE_FILE = "gill.duckdb"
+"""The project store's file (:mod:`flows.store`)."""
+DATASET = "cc3m"
+"""The dataset whose shards the work folder holds (``data/cc3m``, ``features/cc3m``)."""
+DEFAULT_RUN_FILE = "DEFAULT"
+"""``runs/DEFAULT`` names the run whose checkpoint commands use when none is given."""
+CHECKPOINT_NAMES = ("best", "final")
+"""A run's exported checkpoints, in order of preference."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +57,7 @@ class Workdir:
     @property
     def database(self) -> Path:
         """The project store, ``gill.duckdb``."""
-        return db_path(self.root)
+        return self.root / DATABASE_FILE
 
     @property
     def world(self) -> Path:
@@ -55,33 +65,89 @@ class Workdir:
         return self.root / "world"
 
     def images(self, split: str) -> Path:
-        """Downloaded image shards of a CC3M split."""
-        return image_split_dir(split, self.root)
+        """Downloaded image shards of a CC3M split (as img2dataset writes them)."""
+        return self.root / "data" / DATASET / split
 
     def features(self, split: str) -> Path:
-        """Precomputed feature shards of a CC3M split."""
-        return feature_dir(split, self.root)
+        """Precomputed feature shards of a CC3M split (one folder per image shard)."""
+        return self.feature_root / DATASET / split
+
+    def split(self, name: str) -> SplitFolders:
+        """A split's image and feature folders, as the library takes them."""
+        return SplitFolders(name=name, images=self.images(name), features=self.features(name))
+
+    # -- training runs --
 
     @property
     def runs(self) -> Path:
         """Training runs."""
-        return runs_dir(self.root)
+        return self.root / "runs"
 
     def run(self, run_id: str) -> Path:
         """One training run's folder."""
         return self.runs / run_id
 
+    def existing_runs(self) -> list[str]:
+        """Every run folder, sorted (hidden folders excluded)."""
+        folders = self.runs.iterdir() if self.runs.is_dir() else []
+        return sorted(p.name for p in folders if p.is_dir() and not p.name.startswith("."))
+
+    def default_run(self) -> str | None:
+        """The run named by ``runs/DEFAULT``, or None."""
+        path = self.runs / DEFAULT_RUN_FILE
+        return path.read_text(encoding="utf-8").strip() or None if path.is_file() else None
+
+    def mark_default_run(self, run_id: str) -> None:
+        """Make ``run_id`` the default run (``gill train`` and the pipeline's main run do; ablations don't)."""
+        atomic_write_text(self.runs / DEFAULT_RUN_FILE, run_id + "\n")
+
+    # -- checkpoints --
+
     def checkpoint(self, checkpoint: str | os.PathLike[str] | None = None) -> Path:
-        """A checkpoint folder: ``checkpoint`` when given, else the default run's ``best/`` or ``final/``."""
-        return resolve_checkpoint(self.root, checkpoint)
+        """The checkpoint to use: ``checkpoint`` if given, else the default run's (``runs/DEFAULT``, written by
+        ``gill train`` and the pipeline's main run), else the newest run's ``best/`` (or ``final/``)."""
+        if checkpoint is not None:
+            path = Path(checkpoint)
+            if not (path / "config.json").is_file():
+                hint = "pass a folder written by gill train (runs/<id>/best) or gill import-official"
+                raise InputError(f"{str(path)!r} is not a GILL checkpoint (no config.json)", [], hint=hint)
+            return path
+        named = self.default_run()
+        for name in CHECKPOINT_NAMES if named else ():
+            if (self.run(named) / name / "config.json").is_file():
+                return self.run(named) / name
+        candidates = []
+        for run in sorted(p for p in self.runs.iterdir() if p.is_dir()) if self.runs.is_dir() else []:
+            for name in CHECKPOINT_NAMES:
+                if (run / name / "config.json").is_file():
+                    candidates.append((run.stat().st_mtime, run / name))
+                    break
+        if not candidates:
+            raise InputError(
+                f"no trained checkpoint under {str(self.runs)!r}",
+                [],
+                hint="run `gill train --workdir W` first, or pass --checkpoint DIR",
+            )
+        return max(candidates)[1]
 
     def run_checkpoint(self, run_id: str) -> Path:
         """The checkpoint of run ``run_id`` (its ``best/``, else ``final/``), else the default checkpoint."""
-        for name in ("best", "final"):
+        for name in CHECKPOINT_NAMES:
             folder = self.run(run_id) / name
             if (folder / "adapters.safetensors").is_file():
                 return folder
         return self.checkpoint()
+
+    # -- retrieval banks --
+
+    @property
+    def banks(self) -> Path:
+        """Retrieval banks, one folder per checkpoint id (:func:`gill.retrieval.bank_dir`)."""
+        return self.root / "index"
+
+    def bank(self, checkpoint_id: str) -> Path:
+        """The bank folder of the checkpoint with id ``checkpoint_id`` (:func:`gill.retrieval.checkpoint_id`)."""
+        return self.banks / checkpoint_id
 
     @property
     def candidates(self) -> Path:
@@ -112,11 +178,6 @@ class Workdir:
     def feature_root(self) -> Path:
         """Every precomputed feature shard."""
         return self.root / "features"
-
-    @property
-    def banks(self) -> Path:
-        """Retrieval banks, one folder per checkpoint id."""
-        return self.root / INDEX_DIR
 
     @property
     def annotations(self) -> Path:

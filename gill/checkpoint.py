@@ -145,7 +145,7 @@ def save_pretrained(
     *,
     decision_head: DecisionHead | None = None,
     dtype: torch.dtype = torch.float32,
-    workdir: str | os.PathLike[str] | None = None,
+    portable_root: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write the adapters (and optionally a decision head) of ``config`` to ``out_dir`` atomically.
 
@@ -157,8 +157,8 @@ def save_pretrained(
         extra: JSON-serialisable additions (training step, data-manifest hash, ...).
         decision_head: optional retrieve-or-generate classifier.
         dtype: storage dtype (float32 by default).
-        workdir: the work folder the checkpoint belongs to: backbone folders inside it are recorded relative to
-            the checkpoint (read back by :func:`load_adapters`), so the work folder can be moved as a whole.
+        portable_root: a folder holding the checkpoint (e.g. the work folder): backbone folders inside it are
+            recorded relative to the checkpoint (read back by :func:`load_adapters`), so it can be moved as a whole.
     Returns:
         The checkpoint folder.
     """
@@ -169,8 +169,8 @@ def save_pretrained(
             [f"adapters: {adapters.config}", f"config.adapters: {config.adapters}"],
         )
     tensors = _tensors(adapters, dtype)
-    if workdir is not None:
-        config = config.with_backbones_relative_to(out_dir, within=workdir)
+    if portable_root is not None:
+        config = config.with_backbones_relative_to(out_dir, within=portable_root)
     record = _record(config, img_tokens, decision_head, dtype, sum(t.numel() for t in tensors.values()), extra)
     with atomic_directory(out_dir) as tmp:
         save_file(tensors, str(tmp / ADAPTERS_FILE), metadata={"format": FORMAT})

@@ -237,7 +237,7 @@ def decision_features(
         raise InputError(
             "the retrieval-score feature needs a retrieval bank",
             [],
-            hint="load the pipeline with workdir= after `gill index build --workdir W`",
+            hint="load the pipeline with bank= (a bank built by `gill index build`)",
         )
     if isinstance(prompts, str):
         raise InputError("prompts must be a list of strings, not one string", [])

@@ -46,9 +46,8 @@ from gill.data.precompute import preprocess_images
 from gill.errors import InputError
 from gill.factory import derive_dims, load_backbones
 from gill.model import GILLModel
-from gill.retrieval import RetrievalBank, bank_dir, checkpoint_id
+from gill.retrieval import RetrievalBank, checkpoint_id
 from gill.tokenization import add_img_tokens
-from gill.train import default_run, runs_dir
 from gill.utils.io import atomic_write_bytes, atomic_write_json
 
 if TYPE_CHECKING:
@@ -186,7 +185,7 @@ class ImageResult:
     key: str | None = None
     """Bank key of a retrieved image."""
     shard: str | None = None
-    """Shard (relative to the workdir) holding a retrieved image."""
+    """Shard holding a retrieved image, as its bank records it (relative to the bank's root folder)."""
     caption: str | None = None
     """Caption stored with a retrieved image."""
     seed: int | None = None
@@ -298,7 +297,6 @@ class GILLPipeline:
         checkpoint_dir: str | os.PathLike[str],
         *,
         bank: RetrievalBank | str | os.PathLike[str] | None = None,
-        workdir: str | os.PathLike[str] | None = None,
         config: GILLConfig | None = None,
         device: str = "cpu",
         load_sd: bool = True,
@@ -309,9 +307,7 @@ class GILLPipeline:
         Args:
             checkpoint_dir: the checkpoint (``gill train`` writes ``runs/<id>/best`` and ``runs/<id>/final``).
             bank: the retrieval bank: a loaded :class:`RetrievalBank` or its folder (it must have been built by
-                this checkpoint). Without ``bank`` and ``workdir`` only generation is possible.
-            workdir: a work folder whose ``index/`` holds the checkpoint's bank (what ``gill index build``
-                writes); used when ``bank`` is not given. A bank there built by another checkpoint is an error.
+                this checkpoint). Without a bank only generation is possible.
             config: when given, its backbones must be the checkpoint's (an error names both otherwise).
             device: torch device.
             load_sd: also load Stable Diffusion (False: retrieval only).
@@ -347,12 +343,6 @@ class GILLPipeline:
                 [f"bank: {bank.manifest['checkpoint']['id']}", f"checkpoint: {checkpoint_id(checkpoint_dir)}"],
                 hint=f"build the bank of {checkpoint_dir} (gill index build --checkpoint {checkpoint_dir})",
             )
-        elif bank is None and workdir is not None:
-            if bank_dir(workdir, checkpoint_dir).is_dir():
-                bank = RetrievalBank.open(workdir, checkpoint_dir)
-            else:
-                _refuse_foreign_bank(Path(workdir), Path(checkpoint_dir))
-                logger.info("no retrieval bank for this checkpoint under %s: generation only", workdir)
         sd = backbones.sd.to(device) if backbones.sd is not None else None
         vision = backbones.vision.to(device)
         pipe = cls(
@@ -377,7 +367,7 @@ class GILLPipeline:
         if prompt and all(isinstance(p, str) and not p.strip() for p in prompt):
             problems.append("prompt: every item is an empty string; give some text or an image")
         if settings.mode == "ret" and self.bank is None:
-            problems.append("mode 'ret' needs a retrieval bank: run `gill index build --workdir W` first")
+            problems.append("mode 'ret' needs a retrieval bank: load the pipeline with bank= (gill index build)")
         if settings.mode == "gen" and self.sd is None:
             problems.append("mode 'gen' needs Stable Diffusion, but the pipeline was loaded without it")
         if problems:
@@ -527,7 +517,7 @@ class GILLPipeline:
     def retrieve(self, query: torch.Tensor, k: int = 1, exclude_rows: set[int] | None = None) -> list[Hit]:
         """Top-``k`` bank entries for an (R,) normalised query, skipping ``exclude_rows``."""
         if self.bank is None:
-            raise InputError("no retrieval bank is loaded", [], hint="run `gill index build --workdir W` first")
+            raise InputError("no retrieval bank is loaded", [], hint="load the pipeline with bank= (gill index build)")
         return self.bank.search(query[None].cpu(), k=k, exclude_rows=[exclude_rows or set()])[0]
 
     @torch.no_grad()
@@ -680,53 +670,6 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.zeros_like(probs).scatter(-1, order, sorted_probs) / sorted_probs.sum()
 
 
-def _refuse_foreign_bank(workdir: Path, checkpoint_dir: Path) -> None:
-    """Raise when the workdir holds banks, none of them built by this checkpoint (so retrieval would be wrong)."""
-
-    root = workdir / "index"
-    folders = root.iterdir() if root.is_dir() else []
-    others = sorted(p.name for p in folders if p.is_dir() and not p.name.startswith("."))  # not in-progress builds
-    if others:
-        raise InputError(
-            f"the retrieval banks under {str(root)!r} were built by other checkpoints",
-            [
-                f"banks: {', '.join(others)}",
-                f"checkpoint {str(checkpoint_dir)!r} has id {checkpoint_id(checkpoint_dir)}",
-            ],
-            hint=f"build one for this checkpoint: gill index build --workdir {workdir} --checkpoint {checkpoint_dir}",
-        )
-
-
-def resolve_checkpoint(workdir: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None = None) -> Path:
-    """The checkpoint to use: ``checkpoint`` if given, else the default run's (``runs/DEFAULT``, written by
-    ``gill train`` and the pipeline's main run), else the newest run's ``best/`` (or ``final/``)."""
-
-    if checkpoint is not None:
-        path = Path(checkpoint)
-        if not (path / "config.json").is_file():
-            hint = "pass a folder written by gill train (runs/<id>/best) or gill import-official"
-            raise InputError(f"{str(path)!r} is not a GILL checkpoint (no config.json)", [], hint=hint)
-        return path
-    candidates = []
-    root = runs_dir(workdir)
-    named = default_run(workdir)
-    for name in ("best", "final") if named else ():
-        if (root / named / name / "config.json").is_file():
-            return root / named / name
-    for run in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        for name in ("best", "final"):
-            if (run / name / "config.json").is_file():
-                candidates.append((run.stat().st_mtime, run / name))
-                break
-    if not candidates:
-        raise InputError(
-            f"no trained checkpoint under {str(root)!r}",
-            [],
-            hint="run `gill train --workdir W` first, or pass --checkpoint DIR",
-        )
-    return max(candidates)[1]
-
-
 def load_prompt_images(paths: Sequence[str | os.PathLike[str]]) -> list[Image.Image]:
     """Open image files for a prompt; one :class:`InputError` names every missing or unreadable file."""
     images, problems = [], []
@@ -753,7 +696,6 @@ __all__ = [
     "ImageResult",
     "TextResult",
     "load_prompt_images",
-    "resolve_checkpoint",
 ]
 
 

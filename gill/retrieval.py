@@ -19,16 +19,17 @@ scores the bank by one matrix product and downloads the top images from their UR
 * a bank belongs to one checkpoint (its rows come from that checkpoint's ``image_proj``): it lives under the
   checkpoint's id and refuses to be used with another.
 
-Layout of one bank, ``<workdir>/index/<checkpoint id>/`` (written atomically: a crash leaves the old bank or
-none, never half of one)::
+Layout of one bank folder (the application keeps one per checkpoint, ``<work folder>/index/<checkpoint id>/``;
+written atomically: a crash leaves the old bank or none, never half of one)::
 
     embeddings.npy   (N, R) float32, L2-normalised rows
     rows.json        {"keys": [...]}: the sample key of each row; a row's split and shard come from the
                      manifest's shard table (rows are contiguous per shard)
-    manifest.json    format and version, checkpoint id and path (relative to the workdir when inside it), logit
-                     scale, dim, count, splits, the shard table
-                     (split, name, tar relative to the workdir, first row, count, feature fingerprint), the
-                     approximate index's parameters, build seconds, creation time
+    manifest.json    format and version, ``root`` (the portable root folder relative to the bank folder, or
+                     null), checkpoint id and path, logit scale, dim, count, splits, the shard table
+                     (split, name, image tar and feature folder, first row, count, feature fingerprint), the
+                     approximate index's parameters, build seconds, creation time; paths inside the root are
+                     relative to it, others absolute, so a work folder holding its bank can be moved whole
     ivf.faiss        only for approximate banks: a FAISS IVF-Flat index over the same rows
 
 Search is **exact** (one matrix product and a partial sort per chunk of rows; memory bound: 16 ms per query at
@@ -64,24 +65,23 @@ from torch import nn
 from tqdm import tqdm
 
 from gill.checkpoint import ADAPTERS_FILE, load_adapters, verify_checksum
-from gill.data.precompute import VISION_FILE, decode_image, feature_dir, read_feature_manifest
+from gill.data.precompute import VISION_FILE, decode_image, read_feature_manifest
 from gill.data.reader import open_feature_shards
-from gill.data.shards import ShardIndex, ShardSample, image_split_dir, index_shard, read_samples
+from gill.data.shards import ShardIndex, ShardSample, SplitFolders, index_shard, read_samples
 from gill.errors import GillError, InputError
 from gill.utils.io import atomic_directory, atomic_write_json, chmod_like_open, sha256_file
+from gill.utils.paths import resolve_stored, to_stored
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "gill-retrieval-bank"
 """Value of ``manifest.json["format"]``."""
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Bump when the layout or the computation changes; banks of another version are rebuilt, never read."""
 EMBEDDINGS_FILE = "embeddings.npy"
 ROWS_FILE = "rows.json"
 MANIFEST_FILE = "manifest.json"
 INDEX_FILE = "ivf.faiss"
-INDEX_DIR = "index"
-"""Banks live under ``<workdir>/index/``."""
 CHECKPOINT_ID_CHARS = 16
 """Hex characters of the adapters' sha256 that name a checkpoint's bank."""
 AUTO_APPROXIMATE_MIN_ROWS = 200_000
@@ -95,8 +95,8 @@ Approximate = bool | Literal["auto"]
 SearchMethod = Literal["exact", "approx", "auto"]
 
 
-def _hint(workdir: Path | str, checkpoint: Path | str) -> str:
-    return f"build it: gill index build --workdir {workdir} --checkpoint {checkpoint}"
+def _hint(checkpoint: Path | str) -> str:
+    return f"build it: gill index build --checkpoint {checkpoint} (or build_bank)"
 
 
 # -- identity and layout --------------------------------------------------------------------------------------
@@ -119,9 +119,9 @@ def checkpoint_id(checkpoint_dir: str | os.PathLike[str]) -> str:
     return digest[:CHECKPOINT_ID_CHARS]
 
 
-def bank_dir(workdir: str | os.PathLike[str], checkpoint_dir: str | os.PathLike[str]) -> Path:
-    """``<workdir>/index/<checkpoint id>``: where the bank of a checkpoint lives."""
-    return Path(workdir) / INDEX_DIR / checkpoint_id(checkpoint_dir)
+def bank_dir(banks: str | os.PathLike[str], checkpoint_dir: str | os.PathLike[str]) -> Path:
+    """``<banks>/<checkpoint id>``: the bank folder of a checkpoint in a folder of banks (one per checkpoint)."""
+    return Path(banks) / checkpoint_id(checkpoint_dir)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,7 +133,9 @@ class BankShard:
     name: str
     """Shard name, shared by the image tar and the feature folder (``00000``)."""
     tar: str
-    """The image shard, relative to the workdir (posix)."""
+    """The image shard (relative to the bank's root when inside it, posix; else absolute)."""
+    features: str
+    """The feature shard's folder (relative to the bank's root when inside it, posix; else absolute)."""
     start: int
     """First bank row of the shard."""
     count: int
@@ -147,6 +149,7 @@ class BankShard:
             "split": self.split,
             "name": self.name,
             "tar": self.tar,
+            "features": self.features,
             "start": self.start,
             "count": self.count,
             "fingerprint": self.fingerprint,
@@ -184,7 +187,7 @@ class Hit:
     split: str
     """Dataset split of the image."""
     shard: str
-    """The image shard's tar, relative to the workdir."""
+    """The image shard's tar as the bank records it (relative to the bank's root, e.g. the work folder)."""
     score: float
     """Cosine between the query and the image's retrieval embedding."""
     scaled_score: float
@@ -405,19 +408,7 @@ class _RetrievalProjection:
     """Id and revision of the vision backbone the adapters were trained on."""
 
 
-def recorded_path(path: Path, workdir: Path) -> str:
-    """``path`` as a manifest in ``workdir`` records it: relative to the workdir (posix) when inside it, else
-    absolute (read back with :func:`recorded_location`)."""
-    path, root = path.resolve(), workdir.resolve()
-    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
-
-
-def recorded_location(recorded: str, workdir: Path) -> Path:
-    """The path :func:`recorded_path` wrote, on this machine (absolute paths of older manifests are kept)."""
-    return workdir / recorded if not Path(recorded).is_absolute() else Path(recorded)
-
-
-def _load_projection(checkpoint_dir: Path, workdir: Path) -> tuple[_RetrievalProjection | None, list[str]]:
+def _load_projection(checkpoint_dir: Path, root: Path | None) -> tuple[_RetrievalProjection | None, list[str]]:
 
     try:
         ckpt_id = checkpoint_id(checkpoint_dir)
@@ -428,7 +419,7 @@ def _load_projection(checkpoint_dir: Path, workdir: Path) -> tuple[_RetrievalPro
     vision = loaded.config.backbones.vision
     return _RetrievalProjection(
         checkpoint_id=ckpt_id,
-        checkpoint_path=recorded_path(checkpoint_dir, workdir),
+        checkpoint_path=to_stored(checkpoint_dir, root),
         image_proj=heads.image_proj,
         logit_scale=float(heads.scale().detach()),
         vision={"id": vision.id, "revision": vision.revision},
@@ -439,7 +430,7 @@ def _load_projection(checkpoint_dir: Path, workdir: Path) -> tuple[_RetrievalPro
 class _FeatureSource:
     """One feature shard as its manifest describes it (cheap: no array or tar is read)."""
 
-    split: str
+    split: SplitFolders
     folder: Path
     manifest: dict[str, Any]
 
@@ -452,32 +443,31 @@ class _FeatureSource:
         return int(self.manifest.get("count", 0))
 
 
-def _feature_sources(workdir: Path, splits: Sequence[str]) -> tuple[list[_FeatureSource], list[str]]:
+def _feature_sources(splits: Sequence[SplitFolders]) -> tuple[list[_FeatureSource], list[str]]:
     """Every feature shard of ``splits`` with its manifest, and what is missing."""
     sources, problems = [], []
     for split in splits:
-        folder = feature_dir(split, workdir)
-        subs = _subfolders(folder)
+        subs = _subfolders(split.features)
         if not subs:
-            problems.append(f"split {split!r}: no precomputed features under {folder}")
+            problems.append(f"split {split.name!r}: no precomputed features under {split.features}")
         for sub in subs:
             manifest = read_feature_manifest(sub)
             if manifest is None:
-                problems.append(f"feature shard {split}/{sub.name}: no readable manifest.json (interrupted?)")
+                problems.append(f"feature shard {split.name}/{sub.name}: no readable manifest.json (interrupted?)")
             else:
                 sources.append(_FeatureSource(split=split, folder=sub, manifest=manifest))
     return sources, problems
 
 
-def _shard_table(workdir: Path, sources: list[_FeatureSource]) -> list[BankShard]:
+def _shard_table(sources: list[_FeatureSource], root: Path | None) -> list[BankShard]:
     table, start = [], 0
     for src in sources:
-        tar = (image_split_dir(src.split, workdir) / f"{src.name}.tar").relative_to(workdir).as_posix()
         table.append(
             BankShard(
-                split=src.split,
+                split=src.split.name,
                 name=src.name,
-                tar=tar,
+                tar=to_stored(src.split.images / f"{src.name}.tar", root),
+                features=to_stored(src.folder, root),
                 start=start,
                 count=src.count,
                 fingerprint=str(src.manifest.get("fingerprint")),
@@ -535,14 +525,15 @@ def _up_to_date(path: Path, signature: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _validated_keys(
-    workdir: Path, splits: Sequence[str], table: list[BankShard], projection: _RetrievalProjection
+    splits: Sequence[SplitFolders], table: list[BankShard], projection: _RetrievalProjection
 ) -> list[list[str]]:
     """Keys of every shard of ``table``, after checking features against their image shards; one error for all."""
 
     problems, keys = [], {}
-    for split in splits:
+    for folders in splits:
+        split = folders.name
         try:
-            shards = open_feature_shards(split, workdir, verify=False)
+            shards = open_feature_shards(folders, verify=False)
         except InputError as err:
             problems += [f"split {split!r}: {p}" for p in err.problems]
             continue
@@ -582,7 +573,7 @@ def project_images(image_proj: nn.Linear, features: np.ndarray) -> np.ndarray:
 def _write_embeddings(
     folder: Path,
     table: list[BankShard],
-    workdir: Path,
+    root: Path | None,
     projection: _RetrievalProjection,
     batch_size: int,
     progress: bool,
@@ -592,7 +583,7 @@ def _write_embeddings(
     out = np.lib.format.open_memmap(folder / EMBEDDINGS_FILE, mode="w+", dtype=np.float32, shape=(n, dim))  # (N, R)
     with tqdm(total=n, unit="img", desc="embed bank", disable=not progress, dynamic_ncols=True) as bar:
         for shard in table:
-            vision = np.load(feature_dir(shard.split, workdir) / shard.name / VISION_FILE, mmap_mode="r")  # (n, Dv)
+            vision = np.load(resolve_stored(shard.features, root) / VISION_FILE, mmap_mode="r")  # (n, Dv)
             for first in range(0, shard.count, batch_size):
                 rows = project_images(projection.image_proj, vision[first : first + batch_size])  # (b, R)
                 out[shard.start + first : shard.start + first + len(rows)] = rows
@@ -602,24 +593,28 @@ def _write_embeddings(
 
 
 def build_bank(
-    workdir: str | os.PathLike[str],
+    splits: SplitFolders | Sequence[SplitFolders],
     checkpoint_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
     *,
-    splits: Sequence[str] = ("train",),
+    portable_root: str | os.PathLike[str] | None = None,
     approximate: Approximate = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
     nlist: int | None = None,
     progress: bool = True,
 ) -> BankInfo:
-    """Embed every precomputed image of ``splits`` with the checkpoint's ``image_proj`` into its bank, atomically.
+    """Embed every precomputed image of ``splits`` with the checkpoint's ``image_proj`` into the bank folder
+    ``out``, atomically.
 
     GILL paper section 3.2 (the image side of retrieval) and official §3.2 / 4.1 (the official bank). A bank
     that is up to date (same checkpoint, splits, feature fingerprints and approximate setting) is kept.
 
     Args:
-        workdir: holds ``features/cc3m/<split>/`` (``gill data precompute``) and the image shards.
+        splits: the splits whose images the bank holds: their image shards and precomputed feature shards.
         checkpoint_dir: a checkpoint folder (``gill train``'s ``runs/<id>/best``, or an import).
-        splits: the splits whose images the bank holds.
+        out: the bank folder (replaced atomically; :func:`bank_dir` names one per checkpoint).
+        portable_root: a folder holding the bank, the shards and the checkpoint (e.g. the work folder): paths
+            inside it are recorded relative to it, so it can be moved as a whole (None: absolute paths).
         approximate: also build a FAISS index (``auto``: from :data:`AUTO_APPROXIMATE_MIN_ROWS` rows on).
         batch_size: feature rows per forward.
         nlist: inverted lists of the FAISS index (default :func:`default_nlist`).
@@ -628,28 +623,30 @@ def build_bank(
         InputError: every problem at once: missing or invalid checkpoint, splits without features, feature
             shards that do not match their image shards, a vision width the checkpoint does not take.
     """
-    workdir, checkpoint_dir, start = Path(workdir), Path(checkpoint_dir), time.perf_counter()
+    checkpoint_dir, path, start = Path(checkpoint_dir), Path(out), time.perf_counter()
+    root = Path(portable_root).resolve() if portable_root is not None else None
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise InputError("invalid bank build arguments", [f"batch_size: must be a positive int, got {batch_size!r}"])
-    splits = [splits] if isinstance(splits, str) else list(dict.fromkeys(splits))
-    projection, problems = _load_projection(checkpoint_dir, workdir)
-    sources, feature_problems = _feature_sources(workdir, splits)
+    splits = [splits] if isinstance(splits, SplitFolders) else list(dict.fromkeys(splits))
+    projection, problems = _load_projection(checkpoint_dir, root)
+    sources, feature_problems = _feature_sources(splits)
     problems += feature_problems or ([] if splits else ["splits: give at least one split"])
+    problems += [f"splits: {name!r} is given twice" for name in _repeated(s.name for s in splits)]
     if problems:
-        hints = ["precompute the features first: gill data precompute --workdir W --split S"] * bool(feature_problems)
-        hints += ["train a checkpoint first: gill train --workdir W"] * (projection is None)
+        hints = ["precompute the features first: gill data precompute --split S"] * bool(feature_problems)
+        hints += ["train a checkpoint first: gill train"] * (projection is None)
         raise InputError("cannot build the retrieval bank", problems, hint="; ".join(hints) or None)
     assert projection is not None
-    table = _shard_table(workdir, sources)
+    table = _shard_table(sources, root)
     count, use_index = sum(s.count for s in table), _resolve_approximate(approximate, sum(s.count for s in table))
-    path = workdir / INDEX_DIR / projection.checkpoint_id
-    signature = _signature(projection.checkpoint_id, splits, table, use_index)
+    names = [s.name for s in splits]
+    signature = _signature(projection.checkpoint_id, names, table, use_index)
     if (previous := _up_to_date(path, signature)) is not None:
         logger.info("retrieval bank %s is up to date (%d rows), skipping", path, previous["count"])
         return _info(path, previous, skipped=True)
-    keys = _validated_keys(workdir, splits, table, projection)
+    keys = _validated_keys(splits, table, projection)
     with atomic_directory(path) as tmp:
-        _write_embeddings(tmp, table, workdir, projection, batch_size, progress)
+        _write_embeddings(tmp, table, root, projection, batch_size, progress)
         atomic_write_json(tmp / ROWS_FILE, {"keys": [k for shard_keys in keys for k in shard_keys]}, indent=0)
         index_params = None
         if use_index:
@@ -660,7 +657,8 @@ def build_bank(
             index_seconds = round(time.perf_counter() - index_start, 3)
             index_params = {"file": INDEX_FILE, **index.params(), "seconds": index_seconds}
             del vectors, index
-        manifest = _bank_manifest(projection, splits, table, count, index_params, time.perf_counter() - start)
+        manifest = _bank_manifest(projection, names, table, count, index_params, time.perf_counter() - start)
+        manifest["root"] = Path(os.path.relpath(root, path.resolve())).as_posix() if root is not None else None
         atomic_write_json(tmp / MANIFEST_FILE, manifest)
     logger.info(
         "built retrieval bank %s: %d rows, dim %d, %s, in %.1f s",
@@ -671,6 +669,11 @@ def build_bank(
         manifest["seconds"],
     )
     return _info(path, manifest, skipped=False)
+
+
+def _repeated(names: Iterable[str]) -> list[str]:
+    seen: set[str] = set()
+    return sorted({n for n in names if n in seen or seen.add(n)})
 
 
 def _bank_manifest(
@@ -685,6 +688,7 @@ def _bank_manifest(
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "root": None,
         "checkpoint": {"id": projection.checkpoint_id, "path": projection.checkpoint_path},
         "vision_backbone": projection.vision,
         "logit_scale": projection.logit_scale,
@@ -756,14 +760,14 @@ class RetrievalBank:
         embeddings: np.ndarray,
         keys: list[str],
         index: ApproximateIndex | None,
-        workdir: Path,
     ) -> None:
         self.path = path
         self.manifest = manifest
         self.embeddings = embeddings  # (N, R) float32, memory-mapped
         self.keys = keys
         self.index = index
-        self.workdir = workdir
+        root = manifest.get("root")
+        self.root = (path / root).resolve() if root is not None else None  # the recorded paths are relative to it
         self.shards = [BankShard(**s) for s in manifest["shards"]]
         self._starts = np.array([s.start for s in self.shards], dtype=np.int64)
         self._shard_indexes: dict[str, ShardIndex] = {}
@@ -771,18 +775,19 @@ class RetrievalBank:
     # -- opening --
 
     @classmethod
-    def open(cls, workdir: str | os.PathLike[str], checkpoint_dir: str | os.PathLike[str]) -> RetrievalBank:
-        """The bank of ``checkpoint_dir`` under ``workdir``; InputError naming the banks present when it has none."""
-        workdir, checkpoint_dir = Path(workdir), Path(checkpoint_dir)
+    def open(cls, banks: str | os.PathLike[str], checkpoint_dir: str | os.PathLike[str]) -> RetrievalBank:
+        """The bank of ``checkpoint_dir`` in the folder of banks ``banks`` (:func:`bank_dir`); InputError naming
+        the banks present when it has none."""
+        banks, checkpoint_dir = Path(banks), Path(checkpoint_dir)
         ckpt = checkpoint_id(checkpoint_dir)
-        path = workdir / INDEX_DIR / ckpt
+        path = banks / ckpt
         if _read_manifest(path) is None:
-            others = [f"{m['checkpoint']['id']} (checkpoint {m['checkpoint']['path']})" for m in _banks(workdir)]
-            problems = [f"expected {path}", f"banks under {workdir / INDEX_DIR}: {', '.join(others) or 'none'}"]
+            others = [f"{m['checkpoint']['id']} (checkpoint {m['checkpoint']['path']})" for m in _banks(banks)]
+            problems = [f"expected {path}", f"banks under {banks}: {', '.join(others) or 'none'}"]
             raise InputError(
                 f"no retrieval bank for checkpoint {str(checkpoint_dir)!r} (id {ckpt})",
                 problems,
-                hint=_hint(workdir, checkpoint_dir),
+                hint=_hint(checkpoint_dir),
             )
         return cls.load(path, ckpt, checkpoint_dir=checkpoint_dir)
 
@@ -792,18 +797,16 @@ class RetrievalBank:
         path: str | os.PathLike[str],
         expected_checkpoint_id: str | None = None,
         *,
-        workdir: str | os.PathLike[str] | None = None,
         checkpoint_dir: str | os.PathLike[str] | None = None,
     ) -> RetrievalBank:
-        """Open the bank folder ``path`` (its workdir defaults to ``path/../..``).
+        """Open the bank folder ``path``.
 
         Raises:
             InputError: no bank there, a bank of another format version, one built by a checkpoint other than
                 ``expected_checkpoint_id`` (naming both), or damaged files.
         """
         path = Path(path)
-        workdir = Path(workdir) if workdir is not None else path.parent.parent
-        hint = _hint(workdir, checkpoint_dir if checkpoint_dir is not None else "<checkpoint>")
+        hint = _hint(checkpoint_dir if checkpoint_dir is not None else "<checkpoint>")
         manifest = _read_manifest(path)
         if manifest is None:
             raise InputError(
@@ -821,12 +824,12 @@ class RetrievalBank:
             raise InputError(
                 f"the retrieval bank at {str(path)!r} was built by another checkpoint",
                 [
-                    f"bank: checkpoint id {built_by} ({recorded_location(manifest['checkpoint']['path'], workdir)})",
+                    f"bank: checkpoint id {built_by} ({_bank_path(path, manifest, manifest['checkpoint']['path'])})",
                     requested + (f" ({checkpoint_dir})" if checkpoint_dir is not None else ""),
                 ],
                 hint="its rows come from that checkpoint's image_proj; " + hint,
             )
-        return cls(path, manifest, *_read_bank_files(path, manifest), workdir=workdir)
+        return cls(path, manifest, *_read_bank_files(path, manifest))
 
     # -- facts --
 
@@ -938,7 +941,7 @@ class RetrievalBank:
         shard = self.shard_of(hit.row)
         index = self._shard_index(shard)
         if hit.key not in index.members:
-            hint = f"the shard changed after the bank was built; re-{_hint(self.workdir, '<checkpoint>')}"
+            hint = f"the shard changed after the bank was built; re-{_hint('<checkpoint>')}"
             raise InputError(f"image shard {shard.tar} no longer holds sample {hit.key!r}", [], hint=hint)
         return read_samples(index, [hit.key])[0]
 
@@ -950,9 +953,17 @@ class RetrievalBank:
         """The caption stored with ``hit``'s image."""
         return self.sample(hit).caption
 
+    def shard_tar(self, shard: BankShard) -> Path:
+        """The image shard's tar on this machine."""
+        return resolve_stored(shard.tar, self.root)
+
+    def shard_features(self, shard: BankShard) -> Path:
+        """The feature shard's folder on this machine (its ``vision.npy`` holds the rows' CLIP features)."""
+        return resolve_stored(shard.features, self.root)
+
     def _shard_index(self, shard: BankShard) -> ShardIndex:
         if shard.tar not in self._shard_indexes:
-            tar = self.workdir / shard.tar
+            tar = self.shard_tar(shard)
             if not tar.is_file():
                 hint = "the bank reads images from the shards it was built from; restore them"
                 raise InputError(f"image shard {str(tar)!r} of the retrieval bank is missing", [], hint=hint)
@@ -989,14 +1000,20 @@ def _read_bank_files(path: Path, manifest: dict[str, Any]) -> tuple[np.ndarray, 
         raise InputError(
             f"the retrieval bank at {str(path)!r} is damaged",
             problems,
-            hint="rebuild it: gill index build --workdir W --checkpoint C",
+            hint="rebuild it: gill index build --checkpoint C (or build_bank)",
         )
     return embeddings, keys, index
 
 
-def _banks(workdir: Path) -> list[dict[str, Any]]:
-    """Manifests of every bank under ``<workdir>/index``."""
-    return [m for p in _subfolders(workdir / INDEX_DIR) if (m := _read_manifest(p)) is not None]
+def _banks(banks: Path) -> list[dict[str, Any]]:
+    """Manifests of every bank in the folder of banks ``banks``."""
+    return [m for p in _subfolders(banks) if (m := _read_manifest(p)) is not None]
+
+
+def _bank_path(path: Path, manifest: dict[str, Any], stored: str) -> Path:
+    """A path the manifest of the bank at ``path`` records, on this machine."""
+    root = manifest.get("root")
+    return resolve_stored(stored, (path / root).resolve() if root is not None else None)
 
 
 def _subfolders(folder: Path) -> list[Path]:

@@ -40,15 +40,15 @@ from gill import losses as L
 from gill.captioning import corpus_bleu, greedy_captions
 from gill.checkpoint import save_pretrained
 from gill.config import GILLConfig
-from gill.data.precompute import feature_dir
 from gill.data.reader import TrainingBatch, TrainingData
+from gill.data.shards import SplitFolders
 from gill.errors import InputError
 from gill.factory import derive_dims, load_backbones
 from gill.model import GILLModel
 from gill.optim import build_optimizer, build_scheduler
 from gill.resume import CheckpointManager, RunLock, capture_rng, restore_rng
 from gill.tokenization import ImgTokens, add_img_tokens
-from gill.utils.io import atomic_write_json, atomic_write_text
+from gill.utils.io import atomic_write_json
 from gill.validation import retrieval_recall
 
 logger = logging.getLogger(__name__)
@@ -152,8 +152,10 @@ class Trainer:
         metrics_sink: MetricsSink | None = None,
         world: DistInfo | None = None,
         lock: RunLock | None = None,
+        portable_root: Path | None = None,
     ) -> None:
         self.config, self.cfg = config, config.train
+        self.portable_root = portable_root  # backbone folders inside it are recorded relative to checkpoints
         self.lock = lock  # the run's lock (rank 0 of a setup_training run); released when train() ends
         self.model = model.to(device)
         self.img_tokens = img_tokens
@@ -523,11 +525,12 @@ class Trainer:
         return True
 
     def export(self, out: Path, extra: dict[str, Any]) -> Path:
-        """Write the adapters in the release format (:mod:`gill.checkpoint`); backbone folders inside the work
-        folder (``<workdir>/runs/<run id>``) are recorded relative to the checkpoint."""
+        """Write the adapters in the release format (:mod:`gill.checkpoint`); backbone folders inside
+        ``portable_root`` are recorded relative to the checkpoint."""
 
-        workdir = self.run_dir.parent.parent
-        return save_pretrained(out, self.model.adapters, self.config, self.img_tokens, extra=extra, workdir=workdir)
+        return save_pretrained(
+            out, self.model.adapters, self.config, self.img_tokens, extra=extra, portable_root=self.portable_root
+        )
 
 
 def new_run_id() -> str:
@@ -555,95 +558,53 @@ def shared_run_id(run_id: str | None, world: DistInfo) -> str:
     return chosen[0]
 
 
-def runs_dir(workdir: str | Path) -> Path:
-    """Where training runs live: ``<workdir>/runs/<run_id>/``."""
-    return Path(workdir) / "runs"
-
-
-DEFAULT_RUN_FILE = "DEFAULT"
-"""``<workdir>/runs/DEFAULT`` names the run whose checkpoint commands use when none is given."""
-
-
-def mark_default_run(workdir: str | Path, run_id: str) -> None:
-    """Make ``run_id`` the workdir's default run (``gill train`` and the pipeline's main run do; ablations don't)."""
-
-    atomic_write_text(runs_dir(workdir) / DEFAULT_RUN_FILE, run_id + "\n")
-
-
-def default_run(workdir: str | Path) -> str | None:
-    """The run named by ``runs/DEFAULT``, or None."""
-    path = runs_dir(workdir) / DEFAULT_RUN_FILE
-    return path.read_text(encoding="utf-8").strip() or None if path.is_file() else None
-
-
-def existing_runs(workdir: str | Path) -> list[str]:
-    """Every run folder under ``<workdir>/runs``, sorted (hidden folders excluded)."""
-    root = runs_dir(workdir)
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
-
-
-def has_checkpoint(workdir: str | Path, run_id: str) -> bool:
-    """Whether run ``run_id`` has a complete resumable checkpoint."""
-    return CheckpointManager(runs_dir(workdir) / run_id / "checkpoints").latest_step() is not None
-
-
-def latest_run(workdir: str | Path) -> str | None:
-    """The newest run id with a checkpoint, for ``--resume`` without ``--run-id``."""
-    runs = [run for run in existing_runs(workdir) if has_checkpoint(workdir, run)]
-    return runs[-1] if runs else None
-
-
-def resumable_run(workdir: str | Path, run_id: str | None) -> str:
-    """The run ``--resume`` continues: ``run_id``, which must have a checkpoint, or the newest run with one.
-
-    Raises:
-        InputError: nothing to resume; it lists the runs that exist (and which have checkpoints).
-    """
-
-    chosen = run_id if run_id is not None else latest_run(workdir)
-    if chosen is not None and has_checkpoint(workdir, chosen):
-        return chosen
-    runs = existing_runs(workdir)
-    listed = [f"{run} ({'has checkpoints' if has_checkpoint(workdir, run) else 'no checkpoint'})" for run in runs]
-    what = f"run {run_id!r} has no checkpoint to resume" if run_id is not None else "no run with checkpoints"
-    raise InputError(
-        f"resume: {what} under {runs_dir(workdir)}",
-        [f"runs there: {', '.join(listed) if listed else 'none'}"],
-        hint="pass one that has checkpoints with --run-id, or drop --resume to start a new run",
-    )
-
-
 def setup_training(
     config: GILLConfig,
-    workdir: str | Path,
+    runs: str | Path,
+    train: SplitFolders,
+    val: SplitFolders | None = None,
     *,
     run_id: str | None = None,
     device: str = "cpu",
     metrics_sink: MetricsSink | None = None,
+    portable_root: str | Path | None = None,
 ) -> Trainer:
-    """Load the frozen LM and tokenizer, build GILL and the data readers, and make the run folder.
+    """Load the frozen LM and tokenizer, build GILL and the data readers, and make the run folder ``runs/<run_id>``.
 
-    Needs ``gill data precompute`` output for ``train`` (``val`` is used for validation when present). Rank 0
-    takes the run's :class:`~gill.resume.RunLock` (held until :meth:`Trainer.train` ends) before writing anything.
+    Args:
+        config: the run's config (preset or file, with overrides).
+        runs: the folder that holds training runs; the run's folder is ``runs/<run_id>``.
+        train: the precomputed training split (:mod:`gill.data.precompute`).
+        val: the validation split, or None (no validation).
+        run_id: the run's id (a new one when None; rank 0's is shared by every rank).
+        device: torch device.
+        metrics_sink: receives each logged row of metrics.
+        portable_root: backbone folders inside it (a Stable Diffusion trained into the work folder) are recorded
+            relative to the run's files, so this folder can be moved as a whole.
+
+    Rank 0 takes the run's :class:`~gill.resume.RunLock` (held until :meth:`Trainer.train` ends) before writing
+    anything.
 
     Raises:
         InputError: another process trains this run (nothing is written), or the features are not usable.
     """
 
-    workdir = Path(workdir)
+    root = Path(portable_root) if portable_root is not None else None
     world = init_distributed_from_env(device)
     if device.startswith("cuda") and world.world_size > 1:
         device = f"cuda:{torch.cuda.current_device()}"
-    run_dir = runs_dir(workdir) / shared_run_id(run_id, world)
+    run_dir = Path(runs) / shared_run_id(run_id, world)
     lock = RunLock(run_dir) if world.is_main else None
     if lock is not None and run_dir.is_dir():
         lock.acquire()  # refuse at once, before loading models, when another process trains this run
     try:
         model, tokenizer, img_tokens = _build_model(config, device)
-        train, val = _open_data(workdir, tokenizer, img_tokens, config.max_len)
+        train_data = TrainingData(train, tokenizer, img_tokens, config.max_len)
+        val_data = TrainingData(val, tokenizer, img_tokens, config.max_len) if val is not None else None
         if lock is not None:
             lock.acquire()  # creates the run folder
-            atomic_write_json(run_dir / "config.json", config.with_backbones_relative_to(run_dir, workdir).to_dict())
+            recorded = config.with_backbones_relative_to(run_dir, root) if root is not None else config
+            atomic_write_json(run_dir / "config.json", recorded.to_dict())
     except BaseException:
         if lock is not None:
             lock.release()
@@ -653,13 +614,14 @@ def setup_training(
         model,
         img_tokens,
         tokenizer.bos_token_id,
-        train,
-        val,
+        train_data,
+        val_data,
         run_dir,
         device=device,
         metrics_sink=metrics_sink,
         world=world,
         lock=lock,
+        portable_root=root,
     )
 
 
@@ -676,13 +638,3 @@ def _build_model(config: GILLConfig, device: str) -> tuple[GILLModel, Any, ImgTo
         copied = model.init_img_from_lm_rows_()
         logger.info("[IMG] rows: %d of %d copied from the LM's unused rows", copied, len(img_tokens.ids))
     return model, backbones.tokenizer, img_tokens
-
-
-def _open_data(
-    workdir: Path, tokenizer: Any, img_tokens: ImgTokens, max_len: int
-) -> tuple[TrainingData, TrainingData | None]:
-    """The checked ``train`` features and, when precomputed, the ``val`` ones (else None)."""
-
-    train = TrainingData("train", workdir, tokenizer, img_tokens, max_len)
-    has_val = feature_dir("val", workdir).is_dir()
-    return train, (TrainingData("val", workdir, tokenizer, img_tokens, max_len) if has_val else None)

@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from gill.data.shards import ShardSample
+from flows.stages.index import existing_bank
+from flows.workdir import Workdir
+from gill.data.shards import ShardSample, SplitFolders
+from gill.retrieval import BankInfo, bank_dir, build_bank
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,6 +40,37 @@ def killed_python(code: str, *args: str | Path, timeout: float = 300) -> None:
     assert proc.returncode == -9, f"expected a SIGKILL, got rc {proc.returncode}\n{out[-2000:]}\n{err[-3000:]}"
 
 
+def split_folders(split: str, root: str | Path) -> SplitFolders:
+    """A split's folders in the work-folder layout (``data/cc3m/<split>``, ``features/cc3m/<split>``)."""
+    return Workdir(Path(root)).split(split)
+
+
+def bank_in(root: str | Path, checkpoint: str | Path, splits=("train",), **kwargs) -> BankInfo:
+    """:func:`gill.retrieval.build_bank` over ``splits`` of the work folder ``root`` into ``root/index/<id>``."""
+    work = Workdir(Path(root))
+    folders = [work.split(s) for s in splits]
+    return build_bank(folders, checkpoint, bank_dir(work.banks, checkpoint), portable_root=work.root, **kwargs)
+
+
+def setup_in(config, root: str | Path, **kwargs):
+    """:func:`gill.train.setup_training` on the work folder ``root``: its train split, its val split when
+    precomputed, runs under ``root/runs`` (what the train stage passes)."""
+    from gill.train import setup_training
+
+    work = Workdir(Path(root))
+    val = work.split("val") if work.features("val").is_dir() else None
+    return setup_training(config, work.runs, work.split("train"), val, portable_root=work.root, **kwargs)
+
+
+def pipeline_in(root: str | Path, checkpoint: str | Path | None = None, **kwargs):
+    """``GILLPipeline.from_pretrained`` of the work folder's checkpoint with its bank (when built)."""
+    from gill.pipeline import GILLPipeline
+
+    work = Workdir(Path(root))
+    ckpt = work.checkpoint(checkpoint)
+    return GILLPipeline.from_pretrained(ckpt, bank=existing_bank(work, ckpt), **kwargs)
+
+
 def world_samples(world, per_shard: int, split: str = "train") -> list[ShardSample]:
     """The world's CC3M pairs of ``split`` as img2dataset samples (key = 5-digit shard id + 4-digit index)."""
     tsv = world.cc3m_train_tsv if split == "train" else world.cc3m_val_tsv
@@ -58,18 +92,15 @@ def trained_workdir(root: Path, world, config, *, steps: int, run_id: str, bank:
     import dataclasses
 
     from gill.data.precompute import PrecomputeOptions, precompute_split
-    from gill.data.shards import image_split_dir, write_image_shard
-    from gill.train import setup_training
+    from gill.data.shards import write_image_shard
 
-    write_image_shard(image_split_dir("train", root) / "00000.tar", world_samples(world, 16))
-    precompute_split("train", root, config, PrecomputeOptions(batch_size=16), progress=False)
+    work = Workdir(Path(root))
+    write_image_shard(work.images("train") / "00000.tar", world_samples(world, 16))
+    precompute_split(work.split("train"), config, PrecomputeOptions(batch_size=16), progress=False)
     train = dataclasses.replace(config.train, steps=steps, batch_size=8, warmup_steps=2, log_every=6)
-    setup_training(dataclasses.replace(config, train=train), root, run_id=run_id).train()
+    setup_in(dataclasses.replace(config, train=train), root, run_id=run_id).train()
     if bank:
-        from gill.pipeline import resolve_checkpoint
-        from gill.retrieval import build_bank
-
-        build_bank(root, resolve_checkpoint(root), progress=False)
+        bank_in(root, work.checkpoint(), progress=False)
     return root
 
 

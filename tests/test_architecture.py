@@ -184,3 +184,26 @@ def test_front_ends_call_the_stage_runners_not_the_work_they_wrap():
                 offenders += [f"{path.relative_to(ROOT)}:{node.lineno} imports {node.module}.{n}" for n in names]
     assert offenders == []
     assert len(_front_ends()) >= 10  # the command's modules, the flows, the tasks, the demo
+
+
+LAYOUT_WORDS = ("workdir", "work_dir", "work_folder")
+"""Parameter names that would mean a library function derives its files from a work folder's layout."""
+
+
+def _layout_parameters(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            arguments = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+            found += [f"{node.name}({a.arg})" for a in arguments if a.arg in LAYOUT_WORDS]
+    return found
+
+
+def test_the_model_library_takes_explicit_paths_not_a_work_folder(tmp_path):
+    """Only ``flows.workdir.Workdir`` knows the work folder's layout: no function of the library takes a work folder
+    (it takes a split's folders, a runs folder, a bank folder, a checkpoint), so any layout works with it."""
+    offenders = [f"{p.relative_to(ROOT)}: {f}" for p in _modules("gill") for f in _layout_parameters(p)]
+    assert offenders == []
+    sample = tmp_path / "m.py"
+    sample.write_text("def build(features, *, workdir=None):\n    pass\n")
+    assert _layout_parameters(sample) == ["build(workdir)"]  # the scan sees one

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from shard_helpers import trained_workdir, world_samples
+from shard_helpers import setup_in, split_folders, trained_workdir, world_samples
 
 from eval.bench import BenchOptions
 from eval.bench_systems import SYSTEMS
@@ -27,12 +27,12 @@ FAST = dict(sd_steps=2, n_boot=200, fid_bootstrap=20, write_every=2, progress=Fa
 @pytest.fixture(scope="module")
 def bench_work(tmp_path_factory, small_world, tiny_config) -> Path:
     """A trained tiny checkpoint with its bank, plus the world's CC3M val pairs as image shards."""
-    from gill.data.shards import image_split_dir, write_image_shard
+    from gill.data.shards import write_image_shard
 
     root = trained_workdir(
         tmp_path_factory.mktemp("bench-work"), small_world, tiny_config, steps=6, run_id="b", bank=True
     )
-    write_image_shard(image_split_dir("val", root) / "00000.tar", world_samples(small_world, 8, split="val"))
+    write_image_shard(split_folders("val", root).images / "00000.tar", world_samples(small_world, 8, split="val"))
     head = DecisionHead(tiny_config_dims(tiny_config))  # a classifier that always prefers retrieval: p_ret = 0.731
     torch.nn.init.zeros_(head.linear.weight)
     head.linear.bias.data = torch.tensor([0.0, 1.0])
@@ -317,7 +317,6 @@ def test_cli_bench_vist_runs_and_rejects_bad_input(bench_work, small_world, caps
 
 
 def test_mapper_ablation_table_compares_checkpoints(bench_work, small_world, tiny_config):
-    from gill.train import setup_training
 
     config = dataclasses.replace(
         tiny_config,
@@ -326,7 +325,7 @@ def test_mapper_ablation_table_compares_checkpoints(bench_work, small_world, tin
         ),
         train=dataclasses.replace(tiny_config.train, steps=4, batch_size=8, warmup_steps=1, log_every=2),
     )
-    setup_training(config, bench_work, run_id="lin").train()
+    setup_in(config, bench_work, run_id="lin").train()
     checkpoints = [bench_work / "runs" / "b" / "final", bench_work / "runs" / "lin" / "final"]
     options = BenchOptions(seeds=(42,), limit=4, **FAST)
     summaries = run_mapper_ablation(
@@ -370,7 +369,9 @@ def test_world_samples_carry_scene_columns_and_data_outside_a_world_leaves_them_
     generated = samples[(samples.status == "ok") & samples.benchmark.isin(["vist", "visdial", "cc3m-fid"])]
     assert generated.scene_score.notna().all() and generated.scene_score.between(0, 1).all()
     assert generated.prompt.notna().all()
-    urls = {s.key: s.url for s in read_cc3m_val(bench_work)}  # CC3M references are copies; the url is the key
+    urls = {
+        s.key: s.url for s in read_cc3m_val(split_folders("val", bench_work).images)
+    }  # CC3M references are copies; the url is the key
     for benchmark in ("vist", "visdial", "cc3m-fid"):
         row = generated[(generated.benchmark == benchmark) & (generated.system == "sd")].iloc[0]
         reference = resolve_stored(row.reference_path, bench_work)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from shard_helpers import trained_workdir
+from shard_helpers import pipeline_in, trained_workdir
 
+from flows.workdir import Workdir
 from gill.decision import (
     GEN,
     RET,
@@ -22,7 +23,7 @@ from gill.decision import (
     stratified_folds,
 )
 from gill.errors import InputError
-from gill.pipeline import GenerationSettings, GILLPipeline, resolve_checkpoint
+from gill.pipeline import GenerationSettings, GILLPipeline
 
 ASSETS = Path(__file__).parent / "assets" / "official"
 FAST = GenerationSettings(max_new_tokens=4, num_inference_steps=2, seed=5)
@@ -38,7 +39,7 @@ def workdir(tiny_config, small_world, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pipe(workdir) -> GILLPipeline:
-    return GILLPipeline.from_pretrained(resolve_checkpoint(workdir), workdir=workdir, load_sd=False)
+    return pipeline_in(workdir, load_sd=False)
 
 
 def _usable_labels() -> list[str]:
@@ -166,7 +167,7 @@ def test_fit_decision_on_the_shipped_votes_records_figures_and_the_pipeline_uses
     from gill.retrieval import checkpoint_id
     from gill.utils.paths import resolve_stored
 
-    ckpt = resolve_checkpoint(workdir)
+    ckpt = Workdir(Path(workdir)).checkpoint()
     out = tmp_path / "with-head"
     result = fit_decision(workdir, ckpt, out_checkpoint=out)
     assert (result.n_train, result.n_test, result.n_gen, result.n_ret, result.n_same) == (600, 311, 592, 319, 721)
@@ -198,7 +199,7 @@ def test_fit_decision_on_the_shipped_votes_records_figures_and_the_pipeline_uses
     assert loaded.decision_head is not None and not loaded.decision_head.with_retrieval_score
     assert loaded.record["extra"]["decision"]["figures"]["n_test"] == 311
 
-    banked = GILLPipeline.from_pretrained(out, workdir=workdir)
+    banked = pipeline_in(workdir, out)
     image = banked(["a blue circle"], FAST, force_image=True).images[0]
     assert image.decision.reason == "classifier" and image.kind == image.decision.label
     assert image.decision.p_gen + image.decision.p_ret == pytest.approx(1.0)
@@ -212,7 +213,7 @@ def test_gill_decision_fit_rewrites_the_checkpoint_in_place_with_the_score_head(
     from gill.retrieval import RetrievalBank
 
     ckpt = tmp_path / "ckpt"
-    shutil.copytree(resolve_checkpoint(workdir), ckpt)
+    shutil.copytree(Workdir(Path(workdir)).checkpoint(), ckpt)
     adapters = (ckpt / ADAPTERS_FILE).read_bytes()
     parser = argparse.ArgumentParser(prog="gill")
     add_decision_parsers(parser.add_subparsers(dest="group", required=True))
@@ -238,7 +239,7 @@ def test_gill_decision_fit_rewrites_the_checkpoint_in_place_with_the_score_head(
     loaded = load_adapters(ckpt)
     assert loaded.decision_head.with_retrieval_score
     assert loaded.decision_head.linear.in_features == loaded.adapters.img_embeddings.weight.shape[1] + 1
-    RetrievalBank.open(workdir, ckpt)  # the bank still belongs to the rewritten checkpoint
+    RetrievalBank.open(Workdir(Path(workdir)).banks, ckpt)  # the bank still belongs to the rewritten checkpoint
     assert not list(tmp_path.glob(".ckpt.*"))  # no temporary folders left behind
 
 
@@ -285,7 +286,7 @@ def test_a_fit_on_the_simulated_panel_names_the_panel_and_scales_the_official_sp
     votes = write_votes(tmp_path / "Decisions_Alignment_simulated.tsv", rows)
     result = fit_decision(
         workdir,
-        resolve_checkpoint(workdir),
+        Workdir(Path(workdir)).checkpoint(),
         votes_path=votes,
         out_checkpoint=tmp_path / "c",
         steps=50,
@@ -301,7 +302,7 @@ def test_a_fit_on_the_simulated_panel_names_the_panel_and_scales_the_official_sp
 
     few = write_votes(tmp_path / "few.tsv", rows[:8])
     with pytest.raises(InsufficientLabelsError, match="too few confident labels"):
-        fit_decision(workdir, resolve_checkpoint(workdir), votes_path=few, out_checkpoint=tmp_path / "d")
+        fit_decision(workdir, Workdir(Path(workdir)).checkpoint(), votes_path=few, out_checkpoint=tmp_path / "d")
 
 
 def _familiarity_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -335,7 +336,7 @@ def test_the_decision_stage_records_the_official_head_and_saves_the_bank_aware_o
     from gill.checkpoint import load_adapters
 
     ckpt = tmp_path / "ckpt"
-    shutil.copytree(resolve_checkpoint(workdir), ckpt)
+    shutil.copytree(Workdir(Path(workdir)).checkpoint(), ckpt)
     votes = write_votes(tmp_path / "Decisions_Alignment_simulated.tsv", _panel_rows())
     fits = fit_decision_stage(workdir, ckpt, votes_path=votes, panel="simulated", head="bank-aware", steps=50)
     assert fits.saved == "bank-aware" and fits.official.recipe == "official" and not fits.official.with_retrieval_score
@@ -352,11 +353,11 @@ def test_the_decision_stage_records_the_official_head_and_saves_the_bank_aware_o
         ("balanced", True),
     }
     official_only = tmp_path / "official"
-    shutil.copytree(resolve_checkpoint(workdir), official_only)
+    shutil.copytree(Workdir(Path(workdir)).checkpoint(), official_only)
     assert fit_decision_stage(workdir, official_only, votes_path=votes, panel="simulated", steps=50).bank_aware is None
     assert not load_adapters(official_only).decision_head.with_retrieval_score
     untouched = tmp_path / "untouched"
-    shutil.copytree(resolve_checkpoint(workdir), untouched)
+    shutil.copytree(Workdir(Path(workdir)).checkpoint(), untouched)
     few = write_votes(tmp_path / "few.tsv", _panel_rows()[:8])
     with pytest.raises(InsufficientLabelsError):
         fit_decision_stage(workdir, untouched, votes_path=few, head="bank-aware")

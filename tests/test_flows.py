@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from shard_helpers import split_folders
 
 from flows.store import db_path, query
 
@@ -96,9 +97,8 @@ def test_precompute_flow_spreads_over_a_local_dask_cluster(downloaded, tmp_path)
     from prefect_dask import DaskTaskRunner
 
     from flows.precompute_targets import PrecomputeParams, precompute_targets_flow
-    from gill.data.precompute import feature_dir
 
-    shutil.rmtree(feature_dir("train", downloaded), ignore_errors=True)
+    shutil.rmtree(split_folders("train", downloaded).features, ignore_errors=True)
     runner = DaskTaskRunner(
         cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
     )
@@ -115,7 +115,9 @@ def test_train_flow_runs_and_publishes_its_metrics(downloaded):
     from gill.data.precompute import PrecomputeOptions, precompute_split
     from gill.presets import get_preset
 
-    precompute_split("train", downloaded, get_preset("tiny"), PrecomputeOptions(batch_size=8), progress=False)
+    precompute_split(
+        split_folders("train", downloaded), get_preset("tiny"), PrecomputeOptions(batch_size=8), progress=False
+    )
     summary = train_adapters_flow(TrainParams(workdir=downloaded, steps=2, batch_size=8, run_id="flow"))
     assert summary["run_id"] == "flow" and summary["last"]["step"] == 2
     assert Path(summary["curve"]).is_file()

@@ -4,6 +4,7 @@ the store, the SIMULATED panel apart from people, and every export path working.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from PIL import Image
 from shard_helpers import DEMO_PIPELINE
@@ -14,8 +15,8 @@ from annotations.votes import read_votes
 from flows.command.main import main
 from flows.stages.candidates import HELD_NOTE, NOVEL_NOTE
 from flows.store import db_path, query
+from flows.workdir import Workdir
 from gill.checkpoint import load_adapters
-from gill.pipeline import resolve_checkpoint
 
 N = DEMO_PIPELINE["candidate_limit"]
 """World candidates of the demo workdir."""
@@ -40,7 +41,7 @@ def test_the_demo_store_holds_world_candidates_with_images_open_to_people(demo_w
     labels = confident_labels(read_votes(workdir / "annotations" / "exports" / "Decisions_Alignment_simulated.tsv"))
     assert len(labels) == N and min(labels.count("gen"), labels.count("ret")) < 5  # too few for 5-fold CV
     assert query(db_path(workdir), "SELECT count(*) AS n FROM decision_eval").n.iloc[0] == 0
-    assert load_adapters(resolve_checkpoint(workdir)).decision_head is None
+    assert load_adapters(Workdir(Path(workdir)).checkpoint()).decision_head is None
 
 
 def test_every_export_works_on_the_demo_workdir_and_hides_the_generated_side(demo_workdir, tmp_path, capsys):

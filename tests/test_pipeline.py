@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from shard_helpers import trained_workdir
+from shard_helpers import bank_in, pipeline_in, trained_workdir
 
+from flows.workdir import Workdir
 from gill.errors import ConfigError, InputError
-from gill.pipeline import GenerationSettings, GILLPipeline, ImageResult, TextResult, resolve_checkpoint
+from gill.pipeline import GenerationSettings, GILLPipeline, ImageResult, TextResult
 from gill.presets import get_preset
 
 FAST = GenerationSettings(max_new_tokens=6, num_inference_steps=2, seed=5)
@@ -25,13 +26,13 @@ def workdir(tiny_config, small_world, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pipe(workdir) -> GILLPipeline:
-    return GILLPipeline.from_pretrained(resolve_checkpoint(workdir), workdir=workdir)
+    return pipeline_in(workdir)
 
 
 def test_the_newest_run_is_the_default_checkpoint(workdir):
-    assert resolve_checkpoint(workdir) == workdir / "runs" / "pipe" / "final"
+    assert Workdir(Path(workdir)).checkpoint() == workdir / "runs" / "pipe" / "final"
     with pytest.raises(InputError, match="no trained checkpoint"):
-        resolve_checkpoint(workdir / "nothing-here")
+        Workdir(Path(workdir / "nothing-here")).checkpoint()
 
 
 def test_kv_cached_decoding_equals_uncached_decoding_token_for_token(pipe, small_world):
@@ -126,17 +127,16 @@ def test_a_prompt_longer_than_the_context_is_truncated_from_the_left(pipe):
 def test_a_checkpoint_with_other_backbones_is_refused_naming_both(workdir):
     paper = get_preset("paper")
     with pytest.raises(InputError) as err:
-        GILLPipeline.from_pretrained(resolve_checkpoint(workdir), config=paper)
+        GILLPipeline.from_pretrained(Workdir(Path(workdir)).checkpoint(), config=paper)
     assert "facebook/opt-6.7b" in " ".join(err.value.problems) and "gill-tiny/opt" in " ".join(err.value.problems)
 
 
 @pytest.fixture(scope="module")
 def banked(workdir) -> GILLPipeline:
     """The pipeline with a retrieval bank of the 16 training images, built by the same checkpoint."""
-    from gill.retrieval import build_bank
 
-    build_bank(workdir, resolve_checkpoint(workdir), progress=False)
-    return GILLPipeline.from_pretrained(resolve_checkpoint(workdir), workdir=workdir)
+    bank_in(workdir, Workdir(Path(workdir)).checkpoint(), progress=False)
+    return pipeline_in(workdir)
 
 
 def _with_decision(pipe: GILLPipeline, gen_bias: float, ret_bias: float) -> GILLPipeline:
@@ -193,13 +193,13 @@ def test_a_bank_built_by_another_checkpoint_is_refused(workdir, banked, tmp_path
     from gill.checkpoint import FORMAT, record_checksums
 
     other = tmp_path / "other-ckpt"
-    shutil.copytree(resolve_checkpoint(workdir), other)
+    shutil.copytree(Workdir(Path(workdir)).checkpoint(), other)
     weights = load_file(str(other / "adapters.safetensors"))
     weights = {k: v + 0.01 for k, v in weights.items()}
     save_file(weights, str(other / "adapters.safetensors"), metadata={"format": FORMAT})
     record_checksums(other)  # another checkpoint, saved as such (not a damaged copy)
     with pytest.raises(InputError) as err:
-        GILLPipeline.from_pretrained(other, workdir=workdir)
+        pipeline_in(workdir, other)
     assert "other checkpoints" in str(err.value) and "gill index build" in err.value.render()
 
 
@@ -272,8 +272,10 @@ def test_an_explicit_bank_folder_or_object_is_used_without_a_workdir(banked, wor
     """``from_pretrained(checkpoint, bank=...)``: the library takes the bank itself (a folder or a loaded bank)."""
     from gill.retrieval import bank_dir
 
-    checkpoint = resolve_checkpoint(workdir)
-    by_folder = GILLPipeline.from_pretrained(checkpoint, bank=bank_dir(workdir, checkpoint), load_sd=False)
+    checkpoint = Workdir(Path(workdir)).checkpoint()
+    by_folder = GILLPipeline.from_pretrained(
+        checkpoint, bank=bank_dir(Workdir(Path(workdir)).banks, checkpoint), load_sd=False
+    )
     by_object = GILLPipeline.from_pretrained(checkpoint, bank=banked.bank, load_sd=False)
     settings = dataclasses.replace(FAST, force_image=True, mode="ret")
     expected = banked(["a small red star"], settings).images[0].key
@@ -289,7 +291,7 @@ def test_an_explicit_bank_of_another_checkpoint_is_refused(banked, workdir, tmp_
     from gill.checkpoint import FORMAT, record_checksums
 
     other = tmp_path / "other-ckpt"
-    shutil.copytree(resolve_checkpoint(workdir), other)
+    shutil.copytree(Workdir(Path(workdir)).checkpoint(), other)
     weights = {k: v + 0.01 for k, v in load_file(str(other / "adapters.safetensors")).items()}
     save_file(weights, str(other / "adapters.safetensors"), metadata={"format": FORMAT})
     record_checksums(other)

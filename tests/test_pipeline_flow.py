@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from shard_helpers import SMALL_PIPELINE
+from shard_helpers import SMALL_PIPELINE, split_folders
 
 from flows.store import db_path, query
-from gill.pipeline import resolve_checkpoint
+from flows.workdir import Workdir
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +90,9 @@ def test_pipeline_resumes_after_a_crash_and_reruns_only_what_a_change_touches(pr
     )
     assert ablated.is_completed()
     assert (params.workdir / "runs" / "pipeline-linear" / "final" / "adapters.safetensors").is_file()
-    assert resolve_checkpoint(params.workdir).parent.name == "pipeline"  # the newer ablation run is not the default
+    assert (
+        Workdir(Path(params.workdir)).checkpoint().parent.name == "pipeline"
+    )  # the newer ablation run is not the default
     table = query(database, "SELECT mapper, cc3m_fid, vist_clip_sim FROM table_mapper_ablation")
     assert {"gill_mapper", "linear"} <= set(table.mapper) and table.vist_clip_sim.notna().all()
     claims = query(
@@ -103,7 +107,6 @@ def test_per_shard_precompute_tasks_run_on_a_local_dask_cluster(prefect_server, 
 
     from flows.full_pipeline import gill_pipeline
     from flows.params import PipelineParams
-    from gill.data.precompute import feature_dir
 
     runner = DaskTaskRunner(
         cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": False, "dashboard_address": None}
@@ -111,7 +114,7 @@ def test_per_shard_precompute_tasks_run_on_a_local_dask_cluster(prefect_server, 
     params = PipelineParams(workdir=tmp_path / "w", stages=["download", "precompute"], **SMALL_PIPELINE)
     out = gill_pipeline.with_options(task_runner=runner)(params)
     assert out["stages"]["precompute train"] == {"shards": 2, "samples": 32}
-    assert len(list(feature_dir("train", tmp_path / "w").iterdir())) == 2
+    assert len(list(split_folders("train", tmp_path / "w").features.iterdir())) == 2
 
 
 def test_prefect_yaml_names_the_flow_and_deployment_users_run():

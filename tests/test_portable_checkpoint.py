@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from shard_helpers import trained_workdir, world_samples
+from shard_helpers import pipeline_in, split_folders, trained_workdir, world_samples
 
 from gill.checkpoint import load_adapters, read_checkpoint_config, save_pretrained
 from gill.hub import canonical_model_id, locate, resolve_model_id
-from gill.pipeline import GenerationSettings, GILLPipeline, resolve_checkpoint
+from gill.pipeline import GenerationSettings, GILLPipeline
 from gill.presets import get_preset, tiny_zoo_dir
 
 FIXED = GenerationSettings(max_new_tokens=6, num_inference_steps=2, seed=11)
@@ -45,7 +45,7 @@ def moved(tiny_config, small_world, tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("portable")
     original = base / "work"
     trained_workdir(original, small_world, tiny_config, steps=4, run_id="port", bank=True)
-    before = _outputs(GILLPipeline.from_pretrained(resolve_checkpoint(original), workdir=original))
+    before = _outputs(pipeline_in(original))
     copy = base / "elsewhere" / "copied-work"
     shutil.copytree(original, copy)
     gone = original.rename(base / "work-gone")
@@ -71,7 +71,7 @@ def test_a_copied_workdir_loads_with_an_empty_cache_and_gives_the_same_outputs(m
     assert install_seconds < 120, f"installing the shipped zoo took {install_seconds:.0f} s"
 
     copy = moved["copy"]
-    pipe = GILLPipeline.from_pretrained(resolve_checkpoint(copy), workdir=copy)
+    pipe = pipeline_in(copy)
     assert pipe.checkpoint_dir == copy / "runs" / "port" / "final" and pipe.bank is not None
     for role in ("lm", "vision", "sd"):
         folder, problem = locate(getattr(pipe.model.config.backbones, role))
@@ -132,25 +132,26 @@ def test_a_backbone_inside_the_workdir_is_recorded_relative_and_found_after_a_mo
     """E.g. a Stable Diffusion trained into the work folder: checkpoints and manifests name it relative to
     themselves, so the copy loads its own copy of the model."""
     from gill.adapters import build_adapters
-    from gill.data.precompute import PrecomputeOptions, feature_dir, precompute_split
-    from gill.data.shards import image_split_dir, write_image_shard
+    from gill.data.precompute import PrecomputeOptions, precompute_split
+    from gill.data.shards import write_image_shard
     from gill.factory import derive_dims, load_backbones
     from gill.tokenization import add_img_tokens
 
     work = tmp_path / "work"
     shutil.copytree(resolve_model_id("gill-tiny/sd"), work / "models" / "world-sd")
     config = tiny_config.with_backbones(sd=str(work / "models" / "world-sd"))
-    write_image_shard(image_split_dir("train", work) / "00000.tar", world_samples(small_world, 4))
-    precompute_split("train", work, config, PrecomputeOptions(batch_size=4), progress=False)
+    write_image_shard(split_folders("train", work).images / "00000.tar", world_samples(small_world, 4))
+    options = PrecomputeOptions(batch_size=4)
+    precompute_split(split_folders("train", work), config, options, portable_root=work, progress=False)
     dims = derive_dims(config)
     tokens = add_img_tokens(load_backbones(config, roles=("lm",)).tokenizer, config.adapters.num_img_tokens)
     ckpt = work / "runs" / "r" / "final"
-    save_pretrained(ckpt, build_adapters(config, dims), config, tokens, workdir=work)
+    save_pretrained(ckpt, build_adapters(config, dims), config, tokens, portable_root=work)
 
     record = json.loads((ckpt / "config.json").read_text())
     assert record["config"]["backbones"]["sd"]["id"] == "../../../models/world-sd"
     assert record["config"]["backbones"]["lm"]["id"] == "gill-tiny/opt"
-    manifest = json.loads((feature_dir("train", work) / "00000" / "manifest.json").read_text())
+    manifest = json.loads((split_folders("train", work).features / "00000" / "manifest.json").read_text())
     assert manifest["encoders"]["sd_text"]["id"] == "models/world-sd"
 
     copy = tmp_path / "copy"
@@ -160,5 +161,5 @@ def test_a_backbone_inside_the_workdir_is_recorded_relative_and_found_after_a_mo
     assert moved_config.backbones.sd.id == str(copy.resolve() / "models" / "world-sd")
     assert derive_dims(moved_config) == dims
     moved_sd = config.with_backbones(sd=moved_config.backbones.sd.id)
-    again = precompute_split("train", copy, moved_sd, PrecomputeOptions(batch_size=4), progress=False)
+    again = precompute_split(split_folders("train", copy), moved_sd, options, portable_root=copy, progress=False)
     assert all(r.skipped for r in again)  # same files: the features stay valid after the move

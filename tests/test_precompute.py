@@ -14,21 +14,19 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from shard_helpers import killed_python, world_samples
+from shard_helpers import killed_python, split_folders, world_samples
 
 from gill.data.precompute import (
     FrozenEncoders,
     PrecomputeOptions,
     ShardResult,
-    feature_dir,
-    image_shards,
     load_encoders,
     output_problems,
     precompute_shard,
     precompute_split,
     read_feature_manifest,
 )
-from gill.data.shards import ShardSample, image_split_dir, write_image_shard
+from gill.data.shards import ShardSample, complete_image_shards, write_image_shard
 from gill.errors import ConfigError, InputError
 
 PER_SHARD = 6
@@ -40,7 +38,7 @@ FP16_ATOL = 1e-5
 
 def write_world_shards(workdir: Path, samples: list[ShardSample]) -> None:
     """Complete shards of PER_SHARD samples in shuffled member order, plus one incomplete shard (no _stats.json)."""
-    split_dir = image_split_dir("train", workdir)
+    split_dir = split_folders("train", workdir).images
     for shard in range((len(samples) + PER_SHARD - 1) // PER_SHARD):
         chunk = samples[shard * PER_SHARD : (shard + 1) * PER_SHARD]
         random.Random(shard).shuffle(chunk)
@@ -61,7 +59,9 @@ def precomputed(tmp_path_factory, small_world, tiny_config) -> Precomputed:
     workdir = tmp_path_factory.mktemp("precompute")
     samples = world_samples(small_world, PER_SHARD)
     write_world_shards(workdir, samples)
-    results = precompute_split("train", workdir, tiny_config, PrecomputeOptions(batch_size=4), progress=False)
+    results = precompute_split(
+        split_folders("train", workdir), tiny_config, PrecomputeOptions(batch_size=4), progress=False
+    )
     return Precomputed(workdir=workdir, samples={s.key: s for s in samples}, results=results)
 
 
@@ -72,7 +72,7 @@ def copy_workdir(precomputed: Precomputed, tmp_path: Path) -> Path:
 
 
 def shard_listing(workdir: Path, shard: str) -> dict:
-    return json.loads((feature_dir("train", workdir) / shard / "keys.json").read_text())
+    return json.loads((split_folders("train", workdir).features / shard / "keys.json").read_text())
 
 
 def test_features_equal_a_direct_forward_of_the_frozen_encoders(precomputed, tiny_config):
@@ -81,7 +81,7 @@ def test_features_equal_a_direct_forward_of_the_frozen_encoders(precomputed, tin
     vision = load_backbones(tiny_config, roles=("vision",))
     sd = load_sd_text_encoder(tiny_config)
     for result in precomputed.results:
-        folder = feature_dir("train", precomputed.workdir) / result.shard
+        folder = split_folders("train", precomputed.workdir).features / result.shard
         keys = shard_listing(precomputed.workdir, result.shard)["keys"]
         samples = [precomputed.samples[k] for k in keys]
         images = [Image.open(io.BytesIO(s.jpeg)).convert("RGB") for s in samples]
@@ -111,8 +111,10 @@ def test_manifest_records_encoders_dtypes_shapes_source_and_fingerprint(precompu
     from gill.utils.io import sha256_file
 
     result = precomputed.results[0]
-    manifest = json.loads((feature_dir("train", precomputed.workdir) / result.shard / "manifest.json").read_text())
-    tar = image_split_dir("train", precomputed.workdir) / "00000.tar"
+    manifest = json.loads(
+        (split_folders("train", precomputed.workdir).features / result.shard / "manifest.json").read_text()
+    )
+    tar = split_folders("train", precomputed.workdir).images / "00000.tar"
     assert manifest["fingerprint"] == result.fingerprint and manifest["count"] == 6
     assert manifest["source"]["sha256"] == sha256_file(tar)
     assert manifest["dtype"] == {"option": "fp16", "compute": "float32", "storage": "float16"}
@@ -128,7 +130,7 @@ def test_manifest_records_encoders_dtypes_shapes_source_and_fingerprint(precompu
 
 
 def test_arrays_load_memory_mapped(precomputed):
-    folder = feature_dir("train", precomputed.workdir) / "00001"
+    folder = split_folders("train", precomputed.workdir).features / "00001"
     vision = np.load(folder / "vision.npy", mmap_mode="r")
     sd_text = np.load(folder / "sd_text.npy", mmap_mode="r")
     assert isinstance(vision, np.memmap) and isinstance(sd_text, np.memmap)
@@ -136,15 +138,25 @@ def test_arrays_load_memory_mapped(precomputed):
 
 
 def test_incomplete_image_shard_is_ignored(precomputed):
-    assert [p.name for p in image_shards("train", precomputed.workdir)] == ["00000.tar", "00001.tar", "00002.tar"]
+    assert [p.name for p in complete_image_shards(split_folders("train", precomputed.workdir).images)] == [
+        "00000.tar",
+        "00001.tar",
+        "00002.tar",
+    ]
     assert [r.shard for r in precomputed.results] == ["00000", "00001", "00002"]
-    assert sorted(p.name for p in feature_dir("train", precomputed.workdir).iterdir()) == ["00000", "00001", "00002"]
+    assert sorted(p.name for p in split_folders("train", precomputed.workdir).features.iterdir()) == [
+        "00000",
+        "00001",
+        "00002",
+    ]
 
 
 def test_rerun_skips_up_to_date_shards_without_touching_them(precomputed, tiny_config):
-    folder = feature_dir("train", precomputed.workdir)
+    folder = split_folders("train", precomputed.workdir).features
     before = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
-    again = precompute_split("train", precomputed.workdir, tiny_config, PrecomputeOptions(batch_size=4), progress=False)
+    again = precompute_split(
+        split_folders("train", precomputed.workdir), tiny_config, PrecomputeOptions(batch_size=4), progress=False
+    )
     assert all(r.skipped for r in again)
     assert [(r.fingerprint, r.count, r.duration_s) for r in again] == [
         (r.fingerprint, r.count, r.duration_s) for r in precomputed.results
@@ -157,37 +169,41 @@ def test_moving_the_model_folders_keeps_the_fingerprint(precomputed, tiny_config
     for name in ("clip", "sd"):
         shutil.copytree(tiny_zoo / name, tmp_path / "moved" / name)
     moved = tiny_config.with_backbones(vision=str(tmp_path / "moved" / "clip"), sd=str(tmp_path / "moved" / "sd"))
-    again = precompute_split("train", workdir, moved, PrecomputeOptions(), progress=False)
+    again = precompute_split(split_folders("train", workdir), moved, PrecomputeOptions(), progress=False)
     assert all(r.skipped for r in again)  # same files, same hashes: where they live does not matter
 
 
 def test_other_dtype_or_changed_source_shard_recomputes(precomputed, tiny_config, tmp_path):
     workdir = copy_workdir(precomputed, tmp_path)
-    fp32 = precompute_split("train", workdir, tiny_config, PrecomputeOptions(dtype="fp32"), progress=False)
+    fp32 = precompute_split(
+        split_folders("train", workdir), tiny_config, PrecomputeOptions(dtype="fp32"), progress=False
+    )
     assert not any(r.skipped for r in fp32)
-    assert np.load(feature_dir("train", workdir) / "00000" / "vision.npy").dtype == np.float32
+    assert np.load(split_folders("train", workdir).features / "00000" / "vision.npy").dtype == np.float32
     kept = [precomputed.samples[k] for k in sorted(precomputed.samples) if k.startswith("00001")][:4]
-    write_image_shard(image_split_dir("train", workdir) / "00001.tar", kept)
-    again = precompute_split("train", workdir, tiny_config, PrecomputeOptions(dtype="fp32"), progress=False)
+    write_image_shard(split_folders("train", workdir).images / "00001.tar", kept)
+    again = precompute_split(
+        split_folders("train", workdir), tiny_config, PrecomputeOptions(dtype="fp32"), progress=False
+    )
     assert [r.skipped for r in again] == [True, False, True]
     assert shard_listing(workdir, "00001")["keys"] == [s.key for s in kept]
 
 
 def test_worker_processes_write_the_same_shard(precomputed, tiny_config, tmp_path):
     workdir = copy_workdir(precomputed, tmp_path)
-    shutil.rmtree(feature_dir("train", workdir))
+    shutil.rmtree(split_folders("train", workdir).features)
     options = PrecomputeOptions(batch_size=4, num_workers=2)
-    results = precompute_split("train", workdir, tiny_config, options, progress=False)
+    results = precompute_split(split_folders("train", workdir), tiny_config, options, progress=False)
     assert [r.fingerprint for r in results] == [r.fingerprint for r in precomputed.results]
     for result in results:
         for name in ("vision.npy", "sd_text.npy", "keys.json"):
-            new = (feature_dir("train", workdir) / result.shard / name).read_bytes()
-            assert new == (feature_dir("train", precomputed.workdir) / result.shard / name).read_bytes()
+            new = (split_folders("train", workdir).features / result.shard / name).read_bytes()
+            assert new == (split_folders("train", precomputed.workdir).features / result.shard / name).read_bytes()
 
 
 def test_crash_mid_shard_leaves_no_feature_folder(precomputed, tiny_config, tmp_path, monkeypatch):
     workdir = copy_workdir(precomputed, tmp_path)
-    folder = feature_dir("train", workdir)
+    folder = split_folders("train", workdir).features
     shutil.rmtree(folder / "00000")
     old_manifest = (folder / "00001" / "manifest.json").read_text()
     encoders = load_encoders(tiny_config, PrecomputeOptions())
@@ -201,19 +217,21 @@ def test_crash_mid_shard_leaves_no_feature_folder(precomputed, tiny_config, tmp_
         return real_encode(self, pixel_values, input_ids)
 
     monkeypatch.setattr(FrozenEncoders, "encode", crash_on_second_batch)
-    tars = image_split_dir("train", workdir)
+    tars = split_folders("train", workdir).images
     with pytest.raises(RuntimeError, match="simulated crash"):
-        precompute_shard(tars / "00000.tar", "train", workdir, encoders, PrecomputeOptions(batch_size=4))
+        precompute_shard(tars / "00000.tar", split_folders("train", workdir), encoders, PrecomputeOptions(batch_size=4))
     calls.clear()
     with pytest.raises(RuntimeError, match="simulated crash"):  # replacing a stale shard: the old one survives
-        precompute_shard(tars / "00001.tar", "train", workdir, encoders, PrecomputeOptions(batch_size=4, dtype="fp32"))
+        precompute_shard(
+            tars / "00001.tar", split_folders("train", workdir), encoders, PrecomputeOptions(batch_size=4, dtype="fp32")
+        )
     assert sorted(p.name for p in folder.iterdir()) == ["00001", "00002"]  # no half shard, no temp folder
     assert (folder / "00001" / "manifest.json").read_text() == old_manifest
 
 
 def test_a_truncated_or_edited_feature_shard_is_recomputed_not_taken_as_up_to_date(precomputed, tiny_config, tmp_path):
     workdir = copy_workdir(precomputed, tmp_path)
-    folder = feature_dir("train", workdir)
+    folder = split_folders("train", workdir).features
     intact = {(s, n): (folder / s / n).read_bytes() for s in ("00001", "00002") for n in ("vision.npy", "sd_text.npy")}
     manifest = read_feature_manifest(folder / "00001")
     assert manifest["files"]["sd_text.npy"]["size"] == len(intact["00001", "sd_text.npy"])
@@ -223,7 +241,9 @@ def test_a_truncated_or_edited_feature_shard_is_recomputed_not_taken_as_up_to_da
     edited[-1] ^= 0x40  # one value changed, same size
     (folder / "00002" / "vision.npy").write_bytes(bytes(edited))
     assert set(output_problems(folder / "00001", manifest)) == {"sd_text.npy"}
-    again = precompute_split("train", workdir, tiny_config, PrecomputeOptions(batch_size=4), progress=False)
+    again = precompute_split(
+        split_folders("train", workdir), tiny_config, PrecomputeOptions(batch_size=4), progress=False
+    )
     assert [r.skipped for r in again] == [True, False, False]
     assert {key: (folder / key[0] / key[1]).read_bytes() for key in intact} == intact
     assert all(
@@ -233,7 +253,7 @@ def test_a_truncated_or_edited_feature_shard_is_recomputed_not_taken_as_up_to_da
 
 def test_a_changed_byte_that_kept_size_and_mtime_is_found_by_a_full_check(precomputed, tmp_path):
     workdir = copy_workdir(precomputed, tmp_path)
-    shard = feature_dir("train", workdir) / "00000"
+    shard = split_folders("train", workdir).features / "00000"
     path, stat = shard / "sd_text.npy", (shard / "sd_text.npy").stat()
     data = bytearray(path.read_bytes())
     data[-2] ^= 0x01
@@ -248,10 +268,13 @@ KILLED_PRECOMPUTE = """
 import os, signal, sys
 from pathlib import Path
 from gill.data.precompute import FrozenEncoders, PrecomputeOptions, precompute_split
+from gill.data.shards import SplitFolders
 from gill.presets import get_preset
 
 FrozenEncoders.encode = lambda *args: os.kill(os.getpid(), signal.SIGKILL)  # killed during the first batch
-precompute_split("train", Path(sys.argv[1]), get_preset("tiny"), PrecomputeOptions(dtype="fp32"), progress=False)
+root = Path(sys.argv[1])
+split = SplitFolders("train", root / "data" / "cc3m" / "train", root / "features" / "cc3m" / "train")
+precompute_split(split, get_preset("tiny"), PrecomputeOptions(dtype="fp32"), progress=False)
 """
 
 
@@ -261,7 +284,7 @@ def test_the_temporary_folder_of_a_killed_run_is_removed_by_the_next_and_nothing
     import fcntl
 
     workdir = copy_workdir(precomputed, tmp_path)
-    folder = feature_dir("train", workdir)
+    folder = split_folders("train", workdir).features
     before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     killed_python(KILLED_PRECOMPUTE, workdir)  # replacing shard 00000 with fp32 features
     (leftover,) = [p for p in folder.iterdir() if p.name.startswith(".")]
@@ -275,7 +298,9 @@ def test_the_temporary_folder_of_a_killed_run_is_removed_by_the_next_and_nothing
     lock = os.open(in_use, os.O_RDONLY)
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
-        again = precompute_split("train", workdir, tiny_config, PrecomputeOptions(batch_size=4), progress=False)
+        again = precompute_split(
+            split_folders("train", workdir), tiny_config, PrecomputeOptions(batch_size=4), progress=False
+        )
         assert all(r.skipped for r in again)  # the kill left the previous shards intact
         assert not leftover.exists() and in_use.is_dir()
         assert all(p.is_dir() for p in others) and (folder / ".00002.abcdefgh.tmp").is_file()
@@ -292,16 +317,18 @@ def test_undecodable_image_is_an_error_naming_shard_and_key(precomputed, tiny_co
     workdir = tmp_path / "work"
     good = list(precomputed.samples.values())[:3]
     broken = ShardSample(key="000000007", caption="a broken picture", jpeg=b"\xff\xd8 not a jpeg", meta={})
-    write_image_shard(image_split_dir("train", workdir) / "00000.tar", [*good, broken])
+    write_image_shard(split_folders("train", workdir).images / "00000.tar", [*good, broken])
     options = PrecomputeOptions(batch_size=2, num_workers=num_workers)
     with pytest.raises(InputError, match=r"00000\.tar.*'000000007'"):
-        precompute_split("train", workdir, tiny_config, options, progress=False)
-    assert not feature_dir("train", workdir).exists() or not any(feature_dir("train", workdir).iterdir())
+        precompute_split(split_folders("train", workdir), tiny_config, options, progress=False)
+    assert not split_folders("train", workdir).features.exists() or not any(
+        split_folders("train", workdir).features.iterdir()
+    )
 
 
 def test_split_without_complete_shards_is_an_error(tiny_config, tmp_path):
     with pytest.raises(InputError, match="no complete image shards"):
-        precompute_split("train", tmp_path, tiny_config, progress=False)
+        precompute_split(split_folders("train", tmp_path), tiny_config, progress=False)
 
 
 def test_options_are_validated_all_at_once():

@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from shard_helpers import world_samples
+from shard_helpers import split_folders, world_samples
 
-from gill.data.precompute import PrecomputeOptions, feature_dir, load_encoders, precompute_shard, precompute_split
+from gill.data.precompute import PrecomputeOptions, load_encoders, precompute_shard, precompute_split
 from gill.data.reader import TrainingBatch, TrainingData, tokenize_captions
-from gill.data.shards import ShardSample, image_split_dir, write_image_shard
+from gill.data.shards import ShardSample, write_image_shard
 from gill.errors import ConfigError, InputError
 from gill.hub import resolve_model_id
 from gill.tokenization import ImgTokens, add_img_tokens
@@ -34,7 +34,9 @@ class World:
     img_tokens: ImgTokens
 
     def data(self, workdir: Path | None = None, **kw: Any) -> TrainingData:
-        return TrainingData("train", workdir or self.workdir, self.tokenizer, self.img_tokens, MAX_LEN, **kw)
+        return TrainingData(
+            split_folders("train", workdir or self.workdir), self.tokenizer, self.img_tokens, MAX_LEN, **kw
+        )
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +48,8 @@ def world(tmp_path_factory, small_world, tiny_config) -> World:
     for shard in range(3):
         chunk = samples[shard * PER_SHARD : (shard + 1) * PER_SHARD]
         random.Random(shard).shuffle(chunk)
-        write_image_shard(image_split_dir("train", workdir) / f"{shard:05d}.tar", chunk)
-    precompute_split("train", workdir, tiny_config, PrecomputeOptions(batch_size=8), progress=False)
+        write_image_shard(split_folders("train", workdir).images / f"{shard:05d}.tar", chunk)
+    precompute_split(split_folders("train", workdir), tiny_config, PrecomputeOptions(batch_size=8), progress=False)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_id(tiny_config.backbones.lm.id))  # not the LM itself
     return World(workdir=workdir, samples=samples, tokenizer=tokenizer, img_tokens=add_img_tokens(tokenizer, 8))
 
@@ -82,7 +84,7 @@ def test_features_and_captions_stay_aligned_with_their_keys(world, data):
     by_key = {s.key: s for s in world.samples}
     for batch in data.loader(5, seed=1, drop_last=False):
         for i, key in enumerate(batch.keys):
-            shard = feature_dir("train", world.workdir) / key[:5]
+            shard = split_folders("train", world.workdir).features / key[:5]
             row = json.loads((shard / "keys.json").read_text())["keys"].index(key)
             assert batch.captions[i] == by_key[key].caption
             assert torch.equal(
@@ -150,7 +152,7 @@ def test_drop_last_decides_the_short_final_batch(data):
 
 def test_feature_keys_that_differ_from_the_image_shard_are_refused(world, tmp_path):
     workdir = copy_workdir(world, tmp_path)
-    listing_file = feature_dir("train", workdir) / "00001" / "keys.json"
+    listing_file = split_folders("train", workdir).features / "00001" / "keys.json"
     listing = json.loads(listing_file.read_text())
     listing["keys"][2] = "000019999"
     listing_file.write_text(json.dumps(listing))
@@ -164,7 +166,7 @@ def test_a_truncated_or_grown_feature_file_is_refused_naming_shard_and_file_unti
     world, tiny_config, tmp_path, change
 ):
     workdir = copy_workdir(world, tmp_path)
-    path = feature_dir("train", workdir) / "00001" / "sd_text.npy"
+    path = split_folders("train", workdir).features / "00001" / "sd_text.npy"
     if change == "truncate":
         os.truncate(path, 5000)  # truncate -s 5000
     else:
@@ -174,22 +176,24 @@ def test_a_truncated_or_grown_feature_file_is_refused_naming_shard_and_file_unti
         world.data(workdir, verify=False)
     message = err.value.render()
     assert "feature shard 00001: sd_text.npy is " in message and str(path) in message
-    assert f"gill data precompute --split train --workdir {workdir}" in message
-    results = precompute_split("train", workdir, tiny_config, PrecomputeOptions(batch_size=8), progress=False)
+    assert "gill data precompute --split train" in message
+    results = precompute_split(
+        split_folders("train", workdir), tiny_config, PrecomputeOptions(batch_size=8), progress=False
+    )
     assert [r.skipped for r in results] == [True, False, True]
     assert len(world.data(workdir)) == 16
 
 
 def test_missing_feature_shard_is_refused(world, tmp_path):
     workdir = copy_workdir(world, tmp_path)
-    shutil.rmtree(feature_dir("train", workdir) / "00002")
+    shutil.rmtree(split_folders("train", workdir).features / "00002")
     with pytest.raises(InputError, match=r"image shard 00002\.tar has no feature shard"):
         world.data(workdir)
 
 
 def test_feature_shard_without_complete_image_shard_is_refused(world, tmp_path):
     workdir = copy_workdir(world, tmp_path)
-    (image_split_dir("train", workdir) / "00002_stats.json").unlink()
+    (split_folders("train", workdir).images / "00002_stats.json").unlink()
     with pytest.raises(InputError, match="feature shard 00002 has no complete image shard"):
         world.data(workdir)
 
@@ -198,7 +202,7 @@ def test_tampered_image_shard_is_refused_when_verifying(world, tmp_path):
     workdir = copy_workdir(world, tmp_path)
     samples = [s for s in world.samples if s.key.startswith("00000")]
     samples[0] = ShardSample(key=samples[0].key, caption="another caption", jpeg=samples[0].jpeg, meta={})
-    write_image_shard(image_split_dir("train", workdir) / "00000.tar", samples)
+    write_image_shard(split_folders("train", workdir).images / "00000.tar", samples)
     with pytest.raises(InputError, match=r"feature shard 00000: computed from a different 00000\.tar"):
         world.data(workdir)
     assert len(world.data(workdir, verify=False)) == 16  # same keys: only the hash check sees it
@@ -207,8 +211,8 @@ def test_tampered_image_shard_is_refused_when_verifying(world, tmp_path):
 def test_feature_shards_from_different_encoders_are_refused(world, tiny_config, tmp_path):
     workdir = copy_workdir(world, tmp_path)
     options = PrecomputeOptions(dtype="fp32")
-    tar = image_split_dir("train", workdir) / "00001.tar"
-    precompute_shard(tar, "train", workdir, load_encoders(tiny_config, options), options)
+    tar = split_folders("train", workdir).images / "00001.tar"
+    precompute_shard(tar, split_folders("train", workdir), load_encoders(tiny_config, options), options)
     with pytest.raises(InputError, match="encoder fingerprint") as err:
         world.data(workdir)
     assert "00001" in str(err.value)
@@ -216,4 +220,4 @@ def test_feature_shards_from_different_encoders_are_refused(world, tiny_config, 
 
 def test_tokenizer_that_cannot_hold_the_img_run_is_refused(world):
     with pytest.raises(ConfigError, match="max_len"):
-        TrainingData("train", world.workdir, world.tokenizer, world.img_tokens, 9)
+        TrainingData(split_folders("train", world.workdir), world.tokenizer, world.img_tokens, 9)

@@ -15,13 +15,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from shard_helpers import world_samples
+from shard_helpers import bank_in, split_folders, world_samples
 
 import gill.retrieval as retrieval
+from flows.workdir import Workdir
 from gill.adapters import build_adapters
 from gill.checkpoint import load_adapters, save_pretrained
-from gill.data.precompute import PrecomputeOptions, feature_dir, precompute_split
-from gill.data.shards import image_split_dir, index_shard, read_samples, write_image_shard
+from gill.data.precompute import PrecomputeOptions, precompute_split
+from gill.data.shards import index_shard, read_samples, write_image_shard
 from gill.errors import InputError
 from gill.factory import derive_dims, load_backbones
 from gill.retrieval import (
@@ -54,9 +55,9 @@ def write_precomputed(root: Path, world, config, *, swap_first_shard: bool = Fal
         for sample, jpeg in zip(samples[:PER_SHARD], images[1:] + images[:1], strict=True):
             sample.jpeg = jpeg
     for shard in range(2):
-        tar = image_split_dir("train", root) / f"{shard:05d}.tar"
+        tar = split_folders("train", root).images / f"{shard:05d}.tar"
         write_image_shard(tar, samples[shard * PER_SHARD : (shard + 1) * PER_SHARD])
-    precompute_split("train", root, config, PrecomputeOptions(batch_size=8), progress=False)
+    precompute_split(split_folders("train", root), config, PrecomputeOptions(batch_size=8), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +72,8 @@ def world_dir(tiny_config, small_world, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def bank(world_dir) -> RetrievalBank:
     """The exact bank of ``ckpt-a``."""
-    build_bank(world_dir, world_dir / "ckpt-a", progress=False)
-    return RetrievalBank.open(world_dir, world_dir / "ckpt-a")
+    bank_in(world_dir, world_dir / "ckpt-a", progress=False)
+    return RetrievalBank.open(Workdir(Path(world_dir)).banks, world_dir / "ckpt-a")
 
 
 @pytest.fixture
@@ -84,7 +85,7 @@ def workdir_copy(world_dir, bank, tmp_path) -> Path:
 def shard_samples(workdir: Path) -> dict[str, object]:
     """Every stored sample of the train image shards, by key."""
     out = {}
-    for tar in sorted(image_split_dir("train", workdir).glob("*.tar")):
+    for tar in sorted(split_folders("train", workdir).images.glob("*.tar")):
         index = index_shard(tar)
         out.update({s.key: s for s in read_samples(index, index.image_keys)})
     return out
@@ -97,12 +98,12 @@ def test_the_bank_has_one_row_per_precomputed_sample_each_the_normalised_image_p
     samples = shard_samples(world_dir)
     assert bank.count == len(samples) == 16
     assert sorted(bank.keys) == sorted(samples)
-    assert bank.path == bank_dir(world_dir, world_dir / "ckpt-a")
+    assert bank.path == bank_dir(Workdir(Path(world_dir)).banks, world_dir / "ckpt-a")
     assert bank.checkpoint_id == checkpoint_id(world_dir / "ckpt-a") == bank.path.name
     heads = load_adapters(world_dir / "ckpt-a").adapters.retrieval
     expected = []
     for shard in ("00000", "00001"):
-        folder = feature_dir("train", world_dir) / shard
+        folder = split_folders("train", world_dir).features / shard
         keys = json.loads((folder / "keys.json").read_text())["keys"]
         vision = torch.from_numpy(np.load(folder / "vision.npy").astype(np.float32))
         with torch.no_grad():
@@ -198,9 +199,9 @@ def test_the_approximate_index_finds_the_exact_neighbours_of_held_out_queries_an
 
 
 def test_an_approximate_bank_agrees_with_exact_search(workdir_copy):
-    info = build_bank(workdir_copy, workdir_copy / "ckpt-a", approximate=True, nlist=4, progress=False)
+    info = bank_in(workdir_copy, workdir_copy / "ckpt-a", approximate=True, nlist=4, progress=False)
     assert info.approximate and not info.skipped and (info.path / "ivf.faiss").is_file()
-    bank = RetrievalBank.open(workdir_copy, workdir_copy / "ckpt-a")
+    bank = RetrievalBank.open(Workdir(Path(workdir_copy)).banks, workdir_copy / "ckpt-a")
     assert bank.has_index and bank.index.nlist == 4
     embeddings = np.asarray(bank.embeddings)
     one_probe = bank.search(embeddings, k=1, method="approx", nprobe=1)  # a row lies in its own nearest list
@@ -239,7 +240,7 @@ def test_a_bank_built_by_another_checkpoint_is_refused_naming_both(world_dir, ba
     message = str(err.value)
     assert ours in message and theirs in message and "gill index build" in message and str(other) in message
     with pytest.raises(InputError) as err:
-        RetrievalBank.open(world_dir, other)
+        RetrievalBank.open(Workdir(Path(world_dir)).banks, other)
     message = str(err.value)
     assert ours in message and theirs in message and f"--checkpoint {other}" in message
 
@@ -250,7 +251,7 @@ def test_a_checkpoint_with_a_flipped_byte_is_reported_corrupted_not_as_another_c
     data[-1] ^= 0x01  # a tensor byte: the file still parses, its hash (the checkpoint id) changes
     (damaged / "adapters.safetensors").write_bytes(bytes(data))
     with pytest.raises(InputError) as err:
-        RetrievalBank.open(world_dir, damaged)
+        RetrievalBank.open(Workdir(Path(world_dir)).banks, damaged)
     message = err.value.render()
     assert message.startswith(f"checkpoint corrupted: '{damaged / 'adapters.safetensors'}'")
     assert "another checkpoint" not in message and "no retrieval bank" not in message
@@ -258,40 +259,41 @@ def test_a_checkpoint_with_a_flipped_byte_is_reported_corrupted_not_as_another_c
 
 def test_missing_features_and_a_missing_checkpoint_are_reported_together(tmp_path):
     with pytest.raises(InputError) as err:
-        build_bank(tmp_path, tmp_path / "no-such-ckpt", splits=("train", "val"), progress=False)
+        splits = [split_folders("train", tmp_path), split_folders("val", tmp_path)]
+        build_bank(splits, tmp_path / "no-such-ckpt", tmp_path / "index" / "bank", progress=False)
     message = str(err.value)
     assert "no-such-ckpt" in message and "split 'train'" in message and "split 'val'" in message
     assert "gill data precompute" in message and "gill train" in message
     assert not (tmp_path / "index").exists()
     with pytest.raises(InputError, match="not a gill checkpoint"):
-        RetrievalBank.open(tmp_path, tmp_path / "no-such-ckpt")
+        RetrievalBank.open(Workdir(Path(tmp_path)).banks, tmp_path / "no-such-ckpt")
 
 
 def test_no_bank_yet_is_an_error_that_says_how_to_build_it(world_dir, tiny_config, tmp_path):
     fresh = make_checkpoint(tiny_config, tmp_path / "ckpt-c", seed=2)
     with pytest.raises(InputError) as err:
-        RetrievalBank.open(world_dir, fresh)
-    assert f"gill index build --workdir {world_dir} --checkpoint {fresh}" in str(err.value)
+        RetrievalBank.open(Workdir(Path(world_dir)).banks, fresh)
+    assert f"gill index build --checkpoint {fresh}" in str(err.value)
 
 
 def test_an_up_to_date_bank_is_kept_and_changed_features_are_rebuilt(workdir_copy, small_world, tiny_config):
     ckpt = workdir_copy / "ckpt-a"
-    embeddings = bank_dir(workdir_copy, ckpt) / "embeddings.npy"
+    embeddings = bank_dir(Workdir(Path(workdir_copy)).banks, ckpt) / "embeddings.npy"
     before, mtime = np.load(embeddings), embeddings.stat().st_mtime_ns
-    again = build_bank(workdir_copy, ckpt, progress=False)
+    again = bank_in(workdir_copy, ckpt, progress=False)
     assert again.skipped and again.count == 16 and embeddings.stat().st_mtime_ns == mtime
     write_precomputed(workdir_copy, small_world, tiny_config, swap_first_shard=True)  # shard 00000 recomputed
-    rebuilt = build_bank(workdir_copy, ckpt, progress=False)
+    rebuilt = bank_in(workdir_copy, ckpt, progress=False)
     assert not rebuilt.skipped and rebuilt.count == 16
     after = np.load(embeddings)
     assert np.allclose(after[PER_SHARD:], before[PER_SHARD:])  # shard 00001 unchanged
     np.testing.assert_allclose(after[:PER_SHARD], np.roll(before[:PER_SHARD], -1, axis=0), atol=1e-4)  # fp16 features
-    assert not build_bank(workdir_copy, ckpt, approximate=True, nlist=2, progress=False).skipped  # setting changed
+    assert not bank_in(workdir_copy, ckpt, approximate=True, nlist=2, progress=False).skipped  # setting changed
 
 
 def test_a_crash_while_writing_leaves_the_previous_bank_or_none(workdir_copy, monkeypatch):
     ckpt = workdir_copy / "ckpt-a"
-    path = bank_dir(workdir_copy, ckpt)
+    path = bank_dir(Workdir(Path(workdir_copy)).banks, ckpt)
     before = np.load(path / "embeddings.npy")
 
     def crash(*args, **kwargs):
@@ -299,12 +301,12 @@ def test_a_crash_while_writing_leaves_the_previous_bank_or_none(workdir_copy, mo
 
     monkeypatch.setattr(retrieval, "_bank_manifest", crash)  # after embeddings and rows were written
     with pytest.raises(RuntimeError, match="disk full"):
-        build_bank(workdir_copy, ckpt, approximate=True, progress=False)  # a rebuild: the setting changed
+        bank_in(workdir_copy, ckpt, approximate=True, progress=False)  # a rebuild: the setting changed
     assert np.array_equal(np.load(path / "embeddings.npy"), before)
-    assert not RetrievalBank.open(workdir_copy, ckpt).has_index
+    assert not RetrievalBank.open(Workdir(Path(workdir_copy)).banks, ckpt).has_index
     shutil.rmtree(path)
     with pytest.raises(RuntimeError, match="disk full"):
-        build_bank(workdir_copy, ckpt, progress=False)
+        bank_in(workdir_copy, ckpt, progress=False)
     assert sorted(p.name for p in (workdir_copy / "index").iterdir()) == []  # no partial bank, no temp folder
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from shard_helpers import world_samples
+from shard_helpers import bank_in, setup_in, split_folders, world_samples
 
 from eval.bench import BenchOptions
 from eval.scene_metric import CHANCE
@@ -32,13 +32,12 @@ OPTIONS = dict(seeds=(42,), sd_steps=10, n_boot=200, fid_bootstrap=0, retrieval=
 
 def _train(root: Path, config, kind: str, steps: int | None, run_id: str) -> Path:
     """A checkpoint of the tiny preset's training (its default steps unless ``steps``) with the given mapper."""
-    from gill.train import setup_training
 
     mapper = dataclasses.replace(config.adapters.mapper, kind=kind)
     steps = steps or config.train.steps
     train = dataclasses.replace(config.train, steps=steps, log_every=50, val_every=steps, ckpt_every=steps)
     config = dataclasses.replace(config, adapters=dataclasses.replace(config.adapters, mapper=mapper), train=train)
-    setup_training(config, root, run_id=run_id).train()
+    setup_in(config, root, run_id=run_id).train()
     return root / "runs" / run_id / "final"
 
 
@@ -46,7 +45,7 @@ def _train(root: Path, config, kind: str, steps: int | None, run_id: str) -> Pat
 def science(tmp_path_factory, tiny_config):
     """A fresh world (seed 7), its shards and features, and three checkpoints: GILLMapper, linear, untrained."""
     from gill.data.precompute import PrecomputeOptions, precompute_split
-    from gill.data.shards import image_split_dir, write_image_shard
+    from gill.data.shards import write_image_shard
     from gill.synth import SynthConfig, synthesize_world
 
     torch.set_num_threads(2)
@@ -56,10 +55,10 @@ def science(tmp_path_factory, tiny_config):
         SynthConfig(seed=7, n_train=N_TRAIN, n_val=N_VAL, n_stories=N_STORIES, n_dialogs=2),
         progress=False,
     )
-    write_image_shard(image_split_dir("train", root) / "00000.tar", world_samples(world, N_TRAIN))
-    write_image_shard(image_split_dir("val", root) / "00000.tar", world_samples(world, N_VAL, split="val"))
+    write_image_shard(split_folders("train", root).images / "00000.tar", world_samples(world, N_TRAIN))
+    write_image_shard(split_folders("val", root).images / "00000.tar", world_samples(world, N_VAL, split="val"))
     for split in ("train", "val"):
-        precompute_split(split, root, tiny_config, PrecomputeOptions(batch_size=64), progress=False)
+        precompute_split(split_folders(split, root), tiny_config, PrecomputeOptions(batch_size=64), progress=False)
     checkpoints = {
         "gill_mapper": _train(root, tiny_config, "gill_mapper", None, "mapper"),
         "linear": _train(root, tiny_config, "linear", None, "linear"),
@@ -120,10 +119,9 @@ def judged(science):
     from annotations.store import JudgingStore
     from flows.stages.candidates import build_candidates, import_candidates
     from flows.stages.votes import run_simulated_panel
-    from gill.retrieval import build_bank
 
     root, _, checkpoints = science
-    build_bank(root, checkpoints["gill_mapper"], progress=False)
+    bank_in(root, checkpoints["gill_mapper"], progress=False)
     build_candidates(root, checkpoint=checkpoints["gill_mapper"], limit=CANDIDATES, sd_steps=10, progress=False)
     store = JudgingStore(root)
     import_candidates(root, store)

@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from shard_helpers import world_samples
+from shard_helpers import setup_in, split_folders, world_samples
 
 from gill.data.precompute import PrecomputeOptions, precompute_split
-from gill.data.shards import image_split_dir, write_image_shard
+from gill.data.shards import write_image_shard
 from gill.presets import get_preset
-from gill.train import setup_training
 
 PER_SHARD = 8
 
@@ -31,8 +30,10 @@ def workdir(tiny_config, small_world, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("train-work")
     samples = world_samples(small_world, PER_SHARD)
     for shard in range(2):
-        write_image_shard(image_split_dir("train", root) / f"{shard:05d}.tar", samples[shard * 8 : (shard + 1) * 8])
-    precompute_split("train", root, tiny_config, PrecomputeOptions(batch_size=8), progress=False)
+        write_image_shard(
+            split_folders("train", root).images / f"{shard:05d}.tar", samples[shard * 8 : (shard + 1) * 8]
+        )
+    precompute_split(split_folders("train", root), tiny_config, PrecomputeOptions(batch_size=8), progress=False)
     return root
 
 
@@ -54,8 +55,8 @@ def learning_workdir(tiny_config, tmp_path_factory) -> Path:
     for split in ("train", "val"):
         samples = world_samples(world, 64, split)
         for shard in range(0, len(samples), 64):
-            write_image_shard(image_split_dir(split, root) / f"{shard // 64:05d}.tar", samples[shard : shard + 64])
-        precompute_split(split, root, tiny_config, PrecomputeOptions(batch_size=64), progress=False)
+            write_image_shard(split_folders(split, root).images / f"{shard // 64:05d}.tar", samples[shard : shard + 64])
+        precompute_split(split_folders(split, root), tiny_config, PrecomputeOptions(batch_size=64), progress=False)
     return root
 
 
@@ -64,7 +65,7 @@ def test_training_lowers_every_loss_and_lifts_validation_recall_far_above_chance
     config = tiny_train_config(
         steps=steps, batch_size=16, warmup_steps=20, decay_every=160, val_every=steps, ckpt_every=steps
     )
-    result = setup_training(config, learning_workdir, run_id="learn").train()
+    result = setup_in(config, learning_workdir, run_id="learn").train()
 
     def mean(name, rows):
         return sum(h[name] for h in rows) / len(rows)
@@ -86,9 +87,9 @@ def test_training_lowers_every_loss_and_lifts_validation_recall_far_above_chance
 
 
 def test_a_resumed_run_reproduces_the_uninterrupted_losses(workdir):
-    full = setup_training(tiny_train_config(steps=8, ckpt_every=4), workdir, run_id="full").train()
-    setup_training(tiny_train_config(steps=4, ckpt_every=4), workdir, run_id="split").train()
-    resumed = setup_training(tiny_train_config(steps=8, ckpt_every=4), workdir, run_id="split").train(resume=True)
+    full = setup_in(tiny_train_config(steps=8, ckpt_every=4), workdir, run_id="full").train()
+    setup_in(tiny_train_config(steps=4, ckpt_every=4), workdir, run_id="split").train()
+    resumed = setup_in(tiny_train_config(steps=8, ckpt_every=4), workdir, run_id="split").train(resume=True)
     assert [h["step"] for h in resumed.history] == list(range(1, 9))
     assert losses(resumed.history) == losses(full.history)  # bit-identical on CPU in fp32
 
@@ -99,7 +100,7 @@ def _ddp_worker(rank: int, world_size: int, store: str, workdir: str, out: str) 
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
     try:
-        result = setup_training(tiny_train_config(steps=3), Path(workdir), run_id="ddp").train()
+        result = setup_in(tiny_train_config(steps=3), Path(workdir), run_id="ddp").train()
         if rank == 0:
             torch.save({"losses": losses(result.history)}, out)
     finally:
@@ -107,7 +108,7 @@ def _ddp_worker(rank: int, world_size: int, store: str, workdir: str, out: str) 
 
 
 def test_two_processes_equal_one_process_on_the_same_global_batch(workdir, tmp_path):
-    single = setup_training(tiny_train_config(steps=3), workdir, run_id="single").train()
+    single = setup_in(tiny_train_config(steps=3), workdir, run_id="single").train()
     out = tmp_path / "ddp.pt"
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "store"), str(workdir), str(out)), nprocs=2, join=True)
     ddp = torch.tensor(torch.load(out)["losses"])
@@ -226,14 +227,14 @@ def _lp_over_even_rows(trainer, batch) -> float:
 
 
 def test_the_paper_exact_objective_gives_the_second_segment_no_lp_and_averages_two_passes(workdir):
-    exact = setup_training(tiny_train_config(steps=1, paper_exact=True, concat_prob=1.0), workdir, run_id="exact")
+    exact = setup_in(tiny_train_config(steps=1, paper_exact=True, concat_prob=1.0), workdir, run_id="exact")
     assert exact.objective.separate_mode_passes and not exact.objective.lp_second_segment
     batch = _first_batch(exact)
     with torch.no_grad():
         _, report = exact.losses(batch)
         by_hand = _lp_over_even_rows(exact, batch)
     assert report["loss_lp"] == pytest.approx(by_hand, rel=1e-5)  # 0.5 * l_p[ret] + 0.5 * l_p[gen], equal here
-    ours = setup_training(tiny_train_config(steps=1, concat_prob=1.0), workdir, run_id="ours")
+    ours = setup_in(tiny_train_config(steps=1, concat_prob=1.0), workdir, run_id="ours")
     with torch.no_grad():
         _, fixed = ours.losses(_first_batch(ours))
     assert fixed["loss_lp"] != pytest.approx(by_hand, rel=1e-3)  # our default also trains the second caption
@@ -242,7 +243,7 @@ def test_the_paper_exact_objective_gives_the_second_segment_no_lp_and_averages_t
 def test_the_official_two_process_weighting_halves_the_adapters_contrastive_gradient_only(workdir):
     grads = {}
     for world in (1, 2):
-        trainer = setup_training(
+        trainer = setup_in(
             tiny_train_config(steps=1, contrastive_official_world=world), workdir, run_id=f"weight{world}"
         )
         trainer.accumulate_gradients(next(trainer._optimizer_steps(trainer.cfg.batch_size)))
@@ -258,7 +259,7 @@ def _gradient_worker(rank: int, world_size: int, store: str, workdir: str, out: 
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
     try:
-        trainer = setup_training(tiny_train_config(steps=1), Path(workdir), run_id="grad-ddp")
+        trainer = setup_in(tiny_train_config(steps=1), Path(workdir), run_id="grad-ddp")
         trainer.accumulate_gradients(next(trainer._optimizer_steps(trainer.cfg.batch_size)))
         if rank == 0:
             torch.save({n: p.grad for n, p in trainer.model.adapters.named_parameters() if p.grad is not None}, out)
@@ -267,7 +268,7 @@ def _gradient_worker(rank: int, world_size: int, store: str, workdir: str, out: 
 
 
 def test_two_processes_give_every_parameter_the_single_process_gradient_logit_scale_included(workdir, tmp_path):
-    single = setup_training(tiny_train_config(steps=1), workdir, run_id="grad-single")
+    single = setup_in(tiny_train_config(steps=1), workdir, run_id="grad-single")
     single.accumulate_gradients(next(single._optimizer_steps(single.cfg.batch_size)))
     expected = {n: p.grad for n, p in single.model.adapters.named_parameters() if p.grad is not None}
     out = tmp_path / "grads.pt"
@@ -281,9 +282,7 @@ def test_two_processes_give_every_parameter_the_single_process_gradient_logit_sc
 def test_validation_reports_bleu_of_greedy_captions_and_the_clamp_is_a_training_option(learning_workdir):
     import math
 
-    trainer = setup_training(
-        tiny_train_config(steps=1, logit_scale_max=math.log(20.0)), learning_workdir, run_id="bleu"
-    )
+    trainer = setup_in(tiny_train_config(steps=1, logit_scale_max=math.log(20.0)), learning_workdir, run_id="bleu")
     values = trainer.validate()
     assert all(0.0 <= values[f"val_bleu{n}"] <= 1.0 for n in (1, 2, 3, 4))
     assert values["val_bleu1"] >= values["val_bleu4"]

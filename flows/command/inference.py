@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -24,9 +25,10 @@ from gill.pipeline import (
     GILLPipeline,
     ImageResult,
     load_prompt_images,
-    resolve_checkpoint,
     save_images,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def _out(text: str = "") -> None:
@@ -110,8 +112,12 @@ def _settings(args: argparse.Namespace):  # -> GenerationSettings
 
 def _load_pipeline(args: argparse.Namespace, load_sd: bool = True):  # -> GILLPipeline
 
-    checkpoint = resolve_checkpoint(args.workdir, args.checkpoint)
-    return GILLPipeline.from_pretrained(checkpoint, workdir=args.workdir, device=args.device, load_sd=load_sd)
+    workdir = Workdir.at(args.workdir)
+    checkpoint = workdir.checkpoint(args.checkpoint)
+    bank = index_stage.existing_bank(workdir, checkpoint)
+    if bank is None:
+        logger.info("no retrieval bank for this checkpoint under %s: generation only", workdir.banks)
+    return GILLPipeline.from_pretrained(checkpoint, bank=bank, device=args.device, load_sd=load_sd)
 
 
 def _report(output, saved: list[Path], write: Callable[[str], None]) -> None:

@@ -40,10 +40,11 @@ from eval.bench_systems import SYSTEMS, UNSUPPORTED_SYSTEMS, ClipBank, Produced,
 from eval.metric_models import MetricModelSpec, resolve_metric_models
 from eval.metrics import target_ranks
 from flows.stages.bench_record import BenchRecorder, Counts
+from flows.stages.index import existing_bank
 from flows.workdir import Workdir
 from gill.checkpoint import read_checkpoint_config, source_git_sha
 from gill.errors import InputError
-from gill.pipeline import GILLPipeline, resolve_checkpoint
+from gill.pipeline import GILLPipeline
 from gill.retrieval import checkpoint_id
 
 logger = logging.getLogger(__name__)
@@ -88,14 +89,15 @@ class BenchSession:
         """Resolve the checkpoint, check the metric models (failing before any heavy load), load the pipeline."""
 
         workdir = Path(workdir)
-        ckpt = resolve_checkpoint(workdir, checkpoint)
+        ckpt = Workdir.at(workdir).checkpoint(checkpoint)
         config = read_checkpoint_config(ckpt)
         metrics = resolve_metric_models(
             config, metric_spec or MetricModelSpec(), device=options.device, need_fid=need_fid
         )
         chosen = options.systems or tuple(SYSTEMS)
         wants_bank = any(s in SYSTEMS and (SYSTEMS[s].needs_bank or s == "gill") for s in chosen)
-        pipe = GILLPipeline.from_pretrained(ckpt, workdir=workdir if wants_bank else None, device=options.device)
+        bank = existing_bank(Workdir.at(workdir), ckpt) if wants_bank else None
+        pipe = GILLPipeline.from_pretrained(ckpt, bank=bank, device=options.device)
         ckpt_id = checkpoint_id(ckpt)
         # FID is recomputed from the saved images at every call, so its feature model is not part of the identity
         scorers = {k: v for k, v in metrics.names.items() if k != "fid"}
@@ -111,7 +113,7 @@ class BenchSession:
         return session
 
     def _register(self, identity: dict[str, Any]) -> None:
-        document = {"model": self.config.to_dict(), "bench": identity, "workdir": str(self.workdir)}
+        document = {"model": self.config.to_dict(), "bench": identity}  # no absolute paths: the folder can move
         self.recorder.register(
             checkpoint=self.checkpoint, preset=self.config.preset, git_sha=source_git_sha(), config=document
         )
@@ -131,7 +133,7 @@ class BenchSession:
             if needing and self.options.systems is not None:
                 raise InputError(
                     f"systems {', '.join(needing)} retrieve from a bank, but checkpoint {self.checkpoint} has none",
-                    [f"no bank under {self.workdir / 'index'}"],
+                    [f"no bank under {Workdir.at(self.workdir).banks}"],
                     hint="build it with `gill index build --workdir W`, or leave those systems out of --systems",
                 )
             reason = "no retrieval bank for this checkpoint (gill index build --workdir W)"
@@ -415,7 +417,7 @@ def run_cc3m_fid(
     session: BenchSession | None = None,
 ) -> BenchSummary:
     """clean-fid (mode ``clean``) of images generated from CC3M validation captions against the real images."""
-    samples = data.read_cc3m_val(workdir, split=split, limit=options.limit)
+    samples = data.read_cc3m_val(Workdir.at(workdir).images(split), limit=options.limit)
     session = session or BenchSession.open(
         workdir, checkpoint=checkpoint, options=options, metric_spec=metric_spec, need_fid=True
     )

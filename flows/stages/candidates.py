@@ -38,10 +38,11 @@ from tqdm.auto import tqdm
 from annotations.store import CANDIDATES_DIR, JudgingStore, add_candidate_items
 from annotations.votes import default_votes_path
 from eval.scene_answers import scene_from_dict
+from flows.stages.index import existing_bank
 from flows.store import connect, db_path, replace_rows
 from flows.workdir import Workdir
 from gill.errors import InputError
-from gill.pipeline import GILLPipeline, resolve_checkpoint
+from gill.pipeline import GILLPipeline
 from gill.retrieval import checkpoint_id
 from gill.synth.scenes import COLORS, NOVEL_PAIRS, Scene, sample_scene
 from gill.synth.text import cc3m_caption
@@ -289,8 +290,9 @@ def build_candidates(
         rows = world_prompts(root, DEFAULT_WORLD_PROMPTS if limit is None else limit, seed=seed)
     else:
         rows = read_prompts(prompts, limit)
-    ckpt = resolve_checkpoint(workdir, checkpoint)
-    pipe = GILLPipeline.from_pretrained(ckpt, workdir=workdir, device=device)
+    work = Workdir.at(workdir)
+    ckpt = work.checkpoint(checkpoint)
+    pipe = GILLPipeline.from_pretrained(ckpt, bank=existing_bank(work, ckpt), device=device)
     if pipe.bank is None:
         raise InputError(
             "decision candidates need a retrieval bank",

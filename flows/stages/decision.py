@@ -30,6 +30,7 @@ from annotations.aggregate import confident_labels, human_baseline
 from annotations.exchange import export_official_tsv
 from annotations.store import JudgingStore, store_path
 from annotations.votes import default_votes_path, read_votes
+from flows.stages.index import existing_bank
 from flows.store import connect, db_path
 from flows.workdir import Workdir
 from gill import decision as D
@@ -193,7 +194,8 @@ def fit_decision(
             ],
             hint="judge more candidates (a larger candidate_limit), or pass a votes file with more prompts",
         )
-    pipe = GILLPipeline.from_pretrained(checkpoint_dir, workdir=workdir, load_sd=False, device=device)
+    bank = existing_bank(Workdir.at(workdir), checkpoint_dir)
+    pipe = GILLPipeline.from_pretrained(checkpoint_dir, bank=bank, load_sd=False, device=device)
     x = decision_features(pipe, prompts, with_retrieval_score=with_retrieval_score, batch_size=batch_size)
     steps = D.OFFICIAL_STEPS if steps is None else steps
     seed = D.OFFICIAL_SEED if seed is None else seed

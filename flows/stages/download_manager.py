@@ -55,7 +55,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from gill.data.shards import image_split_dir, read_stats
+from flows.workdir import Workdir
+from gill.data.shards import read_stats
 from gill.errors import ConfigError, GillError, InputError
 from gill.utils.io import atomic_write_json
 
@@ -268,12 +269,12 @@ def normalise_error(message: str | None) -> str:
 
 
 def split_dir(workdir: Path, split: str) -> Path:
-    """Where a split's shards live: ``workdir/data/cc3m/<split>`` (:func:`gill.data.shards.image_split_dir`)."""
-    return image_split_dir(split, workdir)
+    """Where a split's shards live: ``workdir/data/cc3m/<split>`` (:meth:`flows.workdir.Workdir.images`)."""
+    return Workdir(Path(workdir)).images(split)
 
 
 def _inputs_dir(workdir: Path) -> Path:
-    return Path(workdir) / "data" / "cc3m" / "_inputs"
+    return Workdir(Path(workdir)).images("_inputs")
 
 
 def _settings_path(workdir: Path, split: str) -> Path:
@@ -281,7 +282,7 @@ def _settings_path(workdir: Path, split: str) -> Path:
 
 
 def _log_path(workdir: Path, split: str) -> Path:
-    return Path(workdir) / "data" / "cc3m" / "_logs" / f"{split}.log"
+    return Workdir(Path(workdir)).images("_logs") / f"{split}.log"
 
 
 def _shard_name(shard_id: int) -> str:

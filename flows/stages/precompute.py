@@ -25,14 +25,14 @@ def run(
     workdir: Workdir, split: str, config: GILLConfig, options: PrecomputeOptions, progress: bool = False
 ) -> list[ShardResult]:
     """Every shard of ``split`` (shards already up to date are skipped); rows recorded in the store."""
-    results = precompute_split(split, workdir.root, config, options, progress=progress)
+    results = precompute_split(workdir.split(split), config, options, portable_root=workdir.root, progress=progress)
     record(workdir, [r.row() for r in results])
     return results
 
 
 def run_shard(workdir: Workdir, shard: Path, split: str, encoders: Any, options: PrecomputeOptions) -> ShardResult:
     """One shard with already loaded encoders (the flow runs one task per shard; it records the rows after)."""
-    return precompute_shard(shard, split, workdir.root, encoders, options)
+    return precompute_shard(shard, workdir.split(split), encoders, options, portable_root=workdir.root)
 
 
 def record(workdir: Workdir, rows: list[dict[str, Any]]) -> None:

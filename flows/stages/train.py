@@ -17,8 +17,9 @@ from eval.plots import plot_curves
 from flows.store import db_path, query, record_metrics
 from flows.workdir import Workdir
 from gill.config import GILLConfig
-from gill.errors import ConfigError
-from gill.train import TrainResult, has_checkpoint, mark_default_run, resumable_run, setup_training
+from gill.errors import ConfigError, InputError
+from gill.resume import CheckpointManager
+from gill.train import TrainResult, setup_training
 from gill.utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -119,8 +120,8 @@ def train_or_resume(
     nor taken as finished: it is moved aside to ``<run>.stale-<n>`` and the run starts afresh.
     """
 
-    workdir = Path(workdir)
-    run_dir = workdir / "runs" / run_id
+    work = Workdir.at(workdir)
+    run_dir = work.run(run_id)
     _set_aside_stale_run(run_dir, data_fingerprint)
     if data_fingerprint is not None:
         atomic_write_text(run_dir / DATA_STAMP, data_fingerprint + "\n")
@@ -129,14 +130,14 @@ def train_or_resume(
     finished = final.is_file() and json.loads(final.read_text(encoding="utf-8")).get("extra", {}).get("step") == target
     status = "already trained"
     if not finished:
-        resume = has_checkpoint(workdir, run_id)
+        resume = has_resumable_checkpoint(work, run_id)
         status = "resumed" if resume else "trained"
         run_training(
             config, workdir, overrides=overrides, run_id=run_id, resume=resume, device=device, mark_default=mark_default
         )
     elif mark_default:
-        mark_default_run(workdir, run_id)
-    database = db_path(workdir)
+        work.mark_default_run(run_id)
+    database = work.database
     return {
         "run_id": run_id,
         "run_dir": str(run_dir),
@@ -145,6 +146,38 @@ def train_or_resume(
         "curve": curve_summary(database, run_id),
         "loss_curve": str(run_dir / "loss_curve.png"),
     }
+
+
+def has_resumable_checkpoint(workdir: Workdir, run_id: str) -> bool:
+    """Whether run ``run_id`` has a complete resumable (step) checkpoint."""
+    return CheckpointManager(workdir.run(run_id) / "checkpoints").latest_step() is not None
+
+
+def latest_resumable_run(workdir: Workdir) -> str | None:
+    """The newest run id with a resumable checkpoint, for ``--resume`` without ``--run-id``."""
+    runs = [run for run in workdir.existing_runs() if has_resumable_checkpoint(workdir, run)]
+    return runs[-1] if runs else None
+
+
+def resumable_run(workdir: Workdir, run_id: str | None) -> str:
+    """The run ``--resume`` continues: ``run_id``, which must have a checkpoint, or the newest run with one.
+
+    Raises:
+        InputError: nothing to resume; it lists the runs that exist (and which have checkpoints).
+    """
+    chosen = run_id if run_id is not None else latest_resumable_run(workdir)
+    if chosen is not None and has_resumable_checkpoint(workdir, chosen):
+        return chosen
+    listed = [
+        f"{run} ({'has checkpoints' if has_resumable_checkpoint(workdir, run) else 'no checkpoint'})"
+        for run in workdir.existing_runs()
+    ]
+    what = f"run {run_id!r} has no checkpoint to resume" if run_id is not None else "no run with checkpoints"
+    raise InputError(
+        f"resume: {what} under {workdir.runs}",
+        [f"runs there: {', '.join(listed) if listed else 'none'}"],
+        hint="pass one that has checkpoints with --run-id, or drop --resume to start a new run",
+    )
 
 
 def run_training(
@@ -163,9 +196,13 @@ def run_training(
     """
 
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, **(overrides or {})))
+    work = Workdir.at(workdir)
     if resume:  # nothing to resume is an error listing the runs, before anything is loaded or written
-        run_id = resumable_run(workdir, run_id)
-    trainer = setup_training(config, workdir, run_id=run_id, device=device)
+        run_id = resumable_run(work, run_id)
+    val = work.split("val") if work.features("val").is_dir() else None  # validation when its features exist
+    trainer = setup_training(
+        config, work.runs, work.split("train"), val, run_id=run_id, device=device, portable_root=work.root
+    )
     reporter = TrainingReporter(workdir, trainer.run_dir.name)
     trainer.sink = reporter.log  # the trainer calls it on rank 0 only
     try:
@@ -175,7 +212,7 @@ def run_training(
     if not trainer.world.is_main:
         return result, None
     if mark_default:
-        mark_default_run(workdir, trainer.run_dir.name)
+        work.mark_default_run(trainer.run_dir.name)
     return result, reporter.finish(result.history)
 
 

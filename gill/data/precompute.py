@@ -10,7 +10,7 @@ Diffusion text encoder are frozen, so their outputs are computed once here and r
   (pad to ``model_max_length``, truncate on the right, no attention mask; official §3.1);
 * ``keys.json``: ``{"keys": [...], "captions": [...]}``, the row order of both arrays (sorted by key);
 * ``manifest.json``: encoder identity (ids, revisions, sha256 of configs, tokenizer files and weights, image
-  processor settings; a model folder inside the workdir is named relative to the workdir), dtypes, shapes, count,
+  processor settings; a model folder inside ``portable_root`` is named relative to it), dtypes, shapes, count,
   the source tar's sha256, the **fingerprint** (sha256 of the canonical JSON of every input that determines the
   arrays) and ``files``: size, sha256 and mtime of each of the three files above.
 
@@ -64,8 +64,8 @@ from gill.data.shards import (
     WORKER_CONTEXT,
     ShardIndex,
     ShardSample,
+    SplitFolders,
     complete_image_shards,
-    image_split_dir,
     index_shard,
     read_samples,
     read_stats,
@@ -307,11 +307,13 @@ def _model_identity(model_id: str, revision: str, folder: Path, files: list[Path
     }
 
 
-def _recorded_identity(identity: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    """The identity as a manifest in ``workdir`` records it: a local model folder inside the workdir is named
-    relative to it (posix), so the workdir can be moved; the fingerprint never holds such a path."""
+def _recorded_identity(identity: dict[str, Any], portable_root: Path | None) -> dict[str, Any]:
+    """The identity as a manifest records it: a local model folder inside ``portable_root`` is named relative to
+    it (posix), so that folder can be moved as a whole; the fingerprint never holds such a path."""
     out = dict(identity)
-    root = workdir.resolve()
+    if portable_root is None:
+        return out
+    root = Path(portable_root).resolve()
     for role in ("vision", "sd_text"):
         if out[role].get("local") and looks_like_path(out[role]["id"]):
             folder = Path(out[role]["id"]).expanduser().resolve()
@@ -370,17 +372,7 @@ def fingerprint_inputs(encoders: FrozenEncoders, options: PrecomputeOptions, sou
     return inputs if source_sha256 is None else {**inputs, "source_sha256": source_sha256}
 
 
-# -- layout -----------------------------------------------------------------------------------------------
-
-
-def image_shards(split: str, workdir: Path) -> list[Path]:
-    """Complete image shards of ``split`` (tars with their ``_stats.json``), sorted."""
-    return complete_image_shards(split, Path(workdir))
-
-
-def feature_dir(split: str, workdir: Path) -> Path:
-    """``workdir/features/cc3m/<split>``: one sub-folder per image shard."""
-    return Path(workdir) / "features" / "cc3m" / split
+# -- manifests -------------------------------------------------------------------------------------------
 
 
 def read_feature_manifest(folder: Path) -> dict[str, Any] | None:
@@ -581,7 +573,7 @@ def compute_arrays(
 
 def _manifest(
     split: str,
-    workdir: Path,
+    portable_root: Path | None,
     shard_tar: Path,
     keys: list[str],
     encoders: FrozenEncoders,
@@ -599,7 +591,7 @@ def _manifest(
         "fingerprint": canonical_sha256(inputs),
         "encoder_fingerprint": canonical_sha256(fingerprint_inputs(encoders, options, None)),
         "source": {"tar": shard_tar.name, "sha256": source_sha256, "size": shard_tar.stat().st_size},
-        "encoders": _recorded_identity(encoders.identity, workdir),
+        "encoders": _recorded_identity(encoders.identity, portable_root),
         "dtype": {"option": options.dtype, "compute": inputs["compute_dtype"], "storage": inputs["storage_dtype"]},
         "arrays": {
             "vision": {"file": VISION_FILE, "shape": [n, encoders.vision_dim], "dtype": inputs["storage_dtype"]},
@@ -665,25 +657,26 @@ def _up_to_date(folder: Path, fingerprint: str) -> dict[str, Any] | None:
 
 def precompute_shard(
     shard_tar: Path,
-    split: str,
-    workdir: Path,
+    split: SplitFolders,
     encoders: FrozenEncoders,
     options: PrecomputeOptions = PrecomputeOptions(),
     *,
+    portable_root: Path | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> ShardResult:
     """Write (or keep, when its fingerprint is unchanged and its files are intact) the feature shard of one
-    complete image shard, after removing temporary folders a killed run left of it.
+    complete image shard into ``split.features/<shard>``, after removing temporary folders a killed run left of it.
 
-    One unit of work: a flow can fan out one task per shard. ``on_batch(n)`` is called after each batch.
+    One unit of work: a flow can fan out one task per shard. ``on_batch(n)`` is called after each batch. A local
+    model folder inside ``portable_root`` is recorded relative to it in the manifest.
     """
-    shard_tar, shard = Path(shard_tar), Path(shard_tar).stem
-    out = feature_dir(split, workdir) / shard
+    shard_tar, shard, name = Path(shard_tar), Path(shard_tar).stem, split.name
+    out = split.features / shard
     remove_stale_temp_dirs(out.parent, target=shard)  # what a killed run left of this shard
     source_sha256 = sha256_file(shard_tar)
     fingerprint = canonical_sha256(fingerprint_inputs(encoders, options, source_sha256))
     if (previous := _up_to_date(out, fingerprint)) is not None:
-        logger.info("feature shard %s/%s is up to date (%d rows), skipping", split, shard, previous["count"])
+        logger.info("feature shard %s/%s is up to date (%d rows), skipping", name, shard, previous["count"])
         if on_batch is not None:
             on_batch(previous["count"])
         return ShardResult.from_manifest(previous, skipped=True)
@@ -694,12 +687,12 @@ def precompute_shard(
         captions = compute_arrays(tmp, index, keys, encoders, options, on_batch)
         atomic_write_json(tmp / KEYS_FILE, {"keys": keys, "captions": captions}, indent=0)
         duration = time.perf_counter() - start
-        manifest = _manifest(split, workdir, shard_tar, keys, encoders, options, source_sha256, duration)
+        manifest = _manifest(name, portable_root, shard_tar, keys, encoders, options, source_sha256, duration)
         manifest["files"] = file_records(tmp)
         atomic_write_json(tmp / MANIFEST_FILE, manifest)
     result = ShardResult.from_manifest(manifest, skipped=False)
     logger.info(
-        "precomputed %s/%s: %d rows in %.2f s (%.1f samples/s)", split, shard, len(keys), duration, result.samples_per_s
+        "precomputed %s/%s: %d rows in %.2f s (%.1f samples/s)", name, shard, len(keys), duration, result.samples_per_s
     )
     return result
 
@@ -711,55 +704,58 @@ def _expected_count(shard_tar: Path) -> int:
     return (read_stats(stats_path(shard_tar)) or {}).get("successes", 0)
 
 
-def _warn_orphans(split: str, workdir: Path, shards: Iterable[Path]) -> None:
-    folder = feature_dir(split, workdir)
+def _warn_orphans(folder: Path, shards: Iterable[Path]) -> None:
     names = {s.stem for s in shards}
     for sub in sorted(folder.iterdir()) if folder.is_dir() else []:
         if sub.is_dir() and not sub.name.startswith(".") and sub.name not in names:
             logger.warning("feature shard %s has no complete image shard; the reader will refuse it", sub)
 
 
-def _require_image_shards(split: str, workdir: Path) -> list[Path]:
-    shards = image_shards(split, workdir)
+def _require_image_shards(split: SplitFolders) -> list[Path]:
+    shards = complete_image_shards(split.images)
     if not shards:
         raise InputError(
-            f"no complete image shards for split {split!r}",
-            [f"{image_split_dir(split, workdir)} holds no <shard>.tar with its _stats.json"],
+            f"no complete image shards for split {split.name!r}",
+            [f"{split.images} holds no <shard>.tar with its _stats.json"],
             hint="download the images first (gill data download)",
         )
     return shards
 
 
 def precompute_split(
-    split: str,
-    workdir: Path,
+    split: SplitFolders,
     config: GILLConfig,
     options: PrecomputeOptions = PrecomputeOptions(),
     *,
+    portable_root: Path | None = None,
     progress: bool = True,
 ) -> list[ShardResult]:
-    """Precompute every complete image shard of ``split`` (skipping intact up-to-date ones), with one progress bar.
+    """Precompute every complete image shard in ``split.images`` into ``split.features`` (skipping intact
+    up-to-date ones), with one progress bar.
 
-    Temporary shard folders left in the split's feature folder by a killed run are removed first.
+    Temporary shard folders left in the feature folder by a killed run are removed first. A local model folder
+    inside ``portable_root`` is recorded relative to it in the manifests (the application passes its work folder).
 
     Raises:
         InputError: when the split has no complete image shard, or an image does not decode.
     """
 
-    workdir = Path(workdir)
-    shards = _require_image_shards(split, workdir)
-    remove_stale_temp_dirs(feature_dir(split, workdir))  # temporary shard folders of a killed run
-    _warn_orphans(split, workdir, shards)
+    shards = _require_image_shards(split)
+    remove_stale_temp_dirs(split.features)  # temporary shard folders of a killed run
+    _warn_orphans(split.features, shards)
     encoders = load_encoders(config, options)
     total = sum(_expected_count(s) for s in shards)
     start, results = time.perf_counter(), []
-    with tqdm(total=total, unit="img", desc=f"precompute {split}", disable=not progress, dynamic_ncols=True) as bar:
+    desc = f"precompute {split.name}"
+    with tqdm(total=total, unit="img", desc=desc, disable=not progress, dynamic_ncols=True) as bar:
         for shard_tar in shards:
-            results.append(precompute_shard(shard_tar, split, workdir, encoders, options, on_batch=bar.update))
+            results.append(
+                precompute_shard(shard_tar, split, encoders, options, portable_root=portable_root, on_batch=bar.update)
+            )
     wall, done = time.perf_counter() - start, sum(r.count for r in results if not r.skipped)
     logger.info(
         "precomputed split %s: %d shards (%d skipped), %d new rows in %.1f s (%.1f samples/s)",
-        split,
+        split.name,
         len(results),
         sum(r.skipped for r in results),
         done,

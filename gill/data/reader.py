@@ -38,11 +38,10 @@ from gill.data.precompute import (
     KEYS_FILE,
     SD_TEXT_FILE,
     VISION_FILE,
-    feature_dir,
     output_problems,
     read_feature_manifest,
 )
-from gill.data.shards import WORKER_CONTEXT, complete_image_shards, image_split_dir, shard_keys
+from gill.data.shards import WORKER_CONTEXT, SplitFolders, complete_image_shards, shard_keys
 from gill.errors import ConfigError, InputError
 from gill.tokenization import ImgTokens
 from gill.utils.io import sha256_file
@@ -179,7 +178,7 @@ class FeatureShard:
     name: str
     """Shard name, shared with its image shard (``00000``)."""
     folder: Path
-    """``workdir/features/cc3m/<split>/<name>``."""
+    """The feature shard's folder (``<split features>/<name>``)."""
     keys: list[str]
     """Row order of the arrays."""
     captions: list[str]
@@ -286,28 +285,26 @@ def shards_encoders(shards: list[FeatureShard], name: str) -> str:
     return f"{encoders.get('vision', {}).get('id')}, {encoders.get('sd_text', {}).get('id')}"
 
 
-def _pairing_problems(split: str, workdir: Path, images: dict[str, Path], features: dict[str, Path]) -> list[str]:
+def _pairing_problems(split: SplitFolders, images: dict[str, Path], features: dict[str, Path]) -> list[str]:
     problems = [
-        f"image shard {n}.tar has no feature shard (expected {feature_dir(split, workdir) / n})"
+        f"image shard {n}.tar has no feature shard (expected {split.features / n})"
         for n in sorted(set(images) - set(features))
     ]
     problems += [
-        f"feature shard {n} has no complete image shard ({image_split_dir(split, workdir) / n}.tar "
-        "with its _stats.json)"
+        f"feature shard {n} has no complete image shard ({split.images / n}.tar with its _stats.json)"
         for n in sorted(set(features) - set(images))
     ]
     return problems
 
 
-def open_feature_shards(split: str, workdir: Path, *, verify: bool = True) -> list[FeatureShard]:
-    """Every feature shard of ``split``, checked against the complete image shards; one InputError lists all problems.
+def open_feature_shards(split: SplitFolders, *, verify: bool = True) -> list[FeatureShard]:
+    """Every feature shard of ``split``, checked against its complete image shards; one InputError lists all problems.
 
     Args:
         verify: also compare each manifest's source sha256 with the image tar on disk (reads every tar).
     """
-    workdir = Path(workdir)
-    images = {t.stem: t for t in complete_image_shards(split, workdir)}
-    folder = feature_dir(split, workdir)
+    images = {t.stem: t for t in complete_image_shards(split.images)}
+    folder = split.features
     features = (
         {p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")}
         if folder.is_dir()
@@ -315,10 +312,10 @@ def open_feature_shards(split: str, workdir: Path, *, verify: bool = True) -> li
     )
     if not images:
         raise InputError(
-            f"no complete image shards for split {split!r}",
-            [f"{image_split_dir(split, workdir)} holds no <shard>.tar with its _stats.json"],
+            f"no complete image shards for split {split.name!r}",
+            [f"{split.images} holds no <shard>.tar with its _stats.json"],
         )
-    problems = _pairing_problems(split, workdir, images, features)
+    problems = _pairing_problems(split, images, features)
     shards = []
     for name in sorted(set(images) & set(features)):
         shard, shard_problems = load_feature_shard(features[name], images[name], verify=verify)
@@ -327,10 +324,10 @@ def open_feature_shards(split: str, workdir: Path, *, verify: bool = True) -> li
     problems += _fingerprint_problems(shards)
     if problems:
         raise InputError(
-            f"feature shards of split {split!r} do not match its image shards",
+            f"feature shards of split {split.name!r} do not match its image shards",
             problems,
-            hint=f"re-run the precompute stage for this split: gill data precompute --split {split} --workdir "
-            f"{workdir} (it recomputes stale and damaged shards)",
+            hint=f"re-run the precompute stage for split {split.name!r} (gill data precompute --split {split.name}): "
+            "it recomputes stale and damaged shards",
         )
     return shards
 
@@ -342,11 +339,11 @@ class TrainingData(Dataset):
     """Map-style dataset over every (feature shard, row) of a split, checked for alignment on construction."""
 
     def __init__(
-        self, split: str, workdir: Path, tokenizer: Any, img_tokens: ImgTokens, max_len: int, *, verify: bool = True
+        self, split: SplitFolders, tokenizer: Any, img_tokens: ImgTokens, max_len: int, *, verify: bool = True
     ) -> None:
         check_tokenizer(tokenizer, img_tokens, max_len)
-        self.split = split
-        self.shards = open_feature_shards(split, Path(workdir), verify=verify)
+        self.split = split.name
+        self.shards = open_feature_shards(split, verify=verify)
         self.offsets = np.cumsum([0] + [s.count for s in self.shards])
         self.collate = TrainingCollate(tokenizer, img_tokens, max_len)
         self._arrays: dict[int, tuple[np.ndarray, np.ndarray]] = {}

@@ -1,6 +1,6 @@
 """Image shards as img2dataset writes them (webdataset tars), read with the standard library.
 
-Layout of one split (``workdir/data/cc3m/<split>/``), as img2dataset's ``output_format="webdataset"`` writes it::
+Layout of one split's image folder, as img2dataset's ``output_format="webdataset"`` writes it::
 
     00000.tar  00000.parquet  00000_stats.json  00001.tar ...
 
@@ -36,16 +36,30 @@ WORKER_CONTEXT = "forkserver"
 run, an event loop, a Dask client) is unsafe, and after a Prefect server has run in the process fork-started
 workers die with exit code 1. ``forkserver`` forks from a clean single-threaded server instead."""
 
-DATASET = "cc3m"
 STATS_SUFFIX = "_stats.json"
 IMAGE_EXT = "jpg"
 CAPTION_EXT = "txt"
 META_EXT = "json"
 
 
-def image_split_dir(split: str, workdir: Path) -> Path:
-    """``workdir/data/cc3m/<split>``: where img2dataset writes the image shards of one split."""
-    return Path(workdir) / "data" / DATASET / split
+@dataclass(frozen=True)
+class SplitFolders:
+    """Where one split's files live: its image shards and its precomputed feature shards.
+
+    The library takes these explicit folders (any layout works); the application's work folder lays them out as
+    ``data/cc3m/<split>/`` and ``features/cc3m/<split>/``.
+    """
+
+    name: str
+    """The split's name (``train``, ``val``): recorded in manifests and bank tables, shown in messages."""
+    images: Path
+    """Folder of the image shards (``<shard>.tar`` + ``<shard>_stats.json``, as img2dataset writes them)."""
+    features: Path
+    """Folder of the feature shards (one sub-folder per image shard, as :mod:`gill.data.precompute` writes them)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "images", Path(self.images))
+        object.__setattr__(self, "features", Path(self.features))
 
 
 def stats_path(shard_tar: Path) -> Path:
@@ -72,9 +86,9 @@ def read_stats(path: Path) -> dict[str, Any] | None:
     return stats
 
 
-def complete_image_shards(split: str, workdir: Path) -> list[Path]:
-    """Tars of ``split`` with a valid ``_stats.json``, sorted by name; incomplete ones are logged and skipped."""
-    folder = image_split_dir(split, workdir)
+def complete_image_shards(folder: Path) -> list[Path]:
+    """Tars in ``folder`` with a valid ``_stats.json``, sorted by name; incomplete ones are logged and skipped."""
+    folder = Path(folder)
     tars = sorted(p for p in folder.glob("*.tar") if p.is_file()) if folder.is_dir() else []
     complete = [t for t in tars if read_stats(stats_path(t)) is not None]
     for tar in sorted(set(tars) - set(complete)):
