@@ -24,7 +24,7 @@ import tomllib
 import urllib.request
 from pathlib import Path
 
-from gill.hub import configure_environment
+from gill.offline import configure_environment
 
 logger = logging.getLogger("gill.flows")
 

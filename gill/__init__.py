@@ -3,7 +3,7 @@
 Pure torch/transformers/diffusers; orchestration lives in ``flows/``. Importing ``gill`` changes nothing in the
 host process: gill loads every backbone from a local folder it resolved itself (``local_files_only`` unless
 downloads are allowed), and only the front ends (the ``gill`` command, the flows) set offline-friendly Hugging Face
-defaults for their own process (:func:`gill.hub.configure_environment`).
+defaults for their own process (:func:`gill.offline.configure_environment`).
 """
 
 __version__ = "0.1.0"

@@ -5,7 +5,8 @@ network. The rules here:
 
 * Downloads are **off** unless the user turns them on (``GILL_ALLOW_DOWNLOADS=1``, or by setting
   ``HF_HUB_OFFLINE=0`` themselves). Off means ``HF_HUB_OFFLINE=1`` is set, so a missing model fails in
-  milliseconds instead of after ~20 s of Hub retries.
+  milliseconds instead of after ~20 s of Hub retries (:mod:`gill.offline`: the switch and the front ends'
+  process defaults, which import nothing heavy).
 * A :class:`~gill.config.ModelRef` resolves to a local directory: the tiny zoo in gill's cache for the symbolic
   ``gill-tiny/<component>`` ids (:func:`resolve_model_id`, the one place they are resolved), the path itself when
   it is one, otherwise the snapshot in the Hugging Face cache (``HF_HOME`` / ``HF_HUB_CACHE``).
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +29,12 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 
 from gill.config import BackbonesConfig, ModelRef, looks_like_path
 from gill.errors import GillError, MissingWeightsError
+from gill.offline import downloads_allowed
 from gill.presets import legacy_tiny_component, tiny_component, tiny_model_id, tiny_zoo_dir
 from gill.zoo import ensure_tiny_zoo
 
 logger = logging.getLogger(__name__)
 
-_TRUE = {"1", "true", "yes", "on"}
 WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "*.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")  # transformers<5 / >=5 layouts
@@ -48,36 +48,10 @@ REQUIRED_LAYOUT: dict[str, tuple[str, ...]] = {
 }
 
 
-def downloads_allowed() -> bool:
-    """True when the user has opted in to Hub downloads (``GILL_ALLOW_DOWNLOADS=1`` or ``HF_HUB_OFFLINE=0``)."""
-    if os.environ.get("GILL_ALLOW_DOWNLOADS", "").lower() in _TRUE:
-        return True
-    explicit = os.environ.get("HF_HUB_OFFLINE")
-    return explicit is not None and explicit.lower() not in _TRUE
-
-
 def hub_kwargs() -> dict[str, Any]:
     """``from_pretrained`` keywords for gill's own loads: ``local_files_only`` unless downloads are allowed, so the
     library stays offline without touching the process's environment."""
     return {} if downloads_allowed() else {"local_files_only": True}
-
-
-def configure_environment() -> None:
-    """Set offline-friendly defaults for the Hugging Face libraries (never overriding what the user set).
-
-    Called by the front ends (the ``gill`` command, the flows' entry point) for their own process; importing the
-    library never calls it (a host program's own Hub use stays as it configured it).
-    """
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if downloads_allowed():
-        return
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    constants = sys.modules.get("huggingface_hub.constants")
-    if constants is not None:  # imported before gill: its module-level flag is already frozen
-        constants.HF_HUB_OFFLINE = True  # type: ignore[attr-defined]
 
 
 def hub_cache_dir() -> Path:

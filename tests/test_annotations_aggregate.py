@@ -34,7 +34,7 @@ from annotations.votes import (
     write_confident,
     write_votes,
 )
-from flows.command.annotate import add_annotate_parsers
+from flows.command.annotate_work import add_annotate_parsers
 from gill.errors import InputError
 
 OFFICIAL_HUMAN_F1 = 0.8510681024099351  # official human macro-F1 on the Alignment votes

@@ -123,7 +123,8 @@ PLAIN_FLOWS_MODULES = ("workdir.py", "options.py", "demo.py", "store.py")
 
 ENTRY_POINTS = {
     "flows/cli.py": "points PREFECT_HOME at the right home before Prefect is imported (Prefect reads it on import)",
-    "flows/command/__init__.py": "sets the Hugging Face defaults before huggingface_hub is imported (read on import)",
+    "flows/command/__init__.py": "sets the Hugging Face defaults before huggingface_hub is imported (read on import), "
+    "then imports only the module of the command it runs (gill --help and the judging commands start without torch)",
 }
 """The two process entry points, which configure the process before importing the stack: the only files whose
 functions import project modules."""

@@ -32,7 +32,7 @@ from annotations.store import (
     admin_token_problems,
     store_path,
 )
-from flows.stages.candidates import import_candidates
+from flows.stages.candidates_import import import_candidates
 from gill.errors import InputError
 
 if TYPE_CHECKING:

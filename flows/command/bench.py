@@ -12,6 +12,7 @@ from pathlib import Path
 
 from eval.bench import BenchOptions
 from eval.metric_models import MetricModelSpec
+from flows.command import add_command, add_group
 from flows.options import add_options, options_from
 from flows.stages import bench as bench_stage
 from flows.stages import report as report_stage
@@ -158,8 +159,7 @@ def _add_common(p: argparse.ArgumentParser, *, seeds: str = "42", one_checkpoint
 
 def add_bench_parsers(groups: argparse._SubParsersAction) -> None:
     """Register ``gill bench ...`` and ``gill report``."""
-    bench = groups.add_parser("bench", help="benchmarks (VIST, VisDial, CC3M FID, mapper ablation) into DuckDB")
-    sub = bench.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+    sub = add_group(groups, "bench")
     p = sub.add_parser("vist", help="VIST contextual generation (paper Table 1) and retrieval recall")
     p.add_argument("--sis-json", type=Path, required=True, help="VIST story-in-sequence JSON (any split)")
     p.add_argument("--images", type=Path, required=True, help="folder of {photo_flickr_id}.{jpg,jpeg,png,gif}")
@@ -187,7 +187,7 @@ def add_bench_parsers(groups: argparse._SubParsersAction) -> None:
     _add_common(p, one_checkpoint=False)
     p.set_defaults(func=cmd_bench_ablation)
 
-    p = groups.add_parser("report", help="print the benchmark tables (paper layout) or run SQL over them")
+    p = add_command(groups, "report")
     p.add_argument("--workdir", type=Path, required=True)
     p.add_argument("--sql", help="a read-only SQL query over the database (tables runs, samples, results, ...)")
     p.add_argument("--format", choices=("table", "markdown", "csv"), default="table")

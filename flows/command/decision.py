@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from flows.command import add_group
 from flows.options import add_options, options_from
 from flows.stages import decision as decision_stage
 from flows.workdir import Workdir
@@ -51,9 +52,7 @@ def cmd_decision_fit(args: argparse.Namespace) -> int:
 
 def add_decision_parsers(groups: argparse._SubParsersAction) -> None:
     """Register ``decision fit`` on the top-level ``gill`` parser."""
-    decision = groups.add_parser("decision", help="the retrieve-or-generate decision classifier").add_subparsers(
-        dest="command", metavar="SUBCOMMAND", required=True
-    )
+    decision = add_group(groups, "decision")
     p = decision.add_parser("fit", help="fit it on the PartiPrompts votes (official 600/rest split + 5-fold CV)")
     p.add_argument("--workdir", type=Path, required=True, help="work folder (gill.duckdb, the retrieval bank)")
     p.add_argument("--checkpoint", type=Path, help="checkpoint folder (default: the newest run's best/ or final/)")

@@ -1,6 +1,6 @@
 """``gill generate``, ``gill chat`` and ``gill index build|query``: the inference commands of the ``gill`` CLI.
 
-Registered by :func:`flows.command.main.build_parser`; each handler is a thin call into :mod:`gill.pipeline` and
+Registered by :func:`add_inference_parsers`; each handler is a thin call into :mod:`gill.pipeline` and
 :mod:`gill.retrieval`.
 """
 
@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from flows.command import add_command, add_group
 from flows.stages import index as index_stage
 from flows.workdir import Workdir
 from gill.config import ConfigError
@@ -261,7 +262,7 @@ def cmd_index_query(args: argparse.Namespace) -> int:
 
 def add_inference_parsers(groups: argparse._SubParsersAction) -> None:
     """Register ``generate``, ``chat`` and ``index`` on the top-level ``gill`` parser."""
-    p = groups.add_parser("generate", help="text and images from a prompt (with optional input images)")
+    p = add_command(groups, "generate")
     p.add_argument("prompt", help="the text prompt")
     p.add_argument("--image", action="append", metavar="PATH", help="an input image, placed before the text (repeat)")
     p.add_argument("--out", type=Path, help="where images and sidecars go (default W/generated/<time>)")
@@ -269,15 +270,13 @@ def add_inference_parsers(groups: argparse._SubParsersAction) -> None:
     _add_settings_args(p)
     p.set_defaults(func=cmd_generate)
 
-    p = groups.add_parser("chat", help="multi-turn chat in the terminal (/image PATH, /reset, /quit)")
+    p = add_command(groups, "chat")
     p.add_argument("--out", type=Path, help="where images go (default W/chat/<time>)")
     _add_checkpoint_args(p)
     _add_settings_args(p)
     p.set_defaults(func=cmd_chat)
 
-    index = groups.add_parser("index", help="the local retrieval bank").add_subparsers(
-        dest="command", metavar="SUBCOMMAND", required=True
-    )
+    index = add_group(groups, "index")
     p = index.add_parser("build", help="embed the precomputed images with a checkpoint's retrieval head")
     _add_checkpoint_args(p)
     p.add_argument("--splits", nargs="+", default=["train"], help="feature splits to index (default: train)")

@@ -35,9 +35,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from annotations.store import CANDIDATES_DIR, JudgingStore, add_candidate_items
+from annotations.store import CANDIDATES_DIR, JudgingStore
 from annotations.votes import default_votes_path
 from eval.scene_answers import scene_from_dict
+from flows.stages.candidates_import import TABLE, import_candidates
 from flows.stages.index import existing_bank
 from flows.store import connect, db_path, replace_rows
 from flows.workdir import Workdir
@@ -51,7 +52,6 @@ from gill.utils.paths import resolve_stored, to_stored
 
 logger = logging.getLogger(__name__)
 
-TABLE = "decision_candidates"
 WORLD = "world"
 """``prompts=WORLD``: the world prompts of :func:`world_prompts` (the default when the workdir has a world)."""
 WORLD_CATEGORY = "Shapes world"
@@ -349,33 +349,6 @@ def build_candidates(
     return CandidateSummary(
         total=len(rows), built=len(todo), skipped=len(rows) - len(todo), database=database, images_dir=images
     )
-
-
-def import_candidates(workdir: str | os.PathLike[str], store: JudgingStore | None = None) -> int:
-    """Load the items from the DuckDB table ``decision_candidates`` of ``<workdir>/gill.duckdb`` into the judging
-    store (idempotent: re-importing updates items by ``prompt_id`` and keeps their generated-image side). Returns the
-    number of new items.
-
-    Raises:
-        InputError: the DuckDB file or the table is missing, or rows lack a prompt or image path.
-    """
-    path = db_path(workdir)
-    if not path.exists():
-        raise InputError(
-            f"{path} does not exist", [], hint=f"the {TABLE} table is written there by the candidate stage"
-        )
-    with connect(path, read_only=True) as con:
-        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        if TABLE not in tables:
-            raise InputError(
-                f"{path} has no table {TABLE}",
-                [f"tables: {sorted(tables) or 'none'}"],
-                hint="generate the retrieve-vs-generate candidates first",
-            )
-        cursor = con.execute(f"SELECT * FROM {TABLE} ORDER BY prompt_id")
-        names = [d[0] for d in cursor.description]
-        rows = [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
-    return add_candidate_items(store if store is not None else JudgingStore(workdir), rows, str(path))
 
 
 def run(
