@@ -569,7 +569,7 @@ def test_revoke_judge_ends_the_judges_sessions_at_once_and_keeps_their_votes_mar
     from annotations.app import render_admin
     from annotations.store import RevokedJudgeError
     from flows.command.annotate_app import status_lines
-    from flows.command.main import main
+    from flows.command.parser import main
 
     token, other = add_judge(workdir, "alice"), add_judge(workdir, "bob")
     with logged_in(server, token) as cookie_client, bearer(server, token) as bearer_client:
@@ -594,7 +594,7 @@ def test_revoke_judge_ends_the_judges_sessions_at_once_and_keeps_their_votes_mar
 
 
 def test_revoking_an_unknown_or_revoked_judge_is_a_clear_error_that_changes_nothing(workdir: Path, tmp_path, capsys):
-    from flows.command.main import main
+    from flows.command.parser import main
 
     add_judge(workdir, "alice")
     before = dump(workdir)
@@ -622,7 +622,7 @@ def _free_port() -> int:
 def test_serve_keeps_the_saved_judges_per_item_unless_given(workdir: Path, monkeypatch, capsys):
     import uvicorn
 
-    from flows.command.main import main
+    from flows.command.parser import main
 
     served: list[tuple] = []  # the address of each socket serve hands uvicorn (bound before anything is written)
     monkeypatch.setattr(
@@ -641,7 +641,7 @@ def test_serve_keeps_the_saved_judges_per_item_unless_given(workdir: Path, monke
 def test_a_failed_serve_changes_nothing_and_says_why_without_a_traceback(workdir: Path, monkeypatch, capsys):
     import uvicorn
 
-    from flows.command.main import main
+    from flows.command.parser import main
 
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: pytest.fail("serve must not start"))
     JudgingStore(workdir, judges_per_item=2).set_admin_token(ADMIN)

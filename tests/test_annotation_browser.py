@@ -228,7 +228,7 @@ def test_a_judge_of_the_demo_workdir_sees_both_images_large_votes_and_resumes(br
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from flows.command.main import main
+    from flows.command.parser import main
 
     demo, _ = demo_workdir
     wd = tmp_path / "demo"

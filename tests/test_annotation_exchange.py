@@ -39,7 +39,7 @@ def _partiprompts_store(workdir):
 
 
 def test_the_shipped_votes_import_onto_items_with_images_and_export_byte_for_byte(tmp_path, capsys):
-    from flows.command.main import main
+    from flows.command.parser import main
 
     store = _partiprompts_store(tmp_path)
     assert main(["annotate", "import", "--workdir", str(tmp_path)]) == 0  # the shipped files
@@ -231,7 +231,7 @@ def test_votes_files_without_rows_or_with_a_repeated_prompt_are_refused_by_line(
 
 
 def test_export_of_a_workdir_without_a_store_is_an_error_that_creates_nothing(tmp_path, capsys):
-    from flows.command.main import main
+    from flows.command.parser import main
 
     typo = tmp_path / "wokrdir"
     assert (

@@ -250,7 +250,7 @@ def test_missing_and_unreadable_images_are_skipped_and_counted(bench_work, small
 def test_report_prints_paper_tables_runs_user_sql_and_draws_the_context_figure(bench_work, full_run, capsys):
     from PIL import Image
 
-    from flows.command.main import main
+    from flows.command.parser import main
 
     plot = bench_work / "ctx.png"
     assert main(["report", "--workdir", str(bench_work), "--run-id", full_run["run_id"], "--plot", str(plot)]) == 0
@@ -281,7 +281,7 @@ def test_report_prints_paper_tables_runs_user_sql_and_draws_the_context_figure(b
 
 
 def test_cli_bench_vist_runs_and_rejects_bad_input(bench_work, small_world, capsys):
-    from flows.command.main import main
+    from flows.command.parser import main
 
     args = [
         "bench",

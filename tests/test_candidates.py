@@ -39,7 +39,7 @@ def test_a_prompts_file_without_prompt_column_or_with_empty_prompts_is_refused(t
 
 
 def test_annotate_build_writes_both_images_and_rows_and_resumes(workdir, capsys):
-    from flows.command.main import main
+    from flows.command.parser import main
 
     argv = ["annotate", "build", "--workdir", str(workdir), "--limit", "3", "--sd-steps", "2"]
     assert main(argv) == 0
@@ -60,7 +60,7 @@ def test_annotate_build_writes_both_images_and_rows_and_resumes(workdir, capsys)
 
 def test_on_a_workdir_with_a_world_the_candidates_are_world_prompts_with_their_scenes(workdir, small_world, capsys):
     from annotations.store import JudgingStore
-    from flows.command.main import main
+    from flows.command.parser import main
     from flows.stages.candidates import HELD_NOTE, NOVEL_NOTE
 
     world = workdir / "world"

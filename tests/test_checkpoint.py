@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from flows.command.main import main
+from flows.command.parser import main
 from gill.adapters import DecisionHead, build_adapters
 from gill.checkpoint import (
     ADAPTERS_FILE,

@@ -187,7 +187,7 @@ def test_the_official_and_the_bank_aware_decision_claims_read_their_own_fits(dat
 
 
 def test_every_claim_names_its_source_and_the_report_prints_the_table(database, tmp_path, capsys):
-    from flows.command.main import main
+    from flows.command.parser import main
 
     assert {c.claim_id[0] for c in CLAIMS} == set("abcde") and all(c.source for c in CLAIMS)
     replace_rows(

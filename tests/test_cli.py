@@ -6,14 +6,12 @@ import json
 import subprocess
 import sys
 
-from flows.command.main import main
+from flows.command.parser import main
 from flows.store import query
 
 
 def test_gill_help_lists_the_commands():
-    proc = subprocess.run(
-        [sys.executable, "-m", "flows.command.main", "--help"], capture_output=True, text=True, timeout=60
-    )
+    proc = subprocess.run([sys.executable, "-m", "flows.command", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
     for command in ("models", "config", "data", "demo"):
         assert command in proc.stdout

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from flows.command import COMMANDS, resolve_parser
-from flows.command.main import build_parser
+from flows.command.parser import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 STACK = ("torch", "transformers", "diffusers")

@@ -12,7 +12,7 @@ from shard_helpers import DEMO_PIPELINE
 from annotations.aggregate import confident_labels
 from annotations.store import HUMAN_PANEL, SIMULATED_PANEL, JudgingStore
 from annotations.votes import read_votes
-from flows.command.main import main
+from flows.command.parser import main
 from flows.stages.candidates import HELD_NOTE, NOVEL_NOTE
 from flows.store import db_path, query
 from flows.workdir import Workdir

@@ -29,7 +29,7 @@ from PIL import Image
 
 from annotations import label_studio as ls
 from annotations.store import JudgingStore
-from flows.command.main import main
+from flows.command.parser import main
 
 ADMIN, ADMIN_TOKEN = "admin@gill.test", "gill-live-admin-token-1"  # created from the environment at start
 SECOND = "bo@gill.test"  # created with `label-studio init` while the server runs

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from flows.command.main import main
+from flows.command.parser import main
 from gill.adapters import DecisionHead
 from gill.errors import ConfigError
 from gill.factory import derive_dims, load_backbones

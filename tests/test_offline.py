@@ -10,7 +10,7 @@ import sys
 import pytest
 from conftest import BLOCKED_CONNECTIONS
 
-from flows.command.main import main
+from flows.command.parser import main
 from gill.config import ModelRef
 from gill.errors import MissingWeightsError
 from gill.hub import check_backbone, require_backbones
@@ -58,7 +58,7 @@ def test_the_console_command_fails_fast_in_a_fresh_process(tmp_path):
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf")}
     env.pop("HF_HUB_OFFLINE")  # gill must switch offline mode on by itself
     proc = subprocess.run(
-        [sys.executable, "-m", "flows.command.main", "models", "check", "--preset", "paper"],
+        [sys.executable, "-m", "flows.command.parser", "models", "check", "--preset", "paper"],
         capture_output=True,
         text=True,
         env=env,

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from eval.bench import BenchOptions
-from flows.command.main import build_parser
+from flows.command.parser import build_parser
 from flows.options import ModelChoice, add_options, field_docs, options_from, params_model
 from flows.params import DownloadParams, PipelineParams, PrecomputeParams
 from flows.stages.candidates import CandidateOptions

@@ -101,7 +101,7 @@ def test_the_official_ret_scale_factor_scales_the_absolute_img0_logit(pipe):
 
 
 def test_chat_help_states_what_the_image_frequency_default_means(capsys):
-    from flows.command.main import main
+    from flows.command.parser import main
 
     with pytest.raises(SystemExit):
         main(["chat", "--help"])
@@ -206,7 +206,7 @@ def test_a_bank_built_by_another_checkpoint_is_refused(workdir, banked, tmp_path
 def test_gill_generate_prints_the_reply_and_writes_images_with_sidecars(banked, workdir, tmp_path, capsys):
     import json
 
-    from flows.command.main import main
+    from flows.command.parser import main
 
     out = tmp_path / "gen"
     argv = [
@@ -239,7 +239,7 @@ def test_gill_generate_prints_the_reply_and_writes_images_with_sidecars(banked, 
 def test_gill_index_query_ranks_a_training_caption_first_for_its_own_image(banked, workdir, small_world, capsys):
     import json
 
-    from flows.command.main import main
+    from flows.command.parser import main
 
     assert main(["index", "query", "--workdir", str(workdir), "a star", "-k", "3", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

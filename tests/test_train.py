@@ -125,7 +125,7 @@ def test_two_processes_equal_one_process_on_the_same_global_batch(workdir, tmp_p
 
 
 def test_gill_train_command_records_metrics_and_draws_the_curve(workdir, capsys):
-    from flows.command.main import main
+    from flows.command.parser import main
     from flows.store import db_path, query
 
     argv = ["train", "--workdir", str(workdir), "--steps", "6", "--batch-size", "8", "--run-id", "cli"]
@@ -144,7 +144,7 @@ def test_gill_train_refuses_a_run_another_process_is_training_and_changes_nothin
 
     from shard_helpers import HOLD_RUN_LOCK, python_process
 
-    from flows.command.main import main
+    from flows.command.parser import main
 
     run = workdir / "runs" / "busy"
     holder = python_process(HOLD_RUN_LOCK, run, stdout=subprocess.PIPE, text=True)
@@ -161,7 +161,7 @@ def test_gill_train_refuses_a_run_another_process_is_training_and_changes_nothin
 
 
 def test_gill_train_resume_of_a_run_without_checkpoints_fails_listing_the_runs(workdir, capsys):
-    from flows.command.main import main
+    from flows.command.parser import main
     from gill.resume import CheckpointManager
 
     CheckpointManager(workdir / "runs" / "resumable" / "checkpoints").save(2, {"w": torch.ones(1)}, {})
@@ -178,7 +178,7 @@ def test_gill_train_under_torchrun_matches_a_single_process_run(workdir, tmp_pat
     import subprocess
     import sys
 
-    from flows.command.main import main
+    from flows.command.parser import main
     from flows.store import db_path, query
 
     args = ["train", "--workdir", str(workdir), "--steps", "5", "--batch-size", "8"]
@@ -192,7 +192,7 @@ def test_gill_train_under_torchrun_matches_a_single_process_run(workdir, tmp_pat
         "--nproc_per_node",
         "2",
         "-m",
-        "flows.command.main",
+        "flows.command",
         *args,
         "--run-id",
         "torchrun",

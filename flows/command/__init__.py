@@ -13,8 +13,8 @@
 4. :func:`execute` runs the handler: bad input and missing weights are plain messages (no traceback) and exit
    non-zero, 2 for invalid input or config, 3 for missing model weights.
 
-Run ``gill --help`` for the list; ``gill <group> <command> --help`` for details. :mod:`flows.command.main` holds
-the full parser, every command module imported (for tests and ``python -m flows.command.main``).
+Run ``gill --help`` for the list; ``gill <group> <command> --help`` for details. :mod:`flows.command.parser` holds
+the full parser, every command module imported (for tests and ``python -m flows.command.parser``).
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def resolve_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     """The parser of ``gill ARGV``: the light parser, then the chosen command's, as long as the arguments name a
     deferred command (importing its registrar). Exits as argparse does on ``--help`` or bad input at a level it
-    parses (the same messages as the full parser of :mod:`flows.command.main`)."""
+    parses (the same messages as the full parser of :mod:`flows.command.parser`)."""
     parser, used = light_parser(), set()
     while (registrar := getattr(parser.parse_known_args(argv)[0], DEFERRED, None)) is not None:
         if registrar in used:

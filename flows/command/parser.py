@@ -1,7 +1,7 @@
 """The full ``gill`` parser: every command registered, every command module imported (so the model stack too).
 
-For tests and ``python -m flows.command.main`` (e.g. ``torchrun -m flows.command.main train ...``). The console
-command ``gill`` (``flows.command:main``, the package's entry point) builds only the part of this parser that it
+For tests (``python -m flows.command`` and ``torchrun -m flows.command train ...`` run the lazy entry point). The
+console command ``gill`` (``flows.command:main``, the package's entry point) builds only the part of this parser that it
 runs, from the same registrars, and runs it the same way (:func:`flows.command.execute`).
 """
 
@@ -49,7 +49,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     :func:`gill.offline.configure_environment`; importing the library does not)."""
     configure_environment()
     return execute(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
