@@ -13,6 +13,7 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import re
 import textwrap
 import types
 import typing
@@ -54,8 +55,15 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def option_help(cls: type, name: str) -> str:
-    """An option's description: its attribute docstring ('' when it has none)."""
-    return field_docs(cls).get(name, "")
+    """An option's description: its attribute docstring as plain text ('' when it has none)."""
+    return plain_text(field_docs(cls).get(name, ""))
+
+
+def plain_text(docstring: str) -> str:
+    """A docstring's reStructuredText markup as a person reads it in a help text: ``code`` -> code,
+    :attr:`~a.b` -> b."""
+    text = re.sub(r":[a-z]+:`~?(?:[\w.]*\.)?([^`]+)`", r"\1", docstring)
+    return text.replace("``", "")
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -108,11 +116,12 @@ def add_options(
     exclude: Sequence[str] = (),
     defaults: Mapping[str, Any] | None = None,
     dests: Mapping[str, str] | None = None,
+    notes: Mapping[str, str] | None = None,
 ) -> None:
     """Add one ``--flag`` per field of the dataclass ``cls`` (``include`` or all but ``exclude``), with its type,
     choices, default and description. ``defaults`` overrides a field's default for this command; ``dests`` renames
-    the argument (flag and namespace attribute)."""
-    hints, defaults, dests = _hints(cls), dict(defaults or {}), dict(dests or {})
+    the argument (flag and namespace attribute); ``notes`` adds what this command does with a field to its help."""
+    hints, defaults, dests, notes = _hints(cls), dict(defaults or {}), dict(dests or {}), dict(notes or {})
     for field in dataclasses.fields(cls):
         if (include is not None and field.name not in include) or field.name in exclude or not field.init:
             continue
@@ -126,7 +135,7 @@ def add_options(
             dest=dest,
             default=None if required else default,
             required=required,
-            help=(option_help(cls, field.name) + shown).strip() or None,
+            help=" ".join(filter(None, [option_help(cls, field.name) + shown, notes.get(field.name)])).strip() or None,
             **kwargs,
         )
 

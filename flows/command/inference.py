@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from flows.command import add_command, add_group
+from flows.options import add_options, options_from
 from flows.stages import index as index_stage
 from flows.workdir import Workdir
 from gill.config import ConfigError
@@ -46,37 +47,24 @@ def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
 
 
+SETTINGS_DESTS = {"num_inference_steps": "sd_steps"}
+"""``--sd-steps`` is GenerationSettings.num_inference_steps."""
+
+
 def _add_settings_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("decoding and images")
-    g.add_argument(
-        "--mode",
-        choices=("auto", "gen", "ret"),
-        default="auto",
-        help="auto: the decision classifier picks; gen/ret: always generate/retrieve",
-    )
-    g.add_argument("--seed", type=int, default=1337, help="seeds sampling and SD noise (official demo: 1337)")
-    g.add_argument("--max-new-tokens", type=int, default=32)
-    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    g.add_argument("--top-p", type=float, default=1.0)
+    """The decoding and image options: the fields of :class:`gill.pipeline.GenerationSettings` (declared there)."""
     how_often = (
-        "how often to return images: multiplies the odds of [IMG0] at every step by F (1 = unchanged, "
-        "0 = never; default 1.3: odds 30%% higher). Not the official demo's 1.3, which is its "
-        "ret_scale_factor: pass --ret-scale-factor for that"
+        "Here the default 1.3: odds 30%% higher (not the official demo's 1.3, which is its ret_scale_factor: "
+        "pass --ret-scale-factor for that)."
     )
-    g.add_argument("--image-frequency", type=float, default=None, metavar="F", help=how_often)
-    g.add_argument(
-        "--ret-scale-factor",
-        type=float,
-        metavar="S",
-        help="the official demo's knob instead of --image-frequency: when S > 1 the [IMG0] logit becomes "
-        "|logit| x S (official demo slider, default there 1.3)",
+    add_options(
+        p.add_argument_group("decoding and images"),
+        GenerationSettings,
+        exclude=("use_cache",),
+        defaults={"image_frequency": None},
+        dests=SETTINGS_DESTS,
+        notes={"image_frequency": how_often},
     )
-    g.add_argument("--force-image", action="store_true", help="start the reply with an image")
-    g.add_argument("--max-images", type=int, default=1)
-    g.add_argument("--sd-steps", type=int, default=50, help="Stable Diffusion denoising steps")
-    g.add_argument("--guidance-scale", type=float, default=7.5)
-    g.add_argument("--height", type=int, help="generated image height (default: SD's native size)")
-    g.add_argument("--width", type=int, help="generated image width (default: SD's native size)")
 
 
 DEFAULT_IMAGE_FREQUENCY = 1.3
@@ -89,24 +77,9 @@ def _image_frequency(args: argparse.Namespace) -> float:
     return 1.0 if args.ret_scale_factor is not None else DEFAULT_IMAGE_FREQUENCY
 
 
-def _settings(args: argparse.Namespace):  # -> GenerationSettings
-
+def _settings(args: argparse.Namespace) -> GenerationSettings:
     try:
-        return GenerationSettings(
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            image_frequency=_image_frequency(args),
-            ret_scale_factor=args.ret_scale_factor,
-            force_image=args.force_image,
-            max_images=args.max_images,
-            mode=args.mode,
-            num_inference_steps=args.sd_steps,
-            guidance_scale=args.guidance_scale,
-            seed=args.seed,
-            height=args.height,
-            width=args.width,
-        )
+        return options_from(GenerationSettings, args, dests=SETTINGS_DESTS, image_frequency=_image_frequency(args))
     except ConfigError as err:
         raise InputError("invalid generation options", err.problems) from err
 
