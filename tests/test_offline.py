@@ -58,7 +58,7 @@ def test_the_console_command_fails_fast_in_a_fresh_process(tmp_path):
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf")}
     env.pop("HF_HUB_OFFLINE")  # gill must switch offline mode on by itself
     proc = subprocess.run(
-        [sys.executable, "-m", "flows.command.parser", "models", "check", "--preset", "paper"],
+        [sys.executable, "-m", "flows.command", "models", "check", "--preset", "paper"],
         capture_output=True,
         text=True,
         env=env,
