@@ -3,8 +3,13 @@
 One PNG per (benchmark, setting): a row per sample with the prompt's images (VIST: the first four photos), the
 prompt text (wrapped), the ground-truth image, Stable Diffusion's image and GILL's images (``gill-gen``, and
 ``gill`` with its decision and p(retrieve)), each labelled with its scene-metric score where the answer key is
-known. Everything comes from the ``samples`` table and the PNGs the benchmark saved, so a grid can be redrawn at
-any time: ``gill report --workdir W --grids``.
+known; GILL's tile is framed in the colour of its decision (:data:`DECISION_FRAMES`: blue retrieved, orange
+generated), which its label also names.
+Everything comes from the ``samples`` table and the PNGs the benchmark saved, so a grid can be redrawn at any
+time: ``gill report --workdir W``.
+
+Text is set in DejaVu Sans, the TrueType font matplotlib ships (``matplotlib.font_manager.findfont``), so the grids
+need no system font and look the same on every machine.
 """
 
 from __future__ import annotations
@@ -12,11 +17,12 @@ from __future__ import annotations
 import io
 import json
 import logging
-import textwrap
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from matplotlib.font_manager import FontProperties, findfont
 from PIL import Image, ImageDraw, ImageFont
 
 from gill.utils.io import atomic_write_bytes
@@ -32,6 +38,10 @@ LABEL_HEIGHT = 30
 COLUMNS = (("reference", "ground truth"), ("sd", "SD"), ("gill-gen", "GILL (gen)"), ("gill", "GILL"))
 """(system or ``reference``, column title), after the context."""
 GRID_SETTINGS = {"vist": ("1cap", "5cap", "5cap4img"), "visdial": ("1round", "10rounds"), "cc3m-fid": ("val",)}
+DECISION_FRAMES = {"ret": (31, 119, 180), "gen": (255, 127, 14)}
+"""GILL's decision -> the colour of the frame around its tile (retrieved: blue, generated: orange)."""
+TEXT_LINES = 7
+"""Lines of prompt text shown per sample (the rest is cut with an ellipsis)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,10 +53,38 @@ class GridRow:
     context: tuple[Path | None, ...]
     outputs: dict[str, tuple[Path | None, str]]
     """Column -> (image, label under it)."""
+    decision: str | None = None
+    """GILL's decision for the sample (``ret`` or ``gen``), None when it made none."""
 
 
-def _font(size: int = 11) -> Any:
-    return ImageFont.load_default(size=size)
+@lru_cache(maxsize=8)
+def _font(size: int = 11, bold: bool = False) -> Any:
+    """DejaVu Sans at ``size`` pixels: the TrueType font that ships with matplotlib."""
+    path = findfont(FontProperties(family="DejaVu Sans", weight="bold" if bold else "normal"))
+    return ImageFont.truetype(path, size=size)
+
+
+def wrap(text: str, font: Any, width: int, max_lines: int = TEXT_LINES) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``width`` pixels in ``font`` (a word wider than the line
+    is cut); at most ``max_lines``, the last ending in an ellipsis when text was left out."""
+    lines: list[str] = []
+    for word in text.split():
+        line = f"{lines[-1]} {word}" if lines else word
+        if lines and font.getlength(line) <= width:
+            lines[-1] = line
+            continue
+        while font.getlength(word) > width and len(word) > 1:
+            cut = max(i for i in range(1, len(word) + 1) if font.getlength(word[:i]) <= width or i == 1)
+            lines.append(word[:cut])
+            word = word[cut:]
+        lines.append(word)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        last = lines[-1]
+        while last and font.getlength(last + " ...") > width:
+            last = last[:-1]
+        lines[-1] = last.rstrip() + " ..."
+    return lines
 
 
 def _tile(path: Path | None) -> Image.Image:
@@ -63,7 +101,7 @@ def _label(row: Any) -> str:
         lines.append(f"scene score {row['scene_score']:.2f}")
     if row.get("decision") and row.get("system") == "gill":
         p_ret = row.get("p_ret")
-        shown = f" (p_ret {p_ret:.2f})" if p_ret is not None and p_ret == p_ret else ""
+        shown = f", p(ret) {p_ret:.2f}" if p_ret is not None and p_ret == p_ret else ""
         lines.append(("retrieved" if row["decision"] == "ret" else "generated") + shown)
     return "\n".join(lines)
 
@@ -83,7 +121,17 @@ def grid_rows(frame: Any, limit: int, workdir: str | Path) -> list[GridRow]:
             r = by_system.get(system)
             outputs[system] = (_path(r.get("generated_path"), workdir) if r else None, _label(r) if r else "not run")
         context = tuple(_path(p, workdir) for p in json.loads(first.get("context_paths") or "[]"))
-        rows.append(GridRow(sample_id=sample_id, text=first.get("prompt") or "", context=context, outputs=outputs))
+        gill = by_system.get("gill")
+        decision = gill.get("decision") if gill else None
+        rows.append(
+            GridRow(
+                sample_id=sample_id,
+                text=first.get("prompt") or "",
+                context=context,
+                outputs=outputs,
+                decision=decision if decision in DECISION_FRAMES else None,
+            )
+        )
     return rows
 
 
@@ -100,21 +148,28 @@ def draw_grid(rows: list[GridRow], title: str) -> Image.Image:
     row_height = TILE + LABEL_HEIGHT
     canvas = Image.new("RGB", (width, 40 + len(rows) * row_height), "white")
     draw = ImageDraw.Draw(canvas)
-    draw.text((8, 6), title, fill="black", font=_font(14))
+    size = next((s for s in range(13, 8, -1) if _font(s, bold=True).getlength(title) <= width - 16), 9)
+    draw.text((8, 4), title, fill="black", font=_font(size, bold=True))  # the largest size that fits the width
     x0 = n_context * TILE + TEXT_WIDTH + 16
+    if n_context:
+        draw.text((0, 23), "context images", fill=(90, 90, 90), font=_font(11))
+    draw.text((n_context * TILE + 8, 23), "prompt", fill=(90, 90, 90), font=_font(11))
     for i, (_, name) in enumerate(columns):
-        draw.text((x0 + i * (TILE + 8), 24), name, fill="black", font=_font(12))
+        draw.text((x0 + i * (TILE + 8), 23), name, fill="black", font=_font(11, bold=True))
     for r, row in enumerate(rows):
         y = 40 + r * row_height
         for c, path in enumerate(row.context):
             canvas.paste(_tile(path), (c * TILE, y))
-        wrapped = "\n".join(textwrap.wrap(row.text, 44)[:7])
-        draw.multiline_text((n_context * TILE + 8, y), wrapped, fill="black", font=_font(10), spacing=2)
+        text_font = _font(10)
+        wrapped = "\n".join(wrap(row.text, text_font, TEXT_WIDTH - 16))
+        draw.multiline_text((n_context * TILE + 8, y), wrapped, fill="black", font=text_font, spacing=2)
         for i, (column, _) in enumerate(columns):
             path, label = row.outputs[column]
             x = x0 + i * (TILE + 8)
             canvas.paste(_tile(path), (x, y))
-            draw.multiline_text((x, y + TILE + 2), label, fill="black", font=_font(10), spacing=1)
+            if column == "gill" and row.decision is not None:
+                draw.rectangle((x, y, x + TILE - 1, y + TILE - 1), outline=DECISION_FRAMES[row.decision], width=3)
+            draw.multiline_text((x, y + TILE + 2), label, fill="black", font=_font(9), spacing=1)
     return canvas
 
 

@@ -103,6 +103,11 @@ _CHECKPOINT_ID = (
 )
 _SCENE = "Synthetic shapes world only (NULL on real data): "
 
+DECISION_CONFUSION = (("gen", "gen"), ("gen", "ret"), ("ret", "gen"), ("ret", "ret"))
+"""(judges' label, prediction) of the confusion-count columns of ``decision_eval``, ``true_<label>_pred_<label>``,
+in ``[true][predicted]`` row order (gen = 0, ret = 1)."""
+DECISION_CONFUSION_COLUMNS = tuple(f"true_{true}_pred_{pred}" for true, pred in DECISION_CONFUSION)
+
 TABLES: dict[str, Table] = {
     t.name: t
     for t in (
@@ -302,6 +307,23 @@ TABLES: dict[str, Table] = {
             ("value", "DOUBLE", "The figure: a macro F1 in [0, 1], or its standard deviation over folds."),
             ("n", "INTEGER", "Examples the figure is computed on (NULL for per-fold and leave-one-out figures)."),
             ("recipe", "VARCHAR", "official (the notebook's loop) or balanced (standardised features, class weights)."),
+            (
+                "ci_low",
+                "DOUBLE",
+                "macro_f1 of an official-<n> split: lower end of its 95% percentile-bootstrap interval over the "
+                "test examples (NULL on other rows and in fits of an older gill).",
+            ),
+            ("ci_high", "DOUBLE", "Upper end of that interval (NULL where ci_low is)."),
+            *(
+                (
+                    f"true_{true}_pred_{pred}",
+                    "INTEGER",
+                    f"macro_f1 rows: examples labelled {true} by the judges that the classifier predicted {pred} "
+                    "(official split: its test part; cv<k>: every example, predicted by the fold that held it out). "
+                    "NULL on other rows and in fits of an older gill.",
+                )
+                for true, pred in DECISION_CONFUSION
+            ),
         ),
         _table(
             "unsupported_systems",

@@ -331,6 +331,7 @@ def report_task(workdir: Path, run_id: str, results_digest: str) -> dict:
         "report": outcome.report,
         "plot": str(outcome.plot) if outcome.plot else None,
         "grids": [str(g) for g in outcome.grids],
+        "figures": {name: str(png) for name, png in outcome.figures.items()},
     }
 
 

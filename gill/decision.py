@@ -84,6 +84,8 @@ class OfficialResult:
     """The final head (eval mode), trained on the train part."""
     n_train: int
     n_test: int
+    confusion: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
+    """The final head on the test part: ``confusion[true][predicted]`` counts (0 gen, 1 ret)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,6 +98,8 @@ class CVResult:
     per_fold: tuple[float, ...]
     folds: int
     seed: int
+    confusion: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
+    """Every example predicted by the fold model that held it out: ``confusion[true][predicted]`` counts."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,6 +141,10 @@ class DecisionFitResult:
     or ``simulated`` (the answer-key judges of the shapes world; never people)."""
     recipe: str = "official"
     """``official`` (the notebook's loop) or ``balanced`` (standardised features, class-weighted loss)."""
+    official_confusion: tuple[tuple[int, int], tuple[int, int]] | None = None
+    """The final model on the official test part: ``[true][predicted]`` counts, rows and columns gen, ret."""
+    cv_confusion: tuple[tuple[int, int], tuple[int, int]] | None = None
+    """Cross-validation, pooled over the held-out folds: ``[true][predicted]`` counts."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -192,6 +200,20 @@ def macro_f1(y_true: torch.Tensor | Sequence[int], y_pred: torch.Tensor | Sequen
     if not present.any():
         return 0.0
     return float((2 * tp[present] / denom[present]).mean())
+
+
+def confusion_matrix(
+    y_true: torch.Tensor | Sequence[int], y_pred: torch.Tensor | Sequence[int], num_classes: int = 2
+) -> tuple[tuple[int, ...], ...]:
+    """``counts[true][predicted]``: how many examples of each true class got each predicted class (labels outside
+    ``range(num_classes)`` are not counted)."""
+    t = torch.as_tensor(y_true, dtype=torch.long).reshape(-1)
+    p = torch.as_tensor(y_pred, dtype=torch.long).reshape(-1)
+    if t.shape != p.shape:
+        raise ValueError(f"y_true has {t.numel()} items but y_pred {p.numel()}")
+    inside = (t >= 0) & (t < num_classes) & (p >= 0) & (p < num_classes)
+    counts = torch.bincount(t[inside] * num_classes + p[inside], minlength=num_classes * num_classes)
+    return tuple(tuple(int(c) for c in row) for row in counts.reshape(num_classes, num_classes).tolist())
 
 
 # -- features -------------------------------------------------------------------------------------------------------
@@ -499,6 +521,7 @@ def evaluate_official(
         head=head,
         n_train=len(train),
         n_test=len(test),
+        confusion=confusion_matrix(y[test], predict(head, x[test])),
     )
 
 
@@ -543,12 +566,14 @@ def cross_validate(
     x, y = _check(features, labels)
     fold = stratified_folds(y, folds, seed)
     scores = []
+    predicted = torch.empty_like(y)
     for k in range(folds):
         held = fold == k
         head = _train(
             x[~held], y[~held], with_retrieval_score=with_retrieval_score, seed=seed, steps=steps, lr=lr, recipe=recipe
         )[0]
-        scores.append(_f1(head, x[held], y[held]))
+        predicted[held] = predict(head, x[held])
+        scores.append(macro_f1(y[held], predicted[held]))
     t = torch.tensor(scores, dtype=torch.float64)
     std = float(t.std(unbiased=True)) if folds > 1 else 0.0
     return CVResult(
@@ -557,6 +582,7 @@ def cross_validate(
         per_fold=tuple(scores),
         folds=folds,
         seed=seed,
+        confusion=confusion_matrix(y, predicted),
     )
 
 
@@ -604,6 +630,8 @@ def fit_and_evaluate(
         lr=lr,
         seed=seed,
         recipe=recipe,
+        official_confusion=official.confusion,
+        cv_confusion=cv.confusion,
     )
     return result, official.head
 
@@ -612,6 +640,7 @@ __all__ = [
     "CVResult",
     "DecisionFitResult",
     "OfficialResult",
+    "confusion_matrix",
     "cross_validate",
     "decision_features",
     "evaluate_official",

@@ -337,6 +337,11 @@ def test_mapper_ablation_table_compares_checkpoints(bench_work, small_world, tin
     kinds = dict(zip(table.checkpoint, table.mapper, strict=True))  # checkpoints stored relative to the workdir
     assert kinds["runs/b/final"] == "gill_mapper" and kinds["runs/lin/final"] == "linear"
     assert table.cc3m_fid.notna().all() and table.vist_clip_sim.notna().all()
+    from flows.stages.report import mapper_ablation_rows  # the figure's rows: the view with the intervals beside it
+
+    drawn = mapper_ablation_rows(db_path(bench_work)).set_index("run_id").loc[list(table.run_id)]
+    assert list(drawn.cc3m_fid) == list(table.cc3m_fid)
+    assert drawn[["cc3m_fid_low", "cc3m_fid_high", "vist_clip_sim_low", "vist_clip_sim_high"]].notna().all().all()
 
 
 def test_readers_order_vist_by_worker_arrangement_and_format_visdial(small_world):

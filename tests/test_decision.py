@@ -187,6 +187,18 @@ def test_fit_decision_on_the_shipped_votes_records_figures_and_the_pipeline_uses
     assert figures[("cv5", "macro_f1_std")] == pytest.approx(result.cv_std_f1)
     assert figures[("human", "macro_f1_official")] == pytest.approx(0.8510681024099351)
     assert ("human", "macro_f1_leave_one_out") in figures
+    (tn, fp), (fn, tp) = result.official_confusion  # the test part's counts, stored with the F1's interval
+    stored = query(
+        db_path(workdir),
+        "SELECT * FROM decision_eval WHERE protocol = 'official-600' AND metric = 'macro_f1'",
+    ).iloc[0]
+    assert [stored.true_gen_pred_gen, stored.true_gen_pred_ret, stored.true_ret_pred_gen, stored.true_ret_pred_ret] == [
+        tn,
+        fp,
+        fn,
+        tp,
+    ]
+    assert tn + fp + fn + tp == 311 and stored.ci_low <= result.official_test_f1 <= stored.ci_high
     stored = query(db_path(workdir), "SELECT DISTINCT checkpoint, votes FROM decision_eval WHERE protocol = 'human'")
     assert len(stored) == 1  # the checkpoint inside the workdir relative to it, the shipped votes file absolute
     assert not Path(stored.checkpoint[0]).is_absolute() and resolve_stored(stored.checkpoint[0], workdir) == ckpt

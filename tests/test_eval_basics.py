@@ -1,11 +1,7 @@
-"""Training metrics table, the loss-curve chart, and how the tables store paths."""
+"""Training metrics table, recall, and how the tables store paths (the figures: tests/test_figures.py)."""
 
 from __future__ import annotations
 
-import pytest
-from PIL import Image
-
-from eval.plots import plot_curves
 from flows.store import db_path, query, record_metrics
 
 
@@ -16,27 +12,6 @@ def test_metrics_are_stored_per_run_step_and_name_and_replaced_on_rewrite(tmp_pa
     record_metrics(database, "run-a", 2, {"loss": 1.5})  # a resumed run rewrites step 2
     frame = query(database, "SELECT step, value FROM train_metrics WHERE name = 'loss' ORDER BY step")
     assert frame.to_dict("records") == [{"step": 1, "value": 2.5}, {"step": 2, "value": 1.5}]
-
-
-def test_loss_curves_are_drawn_where_the_data_is(tmp_path):
-    out = plot_curves(
-        {"loss": [(0, 4.0), (50, 2.0), (100, 1.0)], "loss_gen": [(0, 1.0), (100, 0.5)]},
-        tmp_path / "curve.png",
-        title="tiny run",
-    )
-    image = Image.open(out).convert("RGB")
-    assert image.size == (800, 480)
-    colours = set(image.getdata())
-    assert (31, 119, 180) in colours and (255, 127, 14) in colours  # both series drawn
-    # the first series falls from top-left to bottom-right: its colour appears in the left-top and right-bottom
-    left_top = image.crop((70, 40, 200, 200)).getdata()
-    right_bottom = image.crop((600, 300, 780, 430)).getdata()
-    assert (31, 119, 180) in set(left_top) and (31, 119, 180) in set(right_bottom)
-
-
-def test_plotting_nothing_finite_is_an_error_naming_the_series(tmp_path):
-    with pytest.raises(ValueError, match="loss"):
-        plot_curves({"loss": [(0, float("nan"))]}, tmp_path / "x.png")
 
 
 def test_recall_counts_true_pairs_within_the_top_k():

@@ -135,6 +135,7 @@ def test_gill_train_command_records_metrics_and_draws_the_curve(workdir, capsys)
     rows = query(db_path(workdir), "SELECT step, value FROM train_metrics WHERE run_id = 'cli' AND name = 'loss'")
     assert sorted(rows["step"]) == [5, 6]  # the tiny preset logs every 5 steps and at the last one
     assert (workdir / "runs" / "cli" / "loss_curve.png").stat().st_size > 1000
+    assert (workdir / "runs" / "cli" / "loss_curve.pdf").read_bytes()[:5] == b"%PDF-"  # the same curves, for print
     assert main(["train", "--workdir", str(workdir / "empty"), "--resume"]) == 2
     assert "no run with checkpoints" in capsys.readouterr().err
 

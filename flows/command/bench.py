@@ -115,7 +115,7 @@ def cmd_bench_ablation(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Print the paper tables (or a SQL query) and draw the context figure."""
+    """Print the paper tables (or a SQL query) and draw the figures and sample grids, saying where they are."""
 
     if args.sql:
         _out(run_sql(args.workdir, args.sql, args.format).rstrip("\n"))
@@ -128,10 +128,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     if run_id is None:  # no benchmark run yet: the report says so
         _out(build_report(args.workdir, run_id=None, fmt=args.format).rstrip("\n"))
         return 0
-    outcome = report_stage.run(workdir, run_id, fmt=args.format, figures=not args.no_plot, plot=args.plot)
+    outcome = report_stage.run(
+        workdir,
+        run_id,
+        fmt=args.format,
+        figures=not args.no_plot,
+        plot=args.plot,
+        training_run=args.training_run,
+    )
     _out(outcome.report.rstrip("\n"))
-    if outcome.plot is not None:
-        _out(f"context figure: {outcome.plot}")
+    for name, png in outcome.figures.items():
+        _out(f"figure {name}: {png} (and {png.with_suffix('.pdf').name})")
     for grid in outcome.grids:
         _out(f"grid: {grid}")
     return 0
@@ -193,6 +200,12 @@ def add_bench_parsers(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("table", "markdown", "csv"), default="table")
     p.add_argument("--run-id", help="benchmark run (default: the latest with results)")
     p.add_argument("--claims", action="store_true", help="print only the claims table (which paper claims hold)")
-    p.add_argument("--plot", type=Path, help="where the context figure goes (default W/bench/reports/...)")
-    p.add_argument("--no-plot", action="store_true", help="do not draw the context figure and the sample grids")
+    p.add_argument(
+        "--plot", type=Path, help="where the context figure goes, a .png (default W/bench/reports/context_effect.png)"
+    )
+    p.add_argument(
+        "--training-run",
+        help="training run whose curves to draw (default: the run of the benchmarked checkpoint, else the default run)",
+    )
+    p.add_argument("--no-plot", action="store_true", help="do not draw the figures and the sample grids")
     p.set_defaults(func=cmd_report)

@@ -20,7 +20,8 @@ def _out(text: str = "") -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train the adapters on precomputed targets; metrics go to <workdir>/gill.duckdb and a loss-curve PNG."""
+    """Train the adapters on precomputed targets; metrics go to <workdir>/gill.duckdb, the training curves to
+    <run>/loss_curve.png and .pdf."""
     overrides = options_from(TrainOverrides, args).as_dict()
     options = options_from(TrainOptions, args, overrides=overrides)
     outcome = train_stage.run(Workdir.at(args.workdir), resolve_config(args), options)
@@ -31,7 +32,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     _out(f"run {result.run_id}: {result.steps} steps, final loss {last.get('loss', float('nan')):.4f}")
     if result.validations:
         _out(f"best val text-to-image R@1: {result.best_t2i_r1:.3f} (checkpoint {result.run_dir / 'best'})")
-    _out(f'loss curve: {curve}; metrics: gill db query --workdir {args.workdir} "SELECT * FROM train_metrics"')
+    _out(f"training curves: {curve} (and {curve.with_suffix('.pdf').name})")
+    _out(f'metrics: gill db query --workdir {args.workdir} "SELECT * FROM train_metrics"')
     return 0
 
 

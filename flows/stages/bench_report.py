@@ -1,9 +1,9 @@
-"""``gill report``: the benchmark ``results`` as the GILL paper's tables, a user's SQL, and the context figure.
+"""``gill report``: the benchmark ``results`` as the GILL paper's tables, the claims, and a user's SQL.
 
 Tables 1 (VIST) and 2 (VisDial) have one row per system and one column per (metric, context setting); each cell
 is ``mean [low, high]`` with the 95% bootstrap interval. Under each table: the metric models, the sample count and
-the systems that were not run, with the reason. :func:`plot_context_effect` draws CLIP similarity against context
-length (the paper's "effect of context" figure, section 5).
+the systems that were not run, with the reason. The figures are drawn by the report stage (``flows.stages.report``)
+with :mod:`eval.plots`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Any
 
 import duckdb
 
-from eval.plots import plot_curves
 from flows.store import db_path, ensure_database, query, user_query
 from flows.store_views import SYSTEM_ORDER
 from gill.errors import InputError
@@ -315,25 +314,6 @@ def _footnotes(path: Path, results: Any, run_id: str, benchmark: str) -> list[st
     )
     lines += [f"  not run: {r.system}: {r.reason}" for r in unsupported.itertuples()]
     return [*lines, ""]
-
-
-def plot_context_effect(workdir: str | Path, out: str | Path, *, run_id: str | None = None) -> Path | None:
-    """PNG of CLIP similarity against context length, one line per (benchmark, system); None without data."""
-
-    path = _database(workdir)
-    run_id = run_id or latest_run(workdir)
-    frame = query(path, "SELECT * FROM context_effect WHERE run_id = ?", [run_id])
-    series: dict[str, list[tuple[float, float]]] = {}
-    for r in frame.itertuples():
-        series.setdefault(f"{r.benchmark} {r.system}", []).append((float(r.context_length), float(r.clip_sim)))
-    if not series:
-        return None
-    return plot_curves(
-        series,
-        out,
-        title=f"CLIP similarity vs context (run {run_id})",
-        xlabel="context: VIST prompt items (captions + images), VisDial rounds",
-    )
 
 
 def _database(workdir: str | Path) -> Path:

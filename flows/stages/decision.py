@@ -20,18 +20,21 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from annotations.aggregate import confident_labels, human_baseline
 from annotations.exchange import export_official_tsv
 from annotations.store import JudgingStore, store_path
 from annotations.votes import default_votes_path, read_votes
+from eval.metrics import bootstrap_ci
 from flows.stages.index import existing_bank
-from flows.store import connect, db_path
+from flows.store import DECISION_CONFUSION_COLUMNS, connect, db_path
 from flows.workdir import Workdir
 from gill import decision as D
 from gill.checkpoint import ADAPTERS_FILE, load_adapters, record_checksums, save_pretrained
@@ -47,8 +50,12 @@ logger = logging.getLogger(__name__)
 TABLE = "decision_eval"
 """One row per figure: protocol ``official-600`` (metrics ``macro_f1``, ``best_on_test_f1``), ``cv5``
 (``macro_f1``, ``macro_f1_std``, ``macro_f1_fold<k>``) and ``human`` (``macro_f1_official``,
-``macro_f1_leave_one_out``); ``n`` is the number of examples the figure is computed on. ``checkpoint`` and
-``votes`` are stored relative to the workdir when inside it (:func:`gill.utils.paths.resolve_stored` reads them)."""
+``macro_f1_leave_one_out``); ``n`` is the number of examples the figure is computed on. The ``macro_f1`` rows also
+hold their confusion counts (``true_<label>_pred_<label>``), and the official split's its 95% bootstrap interval
+(``ci_low``, ``ci_high``; :func:`macro_f1_interval`). ``checkpoint`` and ``votes`` are stored relative to the
+workdir when inside it (:func:`gill.utils.paths.resolve_stored` reads them)."""
+CONFUSION_COLUMNS = DECISION_CONFUSION_COLUMNS
+"""``decision_eval`` columns of a confusion matrix, in ``[true][predicted]`` row order (gen = 0, ret = 1)."""
 
 
 class InsufficientLabelsError(InputError):
@@ -70,6 +77,9 @@ def record_decision(workdir: str | os.PathLike[str], rows: list[dict[str, Any]])
         "metric",
         "value",
         "n",
+        "ci_low",
+        "ci_high",
+        *CONFUSION_COLUMNS,
     )
     with connect(db_path(workdir)) as con:  # creates the table (flows.store.TABLES)
         con.execute("BEGIN TRANSACTION")
@@ -92,7 +102,33 @@ def _rows(result: DecisionFitResult, common: dict[str, Any]) -> list[dict[str, A
         (_baseline_protocol(result.panel), "macro_f1_official", result.human_official_f1, n_all),
         (_baseline_protocol(result.panel), "macro_f1_leave_one_out", result.human_loo_f1, None),
     ]
-    return [{**common, "protocol": p, "metric": m, "value": v, "n": n} for p, m, v, n in figures if v is not None]
+    rows = [{**common, "protocol": p, "metric": m, "value": v, "n": n} for p, m, v, n in figures if v is not None]
+    for row in rows:
+        if row["metric"] != "macro_f1":
+            continue
+        confusion = result.official_confusion if row["protocol"] == official else result.cv_confusion
+        if confusion is not None:
+            row.update(zip(CONFUSION_COLUMNS, (c for line in confusion for c in line), strict=True))
+        if row["protocol"] == official and confusion is not None:
+            interval = macro_f1_interval(confusion)
+            if interval is not None:
+                row.update(ci_low=interval.low, ci_high=interval.high)
+    return rows
+
+
+def macro_f1_interval(confusion: Sequence[Sequence[int]], *, n_boot: int = 1000, seed: int = 0) -> Any:
+    """95% percentile-bootstrap interval of the macro-F1 of the examples a ``[true][predicted]`` confusion matrix
+    counts (:func:`eval.metrics.bootstrap_ci` resampling the examples, each scored by :func:`gill.decision.macro_f1`);
+    None without examples. The counts are all a resample of examples needs: an example is its (true, predicted)."""
+    k = len(confusion)
+    codes = np.repeat(np.arange(k * k), [int(c) for line in confusion for c in line])
+    if codes.size == 0:
+        return None
+
+    def statistic(samples: np.ndarray, axis: int) -> np.ndarray:
+        return np.apply_along_axis(lambda row: D.macro_f1(row // k, row % k, num_classes=k), axis, samples)
+
+    return bootstrap_ci(codes, statistic=statistic, n_boot=n_boot, seed=seed)
 
 
 def _baseline_protocol(panel: str) -> str:

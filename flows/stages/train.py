@@ -1,5 +1,7 @@
 """Stage ``train``: train the adapters (paper section 3.4) on precomputed targets, with every logged metric in the
-project store (``train_metrics``) and a loss-curve PNG per run; resumes a crashed run from its newest checkpoint."""
+project store (``train_metrics``) and the training curves per run (``<run>/loss_curve.png`` and ``.pdf``: each loss
+and every validation figure against steps, :func:`eval.plots.training_figure`); resumes a crashed run from its
+newest checkpoint."""
 
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import pandas as pd
 import torch.distributed as dist
 
-from eval.plots import plot_curves
+from eval.plots import save_figure, training_figure
 from flows.store import db_path, query, record_metrics
 from flows.workdir import Workdir
 from gill.config import GILLConfig
@@ -25,10 +28,12 @@ from gill.utils.io import atomic_write_text
 logger = logging.getLogger(__name__)
 
 CURVES = ("loss", "loss_cap", "loss_lp", "loss_ret", "loss_gen")
+LOSS_CURVE = "loss_curve.png"
+"""A run's training curves (a PDF beside it): the name it always had, so references to it keep working."""
 
 
 class TrainingReporter:
-    """Receives a trainer's ``(step, metrics)`` and writes ``train_metrics``; draws the curve at the end."""
+    """Receives a trainer's ``(step, metrics)`` and writes ``train_metrics``; draws the curves at the end."""
 
     def __init__(self, workdir: str | Path, run_id: str) -> None:
         self.database = db_path(workdir)
@@ -39,13 +44,27 @@ class TrainingReporter:
         """One step's metrics (training or validation names) into the database."""
         record_metrics(self.database, self.run_id, step, values)
 
-    def finish(self, history: Sequence[dict[str, float]] = ()) -> Path:
-        """Write ``<run>/loss_curve.png`` from every step the database holds for the run (so a resumed run's
-        curve covers its earlier part too), falling back to ``history``."""
-        series = curve_series(self.database, self.run_id) or {
-            name: [(h["step"], h[name]) for h in history if name in h] for name in CURVES
-        }
-        return plot_curves(series, self.run_dir / "loss_curve.png", title=f"GILL adapters, run {self.run_id}")
+    def finish(
+        self, history: Sequence[dict[str, float]] = (), validations: Sequence[dict[str, float]] = ()
+    ) -> Path | None:
+        """Write the training curves to ``<run>/loss_curve.png`` (and ``.pdf``) from every step the database holds
+        for the run (so a resumed run's curves cover its earlier part too), falling back to ``history`` and
+        ``validations`` (the trainer's records); None when there is nothing to draw."""
+        metrics = query(
+            self.database, "SELECT step, name, value FROM train_metrics WHERE run_id = ? ORDER BY step", [self.run_id]
+        )
+        if metrics.empty:
+            metrics = pd.DataFrame(
+                [
+                    {"step": h["step"], "name": name, "value": value}
+                    for h in (*history, *validations)
+                    for name, value in h.items()
+                    if name != "step"
+                ],
+                columns=["step", "name", "value"],
+            )
+        figure = training_figure(metrics, title=f"GILL adapters, run {self.run_id}")
+        return None if figure is None else save_figure(figure, self.run_dir / LOSS_CURVE).png
 
 
 def curve_series(database: Path, run_id: str) -> dict[str, list[tuple[float, float]]]:
@@ -144,7 +163,7 @@ def train_or_resume(
         "status": status,
         "steps": target,
         "curve": curve_summary(database, run_id),
-        "loss_curve": str(run_dir / "loss_curve.png"),
+        "loss_curve": str(run_dir / LOSS_CURVE),
     }
 
 
@@ -213,7 +232,7 @@ def run_training(
         return result, None
     if mark_default:
         work.mark_default_run(trainer.run_dir.name)
-    return result, reporter.finish(result.history)
+    return result, reporter.finish(result.history, result.validations)
 
 
 def _leave_process_group() -> None:
