@@ -8,6 +8,7 @@ from pathlib import Path
 
 from eval.grids import draw_run_grids
 from flows.stages.bench_report import build_claims, build_report, plot_context_effect
+from flows.stages.html_report import write_html_report
 from flows.store import query
 from flows.workdir import Workdir
 
@@ -30,13 +31,21 @@ class ReportOutcome:
 
 
 def run(
-    workdir: Workdir, run_id: str, *, fmt: str = "table", figures: bool = True, plot: Path | None = None
+    workdir: Workdir,
+    run_id: str,
+    *,
+    fmt: str = "table",
+    figures: bool = True,
+    plot: Path | None = None,
+    html: Path | None = None,
 ) -> ReportOutcome:
     """The tables of run ``run_id`` in ``fmt`` (table, markdown or csv) and, with ``figures``, the context figure
-    (at ``plot``, default ``<workdir>/bench/reports/context_effect.png``) and the sample grids beside it."""
+    (at ``plot``, default ``<workdir>/bench/reports/context_effect.png``) and the sample grids beside it; with
+    ``html``, also the static web page of all of it and of every sample, in that folder
+    (:func:`flows.stages.html_report.write_html_report`)."""
     plot = plot or workdir.bench_reports / "context_effect.png"
     report = build_report(workdir.root, run_id=run_id, fmt=fmt)
-    return ReportOutcome(
+    outcome = ReportOutcome(
         run_id=run_id,
         report=report,
         markdown=report if fmt == "markdown" else build_report(workdir.root, run_id=run_id, fmt="markdown"),
@@ -44,6 +53,9 @@ def run(
         plot=plot_context_effect(workdir.root, plot, run_id=run_id) if figures else None,
         grids=draw_grids(workdir, run_id, plot.parent) if figures else [],
     )
+    if html is not None:
+        write_html_report(workdir, outcome, html)
+    return outcome
 
 
 def draw_grids(workdir: Workdir, run_id: str, out_dir: Path, *, limit: int = 4) -> list[Path]:
