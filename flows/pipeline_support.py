@@ -77,6 +77,7 @@ def locations(workdir: Path, checkpoint: Path | None) -> dict[str, str]:
         "judge them (people)": f"gill annotate add-judge NAME --workdir {workdir}, then gill annotate serve --workdir "
         f"{workdir} (or export --format html-bundle / label-studio)",
         "benchmark images": wd.bench,
+        "report (open in a browser: tables, figures, every sample)": wd.html_report / "index.html",
         "figures (PNG and PDF)": wd.bench_reports / "{context_effect,training_*,decision,mapper_ablation}.png",
         "qualitative grids (context -> ground truth / SD / GILL)": wd.bench_reports / "grid_*.png",
         "claims table": f"gill report --workdir {workdir} --claims (DuckDB view claims)",

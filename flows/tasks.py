@@ -35,6 +35,7 @@ from flows.stages import votes as votes_stage
 from flows.stages import world as world_stage
 from flows.stages.bench_report import PAPER_TABLES, fid_table, paper_table, retrieval_table
 from flows.stages.decision import InsufficientLabelsError, store_votes_tsv
+from flows.stages.html_report import html_index
 from flows.store import query
 from flows.workdir import Workdir
 from gill.config import GILLConfig
@@ -314,7 +315,8 @@ def bench_task(
 
 @task(task_run_name="report")
 def report_task(workdir: Path, run_id: str, results_digest: str) -> dict:
-    """The paper tables (printed and as artifacts), the claims and the figures."""
+    """The paper tables (printed and as artifacts), the claims, the figures and the web page of it all and of every
+    sample (``bench/reports/html/index.html``)."""
     wd = Workdir.at(workdir)
     results = query(wd.database, "SELECT * FROM results WHERE run_id = ?", [run_id])
     tables = {t.benchmark: paper_table(results, t) for t in PAPER_TABLES}
@@ -324,7 +326,7 @@ def report_task(workdir: Path, run_id: str, results_digest: str) -> dict:
             create_table_artifact(
                 key=f"bench-{name}", table=rows, description=f"run {run_id}; every number: {wd.database} table results"
             )
-    outcome = report_stage.run(wd, run_id)
+    outcome = report_stage.run(wd, run_id, html=wd.html_report)
     create_markdown_artifact(key="bench-report", markdown=outcome.markdown)
     create_markdown_artifact(key="claims", markdown=outcome.claims)
     return {
@@ -332,6 +334,7 @@ def report_task(workdir: Path, run_id: str, results_digest: str) -> dict:
         "plot": str(outcome.plot) if outcome.plot else None,
         "grids": [str(g) for g in outcome.grids],
         "figures": {name: str(png) for name, png in outcome.figures.items()},
+        "html": str(html_index(wd.html_report)),
     }
 
 

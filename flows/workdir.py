@@ -10,7 +10,7 @@ A work folder holds everything one pipeline produces::
       runs/<run_id>/{best,final}/ training runs and their checkpoints (``runs/DEFAULT`` names the default run)
       index/<checkpoint id>/      retrieval banks
       annotations/                judging: candidates/ (images), judging.sqlite (the judging store)
-      bench/                      benchmark images and reports/
+      bench/                      benchmark images and reports/ (reports/html/index.html: the web page)
       generated/, chat/           outputs of gill generate and gill chat
       .prefect/                   Prefect task cache and results of the flows (and home/, when no profile is set)
 
@@ -158,6 +158,11 @@ class Workdir:
     def bench_reports(self) -> Path:
         """Benchmark reports and figures."""
         return self.root / "bench" / "reports"
+
+    @property
+    def html_report(self) -> Path:
+        """The static web page of the latest benchmark report (``index.html``, its images and data)."""
+        return self.bench_reports / "html"
 
     @property
     def samples(self) -> Path:

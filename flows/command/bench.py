@@ -18,8 +18,10 @@ from flows.stages import bench as bench_stage
 from flows.stages import report as report_stage
 from flows.stages.bench import run_mapper_ablation
 from flows.stages.bench_report import build_claims, build_report, frame_rows, latest_run, render, run_sql
+from flows.stages.html_report import html_index
 from flows.store import db_path, query
 from flows.workdir import Workdir
+from gill.errors import InputError
 
 
 def _out(text: str = "") -> None:
@@ -115,8 +117,14 @@ def cmd_bench_ablation(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Print the paper tables (or a SQL query) and draw the figures and sample grids, saying where they are."""
+    """Print the paper tables (or a SQL query), draw the figures and sample grids, saying where they are, and with
+    ``--html`` write the web page."""
 
+    if args.html is not None and (args.sql or args.claims):
+        raise InputError(
+            "--html writes the whole report",
+            [f"leave out {'--sql' if args.sql else '--claims'} (the page holds the claims table too)"],
+        )
     if args.sql:
         _out(run_sql(args.workdir, args.sql, args.format).rstrip("\n"))
         return 0
@@ -135,12 +143,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         figures=not args.no_plot,
         plot=args.plot,
         training_run=args.training_run,
+        html=args.html,
     )
     _out(outcome.report.rstrip("\n"))
     for name, png in outcome.figures.items():
         _out(f"figure {name}: {png} (and {png.with_suffix('.pdf').name})")
     for grid in outcome.grids:
         _out(f"grid: {grid}")
+    if args.html is not None:
+        _out(f"report: {html_index(args.html)} (open it in a browser; the folder is self-contained)")
     return 0
 
 
@@ -208,4 +219,11 @@ def add_bench_parsers(groups: argparse._SubParsersAction) -> None:
         help="training run whose curves to draw (default: the run of the benchmarked checkpoint, else the default run)",
     )
     p.add_argument("--no-plot", action="store_true", help="do not draw the figures and the sample grids")
+    p.add_argument(
+        "--html",
+        type=Path,
+        metavar="OUT",
+        help="also write a static web page into folder OUT (replaced): the tables with their 95%% intervals, "
+        "the claims, the figures and a browser over every sample (OUT/index.html opens from file://)",
+    )
     p.set_defaults(func=cmd_report)

@@ -22,6 +22,7 @@ from eval.plots import (
     training_figure,
 )
 from flows.stages.bench_report import build_claims, build_report
+from flows.stages.html_report import write_html_report
 from flows.store import query
 from flows.workdir import Workdir
 from gill.errors import InputError
@@ -58,11 +59,13 @@ def run(
     figures: bool = True,
     plot: Path | None = None,
     training_run: str | None = None,
+    html: Path | None = None,
 ) -> ReportOutcome:
     """The tables of run ``run_id`` in ``fmt`` (table, markdown or csv) and, with ``figures``, every figure the store
     has data for and the sample grids, under ``<workdir>/bench/reports/`` (the context figure at ``plot`` when
     given; it must end in ``.png``). ``training_run``: whose training curves to draw (default: the run of the
-    benchmarked checkpoint, else the work folder's default run).
+    benchmarked checkpoint, else the work folder's default run). With ``html``, also the static web page of all of
+    it and of every sample, in that folder (:func:`flows.stages.html_report.write_html_report`).
 
     Raises:
         InputError: ``plot`` does not end in ``.png``, or ``training_run`` names a run without training metrics.
@@ -83,7 +86,7 @@ def run(
         out_dir = workdir.bench_reports
         drawn = draw_figures(workdir, run_id, out_dir, plot=plot, training_run=training_run)
         grids = draw_grids(workdir, run_id, (plot or out_dir / "context_effect.png").parent)
-    return ReportOutcome(
+    outcome = ReportOutcome(
         run_id=run_id,
         report=report,
         markdown=report if fmt == "markdown" else build_report(workdir.root, run_id=run_id, fmt="markdown"),
@@ -92,6 +95,9 @@ def run(
         grids=grids,
         figures=drawn,
     )
+    if html is not None:
+        write_html_report(workdir, outcome, html)
+    return outcome
 
 
 def draw_figures(
