@@ -1,6 +1,6 @@
 """The ``gill`` console command imports only the command it runs: ``gill --help``, the help of a light group and the
-judging commands start without the model stack (torch, transformers, diffusers), and the lazy dispatch prints what
-the full parser prints. (Start-up times: ``python bench/startup.py``.)"""
+judging commands start without the model stack (torch, transformers, diffusers), only ``gill ui`` imports gradio,
+and the lazy dispatch prints what the full parser prints. (Start-up times: ``python bench/startup.py``.)"""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from flows.command import COMMANDS, resolve_parser
 from flows.command.parser import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
-STACK = ("torch", "transformers", "diffusers")
+STACK = ("torch", "transformers", "diffusers", "gradio")
 ENTRY = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]["gill"]
 
 
@@ -52,6 +52,13 @@ def test_help_imports_no_model_stack(argv, shown):
     rc, out, stack = gill(*argv)
     assert rc == 0 and shown in out
     assert stack == []
+
+
+def test_only_gill_ui_imports_gradio():
+    rc, out, stack = gill("ui", "--help")
+    assert rc == 0 and "--image-frequency" in out and "gradio" in stack
+    rc, out, stack = gill("chat", "--help")
+    assert rc == 0 and "--image-frequency" in out and "torch" in stack and "gradio" not in stack
 
 
 def test_a_judging_session_imports_no_model_stack(tmp_path):

@@ -60,6 +60,7 @@ COMMANDS: dict[str, Command] = {
         "multi-turn chat in the terminal (/image PATH, /reset, /quit)", "flows.command.inference:add_inference_parsers"
     ),
     "index": Command("the local retrieval bank", "flows.command.inference:add_inference_parsers"),
+    "ui": Command("the chat demo in the browser (a Gradio app on 127.0.0.1)", "flows.command.ui:add_ui_parser"),
     "annotate": Command(
         "human retrieve-vs-generate votes: labels, baseline, agreement", "flows.command.annotate:add_annotate_parsers"
     ),

@@ -41,7 +41,8 @@ def _out(text: str = "") -> None:
 # -- shared options -------------------------------------------------------------------------------------------------
 
 
-def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+    """``--workdir``, ``--checkpoint`` and ``--device`` (what :func:`load_pipeline` reads)."""
     p.add_argument("--workdir", type=Path, required=True, help="the workdir of gill train / gill index build")
     p.add_argument("--checkpoint", type=Path, help="checkpoint folder (default: the newest run's best/ or final/)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
@@ -84,8 +85,8 @@ def _settings(args: argparse.Namespace) -> GenerationSettings:
         raise InputError("invalid generation options", err.problems) from err
 
 
-def _load_pipeline(args: argparse.Namespace, load_sd: bool = True):  # -> GILLPipeline
-
+def load_pipeline(args: argparse.Namespace, load_sd: bool = True):  # -> GILLPipeline
+    """The pipeline of ``--workdir`` / ``--checkpoint`` with that checkpoint's retrieval bank when it was built."""
     workdir = Workdir.at(args.workdir)
     checkpoint = workdir.checkpoint(args.checkpoint)
     bank = index_stage.existing_bank(workdir, checkpoint)
@@ -118,7 +119,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     images = load_prompt_images(args.image or [])
-    pipe = _load_pipeline(args)
+    pipe = load_pipeline(args)
     output = pipe([*images, args.prompt], settings)
     out_dir = args.out or Workdir.at(args.workdir).outputs("generated", time.strftime("%Y%m%d-%H%M%S"))
     saved = save_images(output, out_dir)
@@ -136,7 +137,7 @@ CHAT_HELP = "commands: /image PATH (attach to the next message), /reset, /quit"
 def cmd_chat(args: argparse.Namespace) -> int:
     """Multi-turn terminal chat; images are saved under --out."""
 
-    session = ChatSession(_load_pipeline(args), _settings(args))
+    session = ChatSession(load_pipeline(args), _settings(args))
     out_dir = args.out or Workdir.at(args.workdir).outputs("chat", time.strftime("%Y%m%d-%H%M%S"))
     run_chat(session, out_dir, sys.stdin, _out)
     return 0
@@ -200,7 +201,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 
 def cmd_index_query(args: argparse.Namespace) -> int:
     """Search the bank with a text query; print the top-k keys, scores and captions (and save the images)."""
-    pipe = _load_pipeline(args, load_sd=False)
+    pipe = load_pipeline(args, load_sd=False)
     if pipe.bank is None:
         raise InputError(
             f"no retrieval bank for this checkpoint under {args.workdir}",
@@ -239,19 +240,19 @@ def add_inference_parsers(groups: argparse._SubParsersAction) -> None:
     p.add_argument("prompt", help="the text prompt")
     p.add_argument("--image", action="append", metavar="PATH", help="an input image, placed before the text (repeat)")
     p.add_argument("--out", type=Path, help="where images and sidecars go (default W/generated/<time>)")
-    _add_checkpoint_args(p)
+    add_checkpoint_args(p)
     _add_settings_args(p)
     p.set_defaults(func=cmd_generate)
 
     p = add_command(groups, "chat")
     p.add_argument("--out", type=Path, help="where images go (default W/chat/<time>)")
-    _add_checkpoint_args(p)
+    add_checkpoint_args(p)
     _add_settings_args(p)
     p.set_defaults(func=cmd_chat)
 
     index = add_group(groups, "index")
     p = index.add_parser("build", help="embed the precomputed images with a checkpoint's retrieval head")
-    _add_checkpoint_args(p)
+    add_checkpoint_args(p)
     p.add_argument("--splits", nargs="+", default=["train"], help="feature splits to index (default: train)")
     p.add_argument(
         "--approximate",
@@ -266,5 +267,5 @@ def add_inference_parsers(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=("auto", "exact", "approx"), default="auto")
     p.add_argument("--out", type=Path, help="also save the retrieved images here")
     p.add_argument("--json", action="store_true", help="print JSON")
-    _add_checkpoint_args(p)
+    add_checkpoint_args(p)
     p.set_defaults(func=cmd_index_query)

@@ -20,6 +20,7 @@ from flows.command.demo import add_demo_parser
 from flows.command.inference import add_inference_parsers
 from flows.command.models import add_model_parsers
 from flows.command.train import add_train_parser
+from flows.command.ui import add_ui_parser
 from gill.offline import configure_environment
 
 REGISTRARS = (
@@ -28,6 +29,7 @@ REGISTRARS = (
     add_db_parsers,
     add_train_parser,
     add_inference_parsers,
+    add_ui_parser,
     add_annotate_parsers,
     add_decision_parsers,
     add_bench_parsers,
