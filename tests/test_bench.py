@@ -266,7 +266,9 @@ def test_report_prints_paper_tables_runs_user_sql_and_draws_the_context_figure(b
         "not run: glide",
     ):
         assert text in out
-    assert Image.open(plot).size == (800, 480)
+    with Image.open(plot) as image:  # the matplotlib figure at --plot, its PDF beside it, both named in the output
+        assert image.format == "PNG" and min(image.size) >= 400
+    assert plot.with_suffix(".pdf").is_file() and str(plot) in out
     sql = (
         f"SELECT system, count(*) AS n FROM samples WHERE run_id = '{full_run['run_id']}' AND benchmark = 'vist' "
         "AND status = 'ok' GROUP BY system"
