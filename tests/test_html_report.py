@@ -13,7 +13,6 @@ import json
 import re
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +22,7 @@ from PIL import Image
 from flows.command.parser import main
 from flows.stages import report as report_stage
 from flows.stages.html_report import SAMPLES_PER_FILE, samples_file, script_json, write_html_report
+from flows.stages.report import ReportOutcome, report_figures
 from flows.store import db_path, ensure_database, replace_rows
 from flows.workdir import Workdir
 
@@ -276,24 +276,30 @@ def test_script_json_escapes_what_could_end_a_script_or_a_string():
         script_json(float("nan"))
 
 
-@dataclass
-class _OutcomeWithFigures:
-    """A report outcome of the report stage once it returns named figures too."""
-
-    run_id: str
-    plot: Path | None = None
-    grids: list[Path] = field(default_factory=list)
-    figures: dict[str, Path] = field(default_factory=dict)
-
-
-def test_named_figures_of_the_outcome_are_embedded_and_missing_ones_left_out(tmp_path):
+def test_figures_are_embedded_with_escaped_captions_and_missing_ones_left_out(tmp_path):
     wd = build_store(tmp_path / "w")
     figure = Path(_png(tmp_path / "figs" / "recall_curve.png", (10, 20, 30)))
-    outcome = _OutcomeWithFigures(RUN, figures={"Recall <at> k": figure, "gone": tmp_path / "missing.png"})
-    page = write_html_report(wd, outcome, tmp_path / "out")
+    page = write_html_report(wd, RUN, [("Recall <at> k", figure), ("gone", tmp_path / "missing.png")], tmp_path / "out")
     text = page.read_text(encoding="utf-8")
     assert '<img src="figures/recall_curve.png"' in text and "<figcaption>Recall &lt;at&gt; k</figcaption>" in text
     assert "gone" not in text and sorted(p.name for p in (tmp_path / "out" / "figures").iterdir()) == [figure.name]
+
+
+def test_the_report_stage_captions_each_figure_once(tmp_path):
+    """The context figure is both ``plot`` and a named figure: the page shows it once, under a caption, not a key."""
+    figures = {name: tmp_path / f"{name}.png" for name in ("context_effect", "training", "decision")}
+    outcome = ReportOutcome(
+        run_id=RUN,
+        report="",
+        markdown="",
+        claims="",
+        plot=figures["context_effect"],
+        grids=[tmp_path / "grid_vist_5cap.png"],
+        figures=figures,
+    )
+    captions = [caption for caption, _ in report_figures(outcome)]
+    assert len(captions) == 4 and captions[0].startswith("Effect of context") and "(vist, 5cap)" in captions[-1]
+    assert not set(captions) & set(figures)  # no bare figure keys
 
 
 # -- in the browser -----------------------------------------------------------------------------------------------

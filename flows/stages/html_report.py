@@ -31,7 +31,7 @@ import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 from flows.stages.bench_report import (
@@ -49,9 +49,6 @@ from flows.store_views import SYSTEM_ORDER
 from flows.workdir import Workdir
 from gill.utils.io import atomic_directory
 from gill.utils.paths import resolve_stored, to_stored
-
-if TYPE_CHECKING:
-    from flows.stages.report import ReportOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -101,13 +98,14 @@ def html_index(out: str | os.PathLike[str]) -> Path:
     return Path(out) / "index.html"
 
 
-def write_html_report(workdir: Workdir, outcome: ReportOutcome, out: str | os.PathLike[str]) -> Path:
-    """Write the report folder of ``outcome``'s run at ``out`` (replacing it) and return its ``index.html``.
+def write_html_report(
+    workdir: Workdir, run_id: str, figures: Sequence[tuple[str, Path]], out: str | os.PathLike[str]
+) -> Path:
+    """Write the report folder of benchmark run ``run_id`` at ``out`` (replacing it) and return its ``index.html``.
 
-    The figures are those the report stage returned: ``outcome.plot``, ``outcome.grids`` and, when the outcome
-    has them, ``outcome.figures`` (name -> PNG).
+    ``figures``: (caption, PNG) of each figure to show, in order (the report stage's, see
+    :func:`flows.stages.report.report_figures`); a missing file is left out with a warning.
     """
-    run_id = outcome.run_id
     database = workdir.database
     results = query(database, "SELECT * FROM results WHERE run_id = ?", [run_id])
     samples = query(database, "SELECT * FROM samples WHERE run_id = ?", [run_id])
@@ -116,18 +114,18 @@ def write_html_report(workdir: Workdir, outcome: ReportOutcome, out: str | os.Pa
     sections = table_sections(database, results, unsupported, run_id)
     claims = claims_rows(database, run_id)
     with atomic_directory(out) as tmp:
-        figures = _copy_figures(report_figures(outcome), tmp / "figures")
+        shown = _copy_figures(figures, tmp / "figures")
         images = ImageCopier(workdir.root, tmp)
         records = sample_records(samples.to_dict(orient="records"), images)
         _write_samples(tmp / "data", run_id, records)
         page = string.Template((ASSETS / "index.html").read_text(encoding="utf-8")).substitute(
             title=html.escape(f"GILL benchmark report: run {run_id}"),
             header=_header(run_id, run, database, workdir.root),
-            toc=_toc(sections, claims, figures),
+            toc=_toc(sections, claims, shown),
             tables="\n".join(_section_html(s) for s in sections if s.rows)
             or "<p class='empty'>No results in this run.</p>",
             claims=_claims_html(claims),
-            figures=_figures_html(figures),
+            figures=_figures_html(shown),
             n_samples=str(len(records)),
         )
         (tmp / "index.html").write_text(page, encoding="utf-8")
@@ -280,19 +278,6 @@ def _toc(sections: list[Section], claims: list, figures: list[tuple[str, str]]) 
 
 
 # -- figures --------------------------------------------------------------------------------------------------------
-
-
-def report_figures(outcome: ReportOutcome) -> list[tuple[str, Path]]:
-    """(caption, PNG) of every figure the report stage returned: the context figure, the sample grids and the
-    named figures (``outcome.figures``, where the outcome has that field)."""
-    out = []
-    if outcome.plot is not None:
-        out.append(("Effect of context: CLIP similarity against context length (paper section 5)", outcome.plot))
-    for grid in outcome.grids:
-        out.append((f"Sample grid: {grid.stem.removeprefix('grid_').replace('_', ', ')}", Path(grid)))
-    for name, path in (getattr(outcome, "figures", None) or {}).items():
-        out.append((str(name), Path(path)))
-    return out
 
 
 def _copy_figures(figures: Iterable[tuple[str, Path]], folder: Path) -> list[tuple[str, str]]:

@@ -96,8 +96,31 @@ def run(
         figures=drawn,
     )
     if html is not None:
-        write_html_report(workdir, outcome, html)
+        write_html_report(workdir, run_id, report_figures(outcome), html)
     return outcome
+
+
+FIGURE_CAPTIONS = {
+    "context_effect": "Effect of context: CLIP similarity and scene score against the context in the prompt, per "
+    "system, with 95% intervals (paper section 5, Tables 1 and 2)",
+    "mapper_ablation": "Mapper ablation: CC3M FID and VIST CLIP similarity per mapper kind, with 95% intervals "
+    "(paper Table 3)",
+    "decision": "Retrieve-or-generate decision classifier: macro-F1 beside the judges' leave-one-out baseline, and "
+    "confusion matrices (paper section 3.3)",
+    "training": "Training curves: each loss with its validation value, and the validation metrics, against steps",
+}
+"""The caption of each figure of :func:`draw_figures` in the report's web page."""
+
+
+def report_figures(outcome: ReportOutcome) -> list[tuple[str, Path]]:
+    """(caption, PNG) of every figure of ``outcome``, in reading order: the named figures, then the sample grids."""
+    shown = [(FIGURE_CAPTIONS.get(name, name.replace("_", " ")), Path(png)) for name, png in outcome.figures.items()]
+    if outcome.plot is not None and "context_effect" not in outcome.figures:
+        shown.insert(0, (FIGURE_CAPTIONS["context_effect"], outcome.plot))
+    for grid in outcome.grids:
+        setting = grid.stem.removeprefix("grid_").replace("_", ", ")
+        shown.append((f"Qualitative grid ({setting}): context, ground truth, SD, GILL forced to generate, GILL", grid))
+    return shown
 
 
 def draw_figures(
