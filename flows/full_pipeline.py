@@ -55,7 +55,8 @@ from gill.hub import require_backbones
 def gill_pipeline(params: PipelineParams = PipelineParams()) -> dict:  # noqa: B008 - pydantic, immutable use
     """GILL end to end (paper sections 3-5): data, adapters, decision classifier, benchmarks, report."""
 
-    workdir = params.workdir.resolve()
+    wd = Workdir.at(params.workdir)
+    workdir = wd.root
     workdir.mkdir(parents=True, exist_ok=True)
     storage = results_block(workdir)
     run = {name: cached(fn, workdir, params.refresh, storage) for name, fn in TASKS.items()}
@@ -78,14 +79,14 @@ def gill_pipeline(params: PipelineParams = PipelineParams()) -> dict:  # noqa: B
     if log.wants("precompute"):
         options = PrecomputeOptions(batch_size=params.precompute_batch_size, device=params.device)
         for split in ("train", "val"):
-            shards = complete_image_shards(Workdir.at(workdir).images(split))
+            shards = complete_image_shards(wd.images(split))
             futures = [
                 run["precompute"].submit(s, file_digest(s), split, workdir, config_json, options) for s in shards
             ]
             rows = [f.result() for f in futures]
-            precompute_stage.record(Workdir.at(workdir), rows)
+            precompute_stage.record(wd, rows)
             log.done(f"precompute {split}", {"shards": len(rows), "samples": sum(r["count"] for r in rows)})
-    features = _feature_fingerprints(workdir)
+    features = _feature_fingerprints(wd)
     if log.wants("train"):
         overrides = {
             k: v
@@ -94,7 +95,7 @@ def gill_pipeline(params: PipelineParams = PipelineParams()) -> dict:  # noqa: B
         }
         log.done("train", run["train"](workdir, config_json, overrides, params.run_id, features, params.device))
     later = {"index", "candidates", "decision", "vist", "visdial", "cc3m-fid"}
-    checkpoint = Workdir.at(workdir).run_checkpoint(params.run_id) if later & set(log.selected) else None
+    checkpoint = wd.run_checkpoint(params.run_id) if later & set(log.selected) else None
     if log.wants("index"):
         log.done("index", run["index"](workdir, checkpoint, adapters_id(checkpoint), features))
     if log.wants("candidates"):
@@ -140,7 +141,7 @@ def gill_pipeline(params: PipelineParams = PipelineParams()) -> dict:  # noqa: B
     bench_run = None
     for benchmark in ("vist", "visdial", "cc3m-fid"):
         if log.wants(benchmark):
-            data, digest = _bench_data(benchmark, sources, workdir)
+            data, digest = _bench_data(benchmark, sources, wd)
             summary = run["bench"](
                 benchmark,
                 workdir,
@@ -190,7 +191,7 @@ def _mapper_ablation(
         )
         checkpoint = Workdir.at(workdir).run_checkpoint(run_id)
         for benchmark in ("vist", "cc3m-fid"):
-            data, digest = _bench_data(benchmark, sources, workdir)
+            data, digest = _bench_data(benchmark, sources, Workdir(workdir))
             options = json.loads(_bench_options(params, benchmark))
             options.update(systems=["gill-gen"], retrieval=False)
             if benchmark == "vist":
@@ -276,12 +277,12 @@ def _download_options(params: PipelineParams, config: Any, synthetic: bool) -> d
     }
 
 
-def _feature_fingerprints(workdir: Path) -> list[str]:
+def _feature_fingerprints(workdir: Workdir) -> list[str]:
     """The fingerprint of every feature shard (what training and the bank read)."""
 
     out = []
     for split in ("train", "val"):
-        folder = Workdir.at(workdir).features(split)
+        folder = workdir.features(split)
         for sub in sorted(folder.iterdir()) if folder.is_dir() else []:
             manifest = read_feature_manifest(sub)
             if manifest is not None:
@@ -289,7 +290,7 @@ def _feature_fingerprints(workdir: Path) -> list[str]:
     return out
 
 
-def _bench_data(benchmark: str, sources: dict[str, str], workdir: Path) -> tuple[dict, str | None]:
+def _bench_data(benchmark: str, sources: dict[str, str], workdir: Workdir) -> tuple[dict, str | None]:
     if benchmark == "vist":
         data = {"sis_json": sources["vist_sis_json"], "images": sources["vist_images"]}
         return data, f"{file_digest(Path(data['sis_json']))}:{folder_digest(Path(data['images']))}"
@@ -297,7 +298,7 @@ def _bench_data(benchmark: str, sources: dict[str, str], workdir: Path) -> tuple
         data = {"dialogs_json": sources["visdial_json"], "images": sources["visdial_images"]}
         return data, f"{file_digest(Path(data['dialogs_json']))}:{folder_digest(Path(data['images']))}"
 
-    return {}, folder_digest(Workdir.at(workdir).images("val"))
+    return {}, folder_digest(workdir.images("val"))
 
 
 def _bench_options(params: PipelineParams, benchmark: str) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.cache_policies import INPUTS, TASK_SOURCE, CacheKeyFnPolicy
 from prefect.filesystems import LocalFileSystem
 
 from annotations.store import SIMULATED_PANEL, JudgingStore
@@ -38,7 +38,10 @@ from flows.stages.decision import InsufficientLabelsError, store_votes_tsv
 from flows.stages.html_report import html_index
 from flows.store import query
 from flows.workdir import Workdir
+from gill import checkpoint as checkpoint_format
+from gill import retrieval
 from gill.config import GILLConfig
+from gill.data import precompute as feature_format
 from gill.data.precompute import PrecomputeOptions
 from gill.retrieval import checkpoint_id
 from gill.synth import SynthConfig
@@ -67,9 +70,24 @@ def results_block(workdir: Path) -> Any:
     return block
 
 
+LIBRARY_FORMATS = {
+    "checkpoint": checkpoint_format.FORMAT_VERSION,
+    "feature shards": feature_format.FORMAT_VERSION,
+    "retrieval bank": retrieval.FORMAT_VERSION,
+}
+"""The versions of the files the stages write through the library: a new version invalidates every cached stage
+(the task's source alone does not change when the library's format does, and a stale file would be kept)."""
+
+
+def _library_formats(context: Any, parameters: dict[str, Any]) -> str:
+    return ",".join(f"{name}={version}" for name, version in sorted(LIBRARY_FORMATS.items()))
+
+
 def cached(fn: Any, workdir: Path, refresh: bool, storage: Any) -> Any:
-    """``fn`` keyed on inputs and source, with its cache records and results under ``workdir/.prefect``."""
-    policy = (INPUTS + TASK_SOURCE).configure(key_storage=str((workdir / CACHE_DIR / "cache").resolve()))
+    """``fn`` keyed on inputs, source and the library's file formats, with its cache records and results under
+    ``workdir/.prefect``."""
+    formats = CacheKeyFnPolicy(cache_key_fn=_library_formats)
+    policy = (INPUTS + TASK_SOURCE + formats).configure(key_storage=str((workdir / CACHE_DIR / "cache").resolve()))
     return fn.with_options(cache_policy=policy, persist_result=True, result_storage=storage, refresh_cache=refresh)
 
 

@@ -13,29 +13,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from browser_helpers import WAIT_S, chromium, needs_browser
+from shard_helpers import DEMO_PIPELINE
+from test_annotation_app import ADMIN, SCRIPT_PROMPT, running, write_candidates
 
 from annotations.app import _num, create_app
 from annotations.store import JudgingStore
 from flows.stages.candidates import import_candidates
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-try:
-    import selenium  # noqa: F401
-except ImportError:  # pragma: no cover - see the skip reason
-    HAVE_SELENIUM = False
-else:
-    HAVE_SELENIUM = True
+pytestmark = needs_browser
 
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER and HAVE_SELENIUM),
-    reason="needs apt packages chromium + chromium-driver and pip package selenium",
-)
-
-from shard_helpers import DEMO_PIPELINE  # noqa: E402
-from test_annotation_app import ADMIN, SCRIPT_PROMPT, running, write_candidates  # noqa: E402
-
-WAIT_S = 20
 Site = tuple[str, Path, dict[str, str]]  # (base URL, workdir, login token by judge name)
 
 if TYPE_CHECKING:
@@ -44,19 +31,8 @@ if TYPE_CHECKING:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(flag)
-    options.binary_location = CHROMIUM
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(WAIT_S)
-    try:
+    with chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture
@@ -222,7 +198,6 @@ def test_the_offline_html_bundle_votes_by_mouse_and_keyboard_resumes_and_imports
 def test_a_judge_of_the_demo_workdir_sees_both_images_large_votes_and_resumes(browser, demo_workdir, tmp_path, capsys):
     """After ``make demo``: ``add-judge`` prints a link; the page shows the world prompt and both candidate images
     (loaded, scaled up to >= 256 px with crisp pixels); votes by mouse and keys land in the store; a reload resumes."""
-    import shutil
 
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from browser_helpers import WAIT_S, chromium, needs_browser
 from PIL import Image
 
 from flows.command.parser import main
@@ -26,24 +27,9 @@ from flows.stages.report import ReportOutcome, report_figures
 from flows.store import db_path, ensure_database, replace_rows
 from flows.workdir import Workdir
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-try:
-    import selenium  # noqa: F401
-except ImportError:  # pragma: no cover - see the skip reason
-    HAVE_SELENIUM = False
-else:
-    HAVE_SELENIUM = True
-
-needs_browser = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER and HAVE_SELENIUM),
-    reason="needs apt packages chromium + chromium-driver and pip package selenium",
-)
-
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
 
-WAIT_S = 20
 RUN = "run-html"
 EVIL = '<img src=x onerror="window.pwned=1"> and <b>bold</b> </script> caf\u00e9 \u2028 line'
 """The prompt of the first sample: HTML-like text, a script end tag, non-ASCII and a JavaScript line separator."""
@@ -163,21 +149,8 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workdir, Path]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    flags = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1300,900")
-    for flag in flags:
-        options.add_argument(flag)
-    options.binary_location = CHROMIUM
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(WAIT_S)
-    try:
+    with chromium("--window-size=1300,900", console_log=True) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _open(driver: WebDriver, page: Path) -> None:

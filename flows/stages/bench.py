@@ -89,14 +89,15 @@ class BenchSession:
         """Resolve the checkpoint, check the metric models (failing before any heavy load), load the pipeline."""
 
         workdir = Path(workdir)
-        ckpt = Workdir.at(workdir).checkpoint(checkpoint)
+        work = Workdir.at(workdir)
+        ckpt = work.checkpoint(checkpoint)
         config = read_checkpoint_config(ckpt)
         metrics = resolve_metric_models(
             config, metric_spec or MetricModelSpec(), device=options.device, need_fid=need_fid
         )
         chosen = options.systems or tuple(SYSTEMS)
         wants_bank = any(s in SYSTEMS and (SYSTEMS[s].needs_bank or s == "gill") for s in chosen)
-        bank = existing_bank(Workdir.at(workdir), ckpt) if wants_bank else None
+        bank = existing_bank(work, ckpt) if wants_bank else None
         pipe = GILLPipeline.from_pretrained(ckpt, bank=bank, device=options.device)
         ckpt_id = checkpoint_id(ckpt)
         # FID is recomputed from the saved images at every call, so its feature model is not part of the identity
