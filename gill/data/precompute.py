@@ -45,19 +45,22 @@ import hashlib
 import io
 import json
 import logging
-import queue
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
+from transformers.image_processing_backends import TorchvisionBackend
 
 from gill.config import GILLConfig, looks_like_path
 from gill.data.shards import (
@@ -96,6 +99,7 @@ STORAGE_DTYPES: dict[str, np.dtype] = {
     "fp32": np.dtype("float32"),
 }
 _SHA256_NAME = re.compile(r"[0-9a-f]{64}")
+T = TypeVar("T")
 
 
 # -- options and results ---------------------------------------------------------------------------------
@@ -114,8 +118,19 @@ class PrecomputeOptions:
     prefetch: int = 2
     """Batches prepared ahead of the forward (per worker process, or in one background thread; 0: no overlap)."""
     num_workers: int = 0
-    """Processes that read, decode, preprocess and tokenise (0: one background thread). With a GPU the forward is
-    far faster than JPEG decoding: give it most CPU cores. On a CPU-only machine the forward needs the cores."""
+    """Processes that read, decode, preprocess and tokenise (0: ``threads`` background threads). With a GPU the
+    forward is far faster than JPEG decoding: give them most CPU cores. On a CPU-only machine the forward needs
+    the cores."""
+    threads: int = 1
+    """Background threads that read, decode, preprocess and tokenise batches when ``num_workers`` is 0 (each
+    prepares whole batches; JPEG decoding and torch's resize release the GIL)."""
+    forward_threads: int = 0
+    """Torch intra-op threads while a shard's forward runs (0: leave torch's process-wide setting, by default one
+    per core). On a CPU-only machine, cores minus ``threads`` keeps decoding and the forward from contending."""
+    batched_preprocess: bool = True
+    """Preprocess a batch's same-sized images with one call of each of the image processor's own torchvision ops
+    instead of image by image; used only where its output is bit-identical to the processor's (checked when the
+    encoders load), so stored features do not depend on it. False: the processor, image by image."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -123,10 +138,14 @@ class PrecomputeOptions:
             problems.append(f"batch_size: must be a positive int, got {self.batch_size!r}")
         if self.dtype not in TORCH_DTYPES:
             problems.append(f"dtype: must be one of {sorted(TORCH_DTYPES)}, got {self.dtype!r}")
-        for name in ("prefetch", "num_workers"):
+        for name in ("prefetch", "num_workers", "forward_threads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 problems.append(f"{name}: must be an int >= 0, got {value!r}")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
+            problems.append(f"threads: must be an int >= 1, got {self.threads!r}")
+        if not isinstance(self.batched_preprocess, bool):
+            problems.append(f"batched_preprocess: must be true or false, got {self.batched_preprocess!r}")
         problems += _device_problems(self.device)
         if problems:
             raise ConfigError("invalid PrecomputeOptions", problems)
@@ -196,6 +215,152 @@ class ShardResult:
         }
 
 
+# -- batched preprocessing ------------------------------------------------------------------------------
+
+BATCHED_PIXEL_TOLERANCE = 0.0
+"""Largest absolute difference of normalised pixels allowed between :class:`BatchPreprocessor`'s batched path and
+the image processor called on the same images: none. The batched path runs the processor's own torchvision ops
+(the same antialiased resize kernel, centre crop and fused rescale+normalise) once on a stack of same-sized images
+instead of once per image, which changes no arithmetic; so stored features do not depend on it and the format
+version stays. Where it would differ (another backend, a processor with other steps) the processor is used."""
+
+_PIXEL_SETTINGS = (
+    "do_convert_rgb",
+    "do_resize",
+    "size",
+    "resample",
+    "do_center_crop",
+    "crop_size",
+    "do_rescale",
+    "rescale_factor",
+    "do_normalize",
+    "image_mean",
+    "image_std",
+)
+"""The processor settings :meth:`TorchvisionBackend._preprocess` reads (besides padding, which is not batched)."""
+_PROCESSOR_STEPS = ("preprocess", "_preprocess_image_like_inputs", "_prepare_image_like_inputs", "_preprocess")
+"""Methods whose torchvision-backend versions the batched path re-enacts; a processor overriding one is not batched."""
+_PROBE_SIZES = ((256, 256), (256, 256), (300, 171), (171, 300), (47, 33), (5, 300), (16, 16))
+"""(width, height) of the noise images checked at load: a same-sized pair, both orientations, odd and tiny sizes."""
+
+
+class BatchPreprocessor:
+    """The vision model's image processor applied to a batch at once (picklable: runs in worker processes).
+
+    transformers' ``CLIPImageProcessor`` (torchvision backend) handles images one at a time on a CPU: it converts
+    each to a channels-first tensor (a strided copy), then resizes, crops and normalises it with a handful of
+    small torch calls, about 0.5 ms per 256 px image. Here a batch's same-sized RGB images are stacked as one
+    channels-last uint8 tensor (one copy, the layout the antialiased resize kernel works in) and each of the
+    processor's own ops runs once per stack, in the processor's order: resize, centre crop, rescale+normalise.
+    Images that are not plain RGB (grayscale, alpha, palette transparency) are converted by the processor's own
+    ``process_image``. :func:`batch_preprocessor` uses this path only after it has checked that the output is
+    bit-identical to the processor's (:data:`BATCHED_PIXEL_TOLERANCE`).
+    """
+
+    def __init__(self, image_processor: Any, settings: dict[str, Any] | None = None) -> None:
+        self.image_processor = image_processor
+        self.settings = settings
+        """The processor's resolved settings (:data:`_PIXEL_SETTINGS`); None: call the processor image by image."""
+
+    @property
+    def batched(self) -> bool:
+        """True when same-sized images go through the processor's ops as one stack."""
+        return self.settings is not None
+
+    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
+        """Resize, crop and normalise as the processor does -> (B, 3, H, W) float32, in input order."""
+        if self.settings is None:
+            return preprocess_images(self.image_processor, images)
+        arrays = [self._channels_last(image) for image in images]  # each (H, W, C) uint8
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, array in enumerate(arrays):
+            groups.setdefault(array.shape, []).append(i)
+        out: list[torch.Tensor | None] = [None] * len(arrays)
+        for rows in groups.values():
+            stack = torch.from_numpy(np.stack([arrays[i] for i in rows])).permute(0, 3, 1, 2)  # (b, C, H, W)
+            for i, pixels in zip(rows, self._transform(stack), strict=True):
+                out[i] = pixels
+        return torch.stack(out)  # (B, C, h, w)
+
+    def _channels_last(self, image: Image.Image) -> np.ndarray:
+        """(H, W, C) uint8 pixels as the processor's ``process_image`` would give them (channels last)."""
+        if isinstance(image, Image.Image) and image.mode == "RGB" and "transparency" not in image.info:
+            return np.asarray(image)  # what process_image reads from a plain RGB image
+        chw = self.image_processor.process_image(image, do_convert_rgb=self.settings["do_convert_rgb"])
+        return chw.permute(1, 2, 0).numpy()
+
+    def _transform(self, stack: torch.Tensor) -> torch.Tensor:
+        """The processor's ``_preprocess`` steps on one stack of same-sized images -> (b, C, h, w) contiguous."""
+        s, processor = self.settings, self.image_processor
+        if s["do_resize"]:
+            stack = processor.resize(image=stack, size=s["size"], resample=s["resample"])
+        if s["do_center_crop"]:
+            stack = processor.center_crop(stack, s["crop_size"])
+        stack = processor.rescale_and_normalize(
+            stack, s["do_rescale"], s["rescale_factor"], s["do_normalize"], s["image_mean"], s["image_std"]
+        )
+        return stack.contiguous()
+
+
+def batch_preprocessor(image_processor: Any) -> BatchPreprocessor:
+    """A batched preprocessor when the processor's steps are known and a probe batch comes out bit-identical to
+    the processor's own output; otherwise one that calls the processor (logged, with the reason)."""
+    problems = _batching_problems(image_processor)
+    if not problems:
+        candidate = BatchPreprocessor(image_processor, _resolved_settings(image_processor))
+        difference = batched_difference(candidate, probe_images())
+        if difference <= BATCHED_PIXEL_TOLERANCE:
+            return candidate
+        problems = [f"the batched output differs from the processor's by {difference:.3g} on probe images"]
+    logger.info("preprocessing image by image with %s: %s", type(image_processor).__name__, "; ".join(problems))
+    return BatchPreprocessor(image_processor)
+
+
+def _batching_problems(image_processor: Any) -> list[str]:
+    if not isinstance(image_processor, TorchvisionBackend):
+        return [f"{type(image_processor).__name__} is not a torchvision-backend image processor"]
+    problems = [
+        f"{type(image_processor).__name__}.{name} has its own steps"
+        for name in _PROCESSOR_STEPS
+        if getattr(type(image_processor), name) is not getattr(TorchvisionBackend, name)
+    ]
+    if getattr(image_processor, "do_pad", None):
+        problems.append("it pads images")
+    return problems
+
+
+def _resolved_settings(image_processor: Any) -> dict[str, Any]:
+    """The settings as the processor's ``preprocess`` resolves and validates them before ``_preprocess``."""
+    kwargs = {name: getattr(image_processor, name, None) for name in image_processor._valid_kwargs_names}
+    kwargs = image_processor._standardize_kwargs(**kwargs)
+    image_processor._validate_preprocess_kwargs(**kwargs)
+    return {name: kwargs.get(name) for name in _PIXEL_SETTINGS}
+
+
+def probe_images(seed: int = 0) -> list[Image.Image]:
+    """Uniform-noise RGB images of :data:`_PROBE_SIZES` plus a grayscale and an RGBA one (noise is the hardest
+    input for a resize: every output pixel depends on every tap)."""
+    rng = np.random.default_rng(seed)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB") for w, h in _PROBE_SIZES]
+    images.append(Image.fromarray(rng.integers(0, 256, (40, 64), dtype=np.uint8), "L"))
+    images.append(Image.fromarray(rng.integers(0, 256, (64, 40, 4), dtype=np.uint8), "RGBA"))
+    return images
+
+
+def batched_difference(pixels: BatchPreprocessor, images: list[Image.Image]) -> float:
+    """Largest absolute difference of normalised pixels between ``pixels`` and its image processor called on
+    ``images`` (inf when the shapes differ or the batched path fails)."""
+    want = preprocess_images(pixels.image_processor, images)
+    try:
+        got = pixels(images)
+    except (RuntimeError, ValueError, TypeError) as err:
+        logger.warning("batched preprocessing failed on probe images: %s", err)
+        return float("inf")
+    if got.shape != want.shape or got.dtype != want.dtype:
+        return float("inf")
+    return float((got.double() - want.double()).abs().max()) if got.numel() else 0.0
+
+
 # -- encoders ---------------------------------------------------------------------------------------------
 
 
@@ -227,6 +392,8 @@ class FrozenEncoders:
     """Where both models live."""
     compute_dtype: torch.dtype
     """Dtype of the forward (float32 on CPU)."""
+    pixels: BatchPreprocessor
+    """``image_processor`` applied to a batch at once where that is bit-identical (see :class:`BatchPreprocessor`)."""
 
     @property
     def vision_dim(self) -> int:
@@ -239,8 +406,12 @@ class FrozenEncoders:
         return int(self.sd_tokenizer.model_max_length), int(self.sd_text_encoder.config.hidden_size)
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        """Resize, crop and normalise with the vision model's own processor -> (B, 3, H, W) float32."""
-        return preprocess_images(self.image_processor, images)
+        """Resize, crop and normalise as the vision model's own processor does -> (B, 3, H, W) float32."""
+        return self.pixels(images)
+
+    def preprocessor(self, options: PrecomputeOptions) -> BatchPreprocessor:
+        """The batched preprocessor, or the processor image by image when ``options.batched_preprocess`` is off."""
+        return self.pixels if options.batched_preprocess else BatchPreprocessor(self.image_processor)
 
     def tokenize(self, captions: list[str]) -> torch.Tensor:
         """SD 1.5 tokenisation: pad to ``model_max_length`` (77), truncate right -> (B, 77) ids."""
@@ -288,6 +459,7 @@ def load_encoders(config: GILLConfig, options: PrecomputeOptions = PrecomputeOpt
         identity=identity,
         device=device,
         compute_dtype=options.compute_dtype,
+        pixels=batch_preprocessor(vision.image_processor),
     )
 
 
@@ -420,10 +592,16 @@ def preprocess_images(image_processor: Any, images: list[Image.Image]) -> torch.
     return image_processor(images=images, return_tensors="pt")["pixel_values"]
 
 
+_TOKENIZER_LOCK = threading.Lock()
+"""One caption batch at a time through a tokenizer: a Rust tokenizer shared by threads can fail with "Already
+borrowed" when two calls overlap (huggingface/tokenizers#537); tokenising is a small part of a batch's cost."""
+
+
 def sd_input_ids(tokenizer: Any, captions: list[str]) -> torch.Tensor:
     """SD 1.5 tokenisation: pad to ``model_max_length`` (77), truncate right, no mask -> (B, 77) ids."""
     max_length = tokenizer.model_max_length
-    enc = tokenizer(captions, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+    with _TOKENIZER_LOCK:
+        enc = tokenizer(captions, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
     return enc["input_ids"]
 
 
@@ -431,10 +609,10 @@ class ShardBatches(torch.utils.data.Dataset):
     """Batch ``i`` of a shard's keys, read, decoded, preprocessed and tokenised (picklable: runs in workers)."""
 
     def __init__(
-        self, index: ShardIndex, keys: list[str], image_processor: Any, sd_tokenizer: Any, batch_size: int
+        self, index: ShardIndex, keys: list[str], pixels: BatchPreprocessor, sd_tokenizer: Any, batch_size: int
     ) -> None:
         self.index, self.keys, self.batch_size = index, keys, batch_size
-        self.image_processor, self.sd_tokenizer = image_processor, sd_tokenizer
+        self.pixels, self.sd_tokenizer = pixels, sd_tokenizer
 
     def __len__(self) -> int:
         return (len(self.keys) + self.batch_size - 1) // self.batch_size
@@ -446,7 +624,7 @@ class ShardBatches(torch.utils.data.Dataset):
         return PreparedBatch(
             keys=[s.key for s in samples],
             captions=captions,
-            pixel_values=preprocess_images(self.image_processor, images),  # (B, 3, H, W)
+            pixel_values=self.pixels(images),  # (B, 3, H, W)
             input_ids=sd_input_ids(self.sd_tokenizer, captions),  # (B, 77)
         )
 
@@ -458,10 +636,10 @@ def _as_is(batch: PreparedBatch) -> PreparedBatch:
 def prepared_batches(
     index: ShardIndex, keys: list[str], encoders: FrozenEncoders, options: PrecomputeOptions
 ) -> Iterator[PreparedBatch]:
-    """Encoder inputs of ``keys`` in order, prepared ahead of the forward: in a thread, or in worker processes."""
-    batches = ShardBatches(index, keys, encoders.image_processor, encoders.sd_tokenizer, options.batch_size)
+    """Encoder inputs of ``keys`` in order, prepared ahead of the forward: in threads, or in worker processes."""
+    batches = ShardBatches(index, keys, encoders.preprocessor(options), encoders.sd_tokenizer, options.batch_size)
     if options.num_workers == 0:
-        return prefetched((batches[i] for i in range(len(batches))), options.prefetch)
+        return prefetched(batches.__getitem__, len(batches), options.prefetch, options.threads)
     loader = torch.utils.data.DataLoader(
         batches,
         batch_size=None,
@@ -489,39 +667,58 @@ def _stopping_workers(loader: torch.utils.data.DataLoader) -> Iterator[PreparedB
             shutdown()
 
 
-def prefetched(items: Iterator[Any], depth: int) -> Iterator[Any]:
-    """Run ``items`` in a background thread, ``depth`` ahead (JPEG decode, resizing and tokenising release the GIL)."""
+def prefetched(make: Callable[[int], T], count: int, depth: int, threads: int = 1) -> Iterator[T]:
+    """``make(0)``, ..., ``make(count - 1)`` in order, computed ahead of the consumer by ``threads`` background
+    threads, at most ``max(depth, threads)`` items ahead (so every thread has work); ``depth`` 0: inline, no overlap.
+
+    JPEG decoding, torch's resize and the Rust tokenizer release the GIL, so threads overlap with the forward and
+    with each other. An error in ``make`` is raised to the consumer at that item; when the consumer stops early,
+    items not yet started are cancelled.
+    """
     if depth <= 0:
-        yield from items
+        yield from (make(i) for i in range(count))
         return
-    done, stop = object(), threading.Event()
-    slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
-
-    def put(item: Any) -> None:
-        while not stop.is_set():
-            try:
-                return slots.put(item, timeout=0.1)
-            except queue.Full:
-                continue
-
-    def produce() -> None:
-        try:
-            for item in items:
-                put(item)
-                if stop.is_set():  # the consumer is gone: prepare nothing more
-                    return
-        except BaseException as err:  # handed to the consumer, which re-raises it
-            put(err)
-        put(done)
-
-    threading.Thread(target=produce, name="precompute-prefetch", daemon=True).start()
+    ahead = max(depth, threads)
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="precompute-prepare")
+    pending: deque[Future[T]] = deque()
     try:
-        while (item := slots.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        for i in range(count):
+            pending.append(pool.submit(make, i))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
     finally:
-        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+_THREADS_LOCK = threading.Lock()
+_threads_state = {"users": 0, "before": 0}
+"""How many shard forwards run under :func:`torch_threads` now, and torch's setting before the first of them."""
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``count`` while the block runs (0: left as they are).
+
+    The setting is process-wide: shards computed at the same time (a flow's tasks in threads) share it, and the
+    setting from before the first of them is restored when the last one ends.
+    """
+    if count <= 0:
+        yield
+        return
+    with _THREADS_LOCK:
+        if _threads_state["users"] == 0:
+            _threads_state["before"] = torch.get_num_threads()
+        _threads_state["users"] += 1
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            _threads_state["users"] -= 1
+            if _threads_state["users"] == 0:
+                torch.set_num_threads(_threads_state["before"])
 
 
 def _open_array(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -555,15 +752,16 @@ def compute_arrays(
     vision = _open_array(folder / VISION_FILE, (n, encoders.vision_dim), dtype)  # (N, Dv)
     sd_text = _open_array(folder / SD_TEXT_FILE, (n, *encoders.text_shape), dtype)  # (N, 77, Dt)
     row, captions = 0, []
-    for batch in prepared_batches(index, keys, encoders, options):
-        out = encoders.encode(batch.pixel_values, batch.input_ids)
-        size = len(batch.keys)
-        vision[row : row + size] = _to_storage(out.vision, dtype, shard, "vision")  # (b, Dv)
-        sd_text[row : row + size] = _to_storage(out.sd_text, dtype, shard, "sd_text")  # (b, 77, Dt)
-        row += size
-        captions += batch.captions
-        if on_batch is not None:
-            on_batch(size)
+    with torch_threads(options.forward_threads):
+        for batch in prepared_batches(index, keys, encoders, options):
+            out = encoders.encode(batch.pixel_values, batch.input_ids)
+            size = len(batch.keys)
+            vision[row : row + size] = _to_storage(out.vision, dtype, shard, "vision")  # (b, Dv)
+            sd_text[row : row + size] = _to_storage(out.sd_text, dtype, shard, "sd_text")  # (b, 77, Dt)
+            row += size
+            captions += batch.captions
+            if on_batch is not None:
+                on_batch(size)
     for array in (vision, sd_text):
         if isinstance(array, np.memmap):
             array.flush()
