@@ -75,17 +75,22 @@ from gill.synth import SynthConfig, synthesize_world
 SPLIT = "bench"
 PER_SHARD = 64
 BATCH = 32
+ALL_THREADS = -1
+"""Placeholder in VARIANTS for ``--threads`` (every torch thread for the forward, no automatic lowering)."""
 VARIANTS = {
-    "no overlap": {"prefetch": 0},
-    "1 thread (default)": {},
-    "1 thread, forward 1 thread": {"forward_threads": 1},
-    "2 threads": {"threads": 2},
-    "2 workers": {"num_workers": 2},
-    "image by image": {"batched_preprocess": False},
+    "inline": ("no overlap", {"prefetch": 0}),
+    "default": ("1 thread (default)", {}),
+    "full": ("1 thread, forward all threads", {"forward_threads": ALL_THREADS}),
+    "split": ("1 thread, forward 1 thread", {"forward_threads": 1}),
+    "threads": ("2 threads", {"threads": 2}),
+    "workers": ("2 workers", {"num_workers": 2}),
+    "unbatched": ("image by image", {"batched_preprocess": False}),
 }
-"""Stage variants (PrecomputeOptions fields over the defaults): inputs prepared inline; in the default background
-thread; the same with the forward held to one torch thread (cores split between the parts); in 2 threads; in
-2 worker processes (the setting for a GPU machine); the default with the image processor called image by image."""
+"""Stage variants (name: label, PrecomputeOptions fields over the defaults): inputs prepared inline; in the default
+background thread, the forward's threads automatic; the same with the forward held to all torch threads (the
+stage before the automatic balance) or to one (the cores split between the parts); in 2 threads; in 2 worker
+processes (the setting for a GPU machine; on small shards their start-up dominates); the default with the image
+processor called image by image."""
 
 
 def split_folders(workdir: Path) -> SplitFolders:
@@ -178,6 +183,14 @@ def mid_config(root: Path) -> GILLConfig:
     return get_preset("tiny").with_backbones(vision=str(root / "clip"), sd=str(root / "sd"))
 
 
+def variant_fields(name: str) -> dict[str, object]:
+    """A variant's PrecomputeOptions fields, with ALL_THREADS replaced by torch's thread count."""
+    fields = dict(VARIANTS[name][1])
+    if fields.get("forward_threads") == ALL_THREADS:
+        fields["forward_threads"] = torch.get_num_threads()
+    return fields
+
+
 def add_seconds(parts: dict[str, float], name: str, start: float) -> None:
     parts[name] = parts.get(name, 0.0) + time.perf_counter() - start
 
@@ -230,12 +243,14 @@ def stage_rate(workdir: Path, inputs: ShardInputs, encoders: FrozenEncoders, opt
     return count / (time.perf_counter() - start)
 
 
-def measure(name: str, config: GILLConfig, workdir: Path, rounds: int, choice: DeviceChoice) -> Measurement:
+def measure(
+    name: str, config: GILLConfig, workdir: Path, rounds: int, choice: DeviceChoice, variants: list[str]
+) -> Measurement:
     """Alternate parts and stage shard by shard (so each pair sees the same machine load); round 0 warms up."""
     base = {"batch_size": BATCH, "device": str(choice.device), "dtype": choice.dtype_name}
     encoders = load_encoders(config, PrecomputeOptions(**base))
-    options = {v: PrecomputeOptions(**base, **kw) for v, kw in VARIANTS.items()}
-    result = Measurement(name=name, variants={v: VariantRates() for v in VARIANTS})
+    options = {VARIANTS[v][0]: PrecomputeOptions(**base, **variant_fields(v)) for v in variants}
+    result = Measurement(name=name, variants={label: VariantRates() for label in options})
     tars = complete_image_shards(split_folders(workdir).images)
     prepare(tars[0], encoders, {})  # warm-up: first calls of processor and tokenizer
     seconds_per_part: dict[str, float] = {}
@@ -296,6 +311,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="measured rounds after a warm-up round")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (the forward's default)")
     parser.add_argument("--sizes", default="tiny,mid", help="comma-separated sizes to measure: tiny, mid")
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"comma-separated stage variants: {', '.join(VARIANTS)}"
+    )
     add_device_arguments(parser)
     args = parser.parse_args()
     choice = resolve_device(args)
@@ -303,6 +321,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     sizes = set(args.sizes.split(","))
+    variants = [v for v in args.variants.split(",") if v]
+    if unknown := [v for v in variants if v not in VARIANTS] + sorted(sizes - {"tiny", "mid"}):
+        parser.error(f"unknown variant or size: {', '.join(unknown)}")
+    if "default" not in variants:
+        variants.insert(0, "default")  # the bare-encoder ratio is taken at the default threads
     with tempfile.TemporaryDirectory(prefix="gill-bench-precompute-") as tmp:
         root = Path(tmp)
         write_shards(root, args.images)
@@ -313,13 +336,12 @@ def main() -> None:
             f"average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; samples/s (median over passes)"
         )
         if "tiny" in sizes:
-            tiny = measure(
-                "tiny preset (vision 48 wide, 32 px; text 32 wide)", get_preset("tiny"), root, args.rounds, choice
-            )
-            report(tiny)
+            name = "tiny preset (vision 48 wide, 32 px; text 32 wide)"
+            report(measure(name, get_preset("tiny"), root, args.rounds, choice, variants))
         if "mid" in sizes:
             mid = mid_config(root / "zoo")
-            report(measure("mid-size (vision 384 wide x 6, 128 px; text 384 wide x 6)", mid, root, args.rounds, choice))
+            name = "mid-size (vision 384 wide x 6, 128 px; text 384 wide x 6)"
+            report(measure(name, mid, root, args.rounds, choice, variants))
     print(f"total {time.perf_counter() - start:.1f} s")
 
 

@@ -278,6 +278,66 @@ def test_forward_threads_apply_while_shards_run_and_are_restored_after_the_last(
     assert torch.get_num_threads() == before
 
 
+def test_forward_balance_gives_up_threads_only_when_preparing_is_the_slower_part():
+    from gill.data.precompute import ForwardBalance, forward_balance
+
+    slow_prepare = ForwardBalance(threads=4, preparers=1)
+    assert [slow_prepare.observe(p, f) for p, f in [(0.01, 9.0), (0.2, 0.1), (0.2, 0.1), (0.2, 0.1)]] == [
+        None,  # the first batch carries start-up costs: not counted
+        None,
+        3,  # decided once, after two measured batches
+        None,
+    ]
+    slow_forward = ForwardBalance(threads=2, preparers=1)
+    assert [slow_forward.observe(0.02, 1.0) for _ in range(5)] == [None] * 5
+    two_preparers = ForwardBalance(threads=2, preparers=2)  # 0.3 s a batch each: 0.15 s a batch together
+    assert [two_preparers.observe(0.3, 0.2) for _ in range(3)] == [None] * 3
+    assert [ForwardBalance(threads=1, preparers=1).observe(1.0, 0.1) for _ in range(3)] == [None] * 3  # no fewer
+
+    cpu = torch.device("cpu")
+    assert forward_balance(PrecomputeOptions(threads=2), cpu).preparers == 2
+    assert forward_balance(PrecomputeOptions(num_workers=3), cpu).preparers == 3
+    assert forward_balance(PrecomputeOptions(forward_threads=2), cpu) is None  # set explicitly
+    assert forward_balance(PrecomputeOptions(prefetch=0), cpu) is None  # no overlap: nothing to balance
+    assert forward_balance(PrecomputeOptions(), torch.device("cuda")) is None  # the forward is not on CPU threads
+
+
+@pytest.mark.parametrize("slow_part", ["prepare", "forward"])
+def test_a_shard_runs_its_forward_on_fewer_threads_only_while_preparing_is_slower(
+    precomputed, tiny_config, tmp_path, monkeypatch, slow_part
+):
+    import time
+
+    import gill.data.precompute as precompute
+
+    encoders = load_encoders(tiny_config, PrecomputeOptions())
+    threads_seen = []
+    real_decode, real_encode = precompute.decode_image, FrozenEncoders.encode
+
+    def decode(sample, shard):
+        if slow_part == "prepare":
+            time.sleep(0.6)  # far above a tiny forward of one sample, even on a loaded machine
+        return real_decode(sample, shard)
+
+    def encode(self, pixel_values, input_ids):
+        threads_seen.append(torch.get_num_threads())
+        if slow_part == "forward":
+            time.sleep(0.6)  # far above a tiny forward of one sample, even on a loaded machine
+        return real_encode(self, pixel_values, input_ids)
+
+    monkeypatch.setattr(precompute, "decode_image", decode)
+    monkeypatch.setattr(FrozenEncoders, "encode", encode)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        tar = split_folders("train", precomputed.workdir).images / "00000.tar"
+        precompute_shard(tar, split_folders("train", tmp_path), encoders, PrecomputeOptions(batch_size=1))
+        assert torch.get_num_threads() == 2  # restored after the shard
+    finally:
+        torch.set_num_threads(before)
+    assert threads_seen == ([2, 2, 2, 1, 1, 1] if slow_part == "prepare" else [2] * 6)
+
+
 def test_crash_mid_shard_leaves_no_feature_folder(precomputed, tiny_config, tmp_path, monkeypatch):
     workdir = copy_workdir(precomputed, tmp_path)
     folder = split_folders("train", workdir).features

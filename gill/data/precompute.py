@@ -51,7 +51,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -125,8 +125,9 @@ class PrecomputeOptions:
     """Background threads that read, decode, preprocess and tokenise batches when ``num_workers`` is 0 (each
     prepares whole batches; JPEG decoding and torch's resize release the GIL)."""
     forward_threads: int = 0
-    """Torch intra-op threads while a shard's forward runs (0: leave torch's process-wide setting, by default one
-    per core). On a CPU-only machine, cores minus ``threads`` keeps decoding and the forward from contending."""
+    """Torch intra-op threads while a shard's forward runs. 0: automatic: torch's setting (by default one per
+    core), lowered on a CPU device by the number of preparing threads or workers when preparing batches turns out
+    to be the slower part (:class:`ForwardBalance`), so the two parts do not contend for the cores."""
     batched_preprocess: bool = True
     """Preprocess a batch's same-sized images with one call of each of the image processor's own torchvision ops
     instead of image by image; used only where its output is bit-identical to the processor's (checked when the
@@ -570,6 +571,8 @@ class PreparedBatch:
     """(B, 3, H, W) preprocessed images."""
     input_ids: torch.Tensor
     """(B, 77) SD token ids."""
+    prepare_s: float = 0.0
+    """Wall seconds reading, decoding, preprocessing and tokenising this batch took (for :class:`ForwardBalance`)."""
 
     def pin_memory(self) -> PreparedBatch:
         """Page-locked copy, for asynchronous host-to-GPU copies (called by the DataLoader)."""
@@ -618,14 +621,18 @@ class ShardBatches(torch.utils.data.Dataset):
         return (len(self.keys) + self.batch_size - 1) // self.batch_size
 
     def __getitem__(self, i: int) -> PreparedBatch:
+        start = time.perf_counter()
         samples = read_samples(self.index, self.keys[i * self.batch_size : (i + 1) * self.batch_size])
         images = [decode_image(s, self.index.tar.name) for s in samples]
         captions = [s.caption for s in samples]
+        pixel_values = self.pixels(images)  # (B, 3, H, W)
+        input_ids = sd_input_ids(self.sd_tokenizer, captions)  # (B, 77)
         return PreparedBatch(
             keys=[s.key for s in samples],
             captions=captions,
-            pixel_values=self.pixels(images),  # (B, 3, H, W)
-            input_ids=sd_input_ids(self.sd_tokenizer, captions),  # (B, 77)
+            pixel_values=pixel_values,
+            input_ids=input_ids,
+            prepare_s=time.perf_counter() - start,
         )
 
 
@@ -692,6 +699,52 @@ def prefetched(make: Callable[[int], T], count: int, depth: int, threads: int = 
         pool.shutdown(wait=False, cancel_futures=True)
 
 
+@dataclass(kw_only=True)
+class ForwardBalance:
+    """Automatic forward threads on a CPU (``forward_threads=0``): when preparing batches is the slower part, the
+    forward gives up one torch thread per preparer for the rest of the shard.
+
+    The two parts share the cores. While the forward keeps the preparers waiting, all cores for the forward is
+    right (a large encoder: preparing is a few percent of it). When preparing a batch, divided among the
+    preparers, takes longer than a batch's forward (a small encoder: decoding a JPEG costs more than encoding
+    it), torch's threads would only contend with the preparing threads, and a stalled torch thread holds up the
+    whole parallel op: the forward then runs on ``threads - preparers`` (at least 1), so each part has its cores.
+    Decided once, on the batches after the first (which carries start-up costs), from the measured seconds.
+    """
+
+    threads: int
+    """torch's intra-op threads when the shard started."""
+    preparers: int
+    """Batches prepared in parallel: background threads or worker processes."""
+    probe: int = 2
+    """Batches measured (after the first) before deciding."""
+    prepare_s: float = 0.0
+    forward_s: float = 0.0
+    seen: int = 0
+
+    def observe(self, prepare_s: float, forward_s: float) -> int | None:
+        """Add one batch's preparing and forward seconds; return the forward threads to switch to, once, else None."""
+        self.seen += 1
+        if self.seen == 1 or self.seen > self.probe + 1:
+            return None
+        self.prepare_s += prepare_s
+        self.forward_s += forward_s
+        if self.seen <= self.probe:
+            return None
+        lowered = max(1, self.threads - self.preparers)
+        preparing_bound = self.prepare_s / self.preparers > self.forward_s
+        return lowered if preparing_bound and lowered < self.threads else None
+
+
+def forward_balance(options: PrecomputeOptions, device: torch.device) -> ForwardBalance | None:
+    """The automatic balance of a shard's forward threads, or None where it does not apply (threads set
+    explicitly, no overlap, or a device whose forward does not run on torch's CPU threads)."""
+    preparers = options.num_workers or (options.threads if options.prefetch > 0 else 0)
+    if options.forward_threads > 0 or preparers == 0 or device.type != "cpu":
+        return None
+    return ForwardBalance(threads=torch.get_num_threads(), preparers=preparers)
+
+
 _THREADS_LOCK = threading.Lock()
 _threads_state = {"users": 0, "before": 0}
 """How many shard forwards run under :func:`torch_threads` now, and torch's setting before the first of them."""
@@ -752,8 +805,11 @@ def compute_arrays(
     vision = _open_array(folder / VISION_FILE, (n, encoders.vision_dim), dtype)  # (N, Dv)
     sd_text = _open_array(folder / SD_TEXT_FILE, (n, *encoders.text_shape), dtype)  # (N, 77, Dt)
     row, captions = 0, []
-    with torch_threads(options.forward_threads):
+    with ExitStack() as threads:
+        threads.enter_context(torch_threads(options.forward_threads))
+        balance = forward_balance(options, encoders.device)
         for batch in prepared_batches(index, keys, encoders, options):
+            start = time.perf_counter()
             out = encoders.encode(batch.pixel_values, batch.input_ids)
             size = len(batch.keys)
             vision[row : row + size] = _to_storage(out.vision, dtype, shard, "vision")  # (b, Dv)
@@ -762,6 +818,11 @@ def compute_arrays(
             captions += batch.captions
             if on_batch is not None:
                 on_batch(size)
+            if balance is not None and (lowered := balance.observe(batch.prepare_s, time.perf_counter() - start)):
+                threads.enter_context(torch_threads(lowered))
+                logger.info(
+                    "shard %s: preparing batches is the slower part; forward on %d torch threads", shard, lowered
+                )
     for array in (vision, sd_text):
         if isinstance(array, np.memmap):
             array.flush()
