@@ -28,9 +28,14 @@ cast is an error). On CPU the forward always runs in float32; on CUDA it runs un
 dtype. The effective compute dtype and the storage dtype are both part of the fingerprint; the device, the batch
 size and the path of a local model folder (its file hashes identify it) are not.
 
-Throughput: reading, decoding, preprocessing and tokenising a batch overlap the forward of the previous one, in
-a background thread (default) or in ``num_workers`` DataLoader processes (for a GPU, which encodes faster than
-one core decodes JPEGs). ``bench/precompute.py`` compares the stage with a bare forward of the two encoders.
+Throughput: the stage is a two-part pipeline, preparing batches (read the members, decode the JPEGs, image
+processor, tokenizer) and the forward, so at best it runs at the slower part's speed. Batches are prepared ahead
+of the forward in ``threads`` background threads (default 1) or in ``num_workers`` DataLoader processes (for a
+GPU, which encodes faster than one core decodes JPEGs). The image processor runs once per batch of same-sized
+images instead of once per image (:class:`BatchPreprocessor`, bit-identical output, so stored features and the
+fingerprint do not change). On a CPU the two parts share the cores: when preparing is the slower part, the
+forward gives up a torch thread per preparer (:class:`ForwardBalance`) instead of contending with them.
+``bench/precompute.py`` prints each part's own throughput, their min (the bound) and the stage against it.
 
 Fixes over the official ``scripts/preprocess_sd_embeddings.py`` (official §3.1, 8): one memory-mappable file
 per shard instead of one ``.npy`` per caption; resume by fingerprint instead of by file existence (whose
