@@ -58,6 +58,7 @@ from gill.data.precompute import (
     load_encoders,
     precompute_shard,
     prepared_batches,
+    read_feature_manifest,
     torch_threads,
 )
 from gill.data.shards import (
@@ -136,23 +137,23 @@ class Measurement:
     """ms per sample of each preparation part and of writing, run serially."""
 
 
-def write_shards(workdir: Path, n_images: int) -> None:
-    """The synthetic world's CC3M pairs as img2dataset shards of PER_SHARD samples."""
+def write_shards(workdir: Path, n_images: int, per_shard: int = PER_SHARD) -> None:
+    """The synthetic world's CC3M pairs as img2dataset shards of ``per_shard`` samples."""
     config = SynthConfig(seed=1, n_train=n_images, n_val=1, n_stories=1, n_dialogs=1, image_size=256)
     world = synthesize_world(workdir / "world", config, progress=False)
     rows = [line.split("\t") for line in world.cc3m_train_tsv.read_text(encoding="utf-8").splitlines()]
     samples = [
         ShardSample(
-            key=f"{i // PER_SHARD:05d}{i % PER_SHARD:04d}",
+            key=f"{i // per_shard:05d}{i % per_shard:04d}",
             caption=caption,
             meta={},
             jpeg=Path(unquote(urlparse(url).path)).read_bytes(),
         )
         for i, (caption, url) in enumerate(rows)
     ]
-    for start in range(0, n_images, PER_SHARD):
-        tar = split_folders(workdir).images / f"{start // PER_SHARD:05d}.tar"
-        write_image_shard(tar, samples[start : start + PER_SHARD])
+    for start in range(0, n_images, per_shard):
+        tar = split_folders(workdir).images / f"{start // per_shard:05d}.tar"
+        write_image_shard(tar, samples[start : start + per_shard])
 
 
 def mid_config(root: Path) -> GILLConfig:
@@ -235,18 +236,31 @@ def prepare_rate(encoders: FrozenEncoders, inputs: ShardInputs, options: Precomp
     return count / (time.perf_counter() - start)
 
 
-def stage_rate(workdir: Path, inputs: ShardInputs, encoders: FrozenEncoders, options: PrecomputeOptions) -> float:
+@dataclass(frozen=True)
+class StagePass:
+    """One precompute_shard run."""
+
+    rate: float
+    """samples/s."""
+    forward_threads: int
+    """torch threads the forward ran on (from the manifest: after the automatic balance, if any)."""
+
+
+def stage_rate(workdir: Path, inputs: ShardInputs, encoders: FrozenEncoders, options: PrecomputeOptions) -> StagePass:
     """samples/s of precompute_shard on one shard, into a fresh feature folder."""
     shutil.rmtree(split_folders(workdir).features / inputs.tar.stem, ignore_errors=True)
     start = time.perf_counter()
     count = precompute_shard(inputs.tar, split_folders(workdir), encoders, options).count
-    return count / (time.perf_counter() - start)
+    rate = count / (time.perf_counter() - start)
+    manifest = read_feature_manifest(split_folders(workdir).features / inputs.tar.stem)
+    return StagePass(rate=rate, forward_threads=manifest["forward_threads"])
 
 
 def measure(
     name: str, config: GILLConfig, workdir: Path, rounds: int, choice: DeviceChoice, variants: list[str]
 ) -> Measurement:
-    """Alternate parts and stage shard by shard (so each pair sees the same machine load); round 0 warms up."""
+    """Stage, forward and preparation alternate shard by shard (so each pass's parts and stage see the same machine
+    load); the forward is measured with the threads the stage's forward ran on. Round 0 warms up."""
     base = {"batch_size": BATCH, "device": str(choice.device), "dtype": choice.dtype_name}
     encoders = load_encoders(config, PrecomputeOptions(**base))
     options = {VARIANTS[v][0]: PrecomputeOptions(**base, **variant_fields(v)) for v in variants}
@@ -261,21 +275,18 @@ def measure(
     np.save(workdir / "w.npy", np.zeros((n, *out.sd_text.shape[1:]), np.float16))
     add_seconds(seconds_per_part, "write", start)
     result.parts_ms = {k: v / n * 1000 for k, v in seconds_per_part.items()}
+    default_threads = torch.get_num_threads()
     for round_ in range(rounds + 1):
         for inputs in shards:
-            forward = {
-                t: forward_rate(encoders, inputs, t, choice) for t in {o.forward_threads for o in options.values()}
-            }
-            passes = {
-                v: (
-                    forward[o.forward_threads],
-                    prepare_rate(encoders, inputs, o),
-                    stage_rate(workdir, inputs, encoders, o),
-                )
-                for v, o in options.items()
-            }
+            forward = {default_threads: forward_rate(encoders, inputs, default_threads, choice)}
+            passes = {}
+            for variant, o in options.items():
+                stage = stage_rate(workdir, inputs, encoders, o)
+                if stage.forward_threads not in forward:
+                    forward[stage.forward_threads] = forward_rate(encoders, inputs, stage.forward_threads, choice)
+                passes[variant] = (forward[stage.forward_threads], prepare_rate(encoders, inputs, o), stage.rate)
             if round_ > 0:
-                result.bare.append(forward[0])
+                result.bare.append(forward[default_threads])
                 for variant, (f, p, s) in passes.items():
                     rates = result.variants[variant]
                     rates.forward.append(f)
@@ -290,24 +301,26 @@ def ratio_text(nums: list[float], dens: list[float]) -> str:
 
 
 def report(m: Measurement) -> None:
-    """One table per size: medians of samples/s over the passes, ratios as median (range) of same-pass pairs."""
-    print(f"{m.name}: bare encoders (forward, default threads) {statistics.median(m.bare):.1f} samples/s")
+    """One table per size: the best samples/s of each part and of the stage over the passes (the machine may be
+    shared: load only slows a pass down), stage/bound as best/best and as the median (range) of same-pass pairs."""
+    print(f"{m.name}: bare encoders (forward, default threads) {max(m.bare):.1f} samples/s best")
     print(
-        f"  {'variant':27s} {'forward':>8s} {'prepare':>8s} {'bound':>8s} {'stage':>8s}  "
-        f"{'stage/bound':17s} {'stage/bare':17s}"
+        f"  {'variant':30s} {'forward':>8s} {'prepare':>8s} {'bound':>8s} {'stage':>8s}  stage/bound: best/best, "
+        "median of pairs (range) | stage/bare encoders"
     )
     for variant, r in m.variants.items():
         print(
-            f"  {variant:27s} {statistics.median(r.forward):8.1f} {statistics.median(r.prepare):8.1f} "
-            f"{statistics.median(r.bound):8.1f} {statistics.median(r.stage):8.1f}  "
-            f"{ratio_text(r.stage, r.bound):17s} {ratio_text(r.stage, m.bare):17s}"
+            f"  {variant:30s} {max(r.forward):8.1f} {max(r.prepare):8.1f} {max(r.bound):8.1f} {max(r.stage):8.1f}  "
+            f"{max(r.stage) / max(r.bound):.2f}, {ratio_text(r.stage, r.bound)} | "
+            f"{max(r.stage) / max(m.bare):.2f}, {ratio_text(r.stage, m.bare)}"
         )
     print("  serial parts, ms/sample: " + ", ".join(f"{k} {v:.3f}" for k, v in m.parts_ms.items()))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=128, help="images (shards of 64)")
+    parser.add_argument("--images", type=int, default=128, help="images in all")
+    parser.add_argument("--per-shard", type=int, default=PER_SHARD, help="images per shard")
     parser.add_argument("--rounds", type=int, default=2, help="measured rounds after a warm-up round")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (the forward's default)")
     parser.add_argument("--sizes", default="tiny,mid", help="comma-separated sizes to measure: tiny, mid")
@@ -328,10 +341,10 @@ def main() -> None:
         variants.insert(0, "default")  # the bare-encoder ratio is taken at the default threads
     with tempfile.TemporaryDirectory(prefix="gill-bench-precompute-") as tmp:
         root = Path(tmp)
-        write_shards(root, args.images)
+        write_shards(root, args.images, args.per_shard)
         compute = "fp32 (the stage computes fp32 on the CPU)" if not choice.is_cuda else f"autocast {choice.dtype_name}"
         print(
-            f"{args.images} images (256 px JPEG), shards of {PER_SHARD}, batch {BATCH}, {torch.get_num_threads()} "
+            f"{args.images} images (256 px JPEG), shards of {args.per_shard}, batch {BATCH}, {torch.get_num_threads()} "
             f"torch threads, {args.rounds} rounds after a warm-up; {choice.describe()}, compute {compute}; load "
             f"average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; samples/s (median over passes)"
         )

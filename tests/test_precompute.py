@@ -336,6 +336,8 @@ def test_a_shard_runs_its_forward_on_fewer_threads_only_while_preparing_is_slowe
     finally:
         torch.set_num_threads(before)
     assert threads_seen == ([2, 2, 2, 1, 1, 1] if slow_part == "prepare" else [2] * 6)
+    manifest = read_feature_manifest(split_folders("train", tmp_path).features / "00000")
+    assert manifest["forward_threads"] == threads_seen[-1]  # how it ran, recorded next to device and duration
 
 
 def test_crash_mid_shard_leaves_no_feature_folder(precomputed, tiny_config, tmp_path, monkeypatch):

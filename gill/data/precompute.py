@@ -11,8 +11,9 @@ Diffusion text encoder are frozen, so their outputs are computed once here and r
 * ``keys.json``: ``{"keys": [...], "captions": [...]}``, the row order of both arrays (sorted by key);
 * ``manifest.json``: encoder identity (ids, revisions, sha256 of configs, tokenizer files and weights, image
   processor settings; a model folder inside ``portable_root`` is named relative to it), dtypes, shapes, count,
-  the source tar's sha256, the **fingerprint** (sha256 of the canonical JSON of every input that determines the
-  arrays) and ``files``: size, sha256 and mtime of each of the three files above.
+  how it ran (device, the forward's torch threads, duration), the source tar's sha256, the **fingerprint**
+  (sha256 of the canonical JSON of every input that determines the arrays) and ``files``: size, sha256 and mtime
+  of each of the three files above.
 
 Verification of the outputs: a re-run keeps a shard only when its fingerprint matches *and* its files are intact.
 Sizes are compared on every run (free: a ``stat``); the sha256 is recomputed when a file's size matches but its
@@ -590,7 +591,8 @@ def decode_image(sample: ShardSample, shard: str) -> Image.Image:
     """Decode a sample's JPEG to RGB; a broken image is an :class:`InputError` naming shard and key."""
     try:
         with Image.open(io.BytesIO(sample.jpeg)) as image:
-            return image.convert("RGB")
+            image.load()
+            return image if image.mode == "RGB" else image.convert("RGB")  # convert would copy an RGB image
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise InputError(f"image shard {shard}: cannot decode the image of sample {sample.key!r}", [str(err)]) from err
 
@@ -797,6 +799,16 @@ def _to_storage(values: torch.Tensor, dtype: np.dtype, shard: str, what: str) ->
     return stored
 
 
+@dataclass(frozen=True, kw_only=True)
+class ComputedArrays:
+    """What :func:`compute_arrays` reports besides the files it wrote."""
+
+    captions: list[str]
+    """Captions in row order."""
+    forward_threads: int
+    """torch's intra-op threads the forward ran on at the end of the shard (after any :class:`ForwardBalance`)."""
+
+
 def compute_arrays(
     folder: Path,
     index: ShardIndex,
@@ -804,8 +816,8 @@ def compute_arrays(
     encoders: FrozenEncoders,
     options: PrecomputeOptions,
     on_batch: Callable[[int], None] | None = None,
-) -> list[str]:
-    """Write ``vision.npy`` (N, Dv) and ``sd_text.npy`` (N, 77, Dt) of ``keys`` into ``folder``; return captions."""
+) -> ComputedArrays:
+    """Write ``vision.npy`` (N, Dv) and ``sd_text.npy`` (N, 77, Dt) of ``keys`` into ``folder``."""
     n, dtype, shard = len(keys), options.storage_dtype, index.tar.stem
     vision = _open_array(folder / VISION_FILE, (n, encoders.vision_dim), dtype)  # (N, Dv)
     sd_text = _open_array(folder / SD_TEXT_FILE, (n, *encoders.text_shape), dtype)  # (N, 77, Dt)
@@ -828,11 +840,12 @@ def compute_arrays(
                 logger.info(
                     "shard %s: preparing batches is the slower part; forward on %d torch threads", shard, lowered
                 )
+        forward_threads = torch.get_num_threads()
     for array in (vision, sd_text):
         if isinstance(array, np.memmap):
             array.flush()
     del vision, sd_text
-    return captions
+    return ComputedArrays(captions=captions, forward_threads=forward_threads)
 
 
 def _manifest(
@@ -948,10 +961,11 @@ def precompute_shard(
     keys = index.image_keys
     start = time.perf_counter()
     with atomic_directory(out) as tmp:
-        captions = compute_arrays(tmp, index, keys, encoders, options, on_batch)
-        atomic_write_json(tmp / KEYS_FILE, {"keys": keys, "captions": captions}, indent=0)
+        computed = compute_arrays(tmp, index, keys, encoders, options, on_batch)
+        atomic_write_json(tmp / KEYS_FILE, {"keys": keys, "captions": computed.captions}, indent=0)
         duration = time.perf_counter() - start
         manifest = _manifest(name, portable_root, shard_tar, keys, encoders, options, source_sha256, duration)
+        manifest["forward_threads"] = computed.forward_threads  # how it ran, like device and duration_s
         manifest["files"] = file_records(tmp)
         atomic_write_json(tmp / MANIFEST_FILE, manifest)
     result = ShardResult.from_manifest(manifest, skipped=False)
