@@ -278,54 +278,59 @@ def test_forward_threads_apply_while_shards_run_and_are_restored_after_the_last(
     assert torch.get_num_threads() == before
 
 
-def test_forward_balance_gives_up_threads_only_when_preparing_is_the_slower_part():
-    from gill.data.precompute import ForwardBalance, forward_balance
+def test_forward_balance_tries_both_thread_counts_and_keeps_the_faster():
+    from gill.data.precompute import BALANCE_MARGIN, ForwardBalance, forward_balance
 
-    slow_prepare = ForwardBalance(threads=4, preparers=1)
-    assert [slow_prepare.observe(p, f) for p, f in [(0.01, 9.0), (0.2, 0.1), (0.2, 0.1), (0.2, 0.1)]] == [
-        None,  # the first batch carries start-up costs: not counted
-        None,
-        3,  # decided once, after two measured batches
-        None,
-    ]
-    slow_forward = ForwardBalance(threads=2, preparers=1)
-    assert [slow_forward.observe(0.02, 1.0) for _ in range(5)] == [None] * 5
-    two_preparers = ForwardBalance(threads=2, preparers=2)  # 0.3 s a batch each: 0.15 s a batch together
-    assert [two_preparers.observe(0.3, 0.2) for _ in range(3)] == [None] * 3
-    assert [ForwardBalance(threads=1, preparers=1).observe(1.0, 0.1) for _ in range(3)] == [None] * 3  # no fewer
+    def run(balance: ForwardBalance, seconds: dict[int, float]) -> list[int]:
+        """The thread count of each of 8 batches when a batch takes ``seconds[threads]`` a sample."""
+        threads, seen = balance.threads, []
+        for _ in range(8):
+            seen.append(threads)
+            threads = balance.observe(seconds[threads]) or threads
+        return seen
+
+    # batch 0 (start-up) is not counted; batches 1-2 on all threads, 3-4 on fewer, then the faster is kept
+    assert run(ForwardBalance(threads=2, preparers=1), {2: 1.0, 1: 0.6}) == [2, 2, 2, 1, 1, 1, 1, 1]
+    assert run(ForwardBalance(threads=2, preparers=1), {2: 0.6, 1: 1.0}) == [2, 2, 2, 1, 1, 2, 2, 2]
+    assert run(ForwardBalance(threads=8, preparers=3), {8: 0.5, 5: 0.5}) == [8, 8, 8, 5, 5, 5, 5, 5]  # a tie
+    barely = 1 - BALANCE_MARGIN / 2  # all threads faster, but by less than the margin: fewer threads kept
+    assert run(ForwardBalance(threads=4, preparers=1), {4: barely, 3: 1.0})[-1] == 3
+    assert run(ForwardBalance(threads=2, preparers=2), {2: 1.0, 1: 0.5})[-1] == 1  # at least one thread
 
     cpu = torch.device("cpu")
-    assert forward_balance(PrecomputeOptions(threads=2), cpu).preparers == 2
-    assert forward_balance(PrecomputeOptions(num_workers=3), cpu).preparers == 3
-    assert forward_balance(PrecomputeOptions(forward_threads=2), cpu) is None  # set explicitly
-    assert forward_balance(PrecomputeOptions(prefetch=0), cpu) is None  # no overlap: nothing to balance
-    assert forward_balance(PrecomputeOptions(), torch.device("cuda")) is None  # the forward is not on CPU threads
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert forward_balance(PrecomputeOptions(threads=2), cpu).preparers == 2
+        assert forward_balance(PrecomputeOptions(num_workers=3), cpu).preparers == 3
+        assert forward_balance(PrecomputeOptions(forward_threads=2), cpu) is None  # set explicitly
+        assert forward_balance(PrecomputeOptions(prefetch=0), cpu) is None  # no overlap: nothing to share
+        assert forward_balance(PrecomputeOptions(), torch.device("cuda")) is None  # the forward is on the GPU
+        torch.set_num_threads(1)
+        assert forward_balance(PrecomputeOptions(), cpu) is None  # no fewer to try
+    finally:
+        torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("slow_part", ["prepare", "forward"])
-def test_a_shard_runs_its_forward_on_fewer_threads_only_while_preparing_is_slower(
-    precomputed, tiny_config, tmp_path, monkeypatch, slow_part
+@pytest.mark.parametrize("faster", ["fewer threads", "all threads"])
+def test_a_shard_keeps_the_forward_threads_its_trial_batches_found_faster(
+    precomputed, tiny_config, tmp_path, monkeypatch, faster
 ):
     import time
 
-    import gill.data.precompute as precompute
-
     encoders = load_encoders(tiny_config, PrecomputeOptions())
     threads_seen = []
-    real_decode, real_encode = precompute.decode_image, FrozenEncoders.encode
-
-    def decode(sample, shard):
-        if slow_part == "prepare":
-            time.sleep(0.6)  # far above a tiny forward of one sample, even on a loaded machine
-        return real_decode(sample, shard)
+    real_encode = FrozenEncoders.encode
 
     def encode(self, pixel_values, input_ids):
-        threads_seen.append(torch.get_num_threads())
-        if slow_part == "forward":
-            time.sleep(0.6)  # far above a tiny forward of one sample, even on a loaded machine
+        threads = torch.get_num_threads()
+        threads_seen.append(threads)
+        if faster == "fewer threads":
+            time.sleep(0.3 * threads)  # contending threads: more of them, slower
+        else:
+            time.sleep(0.6 / threads)  # a forward that scales with its threads
         return real_encode(self, pixel_values, input_ids)
 
-    monkeypatch.setattr(precompute, "decode_image", decode)
     monkeypatch.setattr(FrozenEncoders, "encode", encode)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -335,7 +340,7 @@ def test_a_shard_runs_its_forward_on_fewer_threads_only_while_preparing_is_slowe
         assert torch.get_num_threads() == 2  # restored after the shard
     finally:
         torch.set_num_threads(before)
-    assert threads_seen == ([2, 2, 2, 1, 1, 1] if slow_part == "prepare" else [2] * 6)
+    assert threads_seen == [2, 2, 2, 1, 1, 1 if faster == "fewer threads" else 2]
     manifest = read_feature_manifest(split_folders("train", tmp_path).features / "00000")
     assert manifest["forward_threads"] == threads_seen[-1]  # how it ran, recorded next to device and duration
 

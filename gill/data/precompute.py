@@ -34,8 +34,8 @@ processor, tokenizer) and the forward, so at best it runs at the slower part's s
 of the forward in ``threads`` background threads (default 1) or in ``num_workers`` DataLoader processes (for a
 GPU, which encodes faster than one core decodes JPEGs). The image processor runs once per batch of same-sized
 images instead of once per image (:class:`BatchPreprocessor`, bit-identical output, so stored features and the
-fingerprint do not change). On a CPU the two parts share the cores: when preparing is the slower part, the
-forward gives up a torch thread per preparer (:class:`ForwardBalance`) instead of contending with them.
+fingerprint do not change). On a CPU the two parts share the cores: the forward runs on torch's threads or
+on one fewer per preparer, whichever a few measured batches find faster (:class:`ForwardBalance`).
 ``bench/precompute.py`` prints each part's own throughput, their min (the bound) and the stage against it.
 
 Fixes over the official ``scripts/preprocess_sd_embeddings.py`` (official §3.1, 8): one memory-mappable file
@@ -57,7 +57,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -131,9 +131,9 @@ class PrecomputeOptions:
     """Background threads that read, decode, preprocess and tokenise batches when ``num_workers`` is 0 (each
     prepares whole batches; JPEG decoding and torch's resize release the GIL)."""
     forward_threads: int = 0
-    """Torch intra-op threads while a shard's forward runs. 0: automatic: torch's setting (by default one per
-    core), lowered on a CPU device by the number of preparing threads or workers when preparing batches turns out
-    to be the slower part (:class:`ForwardBalance`), so the two parts do not contend for the cores."""
+    """Torch intra-op threads while a shard's forward runs. 0: automatic: on a CPU device, torch's setting (by
+    default one per core) and one fewer per preparing thread or worker are each tried on a few batches, and the
+    faster is kept for the shard (:class:`ForwardBalance`; the two parts share the cores)."""
     batched_preprocess: bool = True
     """Preprocess a batch's same-sized images with one call of each of the image processor's own torchvision ops
     instead of image by image; used only where its output is bit-identical to the processor's (checked when the
@@ -577,8 +577,6 @@ class PreparedBatch:
     """(B, 3, H, W) preprocessed images."""
     input_ids: torch.Tensor
     """(B, 77) SD token ids."""
-    prepare_s: float = 0.0
-    """Wall seconds reading, decoding, preprocessing and tokenising this batch took (for :class:`ForwardBalance`)."""
 
     def pin_memory(self) -> PreparedBatch:
         """Page-locked copy, for asynchronous host-to-GPU copies (called by the DataLoader)."""
@@ -628,18 +626,14 @@ class ShardBatches(torch.utils.data.Dataset):
         return (len(self.keys) + self.batch_size - 1) // self.batch_size
 
     def __getitem__(self, i: int) -> PreparedBatch:
-        start = time.perf_counter()
         samples = read_samples(self.index, self.keys[i * self.batch_size : (i + 1) * self.batch_size])
         images = [decode_image(s, self.index.tar.name) for s in samples]
         captions = [s.caption for s in samples]
-        pixel_values = self.pixels(images)  # (B, 3, H, W)
-        input_ids = sd_input_ids(self.sd_tokenizer, captions)  # (B, 77)
         return PreparedBatch(
             keys=[s.key for s in samples],
             captions=captions,
-            pixel_values=pixel_values,
-            input_ids=input_ids,
-            prepare_s=time.perf_counter() - start,
+            pixel_values=self.pixels(images),  # (B, 3, H, W)
+            input_ids=sd_input_ids(self.sd_tokenizer, captions),  # (B, 77)
         )
 
 
@@ -706,48 +700,63 @@ def prefetched(make: Callable[[int], T], count: int, depth: int, threads: int = 
         pool.shutdown(wait=False, cancel_futures=True)
 
 
+BALANCE_MARGIN = 0.05
+"""All of torch's threads are kept only when they make the pipeline at least this much faster than fewer threads:
+at equal speed, fewer threads leave a core to the preparers and to whatever else runs on the machine."""
+
+
 @dataclass(kw_only=True)
 class ForwardBalance:
-    """Automatic forward threads on a CPU (``forward_threads=0``): when preparing batches is the slower part, the
-    forward gives up one torch thread per preparer for the rest of the shard.
+    """Automatic forward threads on a CPU (``forward_threads=0``): try torch's threads and one fewer per preparer
+    on a few batches each, then keep the faster for the rest of the shard.
 
-    The two parts share the cores. While the forward keeps the preparers waiting, all cores for the forward is
-    right (a large encoder: preparing is a few percent of it). When preparing a batch, divided among the
-    preparers, takes longer than a batch's forward (a small encoder: decoding a JPEG costs more than encoding
-    it), torch's threads would only contend with the preparing threads, and a stalled torch thread holds up the
-    whole parallel op: the forward then runs on ``threads - preparers`` (at least 1), so each part has its cores.
-    Decided once, on the batches after the first (which carries start-up costs), from the measured seconds.
+    The two parts of the pipeline share the cores. For a large encoder all cores for the forward is right
+    (preparing a batch is a few percent of its forward). For a small one (decoding a JPEG costs more than
+    encoding it), torch's threads contend with the preparing threads, and a parallel op waits for its slowest
+    thread: the forward on ``threads - preparers`` threads leaves each part its cores, and is faster. Which
+    holds depends on the models and on what else runs on the machine, so it is measured: the time per sample of
+    the whole pipeline (waiting for the batch, forward, storing), on ``trial`` batches per setting, after the
+    first batch (which carries the start-up).
     """
 
     threads: int
     """torch's intra-op threads when the shard started."""
     preparers: int
     """Batches prepared in parallel: background threads or worker processes."""
-    probe: int = 2
-    """Batches measured (after the first) before deciding."""
-    prepare_s: float = 0.0
-    forward_s: float = 0.0
+    trial: int = 2
+    """Batches measured per setting."""
+    seconds: dict[int, float] = dataclasses.field(default_factory=dict)
+    """Thread count -> summed seconds per sample of its trial batches."""
     seen: int = 0
+    chosen: int | None = None
+    """The thread count kept, once decided."""
 
-    def observe(self, prepare_s: float, forward_s: float) -> int | None:
-        """Add one batch's preparing and forward seconds; return the forward threads to switch to, once, else None."""
+    @property
+    def fewer(self) -> int:
+        """The other candidate: one thread fewer per preparer, at least 1."""
+        return max(1, self.threads - self.preparers)
+
+    def observe(self, seconds_per_sample: float) -> int | None:
+        """Record the batch just done; return the thread count for the next batches when it changes, else None."""
         self.seen += 1
-        if self.seen == 1 or self.seen > self.probe + 1:
+        if self.seen == 1 or self.chosen is not None:
             return None
-        self.prepare_s += prepare_s
-        self.forward_s += forward_s
-        if self.seen <= self.probe:
+        current = self.threads if self.seen <= self.trial + 1 else self.fewer
+        self.seconds[current] = self.seconds.get(current, 0.0) + seconds_per_sample
+        if self.seen == self.trial + 1:
+            return self.fewer  # all threads measured: now fewer
+        if self.seen < 2 * self.trial + 1:
             return None
-        lowered = max(1, self.threads - self.preparers)
-        preparing_bound = self.prepare_s / self.preparers > self.forward_s
-        return lowered if preparing_bound and lowered < self.threads else None
+        all_faster = self.seconds[self.threads] < (1 - BALANCE_MARGIN) * self.seconds[self.fewer]
+        self.chosen = self.threads if all_faster else self.fewer
+        return self.threads if all_faster else None
 
 
 def forward_balance(options: PrecomputeOptions, device: torch.device) -> ForwardBalance | None:
     """The automatic balance of a shard's forward threads, or None where it does not apply (threads set
-    explicitly, no overlap, or a device whose forward does not run on torch's CPU threads)."""
+    explicitly, no overlap, a single torch thread, or a device whose forward does not run on torch's threads)."""
     preparers = options.num_workers or (options.threads if options.prefetch > 0 else 0)
-    if options.forward_threads > 0 or preparers == 0 or device.type != "cpu":
+    if options.forward_threads > 0 or preparers == 0 or device.type != "cpu" or torch.get_num_threads() < 2:
         return None
     return ForwardBalance(threads=torch.get_num_threads(), preparers=preparers)
 
@@ -755,6 +764,12 @@ def forward_balance(options: PrecomputeOptions, device: torch.device) -> Forward
 _THREADS_LOCK = threading.Lock()
 _threads_state = {"users": 0, "before": 0}
 """How many shard forwards run under :func:`torch_threads` now, and torch's setting before the first of them."""
+
+
+def set_torch_threads(count: int) -> None:
+    """Change torch's intra-op threads inside a :func:`torch_threads` block (restored when the block ends)."""
+    with _THREADS_LOCK:
+        torch.set_num_threads(count)
 
 
 @contextmanager
@@ -822,11 +837,10 @@ def compute_arrays(
     vision = _open_array(folder / VISION_FILE, (n, encoders.vision_dim), dtype)  # (N, Dv)
     sd_text = _open_array(folder / SD_TEXT_FILE, (n, *encoders.text_shape), dtype)  # (N, 77, Dt)
     row, captions = 0, []
-    with ExitStack() as threads:
-        threads.enter_context(torch_threads(options.forward_threads))
-        balance = forward_balance(options, encoders.device)
+    balance = forward_balance(options, encoders.device)
+    with torch_threads(options.forward_threads or (balance.threads if balance else 0)):
+        last = time.perf_counter()
         for batch in prepared_batches(index, keys, encoders, options):
-            start = time.perf_counter()
             out = encoders.encode(batch.pixel_values, batch.input_ids)
             size = len(batch.keys)
             vision[row : row + size] = _to_storage(out.vision, dtype, shard, "vision")  # (b, Dv)
@@ -835,12 +849,13 @@ def compute_arrays(
             captions += batch.captions
             if on_batch is not None:
                 on_batch(size)
-            if balance is not None and (lowered := balance.observe(batch.prepare_s, time.perf_counter() - start)):
-                threads.enter_context(torch_threads(lowered))
-                logger.info(
-                    "shard %s: preparing batches is the slower part; forward on %d torch threads", shard, lowered
-                )
+            now = time.perf_counter()
+            if balance is not None and (threads := balance.observe((now - last) / size)) is not None:
+                set_torch_threads(threads)
+            last = now
         forward_threads = torch.get_num_threads()
+    if balance is not None and balance.chosen is not None:
+        logger.info("shard %s: forward on %d torch threads (measured: %s)", shard, balance.chosen, balance.seconds)
     for array in (vision, sd_text):
         if isinstance(array, np.memmap):
             array.flush()
