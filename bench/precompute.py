@@ -92,7 +92,8 @@ VARIANTS = {
     "full": ("1 thread, forward all threads", {"forward_threads": ALL_THREADS}),
     "split": ("1 thread, forward 1 thread", {"forward_threads": 1}),
     "threads": ("2 threads", {"threads": 2}),
-    "workers": ("2 workers", {"num_workers": 2}),
+    "worker": ("1 worker process", {"num_workers": 1}),
+    "workers": ("2 worker processes", {"num_workers": 2}),
     "unbatched": ("image by image", {"batched_preprocess": False}),
 }
 """Stage variants (name: label, PrecomputeOptions fields over the defaults): inputs prepared inline; in the default

@@ -51,12 +51,15 @@ import hashlib
 import io
 import json
 import logging
+import multiprocessing
 import re
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,9 +127,10 @@ class PrecomputeOptions:
     prefetch: int = 2
     """Batches prepared ahead of the forward (per worker process, or in one background thread; 0: no overlap)."""
     num_workers: int = 0
-    """Processes that read, decode, preprocess and tokenise (0: ``threads`` background threads). With a GPU the
-    forward is far faster than JPEG decoding: give them most CPU cores. On a CPU-only machine the forward needs
-    the cores."""
+    """Processes that read, decode, preprocess and tokenise (0: ``threads`` background threads instead). Started
+    with the first shard and kept while the encoders are loaded. With a GPU, whose forward is far faster than JPEG
+    decoding, give them most CPU cores; on a CPU they also keep preparing from slowing the forward down through
+    Python's GIL, which threads share."""
     threads: int = 1
     """Background threads that read, decode, preprocess and tokenise batches when ``num_workers`` is 0 (each
     prepares whole batches; JPEG decoding and torch's resize release the GIL)."""
@@ -637,10 +641,6 @@ class ShardBatches(torch.utils.data.Dataset):
         )
 
 
-def _as_is(batch: PreparedBatch) -> PreparedBatch:
-    return batch
-
-
 def prepared_batches(
     index: ShardIndex, keys: list[str], encoders: FrozenEncoders, options: PrecomputeOptions
 ) -> Iterator[PreparedBatch]:
@@ -648,31 +648,89 @@ def prepared_batches(
     batches = ShardBatches(index, keys, encoders.preprocessor(options), encoders.sd_tokenizer, options.batch_size)
     if options.num_workers == 0:
         return prefetched(batches.__getitem__, len(batches), options.prefetch, options.threads)
-    loader = torch.utils.data.DataLoader(
-        batches,
-        batch_size=None,
-        collate_fn=_as_is,
-        num_workers=options.num_workers,
-        multiprocessing_context=WORKER_CONTEXT,
-        prefetch_factor=max(options.prefetch, 1),
-        pin_memory=encoders.device.type == "cuda",
-    )
-    return _stopping_workers(loader)
+    return _from_workers(batches, encoders, options)
 
 
-def _stopping_workers(loader: torch.utils.data.DataLoader) -> Iterator[PreparedBatch]:
-    """Iterate ``loader`` and stop its workers as soon as iteration ends, also on an error.
+# -- worker processes -------------------------------------------------------------------------------------
 
-    After an exception the iterator stays referenced by the traceback, and torch's deferred cleanup then waits
-    for a 5 s join timeout per worker; stopping them here takes milliseconds.
-    """
-    iterator = iter(loader)
+_WORKER_STATE: dict[str, Any] = {}
+"""In a worker process: the preprocessor and tokenizer its batches use (set once, when it starts)."""
+
+
+def _start_worker(pixels: BatchPreprocessor, sd_tokenizer: Any) -> None:
+    torch.set_num_threads(1)  # the worker is one of the preparers: one core's worth
+    _WORKER_STATE.update(pixels=pixels, sd_tokenizer=sd_tokenizer)
+
+
+def _prepare_in_worker(index: ShardIndex, keys: list[str]) -> PreparedBatch:
+    """One batch, in a worker process (``index`` holds only this batch's members, to keep the message small)."""
+    return ShardBatches(index, keys, _WORKER_STATE["pixels"], _WORKER_STATE["sd_tokenizer"], len(keys))[0]
+
+
+_POOLS: dict[tuple[int, int, bool], ProcessPoolExecutor] = {}
+"""(id of the encoders, workers, batched) -> their worker pool, kept while the encoders live."""
+_POOLS_LOCK = threading.Lock()
+
+
+def worker_pool(encoders: FrozenEncoders, options: PrecomputeOptions) -> ProcessPoolExecutor:
+    """The ``options.num_workers`` preparing processes of ``encoders``: started with the first shard that asks
+    for them and kept for every later shard (starting a process and importing torch there takes seconds, as
+    long as preparing thousands of tiny-preset samples), shut down when the encoders are garbage collected."""
+    key = (id(encoders), options.num_workers, options.batched_preprocess)
+    with _POOLS_LOCK:
+        if (pool := _POOLS.get(key)) is None:
+            pool = ProcessPoolExecutor(
+                max_workers=options.num_workers,
+                mp_context=multiprocessing.get_context(WORKER_CONTEXT),
+                initializer=_start_worker,
+                initargs=(encoders.preprocessor(options), encoders.sd_tokenizer),
+            )
+            _POOLS[key] = pool
+            weakref.finalize(encoders, _close_pool, key)
+        return pool
+
+
+def _close_pool(key: tuple[int, int, bool]) -> None:
+    with _POOLS_LOCK:
+        pool = _POOLS.pop(key, None)
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _from_workers(
+    batches: ShardBatches, encoders: FrozenEncoders, options: PrecomputeOptions
+) -> Iterator[PreparedBatch]:
+    """The batches of ``batches`` prepared by the encoders' worker processes, ``prefetch`` per worker ahead."""
+    pool = worker_pool(encoders, options)
+    size, keys = batches.batch_size, batches.keys
+
+    def submit(i: int) -> Future[PreparedBatch]:
+        chunk = keys[i * size : (i + 1) * size]
+        index = ShardIndex(tar=batches.index.tar, members={k: batches.index.members[k] for k in chunk})
+        return pool.submit(_prepare_in_worker, index, chunk)
+
     try:
-        yield from iterator
+        yield from in_order(submit, len(batches), max(options.prefetch, 1) * options.num_workers)
+    except BrokenProcessPool:
+        _close_pool((id(encoders), options.num_workers, options.batched_preprocess))  # the next shard starts anew
+        raise
+
+
+def in_order(submit: Callable[[int], Future[T]], count: int, ahead: int) -> Iterator[T]:
+    """The results of ``submit(0)``, ..., ``submit(count - 1)`` in order, with at most ``ahead`` submitted beyond
+    the one being consumed; an error is raised at its item, and items not started when the consumer stops are
+    cancelled."""
+    pending: deque[Future[T]] = deque()
+    try:
+        for i in range(count):
+            pending.append(submit(i))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
     finally:
-        shutdown = getattr(iterator, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
+        for future in pending:
+            future.cancel()
 
 
 def prefetched(make: Callable[[int], T], count: int, depth: int, threads: int = 1) -> Iterator[T]:
@@ -686,16 +744,9 @@ def prefetched(make: Callable[[int], T], count: int, depth: int, threads: int = 
     if depth <= 0:
         yield from (make(i) for i in range(count))
         return
-    ahead = max(depth, threads)
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="precompute-prepare")
-    pending: deque[Future[T]] = deque()
     try:
-        for i in range(count):
-            pending.append(pool.submit(make, i))
-            if len(pending) > ahead:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+        yield from in_order(lambda i: pool.submit(make, i), count, max(depth, threads))
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
