@@ -76,10 +76,10 @@ from gill.synth import SynthConfig, synthesize_world
 SPLIT = "bench"
 PER_SHARD = 64
 BATCH = 32
-SIZES = {"tiny": (2048, 1024), "mid": (128, 64)}
-"""Default images and shard size per model size: the tiny forward takes well under a millisecond a sample, so its
-shards are large enough that the per-shard costs (hashing the tar, fsync of the small files) weigh as little as in
-a real 10,000-image shard; the mid-size forward makes 64-image shards take seconds already."""
+SIZES = {"tiny": (2048, 1024), "mid": (256, 256)}
+"""Default images and shard size per model size. Shards are large enough for the per-shard costs (hashing and
+indexing the tar, fsync of the small files) to weigh about as little as in a real 10,000-image shard, and for the
+automatic forward threads to have tried both settings (batches 1-4 of a shard) and run on the kept one."""
 SIZE_NAMES = {
     "tiny": "tiny preset (vision 48 wide, 32 px; text 32 wide)",
     "mid": "mid-size (vision 384 wide x 6, 128 px; text 384 wide x 6)",
@@ -241,7 +241,8 @@ def forward_rate(encoders: FrozenEncoders, inputs: ShardInputs, threads: int, ch
 def prepare_rate(encoders: FrozenEncoders, inputs: ShardInputs, options: PrecomputeOptions) -> float:
     """samples/s of the stage's input path alone (read, decode, preprocess, tokenise with its parallelism)."""
     start = time.perf_counter()
-    count = sum(len(batch.keys) for batch in prepared_batches(inputs.index, inputs.index.image_keys, encoders, options))
+    with prepared_batches(inputs.index, inputs.index.image_keys, encoders, options) as feed:
+        count = sum(len(batch.keys) for batch in feed)
     return count / (time.perf_counter() - start)
 
 
@@ -328,8 +329,8 @@ def report(m: Measurement) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, help="images in all (default: tiny 2048, mid 128)")
-    parser.add_argument("--per-shard", type=int, help="images per shard (default: tiny 1024, mid 64)")
+    parser.add_argument("--images", type=int, help="images in all (default: tiny 2048, mid 256)")
+    parser.add_argument("--per-shard", type=int, help="images per shard (default: tiny 1024, mid 256)")
     parser.add_argument("--rounds", type=int, default=2, help="measured rounds after a warm-up round")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (the forward's default)")
     parser.add_argument("--sizes", default="tiny,mid", help="comma-separated sizes to measure: tiny, mid")

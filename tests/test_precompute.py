@@ -19,6 +19,7 @@ from shard_helpers import killed_python, split_folders, world_samples
 from gill.data.precompute import (
     FrozenEncoders,
     PrecomputeOptions,
+    ShardBatches,
     ShardResult,
     load_encoders,
     output_problems,
@@ -222,18 +223,33 @@ def test_every_preparation_path_writes_the_same_bytes(precomputed, tiny_config, 
             assert new == (split_folders("train", precomputed.workdir).features / result.shard / name).read_bytes()
 
 
-def test_prefetched_keeps_order_raises_at_the_failing_item_and_stops_early():
+def test_batch_feed_keeps_order_switches_between_inline_and_background_and_raises_at_the_failing_batch():
     import threading
     import time
+    from concurrent.futures import ThreadPoolExecutor
 
-    from gill.data.precompute import prefetched
+    from gill.data.precompute import BatchFeed
+
+    made_in = {}
 
     def slow_square(i: int) -> int:
         time.sleep(0.02 * ((7 * i) % 3))  # later items often finish first
+        made_in[i] = threading.current_thread().name
         return i * i
 
-    for threads, depth in [(1, 0), (1, 2), (3, 1), (4, 6)]:
-        assert list(prefetched(slow_square, 10, depth, threads)) == [i * i for i in range(10)]
+    def feed(threads: int, ahead: int, make=slow_square) -> BatchFeed:
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="bg")
+        return BatchFeed(make, 10, lambda i: pool.submit(make, i), ahead, close=lambda: pool.shutdown(wait=False))
+
+    for threads, ahead in [(1, 1), (3, 3), (4, 6)]:
+        with feed(threads, ahead) as batches:
+            assert list(batches) == [i * i for i in range(10)]
+    made_in.clear()
+    with feed(2, 2) as batches:
+        got = [batches.get(i, background=i >= 4) for i in range(10)]
+    assert got == [i * i for i in range(10)]
+    assert all(made_in[i] == "MainThread" for i in range(4)) and made_in[9].startswith("bg")
+    assert BatchFeed(slow_square, 3).get(2, background=True) == 4  # nothing to submit to: inline
 
     def failing(i: int) -> int:
         if i == 4:
@@ -241,8 +257,8 @@ def test_prefetched_keeps_order_raises_at_the_failing_item_and_stops_early():
         return i
 
     seen = []
-    with pytest.raises(InputError, match="broken item 4"):
-        for item in prefetched(failing, 10, 2, 2):
+    with pytest.raises(InputError, match="broken item 4"), feed(2, 2, failing) as batches:
+        for item in batches:
             seen.append(item)
     assert seen == [0, 1, 2, 3]
 
@@ -254,11 +270,12 @@ def test_prefetched_keeps_order_raises_at_the_failing_item_and_stops_early():
         time.sleep(0.01)
         return i
 
-    items = prefetched(record, 100, 2, 2)
-    assert [next(items), next(items)] == [0, 1]
-    items.close()  # the consumer stops: nothing beyond the look-ahead window is started
-    time.sleep(0.1)
-    assert len(started) <= 2 + 3 + 2  # two consumed, at most max(depth, threads) + 1 submitted ahead, two running
+    pool = ThreadPoolExecutor(2)
+    batches = BatchFeed(record, 100, lambda i: pool.submit(record, i), 2)
+    assert [batches.get(0), batches.get(1)] == [0, 1]
+    batches.close()  # the consumer stops: what was not started is cancelled
+    pool.shutdown(wait=True)
+    assert len(started) <= 2 + 2 + 2  # two consumed, two ahead, at most two running when closed
 
 
 def test_forward_threads_apply_while_shards_run_and_are_restored_after_the_last():
@@ -278,60 +295,65 @@ def test_forward_threads_apply_while_shards_run_and_are_restored_after_the_last(
     assert torch.get_num_threads() == before
 
 
-def test_forward_balance_tries_both_thread_counts_and_keeps_the_faster():
-    from gill.data.precompute import BALANCE_MARGIN, ForwardBalance, forward_balance
+def test_pipeline_balance_tries_inline_and_background_and_keeps_the_faster():
+    from gill.data.precompute import BALANCE_MARGIN, PipelineBalance, PipelineSetting, pipeline_balance
 
-    def run(balance: ForwardBalance, seconds: dict[int, float]) -> list[int]:
-        """The thread count of each of 8 batches when a batch takes ``seconds[threads]`` a sample."""
-        threads, seen = balance.threads, []
+    def run(balance: PipelineBalance, seconds: dict[bool, float]) -> list[tuple[int, bool]]:
+        """(threads, background) of each of 8 batches when a batch takes ``seconds[background]`` a sample."""
+        setting, seen = balance.inline, []
         for _ in range(8):
-            seen.append(threads)
-            threads = balance.observe(seconds[threads]) or threads
+            seen.append((setting.threads, setting.background))
+            setting = balance.observe(seconds[setting.background]) or setting
         return seen
 
-    # batch 0 (start-up) is not counted; batches 1-2 on all threads, 3-4 on fewer, then the faster is kept
-    assert run(ForwardBalance(threads=2, preparers=1), {2: 1.0, 1: 0.6}) == [2, 2, 2, 1, 1, 1, 1, 1]
-    assert run(ForwardBalance(threads=2, preparers=1), {2: 0.6, 1: 1.0}) == [2, 2, 2, 1, 1, 2, 2, 2]
-    assert run(ForwardBalance(threads=8, preparers=3), {8: 0.5, 5: 0.5}) == [8, 8, 8, 5, 5, 5, 5, 5]  # a tie
-    barely = 1 - BALANCE_MARGIN / 2  # all threads faster, but by less than the margin: fewer threads kept
-    assert run(ForwardBalance(threads=4, preparers=1), {4: barely, 3: 1.0})[-1] == 3
-    assert run(ForwardBalance(threads=2, preparers=2), {2: 1.0, 1: 0.5})[-1] == 1  # at least one thread
+    inline, background = (2, False), (1, True)
+    # batch 0 (start-up) is not counted; batches 1-2 inline on all threads, 3-4 in the background, then the faster
+    assert run(PipelineBalance(threads=2, preparers=1), {False: 1.0, True: 0.6}) == [inline] * 3 + [background] * 5
+    assert run(PipelineBalance(threads=2, preparers=1), {False: 0.6, True: 1.0}) == (
+        [inline] * 3 + [background] * 2 + [inline] * 3
+    )
+    assert run(PipelineBalance(threads=8, preparers=3), {False: 0.5, True: 0.5})[-1] == (5, True)  # a tie
+    barely = 1 - BALANCE_MARGIN / 2  # inline faster, but by less than the margin: the background kept
+    assert run(PipelineBalance(threads=4, preparers=1), {False: barely, True: 1.0})[-1] == (3, True)
+    assert PipelineBalance(threads=2, preparers=2).background == PipelineSetting(threads=1, background=True)
 
     cpu = torch.device("cpu")
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        assert forward_balance(PrecomputeOptions(threads=2), cpu).preparers == 2
-        assert forward_balance(PrecomputeOptions(num_workers=3), cpu).preparers == 3
-        assert forward_balance(PrecomputeOptions(forward_threads=2), cpu) is None  # set explicitly
-        assert forward_balance(PrecomputeOptions(prefetch=0), cpu) is None  # no overlap: nothing to share
-        assert forward_balance(PrecomputeOptions(), torch.device("cuda")) is None  # the forward is on the GPU
-        torch.set_num_threads(1)
-        assert forward_balance(PrecomputeOptions(), cpu) is None  # no fewer to try
-    finally:
-        torch.set_num_threads(before)
+    assert pipeline_balance(PrecomputeOptions(threads=2), cpu).preparers == 2
+    assert pipeline_balance(PrecomputeOptions(num_workers=3), cpu).preparers == 3
+    assert pipeline_balance(PrecomputeOptions(forward_threads=2), cpu) is None  # set explicitly
+    assert pipeline_balance(PrecomputeOptions(prefetch=0), cpu) is None  # no overlap asked for
+    assert pipeline_balance(PrecomputeOptions(), torch.device("cuda")) is None  # the forward is on the GPU
 
 
-@pytest.mark.parametrize("faster", ["fewer threads", "all threads"])
-def test_a_shard_keeps_the_forward_threads_its_trial_batches_found_faster(
+@pytest.mark.parametrize("faster", ["background", "inline"])
+def test_a_shard_keeps_the_pipeline_setting_its_trial_batches_found_faster(
     precomputed, tiny_config, tmp_path, monkeypatch, faster
 ):
+    import threading
     import time
 
     encoders = load_encoders(tiny_config, PrecomputeOptions())
-    threads_seen = []
+    seen = []
     real_encode = FrozenEncoders.encode
 
     def encode(self, pixel_values, input_ids):
         threads = torch.get_num_threads()
-        threads_seen.append(threads)
-        if faster == "fewer threads":
+        seen.append(threads)
+        if faster == "background":
             time.sleep(0.3 * threads)  # contending threads: more of them, slower
         else:
             time.sleep(0.6 / threads)  # a forward that scales with its threads
         return real_encode(self, pixel_values, input_ids)
 
+    prepared_in = []
+    real_getitem = ShardBatches.__getitem__
+
+    def getitem(self, i):
+        prepared_in.append(threading.current_thread().name.startswith("precompute-prepare"))
+        return real_getitem(self, i)
+
     monkeypatch.setattr(FrozenEncoders, "encode", encode)
+    monkeypatch.setattr(ShardBatches, "__getitem__", getitem)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -340,9 +362,10 @@ def test_a_shard_keeps_the_forward_threads_its_trial_batches_found_faster(
         assert torch.get_num_threads() == 2  # restored after the shard
     finally:
         torch.set_num_threads(before)
-    assert threads_seen == [2, 2, 2, 1, 1, 1 if faster == "fewer threads" else 2]
+    assert seen == [2, 2, 2, 1, 1, 1 if faster == "background" else 2]
+    assert prepared_in[:3] == [False] * 3 and all(prepared_in[3:5])  # inline trial, then background trial
     manifest = read_feature_manifest(split_folders("train", tmp_path).features / "00000")
-    assert manifest["forward_threads"] == threads_seen[-1]  # how it ran, recorded next to device and duration
+    assert manifest["forward_threads"] == seen[-1]  # how it ran, recorded next to device and duration
 
 
 def test_crash_mid_shard_leaves_no_feature_folder(precomputed, tiny_config, tmp_path, monkeypatch):

@@ -34,8 +34,9 @@ processor, tokenizer) and the forward, so at best it runs at the slower part's s
 of the forward in ``threads`` background threads (default 1) or in ``num_workers`` DataLoader processes (for a
 GPU, which encodes faster than one core decodes JPEGs). The image processor runs once per batch of same-sized
 images instead of once per image (:class:`BatchPreprocessor`, bit-identical output, so stored features and the
-fingerprint do not change). On a CPU the two parts share the cores: the forward runs on torch's threads or
-on one fewer per preparer, whichever a few measured batches find faster (:class:`ForwardBalance`).
+fingerprint do not change). On a CPU the two parts share the cores: the forward runs on all of torch's threads
+with batches prepared inline, or on one thread fewer per preparer with batches prepared in the background,
+whichever a few measured batches of the shard find faster (:class:`PipelineBalance`).
 ``bench/precompute.py`` prints each part's own throughput, their min (the bound) and the stage against it.
 
 Fixes over the official ``scripts/preprocess_sd_embeddings.py`` (official §3.1, 8): one memory-mappable file
@@ -56,7 +57,6 @@ import re
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -135,9 +135,10 @@ class PrecomputeOptions:
     """Background threads that read, decode, preprocess and tokenise batches when ``num_workers`` is 0 (each
     prepares whole batches; JPEG decoding and torch's resize release the GIL)."""
     forward_threads: int = 0
-    """Torch intra-op threads while a shard's forward runs. 0: automatic: on a CPU device, torch's setting (by
-    default one per core) and one fewer per preparing thread or worker are each tried on a few batches, and the
-    faster is kept for the shard (:class:`ForwardBalance`; the two parts share the cores)."""
+    """Torch intra-op threads while a shard's forward runs, with batches prepared in the background. 0:
+    automatic: on a CPU device two settings are tried on a few batches each and the faster is kept for the shard
+    (:class:`PipelineBalance`): the forward on torch's threads (by default one per core) with batches prepared
+    inline, or on one thread fewer per preparer with batches prepared in the background."""
     batched_preprocess: bool = True
     """Preprocess a batch's same-sized images with one call of each of the image processor's own torchvision ops
     instead of image by image; used only where its output is bit-identical to the processor's (checked when the
@@ -641,14 +642,94 @@ class ShardBatches(torch.utils.data.Dataset):
         )
 
 
+class BatchFeed:
+    """A shard's batches in order, each prepared either inline (by the caller, between two forwards) or ahead of
+    time in the background (threads or worker processes); which one may change from one batch to the next.
+
+    ``get(i, background=True)`` keeps batches ``i`` .. ``i + ahead`` submitted, so background preparers always
+    have work; ``get(i, background=False)`` prepares batch ``i`` itself unless it is already under way. An error
+    in preparing a batch is raised when that batch is asked for; closing cancels what has not started.
+    """
+
+    def __init__(
+        self,
+        make: Callable[[int], PreparedBatch],
+        count: int,
+        submit: Callable[[int], Future[PreparedBatch]] | None = None,
+        ahead: int = 0,
+        close: Callable[[], None] = lambda: None,
+        broken: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.make, self.count, self.submit, self.ahead = make, count, submit, ahead
+        self._close, self._broken = close, broken
+        self.pending: dict[int, Future[PreparedBatch]] = {}
+
+    def __len__(self) -> int:
+        return self.count
+
+    def get(self, i: int, background: bool = True) -> PreparedBatch:
+        """Batch ``i``, from the background when it was submitted there, else prepared here."""
+        try:
+            if background and self.submit is not None:
+                for j in range(i, min(self.count, i + 1 + self.ahead)):
+                    if j not in self.pending:
+                        self.pending[j] = self.submit(j)
+            future = self.pending.pop(i, None)
+            return future.result() if future is not None else self.make(i)
+        except BrokenProcessPool:
+            self._broken()  # a worker died: the next shard starts new ones
+            raise
+
+    def __iter__(self) -> Iterator[PreparedBatch]:
+        return (self.get(i) for i in range(self.count))
+
+    def close(self) -> None:
+        """Cancel the batches not started and release the preparing threads (worker processes are kept)."""
+        for future in self.pending.values():
+            future.cancel()
+        self.pending.clear()
+        self._close()
+
+    def __enter__(self) -> BatchFeed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def prepared_batches(
     index: ShardIndex, keys: list[str], encoders: FrozenEncoders, options: PrecomputeOptions
-) -> Iterator[PreparedBatch]:
-    """Encoder inputs of ``keys`` in order, prepared ahead of the forward: in threads, or in worker processes."""
+) -> BatchFeed:
+    """Encoder inputs of ``keys`` in order (a :class:`BatchFeed`), prepared ahead of the forward by ``threads``
+    threads, ``max(prefetch, threads)`` batches ahead, or by the encoders' ``num_workers`` processes, ``prefetch``
+    per worker ahead; ``prefetch`` 0: inline only. JPEG decoding, torch's resize and the Rust tokenizer release the
+    GIL, so threads overlap with the forward; processes also leave it the GIL."""
     batches = ShardBatches(index, keys, encoders.preprocessor(options), encoders.sd_tokenizer, options.batch_size)
+    if options.prefetch == 0:
+        return BatchFeed(batches.__getitem__, len(batches))
     if options.num_workers == 0:
-        return prefetched(batches.__getitem__, len(batches), options.prefetch, options.threads)
-    return _from_workers(batches, encoders, options)
+        threads = ThreadPoolExecutor(max_workers=options.threads, thread_name_prefix="precompute-prepare")
+        return BatchFeed(
+            batches.__getitem__,
+            len(batches),
+            submit=lambda i: threads.submit(batches.__getitem__, i),
+            ahead=max(options.prefetch, options.threads),
+            close=lambda: threads.shutdown(wait=False, cancel_futures=True),
+        )
+    pool, size = worker_pool(encoders, options), batches.batch_size
+
+    def submit(i: int) -> Future[PreparedBatch]:
+        chunk = keys[i * size : (i + 1) * size]
+        members = ShardIndex(tar=index.tar, members={k: index.members[k] for k in chunk})  # small to send
+        return pool.submit(_prepare_in_worker, members, chunk)
+
+    return BatchFeed(
+        batches.__getitem__,
+        len(batches),
+        submit=submit,
+        ahead=max(options.prefetch, 1) * options.num_workers,
+        broken=lambda: _close_pool(_pool_key(encoders, options)),
+    )
 
 
 # -- worker processes -------------------------------------------------------------------------------------
@@ -663,7 +744,7 @@ def _start_worker(pixels: BatchPreprocessor, sd_tokenizer: Any) -> None:
 
 
 def _prepare_in_worker(index: ShardIndex, keys: list[str]) -> PreparedBatch:
-    """One batch, in a worker process (``index`` holds only this batch's members, to keep the message small)."""
+    """One batch, in a worker process (``index`` holds only this batch's members)."""
     return ShardBatches(index, keys, _WORKER_STATE["pixels"], _WORKER_STATE["sd_tokenizer"], len(keys))[0]
 
 
@@ -672,11 +753,15 @@ _POOLS: dict[tuple[int, int, bool], ProcessPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
 
+def _pool_key(encoders: FrozenEncoders, options: PrecomputeOptions) -> tuple[int, int, bool]:
+    return id(encoders), options.num_workers, options.batched_preprocess
+
+
 def worker_pool(encoders: FrozenEncoders, options: PrecomputeOptions) -> ProcessPoolExecutor:
     """The ``options.num_workers`` preparing processes of ``encoders``: started with the first shard that asks
     for them and kept for every later shard (starting a process and importing torch there takes seconds, as
     long as preparing thousands of tiny-preset samples), shut down when the encoders are garbage collected."""
-    key = (id(encoders), options.num_workers, options.batched_preprocess)
+    key = _pool_key(encoders, options)
     with _POOLS_LOCK:
         if (pool := _POOLS.get(key)) is None:
             pool = ProcessPoolExecutor(
@@ -697,119 +782,82 @@ def _close_pool(key: tuple[int, int, bool]) -> None:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _from_workers(
-    batches: ShardBatches, encoders: FrozenEncoders, options: PrecomputeOptions
-) -> Iterator[PreparedBatch]:
-    """The batches of ``batches`` prepared by the encoders' worker processes, ``prefetch`` per worker ahead."""
-    pool = worker_pool(encoders, options)
-    size, keys = batches.batch_size, batches.keys
-
-    def submit(i: int) -> Future[PreparedBatch]:
-        chunk = keys[i * size : (i + 1) * size]
-        index = ShardIndex(tar=batches.index.tar, members={k: batches.index.members[k] for k in chunk})
-        return pool.submit(_prepare_in_worker, index, chunk)
-
-    try:
-        yield from in_order(submit, len(batches), max(options.prefetch, 1) * options.num_workers)
-    except BrokenProcessPool:
-        _close_pool((id(encoders), options.num_workers, options.batched_preprocess))  # the next shard starts anew
-        raise
-
-
-def in_order(submit: Callable[[int], Future[T]], count: int, ahead: int) -> Iterator[T]:
-    """The results of ``submit(0)``, ..., ``submit(count - 1)`` in order, with at most ``ahead`` submitted beyond
-    the one being consumed; an error is raised at its item, and items not started when the consumer stops are
-    cancelled."""
-    pending: deque[Future[T]] = deque()
-    try:
-        for i in range(count):
-            pending.append(submit(i))
-            if len(pending) > ahead:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        for future in pending:
-            future.cancel()
-
-
-def prefetched(make: Callable[[int], T], count: int, depth: int, threads: int = 1) -> Iterator[T]:
-    """``make(0)``, ..., ``make(count - 1)`` in order, computed ahead of the consumer by ``threads`` background
-    threads, at most ``max(depth, threads)`` items ahead (so every thread has work); ``depth`` 0: inline, no overlap.
-
-    JPEG decoding, torch's resize and the Rust tokenizer release the GIL, so threads overlap with the forward and
-    with each other. An error in ``make`` is raised to the consumer at that item; when the consumer stops early,
-    items not yet started are cancelled.
-    """
-    if depth <= 0:
-        yield from (make(i) for i in range(count))
-        return
-    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="precompute-prepare")
-    try:
-        yield from in_order(lambda i: pool.submit(make, i), count, max(depth, threads))
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-
+# -- balancing the two parts on a CPU -------------------------------------------------------------------
 
 BALANCE_MARGIN = 0.05
-"""All of torch's threads are kept only when they make the pipeline at least this much faster than fewer threads:
-at equal speed, fewer threads leave a core to the preparers and to whatever else runs on the machine."""
+"""The first setting (all threads, inline) is kept only when it is at least this much faster than the second:
+at equal speed, fewer forward threads leave a core to whatever else runs on the machine."""
+
+
+@dataclass(frozen=True)
+class PipelineSetting:
+    """How a shard's two parts share a CPU."""
+
+    threads: int
+    """torch's intra-op threads for the forward."""
+    background: bool
+    """Batches prepared ahead in the background (True) or inline between forwards (False)."""
 
 
 @dataclass(kw_only=True)
-class ForwardBalance:
-    """Automatic forward threads on a CPU (``forward_threads=0``): try torch's threads and one fewer per preparer
-    on a few batches each, then keep the faster for the rest of the shard.
+class PipelineBalance:
+    """Automatic sharing of a CPU between preparing batches and the forward (``forward_threads=0``): two settings
+    are tried on ``trial`` batches each, after the first batch (which carries the start-up), and the one whose
+    pipeline took less time per sample (waiting for the batch, forward, storing) is kept for the shard.
 
-    The two parts of the pipeline share the cores. For a large encoder all cores for the forward is right
-    (preparing a batch is a few percent of its forward). For a small one (decoding a JPEG costs more than
-    encoding it), torch's threads contend with the preparing threads, and a parallel op waits for its slowest
-    thread: the forward on ``threads - preparers`` threads leaves each part its cores, and is faster. Which
-    holds depends on the models and on what else runs on the machine, so it is measured: the time per sample of
-    the whole pipeline (waiting for the batch, forward, storing), on ``trial`` batches per setting, after the
-    first batch (which carries the start-up).
+    * **inline**: the forward on all of torch's threads, each batch prepared between two forwards. Right for a
+      large encoder on few cores: preparing is a few percent of the work, and a preparer running beside the
+      forward would stall its parallel ops (one preempted thread holds up all of them) more than it saves.
+    * **background**: the forward on one thread fewer per preparer, batches prepared ahead by the preparers on
+      the cores left. Right for a small encoder (decoding a JPEG costs more than encoding it), and for many cores.
+
+    Which holds depends on the models, the cores and what else runs on the machine, so it is measured.
     """
 
     threads: int
     """torch's intra-op threads when the shard started."""
     preparers: int
-    """Batches prepared in parallel: background threads or worker processes."""
+    """Batches prepared in parallel in the background: threads or worker processes."""
     trial: int = 2
     """Batches measured per setting."""
-    seconds: dict[int, float] = dataclasses.field(default_factory=dict)
-    """Thread count -> summed seconds per sample of its trial batches."""
+    seconds: dict[PipelineSetting, float] = dataclasses.field(default_factory=dict)
+    """Setting -> summed seconds per sample of its trial batches."""
     seen: int = 0
-    chosen: int | None = None
-    """The thread count kept, once decided."""
+    chosen: PipelineSetting | None = None
+    """The setting kept, once decided."""
 
     @property
-    def fewer(self) -> int:
-        """The other candidate: one thread fewer per preparer, at least 1."""
-        return max(1, self.threads - self.preparers)
+    def inline(self) -> PipelineSetting:
+        return PipelineSetting(threads=self.threads, background=False)
 
-    def observe(self, seconds_per_sample: float) -> int | None:
-        """Record the batch just done; return the thread count for the next batches when it changes, else None."""
+    @property
+    def background(self) -> PipelineSetting:
+        return PipelineSetting(threads=max(1, self.threads - self.preparers), background=True)
+
+    def observe(self, seconds_per_sample: float) -> PipelineSetting | None:
+        """Record the batch just done; return the setting for the next batches when it changes, else None."""
         self.seen += 1
         if self.seen == 1 or self.chosen is not None:
             return None
-        current = self.threads if self.seen <= self.trial + 1 else self.fewer
+        current = self.inline if self.seen <= self.trial + 1 else self.background
         self.seconds[current] = self.seconds.get(current, 0.0) + seconds_per_sample
         if self.seen == self.trial + 1:
-            return self.fewer  # all threads measured: now fewer
+            return self.background  # inline measured: now in the background
         if self.seen < 2 * self.trial + 1:
             return None
-        all_faster = self.seconds[self.threads] < (1 - BALANCE_MARGIN) * self.seconds[self.fewer]
-        self.chosen = self.threads if all_faster else self.fewer
-        return self.threads if all_faster else None
+        inline_faster = self.seconds[self.inline] < (1 - BALANCE_MARGIN) * self.seconds[self.background]
+        self.chosen = self.inline if inline_faster else self.background
+        return self.inline if inline_faster else None
 
 
-def forward_balance(options: PrecomputeOptions, device: torch.device) -> ForwardBalance | None:
-    """The automatic balance of a shard's forward threads, or None where it does not apply (threads set
-    explicitly, no overlap, a single torch thread, or a device whose forward does not run on torch's threads)."""
-    preparers = options.num_workers or (options.threads if options.prefetch > 0 else 0)
-    if options.forward_threads > 0 or preparers == 0 or device.type != "cpu" or torch.get_num_threads() < 2:
+def pipeline_balance(options: PrecomputeOptions, device: torch.device) -> PipelineBalance | None:
+    """The automatic balance of a shard's pipeline, or None where it does not apply: forward threads set
+    explicitly, no overlap asked for, or a device whose forward does not run on torch's CPU threads (there the
+    batches are always prepared in the background)."""
+    preparers = options.num_workers or options.threads
+    if options.forward_threads > 0 or options.prefetch == 0 or device.type != "cpu":
         return None
-    return ForwardBalance(threads=torch.get_num_threads(), preparers=preparers)
+    return PipelineBalance(threads=torch.get_num_threads(), preparers=preparers)
 
 
 _THREADS_LOCK = threading.Lock()
@@ -872,7 +920,7 @@ class ComputedArrays:
     captions: list[str]
     """Captions in row order."""
     forward_threads: int
-    """torch's intra-op threads the forward ran on at the end of the shard (after any :class:`ForwardBalance`)."""
+    """torch's intra-op threads the forward ran on at the end of the shard (after any :class:`PipelineBalance`)."""
 
 
 def compute_arrays(
@@ -888,10 +936,12 @@ def compute_arrays(
     vision = _open_array(folder / VISION_FILE, (n, encoders.vision_dim), dtype)  # (N, Dv)
     sd_text = _open_array(folder / SD_TEXT_FILE, (n, *encoders.text_shape), dtype)  # (N, 77, Dt)
     row, captions = 0, []
-    balance = forward_balance(options, encoders.device)
-    with torch_threads(options.forward_threads or (balance.threads if balance else 0)):
+    balance = pipeline_balance(options, encoders.device)
+    setting = balance.inline if balance else PipelineSetting(threads=options.forward_threads, background=True)
+    with prepared_batches(index, keys, encoders, options) as feed, torch_threads(setting.threads):
         last = time.perf_counter()
-        for batch in prepared_batches(index, keys, encoders, options):
+        for i in range(len(feed)):
+            batch = feed.get(i, background=setting.background)
             out = encoders.encode(batch.pixel_values, batch.input_ids)
             size = len(batch.keys)
             vision[row : row + size] = _to_storage(out.vision, dtype, shard, "vision")  # (b, Dv)
@@ -901,12 +951,13 @@ def compute_arrays(
             if on_batch is not None:
                 on_batch(size)
             now = time.perf_counter()
-            if balance is not None and (threads := balance.observe((now - last) / size)) is not None:
-                set_torch_threads(threads)
+            if balance is not None and (change := balance.observe((now - last) / size)) is not None:
+                setting = change
+                set_torch_threads(setting.threads)
             last = now
         forward_threads = torch.get_num_threads()
     if balance is not None and balance.chosen is not None:
-        logger.info("shard %s: forward on %d torch threads (measured: %s)", shard, balance.chosen, balance.seconds)
+        logger.info("shard %s: %s (measured s/sample: %s)", shard, balance.chosen, balance.seconds)
     for array in (vision, sd_text):
         if isinstance(array, np.memmap):
             array.flush()
