@@ -356,16 +356,21 @@ def test_a_shard_keeps_the_pipeline_setting_its_trial_batches_found_faster(
     monkeypatch.setattr(ShardBatches, "__getitem__", getitem)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
+    images, options = split_folders("train", precomputed.workdir).images, PrecomputeOptions(batch_size=1)
     try:
-        tar = split_folders("train", precomputed.workdir).images / "00000.tar"
-        precompute_shard(tar, split_folders("train", tmp_path), encoders, PrecomputeOptions(batch_size=1))
+        precompute_shard(images / "00000.tar", split_folders("train", tmp_path), encoders, options)
         assert torch.get_num_threads() == 2  # restored after the shard
+        first, first_prepared_in, seen[:], prepared_in[:] = list(seen), list(prepared_in), [], []
+        precompute_shard(images / "00001.tar", split_folders("train", tmp_path), encoders, options)
     finally:
         torch.set_num_threads(before)
-    assert seen == [2, 2, 2, 1, 1, 1 if faster == "background" else 2]
-    assert prepared_in[:3] == [False] * 3 and all(prepared_in[3:5])  # inline trial, then background trial
+    kept = 1 if faster == "background" else 2
+    assert first == [2, 2, 2, 1, 1, kept]  # batch 0, inline trial (1-2), background trial (3-4), the faster
+    assert first_prepared_in[:3] == [False] * 3 and all(first_prepared_in[3:5])
+    assert seen == [kept] * 6  # the next shard of the same encoders: no trial
+    assert all(prepared_in) if faster == "background" else not any(prepared_in)
     manifest = read_feature_manifest(split_folders("train", tmp_path).features / "00000")
-    assert manifest["forward_threads"] == seen[-1]  # how it ran, recorded next to device and duration
+    assert manifest["forward_threads"] == kept  # how it ran, recorded next to device and duration
 
 
 def test_crash_mid_shard_leaves_no_feature_folder(precomputed, tiny_config, tmp_path, monkeypatch):

@@ -36,7 +36,7 @@ GPU, which encodes faster than one core decodes JPEGs). The image processor runs
 images instead of once per image (:class:`BatchPreprocessor`, bit-identical output, so stored features and the
 fingerprint do not change). On a CPU the two parts share the cores: the forward runs on all of torch's threads
 with batches prepared inline, or on one thread fewer per preparer with batches prepared in the background,
-whichever a few measured batches of the shard find faster (:class:`PipelineBalance`).
+whichever a few measured batches of the first shard find faster (:class:`PipelineBalance`).
 ``bench/precompute.py`` prints each part's own throughput, their min (the bound) and the stage against it.
 
 Fixes over the official ``scripts/preprocess_sd_embeddings.py`` (official §3.1, 8): one memory-mappable file
@@ -136,7 +136,7 @@ class PrecomputeOptions:
     prepares whole batches; JPEG decoding and torch's resize release the GIL)."""
     forward_threads: int = 0
     """Torch intra-op threads while a shard's forward runs, with batches prepared in the background. 0:
-    automatic: on a CPU device two settings are tried on a few batches each and the faster is kept for the shard
+    automatic: on a CPU device two settings are tried on a few batches of the first shard and the faster is kept
     (:class:`PipelineBalance`): the forward on torch's threads (by default one per core) with batches prepared
     inline, or on one thread fewer per preparer with batches prepared in the background."""
     batched_preprocess: bool = True
@@ -406,6 +406,9 @@ class FrozenEncoders:
     """Dtype of the forward (float32 on CPU)."""
     pixels: BatchPreprocessor
     """``image_processor`` applied to a batch at once where that is bit-identical (see :class:`BatchPreprocessor`)."""
+    pipeline_choices: dict[tuple[int, int, bool], PipelineSetting] = dataclasses.field(default_factory=dict, repr=False)
+    """The pipeline setting :class:`PipelineBalance` kept on an earlier shard, per (threads, preparers, worker
+    processes): later shards of these encoders use it without a trial."""
 
     @property
     def vision_dim(self) -> int:
@@ -811,13 +814,17 @@ class PipelineBalance:
     * **background**: the forward on one thread fewer per preparer, batches prepared ahead by the preparers on
       the cores left. Right for a small encoder (decoding a JPEG costs more than encoding it), and for many cores.
 
-    Which holds depends on the models, the cores and what else runs on the machine, so it is measured.
+    Which holds depends on the models, the cores and what else runs on the machine, so it is measured, on the
+    first shard of a set of loaded encoders: later shards reuse the choice (``FrozenEncoders.pipeline_choices``),
+    so the trial's slower batches are paid once per process, not per shard.
     """
 
     threads: int
     """torch's intra-op threads when the shard started."""
     preparers: int
     """Batches prepared in parallel in the background: threads or worker processes."""
+    processes: bool = False
+    """The preparers are worker processes."""
     trial: int = 2
     """Batches measured per setting."""
     seconds: dict[PipelineSetting, float] = dataclasses.field(default_factory=dict)
@@ -825,6 +832,11 @@ class PipelineBalance:
     seen: int = 0
     chosen: PipelineSetting | None = None
     """The setting kept, once decided."""
+
+    @property
+    def key(self) -> tuple[int, int, bool]:
+        """What the choice depends on besides the encoders: the key of ``FrozenEncoders.pipeline_choices``."""
+        return self.threads, self.preparers, self.processes
 
     @property
     def inline(self) -> PipelineSetting:
@@ -857,7 +869,7 @@ def pipeline_balance(options: PrecomputeOptions, device: torch.device) -> Pipeli
     preparers = options.num_workers or options.threads
     if options.forward_threads > 0 or options.prefetch == 0 or device.type != "cpu":
         return None
-    return PipelineBalance(threads=torch.get_num_threads(), preparers=preparers)
+    return PipelineBalance(threads=torch.get_num_threads(), preparers=preparers, processes=options.num_workers > 0)
 
 
 _THREADS_LOCK = threading.Lock()
@@ -937,7 +949,11 @@ def compute_arrays(
     sd_text = _open_array(folder / SD_TEXT_FILE, (n, *encoders.text_shape), dtype)  # (N, 77, Dt)
     row, captions = 0, []
     balance = pipeline_balance(options, encoders.device)
-    setting = balance.inline if balance else PipelineSetting(threads=options.forward_threads, background=True)
+    setting = PipelineSetting(threads=options.forward_threads, background=True)
+    if balance is not None and (kept := encoders.pipeline_choices.get(balance.key)) is not None:
+        balance, setting = None, kept  # decided on an earlier shard
+    elif balance is not None:
+        setting = balance.inline
     with prepared_batches(index, keys, encoders, options) as feed, torch_threads(setting.threads):
         last = time.perf_counter()
         for i in range(len(feed)):
@@ -957,6 +973,7 @@ def compute_arrays(
             last = now
         forward_threads = torch.get_num_threads()
     if balance is not None and balance.chosen is not None:
+        encoders.pipeline_choices[balance.key] = balance.chosen
         logger.info("shard %s: %s (measured s/sample: %s)", shard, balance.chosen, balance.seconds)
     for array in (vision, sd_text):
         if isinstance(array, np.memmap):
