@@ -298,12 +298,12 @@ def test_forward_threads_apply_while_shards_run_and_are_restored_after_the_last(
 def test_pipeline_balance_tries_inline_and_background_and_keeps_the_faster():
     from gill.data.precompute import BALANCE_MARGIN, PipelineBalance, PipelineSetting, pipeline_balance
 
-    def run(balance: PipelineBalance, seconds: dict[bool, float]) -> list[tuple[int, bool]]:
-        """(threads, background) of each of 8 batches when a batch takes ``seconds[background]`` a sample."""
+    def run(balance: PipelineBalance, seconds: dict[bool, float], batches: int = 8) -> list[tuple[int, bool]]:
+        """(threads, background) of each batch of one sample when it takes ``seconds[background]``."""
         setting, seen = balance.inline, []
-        for _ in range(8):
+        for _ in range(batches):
             seen.append((setting.threads, setting.background))
-            setting = balance.observe(seconds[setting.background]) or setting
+            setting = balance.observe(seconds[setting.background], 1) or setting
         return seen
 
     inline, background = (2, False), (1, True)
@@ -316,6 +316,8 @@ def test_pipeline_balance_tries_inline_and_background_and_keeps_the_faster():
     barely = 1 - BALANCE_MARGIN / 2  # inline faster, but by less than the margin: the background kept
     assert run(PipelineBalance(threads=4, preparers=1), {False: barely, True: 1.0})[-1] == (3, True)
     assert PipelineBalance(threads=2, preparers=2).background == PipelineSetting(threads=1, background=True)
+    fast = run(PipelineBalance(threads=2, preparers=1), {False: 0.02, True: 0.01}, batches=40)  # 0.3 s a setting
+    assert fast == [inline] * 16 + [background] * 24  # batch 0, then 15 inline and 15 in the background
 
     cpu = torch.device("cpu")
     assert pipeline_balance(PrecomputeOptions(threads=2), cpu).preparers == 2

@@ -805,8 +805,9 @@ class PipelineSetting:
 @dataclass(kw_only=True)
 class PipelineBalance:
     """Automatic sharing of a CPU between preparing batches and the forward (``forward_threads=0``): two settings
-    are tried on ``trial`` batches each, after the first batch (which carries the start-up), and the one whose
-    pipeline took less time per sample (waiting for the batch, forward, storing) is kept for the shard.
+    are tried one after the other, each for at least ``trial`` batches and ``trial_s`` seconds, after the first
+    batch (which carries the start-up), and the one whose pipeline took less time per sample (waiting for the
+    batch, forward, storing) is kept.
 
     * **inline**: the forward on all of torch's threads, each batch prepared between two forwards. Right for a
       large encoder on few cores: preparing is a few percent of the work, and a preparer running beside the
@@ -816,7 +817,8 @@ class PipelineBalance:
 
     Which holds depends on the models, the cores and what else runs on the machine, so it is measured, on the
     first shard of a set of loaded encoders: later shards reuse the choice (``FrozenEncoders.pipeline_choices``),
-    so the trial's slower batches are paid once per process, not per shard.
+    so the trial's slower batches are paid once per process, not per shard. The minimum time keeps a trial of
+    fast batches (a few milliseconds each) from being decided by one hiccup of a shared machine.
     """
 
     threads: int
@@ -826,9 +828,11 @@ class PipelineBalance:
     processes: bool = False
     """The preparers are worker processes."""
     trial: int = 2
-    """Batches measured per setting."""
-    seconds: dict[PipelineSetting, float] = dataclasses.field(default_factory=dict)
-    """Setting -> summed seconds per sample of its trial batches."""
+    """Batches measured per setting, at least."""
+    trial_s: float = 0.3
+    """Seconds measured per setting, at least."""
+    totals: dict[PipelineSetting, tuple[float, int, int]] = dataclasses.field(default_factory=dict)
+    """Setting -> (seconds, samples, batches) of its trial."""
     seen: int = 0
     chosen: PipelineSetting | None = None
     """The setting kept, once decided."""
@@ -846,18 +850,26 @@ class PipelineBalance:
     def background(self) -> PipelineSetting:
         return PipelineSetting(threads=max(1, self.threads - self.preparers), background=True)
 
-    def observe(self, seconds_per_sample: float) -> PipelineSetting | None:
+    @property
+    def seconds_per_sample(self) -> dict[PipelineSetting, float]:
+        """Measured time per sample of each setting tried so far."""
+        return {setting: seconds / samples for setting, (seconds, samples, _) in self.totals.items()}
+
+    def observe(self, seconds: float, samples: int) -> PipelineSetting | None:
         """Record the batch just done; return the setting for the next batches when it changes, else None."""
         self.seen += 1
         if self.seen == 1 or self.chosen is not None:
             return None
-        current = self.inline if self.seen <= self.trial + 1 else self.background
-        self.seconds[current] = self.seconds.get(current, 0.0) + seconds_per_sample
-        if self.seen == self.trial + 1:
-            return self.background  # inline measured: now in the background
-        if self.seen < 2 * self.trial + 1:
+        current = self.background if self.background in self.totals else self.inline
+        spent, counted, batches = self.totals.get(current, (0.0, 0, 0))
+        self.totals[current] = spent + seconds, counted + samples, batches + 1
+        if batches + 1 < self.trial or spent + seconds < self.trial_s:
             return None
-        inline_faster = self.seconds[self.inline] < (1 - BALANCE_MARGIN) * self.seconds[self.background]
+        if current == self.inline:
+            self.totals[self.background] = (0.0, 0, 0)
+            return self.background  # inline measured: now in the background
+        per_sample = self.seconds_per_sample
+        inline_faster = per_sample[self.inline] < (1 - BALANCE_MARGIN) * per_sample[self.background]
         self.chosen = self.inline if inline_faster else self.background
         return self.inline if inline_faster else None
 
@@ -967,14 +979,14 @@ def compute_arrays(
             if on_batch is not None:
                 on_batch(size)
             now = time.perf_counter()
-            if balance is not None and (change := balance.observe((now - last) / size)) is not None:
+            if balance is not None and (change := balance.observe(now - last, size)) is not None:
                 setting = change
                 set_torch_threads(setting.threads)
             last = now
         forward_threads = torch.get_num_threads()
     if balance is not None and balance.chosen is not None:
         encoders.pipeline_choices[balance.key] = balance.chosen
-        logger.info("shard %s: %s (measured s/sample: %s)", shard, balance.chosen, balance.seconds)
+        logger.info("shard %s: %s (measured s/sample: %s)", shard, balance.chosen, balance.seconds_per_sample)
     for array in (vision, sd_text):
         if isinstance(array, np.memmap):
             array.flush()
