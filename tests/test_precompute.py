@@ -307,11 +307,15 @@ def test_pipeline_balance_tries_inline_and_background_and_keeps_the_faster():
         return seen
 
     inline, background = (2, False), (1, True)
-    # batch 0 (start-up) is not counted; batches 1-2 inline on all threads, 3-4 in the background, then the faster
+    # batch 0 (start-up) is not counted; batches 1-2 inline on all threads; 3 in the background (not counted: the
+    # pipeline fills), 4-5 in the background; then the faster
     assert run(PipelineBalance(threads=2, preparers=1), {False: 1.0, True: 0.6}) == [inline] * 3 + [background] * 5
     assert run(PipelineBalance(threads=2, preparers=1), {False: 0.6, True: 1.0}) == (
-        [inline] * 3 + [background] * 2 + [inline] * 3
+        [inline] * 3 + [background] * 3 + [inline] * 2
     )
+    waited = PipelineBalance(threads=2, preparers=1)  # the first batch in the background waits for workers to start
+    assert [waited.observe(s, 1) for s in [9.0, 1.0, 1.0, 30.0, 0.6, 0.6]][-1] is None  # no change: kept
+    assert waited.chosen == waited.background
     assert run(PipelineBalance(threads=8, preparers=3), {False: 0.5, True: 0.5})[-1] == (5, True)  # a tie
     barely = 1 - BALANCE_MARGIN / 2  # inline faster, but by less than the margin: the background kept
     assert run(PipelineBalance(threads=4, preparers=1), {False: barely, True: 1.0})[-1] == (3, True)
@@ -367,8 +371,8 @@ def test_a_shard_keeps_the_pipeline_setting_its_trial_batches_found_faster(
     finally:
         torch.set_num_threads(before)
     kept = 1 if faster == "background" else 2
-    assert first == [2, 2, 2, 1, 1, kept]  # batch 0, inline trial (1-2), background trial (3-4), the faster
-    assert first_prepared_in[:3] == [False] * 3 and all(first_prepared_in[3:5])
+    assert first == [2, 2, 2, 1, 1, 1]  # batch 0, inline trial (1-2), background (3 fills the pipeline, trial 4-5)
+    assert first_prepared_in[:3] == [False] * 3 and all(first_prepared_in[3:6])
     assert seen == [kept] * 6  # the next shard of the same encoders: no trial
     assert all(prepared_in) if faster == "background" else not any(prepared_in)
     manifest = read_feature_manifest(split_folders("train", tmp_path).features / "00000")

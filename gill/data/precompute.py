@@ -88,6 +88,7 @@ from gill.factory import load_backbones, load_sd_text_encoder, resolve_sources
 from gill.hub import locate
 from gill.presets import tiny_component
 from gill.utils.io import atomic_directory, atomic_write_json, remove_stale_temp_dirs, sha256_file
+from gill.utils.process_farm import ProcessFarm, cores
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +140,13 @@ class PrecomputeOptions:
     automatic: on a CPU device two settings are tried on a few batches of the first shard and the faster is kept
     (:class:`PipelineBalance`): the forward on torch's threads (by default one per core) with batches prepared
     inline, or on one thread fewer per preparer with batches prepared in the background."""
+    processes: int = 1
+    """Processes that each precompute whole shards (``gill data precompute`` and the pipeline's stage; the
+    ``precompute-targets`` flow spreads shards over its task runner instead). Each loads its own copy of the
+    encoders, runs its forward on ``cores // processes`` torch threads and prepares its batches inline: on a CPU,
+    where the forward and the preparation share the cores, this keeps every core busy with no hand-over between
+    threads and no shared GIL, which a pipeline inside one process cannot (``bench/precompute.py`` measures both).
+    1: this process, with the pipeline set by the options above. CPU only: with a GPU, use ``num_workers``."""
     batched_preprocess: bool = True
     """Preprocess a batch's same-sized images with one call of each of the image processor's own torchvision ops
     instead of image by image; used only where its output is bit-identical to the processor's (checked when the
@@ -150,6 +158,13 @@ class PrecomputeOptions:
             problems.append(f"batch_size: must be a positive int, got {self.batch_size!r}")
         if self.dtype not in TORCH_DTYPES:
             problems.append(f"dtype: must be one of {sorted(TORCH_DTYPES)}, got {self.dtype!r}")
+        if isinstance(self.processes, bool) or not isinstance(self.processes, int) or self.processes < 1:
+            problems.append(f"processes: must be an int >= 1, got {self.processes!r}")
+        elif self.processes > 1 and not str(self.device).startswith("cpu"):
+            problems.append(
+                f"processes: {self.processes} processes run on the CPU only, got device {self.device!r} "
+                "(with a GPU keep processes=1 and let num_workers processes prepare the batches)"
+            )
         for name in ("prefetch", "num_workers", "forward_threads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -586,6 +601,19 @@ class PreparedBatch:
     input_ids: torch.Tensor
     """(B, 77) SD token ids."""
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Tensors travel from a worker process as numpy arrays: plain bytes in the pickle, where torch's own
+        reduction would move each tensor through shared memory and a file-descriptor hand-over that the receiving
+        process runs in Python, taking the GIL from the forward."""
+        state = dict(self.__dict__)
+        state["pixel_values"], state["input_ids"] = self.pixel_values.numpy(), self.input_ids.numpy()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state["pixel_values"] = torch.from_numpy(state["pixel_values"])
+        state["input_ids"] = torch.from_numpy(state["input_ids"])
+        self.__dict__.update(state)
+
     def pin_memory(self) -> PreparedBatch:
         """Page-locked copy, for asynchronous host-to-GPU copies (called by the DataLoader)."""
         return dataclasses.replace(
@@ -806,7 +834,8 @@ class PipelineSetting:
 class PipelineBalance:
     """Automatic sharing of a CPU between preparing batches and the forward (``forward_threads=0``): two settings
     are tried one after the other, each for at least ``trial`` batches and ``trial_s`` seconds, after the first
-    batch (which carries the start-up), and the one whose pipeline took less time per sample (waiting for the
+    batch (which carries the start-up; so does the first in the background, which waits for the pipeline to fill
+    and worker processes to start), and the one whose pipeline took less time per sample (waiting for the
     batch, forward, storing) is kept.
 
     * **inline**: the forward on all of torch's threads, each batch prepared between two forwards. Right for a
@@ -834,6 +863,8 @@ class PipelineBalance:
     totals: dict[PipelineSetting, tuple[float, int, int]] = dataclasses.field(default_factory=dict)
     """Setting -> (seconds, samples, batches) of its trial."""
     seen: int = 0
+    skip_next: bool = False
+    """The next batch is not counted: the first one after a switch to the background."""
     chosen: PipelineSetting | None = None
     """The setting kept, once decided."""
 
@@ -861,12 +892,16 @@ class PipelineBalance:
         if self.seen == 1 or self.chosen is not None:
             return None
         current = self.background if self.background in self.totals else self.inline
+        if self.skip_next:  # the first batch in the background waited for the pipeline to fill (processes to start)
+            self.skip_next = False
+            return None
         spent, counted, batches = self.totals.get(current, (0.0, 0, 0))
         self.totals[current] = spent + seconds, counted + samples, batches + 1
         if batches + 1 < self.trial or spent + seconds < self.trial_s:
             return None
         if current == self.inline:
             self.totals[self.background] = (0.0, 0, 0)
+            self.skip_next = True
             return self.background  # inline measured: now in the background
         per_sample = self.seconds_per_sample
         inline_faster = per_sample[self.inline] < (1 - BALANCE_MARGIN) * per_sample[self.background]
@@ -1096,29 +1131,83 @@ def precompute_shard(
     shard_tar, shard, name = Path(shard_tar), Path(shard_tar).stem, split.name
     out = split.features / shard
     remove_stale_temp_dirs(out.parent, target=shard)  # what a killed run left of this shard
-    source_sha256 = sha256_file(shard_tar)
-    fingerprint = canonical_sha256(fingerprint_inputs(encoders, options, source_sha256))
-    if (previous := _up_to_date(out, fingerprint)) is not None:
-        logger.info("feature shard %s/%s is up to date (%d rows), skipping", name, shard, previous["count"])
-        if on_batch is not None:
-            on_batch(previous["count"])
-        return ShardResult.from_manifest(previous, skipped=True)
-    index = index_shard(shard_tar)
-    keys = index.image_keys
-    start = time.perf_counter()
-    with atomic_directory(out) as tmp:
-        computed = compute_arrays(tmp, index, keys, encoders, options, on_batch)
-        atomic_write_json(tmp / KEYS_FILE, {"keys": keys, "captions": computed.captions}, indent=0)
-        duration = time.perf_counter() - start
-        manifest = _manifest(name, portable_root, shard_tar, keys, encoders, options, source_sha256, duration)
-        manifest["forward_threads"] = computed.forward_threads  # how it ran, like device and duration_s
-        manifest["files"] = file_records(tmp)
-        atomic_write_json(tmp / MANIFEST_FILE, manifest)
+    hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="precompute-hash")
+    try:
+        source = hashing.submit(sha256_file, shard_tar)  # hashlib releases the GIL: overlaps with the forward
+        if read_feature_manifest(out) is not None:  # something to compare with: the hash decides first
+            fingerprint = canonical_sha256(fingerprint_inputs(encoders, options, source.result()))
+            if (previous := _up_to_date(out, fingerprint)) is not None:
+                logger.info("feature shard %s/%s is up to date (%d rows), skipping", name, shard, previous["count"])
+                if on_batch is not None:
+                    on_batch(previous["count"])
+                return ShardResult.from_manifest(previous, skipped=True)
+        index = index_shard(shard_tar)
+        keys = index.image_keys
+        start = time.perf_counter()
+        with atomic_directory(out) as tmp:
+            computed = compute_arrays(tmp, index, keys, encoders, options, on_batch)
+            atomic_write_json(tmp / KEYS_FILE, {"keys": keys, "captions": computed.captions}, indent=0)
+            source_sha256 = source.result()
+            duration = time.perf_counter() - start
+            manifest = _manifest(name, portable_root, shard_tar, keys, encoders, options, source_sha256, duration)
+            manifest["forward_threads"] = computed.forward_threads  # how it ran, like device and duration_s
+            manifest["files"] = file_records(tmp)
+            atomic_write_json(tmp / MANIFEST_FILE, manifest)
+    finally:
+        hashing.shutdown(wait=True)
     result = ShardResult.from_manifest(manifest, skipped=False)
     logger.info(
         "precomputed %s/%s: %d rows in %.2f s (%.1f samples/s)", name, shard, len(keys), duration, result.samples_per_s
     )
     return result
+
+
+# -- shard processes (CPU) -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard for a shard process."""
+
+    shard_tar: Path
+    split: SplitFolders
+    portable_root: Path | None = None
+
+
+def shard_process_options(options: PrecomputeOptions) -> PrecomputeOptions:
+    """What each of ``options.processes`` shard processes runs with: its share of the cores for the forward,
+    batches prepared inline, no processes of its own."""
+    threads = max(1, cores() // options.processes)
+    return dataclasses.replace(options, processes=1, num_workers=0, prefetch=0, forward_threads=threads)
+
+
+def _load_in_process(config: GILLConfig, options: PrecomputeOptions) -> tuple[FrozenEncoders, PrecomputeOptions]:
+    return load_encoders(config, options), options
+
+
+def _shard_in_process(
+    state: tuple[FrozenEncoders, PrecomputeOptions], task: ShardTask, report: Callable[[int], None]
+) -> ShardResult:
+    encoders, options = state
+    return precompute_shard(
+        task.shard_tar, task.split, encoders, options, portable_root=task.portable_root, on_batch=report
+    )
+
+
+def shard_processes(
+    config: GILLConfig, options: PrecomputeOptions
+) -> ProcessFarm[tuple[FrozenEncoders, PrecomputeOptions], ShardTask, ShardResult]:
+    """``options.processes`` processes that each load the encoders once and precompute whole shards
+    (:func:`shard_process_options`); enter it to start them, then ``map`` :class:`ShardTask` items."""
+    child = shard_process_options(options)
+    return ProcessFarm(
+        options.processes,
+        _load_in_process,
+        (config, child),
+        _shard_in_process,
+        threads=child.forward_threads,
+        context=WORKER_CONTEXT,
+    )
 
 
 # -- one split --------------------------------------------------------------------------------------------
@@ -1167,15 +1256,24 @@ def precompute_split(
     shards = _require_image_shards(split)
     remove_stale_temp_dirs(split.features)  # temporary shard folders of a killed run
     _warn_orphans(split.features, shards)
-    encoders = load_encoders(config, options)
     total = sum(_expected_count(s) for s in shards)
-    start, results = time.perf_counter(), []
     desc = f"precompute {split.name}"
-    with tqdm(total=total, unit="img", desc=desc, disable=not progress, dynamic_ncols=True) as bar:
-        for shard_tar in shards:
-            results.append(
-                precompute_shard(shard_tar, split, encoders, options, portable_root=portable_root, on_batch=bar.update)
-            )
+    if options.processes > 1:
+        with shard_processes(config, options) as farm:
+            logger.info("%d shard processes ready in %.1f s", options.processes, farm.startup_s)
+            start = time.perf_counter()
+            with tqdm(total=total, unit="img", desc=desc, disable=not progress, dynamic_ncols=True) as bar:
+                results = farm.map([ShardTask(s, split, portable_root) for s in shards], on_progress=bar.update)
+    else:
+        encoders = load_encoders(config, options)
+        start, results = time.perf_counter(), []
+        with tqdm(total=total, unit="img", desc=desc, disable=not progress, dynamic_ncols=True) as bar:
+            for shard_tar in shards:
+                results.append(
+                    precompute_shard(
+                        shard_tar, split, encoders, options, portable_root=portable_root, on_batch=bar.update
+                    )
+                )
     wall, done = time.perf_counter() - start, sum(r.count for r in results if not r.skipped)
     logger.info(
         "precomputed split %s: %d shards (%d skipped), %d new rows in %.1f s (%.1f samples/s)",
