@@ -88,6 +88,7 @@ def _serve(
         state = setup(*setup_args)
     except BaseException as err:  # noqa: BLE001 - reported to the parent, which raises it
         results.put(Message("error", worker, payload=_picklable(err)))
+        tasks.get()  # exit only when closed: a process that exits now looks dead to the parent still waiting
         return
     results.put(Message("ready", worker, payload=time.perf_counter() - start))
     while (task := tasks.get()) is not None:
