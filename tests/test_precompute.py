@@ -543,3 +543,70 @@ def test_shard_result_row_has_the_precompute_shards_columns(precomputed):
     row = precomputed.results[0].row()
     assert list(row) == ["split", "shard", "count", "fingerprint", "duration_s", "samples_per_s"]
     assert row["split"] == "train" and row["shard"] == "00000" and row["count"] == 6 and row["samples_per_s"] > 0
+
+
+def test_shard_processes_write_the_same_bytes_in_shard_order_and_skip_up_to_date_shards(
+    precomputed, tiny_config, tmp_path, capsys
+):
+    from flows.command import main
+
+    workdir = tmp_path / "work"
+    shutil.copytree(split_folders("train", precomputed.workdir).images, split_folders("train", workdir).images)
+    results = precompute_split(
+        split_folders("train", workdir), tiny_config, PrecomputeOptions(batch_size=4, processes=2), progress=False
+    )
+    assert [r.shard for r in results] == ["00000", "00001", "00002"] and not any(r.skipped for r in results)
+    assert [(r.fingerprint, r.count) for r in results] == [(r.fingerprint, r.count) for r in precomputed.results]
+    for result in results:
+        for name in ("vision.npy", "sd_text.npy", "keys.json"):
+            new = (split_folders("train", workdir).features / result.shard / name).read_bytes()
+            assert new == (split_folders("train", precomputed.workdir).features / result.shard / name).read_bytes()
+        manifest = read_feature_manifest(split_folders("train", workdir).features / result.shard)
+        assert manifest is not None and manifest["forward_threads"] >= 1  # each process: its share of the cores
+    folder = split_folders("train", workdir).features
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+    argv = ["data", "precompute", "--split", "train", "--workdir", str(workdir), "--processes", "2", "--quiet"]
+    assert main(argv) == 0  # the command's --processes: the same shards, found up to date in the processes
+    assert "3 shards, 16 samples: 0 computed, 3 up to date" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before
+
+
+def test_an_undecodable_image_in_a_shard_process_is_an_error_naming_shard_and_key(precomputed, tiny_config, tmp_path):
+    workdir = tmp_path / "work"
+    samples = [precomputed.samples[k] for k in sorted(precomputed.samples)]
+    broken = ShardSample(key="000000007", caption="a broken picture", jpeg=b"\xff\xd8 not a jpeg", meta={})
+    write_image_shard(split_folders("train", workdir).images / "00000.tar", [*samples[:3], broken])
+    write_image_shard(split_folders("train", workdir).images / "00001.tar", samples[6:12])
+    options = PrecomputeOptions(batch_size=2, processes=2)
+    with pytest.raises(InputError, match=r"00000\.tar.*'000000007'") as err:
+        precompute_split(split_folders("train", workdir), tiny_config, options, progress=False)
+    assert err.value.problems  # the decoder's own message came back from the process with the error
+    features = split_folders("train", workdir).features
+    left = sorted(p.name for p in features.iterdir()) if features.exists() else []
+    assert left in ([], ["00001"])  # the other shard, if it ran beside the broken one, finished whole
+    if left:
+        assert read_feature_manifest(features / "00001") is not None
+
+
+def test_shard_processes_are_validated_naming_the_field(capsys, tmp_path):
+    from flows.command import main
+
+    for bad, device in ((0, "cpu"), (True, "cpu"), (1.5, "cpu"), (2, "cuda")):
+        with pytest.raises(ConfigError) as err:
+            PrecomputeOptions(processes=bad, device=device)  # type: ignore[arg-type]
+        assert any(p.startswith("processes: ") and repr(bad) in p for p in err.value.problems), err.value.problems
+    assert PrecomputeOptions(processes=3, device="cpu").processes == 3
+    argv = ["data", "precompute", "--split", "train", "--workdir", str(tmp_path), "--processes", "0"]
+    assert main(argv) == 2
+    assert "processes: must be an int >= 1, got 0" in capsys.readouterr().err
+
+
+def test_each_shard_process_runs_its_forward_on_its_share_of_the_cores_with_batches_prepared_inline(monkeypatch):
+    import gill.data.precompute as precompute
+
+    monkeypatch.setattr(precompute, "cores", lambda: 8)
+    child = precompute.shard_process_options(PrecomputeOptions(processes=2, num_workers=3, prefetch=4, threads=2))
+    assert (child.processes, child.num_workers, child.prefetch, child.forward_threads) == (1, 0, 0, 4)
+    assert precompute.shard_process_options(PrecomputeOptions(processes=3)).forward_threads == 2
+    monkeypatch.setattr(precompute, "cores", lambda: 2)
+    assert precompute.shard_process_options(PrecomputeOptions(processes=4)).forward_threads == 1  # never 0 (automatic)
