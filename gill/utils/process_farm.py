@@ -198,6 +198,10 @@ class ProcessFarm(Generic[S, I, R]):
                 pass
             for i, process in enumerate(self.workers):
                 if not process.is_alive():
+                    try:  # what it sent before it died comes first (it may name the item it started)
+                        return self.results.get(timeout=POLL_S)
+                    except queue.Empty:
+                        pass
                     position = self.current.get(i)
                     doing = (
                         f"while working on {items[position]!r}"
