@@ -50,6 +50,7 @@ LOCAL_CONF = {
     "spark.driver.bindAddress": "127.0.0.1",  # one machine: never depend on the host name resolving
     "spark.driver.host": "127.0.0.1",
     "spark.log.level": "ERROR",  # task failures still show; Spark's start-up warnings do not
+    "spark.python.daemon.module": "flows.stages.download_spark_daemon",  # workers without torch
 }
 """Settings of the ``local`` session (Spark's defaults otherwise: 1 GB driver, results are small status rows)."""
 JAVA_VERSIONS = {4: ("17 or 21", 17), 3: ("8, 11 or 17", 8)}
