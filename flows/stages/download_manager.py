@@ -119,8 +119,8 @@ class DownloadOptions:
     retries: int = 2
     """Retries per url."""
     distributor: Literal["multiprocessing", "pyspark", "ray"] = "multiprocessing"
-    """img2dataset distributor (pyspark or ray spread the download over a cluster). pyspark on one machine needs
-    only Java: a local-mode session is set up (flows.stages.download_spark)."""
+    """img2dataset distributor (pyspark or ray spread the download over a cluster). pyspark with no Spark set up
+    runs a local-mode Spark session, which needs only Java 17 or 21."""
     respect_noai: bool = True
     """Skip images whose X-Robots-Tag says noai/noimageai/noindex/noimageindex (img2dataset's default);
     --no-respect-noai downloads them anyway."""
