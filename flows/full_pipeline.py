@@ -309,6 +309,7 @@ def _bench_options(params: PipelineParams, benchmark: str) -> str:
         "fid_bootstrap": params.fid_bootstrap,
         "device": params.device,
         "progress": True,
+        "workers": params.bench_workers,
     }
     if benchmark == "vist":
         options["settings"] = params.vist_settings

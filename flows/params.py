@@ -13,6 +13,7 @@ from pydantic import Field
 
 from eval.bench import BenchOptions
 from flows.options import ModelChoice, options_from, params_model
+from flows.stages.bench_shards import ShardOptions
 from flows.stages.candidates import CandidateOptions
 from flows.stages.decision import FitOptions
 from flows.stages.download import DownloadOptions
@@ -159,6 +160,7 @@ PipelineParams = params_model(
                 "rename": {"seeds": "bench_seeds", "limit": "bench_limit", "sd_steps": "bench_sd_steps"},
             },
         ),
+        (ShardOptions, {"include": ("num_workers",), "rename": {"num_workers": "bench_workers"}}),
         (PanelConfig, {"include": ("seed",), "prefix": "panel_"}),
     ],
     fields={
