@@ -24,9 +24,11 @@ source). The method, in short (``docs/paper-scale.md`` has the long form):
    built on the fly (OPT 6x512, ViT 384x6 at 224 px, CLIP text 256x4, UNet 64-256 channels at 256 px): a few
    batches each, timed and FLOP-counted. Two sizes give this machine's achieved FLOP/s per stage (the slope) and
    its per-item overhead (the intercept), and so a projection of the paper run on this machine (``CPU h``).
-   ``--no-measure`` uses the figures stored in :data:`STORED` (measured on 2 shared CPU cores; the README's
-   tables use it, so they reproduce exactly); the GPU projection does not depend on them except for the bank
-   (a CPU stage) and the JPEG decoding that feeds precompute.
+   On the CPU they run on one thread (``--threads``): on a 2-core machine shared with other work, two threads made
+   the small models' step times swing tenfold (OpenMP threads waiting on each other), one thread did not; the CPU
+   figures are then per core. ``--no-measure`` uses the figures stored in :data:`STORED` (the README's tables use
+   it, so they reproduce exactly); the GPU projection does not depend on them except for the bank (a CPU stage)
+   and the JPEG decoding that feeds precompute.
 4. **GPU hours** = items x FLOPs per item / (GPUs x per-GPU sustained FLOP/s x scaling efficiency). The sustained
    FLOP/s of each model class on a GPU is its datasheet peak dense fp16/bf16 tensor TFLOPS (:data:`GPUS`, sourced)
    times a utilisation: SD-1.5 from a sourced A100 figure (1.591 s per 512 px, 50-step image in diffusers), OPT
@@ -490,21 +492,21 @@ class Measurements:
 
 
 STORED = Measurements(
-    device="cpu (cpu), fp32, 2 threads, load average 7.3 on 2 CPUs (shared with other work; 2026-11-30)",
+    device="cpu (cpu), fp32, 1 thread, load average 4.4 on 2 CPUs (shared with other work; 2026-11-30)",
     components={
-        "vision": {"tiny": Measured(18.4569, 0.00670963), "mid": Measured(554.032, 6.18136)},
-        "sd_text": {"tiny": Measured(2.48759, 0.00795379), "mid": Measured(15.8231, 0.508727)},
-        "lm_token": {"tiny": Measured(0.374994, 0.000289152), "mid": Measured(0.927694, 0.0387512)},
-        "train_sample": {"tiny": Measured(6.47779, 0.0471507), "mid": Measured(222.055, 4.03506)},
-        "sd_image": {"tiny": Measured(2850.91, 18.2723), "mid": Measured(26060.7, 594.087)},
-        "clip_score": {"tiny": Measured(18.4569, 0.00670963), "mid": Measured(554.032, 6.18136)},
-        "bank_row": {"tiny": Measured(0.00390368, 3.072e-06), "mid": Measured(0.0141469, 0.000524288)},
+        "vision": {"tiny": Measured(0.312721, 0.00670963), "mid": Measured(140.305, 6.18136)},
+        "sd_text": {"tiny": Measured(0.734548, 0.00795379), "mid": Measured(12.0834, 0.508727)},
+        "lm_token": {"tiny": Measured(0.00766306, 0.000289152), "mid": Measured(0.811688, 0.0387512)},
+        "train_sample": {"tiny": Measured(4.33549, 0.0471507), "mid": Measured(64.1337, 4.03506)},
+        "sd_image": {"tiny": Measured(1755.69, 18.2723), "mid": Measured(25520.5, 594.087)},
+        "clip_score": {"tiny": Measured(0.312721, 0.00670963), "mid": Measured(140.305, 6.18136)},
+        "bank_row": {"tiny": Measured(0.000177378, 3.072e-06), "mid": Measured(0.0148748, 0.000524288)},
     },
     train_check={
         "tiny": TrainCheck(rule_vs_counted=0.9759, concat_vs_padded=0.8267),
         "mid": TrainCheck(rule_vs_counted=0.9944, concat_vs_padded=0.7583),
     },
-    host_decode_ms=0.9458,
+    host_decode_ms=0.9549,
     jpeg224_bytes=23818.3,
     png512_bytes=364712,
     png224_bytes=84743.7,
@@ -512,7 +514,8 @@ STORED = Measurements(
     photos=7,
 )
 """Figures of one measured run (``python bench/paper_scale.py``) on this project's 2-core CPU machine, used by
-``--no-measure``: ms are the best of 3 calls (SD: of 3 UNet steps, x 50, plus the decode), GFLOPs counted."""
+``--no-measure``: ms are the best of 3 calls on one thread (SD: of 3 UNet steps, x 50, plus the decode), GFLOPs
+counted."""
 
 PHOTOS = (
     "matplotlib/mpl-data/sample_data/grace_hopper.jpg",
@@ -756,9 +759,10 @@ def measure_image_bytes() -> dict[str, float]:
     def decode() -> None:
         processor(images=[Image.open(io.BytesIO(j)).convert("RGB") for j in jpegs], return_tensors="pt")
 
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one decoding worker is one core
     decode_ms = timed_ms(decode, cpu, repeats=5) / len(jpegs)
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     return {
         "jpeg224_bytes": float(np.mean(list(map(len, jpegs)))),
         "png512_bytes": float(np.mean(png512)) if png512 else float("nan"),
@@ -770,11 +774,12 @@ def measure_image_bytes() -> dict[str, float]:
 
 
 def measure(dev: DeviceChoice) -> Measurements:
-    """Every measurement of this machine (about 3 minutes on 2 CPU cores)."""
+    """Every measurement of this machine (under a minute on one CPU core)."""
     load = os.getloadavg()[0]
     components, rule = measure_components(dev)
     sizes = measure_image_bytes()
-    where = f"{dev.describe()}, {torch.get_num_threads()} threads, load average {load:.1f} on {os.cpu_count()} CPUs"
+    threads = torch.get_num_threads()
+    where = f"{dev.describe()}, {threads} thread{'s' * (threads > 1)}, load average {load:.1f} on {os.cpu_count()} CPUs"
     return Measurements(device=where, components=components, train_check=rule, **sizes)
 
 
@@ -1311,7 +1316,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-measure", action="store_true", help="use the stored measurements (STORED), no timing")
     parser.add_argument("--db", type=Path, default=Path("work/paper-scale.duckdb"), help="DuckDB file to write")
     parser.add_argument("--workdir", type=Path, help="also write the tables into W/gill.duckdb")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads for the measurements")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads for the measurements (default 1, see docstring)"
+    )
     parser.add_argument("--list-gpus", action="store_true", help="print the per-GPU throughput assumed, then exit")
     return parser.parse_args(argv)
 
