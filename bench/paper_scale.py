@@ -67,7 +67,9 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
+import duckdb
 import numpy as np
+import pandas as pd
 import torch
 from device import DeviceChoice, add_device_arguments, resolve_device
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -87,7 +89,8 @@ from transformers import (
     CLIPVisionModel,
 )
 
-from flows.store import connect, db_path
+from flows.store import STORAGE_VERSION, connect, db_path
+from flows.workdir import DATABASE_FILE
 from gill.config import GILLConfig
 from gill.data.reader import TrainingBatch, tokenize_captions
 from gill.data.shards import ShardSample, write_image_shard
@@ -1255,11 +1258,25 @@ def assumption_rows() -> list[dict[str, object]]:
     return rows
 
 
+@contextmanager
+def _open_db(path: Path, *, gill_schema: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A work folder's ``gill.duckdb`` through :func:`flows.store.connect` (its schema, locking and storage format);
+    any other file as a plain DuckDB file in the same storage format, holding only the cost tables."""
+    if gill_schema:
+        with connect(path) as con:
+            yield con
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(path), config={"storage_compatibility_version": STORAGE_VERSION})
+    try:
+        yield con
+    finally:
+        con.close()
+
+
 def write_db(path: Path, rows: list[Row], options: RunOptions, measured: Measurements) -> None:
     """Replace this hardware's rows of ``paper_scale_costs`` and every row of ``paper_scale_assumptions``, in one
     transaction (a crash leaves the previous rows)."""
-    import pandas as pd
-
     settings = json.dumps(dataclasses.asdict(options), sort_keys=True)
     now = datetime.now(UTC).replace(tzinfo=None)
     costs = pd.DataFrame(
@@ -1278,7 +1295,7 @@ def write_db(path: Path, rows: list[Row], options: RunOptions, measured: Measure
         ]
     )
     assumptions = pd.DataFrame(assumption_rows())
-    with connect(path) as con:
+    with _open_db(path, gill_schema=path.name == DATABASE_FILE) as con:
         con.execute("BEGIN TRANSACTION")
         _create(
             con,

@@ -63,6 +63,7 @@ from transformers import (
 from gill.config import GILLConfig, MapperConfig
 from gill.data.precompute import PrecomputeOptions, precompute_split
 from gill.data.shards import ShardSample, SplitFolders, write_image_shard
+from gill.errors import InputError
 from gill.factory import load_sd_pipeline, quiet_hf_logging, resolve_sources
 from gill.manifests import manifests_dir
 from gill.presets import get_preset, paper_config
@@ -309,9 +310,9 @@ def chosen_scale(args: argparse.Namespace) -> Scale:
     if args.lm_layers is not None and args.lm_layers < 1:
         problems.append(f"--lm-layers {args.lm_layers}: must be >= 1")
     if problems:
-        for problem in problems:
-            print(f"error: {problem}", file=sys.stderr)
-        raise SystemExit(2)
+        error = InputError("bench/paper_shaped.py: invalid sizes", problems, hint="see --help")
+        print(f"error: {error.render()}", file=sys.stderr)
+        raise SystemExit(error.exit_code)
     return scale
 
 
