@@ -200,12 +200,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="denoising steps (default 4)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per variant (default 3)")
     parser.add_argument("--sizes", default="tiny,mid", help="comma-separated: tiny, mid (default both)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     choice = resolve_device(args)
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     unknown = [s for s in sizes if s not in ("tiny", "mid")]
-    if unknown or args.batch_size < 1 or args.steps < 1 or args.rounds < 1:
-        parser.error(f"--sizes takes tiny and mid (got {unknown}); --batch-size, --steps, --rounds must be >= 1")
+    if unknown or min(args.batch_size, args.steps, args.rounds, args.threads or 1) < 1:
+        parser.error(f"--sizes takes tiny and mid (got {unknown}); --batch-size, --steps, --rounds, --threads: >= 1")
     print(
         f"generation throughput on {choice.describe()}, batch {args.batch_size}, {args.steps} steps, "
         f"{args.rounds} rounds (torch threads: {torch.get_num_threads()})"

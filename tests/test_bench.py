@@ -468,6 +468,15 @@ tiny preset: CLIP similarity 3.5e-5, LPIPS 8e-7, scene score 0."""
 GENERATING = ("gill", "gill-gen", "gill-ret", "gill-oracle", "sd")
 
 
+def _main_checkpoint(work: Path) -> Path:
+    """The module's checkpoint (the ablation test trains a newer one, which would become the default)."""
+    return work / "runs" / "b" / "final"
+
+
+def _vist_args(work: Path, world) -> tuple:
+    return work, world.vist_sis_json, world.vist_images_dir
+
+
 def _pixels(path) -> np.ndarray:
     from PIL import Image
 
@@ -495,17 +504,19 @@ def test_batched_generation_gives_the_images_and_scores_of_one_sample_at_a_time(
     """run_generation at gen_batch_size 1 and 8 (VIST 5 captions + 4 images, every generating system; CC3M FID's 8
     samples, one full batch): the same rows, images within PIXEL_TOLERANCE and scores within SCORE_TOLERANCE."""
     base = BenchOptions(seeds=(42,), systems=GENERATING, retrieval=False, **FAST)
+    ckpt = _main_checkpoint(bench_work)
     for size in (1, 8):
         options = dataclasses.replace(base, gen_batch_size=size, run_id=f"batch{size}")
-        run_vist(
-            bench_work, small_world.vist_sis_json, small_world.vist_images_dir, settings=("5cap4img",), options=options
-        )
-        run_cc3m_fid(bench_work, options=dataclasses.replace(options, systems=("gill-gen", "sd")))
+        run_vist(*_vist_args(bench_work, small_world), settings=("5cap4img",), checkpoint=ckpt, options=options)
+        run_cc3m_fid(bench_work, checkpoint=ckpt, options=dataclasses.replace(options, systems=("gill-gen", "sd")))
     one, eight = _samples(bench_work, "batch1"), _samples(bench_work, "batch8")
     assert len(one) == 4 * 5 + 8 * 2 and (one.status == "ok").all()
     _assert_same_rows(bench_work, one, eight)
     # the batch size is not part of the run's identity: without a run id, both batch sizes name the same run
-    ids = {BenchSession.open(bench_work, options=dataclasses.replace(base, gen_batch_size=n)).run_id for n in (1, 8)}
+    ids = {
+        BenchSession.open(bench_work, checkpoint=ckpt, options=dataclasses.replace(base, gen_batch_size=n)).run_id
+        for n in (1, 8)
+    }
     assert len(ids) == 1
 
 
@@ -517,9 +528,8 @@ def test_a_batch_generates_only_what_each_sample_needs_and_each_as_if_alone(benc
     from eval.bench_data import read_vist
     from eval.bench_systems import derive_seed
 
-    session = BenchSession.open(
-        bench_work, options=BenchOptions(seeds=(42,), systems=ALL, run_id="mixed", retrieval=False, **FAST)
-    )
+    options = BenchOptions(seeds=(42,), systems=ALL, run_id="mixed", retrieval=False, **FAST)
+    session = BenchSession.open(bench_work, checkpoint=_main_checkpoint(bench_work), options=options)
     session.runner.clip_bank = session.clip_bank
     items = vist_items(read_vist(small_world.vist_sis_json, small_world.vist_images_dir), "5cap4img")
     needs = [("gill",), ("gill", "sd"), ("gill-ret", "clip-retrieval", "fromage-retrieval"), ("gill-oracle", "sd")]
@@ -566,7 +576,7 @@ def test_a_batch_generates_only_what_each_sample_needs_and_each_as_if_alone(benc
 def test_a_crash_mid_batch_loses_only_that_batch_and_a_rerun_completes_it(bench_work, small_world, monkeypatch):
     """Batches of 2 stories, rows written after every sample: an SD failure in the second batch keeps the first
     batch's rows; the re-run resumes them and produces the rest. Then two samples of one batch with different
-    missing systems are regenerated alone in one batch, giving the images they had."""
+    missing systems are regenerated together in one batch, each getting the image it had."""
     from eval.bench_systems import SystemRunner
 
     options = BenchOptions(
@@ -582,15 +592,15 @@ def test_a_crash_mid_batch_loses_only_that_batch_and_a_rerun_completes_it(bench_
             raise RuntimeError("simulated crash in the second batch")
         return generate_sd(self, texts, seeds)
 
-    args = (bench_work, small_world.vist_sis_json, small_world.vist_images_dir)
+    args = _vist_args(bench_work, small_world)
     with monkeypatch.context() as patch:
         patch.setattr(SystemRunner, "generate_sd", failing)
         with pytest.raises(RuntimeError, match="simulated crash"):
-            run_vist(*args, settings=("1cap",), options=options)
+            run_vist(*args, settings=("1cap",), checkpoint=_main_checkpoint(bench_work), options=options)
     rows = _samples(bench_work, "crash")
     assert len(rows) == 2 * 2 and (rows.status == "ok").all()  # the first batch: 2 stories x 2 systems
     first = sorted(set(rows.sample_id))
-    again = run_vist(*args, settings=("1cap",), options=options)[0]
+    again = run_vist(*args, settings=("1cap",), checkpoint=_main_checkpoint(bench_work), options=options)[0]
     assert again.resumed == 4 and again.scored == 4
     rows = _samples(bench_work, "crash")
     assert len(rows) == 4 * 2 and (rows.status == "ok").all()
@@ -608,7 +618,12 @@ def test_a_crash_mid_batch_loses_only_that_batch_and_a_rerun_completes_it(bench_
             con.execute(
                 "DELETE FROM samples WHERE run_id = 'crash' AND sample_id = ? AND system = ?", [sample_id, system]
             )
-    redone = run_vist(*args, settings=("1cap",), options=dataclasses.replace(options, gen_batch_size=8))[0]
+    redone = run_vist(
+        *args,
+        settings=("1cap",),
+        checkpoint=_main_checkpoint(bench_work),
+        options=dataclasses.replace(options, gen_batch_size=8),
+    )[0]
     assert redone.scored == 2 and redone.resumed == 6
     rows = _samples(bench_work, "crash")
     for r in rows.itertuples():
