@@ -1,7 +1,7 @@
 """Throughput of the benchmarks' batched image generation against a bare batched ``StableDiffusionPipeline`` call.
 
 Run from the repo root: ``python bench/generation.py [--device cpu|cuda] [--dtype fp32|fp16|bf16] [--batch-size 8]
-[--steps 4] [--rounds 3] [--sizes tiny,mid]``.
+[--steps 4] [--rounds 3] [--sizes tiny,mid] [--threads N]``.
 
 What it measures, per model size and per path, on the same inputs, the same steps and the same batch size:
 
@@ -12,18 +12,31 @@ What it measures, per model size and per path, on the same inputs, the same step
 * ``sd``: ours is :meth:`~eval.bench_systems.SystemRunner.generate_sd`, the call for the ``sd`` baseline's texts of a
   batch; bare is ``pipe.sd(prompt=texts, generator=[...], output_type="pil")``.
 
-Each round times bare and ours back to back (their order alternating between rounds) and ours at batch 1; it
-prints images/s of both, the ratio ours/bare (median over rounds, with its range; the goal is >= 0.9 at batch 8)
-and how much faster ours is at the batch size than at batch 1 (per image).
+Each round times bare and ours back to back (their order alternating between rounds) and ours at batch 1. It
+prints images/s of both, the ratio ours/bare (median over rounds, with its range; the goal is >= 0.9 at batch 8),
+how much faster ours is per image at the batch size than at batch 1, and the share of ours spent outside the SD call
+(mapper, generators, flags: timed by wrapping ``StableDiffusionPipeline.__call__``), which is the ratio's cause
+when timings are noisy.
 
 Sizes: ``tiny`` is the tiny preset's models (``gill.presets.get_preset("tiny")`` through ``gill.factory``: the world
 SD, a 2.3 M-parameter UNet at 16x16 latents, 64x64 images) with random adapters; ``mid`` swaps its UNet for a
-randomly initialised ``UNet2DConditionModel`` with block_out_channels (128, 256, 256), two layers per block, cross
-attention to the tiny text encoder (width 32) and 32x32 latents (128x128 images through the tiny VAE), ~25 M
-parameters, about 0.1 s per image and step on this machine's 2 CPU cores.
+randomly initialised ``UNet2DConditionModel`` (26 M parameters: block_out_channels (128, 256, 256), one layer per
+block, cross-attention at the two lower resolutions to the tiny text encoder's width 32, 32x32 latents, 128x128
+images through the tiny VAE), about 0.36 s per image and denoising step (with its guidance pair) on one CPU thread.
 
-Measured on this machine (2 CPU cores shared with other work, fp32, batch 8, 4 steps, 3 rounds):
-see the numbers in eval/README.md ("Batched generation").
+Measured on this machine (``--steps 4 --rounds 7 --threads 1``: 2 CPU cores shared with other work, so one thread
+keeps the timings steadier; fp32, batch 8)::
+
+    size  path      bare img/s ours img/s   ratio [range]          ours@1 img/s  speed-up  not in SD
+    tiny  gill-gen        7.20       6.93   0.963 [0.790, 1.210]         2.56     2.71x       2.0%
+    tiny  sd              7.85       9.27   1.166 [0.953, 1.226]         3.49     2.66x       0.0%
+    mid   gill-gen        0.44       0.44   0.978 [0.846, 1.046]         0.43     1.03x       0.1%
+    mid   sd              0.63       0.63   0.987 [0.931, 1.103]         0.60     1.04x       0.0%
+
+Ours runs at the bare call's speed (median ratios 0.96-1.17; outside the SD call it spends 2% on the tiny models,
+mostly the GILLMapper, and 0.1% on the mid-size UNet). Batching pays 2.7x per image on the tiny models, where a
+batch-1 call is overhead-bound, and nothing on the CPU for the compute-bound mid-size UNet; the gain it is meant for
+is on a GPU, which this machine does not have.
 """
 
 from __future__ import annotations
@@ -33,6 +46,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +79,8 @@ class Timing:
     bare: list[float]
     ours: list[float]
     ours_one: list[float]
+    ours_outside_sd: list[float]
+    """Seconds of each ``ours`` call spent outside the Stable Diffusion call (mapper, generators, flags...)."""
 
 
 def build_pipeline(size: str, choice: DeviceChoice) -> GILLPipeline:
@@ -101,9 +117,9 @@ def mid_unet(cross_attention_dim: int) -> UNet2DConditionModel:
         in_channels=4,
         out_channels=4,
         block_out_channels=(128, 256, 256),
-        layers_per_block=2,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=cross_attention_dim,
         attention_head_dim=8,
     ).eval()
@@ -124,15 +140,47 @@ def timed(fn: Callable[[], object], choice: DeviceChoice) -> float:
     return time.perf_counter() - start
 
 
-def measure(variants: dict[str, Callable[[], object]], rounds: int, choice: DeviceChoice) -> Timing:
+class SDCallClock:
+    """Adds up the wall time spent inside ``StableDiffusionPipeline.__call__`` while it is entered (to split ours into
+    the SD call and the rest); the class's ``__call__`` is restored on exit."""
+
+    def __init__(self, pipeline_class: type, choice: DeviceChoice) -> None:
+        self.seconds = 0.0
+        self.pipeline_class = pipeline_class
+        self.original = pipeline_class.__call__
+        self.choice = choice
+
+    def __enter__(self) -> SDCallClock:
+        clock, choice = self, self.choice
+
+        def timed_call(sd: Any, *args: Any, **kwargs: Any) -> Any:
+            choice.synchronize()
+            start = time.perf_counter()
+            try:
+                return clock.original(sd, *args, **kwargs)
+            finally:
+                choice.synchronize()
+                clock.seconds += time.perf_counter() - start
+
+        self.pipeline_class.__call__ = timed_call
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pipeline_class.__call__ = self.original
+
+
+def measure(variants: dict[str, Callable[[], object]], rounds: int, choice: DeviceChoice, clock: SDCallClock) -> Timing:
     """Each variant once to warm up, then ``rounds`` rounds of bare and ours (alternating order) and ours at 1."""
     for fn in variants.values():
         fn()
-    times: dict[str, list[float]] = {name: [] for name in variants}
+    times: dict[str, list[float]] = {name: [] for name in (*variants, "ours_outside_sd")}
     for r in range(rounds):
         order = ["bare", "ours"] if r % 2 == 0 else ["ours", "bare"]
         for name in [*order, "ours_one"]:
+            inside = clock.seconds
             times[name].append(timed(variants[name], choice))
+            if name == "ours":
+                times["ours_outside_sd"].append(times[name][-1] - (clock.seconds - inside))
     return Timing(**times)
 
 
@@ -187,9 +235,10 @@ def report(size: str, path: str, timing: Timing, batch: int) -> str:
     ours_ips = batch / statistics.median(timing.ours)
     ratios = [b / o for b, o in zip(timing.bare, timing.ours, strict=True)]
     one_ips = 1 / statistics.median(timing.ours_one)
+    outside = statistics.median(timing.ours_outside_sd) / statistics.median(timing.ours)
     return (
         f"{size:5s} {path:9s} {bare_ips:10.2f} {ours_ips:10.2f} {statistics.median(ratios):7.3f} "
-        f"[{min(ratios):.3f}, {max(ratios):.3f}] {one_ips:11.2f} {ours_ips / one_ips:9.2f}x"
+        f"[{min(ratios):.3f}, {max(ratios):.3f}] {one_ips:12.2f} {ours_ips / one_ips:8.2f}x {100 * outside:9.1f}%"
     )
 
 
@@ -215,14 +264,15 @@ def main() -> None:
     )
     print(
         f"{'size':5s} {'path':9s} {'bare img/s':>10s} {'ours img/s':>10s} {'ratio':>7s} {'[range]':16s} "
-        f"{'ours@1 img/s':>11s} {'speed-up':>9s}"
+        f"{'ours@1 img/s':>12s} {'speed-up':>9s} {'not in SD':>10s}"
     )
     for size in sizes:
         pipe = build_pipeline(size, choice)
         runner = SystemRunner(pipe, clip=None, options=ImageOptions(sd_steps=args.steps))  # type: ignore[arg-type]
-        for path, make in (("gill-gen", gill_variants), ("sd", sd_variants)):
-            timing = measure(make(pipe, runner, args.batch_size, args.steps), args.rounds, choice)
-            print(report(size, path, timing, args.batch_size), flush=True)
+        with SDCallClock(type(pipe.sd), choice) as clock:
+            for path, make in (("gill-gen", gill_variants), ("sd", sd_variants)):
+                timing = measure(make(pipe, runner, args.batch_size, args.steps), args.rounds, choice, clock)
+                print(report(size, path, timing, args.batch_size), flush=True)
 
 
 if __name__ == "__main__":
