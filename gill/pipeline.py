@@ -3,7 +3,8 @@
 What users see of GILL (paper section 3.3, "Inference"; docs/official-gill.md §4). Diffusers-shaped:
 :meth:`GILLPipeline.check_inputs`, :meth:`~GILLPipeline.encode_prompt`, :meth:`~GILLPipeline.generate_text`,
 then for each emitted ``[IMG]`` block :meth:`~GILLPipeline.decide`, :meth:`~GILLPipeline.retrieve` or
-:meth:`~GILLPipeline.generate_image`, and :meth:`~GILLPipeline.__call__` running all of them.
+:meth:`~GILLPipeline.generate_image` (:meth:`~GILLPipeline.generate_images` for a batch of blocks, one seeded
+generator per image, as the benchmarks use it), and :meth:`~GILLPipeline.__call__` running all of them.
 :meth:`GILLPipeline.from_pretrained` loads a checkpoint written by :mod:`gill.checkpoint`.
 
 Differences from the official ``GILL.generate_for_images_and_texts`` (each fixes a defect of official §8):
