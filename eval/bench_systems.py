@@ -199,27 +199,17 @@ class SystemRunner:
     def produce_batch(self, requests: Sequence[ProduceRequest]) -> list[dict[str, Produced]]:
         """``{system: Produced}`` for each request, in order, with at most two Stable Diffusion calls in all."""
         plans = [self._gill_plan(r.prompt, r.systems & GILL_FAMILY, r.sd_seed) for r in requests]
-        to_generate = [i for i, plan in enumerate(plans) if plan is not None and plan.need_gen]
-        generated = dict(
-            zip(
-                to_generate,
-                self.generate_gill([plans[i].states for i in to_generate], [requests[i].sd_seed for i in to_generate]),
-                strict=True,
-            )
-        )
-        sd_rows = [i for i, r in enumerate(requests) if "sd" in r.systems]
-        sd_images = dict(
-            zip(
-                sd_rows,
-                self.generate_sd([requests[i].text for i in sd_rows], [requests[i].sd_seed for i in sd_rows]),
-                strict=True,
-            )
-        )
+        gen = [(i, plan.states) for i, plan in enumerate(plans) if plan is not None and plan.need_gen]
+        gill_images = self.generate_gill([states for _, states in gen], [requests[i].sd_seed for i, _ in gen])
+        generated = {i: image for (i, _), image in zip(gen, gill_images, strict=True)}
+        sd = [i for i, r in enumerate(requests) if "sd" in r.systems]
+        sd_images = self.generate_sd([requests[i].text for i in sd], [requests[i].sd_seed for i in sd])
+        baseline = dict(zip(sd, sd_images, strict=True))
         out = []
         for i, (request, plan) in enumerate(zip(requests, plans, strict=True)):
             produced = self._gill_outputs(plan, generated.get(i)) if plan is not None else {}
-            if i in sd_images:
-                produced["sd"] = sd_images[i]
+            if i in baseline:
+                produced["sd"] = baseline[i]
             if "clip-retrieval" in request.systems:
                 produced["clip-retrieval"] = self._clip_retrieval(request.text)
             if "fromage-retrieval" in request.systems:
