@@ -306,6 +306,7 @@ def _bench_options(params: PipelineParams, benchmark: str) -> str:
         "seeds": params.bench_seeds,
         "limit": params.bench_limit,
         "sd_steps": params.bench_sd_steps,
+        "gen_batch_size": params.bench_gen_batch_size,
         "fid_bootstrap": params.fid_bootstrap,
         "device": params.device,
         "progress": True,

@@ -156,8 +156,13 @@ PipelineParams = params_model(
         (
             BenchOptions,
             {
-                "include": ("seeds", "limit", "sd_steps", "fid_bootstrap"),
-                "rename": {"seeds": "bench_seeds", "limit": "bench_limit", "sd_steps": "bench_sd_steps"},
+                "include": ("seeds", "limit", "sd_steps", "fid_bootstrap", "gen_batch_size"),
+                "rename": {
+                    "seeds": "bench_seeds",
+                    "limit": "bench_limit",
+                    "sd_steps": "bench_sd_steps",
+                    "gen_batch_size": "bench_gen_batch_size",
+                },
             },
         ),
         (ShardOptions, {"include": ("num_workers",), "rename": {"num_workers": "bench_workers"}}),

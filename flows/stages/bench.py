@@ -35,6 +35,8 @@ from eval.bench import (
     BenchOptions,
     BenchSummary,
     ImageProducer,
+    ItemImages,
+    SampleRequest,
     cc3m_item,
     digest,
     load_item_images,
@@ -266,25 +268,38 @@ class BenchSession:
                 counts.resumed += len(active) - len(need)
                 if need:
                     todo.append((item, need))
-            rows: list[dict[str, Any]] = []
-            desc = f"{benchmark} {setting} seed {seed}"
-            for item, need in tqdm(todo, desc=desc, unit="sample", disable=not self.options.progress):
-                rows += self._sample_rows(benchmark, setting, seed, item, need)
-                if len(rows) >= self.options.write_every * len(active):
-                    counts.add(self.recorder.write_samples(rows))
-                    rows = []
-            counts.add(self.recorder.write_samples(rows))
+            counts.add(self._generate_rows(benchmark, setting, seed, todo, len(active)))
+        return counts
+
+    def _generate_rows(
+        self, benchmark: str, setting: str, seed: int, todo: list[tuple[BenchItem, list[str]]], n_active: int
+    ) -> Counts:
+        """Produce ``todo`` in batches of ``gen_batch_size`` samples and write their rows every ``write_every``
+        samples: a crash loses at most the batch in progress and the rows not yet written."""
+        counts, rows = Counts(), []
+        size = self.options.gen_batch_size
+        desc = f"{benchmark} {setting} seed {seed}"
+        with tqdm(total=len(todo), desc=desc, unit="sample", disable=not self.options.progress) as bar:
+            for first in range(0, len(todo), size):
+                batch = todo[first : first + size]
+                requests = [SampleRequest(item=item, systems=tuple(need)) for item, need in batch]
+                produced = self.producer.produce_batch(requests, seed)
+                for (item, need), images in zip(batch, produced, strict=True):
+                    rows += self._sample_rows(benchmark, setting, seed, item, need, images)
+                    if len(rows) >= self.options.write_every * n_active:
+                        counts.add(self.recorder.write_samples(rows))
+                        rows = []
+                bar.update(len(batch))
+        counts.add(self.recorder.write_samples(rows))
         return counts
 
     def _sample_rows(
-        self, benchmark: str, setting: str, seed: int, item: BenchItem, need: list[str]
+        self, benchmark: str, setting: str, seed: int, item: BenchItem, need: list[str], images: ItemImages
     ) -> list[dict[str, Any]]:
-        """Produce, score and save the images of ``need`` for one item: its ``samples`` rows."""
+        """Score and save the images ``need`` produced for one item: its ``samples`` rows."""
         base = _base_row(self.run_id, benchmark, setting, seed, item)
-        try:
-            images = self.producer.produce(item, seed, need)
-        except data.UnreadableImage as err:
-            return [{**base, "system": s, "status": "skipped", "skip_reason": str(err)} for s in need]
+        if images.unreadable is not None:
+            return [{**base, "system": s, "status": "skipped", "skip_reason": images.unreadable} for s in need]
         produced = images.produced
         scores = score_images(produced, images.reference, item.scene, self.metrics)
         if "gill-oracle" in need:
