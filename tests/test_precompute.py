@@ -201,6 +201,145 @@ def test_worker_processes_write_the_same_shard(precomputed, tiny_config, tmp_pat
             assert new == (split_folders("train", precomputed.workdir).features / result.shard / name).read_bytes()
 
 
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"prefetch": 0, "batched_preprocess": False},  # inline and image by image: the stage before overlap
+        {"threads": 3, "prefetch": 1, "forward_threads": 1},
+        {"threads": 2, "batched_preprocess": False},
+    ],
+    ids=["no overlap, image by image", "3 threads, forward 1 thread", "2 threads, image by image"],
+)
+def test_every_preparation_path_writes_the_same_bytes(precomputed, tiny_config, tmp_path, variant):
+    workdir = tmp_path / "work"
+    shutil.copytree(split_folders("train", precomputed.workdir).images, split_folders("train", workdir).images)
+    options = PrecomputeOptions(batch_size=4, **variant)
+    results = precompute_split(split_folders("train", workdir), tiny_config, options, progress=False)
+    assert [r.fingerprint for r in results] == [r.fingerprint for r in precomputed.results]  # options not in it
+    for result in results:
+        for name in ("vision.npy", "sd_text.npy", "keys.json"):
+            new = (split_folders("train", workdir).features / result.shard / name).read_bytes()
+            assert new == (split_folders("train", precomputed.workdir).features / result.shard / name).read_bytes()
+
+
+def test_prefetched_keeps_order_raises_at_the_failing_item_and_stops_early():
+    import threading
+    import time
+
+    from gill.data.precompute import prefetched
+
+    def slow_square(i: int) -> int:
+        time.sleep(0.02 * ((7 * i) % 3))  # later items often finish first
+        return i * i
+
+    for threads, depth in [(1, 0), (1, 2), (3, 1), (4, 6)]:
+        assert list(prefetched(slow_square, 10, depth, threads)) == [i * i for i in range(10)]
+
+    def failing(i: int) -> int:
+        if i == 4:
+            raise InputError("broken item 4")
+        return i
+
+    seen = []
+    with pytest.raises(InputError, match="broken item 4"):
+        for item in prefetched(failing, 10, 2, 2):
+            seen.append(item)
+    assert seen == [0, 1, 2, 3]
+
+    started, lock = [], threading.Lock()
+
+    def record(i: int) -> int:
+        with lock:
+            started.append(i)
+        time.sleep(0.01)
+        return i
+
+    items = prefetched(record, 100, 2, 2)
+    assert [next(items), next(items)] == [0, 1]
+    items.close()  # the consumer stops: nothing beyond the look-ahead window is started
+    time.sleep(0.1)
+    assert len(started) <= 2 + 3 + 2  # two consumed, at most max(depth, threads) + 1 submitted ahead, two running
+
+
+def test_forward_threads_apply_while_shards_run_and_are_restored_after_the_last():
+    from gill.data.precompute import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(0):
+        assert torch.get_num_threads() == before
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+        with torch_threads(1):  # a second shard at the same time (a flow's tasks in threads)
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 1  # the first shard still runs
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(1):
+        raise RuntimeError("a failing forward")
+    assert torch.get_num_threads() == before
+
+
+def test_forward_balance_gives_up_threads_only_when_preparing_is_the_slower_part():
+    from gill.data.precompute import ForwardBalance, forward_balance
+
+    slow_prepare = ForwardBalance(threads=4, preparers=1)
+    assert [slow_prepare.observe(p, f) for p, f in [(0.01, 9.0), (0.2, 0.1), (0.2, 0.1), (0.2, 0.1)]] == [
+        None,  # the first batch carries start-up costs: not counted
+        None,
+        3,  # decided once, after two measured batches
+        None,
+    ]
+    slow_forward = ForwardBalance(threads=2, preparers=1)
+    assert [slow_forward.observe(0.02, 1.0) for _ in range(5)] == [None] * 5
+    two_preparers = ForwardBalance(threads=2, preparers=2)  # 0.3 s a batch each: 0.15 s a batch together
+    assert [two_preparers.observe(0.3, 0.2) for _ in range(3)] == [None] * 3
+    assert [ForwardBalance(threads=1, preparers=1).observe(1.0, 0.1) for _ in range(3)] == [None] * 3  # no fewer
+
+    cpu = torch.device("cpu")
+    assert forward_balance(PrecomputeOptions(threads=2), cpu).preparers == 2
+    assert forward_balance(PrecomputeOptions(num_workers=3), cpu).preparers == 3
+    assert forward_balance(PrecomputeOptions(forward_threads=2), cpu) is None  # set explicitly
+    assert forward_balance(PrecomputeOptions(prefetch=0), cpu) is None  # no overlap: nothing to balance
+    assert forward_balance(PrecomputeOptions(), torch.device("cuda")) is None  # the forward is not on CPU threads
+
+
+@pytest.mark.parametrize("slow_part", ["prepare", "forward"])
+def test_a_shard_runs_its_forward_on_fewer_threads_only_while_preparing_is_slower(
+    precomputed, tiny_config, tmp_path, monkeypatch, slow_part
+):
+    import time
+
+    import gill.data.precompute as precompute
+
+    encoders = load_encoders(tiny_config, PrecomputeOptions())
+    threads_seen = []
+    real_decode, real_encode = precompute.decode_image, FrozenEncoders.encode
+
+    def decode(sample, shard):
+        if slow_part == "prepare":
+            time.sleep(0.6)  # far above a tiny forward of one sample, even on a loaded machine
+        return real_decode(sample, shard)
+
+    def encode(self, pixel_values, input_ids):
+        threads_seen.append(torch.get_num_threads())
+        if slow_part == "forward":
+            time.sleep(0.6)  # far above a tiny forward of one sample, even on a loaded machine
+        return real_encode(self, pixel_values, input_ids)
+
+    monkeypatch.setattr(precompute, "decode_image", decode)
+    monkeypatch.setattr(FrozenEncoders, "encode", encode)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        tar = split_folders("train", precomputed.workdir).images / "00000.tar"
+        precompute_shard(tar, split_folders("train", tmp_path), encoders, PrecomputeOptions(batch_size=1))
+        assert torch.get_num_threads() == 2  # restored after the shard
+    finally:
+        torch.set_num_threads(before)
+    assert threads_seen == ([2, 2, 2, 1, 1, 1] if slow_part == "prepare" else [2] * 6)
+    manifest = read_feature_manifest(split_folders("train", tmp_path).features / "00000")
+    assert manifest["forward_threads"] == threads_seen[-1]  # how it ran, recorded next to device and duration
+
+
 def test_crash_mid_shard_leaves_no_feature_folder(precomputed, tiny_config, tmp_path, monkeypatch):
     workdir = copy_workdir(precomputed, tmp_path)
     folder = split_folders("train", workdir).features
@@ -336,11 +475,29 @@ def test_options_are_validated_all_at_once():
         PrecomputeOptions(batch_size=0, dtype="int8", device="tpu")  # type: ignore[arg-type]
     text = str(err.value)
     assert "batch_size" in text and "dtype" in text and "device" in text
+    with pytest.raises(ConfigError) as err:
+        PrecomputeOptions(threads=0, forward_threads=-1, num_workers=True, prefetch=1.5, batched_preprocess="yes")
+    assert err.value.problems == [
+        "prefetch: must be an int >= 0, got 1.5",
+        "num_workers: must be an int >= 0, got True",
+        "forward_threads: must be an int >= 0, got -1",
+        "threads: must be an int >= 1, got 0",
+        "batched_preprocess: must be true or false, got 'yes'",
+    ]
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             PrecomputeOptions(device="cuda")
     assert PrecomputeOptions(dtype="bf16").storage_dtype == np.float16
     assert PrecomputeOptions(dtype="bf16").compute_dtype == torch.float32  # CPU computes fp32
+
+
+def test_the_command_refuses_bad_thread_counts_naming_each(capsys, tmp_path):
+    from flows.command import main
+
+    argv = ["data", "precompute", "--split", "train", "--workdir", str(tmp_path), "--threads", "0"]
+    assert main([*argv, "--forward-threads", "-2"]) == 2
+    err = capsys.readouterr().err
+    assert "threads: must be an int >= 1, got 0" in err and "forward_threads: must be an int >= 0, got -2" in err
 
 
 def test_shard_result_row_has_the_precompute_shards_columns(precomputed):

@@ -11,8 +11,9 @@ Diffusion text encoder are frozen, so their outputs are computed once here and r
 * ``keys.json``: ``{"keys": [...], "captions": [...]}``, the row order of both arrays (sorted by key);
 * ``manifest.json``: encoder identity (ids, revisions, sha256 of configs, tokenizer files and weights, image
   processor settings; a model folder inside ``portable_root`` is named relative to it), dtypes, shapes, count,
-  the source tar's sha256, the **fingerprint** (sha256 of the canonical JSON of every input that determines the
-  arrays) and ``files``: size, sha256 and mtime of each of the three files above.
+  how it ran (device, the forward's torch threads, duration), the source tar's sha256, the **fingerprint**
+  (sha256 of the canonical JSON of every input that determines the arrays) and ``files``: size, sha256 and mtime
+  of each of the three files above.
 
 Verification of the outputs: a re-run keeps a shard only when its fingerprint matches *and* its files are intact.
 Sizes are compared on every run (free: a ``stat``); the sha256 is recomputed when a file's size matches but its
@@ -28,9 +29,14 @@ cast is an error). On CPU the forward always runs in float32; on CUDA it runs un
 dtype. The effective compute dtype and the storage dtype are both part of the fingerprint; the device, the batch
 size and the path of a local model folder (its file hashes identify it) are not.
 
-Throughput: reading, decoding, preprocessing and tokenising a batch overlap the forward of the previous one, in
-a background thread (default) or in ``num_workers`` DataLoader processes (for a GPU, which encodes faster than
-one core decodes JPEGs). ``bench/precompute.py`` compares the stage with a bare forward of the two encoders.
+Throughput: the stage is a two-part pipeline, preparing batches (read the members, decode the JPEGs, image
+processor, tokenizer) and the forward, so at best it runs at the slower part's speed. Batches are prepared ahead
+of the forward in ``threads`` background threads (default 1) or in ``num_workers`` DataLoader processes (for a
+GPU, which encodes faster than one core decodes JPEGs). The image processor runs once per batch of same-sized
+images instead of once per image (:class:`BatchPreprocessor`, bit-identical output, so stored features and the
+fingerprint do not change). On a CPU the two parts share the cores: when preparing is the slower part, the
+forward gives up a torch thread per preparer (:class:`ForwardBalance`) instead of contending with them.
+``bench/precompute.py`` prints each part's own throughput, their min (the bound) and the stage against it.
 
 Fixes over the official ``scripts/preprocess_sd_embeddings.py`` (official §3.1, 8): one memory-mappable file
 per shard instead of one ``.npy`` per caption; resume by fingerprint instead of by file existence (whose
@@ -45,19 +51,22 @@ import hashlib
 import io
 import json
 import logging
-import queue
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
+from transformers.image_processing_backends import TorchvisionBackend
 
 from gill.config import GILLConfig, looks_like_path
 from gill.data.shards import (
@@ -96,6 +105,7 @@ STORAGE_DTYPES: dict[str, np.dtype] = {
     "fp32": np.dtype("float32"),
 }
 _SHA256_NAME = re.compile(r"[0-9a-f]{64}")
+T = TypeVar("T")
 
 
 # -- options and results ---------------------------------------------------------------------------------
@@ -114,8 +124,20 @@ class PrecomputeOptions:
     prefetch: int = 2
     """Batches prepared ahead of the forward (per worker process, or in one background thread; 0: no overlap)."""
     num_workers: int = 0
-    """Processes that read, decode, preprocess and tokenise (0: one background thread). With a GPU the forward is
-    far faster than JPEG decoding: give it most CPU cores. On a CPU-only machine the forward needs the cores."""
+    """Processes that read, decode, preprocess and tokenise (0: ``threads`` background threads). With a GPU the
+    forward is far faster than JPEG decoding: give them most CPU cores. On a CPU-only machine the forward needs
+    the cores."""
+    threads: int = 1
+    """Background threads that read, decode, preprocess and tokenise batches when ``num_workers`` is 0 (each
+    prepares whole batches; JPEG decoding and torch's resize release the GIL)."""
+    forward_threads: int = 0
+    """Torch intra-op threads while a shard's forward runs. 0: automatic: torch's setting (by default one per
+    core), lowered on a CPU device by the number of preparing threads or workers when preparing batches turns out
+    to be the slower part (:class:`ForwardBalance`), so the two parts do not contend for the cores."""
+    batched_preprocess: bool = True
+    """Preprocess a batch's same-sized images with one call of each of the image processor's own torchvision ops
+    instead of image by image; used only where its output is bit-identical to the processor's (checked when the
+    encoders load), so stored features do not depend on it. False: the processor, image by image."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -123,10 +145,14 @@ class PrecomputeOptions:
             problems.append(f"batch_size: must be a positive int, got {self.batch_size!r}")
         if self.dtype not in TORCH_DTYPES:
             problems.append(f"dtype: must be one of {sorted(TORCH_DTYPES)}, got {self.dtype!r}")
-        for name in ("prefetch", "num_workers"):
+        for name in ("prefetch", "num_workers", "forward_threads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 problems.append(f"{name}: must be an int >= 0, got {value!r}")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
+            problems.append(f"threads: must be an int >= 1, got {self.threads!r}")
+        if not isinstance(self.batched_preprocess, bool):
+            problems.append(f"batched_preprocess: must be true or false, got {self.batched_preprocess!r}")
         problems += _device_problems(self.device)
         if problems:
             raise ConfigError("invalid PrecomputeOptions", problems)
@@ -196,6 +222,152 @@ class ShardResult:
         }
 
 
+# -- batched preprocessing ------------------------------------------------------------------------------
+
+BATCHED_PIXEL_TOLERANCE = 0.0
+"""Largest absolute difference of normalised pixels allowed between :class:`BatchPreprocessor`'s batched path and
+the image processor called on the same images: none. The batched path runs the processor's own torchvision ops
+(the same antialiased resize kernel, centre crop and fused rescale+normalise) once on a stack of same-sized images
+instead of once per image, which changes no arithmetic; so stored features do not depend on it and the format
+version stays. Where it would differ (another backend, a processor with other steps) the processor is used."""
+
+_PIXEL_SETTINGS = (
+    "do_convert_rgb",
+    "do_resize",
+    "size",
+    "resample",
+    "do_center_crop",
+    "crop_size",
+    "do_rescale",
+    "rescale_factor",
+    "do_normalize",
+    "image_mean",
+    "image_std",
+)
+"""The processor settings :meth:`TorchvisionBackend._preprocess` reads (besides padding, which is not batched)."""
+_PROCESSOR_STEPS = ("preprocess", "_preprocess_image_like_inputs", "_prepare_image_like_inputs", "_preprocess")
+"""Methods whose torchvision-backend versions the batched path re-enacts; a processor overriding one is not batched."""
+_PROBE_SIZES = ((256, 256), (256, 256), (300, 171), (171, 300), (47, 33), (5, 300), (16, 16))
+"""(width, height) of the noise images checked at load: a same-sized pair, both orientations, odd and tiny sizes."""
+
+
+class BatchPreprocessor:
+    """The vision model's image processor applied to a batch at once (picklable: runs in worker processes).
+
+    transformers' ``CLIPImageProcessor`` (torchvision backend) handles images one at a time on a CPU: it converts
+    each to a channels-first tensor (a strided copy), then resizes, crops and normalises it with a handful of
+    small torch calls, about 0.5 ms per 256 px image. Here a batch's same-sized RGB images are stacked as one
+    channels-last uint8 tensor (one copy, the layout the antialiased resize kernel works in) and each of the
+    processor's own ops runs once per stack, in the processor's order: resize, centre crop, rescale+normalise.
+    Images that are not plain RGB (grayscale, alpha, palette transparency) are converted by the processor's own
+    ``process_image``. :func:`batch_preprocessor` uses this path only after it has checked that the output is
+    bit-identical to the processor's (:data:`BATCHED_PIXEL_TOLERANCE`).
+    """
+
+    def __init__(self, image_processor: Any, settings: dict[str, Any] | None = None) -> None:
+        self.image_processor = image_processor
+        self.settings = settings
+        """The processor's resolved settings (:data:`_PIXEL_SETTINGS`); None: call the processor image by image."""
+
+    @property
+    def batched(self) -> bool:
+        """True when same-sized images go through the processor's ops as one stack."""
+        return self.settings is not None
+
+    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
+        """Resize, crop and normalise as the processor does -> (B, 3, H, W) float32, in input order."""
+        if self.settings is None:
+            return preprocess_images(self.image_processor, images)
+        arrays = [self._channels_last(image) for image in images]  # each (H, W, C) uint8
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, array in enumerate(arrays):
+            groups.setdefault(array.shape, []).append(i)
+        out: list[torch.Tensor | None] = [None] * len(arrays)
+        for rows in groups.values():
+            stack = torch.from_numpy(np.stack([arrays[i] for i in rows])).permute(0, 3, 1, 2)  # (b, C, H, W)
+            for i, pixels in zip(rows, self._transform(stack), strict=True):
+                out[i] = pixels
+        return torch.stack(out)  # (B, C, h, w)
+
+    def _channels_last(self, image: Image.Image) -> np.ndarray:
+        """(H, W, C) uint8 pixels as the processor's ``process_image`` would give them (channels last)."""
+        if isinstance(image, Image.Image) and image.mode == "RGB" and "transparency" not in image.info:
+            return np.asarray(image)  # what process_image reads from a plain RGB image
+        chw = self.image_processor.process_image(image, do_convert_rgb=self.settings["do_convert_rgb"])
+        return chw.permute(1, 2, 0).numpy()
+
+    def _transform(self, stack: torch.Tensor) -> torch.Tensor:
+        """The processor's ``_preprocess`` steps on one stack of same-sized images -> (b, C, h, w) contiguous."""
+        s, processor = self.settings, self.image_processor
+        if s["do_resize"]:
+            stack = processor.resize(image=stack, size=s["size"], resample=s["resample"])
+        if s["do_center_crop"]:
+            stack = processor.center_crop(stack, s["crop_size"])
+        stack = processor.rescale_and_normalize(
+            stack, s["do_rescale"], s["rescale_factor"], s["do_normalize"], s["image_mean"], s["image_std"]
+        )
+        return stack.contiguous()
+
+
+def batch_preprocessor(image_processor: Any) -> BatchPreprocessor:
+    """A batched preprocessor when the processor's steps are known and a probe batch comes out bit-identical to
+    the processor's own output; otherwise one that calls the processor (logged, with the reason)."""
+    problems = _batching_problems(image_processor)
+    if not problems:
+        candidate = BatchPreprocessor(image_processor, _resolved_settings(image_processor))
+        difference = batched_difference(candidate, probe_images())
+        if difference <= BATCHED_PIXEL_TOLERANCE:
+            return candidate
+        problems = [f"the batched output differs from the processor's by {difference:.3g} on probe images"]
+    logger.info("preprocessing image by image with %s: %s", type(image_processor).__name__, "; ".join(problems))
+    return BatchPreprocessor(image_processor)
+
+
+def _batching_problems(image_processor: Any) -> list[str]:
+    if not isinstance(image_processor, TorchvisionBackend):
+        return [f"{type(image_processor).__name__} is not a torchvision-backend image processor"]
+    problems = [
+        f"{type(image_processor).__name__}.{name} has its own steps"
+        for name in _PROCESSOR_STEPS
+        if getattr(type(image_processor), name) is not getattr(TorchvisionBackend, name)
+    ]
+    if getattr(image_processor, "do_pad", None):
+        problems.append("it pads images")
+    return problems
+
+
+def _resolved_settings(image_processor: Any) -> dict[str, Any]:
+    """The settings as the processor's ``preprocess`` resolves and validates them before ``_preprocess``."""
+    kwargs = {name: getattr(image_processor, name, None) for name in image_processor._valid_kwargs_names}
+    kwargs = image_processor._standardize_kwargs(**kwargs)
+    image_processor._validate_preprocess_kwargs(**kwargs)
+    return {name: kwargs.get(name) for name in _PIXEL_SETTINGS}
+
+
+def probe_images(seed: int = 0) -> list[Image.Image]:
+    """Uniform-noise RGB images of :data:`_PROBE_SIZES` plus a grayscale and an RGBA one (noise is the hardest
+    input for a resize: every output pixel depends on every tap)."""
+    rng = np.random.default_rng(seed)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB") for w, h in _PROBE_SIZES]
+    images.append(Image.fromarray(rng.integers(0, 256, (40, 64), dtype=np.uint8), "L"))
+    images.append(Image.fromarray(rng.integers(0, 256, (64, 40, 4), dtype=np.uint8), "RGBA"))
+    return images
+
+
+def batched_difference(pixels: BatchPreprocessor, images: list[Image.Image]) -> float:
+    """Largest absolute difference of normalised pixels between ``pixels`` and its image processor called on
+    ``images`` (inf when the shapes differ or the batched path fails)."""
+    want = preprocess_images(pixels.image_processor, images)
+    try:
+        got = pixels(images)
+    except (RuntimeError, ValueError, TypeError) as err:
+        logger.warning("batched preprocessing failed on probe images: %s", err)
+        return float("inf")
+    if got.shape != want.shape or got.dtype != want.dtype:
+        return float("inf")
+    return float((got.double() - want.double()).abs().max()) if got.numel() else 0.0
+
+
 # -- encoders ---------------------------------------------------------------------------------------------
 
 
@@ -227,6 +399,8 @@ class FrozenEncoders:
     """Where both models live."""
     compute_dtype: torch.dtype
     """Dtype of the forward (float32 on CPU)."""
+    pixels: BatchPreprocessor
+    """``image_processor`` applied to a batch at once where that is bit-identical (see :class:`BatchPreprocessor`)."""
 
     @property
     def vision_dim(self) -> int:
@@ -239,8 +413,12 @@ class FrozenEncoders:
         return int(self.sd_tokenizer.model_max_length), int(self.sd_text_encoder.config.hidden_size)
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        """Resize, crop and normalise with the vision model's own processor -> (B, 3, H, W) float32."""
-        return preprocess_images(self.image_processor, images)
+        """Resize, crop and normalise as the vision model's own processor does -> (B, 3, H, W) float32."""
+        return self.pixels(images)
+
+    def preprocessor(self, options: PrecomputeOptions) -> BatchPreprocessor:
+        """The batched preprocessor, or the processor image by image when ``options.batched_preprocess`` is off."""
+        return self.pixels if options.batched_preprocess else BatchPreprocessor(self.image_processor)
 
     def tokenize(self, captions: list[str]) -> torch.Tensor:
         """SD 1.5 tokenisation: pad to ``model_max_length`` (77), truncate right -> (B, 77) ids."""
@@ -288,6 +466,7 @@ def load_encoders(config: GILLConfig, options: PrecomputeOptions = PrecomputeOpt
         identity=identity,
         device=device,
         compute_dtype=options.compute_dtype,
+        pixels=batch_preprocessor(vision.image_processor),
     )
 
 
@@ -398,6 +577,8 @@ class PreparedBatch:
     """(B, 3, H, W) preprocessed images."""
     input_ids: torch.Tensor
     """(B, 77) SD token ids."""
+    prepare_s: float = 0.0
+    """Wall seconds reading, decoding, preprocessing and tokenising this batch took (for :class:`ForwardBalance`)."""
 
     def pin_memory(self) -> PreparedBatch:
         """Page-locked copy, for asynchronous host-to-GPU copies (called by the DataLoader)."""
@@ -410,7 +591,8 @@ def decode_image(sample: ShardSample, shard: str) -> Image.Image:
     """Decode a sample's JPEG to RGB; a broken image is an :class:`InputError` naming shard and key."""
     try:
         with Image.open(io.BytesIO(sample.jpeg)) as image:
-            return image.convert("RGB")
+            image.load()
+            return image if image.mode == "RGB" else image.convert("RGB")  # convert would copy an RGB image
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise InputError(f"image shard {shard}: cannot decode the image of sample {sample.key!r}", [str(err)]) from err
 
@@ -420,10 +602,16 @@ def preprocess_images(image_processor: Any, images: list[Image.Image]) -> torch.
     return image_processor(images=images, return_tensors="pt")["pixel_values"]
 
 
+_TOKENIZER_LOCK = threading.Lock()
+"""One caption batch at a time through a tokenizer: a Rust tokenizer shared by threads can fail with "Already
+borrowed" when two calls overlap (huggingface/tokenizers#537); tokenising is a small part of a batch's cost."""
+
+
 def sd_input_ids(tokenizer: Any, captions: list[str]) -> torch.Tensor:
     """SD 1.5 tokenisation: pad to ``model_max_length`` (77), truncate right, no mask -> (B, 77) ids."""
     max_length = tokenizer.model_max_length
-    enc = tokenizer(captions, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+    with _TOKENIZER_LOCK:
+        enc = tokenizer(captions, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
     return enc["input_ids"]
 
 
@@ -431,23 +619,27 @@ class ShardBatches(torch.utils.data.Dataset):
     """Batch ``i`` of a shard's keys, read, decoded, preprocessed and tokenised (picklable: runs in workers)."""
 
     def __init__(
-        self, index: ShardIndex, keys: list[str], image_processor: Any, sd_tokenizer: Any, batch_size: int
+        self, index: ShardIndex, keys: list[str], pixels: BatchPreprocessor, sd_tokenizer: Any, batch_size: int
     ) -> None:
         self.index, self.keys, self.batch_size = index, keys, batch_size
-        self.image_processor, self.sd_tokenizer = image_processor, sd_tokenizer
+        self.pixels, self.sd_tokenizer = pixels, sd_tokenizer
 
     def __len__(self) -> int:
         return (len(self.keys) + self.batch_size - 1) // self.batch_size
 
     def __getitem__(self, i: int) -> PreparedBatch:
+        start = time.perf_counter()
         samples = read_samples(self.index, self.keys[i * self.batch_size : (i + 1) * self.batch_size])
         images = [decode_image(s, self.index.tar.name) for s in samples]
         captions = [s.caption for s in samples]
+        pixel_values = self.pixels(images)  # (B, 3, H, W)
+        input_ids = sd_input_ids(self.sd_tokenizer, captions)  # (B, 77)
         return PreparedBatch(
             keys=[s.key for s in samples],
             captions=captions,
-            pixel_values=preprocess_images(self.image_processor, images),  # (B, 3, H, W)
-            input_ids=sd_input_ids(self.sd_tokenizer, captions),  # (B, 77)
+            pixel_values=pixel_values,
+            input_ids=input_ids,
+            prepare_s=time.perf_counter() - start,
         )
 
 
@@ -458,10 +650,10 @@ def _as_is(batch: PreparedBatch) -> PreparedBatch:
 def prepared_batches(
     index: ShardIndex, keys: list[str], encoders: FrozenEncoders, options: PrecomputeOptions
 ) -> Iterator[PreparedBatch]:
-    """Encoder inputs of ``keys`` in order, prepared ahead of the forward: in a thread, or in worker processes."""
-    batches = ShardBatches(index, keys, encoders.image_processor, encoders.sd_tokenizer, options.batch_size)
+    """Encoder inputs of ``keys`` in order, prepared ahead of the forward: in threads, or in worker processes."""
+    batches = ShardBatches(index, keys, encoders.preprocessor(options), encoders.sd_tokenizer, options.batch_size)
     if options.num_workers == 0:
-        return prefetched((batches[i] for i in range(len(batches))), options.prefetch)
+        return prefetched(batches.__getitem__, len(batches), options.prefetch, options.threads)
     loader = torch.utils.data.DataLoader(
         batches,
         batch_size=None,
@@ -489,39 +681,104 @@ def _stopping_workers(loader: torch.utils.data.DataLoader) -> Iterator[PreparedB
             shutdown()
 
 
-def prefetched(items: Iterator[Any], depth: int) -> Iterator[Any]:
-    """Run ``items`` in a background thread, ``depth`` ahead (JPEG decode, resizing and tokenising release the GIL)."""
+def prefetched(make: Callable[[int], T], count: int, depth: int, threads: int = 1) -> Iterator[T]:
+    """``make(0)``, ..., ``make(count - 1)`` in order, computed ahead of the consumer by ``threads`` background
+    threads, at most ``max(depth, threads)`` items ahead (so every thread has work); ``depth`` 0: inline, no overlap.
+
+    JPEG decoding, torch's resize and the Rust tokenizer release the GIL, so threads overlap with the forward and
+    with each other. An error in ``make`` is raised to the consumer at that item; when the consumer stops early,
+    items not yet started are cancelled.
+    """
     if depth <= 0:
-        yield from items
+        yield from (make(i) for i in range(count))
         return
-    done, stop = object(), threading.Event()
-    slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
-
-    def put(item: Any) -> None:
-        while not stop.is_set():
-            try:
-                return slots.put(item, timeout=0.1)
-            except queue.Full:
-                continue
-
-    def produce() -> None:
-        try:
-            for item in items:
-                put(item)
-                if stop.is_set():  # the consumer is gone: prepare nothing more
-                    return
-        except BaseException as err:  # handed to the consumer, which re-raises it
-            put(err)
-        put(done)
-
-    threading.Thread(target=produce, name="precompute-prefetch", daemon=True).start()
+    ahead = max(depth, threads)
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="precompute-prepare")
+    pending: deque[Future[T]] = deque()
     try:
-        while (item := slots.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        for i in range(count):
+            pending.append(pool.submit(make, i))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
     finally:
-        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass(kw_only=True)
+class ForwardBalance:
+    """Automatic forward threads on a CPU (``forward_threads=0``): when preparing batches is the slower part, the
+    forward gives up one torch thread per preparer for the rest of the shard.
+
+    The two parts share the cores. While the forward keeps the preparers waiting, all cores for the forward is
+    right (a large encoder: preparing is a few percent of it). When preparing a batch, divided among the
+    preparers, takes longer than a batch's forward (a small encoder: decoding a JPEG costs more than encoding
+    it), torch's threads would only contend with the preparing threads, and a stalled torch thread holds up the
+    whole parallel op: the forward then runs on ``threads - preparers`` (at least 1), so each part has its cores.
+    Decided once, on the batches after the first (which carries start-up costs), from the measured seconds.
+    """
+
+    threads: int
+    """torch's intra-op threads when the shard started."""
+    preparers: int
+    """Batches prepared in parallel: background threads or worker processes."""
+    probe: int = 2
+    """Batches measured (after the first) before deciding."""
+    prepare_s: float = 0.0
+    forward_s: float = 0.0
+    seen: int = 0
+
+    def observe(self, prepare_s: float, forward_s: float) -> int | None:
+        """Add one batch's preparing and forward seconds; return the forward threads to switch to, once, else None."""
+        self.seen += 1
+        if self.seen == 1 or self.seen > self.probe + 1:
+            return None
+        self.prepare_s += prepare_s
+        self.forward_s += forward_s
+        if self.seen <= self.probe:
+            return None
+        lowered = max(1, self.threads - self.preparers)
+        preparing_bound = self.prepare_s / self.preparers > self.forward_s
+        return lowered if preparing_bound and lowered < self.threads else None
+
+
+def forward_balance(options: PrecomputeOptions, device: torch.device) -> ForwardBalance | None:
+    """The automatic balance of a shard's forward threads, or None where it does not apply (threads set
+    explicitly, no overlap, or a device whose forward does not run on torch's CPU threads)."""
+    preparers = options.num_workers or (options.threads if options.prefetch > 0 else 0)
+    if options.forward_threads > 0 or preparers == 0 or device.type != "cpu":
+        return None
+    return ForwardBalance(threads=torch.get_num_threads(), preparers=preparers)
+
+
+_THREADS_LOCK = threading.Lock()
+_threads_state = {"users": 0, "before": 0}
+"""How many shard forwards run under :func:`torch_threads` now, and torch's setting before the first of them."""
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``count`` while the block runs (0: left as they are).
+
+    The setting is process-wide: shards computed at the same time (a flow's tasks in threads) share it, and the
+    setting from before the first of them is restored when the last one ends.
+    """
+    if count <= 0:
+        yield
+        return
+    with _THREADS_LOCK:
+        if _threads_state["users"] == 0:
+            _threads_state["before"] = torch.get_num_threads()
+        _threads_state["users"] += 1
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            _threads_state["users"] -= 1
+            if _threads_state["users"] == 0:
+                torch.set_num_threads(_threads_state["before"])
 
 
 def _open_array(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -542,6 +799,16 @@ def _to_storage(values: torch.Tensor, dtype: np.dtype, shard: str, what: str) ->
     return stored
 
 
+@dataclass(frozen=True, kw_only=True)
+class ComputedArrays:
+    """What :func:`compute_arrays` reports besides the files it wrote."""
+
+    captions: list[str]
+    """Captions in row order."""
+    forward_threads: int
+    """torch's intra-op threads the forward ran on at the end of the shard (after any :class:`ForwardBalance`)."""
+
+
 def compute_arrays(
     folder: Path,
     index: ShardIndex,
@@ -549,26 +816,36 @@ def compute_arrays(
     encoders: FrozenEncoders,
     options: PrecomputeOptions,
     on_batch: Callable[[int], None] | None = None,
-) -> list[str]:
-    """Write ``vision.npy`` (N, Dv) and ``sd_text.npy`` (N, 77, Dt) of ``keys`` into ``folder``; return captions."""
+) -> ComputedArrays:
+    """Write ``vision.npy`` (N, Dv) and ``sd_text.npy`` (N, 77, Dt) of ``keys`` into ``folder``."""
     n, dtype, shard = len(keys), options.storage_dtype, index.tar.stem
     vision = _open_array(folder / VISION_FILE, (n, encoders.vision_dim), dtype)  # (N, Dv)
     sd_text = _open_array(folder / SD_TEXT_FILE, (n, *encoders.text_shape), dtype)  # (N, 77, Dt)
     row, captions = 0, []
-    for batch in prepared_batches(index, keys, encoders, options):
-        out = encoders.encode(batch.pixel_values, batch.input_ids)
-        size = len(batch.keys)
-        vision[row : row + size] = _to_storage(out.vision, dtype, shard, "vision")  # (b, Dv)
-        sd_text[row : row + size] = _to_storage(out.sd_text, dtype, shard, "sd_text")  # (b, 77, Dt)
-        row += size
-        captions += batch.captions
-        if on_batch is not None:
-            on_batch(size)
+    with ExitStack() as threads:
+        threads.enter_context(torch_threads(options.forward_threads))
+        balance = forward_balance(options, encoders.device)
+        for batch in prepared_batches(index, keys, encoders, options):
+            start = time.perf_counter()
+            out = encoders.encode(batch.pixel_values, batch.input_ids)
+            size = len(batch.keys)
+            vision[row : row + size] = _to_storage(out.vision, dtype, shard, "vision")  # (b, Dv)
+            sd_text[row : row + size] = _to_storage(out.sd_text, dtype, shard, "sd_text")  # (b, 77, Dt)
+            row += size
+            captions += batch.captions
+            if on_batch is not None:
+                on_batch(size)
+            if balance is not None and (lowered := balance.observe(batch.prepare_s, time.perf_counter() - start)):
+                threads.enter_context(torch_threads(lowered))
+                logger.info(
+                    "shard %s: preparing batches is the slower part; forward on %d torch threads", shard, lowered
+                )
+        forward_threads = torch.get_num_threads()
     for array in (vision, sd_text):
         if isinstance(array, np.memmap):
             array.flush()
     del vision, sd_text
-    return captions
+    return ComputedArrays(captions=captions, forward_threads=forward_threads)
 
 
 def _manifest(
@@ -684,10 +961,11 @@ def precompute_shard(
     keys = index.image_keys
     start = time.perf_counter()
     with atomic_directory(out) as tmp:
-        captions = compute_arrays(tmp, index, keys, encoders, options, on_batch)
-        atomic_write_json(tmp / KEYS_FILE, {"keys": keys, "captions": captions}, indent=0)
+        computed = compute_arrays(tmp, index, keys, encoders, options, on_batch)
+        atomic_write_json(tmp / KEYS_FILE, {"keys": keys, "captions": computed.captions}, indent=0)
         duration = time.perf_counter() - start
         manifest = _manifest(name, portable_root, shard_tar, keys, encoders, options, source_sha256, duration)
+        manifest["forward_threads"] = computed.forward_threads  # how it ran, like device and duration_s
         manifest["files"] = file_records(tmp)
         atomic_write_json(tmp / MANIFEST_FILE, manifest)
     result = ShardResult.from_manifest(manifest, skipped=False)
