@@ -29,7 +29,7 @@ CLIP text width 384, 6 layers) saved into a temp zoo (its forward bounds it). Im
 image processor called image by image and batched (:class:`gill.data.precompute.BatchPreprocessor`, whose
 output is bit-identical).
 
-Measured on 2 shared CPU cores (AMD EPYC), ``--images 128 --rounds 2``: see docs/architecture.md.
+Figures on a shared 2-core CPU are noisy: run it on a quiet machine and read the stage/bound column.
 """
 
 from __future__ import annotations
