@@ -11,7 +11,7 @@ export HF_HUB_DISABLE_PROGRESS_BARS ?= 1
 export NO_ALBUMENTATIONS_UPDATE ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install browser-deps demo serve test lint lock clean
+.PHONY: install browser-deps java-deps demo serve test lint lock clean
 
 install: $(STAMP)
 
@@ -35,7 +35,7 @@ demo: install
 serve: install
 	PREFECT_PORT=$(PREFECT_PORT) $(BIN)/python -m flows.cli serve --workdir work/pipeline
 
-test: install browser-deps label-studio duckdb-1x
+test: install browser-deps java-deps label-studio duckdb-1x
 	GILL_DUCKDB1_REQUIRED=1 $(BIN)/python -m pytest -q
 
 # Headless Chromium + chromedriver for tests/test_annotation_browser.py (Debian packages). Installed when
@@ -46,6 +46,17 @@ browser-deps:
 	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	      apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; \
 	    else echo "note: chromium/chromedriver missing and not root: the headless-browser test will be skipped"; fi; }
+
+# Java for the pyspark distributor (`gill data download --distributor pyspark`, tests/test_download_spark.py):
+# pyspark 4.1 runs on Java 17 or 21. Spark's launcher uses $JAVA_HOME/bin/java when JAVA_HOME is set, else java on
+# PATH. Installed when missing and we are root (CI: Debian's default-jre-headless, Java 17 on bookworm, 21 on trixie);
+# elsewhere install it yourself, or the Spark tests fail saying how.
+java-deps:
+	@if [ -n "$$JAVA_HOME" ]; then test -x "$$JAVA_HOME/bin/java"; else command -v java >/dev/null; fi || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      mkdir -p /usr/share/man/man1 && apt-get update -q >/dev/null && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends default-jre-headless >/dev/null; \
+	    else echo "note: Java missing and not root: install Java 17 or 21 (apt-get install default-jre-headless) or the Spark tests fail"; fi; }
 
 # Label Studio 1.23.2 in its own cached virtualenv (its pinned Django etc. never touch .venv) plus a migrated
 # template database, for tests/test_label_studio_live.py. ~1.5 min the first time, instant when already there.

@@ -1,6 +1,7 @@
 """How fast and how right the retrieval bank's approximate search is, next to exact search, at CC3M scale.
 
-Run: ``.venv/bin/python bench/retrieval.py [--quick] [--sizes 100k,1M,3.3M] [--queries 200] [--threads 2]``.
+Run: ``.venv/bin/python bench/retrieval.py [--quick] [--sizes 100k,1M,3.3M] [--queries 200] [--threads 2]
+[--device cuda --dtype fp16]``.
 For each bank size N (256-d float32 rows, GILL's ``ret_emb_dim``; the official CC3M bank has ~3.3M rows) and
 each data set it
 
@@ -42,6 +43,12 @@ The clustered case meets the goal at every size (3.3M: 7.6 ms, recall 0.989; npr
 neighbours are barely closer than any other row, so recall grows only with the share of the bank scanned (3.3M:
 0.68 at nprobe 1024, 72 ms), and exact search (0.2-0.45 s) is the honest answer there. At 100k rows exact
 search takes 16 ms, which is why ``approximate="auto"`` builds no index below 200k rows.
+
+The bank searches on the CPU (faiss-cpu, numpy), so ``--device``/``--dtype`` leave the rows above as they are. With
+``--device cuda`` each size also gets a **device exact** column: the same exact top-10 as one matrix product and
+``torch.topk`` on the GPU, rows held there in ``--dtype`` (3.3M rows: 1.7 GB in fp16), p50 latency of a single
+query (synchronised) and its recall@10 against the CPU's exact search. It shows what moving the bank's exact path
+to a GPU would buy; gill does not do that today.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from device import DeviceChoice, add_device_arguments, resolve_device
 
 from gill.retrieval import SCAN_ROWS, ApproximateIndex, default_nlist, default_nprobe, exact_search
 
@@ -124,6 +132,9 @@ class Row:
     """p50, p95."""
     recall: float
     exact_ms: tuple[float, float]
+    device_ms: tuple[float, float] | None = None
+    """p50, p95 of the exact search on the device (``--device cuda`` only)."""
+    device_recall: float | None = None
 
 
 def latencies_ms(fn: Callable[[int], object], count: int) -> tuple[float, float]:
@@ -143,20 +154,38 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean(hits)) / truth.shape[1]
 
 
-def measure(n: int, data: str, n_queries: int) -> list[Row]:
+def measure(n: int, data: str, n_queries: int, dev: DeviceChoice | None = None) -> list[Row]:
     """Rows of the table for one bank size and data set."""
     start = time.perf_counter()
     everything = DATA[data](n + n_queries, seed=n)
     print(f"  {data} N={n:,}: data in {time.perf_counter() - start:.1f} s", flush=True)
-    return measure_on(everything[:n], np.ascontiguousarray(everything[n:]), data)  # rows: a view, no copy
+    return measure_on(everything[:n], np.ascontiguousarray(everything[n:]), data, dev)  # rows: a view, no copy
 
 
-def measure_on(rows: np.ndarray, queries: np.ndarray, data: str) -> list[Row]:
-    """Exact and approximate search of (Q, D) ``queries`` against (N, D) ``rows``."""
+def device_exact(
+    rows: np.ndarray, queries: np.ndarray, truth: np.ndarray, dev: DeviceChoice
+) -> tuple[tuple[float, float], float]:
+    """p50/p95 ms of a single-query exact top-k on the device (rows there in the bench's dtype), and its recall@k."""
+    bank = torch.from_numpy(rows).to(dev.device, dev.dtype)  # (N, D)
+    q = torch.from_numpy(queries).to(dev.device, dev.dtype)  # (Q, D)
+
+    def search(i: int) -> torch.Tensor:
+        found = torch.topk(q[i : i + 1] @ bank.T, K, dim=1).indices  # (1, K)
+        dev.synchronize()
+        return found
+
+    found = torch.cat([search(i) for i in range(len(q))]).cpu().numpy()
+    latency = latencies_ms(search, len(q))
+    return latency, recall_at_k(found, truth)
+
+
+def measure_on(rows: np.ndarray, queries: np.ndarray, data: str, dev: DeviceChoice | None = None) -> list[Row]:
+    """Exact and approximate search of (Q, D) ``queries`` against (N, D) ``rows`` (and exact on a CUDA ``dev``)."""
     n, n_queries = len(rows), len(queries)
     truth = exact_search(rows, queries, K)[1]  # (Q, K)
     exact = latencies_ms(lambda i: exact_search(rows, queries[i : i + 1], K), n_queries)
     print(f"  exact search p50 {exact[0]:.1f} ms", flush=True)
+    on_device = device_exact(rows, queries, truth, dev) if dev is not None and dev.is_cuda else (None, None)
     start = time.perf_counter()
     index = ApproximateIndex.build(rows)
     build_s = time.perf_counter() - start
@@ -176,6 +205,8 @@ def measure_on(rows: np.ndarray, queries: np.ndarray, data: str) -> list[Row]:
                 approx_ms=approx,
                 recall=recall_at_k(found, truth),
                 exact_ms=exact,
+                device_ms=on_device[0],
+                device_recall=on_device[1],
             )
         )
     return out
@@ -186,14 +217,18 @@ def report(rows: list[Row]) -> None:
         f"{'N':>10} {'data':>10} {'build s':>8} {'nlist':>6} {'nprobe':>7} {'approx p50':>11} {'p95 ms':>7} "
         f"{'recall@10':>10} {'exact p50':>10} {'p95 ms':>7}  goal"
     )
+    on_device = any(r.device_ms is not None for r in rows)
+    if on_device:
+        head += f"  {'device exact p50':>16} {'recall':>6}"
     print("\n" + head + "\n" + "-" * len(head))
     for r in rows:
         goal = "yes" if r.approx_ms[0] < GOAL_P50_MS and r.recall >= GOAL_RECALL else "no"
         default = "*" if r.default else " "
+        device = f"  {r.device_ms[0]:>13.2f} ms {r.device_recall:>6.3f}" if r.device_ms and on_device else ""
         print(
             f"{r.n:>10,} {r.data:>10} {r.build_s:>8.1f} {r.nlist:>6} {r.nprobe:>6}{default} "
             f"{r.approx_ms[0]:>11.2f} {r.approx_ms[1]:>7.2f} {r.recall:>10.3f} {r.exact_ms[0]:>10.1f} "
-            f"{r.exact_ms[1]:>7.1f}  {goal}"
+            f"{r.exact_ms[1]:>7.1f}  {goal:4s}{device}".rstrip()
         )
     print(
         f"* default nprobe (scans ~{SCAN_ROWS:,} rows). goal: approximate p50 < {GOAL_P50_MS:.0f} ms and "
@@ -209,7 +244,9 @@ def main() -> None:
     parser.add_argument("--data", default="clustered,isotropic", help="comma-separated: clustered, isotropic")
     parser.add_argument("--queries", type=int, default=200, help="single-vector queries per measurement")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (FAISS follows them)")
+    add_device_arguments(parser)
     args = parser.parse_args()
+    dev = resolve_device(args)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     sizes = [100_000] if args.quick else [parse_size(s) for s in args.sizes.split(",")]
@@ -222,7 +259,7 @@ def main() -> None:
     start, rows = time.perf_counter(), []
     for n in sizes:
         for data in args.data.split(","):
-            rows += measure(n, data, args.queries)
+            rows += measure(n, data, args.queries, dev)
             gc.collect()
     report(rows)
     print(f"total {time.perf_counter() - start:.1f} s")

@@ -50,6 +50,9 @@ blobs (0.83-0.90); size drops to 0.91 under blur radius 2 (blur shrinks the soft
 Noise and mismatched renders stay within 2x of chance on colour and cell (cell on uniform noise is the highest,
 0.21 vs 0.11: the best-of-N! matching picks the nearest of several scattered specks) and never score all_ok.
 Reading takes ~4 ms per image (~12 ms for noise, which has dozens of components; at most 18 are examined).
+
+``--device`` and ``--dtype`` are accepted like every bench's (a CUDA request on a machine without one exits 2), but
+they do not apply: the scene metric is numpy on the CPU, with no model to move.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+
+from device import add_device_arguments, resolve_device
 
 from eval.scene_metric import CHANCE, CONDITIONS, PROBE_PATH, MetricAccuracy, evaluate_metric, fit_kind_probe
 
@@ -97,7 +102,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=500, help="scenes per condition")
     parser.add_argument("--seed", type=int, default=1, help="seed of the scene (and noise) generator")
     parser.add_argument("--write-probe", action="store_true", help="refit the kind probe and ship it first")
+    add_device_arguments(parser)
     args = parser.parse_args()
+    dev = resolve_device(args)
+    print(f"device {dev.describe()} requested; the scene metric runs on the CPU (numpy): --device/--dtype do not apply")
     logging.basicConfig(level=logging.INFO)
     if args.write_probe:
         start = time.perf_counter()

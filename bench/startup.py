@@ -23,6 +23,9 @@ gill --help                0.08      0.06    0.01
 gill annotate --help       1.30      1.24    0.22
 gill train --help          10.05     9.41    1.73
 =========================  ========  ======  ==========
+
+``--device`` and ``--dtype`` are accepted like every bench's, so one command line runs every bench (a CUDA request
+on a machine without one exits 2), but they do not apply: start-up builds no model and touches no device.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ import sys
 import time
 import tomllib
 from pathlib import Path
+
+from device import add_device_arguments, resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]["gill"]
@@ -59,7 +64,11 @@ def wall_seconds(args: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds after a warm-up round (default 5)")
-    rounds = parser.parse_args().rounds
+    add_device_arguments(parser)
+    args = parser.parse_args()
+    dev = resolve_device(args)
+    print(f"device {dev.describe()} requested; start-up involves no model: --device/--dtype do not apply")
+    rounds = args.rounds
     for args in CASES.values():  # warm-up: the file cache, .pyc files
         wall_seconds(args)
     times: dict[str, list[float]] = {name: [] for name in CASES}

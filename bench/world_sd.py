@@ -10,7 +10,11 @@ background, and of described shapes with the right colour, 3x3 cell, colour and 
 Also prints seconds per image (DPM-Solver++, batch 16, 2 threads) against the same scenes' render time.
 
 ``--rebuild`` first trains a new world SD from scratch (``gill models build-world-sd``; tens of minutes) into
-``--out`` and measures that one, printing the wall time of each build stage.
+``--out`` and measures that one, printing the wall time of each build stage (on the CPU whatever ``--device``).
+
+``--device``/``--dtype`` put the pipeline there in that type (``pipe.to(device, dtype)``; the noise generators stay
+on the CPU, so an image does not depend on the device's random stream). Images come back as PIL images, so each
+timing includes the device's work. The scene metric reads them on the CPU. On CUDA the peak GPU memory is printed.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from device import add_device_arguments, resolve_device
 from diffusers import StableDiffusionPipeline
 
 from eval.scene_metric import score_image, smooth_noise
@@ -59,7 +64,9 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--rebuild", action="store_true", help="train a new world SD first (slow)")
     parser.add_argument("--out", type=Path, default=Path("work/world-sd-rebuild"), help="where --rebuild writes")
+    add_device_arguments(parser)
     args = parser.parse_args()
+    dev = resolve_device(args)
     torch.set_num_threads(2)
     folder = args.sd or shipped_paths()[0]
     if args.rebuild:
@@ -68,9 +75,13 @@ def main() -> None:
         start = time.perf_counter()
         folder, report = build_world_sd(out=args.out, progress=lambda line: None)
         print(f"rebuild: {(time.perf_counter() - start) / 60:.1f} min in all; stages (s): {report.seconds}")
-    pipe = StableDiffusionPipeline.from_pretrained(folder)
+    pipe = StableDiffusionPipeline.from_pretrained(folder).to(dev.device, dev.dtype)
     pipe.set_progress_bar_config(disable=True)
-    print(f"world SD {folder}, {args.steps} steps, guidance {args.guidance}, {args.n} held-out captions per kind")
+    dev.reset_peak_memory()
+    print(
+        f"world SD {folder} on {dev.describe()}, {args.steps} steps, guidance {args.guidance}, {args.n} held-out "
+        "captions per kind"
+    )
     print(f"{'':28s} " + " ".join(f"{a.removeprefix('scene_').removesuffix('_ok')[:6]:>6s}" for a in ATTRIBUTES))
     for kind, n_shapes in (("one shape", 1), ("world mix (1-3 shapes)", None)):
         scenes = sample_held_out_scenes(args.n, seed=11, n_shapes=n_shapes)
@@ -86,6 +97,8 @@ def main() -> None:
         print(row(f"{kind}: generated", accuracy(images, scenes), gen_s))
         print(row(f"{kind}: real renders", accuracy(renders, scenes), render_s))
         print(row(f"{kind}: smooth noise", accuracy(noise, scenes)))
+    if dev.is_cuda:
+        print(f"peak GPU memory {dev.peak_memory_gib():.2f} GiB")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,15 @@ from typing import Any
 from PIL import Image
 
 from eval import bench_data as data
-from eval.bench_systems import SYSTEMS, UNSUPPORTED_SYSTEMS, ImageOptions, Produced, SystemRunner, derive_seed
+from eval.bench_systems import (
+    SYSTEMS,
+    UNSUPPORTED_SYSTEMS,
+    ImageOptions,
+    Produced,
+    ProduceRequest,
+    SystemRunner,
+    derive_seed,
+)
 from eval.scene_answers import SceneTarget, scene_target
 from gill.config import _Validated
 from gill.errors import InputError
@@ -46,8 +54,9 @@ VIST_CONTEXT_LENGTH = {"1cap": 1, "5cap": 5, "5cap4img": 9}
 
 @dataclass(frozen=True, kw_only=True)
 class BenchOptions(_Validated):
-    """How a benchmark runs. Everything but ``seeds``, ``limit``, ``systems`` and the bootstrap sizes enters
-    the default run id, so changing e.g. the SD steps starts a new run instead of mixing results."""
+    """How a benchmark runs. The image options (``sd_steps``, ``guidance_scale``, ``height``, ``width``) enter the
+    default run id with the checkpoint and the metric models, so changing e.g. the SD steps starts a new run instead
+    of mixing results; the others (seeds, limit, systems, bootstrap sizes, ``gen_batch_size``, ...) do not."""
 
     seeds: tuple[int, ...] = (42,)
     """SD seeds (official evals: 42). Seed-free systems are evaluated once, under the first."""
@@ -77,6 +86,9 @@ class BenchOptions(_Validated):
     """Torch device (cpu, cuda, ...)."""
     write_every: int = 8
     """Write sample rows to DuckDB after this many samples (what a crash can lose)."""
+    gen_batch_size: int = 8
+    """Samples generated together: one Stable Diffusion call for GILL's images of a batch and one for SD's, each
+    image with its own seeded generator, so results do not depend on it (up to float rounding); not in the run id."""
     progress: bool = True
     """Show progress bars."""
 
@@ -90,7 +102,7 @@ class BenchOptions(_Validated):
         unknown = [s for s in self.systems or () if s not in known]
         if unknown:
             problems.append(f"systems: unknown {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        for name in ("sd_steps", "write_every"):
+        for name in ("sd_steps", "write_every", "gen_batch_size"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.n_boot < 1 or self.fid_bootstrap < 0:
@@ -149,11 +161,22 @@ class BenchSummary:
 class ItemImages:
     """What the systems produced for one sample at one seed, with the ground truth they are scored against."""
 
-    reference: Image.Image
+    reference: Image.Image | None
+    """The ground-truth image (None when the sample is unreadable)."""
     produced: dict[str, Produced]
     """System -> its output (``gill-oracle`` asked for: ``gill-gen`` and ``gill-ret`` instead)."""
     sd_seed: int
     """The sample's SD seed (:func:`eval.bench_systems.derive_seed`)."""
+    unreadable: str | None = None
+    """Why one of the sample's images is missing or unreadable (then nothing was produced), else None."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleRequest:
+    """One sample of :meth:`ImageProducer.produce_batch` and the systems it needs."""
+
+    item: BenchItem
+    systems: tuple[str, ...]
 
 
 class ImageProducer:
@@ -168,13 +191,38 @@ class ImageProducer:
     def produce(self, item: BenchItem, seed: int, systems: Sequence[str]) -> ItemImages:
         """The outputs of ``systems`` for ``item`` under run seed ``seed`` (``data.UnreadableImage``, saying why,
         when one of its images is missing or unreadable)."""
-        reference, context = load_item_images(item)
-        sd_seed = derive_seed(seed, item.sample_id)
-        wanted = set(systems) - {"gill-oracle"}
-        if "gill-oracle" in systems:
-            wanted |= {"gill-gen", "gill-ret"}
-        produced = self.runner.produce(item.make_prompt(context), item.text, wanted, sd_seed)
-        return ItemImages(reference=reference, produced=produced, sd_seed=sd_seed)
+        images = self.produce_batch([SampleRequest(item=item, systems=tuple(systems))], seed)[0]
+        if images.unreadable is not None:
+            raise data.UnreadableImage(images.unreadable)
+        return images
+
+    def produce_batch(self, requests: Sequence[SampleRequest], seed: int) -> list[ItemImages]:
+        """The outputs of each request's systems under run seed ``seed``, in order, generated together
+        (:meth:`eval.bench_systems.SystemRunner.produce_batch`); a sample with a missing or unreadable image gets
+        ``unreadable`` saying why, and the others are produced as if it were not there."""
+        out: list[ItemImages] = []
+        runnable: list[tuple[ItemImages, ProduceRequest]] = []
+        for request in requests:
+            item = request.item
+            sd_seed = derive_seed(seed, item.sample_id)
+            try:
+                reference, context = load_item_images(item)
+            except data.UnreadableImage as err:
+                out.append(ItemImages(reference=None, produced={}, sd_seed=sd_seed, unreadable=str(err)))
+                continue
+            wanted = set(request.systems) - {"gill-oracle"}
+            if "gill-oracle" in request.systems:
+                wanted |= {"gill-gen", "gill-ret"}
+            images = ItemImages(reference=reference, produced={}, sd_seed=sd_seed)
+            prompt = ProduceRequest(
+                prompt=item.make_prompt(context), text=item.text, systems=frozenset(wanted), sd_seed=sd_seed
+            )
+            out.append(images)
+            runnable.append((images, prompt))
+        produced = self.runner.produce_batch([prompt for _, prompt in runnable])
+        for (images, _), outputs in zip(runnable, produced, strict=True):
+            images.produced = outputs
+        return out
 
     def save(self, image: Image.Image, benchmark: str, setting: str, system: str, seed: int, sample_id: str) -> Path:
         """Write one system's image of one sample; its path."""

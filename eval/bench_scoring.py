@@ -77,8 +77,12 @@ def result_rows(
     """The ``results`` rows of one benchmark from its ``samples`` rows (a DataFrame), per (setting, system, metric).
 
     ``metric_models`` names the models (``clip_sim``, ``lpips``) that the rows record in ``metric_model``.
+    The rows are sorted by setting, system, seed and sample first, so the figures (float sums, bootstrap
+    resamples over the samples in sample-id order) do not depend on the order the rows were written or read in,
+    e.g. by one process or merged from several.
     """
     rows = []
+    samples = samples.sort_values(["setting", "system", "seed", "sample_id"], kind="stable")
     for (setting, system), group in samples.groupby(["setting", "system"], sort=True):
         rows += _metric_rows(
             group,

@@ -15,7 +15,9 @@
 As in the official evals (docs/official-gill.md §6.1 step 4), GILL's ``[IMG]`` tokens are forced as the first
 output tokens.
 Each sample's SD noise is seeded from (run seed, sample id), the same for GILL and SD, so a sample's result does
-not depend on which samples ran before it (the official script shares one generator: official §8.16).
+not depend on which samples ran before it (the official script shares one generator: official §8.16). Samples are
+generated in batches (:meth:`SystemRunner.produce_batch`) with one generator per sample, so a sample's result does
+not depend on the batch it is in either, up to the last float bits of batched kernels.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +41,8 @@ from gill.utils.io import atomic_write_bytes
 
 if TYPE_CHECKING:
     from eval.metric_models import ClipScorer
-    from gill.pipeline import GILLPipeline
+    from gill.pipeline import Decision, GILLPipeline
+    from gill.retrieval import Hit
 
 logger = logging.getLogger(__name__)
 
@@ -121,10 +125,45 @@ class ImageOptions:
     width: int | None = None
 
 
-class SystemRunner:
-    """Produces the images of the requested systems for one prompt, sharing work between them.
+GILL_FAMILY = frozenset({"gill", "gill-gen", "gill-ret", "gill-oracle"})
+"""The systems that share GILL's forced decode."""
 
-    GILL's variants share one forced decode; ``gill`` reuses the image ``gill-gen`` or ``gill-ret`` made.
+
+@dataclass(frozen=True, kw_only=True)
+class ProduceRequest:
+    """One sample of a :meth:`SystemRunner.produce_batch` call."""
+
+    prompt: list[Any]
+    """GILL's interleaved prompt (strings and images)."""
+    text: str
+    """What the text-only systems (``sd``, ``clip-retrieval``) read."""
+    systems: frozenset[str]
+    """The systems to run (``gill-oracle``: give ``gill-gen`` and ``gill-ret``, which it picks from)."""
+    sd_seed: int
+    """The sample's SD seed (:func:`derive_seed`)."""
+
+
+@dataclass(kw_only=True)
+class _GillPlan:
+    """GILL's forced decode of one sample, its retrieval and decision: what is left is generating, if needed."""
+
+    states: torch.Tensor
+    """(n_img, D) ``[IMG]`` states, the mapper's input."""
+    systems: frozenset[str]
+    decision: Decision
+    best: Hit | None
+    need_gen: bool
+    need_ret: bool
+
+
+class SystemRunner:
+    """Produces the images of the requested systems for a batch of prompts, sharing work between them.
+
+    GILL's variants share one forced decode per sample; ``gill`` reuses the image ``gill-gen`` or ``gill-ret`` made.
+    The decode, retrieval and decision run per sample (they are cheap); the images to generate are then made by
+    one Stable Diffusion call for every GILL generation of the batch (only the samples whose system needs one) and
+    one for every ``sd`` prompt, each image with its own generator seeded with its sample's seed, so a sample's
+    image is the one it gets alone (up to the last float bits of batched kernels).
     """
 
     def __init__(
@@ -135,8 +174,8 @@ class SystemRunner:
         self.options = options
         self.clip_bank = clip_bank
 
-    def settings(self, sd_seed: int) -> Any:
-
+    def settings(self, sd_seed: int) -> GenerationSettings:
+        """GILL's settings of one sample: forced ``[IMG]``, one token, the benchmark's image options."""
         o = self.options
         return GenerationSettings(
             force_image=True,
@@ -151,37 +190,64 @@ class SystemRunner:
 
     @torch.no_grad()
     def produce(self, prompt: list[Any], text: str, systems: set[str], sd_seed: int) -> dict[str, Produced]:
-        """``{system: Produced}`` for ``systems`` (``gill-oracle`` yields both of its candidates instead)."""
-        out: dict[str, Produced] = {}
-        gill_family = systems & {"gill", "gill-gen", "gill-ret", "gill-oracle"}
-        if gill_family:
-            out.update(self._gill(prompt, gill_family, sd_seed))
-        if "sd" in systems:
-            out["sd"] = self._sd(text, sd_seed)
-        if "clip-retrieval" in systems:
-            out["clip-retrieval"] = self._clip_retrieval(text)
-        if "fromage-retrieval" in systems:
-            out["fromage-retrieval"] = self._fromage(prompt)
+        """``{system: Produced}`` for ``systems`` (``gill-oracle`` yields both of its candidates instead); the
+        batch-of-one case of :meth:`produce_batch`."""
+        request = ProduceRequest(prompt=prompt, text=text, systems=frozenset(systems), sd_seed=sd_seed)
+        return self.produce_batch([request])[0]
+
+    @torch.no_grad()
+    def produce_batch(self, requests: Sequence[ProduceRequest]) -> list[dict[str, Produced]]:
+        """``{system: Produced}`` for each request, in order, with at most two Stable Diffusion calls in all."""
+        plans = [self._gill_plan(r.prompt, r.systems & GILL_FAMILY, r.sd_seed) for r in requests]
+        gen = [(i, plan.states) for i, plan in enumerate(plans) if plan is not None and plan.need_gen]
+        gill_images = self.generate_gill([states for _, states in gen], [requests[i].sd_seed for i, _ in gen])
+        generated = {i: image for (i, _), image in zip(gen, gill_images, strict=True)}
+        sd = [i for i, r in enumerate(requests) if "sd" in r.systems]
+        sd_images = self.generate_sd([requests[i].text for i in sd], [requests[i].sd_seed for i in sd])
+        baseline = dict(zip(sd, sd_images, strict=True))
+        out = []
+        for i, (request, plan) in enumerate(zip(requests, plans, strict=True)):
+            produced = self._gill_outputs(plan, generated.get(i)) if plan is not None else {}
+            if i in baseline:
+                produced["sd"] = baseline[i]
+            if "clip-retrieval" in request.systems:
+                produced["clip-retrieval"] = self._clip_retrieval(request.text)
+            if "fromage-retrieval" in request.systems:
+                produced["fromage-retrieval"] = self._fromage(request.prompt)
+            out.append(produced)
         return out
 
-    def _gill(self, prompt: list[Any], systems: set[str], sd_seed: int) -> dict[str, Produced]:
+    def _gill_plan(self, prompt: list[Any], systems: frozenset[str], sd_seed: int) -> _GillPlan | None:
+        """Decode, retrieve and decide for one sample (None when no GILL system is asked for)."""
+        if not systems:
+            return None
         pipe, settings = self.pipe, self.settings(sd_seed)
         embeds, _ = pipe.fit_context(pipe.encode_prompt(prompt), settings)
         states = pipe.generate_text(embeds, settings).img_states[0]  # (n_img, D)
         query = pipe.retrieval_embedding(states[0])
         best = pipe.retrieve(query, 1)[0] if pipe.bank is not None else None
         decision = pipe.decide(states[0], settings, best)
-        need_gen = bool(systems & {"gill-gen", "gill-oracle"}) or ("gill" in systems and decision.label == "gen")
-        need_ret = bool(systems & {"gill-ret", "gill-oracle"}) or ("gill" in systems and decision.label == "ret")
+        return _GillPlan(
+            states=states,
+            systems=systems,
+            decision=decision,
+            best=best,
+            need_gen=bool(systems & {"gill-gen", "gill-oracle"}) or ("gill" in systems and decision.label == "gen"),
+            need_ret=bool(systems & {"gill-ret", "gill-oracle"}) or ("gill" in systems and decision.label == "ret"),
+        )
+
+    def _gill_outputs(self, plan: _GillPlan, generated: Produced | None) -> dict[str, Produced]:
         out: dict[str, Produced] = {}
-        if need_gen:
-            image, flagged = pipe.generate_image(states, settings)
-            out["gill-gen"] = Produced(
-                image=image, skip_reason="safety checker flagged the image" if flagged else None, decision="gen"
+        if generated is not None:
+            out["gill-gen"] = generated
+        if plan.need_ret and plan.best is not None:
+            out["gill-ret"] = Produced(
+                image=self.pipe.bank.image(plan.best),  # type: ignore[union-attr]
+                decision="ret",
+                ret_key=plan.best.key,
             )
-        if need_ret and best is not None:
-            out["gill-ret"] = Produced(image=pipe.bank.image(best), decision="ret", ret_key=best.key)  # type: ignore
-        if "gill" in systems:
+        if "gill" in plan.systems:
+            decision = plan.decision
             chosen = out.get(f"gill-{decision.label}")
             out["gill"] = Produced(
                 image=chosen.image if chosen else None,
@@ -192,21 +258,39 @@ class SystemRunner:
             )
         return out
 
-    def _sd(self, text: str, sd_seed: int) -> Produced:
+    def generate_gill(self, states: Sequence[torch.Tensor], sd_seeds: Sequence[int]) -> list[Produced]:
+        """GILL's images for a batch of ``[IMG]`` states: one SD call through the mapper, one seed per image."""
+        if not states:
+            return []
+        results = self.pipe.generate_images(states, self.settings(0), seeds=sd_seeds)
+        return [
+            Produced(
+                image=r.image,
+                skip_reason="safety checker flagged the image" if r.safety_flagged else None,
+                decision="gen",
+            )
+            for r in results
+        ]
+
+    def generate_sd(self, texts: Sequence[str], sd_seeds: Sequence[int]) -> list[Produced]:
+        """The ``sd`` baseline's images for a batch of texts: one SD call, one seed per image."""
+        if not texts:
+            return []
         o = self.options
         result = self.pipe.sd(
-            prompt=[text],
+            prompt=list(texts),
             guidance_scale=o.guidance_scale,
             num_inference_steps=o.sd_steps,
             height=o.height,
             width=o.width,
             output_type="pil",
-            generator=torch.Generator(device="cpu").manual_seed(sd_seed),
+            generator=[torch.Generator(device="cpu").manual_seed(seed) for seed in sd_seeds],
         )
-        flags = getattr(result, "nsfw_content_detected", None)
-        if flags and flags[0]:
-            return Produced(image=None, skip_reason="safety checker flagged the image")
-        return Produced(image=result.images[0])
+        flags = getattr(result, "nsfw_content_detected", None) or [False] * len(texts)
+        return [
+            Produced(image=None, skip_reason="safety checker flagged the image") if flagged else Produced(image=image)
+            for image, flagged in zip(result.images, flags, strict=True)
+        ]
 
     def _clip_retrieval(self, text: str) -> Produced:
         if self.clip_bank is None:

@@ -306,9 +306,11 @@ def _bench_options(params: PipelineParams, benchmark: str) -> str:
         "seeds": params.bench_seeds,
         "limit": params.bench_limit,
         "sd_steps": params.bench_sd_steps,
+        "gen_batch_size": params.bench_gen_batch_size,
         "fid_bootstrap": params.fid_bootstrap,
         "device": params.device,
         "progress": True,
+        "workers": params.bench_workers,
     }
     if benchmark == "vist":
         options["settings"] = params.vist_settings

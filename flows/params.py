@@ -13,6 +13,7 @@ from pydantic import Field
 
 from eval.bench import BenchOptions
 from flows.options import ModelChoice, options_from, params_model
+from flows.stages.bench_shards import ShardOptions
 from flows.stages.candidates import CandidateOptions
 from flows.stages.decision import FitOptions
 from flows.stages.download import DownloadOptions
@@ -155,10 +156,16 @@ PipelineParams = params_model(
         (
             BenchOptions,
             {
-                "include": ("seeds", "limit", "sd_steps", "fid_bootstrap"),
-                "rename": {"seeds": "bench_seeds", "limit": "bench_limit", "sd_steps": "bench_sd_steps"},
+                "include": ("seeds", "limit", "sd_steps", "fid_bootstrap", "gen_batch_size"),
+                "rename": {
+                    "seeds": "bench_seeds",
+                    "limit": "bench_limit",
+                    "sd_steps": "bench_sd_steps",
+                    "gen_batch_size": "bench_gen_batch_size",
+                },
             },
         ),
+        (ShardOptions, {"include": ("num_workers",), "rename": {"num_workers": "bench_workers"}}),
         (PanelConfig, {"include": ("seed",), "prefix": "panel_"}),
     ],
     fields={

@@ -316,12 +316,21 @@ def bench_task(
     data_digest: str | None,
     options_json: str,
 ) -> dict:
-    """One benchmark (``gill bench vist|visdial|cc3m-fid``); resumes at its first unscored sample."""
+    """One benchmark (``gill bench vist|visdial|cc3m-fid``); resumes at its first unscored sample. With ``workers``
+    > 1 in the options, that many local processes score the samples, then this task merges their rows and computes
+    the results (:mod:`flows.stages.bench_shards`)."""
     raw = json.loads(options_json)
     settings = raw.pop("settings", None)
+    workers = raw.pop("workers", 1)
     options = BenchOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
     summaries = bench_stage.run(
-        Workdir.at(workdir), benchmark, checkpoint=checkpoint, data=data, options=options, settings=settings
+        Workdir.at(workdir),
+        benchmark,
+        checkpoint=checkpoint,
+        data=data,
+        options=options,
+        settings=settings,
+        workers=workers,
     )
     return {
         "run_id": summaries[0].run_id,

@@ -3,7 +3,8 @@
 What users see of GILL (paper section 3.3, "Inference"; docs/official-gill.md §4). Diffusers-shaped:
 :meth:`GILLPipeline.check_inputs`, :meth:`~GILLPipeline.encode_prompt`, :meth:`~GILLPipeline.generate_text`,
 then for each emitted ``[IMG]`` block :meth:`~GILLPipeline.decide`, :meth:`~GILLPipeline.retrieve` or
-:meth:`~GILLPipeline.generate_image`, and :meth:`~GILLPipeline.__call__` running all of them.
+:meth:`~GILLPipeline.generate_image` (:meth:`~GILLPipeline.generate_images` for a batch of blocks, one seeded
+generator per image, as the benchmarks use it), and :meth:`~GILLPipeline.__call__` running all of them.
 :meth:`GILLPipeline.from_pretrained` loads a checkpoint written by :mod:`gill.checkpoint`.
 
 Differences from the official ``GILL.generate_for_images_and_texts`` (each fixes a defect of official §8):
@@ -246,6 +247,16 @@ class DecodeResult:
     img_states: list[torch.Tensor]
     """Per block, (n, D) states at ``[IMG0..n-1]`` from the ``text_emb_layers`` layer the heads read."""
     stop_reason: str
+
+
+@dataclass(kw_only=True)
+class GeneratedImage:
+    """One image of :meth:`GILLPipeline.generate_images`."""
+
+    image: Image.Image | None
+    """The image (None when the safety checker flagged it)."""
+    safety_flagged: bool = False
+    """The SD safety checker flagged the image."""
 
 
 # -- the pipeline ---------------------------------------------------------------------------------------------------
@@ -541,30 +552,48 @@ class GILLPipeline:
     def generate_image(self, h_img: torch.Tensor, settings: GenerationSettings) -> tuple[Image.Image | None, bool]:
         """(n, D) [IMG] states -> GILLMapper -> stock SD via ``prompt_embeds`` (official §4.4 "Generation").
 
-        Returns the image (None when the safety checker flagged it) and whether it was flagged.
+        Returns the image (None when the safety checker flagged it) and whether it was flagged. The batch-of-one
+        case of :meth:`generate_images`, seeded with ``settings.seed``.
+        """
+        result = self.generate_images([h_img], settings)[0]
+        return result.image, result.safety_flagged
+
+    @torch.no_grad()
+    def generate_images(
+        self, h_imgs: Sequence[torch.Tensor], settings: GenerationSettings, seeds: Sequence[int] | None = None
+    ) -> list[GeneratedImage]:
+        """A batch of (n, D) [IMG] states -> GILLMapper -> one stock SD call via ``prompt_embeds`` (official §4.4).
+
+        ``settings`` gives the batch's steps, guidance scale and size; ``seeds`` one SD seed per image (default:
+        ``settings.seed`` for each). Each image gets its own CPU generator, so its initial noise is what a call with
+        that image alone draws, whatever its neighbours; the schedulers in use (PNDM for SD v1.5, DPM-Solver++ for
+        the tiny world SD) draw no noise while stepping, so a sample's image does not depend on the batch beyond
+        the last float bits of batched kernels. Safety-checker flags are per image.
         """
         if self.sd is None:
             raise InputError("image generation needs Stable Diffusion", [], hint="load the pipeline with load_sd=True")
-        cond = self.model.generation_embeddings(h_img[None].to(self._adapter_dtype))  # (1, Q, Dt)
+        if not h_imgs:
+            return []
+        seeds = [settings.seed] * len(h_imgs) if seeds is None else [int(s) for s in seeds]
+        if len(seeds) != len(h_imgs):
+            raise ValueError(f"generate_images: {len(h_imgs)} [IMG] state sets but {len(seeds)} seeds")
+        states = torch.stack([h.to(self.device, self._adapter_dtype) for h in h_imgs])  # (B, n, D)
+        cond = self.model.generation_embeddings(states)  # (B, Q, Dt)
         negative = self.negative_embeds()  # (1, 77, Dt)
         if cond.shape[1] < negative.shape[1]:  # a mapper with fewer than 77 queries: zero-pad, as the official code
             cond = F.pad(cond, (0, 0, 0, negative.shape[1] - cond.shape[1]))
         sd_dtype = self.sd.unet.dtype
         out = self.sd(
             prompt_embeds=cond.to(sd_dtype),
-            negative_prompt_embeds=negative.to(sd_dtype),
+            negative_prompt_embeds=negative.expand(len(seeds), -1, -1).to(sd_dtype),
             guidance_scale=settings.guidance_scale,
             num_inference_steps=settings.num_inference_steps,
             height=settings.height,
             width=settings.width,
             output_type="pil",
-            generator=torch.Generator(device="cpu").manual_seed(settings.seed),
+            generator=[torch.Generator(device="cpu").manual_seed(seed) for seed in seeds],
         )
-        flags = getattr(out, "nsfw_content_detected", None)
-        if flags and flags[0]:
-            logger.warning("Stable Diffusion's safety checker flagged the generated image; it is not returned")
-            return None, True
-        return out.images[0], False
+        return [GeneratedImage(image=image, safety_flagged=flagged) for image, flagged in _unflagged(out)]
 
     @torch.no_grad()
     def negative_embeds(self) -> torch.Tensor:
@@ -657,6 +686,17 @@ def _newline_ids(tokenizer: Any, exclude: set[int]) -> set[int]:
     return {int(i) for i, text in zip(ids, texts, strict=True) if "\n" in text}
 
 
+def _unflagged(out: Any) -> list[tuple[Image.Image | None, bool]]:
+    """Per image of a Stable Diffusion output: the image, or None when the safety checker flagged it, and the flag."""
+    flags = getattr(out, "nsfw_content_detected", None) or [False] * len(out.images)
+    result = []
+    for image, flagged in zip(out.images, flags, strict=True):
+        if flagged:
+            logger.warning("Stable Diffusion's safety checker flagged a generated image; it is not returned")
+        result.append((None if flagged else image, bool(flagged)))
+    return result
+
+
 def _has_text(ids: list[int], img_ids: list[int]) -> bool:
     """Whether ``ids`` holds any token besides [IMG] runs (a leading newline does not stop decoding)."""
     return any(i not in img_ids for i in ids)
@@ -692,6 +732,7 @@ __all__ = [
     "DecodeResult",
     "GILLOutput",
     "GILLPipeline",
+    "GeneratedImage",
     "GenerationSettings",
     "ImageResult",
     "TextResult",

@@ -56,6 +56,7 @@ LAZY_THIRD_PARTY = frozenset(
         "lpips",  # [eval] extra: LPIPS, only when LPIPS is scored
         "img2dataset",  # [data] extra: only the download stage
         "webdataset",  # [data] extra
+        "pyspark",  # [spark] extra: only the download's Spark session (flows.stages.download_spark)
         "prefect_dask",  # [flows] extra: only when a Dask task runner is asked for
         "uvicorn",  # the judging app's server, only when serving
         "requests",  # [flows] extra: only the Label Studio client

@@ -14,7 +14,7 @@ from shard_helpers import setup_in, split_folders, trained_workdir, world_sample
 
 from eval.bench import BenchOptions
 from eval.bench_systems import SYSTEMS
-from flows.stages.bench import run_cc3m_fid, run_mapper_ablation, run_visdial, run_vist
+from flows.stages.bench import BenchSession, run_cc3m_fid, run_mapper_ablation, run_visdial, run_vist
 from flows.stages.decision import save_head_into_checkpoint
 from flows.store import db_path, query
 from gill.adapters import DecisionHead
@@ -454,3 +454,180 @@ def test_a_database_with_absolute_paths_of_an_older_gill_still_draws_the_same_gr
     scored = BenchRecorder(bench_work, full_run["run_id"]).scored_images("cc3m-fid", "val")
     assert scored.equals(BenchRecorder(old, full_run["run_id"]).scored_images("cc3m-fid", "val"))
     assert all(p.is_file() for p in scored.generated_path)
+
+
+# -- batched generation ----------------------------------------------------------------------------------------------
+
+PIXEL_TOLERANCE = 2
+"""Most an 8-bit value of a saved PNG may differ (of 255) between generation at batch 1 and batch 8: batched CPU
+kernels round differently in the last float bits, and PNG quantisation can turn that into 1/255. Measured on the tiny
+preset: at most 1, on at most 3 of an image's 64x64x3 values."""
+SCORE_TOLERANCE = 1e-3
+"""Most CLIP similarity, LPIPS or the scene score of a sample may differ between batch 1 and batch 8. Measured on the
+tiny preset: CLIP similarity 3.5e-5, LPIPS 8e-7, scene score 0."""
+GENERATING = ("gill", "gill-gen", "gill-ret", "gill-oracle", "sd")
+
+
+def _main_checkpoint(work: Path) -> Path:
+    """The module's checkpoint (the ablation test trains a newer one, which would become the default)."""
+    return work / "runs" / "b" / "final"
+
+
+def _vist_args(work: Path, world) -> tuple:
+    return work, world.vist_sis_json, world.vist_images_dir
+
+
+def _pixels(path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def _assert_same_rows(work: Path, first, second) -> None:
+    """Two runs' sample rows: same keys, statuses, decisions and seeds; images and scores within tolerance."""
+    key = ["benchmark", "setting", "system", "seed", "sample_id"]
+    a, b = first.set_index(key).sort_index(), second.set_index(key).sort_index()
+    assert list(a.index) == list(b.index) and list(a.status) == list(b.status)
+    for column in ("decision", "ret_key", "sd_seed"):
+        assert [str(v) for v in a[column]] == [str(v) for v in b[column]], column
+    ok = a.status == "ok"
+    for column in ("clip_sim", "lpips", "scene_score"):
+        assert np.allclose(a[ok][column], b[ok][column], atol=SCORE_TOLERANCE, equal_nan=True), column
+    for p, q in zip(a[ok].generated_path, b[ok].generated_path, strict=True):
+        assert p != q and np.abs(_pixels(resolve_stored(p, work)) - _pixels(resolve_stored(q, work))).max() <= (
+            PIXEL_TOLERANCE
+        )
+
+
+def test_batched_generation_gives_the_images_and_scores_of_one_sample_at_a_time(bench_work, small_world):
+    """run_generation at gen_batch_size 1 and 8 (VIST 5 captions + 4 images, every generating system; CC3M FID's 8
+    samples, one full batch): the same rows, images within PIXEL_TOLERANCE and scores within SCORE_TOLERANCE."""
+    base = BenchOptions(seeds=(42,), systems=GENERATING, retrieval=False, **FAST)
+    ckpt = _main_checkpoint(bench_work)
+    for size in (1, 8):
+        options = dataclasses.replace(base, gen_batch_size=size, run_id=f"batch{size}")
+        run_vist(*_vist_args(bench_work, small_world), settings=("5cap4img",), checkpoint=ckpt, options=options)
+        run_cc3m_fid(bench_work, checkpoint=ckpt, options=dataclasses.replace(options, systems=("gill-gen", "sd")))
+    one, eight = _samples(bench_work, "batch1"), _samples(bench_work, "batch8")
+    assert len(one) == 4 * 5 + 8 * 2 and (one.status == "ok").all()
+    _assert_same_rows(bench_work, one, eight)
+    # the batch size is not part of the run's identity: without a run id, both batch sizes name the same run
+    ids = {
+        BenchSession.open(bench_work, checkpoint=ckpt, options=dataclasses.replace(base, gen_batch_size=n)).run_id
+        for n in (1, 8)
+    }
+    assert len(ids) == 1
+
+
+def test_a_batch_generates_only_what_each_sample_needs_and_each_as_if_alone(bench_work, small_world, monkeypatch):
+    """SystemRunner.produce_batch with mixed needs and decisions (the classifier patched to pick generation for one
+    ``gill`` sample and retrieval for the other): one GILL SD call holding exactly the samples that generate, one SD
+    call for the ``sd`` texts, and each sample's outputs those of produce() alone (within PIXEL_TOLERANCE)."""
+    from eval.bench import SampleRequest, vist_items
+    from eval.bench_data import read_vist
+    from eval.bench_systems import derive_seed
+
+    options = BenchOptions(seeds=(42,), systems=ALL, run_id="mixed", retrieval=False, **FAST)
+    session = BenchSession.open(bench_work, checkpoint=_main_checkpoint(bench_work), options=options)
+    session.runner.clip_bank = session.clip_bank
+    items = vist_items(read_vist(small_world.vist_sis_json, small_world.vist_images_dir), "5cap4img")
+    needs = [("gill",), ("gill", "sd"), ("gill-ret", "clip-retrieval", "fromage-retrieval"), ("gill-oracle", "sd")]
+    requests = [SampleRequest(item=item, systems=need) for item, need in zip(items, needs, strict=True)]
+
+    generating_seed = derive_seed(42, items[0].sample_id)  # only sample 0's classifier says "generate"
+    decide = session.pipe.decide
+    monkeypatch.setattr(
+        session.pipe,
+        "decide",
+        lambda h, settings, best: dataclasses.replace(
+            decide(h, settings, best), label="gen" if settings.seed == generating_seed else "ret"
+        ),
+    )
+    calls: list[tuple[str, int]] = []  # every Stable Diffusion call: GILL's (prompt embeddings) or sd's (text), size
+    sd_call = type(session.pipe.sd).__call__
+
+    def spy(self, *args, **kwargs):
+        calls.append(("gill" if kwargs.get("prompt_embeds") is not None else "sd", len(kwargs["generator"])))
+        return sd_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(session.pipe.sd), "__call__", spy)
+    together = session.producer.produce_batch(requests, 42)
+    assert calls == [("gill", 2), ("sd", 2)]  # sample 0 (gill -> gen) and sample 3 (oracle); the two sd texts
+    calls.clear()
+    alone = [session.producer.produce(item, 42, need) for item, need in zip(items, needs, strict=True)]
+    assert calls == [("gill", 1), ("sd", 1), ("gill", 1), ("sd", 1)]
+    assert [set(t.produced) for t in together] == [
+        {"gill", "gill-gen"},
+        {"gill", "gill-ret", "sd"},
+        {"gill-ret", "clip-retrieval", "fromage-retrieval"},
+        {"gill-gen", "gill-ret", "sd"},
+    ]
+    assert together[0].produced["gill"].decision == "gen" and together[1].produced["gill"].decision == "ret"
+    for t, a in zip(together, alone, strict=True):
+        assert set(t.produced) == set(a.produced) and t.sd_seed == a.sd_seed
+        for system, out in t.produced.items():
+            other = a.produced[system]
+            assert (out.decision, out.ret_key, out.skip_reason) == (other.decision, other.ret_key, other.skip_reason)
+            diff = np.abs(np.asarray(out.image, np.int16) - np.asarray(other.image, np.int16))
+            assert diff.max() <= PIXEL_TOLERANCE, system
+
+
+def test_a_crash_mid_batch_loses_only_that_batch_and_a_rerun_completes_it(bench_work, small_world, monkeypatch):
+    """Batches of 2 stories, rows written after every sample: an SD failure in the second batch keeps the first
+    batch's rows; the re-run resumes them and produces the rest. Then two samples of one batch with different
+    missing systems are regenerated together in one batch, each getting the image it had."""
+    from eval.bench_systems import SystemRunner
+
+    options = BenchOptions(
+        seeds=(42,), systems=("gill-gen", "sd"), run_id="crash", retrieval=False, **{**FAST, "write_every": 1}
+    )
+    options = dataclasses.replace(options, gen_batch_size=2)
+    calls = {"n": 0}
+    generate_sd = SystemRunner.generate_sd
+
+    def failing(self, texts, seeds):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated crash in the second batch")
+        return generate_sd(self, texts, seeds)
+
+    args = _vist_args(bench_work, small_world)
+    with monkeypatch.context() as patch:
+        patch.setattr(SystemRunner, "generate_sd", failing)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run_vist(*args, settings=("1cap",), checkpoint=_main_checkpoint(bench_work), options=options)
+    rows = _samples(bench_work, "crash")
+    assert len(rows) == 2 * 2 and (rows.status == "ok").all()  # the first batch: 2 stories x 2 systems
+    first = sorted(set(rows.sample_id))
+    again = run_vist(*args, settings=("1cap",), checkpoint=_main_checkpoint(bench_work), options=options)[0]
+    assert again.resumed == 4 and again.scored == 4
+    rows = _samples(bench_work, "crash")
+    assert len(rows) == 4 * 2 and (rows.status == "ok").all()
+    import duckdb
+
+    # sample A misses its sd row, sample B its gill-gen row: one batch with two different need lists
+    lost = {(first[0], "sd"), (first[1], "gill-gen")}
+    before = {
+        key: (_pixels(resolve_stored(r.generated_path, bench_work)), r.clip_sim)
+        for r in rows.itertuples()
+        if (key := (r.sample_id, r.system)) in lost
+    }
+    with duckdb.connect(str(db_path(bench_work))) as con:
+        for sample_id, system in lost:
+            con.execute(
+                "DELETE FROM samples WHERE run_id = 'crash' AND sample_id = ? AND system = ?", [sample_id, system]
+            )
+    redone = run_vist(
+        *args,
+        settings=("1cap",),
+        checkpoint=_main_checkpoint(bench_work),
+        options=dataclasses.replace(options, gen_batch_size=8),
+    )[0]
+    assert redone.scored == 2 and redone.resumed == 6
+    rows = _samples(bench_work, "crash")
+    for r in rows.itertuples():
+        if (key := (r.sample_id, r.system)) in lost:
+            pixels, clip_sim = before[key]
+            assert np.abs(_pixels(resolve_stored(r.generated_path, bench_work)) - pixels).max() <= PIXEL_TOLERANCE
+            assert abs(r.clip_sim - clip_sim) <= SCORE_TOLERANCE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from shard_helpers import trained_workdir
@@ -50,10 +51,14 @@ def test_annotate_build_writes_both_images_and_rows_and_resumes(workdir, capsys)
         assert Image.open(workdir / gen).size == (64, 64) and Image.open(workdir / ret).size[0] > 0
         assert -1.0 <= score <= 1.0
     first = (workdir / rows["gen_image"][0]).read_bytes()
+    rebuilt = np.asarray(Image.open(workdir / rows["gen_image"][1]), dtype=np.int16)  # made in a batch of 3 prompts
     (workdir / rows["ret_image"][1]).unlink()  # a lost image is rebuilt; the others are kept
-    assert main([*argv[:-4], "--limit", "4", "--sd-steps", "2"]) == 0
+    assert main([*argv[:-4], "--limit", "4", "--sd-steps", "2", "--gen-batch-size", "1"]) == 0
     assert "4 prompts (2 built, 2 already done)" in capsys.readouterr().out
     assert (workdir / rows["gen_image"][0]).read_bytes() == first
+    # one generator per prompt: alone, prompt 1 gets the image it got in its batch (up to 1/255 of float rounding)
+    again = np.asarray(Image.open(workdir / rows["gen_image"][1]), dtype=np.int16)
+    assert np.abs(again - rebuilt).max() <= 2
     assert (workdir / rows["ret_image"][1]).is_file()
     assert int(query(db_path(workdir), "SELECT count(*) n FROM decision_candidates")["n"][0]) == 4
 

@@ -108,3 +108,21 @@ def test_a_generated_model_refuses_unknown_parameters():
     with pytest.raises(ValidationError) as info:
         model(judges=1)
     assert "judges" in str(info.value)
+
+
+def test_the_generation_batch_size_has_one_name_in_the_benchmarks_the_candidates_and_the_pipeline():
+    """--gen-batch-size: images per Stable Diffusion call (bench default 8, candidates 16), bench_gen_batch_size in
+    the full flow; refused below 1 under each name."""
+    parser = build_parser()
+    bench = ["bench", "cc3m-fid", "--workdir", "w"]
+    assert options_from(BenchOptions, parser.parse_args(bench)).gen_batch_size == 8
+    assert options_from(BenchOptions, parser.parse_args([*bench, "--gen-batch-size", "3"])).gen_batch_size == 3
+    build = ["annotate", "build", "--workdir", "w"]
+    assert options_from(CandidateOptions, parser.parse_args(build)).gen_batch_size == 16
+    assert options_from(CandidateOptions, parser.parse_args([*build, "--gen-batch-size", "2"])).gen_batch_size == 2
+    with pytest.raises(ConfigError, match="gen_batch_size"):
+        BenchOptions(gen_batch_size=0)
+    assert PipelineParams.model_fields["bench_gen_batch_size"].default == 8
+    with pytest.raises(ValidationError) as info:
+        PipelineParams(bench_gen_batch_size=0)
+    assert [e["loc"][0] for e in info.value.errors()] == ["bench_gen_batch_size"]

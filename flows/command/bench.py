@@ -2,6 +2,10 @@
 
 Registered on the top-level parser by :func:`add_bench_parsers`. Handlers are thin calls into :mod:`eval.bench`
 and :mod:`flows.stages.bench_report` (the same functions the benchmark flow calls).
+
+Every ``gill bench`` command runs sharded over processes (:mod:`flows.stages.bench_shards`) under
+``torchrun --nproc_per_node N -m flows.command bench ...``, with ``--num-workers N``, or as one shard of
+``--shard-index K --num-shards N``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from flows.stages import bench as bench_stage
 from flows.stages import report as report_stage
 from flows.stages.bench import run_mapper_ablation
 from flows.stages.bench_report import build_claims, build_report, frame_rows, latest_run, render, run_sql
+from flows.stages.bench_shards import Launch, ShardOptions, launch_from, process_group, shard_root
 from flows.stages.html_report import html_index
 from flows.store import db_path, query
 from flows.workdir import Workdir
@@ -51,8 +56,23 @@ def _metric_spec(args: argparse.Namespace):  # -> MetricModelSpec
     )
 
 
-def _print(summaries, workdir: Path) -> None:
+def _launch(args: argparse.Namespace) -> Launch:
+    return launch_from(options_from(ShardOptions, args))
 
+
+def _print(summaries, workdir: Path, launch: Launch = Launch()) -> None:
+    if not launch.sharding.merges:  # a shard process: its share only; the writer prints the tables
+        for s in summaries:
+            _out(
+                f"{launch.sharding.describe()}: {s.benchmark}: {s.scored} sample rows scored, {s.skipped} skipped, "
+                f"{s.resumed} already scored (run {s.run_id})"
+            )
+        if summaries and not launch.sharding.distributed:
+            _out(
+                f"rows: {shard_root(workdir, summaries[0].run_id)}; once every shard is done, run the same command "
+                "without --shard-index and --num-shards to merge them and compute the results"
+            )
+        return
     for s in summaries:
         _out(
             f"{s.benchmark}: {s.scored} sample rows scored, {s.skipped} skipped, {s.resumed} already scored "
@@ -86,30 +106,41 @@ def cmd_bench_cc3m_fid(args: argparse.Namespace) -> int:
 
 
 def _run_bench(args: argparse.Namespace, benchmark: str, data: dict, settings: list | None) -> int:
-    summaries = bench_stage.run(
-        Workdir.at(args.workdir),
-        benchmark,
-        checkpoint=args.checkpoint,
-        data=data,
-        options=_options(args),
-        settings=settings,
-        metric_spec=_metric_spec(args),
-    )
-    _print(summaries, args.workdir)
+    launch = _launch(args)
+    with process_group(launch.sharding):
+        summaries = bench_stage.run(
+            Workdir.at(args.workdir),
+            benchmark,
+            checkpoint=args.checkpoint,
+            data=data,
+            options=_options(args),
+            settings=settings,
+            metric_spec=_metric_spec(args),
+            sharding=launch.sharding,
+            workers=launch.workers,
+        )
+    _print(summaries, args.workdir, launch)
     return 0
 
 
 def cmd_bench_ablation(args: argparse.Namespace) -> int:
     """Mapper ablation over user-supplied checkpoints."""
 
-    summaries = run_mapper_ablation(
-        args.workdir,
-        args.checkpoints,
-        sis_json=args.sis_json,
-        images=args.images,
-        options=_options(args),
-        metric_spec=_metric_spec(args),
-    )
+    launch = _launch(args)
+    with process_group(launch.sharding):
+        summaries = run_mapper_ablation(
+            args.workdir,
+            args.checkpoints,
+            sis_json=args.sis_json,
+            images=args.images,
+            options=_options(args),
+            metric_spec=_metric_spec(args),
+            sharding=launch.sharding,
+            workers=launch.workers,
+        )
+    if not launch.sharding.merges:
+        _print(summaries, args.workdir, launch)
+        return 0
     for s in summaries:
         _out(f"{s.benchmark}: {s.scored} scored, {s.skipped} skipped, {s.resumed} already scored (run {s.run_id})")
     _out(render(frame_rows(query(db_path(args.workdir), "SELECT * FROM table_mapper_ablation"))))
@@ -169,6 +200,10 @@ def _add_common(p: argparse.ArgumentParser, *, seeds: str = "42", one_checkpoint
             help="a checkpoint to compare (repeat: e.g. one per mapper kind)",
         )
     add_options(p, BenchOptions, defaults={"seeds": _ints(seeds)})
+    g = p.add_argument_group(
+        "several processes (or run under torchrun --nproc_per_node N -m flows.command bench ...: one shard per rank)"
+    )
+    add_options(g, ShardOptions)
     g = p.add_argument_group("metric models (default: from the preset; real weights are never swapped for random)")
     g.add_argument("--clip-model", metavar="ID_OR_DIR", help="CLIP for CLIP similarity (paper: ViT-L/14)")
     g.add_argument("--lpips-weights", metavar="FILE", help="torchvision alexnet-owt-7be5be79.pth for LPIPS")

@@ -6,13 +6,19 @@ images (through the systems of :mod:`eval.bench_systems`) and saves them, :mod:`
 (pure functions of the images and the metric models), and :class:`flows.stages.bench_record.BenchRecorder` writes
 the ``runs``, ``samples`` and ``results`` rows (the only piece that touches the store). Images go to
 ``W/bench/<run_id>/<benchmark>/<setting>/<system>/seed<seed>/``.
+
+Every benchmark can be sharded over processes (:mod:`flows.stages.bench_shards`: torchrun ranks, ``--num-workers``
+local workers or ``--shard-index``): each shard process scores its share of every setting into shard files, and
+one writer merges them into the store and computes the retrieval recall, FID and ``results`` once, as a single
+process does (:meth:`BenchSession.run_sharded`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +35,8 @@ from eval.bench import (
     BenchOptions,
     BenchSummary,
     ImageProducer,
+    ItemImages,
+    SampleRequest,
     cc3m_item,
     digest,
     load_item_images,
@@ -40,6 +48,7 @@ from eval.bench_systems import SYSTEMS, UNSUPPORTED_SYSTEMS, ClipBank, Produced,
 from eval.metric_models import MetricModelSpec, resolve_metric_models
 from eval.metrics import target_ranks
 from flows.stages.bench_record import BenchRecorder, Counts
+from flows.stages.bench_shards import Sharding, ShardRecorder, WorkerCall, merge_shard_files, run_workers
 from flows.stages.index import existing_bank
 from flows.workdir import Workdir
 from gill.checkpoint import read_checkpoint_config, source_git_sha
@@ -58,7 +67,15 @@ class BenchSession:
     """
 
     def __init__(
-        self, workdir: Path, checkpoint: Path, pipe: Any, metrics: Any, options: BenchOptions, run_id: str, config: Any
+        self,
+        workdir: Path,
+        checkpoint: Path,
+        pipe: Any,
+        metrics: Any,
+        options: BenchOptions,
+        run_id: str,
+        config: Any,
+        sharding: Sharding = Sharding(),
     ) -> None:
         self.workdir = workdir
         self.checkpoint = checkpoint
@@ -67,8 +84,16 @@ class BenchSession:
         self.options = options
         self.run_id = run_id
         self.config = config
-        self.recorder = BenchRecorder(workdir, run_id)
-        self.database = self.recorder.database
+        self.sharding = sharding
+        self.store = BenchRecorder(workdir, run_id)
+        """The store's recorder (the writer's)."""
+        self.recorder: BenchRecorder = (
+            ShardRecorder(workdir, run_id, sharding.index) if sharding.is_sharded else self.store
+        )
+        """Where rows go now: this shard's files while a shard process scores its share, else the store."""
+        self.merged: dict[str, Counts] = {}
+        """Rows new to the store from merged shard files, per benchmark, not yet reported by :meth:`summary`."""
+        self.database = self.store.database
         self.out_dir = workdir / "bench" / run_id
         self._clip_bank: ClipBank | None = None
         self.clip_override = False
@@ -85,10 +110,17 @@ class BenchSession:
         options: BenchOptions = BenchOptions(),
         metric_spec: Any = None,
         need_fid: bool = False,
+        sharding: Sharding = Sharding(),
     ) -> BenchSession:
-        """Resolve the checkpoint, check the metric models (failing before any heavy load), load the pipeline."""
+        """Resolve the checkpoint, check the metric models (failing before any heavy load), load the pipeline.
+
+        The writer (an unsharded process, or rank 0 under torchrun) registers the run and merges shard files an
+        earlier call left; under torchrun the other ranks wait for it, so every shard resumes from the same store.
+        A shard process runs on its own GPU (:meth:`Sharding.device`).
+        """
 
         workdir = Path(workdir)
+        options = dataclasses.replace(options, device=sharding.device(options.device))
         work = Workdir.at(workdir)
         ckpt = work.checkpoint(checkpoint)
         config = read_checkpoint_config(ckpt)
@@ -108,17 +140,74 @@ class BenchSession:
             "metric_models": scorers,
         }
         run_id = options.run_id or f"{ckpt_id[:10]}-{digest(identity)[:6]}"
-        session = cls(workdir, ckpt, pipe, metrics, options, run_id, config)
+        session = cls(workdir, ckpt, pipe, metrics, options, run_id, config, sharding)
         session.clip_override = bool(getattr(metric_spec, "clip", None))
-        session._register(identity)
+        if sharding.merges:
+            session._register(identity)
+            session._merge()
+        sharding.barrier()
         return session
 
     def _register(self, identity: dict[str, Any]) -> None:
         document = {"model": self.config.to_dict(), "bench": identity}  # no absolute paths: the folder can move
-        self.recorder.register(
+        self.store.register(
             checkpoint=self.checkpoint, preset=self.config.preset, git_sha=source_git_sha(), config=document
         )
         logger.info("benchmark run %s (checkpoint %s) -> %s", self.run_id, self.checkpoint, self.database)
+
+    # -- sharding -----------------------------------------------------------------------------------------------
+
+    @property
+    def shard_phase(self) -> bool:
+        """Whether this process is scoring its share into shard files (then it neither ranks retrieval pools nor
+        writes results: the writer does, after the merge)."""
+        return self.recorder is not self.store
+
+    def run_sharded(self, benchmark: str, work: Callable[[], list[BenchSummary]]) -> list[BenchSummary]:
+        """Run one benchmark call, ``work``, over the processes of :attr:`sharding`.
+
+        Unsharded, ``work`` runs once. Sharded, it runs on this process's share into shard files (its
+        :attr:`shard_phase`); then under torchrun the ranks wait for each other and rank 0 merges every shard's
+        files and runs ``work`` again on the store: every sample is scored by then, so it only ranks the retrieval
+        pools and computes FID and ``results``, as a single process would (and scores anything a shard missed).
+        A ``--num-workers`` worker or a ``--shard-index`` process returns after its share.
+        """
+        if not self.sharding.is_sharded:
+            return work()
+        mine = work()
+        self.sharding.barrier()
+        if not self.sharding.merges:
+            return mine
+        with self._writing():
+            self._merge([benchmark])
+            return work()
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Rows go to the store while inside (the writer's part of a sharded call)."""
+        shard_recorder, self.recorder = self.recorder, self.store
+        try:
+            yield
+        finally:
+            self.recorder = shard_recorder
+
+    def _merge(self, benchmarks: Sequence[str] | None = None) -> None:
+        """Merge the run's shard files (of ``benchmarks``, default all) into the store."""
+        for benchmark, counts in merge_shard_files(self.workdir, self.database, self.run_id, benchmarks).items():
+            self.merged.setdefault(benchmark, Counts()).add(counts)
+
+    def shard_summary(self, benchmark: str, counts: Counts, unsupported: dict[str, str]) -> BenchSummary:
+        """What a shard process did (no ``results``: the writer computes them)."""
+        return BenchSummary(
+            run_id=self.run_id,
+            benchmark=benchmark,
+            database=self.database,
+            out_dir=self.out_dir,
+            scored=counts.scored,
+            skipped=counts.skipped,
+            resumed=counts.resumed,
+            unsupported=unsupported,
+        )
 
     # -- systems ------------------------------------------------------------------------------------------------
 
@@ -179,25 +268,38 @@ class BenchSession:
                 counts.resumed += len(active) - len(need)
                 if need:
                     todo.append((item, need))
-            rows: list[dict[str, Any]] = []
-            desc = f"{benchmark} {setting} seed {seed}"
-            for item, need in tqdm(todo, desc=desc, unit="sample", disable=not self.options.progress):
-                rows += self._sample_rows(benchmark, setting, seed, item, need)
-                if len(rows) >= self.options.write_every * len(active):
-                    counts.add(self.recorder.write_samples(rows))
-                    rows = []
-            counts.add(self.recorder.write_samples(rows))
+            counts.add(self._generate_rows(benchmark, setting, seed, todo, len(active)))
+        return counts
+
+    def _generate_rows(
+        self, benchmark: str, setting: str, seed: int, todo: list[tuple[BenchItem, list[str]]], n_active: int
+    ) -> Counts:
+        """Produce ``todo`` in batches of ``gen_batch_size`` samples and write their rows every ``write_every``
+        samples: a crash loses at most the batch in progress and the rows not yet written."""
+        counts, rows = Counts(), []
+        size = self.options.gen_batch_size
+        desc = f"{benchmark} {setting} seed {seed}"
+        with tqdm(total=len(todo), desc=desc, unit="sample", disable=not self.options.progress) as bar:
+            for first in range(0, len(todo), size):
+                batch = todo[first : first + size]
+                requests = [SampleRequest(item=item, systems=tuple(need)) for item, need in batch]
+                produced = self.producer.produce_batch(requests, seed)
+                for (item, need), images in zip(batch, produced, strict=True):
+                    rows += self._sample_rows(benchmark, setting, seed, item, need, images)
+                    if len(rows) >= self.options.write_every * n_active:
+                        counts.add(self.recorder.write_samples(rows))
+                        rows = []
+                bar.update(len(batch))
+        counts.add(self.recorder.write_samples(rows))
         return counts
 
     def _sample_rows(
-        self, benchmark: str, setting: str, seed: int, item: BenchItem, need: list[str]
+        self, benchmark: str, setting: str, seed: int, item: BenchItem, need: list[str], images: ItemImages
     ) -> list[dict[str, Any]]:
-        """Produce, score and save the images of ``need`` for one item: its ``samples`` rows."""
+        """Score and save the images ``need`` produced for one item: its ``samples`` rows."""
         base = _base_row(self.run_id, benchmark, setting, seed, item)
-        try:
-            images = self.producer.produce(item, seed, need)
-        except data.UnreadableImage as err:
-            return [{**base, "system": s, "status": "skipped", "skip_reason": str(err)} for s in need]
+        if images.unreadable is not None:
+            return [{**base, "system": s, "status": "skipped", "skip_reason": images.unreadable} for s in need]
         produced = images.produced
         scores = score_images(produced, images.reference, item.scene, self.metrics)
         if "gill-oracle" in need:
@@ -323,15 +425,18 @@ class BenchSession:
         return self.recorder.write_results(benchmark, rows)
 
     def summary(self, benchmark: str, counts: Counts, unsupported: dict[str, str], extra=()) -> BenchSummary:
+        """The benchmark's ``results`` (recomputed) and counts; rows a merge of shard files brought into the store
+        count as scored (by the shards), not as already scored (by an earlier call)."""
         results = self.summarise(benchmark, extra)
+        merged = self.merged.pop(benchmark, Counts())
         return BenchSummary(
             run_id=self.run_id,
             benchmark=benchmark,
             database=self.database,
             out_dir=self.out_dir,
-            scored=counts.scored,
+            scored=counts.scored + merged.scored,
             skipped=counts.skipped,
-            resumed=counts.resumed,
+            resumed=max(0, counts.resumed - merged.scored),
             results=results,
             unsupported=unsupported,
         )
@@ -363,14 +468,19 @@ def run_vist(
     options: BenchOptions = BenchOptions(),
     metric_spec: Any = None,
     session: BenchSession | None = None,
+    sharding: Sharding = Sharding(),
 ) -> list[BenchSummary]:
-    """VIST contextual generation (Table 1) for each setting, and recall@k (``vist-retrieval``)."""
+    """VIST contextual generation (Table 1) for each setting, and recall@k (``vist-retrieval``); ``sharding``: this
+    process's share (a given ``session`` brings its own)."""
     bad = [s for s in settings if s not in data.VIST_SETTINGS]
     if bad:
         raise InputError(f"unknown VIST settings {', '.join(bad)}", [f"known: {', '.join(data.VIST_SETTINGS)}"])
     stories = data.read_vist(sis_json, images, limit=options.limit)
-    session = session or BenchSession.open(workdir, checkpoint=checkpoint, options=options, metric_spec=metric_spec)
-    return _contextual(session, "vist", [(s, vist_items(stories, s)) for s in settings])
+    session = session or BenchSession.open(
+        workdir, checkpoint=checkpoint, options=options, metric_spec=metric_spec, sharding=sharding
+    )
+    items = [(s, vist_items(stories, s)) for s in settings]
+    return session.run_sharded("vist", lambda: _contextual(session, "vist", items))
 
 
 def run_visdial(
@@ -383,20 +493,31 @@ def run_visdial(
     options: BenchOptions = BenchOptions(),
     metric_spec: Any = None,
     session: BenchSession | None = None,
+    sharding: Sharding = Sharding(),
 ) -> list[BenchSummary]:
-    """VisDial contextual generation (Table 2) for R rounds of dialog, and text-to-image recall@k."""
+    """VisDial contextual generation (Table 2) for R rounds of dialog, and text-to-image recall@k; ``sharding``:
+    this process's share (a given ``session`` brings its own)."""
     if not rounds or any(r < 1 for r in rounds):
         raise InputError(f"rounds: give positive integers, got {list(rounds)}", [])
     dialogs = data.read_visdial(dialogs_json, images, limit=options.limit)
-    session = session or BenchSession.open(workdir, checkpoint=checkpoint, options=options, metric_spec=metric_spec)
-    return _contextual(session, "visdial", [(data.visdial_setting(r), visdial_items(dialogs, r)) for r in rounds])
+    session = session or BenchSession.open(
+        workdir, checkpoint=checkpoint, options=options, metric_spec=metric_spec, sharding=sharding
+    )
+    items = [(data.visdial_setting(r), visdial_items(dialogs, r)) for r in rounds]
+    return session.run_sharded("visdial", lambda: _contextual(session, "visdial", items))
 
 
 def _contextual(
     session: BenchSession, benchmark: str, settings: list[tuple[str, list[BenchItem]]]
 ) -> list[BenchSummary]:
-    """Generation for every setting, then (with ``options.retrieval``) the ``<benchmark>-retrieval`` recall task."""
+    """Generation for every setting, then (with ``options.retrieval``) the ``<benchmark>-retrieval`` recall task.
+    A shard process scores its share of each setting's generation only."""
     systems, unsupported = session.resolve_systems(benchmark, GENERATION_SYSTEMS)
+    if session.shard_phase:
+        counts = Counts()
+        for setting, items in settings:
+            counts.add(session.run_generation(benchmark, setting, session.sharding.select(items), systems))
+        return [session.shard_summary(benchmark, counts, unsupported)]
     counts, retrieval = Counts(), Counts()
     for setting, items in settings:
         counts.add(session.run_generation(benchmark, setting, items, systems))
@@ -416,19 +537,28 @@ def run_cc3m_fid(
     metric_spec: Any = None,
     split: str = "val",
     session: BenchSession | None = None,
+    sharding: Sharding = Sharding(),
 ) -> BenchSummary:
-    """clean-fid (mode ``clean``) of images generated from CC3M validation captions against the real images."""
+    """clean-fid (mode ``clean``) of images generated from CC3M validation captions against the real images;
+    ``sharding``: this process's share (a given ``session`` brings its own)."""
     samples = data.read_cc3m_val(Workdir.at(workdir).images(split), limit=options.limit)
     session = session or BenchSession.open(
-        workdir, checkpoint=checkpoint, options=options, metric_spec=metric_spec, need_fid=True
+        workdir, checkpoint=checkpoint, options=options, metric_spec=metric_spec, need_fid=True, sharding=sharding
     )
-    systems, unsupported = session.resolve_systems("cc3m-fid", FID_SYSTEMS)
     reference_dir = session.out_dir / "cc3m-fid" / split / "reference"
 
-    bar = tqdm(samples, desc="cc3m-fid reference images", unit="img", disable=not options.progress)
-    items = [cc3m_item(s, reference_dir) for s in bar]
-    counts = session.run_generation("cc3m-fid", split, items, systems)
-    return session.summary("cc3m-fid", counts, unsupported, extra=session.fid_rows("cc3m-fid", split, systems))
+    def work() -> list[BenchSummary]:
+        systems, unsupported = session.resolve_systems("cc3m-fid", FID_SYSTEMS)
+        share = session.sharding.select(samples) if session.shard_phase else samples
+        bar = tqdm(share, desc="cc3m-fid reference images", unit="img", disable=not options.progress)
+        items = [cc3m_item(s, reference_dir) for s in bar]
+        counts = session.run_generation("cc3m-fid", split, items, systems)
+        if session.shard_phase:
+            return [session.shard_summary("cc3m-fid", counts, unsupported)]
+        fid = session.fid_rows("cc3m-fid", split, systems)
+        return [session.summary("cc3m-fid", counts, unsupported, extra=fid)]
+
+    return session.run_sharded("cc3m-fid", work)[0]
 
 
 def run_mapper_ablation(
@@ -439,15 +569,23 @@ def run_mapper_ablation(
     images: str | Path | None,
     options: BenchOptions = BenchOptions(),
     metric_spec: Any = None,
+    sharding: Sharding = Sharding(),
+    workers: int = 1,
 ) -> list[BenchSummary]:
     """The paper's mapper ablation: CC3M FID and VIST (5 captions + 4 images) CLIP similarity of ``gill-gen``,
-    one benchmark run per checkpoint (rows of the ``table_mapper_ablation`` view)."""
+    one benchmark run per checkpoint (rows of the ``table_mapper_ablation`` view). ``sharding`` and ``workers``
+    as for :func:`run`."""
     if not checkpoints:
         raise InputError("the mapper ablation needs checkpoints", [], hint="pass --checkpoint DIR (repeat)")
     options = dataclasses.replace(options, systems=("gill-gen",), retrieval=False, run_id=None)
+    if workers > 1:
+        data = {"sis_json": sis_json, "images": images}
+        _run_workers(workdir, "ablation", options, metric_spec, workers, data=data, checkpoints=list(checkpoints))
     out = []
     for ckpt in checkpoints:
-        session = BenchSession.open(workdir, checkpoint=ckpt, options=options, metric_spec=metric_spec, need_fid=True)
+        session = BenchSession.open(
+            workdir, checkpoint=ckpt, options=options, metric_spec=metric_spec, need_fid=True, sharding=sharding
+        )
         out.append(run_cc3m_fid(workdir, options=options, session=session))
         if sis_json is not None and images is not None:
             out += run_vist(workdir, sis_json, images, settings=("5cap4img",), options=options, session=session)
@@ -471,17 +609,83 @@ def run(
     options: BenchOptions,
     settings: Sequence[Any] | None = None,
     metric_spec: Any = None,
+    sharding: Sharding = Sharding(),
+    workers: int = 1,
 ) -> list[BenchSummary]:
     """One benchmark. ``data`` names its files (vist: ``sis_json``, ``images``; visdial: ``dialogs_json``,
     ``images``; cc3m-fid: optionally ``split``, the work folder's shards it reads, default val). ``settings`` are
-    VIST settings or VisDial rounds (default: all)."""
-    common: dict[str, Any] = {"checkpoint": checkpoint, "options": options, "metric_spec": metric_spec}
+    VIST settings or VisDial rounds (default: all).
+
+    ``sharding``: this process's share (torchrun rank or ``--shard-index``). ``workers`` > 1: first score the
+    samples in that many local worker processes (:func:`flows.stages.bench_shards.run_workers`), then merge their
+    rows and compute the results here."""
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {benchmark!r}; known: {', '.join(BENCHMARKS)}")
+    if workers > 1:
+        chosen = list(settings) if settings is not None else None
+        _run_workers(
+            workdir.root, benchmark, options, metric_spec, workers, data=data, settings=chosen, checkpoint=checkpoint
+        )
+    common: dict[str, Any] = {
+        "checkpoint": checkpoint,
+        "options": options,
+        "metric_spec": metric_spec,
+        "sharding": sharding,
+    }
     if benchmark == "vist":
         chosen = {"settings": settings} if settings is not None else {}
         return run_vist(workdir.root, data["sis_json"], data["images"], **chosen, **common)
     if benchmark == "visdial":
         chosen = {"rounds": settings} if settings is not None else {}
         return run_visdial(workdir.root, data["dialogs_json"], data["images"], **chosen, **common)
-    if benchmark == "cc3m-fid":
-        return [run_cc3m_fid(workdir.root, split=data.get("split", "val"), **common)]
-    raise ValueError(f"unknown benchmark {benchmark!r}; known: {', '.join(BENCHMARKS)}")
+    return [run_cc3m_fid(workdir.root, split=data.get("split", "val"), **common)]
+
+
+def _run_workers(
+    workdir: str | Path,
+    benchmark: str,
+    options: BenchOptions,
+    metric_spec: Any,
+    workers: int,
+    *,
+    data: Mapping[str, Any],
+    settings: list[Any] | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoints: Sequence[str | Path] | None = None,
+) -> None:
+    """Score a benchmark call's samples in ``workers`` local processes (their rows wait in shard files)."""
+    call = WorkerCall(
+        workdir=str(workdir),
+        benchmark=benchmark,
+        options=dataclasses.asdict(options),
+        data={k: str(v) if isinstance(v, Path) else v for k, v in data.items()},
+        settings=settings,
+        checkpoints=[str(c) for c in checkpoints] if checkpoints else [str(checkpoint) if checkpoint else None],
+        metric_spec=dataclasses.asdict(metric_spec) if metric_spec is not None else None,
+    )
+    run_workers(call, workers, options.device)
+
+
+def run_call(call: WorkerCall, options: BenchOptions, metric_spec: Any, sharding: Sharding) -> list[BenchSummary]:
+    """A worker's share of the benchmark call ``call`` (options and metric models already rebuilt)."""
+    if call.benchmark == "ablation":
+        data = call.data
+        return run_mapper_ablation(
+            call.workdir,
+            [c for c in call.checkpoints if c],
+            sis_json=data.get("sis_json"),
+            images=data.get("images"),
+            options=options,
+            metric_spec=metric_spec,
+            sharding=sharding,
+        )
+    return run(
+        Workdir.at(call.workdir),
+        call.benchmark,
+        checkpoint=Path(call.checkpoints[0]) if call.checkpoints[0] else None,
+        data=call.data,
+        options=options,
+        settings=call.settings,
+        metric_spec=metric_spec,
+        sharding=sharding,
+    )

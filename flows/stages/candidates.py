@@ -91,13 +91,14 @@ class CandidateOptions:
     """SD seed used for every prompt (as the official demo seeds each request with 1337)."""
     device: str = "cpu"
     """Torch device."""
-    batch_size: int = 16
-    """Prompts per Stable Diffusion call."""
+    gen_batch_size: int = 16
+    """Prompts per Stable Diffusion call (each image with its own seeded generator, so the images do not depend on
+    it, up to float rounding; the same option as the benchmarks' --gen-batch-size)."""
 
     def __post_init__(self) -> None:
         problems = [
             f"{name}={getattr(self, name)!r} (must be an int >= 1)"
-            for name in ("limit", "sd_steps", "batch_size")
+            for name in ("limit", "sd_steps", "gen_batch_size")
             if getattr(self, name) is not None and (not isinstance(getattr(self, name), int) or getattr(self, name) < 1)
         ]
         if problems:
@@ -259,7 +260,7 @@ def build_candidates(
     device: str = "cpu",
     flush_every: int = 32,
     progress: bool = True,
-    batch_size: int = 16,
+    gen_batch_size: int = 16,
 ) -> CandidateSummary:
     """Generate (SD baseline) and retrieve (GILL's bank) one image per prompt; rows into ``decision_candidates``.
 
@@ -275,7 +276,7 @@ def build_candidates(
         device: torch device.
         flush_every: commit rows every this many prompts.
         progress: show a progress bar.
-        batch_size: prompts per Stable Diffusion call (each with its own generator seeded ``seed``).
+        gen_batch_size: prompts per Stable Diffusion call (each with its own generator seeded ``seed``).
     """
 
     workdir = Path(workdir)
@@ -304,8 +305,8 @@ def build_candidates(
     todo = [row for row in rows if row.prompt_id not in done]
     ckpt_id, pending = checkpoint_id(ckpt), []
     bar = tqdm(total=len(todo), desc="decision candidates", unit="prompt", disable=not progress)
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start : start + batch_size]
+    for start in range(0, len(todo), gen_batch_size):
+        chunk = todo[start : start + gen_batch_size]
         # one generator per prompt, each seeded alike: the batch draws what one prompt at a time would
         generators = [torch.Generator(device="cpu").manual_seed(seed) for _ in chunk]
         with torch.no_grad():

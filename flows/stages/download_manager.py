@@ -55,6 +55,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from flows.stages.download_spark import SparkPlan, check_java, spark_child_env, spark_mode, spark_plan, spark_session
 from flows.workdir import Workdir
 from gill.data.shards import read_stats
 from gill.errors import ConfigError, GillError, InputError
@@ -75,6 +76,8 @@ DISTRIBUTOR_PACKAGES = {"pyspark": "pyspark", "ray": "ray"}
 SHARD_DIGITS = 5
 MAX_LISTED_PROBLEMS = 20
 RUNNER_FLAG = "--run-img2dataset"
+RUN_HEADER = "=== "
+"""Starts the line written into a split's log before each run of img2dataset."""
 CHILD_ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled", "WANDB_SILENT": "true"}
 """Set in img2dataset's process: no albumentations update check (a network call), no wandb."""
 PARENT_PID_ENV = "GILL_DOWNLOAD_PARENT_PID"
@@ -83,6 +86,7 @@ POLL_S = 0.25
 LOCK_WAIT_S = 5.0
 STOP_GRACE_S = 10.0
 
+_EXCEPTION_RE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception): ")
 _URL_RE = re.compile(r"^(?:https?|file)://\S", re.IGNORECASE)
 _SHARD_FILE_RE = re.compile(r"(\d{5})(\.tar|\.parquet|_stats\.json)")
 FORMAT_HINT = (
@@ -115,7 +119,8 @@ class DownloadOptions:
     retries: int = 2
     """Retries per url."""
     distributor: Literal["multiprocessing", "pyspark", "ray"] = "multiprocessing"
-    """img2dataset distributor (pyspark or ray spread the download over a cluster)."""
+    """img2dataset distributor (pyspark or ray spread the download over a cluster). pyspark with no Spark set up
+    runs a local-mode Spark session, which needs only Java 17 or 21."""
     respect_noai: bool = True
     """Skip images whose X-Robots-Tag says noai/noimageai/noindex/noimageindex (img2dataset's default);
     --no-respect-noai downloads them anyway."""
@@ -283,6 +288,11 @@ def _settings_path(workdir: Path, split: str) -> Path:
 
 def _log_path(workdir: Path, split: str) -> Path:
     return Workdir(Path(workdir)).images("_logs") / f"{split}.log"
+
+
+def _spark_dir(workdir: Path) -> Path:
+    """Scratch space of a local-mode Spark session (Spark removes its own subfolders when it stops)."""
+    return Workdir(Path(workdir)).images("_spark")
 
 
 def _shard_name(shard_id: int) -> str:
@@ -579,11 +589,12 @@ def download_split(
 ) -> DownloadReport:
     """Download a CC3M split into webdataset shards under :func:`split_dir`, resuming a previous run.
 
-    Everything is checked before anything is downloaded: the split name, the distributor's package, the whole
-    URL list, and (when complete shards exist) that they were made from the same input and settings.
+    Everything is checked before anything is downloaded: the split name, the distributor's package (and Java for a
+    local Spark session), the whole URL list, and (when complete shards exist) that they were made from the same
+    input and settings.
 
     Raises:
-        InputError: bad split, URL list, missing distributor package, or settings that differ from the
+        InputError: bad split, URL list, missing distributor package or Java, or settings that differ from the
             existing shards'.
         GillError: img2dataset's process failed (its log is named in the message).
     """
@@ -615,7 +626,10 @@ def download_split(
         todo = [i for i in range(n_shards) if _shard_name(i) not in done]
         if todo:
             logger.info("cc3m %s: %d of %d shard(s) to download (%d rows)", split, len(todo), n_shards, len(frame))
-            _run_img2dataset(inputs, out, options, todo, _log_path(workdir, split), progress, keep_fds=(lock_fd,))
+            spark = spark_plan(options.processes, _spark_dir(workdir)) if options.distributor == "pyspark" else None
+            _run_img2dataset(
+                inputs, out, options, todo, _log_path(workdir, split), progress, keep_fds=(lock_fd,), spark=spark
+            )
         else:
             logger.info("cc3m %s: all %d shard(s) are already complete", split, n_shards)
     report = collect_report(split, workdir, n_input=len(frame))
@@ -631,12 +645,15 @@ def duplicate_url_rows(frame: pandas.DataFrame) -> list[int]:
 
 
 def _check_distributor(distributor: str) -> None:
+    """The distributor's package, then (for pyspark, unless a Spark JVM is already running) Java."""
     package = DISTRIBUTOR_PACKAGES.get(distributor)
     if package and importlib.util.find_spec(package) is None:
         raise InputError(
             f"distributor {distributor!r} needs the {package!r} package, which is not installed",
             hint=f"pip install {package}   (or use distributor='multiprocessing')",
         )
+    if distributor == "pyspark" and spark_mode() == "local":
+        check_java()
 
 
 def _shard_count(n_rows: int, shard_size: int) -> int:
@@ -765,21 +782,25 @@ def _run_img2dataset(
     log_path: Path,
     progress: bool,
     keep_fds: tuple[int, ...] = (),
+    spark: SparkPlan | None = None,
 ) -> None:
-    """Run img2dataset in a child process, showing progress over ``todo`` shards until it exits."""
+    """Run img2dataset in a child process (with ``spark``'s session for the pyspark distributor), showing progress
+    over ``todo`` shards until it exits."""
     config = inputs.with_name(f"{inputs.stem}.img2dataset.json")
-    atomic_write_json(config, img2dataset_kwargs(inputs, out, options))
+    atomic_write_json(
+        config, {"img2dataset": img2dataset_kwargs(inputs, out, options), "spark": asdict(spark) if spark else None}
+    )
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "flows.stages.download_manager", RUNNER_FLAG, str(config)]
     with open(log_path, "ab") as log:
-        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
+        log.write(f"\n{RUN_HEADER}{time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
         log.flush()
         child = subprocess.Popen(
             command,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=_child_env(),
+            env=_child_env(spark_child_env(spark) if spark else {}),
             pass_fds=keep_fds,
         )
         try:
@@ -795,9 +816,10 @@ def _run_img2dataset(
         )
 
 
-def _child_env() -> dict[str, str]:
-    """This environment, plus :data:`CHILD_ENV` and this package's root on PYTHONPATH (for uninstalled checkouts)."""
-    env = {**os.environ, **CHILD_ENV, PARENT_PID_ENV: str(os.getpid())}
+def _child_env(extra: dict[str, str]) -> dict[str, str]:
+    """This environment, plus :data:`CHILD_ENV`, ``extra`` and this package's root on PYTHONPATH (for uninstalled
+    checkouts)."""
+    env = {**os.environ, **CHILD_ENV, **extra, PARENT_PID_ENV: str(os.getpid())}
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     return env
@@ -834,11 +856,17 @@ def _stop(child: subprocess.Popen[bytes]) -> None:
 
 
 def _tail(log_path: Path, n: int = 15) -> list[str]:
+    """The log's last ``n`` lines, after the last Python exception line of this run above them (a Spark worker's
+    traceback is followed by a long JVM stack that would hide it)."""
     try:
         lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return []
-    return [line for line in lines[-n:] if line.strip()]
+    tail = [line for line in lines[-n:] if line.strip()]
+    starts = [i for i, line in enumerate(lines) if line.startswith(RUN_HEADER)]
+    earlier = lines[starts[-1] if starts else 0 : max(len(lines) - n, 0)]
+    raised = [line for line in earlier if _EXCEPTION_RE.match(line)]
+    return raised[-1:] + tail
 
 
 # ----------------------------------------------------------------------------------------------- child process
@@ -849,13 +877,24 @@ def _runner_main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] != RUNNER_FLAG:
         sys.stderr.write(f"usage: python -m flows.stages.download_manager {RUNNER_FLAG} CONFIG.json\n")
         return 2
-    kwargs = json.loads(Path(argv[1]).read_text(encoding="utf-8"))
+    config = json.loads(Path(argv[1]).read_text(encoding="utf-8"))
     _stop_with_parent()
     os.environ.update(CHILD_ENV)
+    _log_to_stdout()
     from img2dataset import download
 
-    download(**kwargs)
+    with spark_session(SparkPlan(**config["spark"]) if config["spark"] else None):
+        download(**config["img2dataset"])
     return 0
+
+
+def _log_to_stdout() -> None:
+    """This package's INFO messages into img2dataset's log (the child's stdout), beside img2dataset's prints."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    package = logging.getLogger("flows.stages")
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
 
 
 def _stop_with_parent() -> None:
