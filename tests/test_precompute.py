@@ -323,6 +323,15 @@ def test_pipeline_balance_tries_inline_and_background_and_keeps_the_faster():
     fast = run(PipelineBalance(threads=2, preparers=1), {False: 0.02, True: 0.01}, batches=40)  # 0.3 s a setting
     assert fast == [inline] * 16 + [background] * 24  # batch 0, then 15 inline and 15 in the background
 
+    shards = PipelineBalance(threads=2, preparers=1)  # shards of two batches: the trial goes on over shards
+    ran = []
+    for _ in range(6):
+        shards.start_shard()  # each shard's first batch is not counted
+        for _ in range(2):
+            ran.append((shards.current.threads, shards.current.background))
+            shards.observe(0.5 if shards.current.background else 1.0, 1)
+    assert ran == [inline] * 4 + [background] * 8 and shards.chosen == shards.background
+
     cpu = torch.device("cpu")
     assert pipeline_balance(PrecomputeOptions(threads=2), cpu).preparers == 2
     assert pipeline_balance(PrecomputeOptions(num_workers=3), cpu).preparers == 3

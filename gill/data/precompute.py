@@ -421,9 +421,11 @@ class FrozenEncoders:
     """Dtype of the forward (float32 on CPU)."""
     pixels: BatchPreprocessor
     """``image_processor`` applied to a batch at once where that is bit-identical (see :class:`BatchPreprocessor`)."""
-    pipeline_choices: dict[tuple[int, int, bool], PipelineSetting] = dataclasses.field(default_factory=dict, repr=False)
-    """The pipeline setting :class:`PipelineBalance` kept on an earlier shard, per (threads, preparers, worker
-    processes): later shards of these encoders use it without a trial."""
+    pipeline_balances: dict[tuple[int, int, bool], PipelineBalance] = dataclasses.field(
+        default_factory=dict, repr=False
+    )
+    """The :class:`PipelineBalance` of these encoders per (threads, preparers, worker processes): its trial goes on
+    over as many shards as it needs, and later shards run on the setting it kept."""
 
     @property
     def vision_dim(self) -> int:
@@ -844,9 +846,10 @@ class PipelineBalance:
     * **background**: the forward on one thread fewer per preparer, batches prepared ahead by the preparers on
       the cores left. Right for a small encoder (decoding a JPEG costs more than encoding it), and for many cores.
 
-    Which holds depends on the models, the cores and what else runs on the machine, so it is measured, on the
-    first shard of a set of loaded encoders: later shards reuse the choice (``FrozenEncoders.pipeline_choices``),
-    so the trial's slower batches are paid once per process, not per shard. The minimum time keeps a trial of
+    Which holds depends on the models, the cores and what else runs on the machine, so it is measured on the first
+    batches of a set of loaded encoders, over as many shards as the trial needs (``FrozenEncoders.pipeline_balances``;
+    the first batch of every shard is not counted), and later shards run on the kept setting: the trial's slower
+    batches are paid once per process, not per shard. The minimum time keeps a trial of
     fast batches (a few milliseconds each) from being decided by one hiccup of a shared machine.
     """
 
@@ -862,15 +865,14 @@ class PipelineBalance:
     """Seconds measured per setting, at least."""
     totals: dict[PipelineSetting, tuple[float, int, int]] = dataclasses.field(default_factory=dict)
     """Setting -> (seconds, samples, batches) of its trial."""
-    seen: int = 0
-    skip_next: bool = False
-    """The next batch is not counted: the first one after a switch to the background."""
+    skip_next: bool = True
+    """The next batch is not counted: the first of a shard, and the first after a switch to the background."""
     chosen: PipelineSetting | None = None
     """The setting kept, once decided."""
 
     @property
     def key(self) -> tuple[int, int, bool]:
-        """What the choice depends on besides the encoders: the key of ``FrozenEncoders.pipeline_choices``."""
+        """What the choice depends on besides the encoders: the key of ``FrozenEncoders.pipeline_balances``."""
         return self.threads, self.preparers, self.processes
 
     @property
@@ -886,13 +888,23 @@ class PipelineBalance:
         """Measured time per sample of each setting tried so far."""
         return {setting: seconds / samples for setting, (seconds, samples, _) in self.totals.items()}
 
+    @property
+    def current(self) -> PipelineSetting:
+        """The setting to run on now: the kept one, or the one on trial."""
+        if self.chosen is not None:
+            return self.chosen
+        return self.background if self.background in self.totals else self.inline
+
+    def start_shard(self) -> None:
+        """A shard begins: its first batch carries the shard's start-up and is not counted."""
+        self.skip_next = True
+
     def observe(self, seconds: float, samples: int) -> PipelineSetting | None:
         """Record the batch just done; return the setting for the next batches when it changes, else None."""
-        self.seen += 1
-        if self.seen == 1 or self.chosen is not None:
+        if self.chosen is not None:
             return None
-        current = self.background if self.background in self.totals else self.inline
-        if self.skip_next:  # the first batch in the background waited for the pipeline to fill (processes to start)
+        current = self.current
+        if self.skip_next:  # a shard's first batch, or the first in the background (waits for the pipeline to fill)
             self.skip_next = False
             return None
         spent, counted, batches = self.totals.get(current, (0.0, 0, 0))
@@ -995,12 +1007,12 @@ def compute_arrays(
     vision = _open_array(folder / VISION_FILE, (n, encoders.vision_dim), dtype)  # (N, Dv)
     sd_text = _open_array(folder / SD_TEXT_FILE, (n, *encoders.text_shape), dtype)  # (N, 77, Dt)
     row, captions = 0, []
-    balance = pipeline_balance(options, encoders.device)
     setting = PipelineSetting(threads=options.forward_threads, background=True)
-    if balance is not None and (kept := encoders.pipeline_choices.get(balance.key)) is not None:
-        balance, setting = None, kept  # decided on an earlier shard
-    elif balance is not None:
-        setting = balance.inline
+    if (balance := pipeline_balance(options, encoders.device)) is not None:
+        balance = encoders.pipeline_balances.setdefault(balance.key, balance)  # a trial goes on over shards
+        balance.start_shard()
+        setting = balance.current
+    deciding = balance is not None and balance.chosen is None
     with prepared_batches(index, keys, encoders, options) as feed, torch_threads(setting.threads):
         last = time.perf_counter()
         for i in range(len(feed)):
@@ -1019,8 +1031,7 @@ def compute_arrays(
                 set_torch_threads(setting.threads)
             last = now
         forward_threads = torch.get_num_threads()
-    if balance is not None and balance.chosen is not None:
-        encoders.pipeline_choices[balance.key] = balance.chosen
+    if deciding and balance.chosen is not None:
         logger.info("shard %s: %s (measured s/sample: %s)", shard, balance.chosen, balance.seconds_per_sample)
     for array in (vision, sd_text):
         if isinstance(array, np.memmap):
