@@ -1,35 +1,57 @@
-"""How close the precompute stage comes to its slowest part: the frozen forward, or preparing its inputs.
+"""How close the precompute stage comes to its bound: its slower part, or both parts sharing the CPU.
 
-Run: ``.venv/bin/python bench/precompute.py [--images 128] [--rounds 2] [--threads 2] [--device cpu] [--dtype fp32]``.
-For two model sizes, on the same images and captions, it measures each part of the stage alone and the stage:
+Run: ``.venv/bin/python bench/precompute.py [--sizes tiny,mid] [--rounds 2] [--processes N] [--device cpu|cuda]
+[--dtype fp32|fp16|bf16]``. For two model sizes, on the same images and captions, it measures each part of the stage
+alone on the whole machine, then the stage in several layouts:
 
-* **forward**: only ``FrozenEncoders.encode`` (vision ``pooler_output`` + SD ``last_hidden_state``) over one
-  shard's batches, preprocessed beforehand, with the torch threads the variant gives the forward (the bare
-  encoders of the earlier version of this bench: ``--threads``, torch's setting, unless a variant sets
-  ``forward_threads``);
-* **prepare**: the stage's own input path, ``prepared_batches`` drained without a forward: read each member from
-  the tar, decode the JPEG, run the image processor, tokenise the captions, with the parallelism the variant
-  gives it (inline, ``threads`` background threads, or ``num_workers`` processes, their start-up included);
-* **stage**: :func:`gill.data.precompute.precompute_shard` end to end into a fresh folder (hash and index the
-  tar, prepare, forward, write ``.npy`` files and manifest).
+* **forward F**: only ``FrozenEncoders.encode`` (vision ``pooler_output`` + SD ``last_hidden_state``) over
+  batches preprocessed beforehand. On a CPU, the faster of the two ways to give it every core: one process on
+  torch's intra-op threads (``--threads``, the **bare encoders** of earlier versions of this bench) and one
+  process per core at one thread each, running at once. On a GPU: one process.
+* **prepare P**: read each member from the tar, decode the JPEG, run the image processor (batched:
+  :class:`gill.data.precompute.BatchPreprocessor`, bit-identical), tokenise the captions: one process per core,
+  each preparing whole shards serially, running at once.
+* **stage**: :func:`gill.data.precompute.precompute_shard` end to end over every shard, into fresh folders (hash and
+  index the tar, prepare, forward, write the ``.npy`` files, keys and manifest).
 
-**Bound** = min(forward, prepare) of a variant: the rate of a perfect pipeline whose two parts each keep the
-resources the variant gives them, with nothing lost to handing batches over, to hashing or to writing. On a
-GPU the forward and the preparation use different hardware, so the bound is the plain min of the two. On a
-CPU-only machine they share the cores: the bound is only reachable when the variant's threads fit the cores
-(forward threads + preparing threads <= cores), which is why the ``forward 1 thread`` variant exists on 2 cores.
-Printed per variant: both parts' samples/s, the bound, the stage, **stage/bound** (goal >= 0.9) and stage/bare
-encoders (the forward at the default threads: the ratio this bench reported before). Parts and stage alternate
-shard by shard, so each ratio is a same-shard pair (median and range over pairs; the CPU may be shared).
+**Bound.** On a GPU the two parts use different hardware, so the stage can at best run at the slower one:
+min(F, P). On a CPU they share the cores: each sample takes 1/F of the whole machine's time in the forward and 1/P
+in preparing, so no layout beats 1/(1/F + 1/P), which is below min(F, P). **stage/bound** is the goal (>= 0.9);
+**stage/bare encoders** is the ratio this bench reported before (the forward in one process on all threads).
 
-Sizes: the ``tiny`` preset (vision width 48 at 32 px: its forward is cheaper than decoding a 256 px JPEG, so
-preparation bounds it) and a mid-size pair built on the fly (CLIP ViT width 384, 6 layers, 128 px, patch 16;
-CLIP text width 384, 6 layers) saved into a temp zoo (its forward bounds it). Images: synthetic CC3M JPEGs at
-256 px in img2dataset webdataset shards of 64. The serial cost of each preparation part is printed too, with the
-image processor called image by image and batched (:class:`gill.data.precompute.BatchPreprocessor`, whose
-output is bit-identical).
+Stage layouts: shards in ``--processes`` processes (default: one per core; CPU only), each with its own encoders,
+forward on its share of the cores, batches prepared inline (``gill data precompute --processes N``); one process
+with the default options (batches prepared in a background thread, forward threads balanced automatically); one
+process with ``--processes`` worker processes preparing the batches (``--num-workers N``, the GPU layout); one
+process preparing inline (``--prefetch 0``). Processes are started and load the encoders before the timing: that
+start-up is paid once per run and printed apart.
 
-Figures on a shared 2-core CPU are noisy: run it on a quiet machine and read the stage/bound column.
+Parts and stages alternate round by round (round 0 warms up); each ratio is a same-round pair (median and range
+over rounds; the CPU may be shared) and best/best. Sizes: the ``tiny`` preset (vision width 48 at 32 px: its
+forward costs about what decoding a 256 px JPEG does) and a mid-size pair built on the fly (CLIP ViT width 384,
+6 layers, 128 px, patch 16; CLIP text width 384, 6 layers) saved into a temp zoo (its forward dominates).
+Images: synthetic CC3M JPEGs at 256 px in img2dataset webdataset shards. The serial cost of each preparation part
+is printed too, with the image processor called image by image and batched.
+
+Figures on a shared 2-core CPU are noisy: run it on a quiet machine and read the stage/bound column. Measured
+on a quiet 2-core VM (AMD EPYC, fp32, defaults; the median of two rounds, the range over two full runs; the
+mid-size default and ``--num-workers`` from the second run only, after the balance's trial was made to go on over
+shards):
+
+=======================================  ===========================  ===========================
+stage layout                             tiny (bound 1,567-1,575/s)   mid-size (bound 40.4-41.1/s)
+=======================================  ===========================  ===========================
+``--processes 2``: 2 shard processes     0.88-0.90                    0.88-0.90
+default: 1 process, 1 preparing thread   0.68-0.69                    1.00
+``--num-workers 2``                      0.74-0.76                    1.00
+``--prefetch 0``: prepared inline        0.54                         0.98
+=======================================  ===========================  ===========================
+
+The tiny forward is best spread over one process per core (2,852/s against 1,960/s on two threads), the mid-size
+one over two threads in one process (41.4/s against 35.4/s), so each size has its own best layout. The tiny
+stage's gap is the cost of mixing the two parts on shared cores: one process doing both serially reaches
+0.94-1.0 of 1/(1/F + 1/P) measured on one core, two processes at once 0.88-0.91 of the bound measured with two
+processes per part (each part alone loses nothing when two processes run it at once).
 """
 
 from __future__ import annotations
@@ -41,6 +63,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -54,15 +77,15 @@ from gill.data.precompute import (
     BatchPreprocessor,
     FrozenEncoders,
     PrecomputeOptions,
+    ShardTask,
     decode_image,
     load_encoders,
     precompute_shard,
     prepared_batches,
-    read_feature_manifest,
+    shard_processes,
     torch_threads,
 )
 from gill.data.shards import (
-    ShardIndex,
     ShardSample,
     SplitFolders,
     complete_image_shards,
@@ -72,26 +95,18 @@ from gill.data.shards import (
 )
 from gill.presets import get_preset, tiny_zoo_dir
 from gill.synth import SynthConfig, synthesize_world
+from gill.utils.process_farm import ProcessFarm, cores
 
 SPLIT = "bench"
-PER_SHARD = 64
 BATCH = 32
-ALL_THREADS = -1
-"""Placeholder in VARIANTS for ``--threads`` (every torch thread for the forward, no automatic lowering)."""
-VARIANTS = {
-    "inline": ("no overlap", {"prefetch": 0}),
-    "default": ("1 thread (default)", {}),
-    "full": ("1 thread, forward all threads", {"forward_threads": ALL_THREADS}),
-    "split": ("1 thread, forward 1 thread", {"forward_threads": 1}),
-    "threads": ("2 threads", {"threads": 2}),
-    "workers": ("2 workers", {"num_workers": 2}),
-    "unbatched": ("image by image", {"batched_preprocess": False}),
+SIZES = {"tiny": (4096, 1024), "mid": (512, 128)}
+"""Default images and shard size per model size: four shards, so that one process per core gets the same work, and
+large enough for the per-shard costs (hashing and indexing the tar, fsync of the small files) to weigh about as
+little as in a real 10,000-image shard."""
+SIZE_NAMES = {
+    "tiny": "tiny preset (vision 48 wide, 32 px; text 32 wide)",
+    "mid": "mid-size (vision 384 wide x 6, 128 px; text 384 wide x 6)",
 }
-"""Stage variants (name: label, PrecomputeOptions fields over the defaults): inputs prepared inline; in the default
-background thread, the forward's threads automatic; the same with the forward held to all torch threads (the
-stage before the automatic balance) or to one (the cores split between the parts); in 2 threads; in 2 worker
-processes (the setting for a GPU machine; on small shards their start-up dominates); the default with the image
-processor called image by image."""
 
 
 def split_folders(workdir: Path) -> SplitFolders:
@@ -104,7 +119,6 @@ class ShardInputs:
     """One shard's encoder inputs, prepared before timing the bare forward."""
 
     tar: Path
-    index: ShardIndex
     pixels: list[torch.Tensor]
     """Per batch: (B, 3, H, W)."""
     ids: list[torch.Tensor]
@@ -113,16 +127,13 @@ class ShardInputs:
 
 
 @dataclass(kw_only=True)
-class VariantRates:
-    """samples/s of one variant's parts and stage, one entry per shard and round (same index: same pass)."""
+class Rates:
+    """samples/s per measured round, by name (the parts and each stage layout)."""
 
-    forward: list[float] = field(default_factory=list)
-    prepare: list[float] = field(default_factory=list)
-    stage: list[float] = field(default_factory=list)
+    by_name: dict[str, list[float]] = field(default_factory=dict)
 
-    @property
-    def bound(self) -> list[float]:
-        return [min(f, p) for f, p in zip(self.forward, self.prepare, strict=True)]
+    def add(self, name: str, rate: float) -> None:
+        self.by_name.setdefault(name, []).append(rate)
 
 
 @dataclass(kw_only=True)
@@ -130,14 +141,27 @@ class Measurement:
     """One size's results."""
 
     name: str
-    bare: list[float] = field(default_factory=list)
-    """samples/s of the forward at the default threads, per shard and round (paired with each variant's stage)."""
-    variants: dict[str, VariantRates] = field(default_factory=dict)
+    cuda: bool
+    rates: Rates = field(default_factory=Rates)
+    startup_s: dict[str, float] = field(default_factory=dict)
+    """Seconds to start each farm of processes (paid once per run)."""
     parts_ms: dict[str, float] = field(default_factory=dict)
     """ms per sample of each preparation part and of writing, run serially."""
 
+    def bound(self) -> list[float]:
+        """Per round: min(F, P) on a GPU, 1/(1/F + 1/P) on a CPU."""
+        forward, prepare = self.forward(), self.rates.by_name["prepare"]
+        if self.cuda:
+            return [min(f, p) for f, p in zip(forward, prepare, strict=True)]
+        return [1 / (1 / f + 1 / p) for f, p in zip(forward, prepare, strict=True)]
 
-def write_shards(workdir: Path, n_images: int, per_shard: int = PER_SHARD) -> None:
+    def forward(self) -> list[float]:
+        """Per round: the faster way to run the forward on the whole machine."""
+        ways = [self.rates.by_name[k] for k in ("forward threads", "forward processes") if k in self.rates.by_name]
+        return [max(r) for r in zip(*ways, strict=True)]
+
+
+def write_shards(workdir: Path, n_images: int, per_shard: int) -> None:
     """The synthetic world's CC3M pairs as img2dataset shards of ``per_shard`` samples."""
     config = SynthConfig(seed=1, n_train=n_images, n_val=1, n_stories=1, n_dialogs=1, image_size=256)
     world = synthesize_world(workdir / "world", config, progress=False)
@@ -184,14 +208,6 @@ def mid_config(root: Path) -> GILLConfig:
     return get_preset("tiny").with_backbones(vision=str(root / "clip"), sd=str(root / "sd"))
 
 
-def variant_fields(name: str) -> dict[str, object]:
-    """A variant's PrecomputeOptions fields, with ALL_THREADS replaced by torch's thread count."""
-    fields = dict(VARIANTS[name][1])
-    if fields.get("forward_threads") == ALL_THREADS:
-        fields["forward_threads"] = torch.get_num_threads()
-    return fields
-
-
 def add_seconds(parts: dict[str, float], name: str, start: float) -> None:
     parts[name] = parts.get(name, 0.0) + time.perf_counter() - start
 
@@ -215,56 +231,71 @@ def prepare(tar: Path, encoders: FrozenEncoders, parts: dict[str, float]) -> Sha
     start = time.perf_counter()
     ids = [encoders.tokenize([s.caption for s in samples[c]]) for c in chunks]  # each (B, 77)
     add_seconds(parts, "tokenise", start)
-    return ShardInputs(tar=tar, index=index, pixels=pixels, ids=ids, count=len(samples))
+    return ShardInputs(tar=tar, pixels=pixels, ids=ids, count=len(samples))
 
 
-def forward_rate(encoders: FrozenEncoders, inputs: ShardInputs, threads: int, choice: DeviceChoice) -> float:
-    """samples/s of the two forwards alone over one shard's prepared batches, with ``threads`` torch threads."""
-    with torch_threads(threads):
-        choice.synchronize()
-        start = time.perf_counter()
-        for pixels, ids in zip(inputs.pixels, inputs.ids, strict=True):
-            encoders.encode(pixels, ids)
-        choice.synchronize()
-        return inputs.count / (time.perf_counter() - start)
+def forward(encoders: FrozenEncoders, inputs: ShardInputs) -> int:
+    """The two forwards over one shard's prepared batches; the sample count."""
+    for pixels, ids in zip(inputs.pixels, inputs.ids, strict=True):
+        encoders.encode(pixels, ids)
+    return inputs.count
 
 
-def prepare_rate(encoders: FrozenEncoders, inputs: ShardInputs, options: PrecomputeOptions) -> float:
-    """samples/s of the stage's input path alone (read, decode, preprocess, tokenise with its parallelism)."""
-    start = time.perf_counter()
-    count = sum(len(batch.keys) for batch in prepared_batches(inputs.index, inputs.index.image_keys, encoders, options))
-    return count / (time.perf_counter() - start)
+def prepare_inline(encoders: FrozenEncoders, tar: Path) -> int:
+    """The stage's own input path over one shard, serially (read, decode, preprocess, tokenise); the sample count."""
+    index = index_shard(tar)
+    with prepared_batches(index, index.image_keys, encoders, PrecomputeOptions(batch_size=BATCH, prefetch=0)) as feed:
+        return sum(len(batch.keys) for batch in feed)
+
+
+# -- parts in one process per core (module-level: the processes import them) -------------------------------
 
 
 @dataclass(frozen=True)
-class StagePass:
-    """One precompute_shard run."""
-
-    rate: float
-    """samples/s."""
-    forward_threads: int
-    """torch threads the forward ran on (from the manifest: after the automatic balance, if any)."""
+class PartState:
+    encoders: FrozenEncoders
+    inputs: list[ShardInputs]
+    """Every shard's prepared inputs (forward processes only)."""
 
 
-def stage_rate(workdir: Path, inputs: ShardInputs, encoders: FrozenEncoders, options: PrecomputeOptions) -> StagePass:
-    """samples/s of precompute_shard on one shard, into a fresh feature folder."""
-    shutil.rmtree(split_folders(workdir).features / inputs.tar.stem, ignore_errors=True)
+def _part_setup(config: GILLConfig, options: PrecomputeOptions, tars: list[Path], with_inputs: bool) -> PartState:
+    encoders = load_encoders(config, options)
+    return PartState(encoders=encoders, inputs=[prepare(t, encoders, {}) for t in tars] if with_inputs else [])
+
+
+def _forward_work(state: PartState, shard: int, report: Callable[[int], None]) -> int:
+    return forward(state.encoders, state.inputs[shard])
+
+
+def _prepare_work(state: PartState, tar: Path, report: Callable[[int], None]) -> int:
+    return prepare_inline(state.encoders, tar)
+
+
+def timed_rate(farm: ProcessFarm, items: list) -> float:
+    """samples/s of a farm over ``items`` (its work returns a sample count or a ShardResult)."""
     start = time.perf_counter()
-    count = precompute_shard(inputs.tar, split_folders(workdir), encoders, options).count
-    rate = count / (time.perf_counter() - start)
-    manifest = read_feature_manifest(split_folders(workdir).features / inputs.tar.stem)
-    return StagePass(rate=rate, forward_threads=manifest["forward_threads"])
+    results = farm.map(items)
+    seconds = time.perf_counter() - start
+    return sum(r if isinstance(r, int) else r.count for r in results) / seconds
+
+
+# -- one size -------------------------------------------------------------------------------------------------
+
+
+def fresh_stage(workdir: Path) -> SplitFolders:
+    """The split with its feature folder removed (every stage run computes every shard)."""
+    split = split_folders(workdir)
+    shutil.rmtree(split.features, ignore_errors=True)
+    return split
 
 
 def measure(
-    name: str, config: GILLConfig, workdir: Path, rounds: int, choice: DeviceChoice, variants: list[str]
+    name: str, config: GILLConfig, workdir: Path, rounds: int, choice: DeviceChoice, processes: int
 ) -> Measurement:
-    """Stage, forward and preparation alternate shard by shard (so each pass's parts and stage see the same machine
-    load); the forward is measured with the threads the stage's forward ran on. Round 0 warms up."""
+    """Parts and stage layouts, alternating round by round (round 0 warms up)."""
     base = {"batch_size": BATCH, "device": str(choice.device), "dtype": choice.dtype_name}
-    encoders = load_encoders(config, PrecomputeOptions(**base))
-    options = {VARIANTS[v][0]: PrecomputeOptions(**base, **variant_fields(v)) for v in variants}
-    result = Measurement(name=name, variants={label: VariantRates() for label in options})
+    options = PrecomputeOptions(**base)
+    encoders = load_encoders(config, options)
     tars = complete_image_shards(split_folders(workdir).images)
     prepare(tars[0], encoders, {})  # warm-up: first calls of processor and tokenizer
     seconds_per_part: dict[str, float] = {}
@@ -274,87 +305,132 @@ def measure(
     start = time.perf_counter()
     np.save(workdir / "w.npy", np.zeros((n, *out.sd_text.shape[1:]), np.float16))
     add_seconds(seconds_per_part, "write", start)
+    result = Measurement(name=name, cuda=choice.is_cuda)
     result.parts_ms = {k: v / n * 1000 for k, v in seconds_per_part.items()}
-    default_threads = torch.get_num_threads()
-    for round_ in range(rounds + 1):
-        for inputs in shards:
-            forward = {default_threads: forward_rate(encoders, inputs, default_threads, choice)}
-            passes = {}
-            for variant, o in options.items():
-                stage = stage_rate(workdir, inputs, encoders, o)
-                if stage.forward_threads not in forward:
-                    forward[stage.forward_threads] = forward_rate(encoders, inputs, stage.forward_threads, choice)
-                passes[variant] = (forward[stage.forward_threads], prepare_rate(encoders, inputs, o), stage.rate)
+
+    cpu = PrecomputeOptions(batch_size=BATCH)
+    farms: dict[str, ProcessFarm] = {
+        "prepare": ProcessFarm(processes, _part_setup, (config, cpu, tars, False), _prepare_work),
+    }
+    layouts: dict[str, PrecomputeOptions] = {}
+    if not choice.is_cuda:
+        farms["forward processes"] = ProcessFarm(processes, _part_setup, (config, cpu, tars, True), _forward_work)
+        farms["stage"] = shard_processes(config, PrecomputeOptions(**base, processes=processes))
+        layouts[f"--processes {processes}: {processes} shard processes"] = options  # run by its farm
+    layouts["default: 1 process, 1 preparing thread"] = options
+    layouts[f"--num-workers {processes}: 1 process, {processes} preparing processes"] = PrecomputeOptions(
+        **base, num_workers=processes
+    )
+    layouts["--prefetch 0: 1 process, prepared inline"] = PrecomputeOptions(**base, prefetch=0)
+    for key, farm in farms.items():
+        farm.__enter__()
+        result.startup_s[key] = farm.startup_s
+    try:
+        for round_ in range(rounds + 1):
+            measured = one_round(encoders, shards, farms, layouts, workdir, choice)
             if round_ > 0:
-                result.bare.append(forward[default_threads])
-                for variant, (f, p, s) in passes.items():
-                    rates = result.variants[variant]
-                    rates.forward.append(f)
-                    rates.prepare.append(p)
-                    rates.stage.append(s)
+                for key, values in measured.by_name.items():
+                    result.rates.add(key, values[0])
+    finally:
+        for farm in farms.values():
+            farm.close()
     return result
+
+
+def one_round(
+    encoders: FrozenEncoders,
+    shards: list[ShardInputs],
+    farms: dict[str, ProcessFarm],
+    layouts: dict[str, PrecomputeOptions],
+    workdir: Path,
+    choice: DeviceChoice,
+) -> Rates:
+    """Each part, then each stage layout, once over every shard."""
+    measured, tars = Rates(), [s.tar for s in shards]
+    with torch_threads(torch.get_num_threads()):
+        choice.synchronize()
+        start = time.perf_counter()
+        count = sum(forward(encoders, s) for s in shards)
+        choice.synchronize()
+        measured.add("forward threads", count / (time.perf_counter() - start))
+    if "forward processes" in farms:
+        measured.add("forward processes", timed_rate(farms["forward processes"], list(range(len(shards)))))
+    measured.add("prepare", timed_rate(farms["prepare"], tars))
+    for label, layout in layouts.items():
+        split = fresh_stage(workdir)
+        if label.endswith("shard processes"):
+            measured.add(label, timed_rate(farms["stage"], [ShardTask(t, split) for t in tars]))
+            continue
+        start = time.perf_counter()
+        count = sum(precompute_shard(t, split, encoders, layout).count for t in tars)
+        measured.add(label, count / (time.perf_counter() - start))
+    return measured
 
 
 def ratio_text(nums: list[float], dens: list[float]) -> str:
     ratios = [a / b for a, b in zip(nums, dens, strict=True)]
-    return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+    return f"{max(nums) / max(dens):.2f}, {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
-def report(m: Measurement) -> None:
-    """One table per size: the best samples/s of each part and of the stage over the passes (the machine may be
-    shared: load only slows a pass down), stage/bound as best/best and as the median (range) of same-pass pairs."""
-    print(f"{m.name}: bare encoders (forward, default threads) {max(m.bare):.1f} samples/s best")
-    print(
-        f"  {'variant':30s} {'forward':>8s} {'prepare':>8s} {'bound':>8s} {'stage':>8s}  stage/bound: best/best, "
-        "median of pairs (range) | stage/bare encoders"
+def report(m: Measurement, processes: int) -> None:
+    """One table per size: each part's and layout's best samples/s over the rounds (the machine may be shared: load
+    only slows a round down), stage/bound and stage/bare encoders as best/best and median (range) of same-round
+    pairs."""
+    rates = m.rates.by_name
+    print(m.name)
+    start_up = ", ".join(f"{k} {v:.1f} s" for k, v in m.startup_s.items())
+    print(f"  parts alone on the whole machine, samples/s (best of rounds; process start-up, paid once: {start_up}):")
+    threads = torch.get_num_threads()
+    print(f"    forward, 1 process x {threads} threads (bare encoders): {max(rates['forward threads']):.1f}")
+    if "forward processes" in rates:
+        print(f"    forward, {processes} processes x 1 thread: {max(rates['forward processes']):.1f}")
+    print(f"    prepare, {processes} processes: {max(rates['prepare']):.1f}")
+    formula = (
+        "min(F, P) (GPU: the parts use different hardware)" if m.cuda else "1/(1/F + 1/P) (the parts share the cores)"
     )
-    for variant, r in m.variants.items():
+    bound = m.bound()
+    print(f"  bound {formula}: {max(bound):.1f}")
+    print(f"  {'stage layout':52s} {'samples/s':>9s}  stage/bound: best/best, median (range) | stage/bare encoders")
+    for label, values in rates.items():
+        if label in ("forward threads", "forward processes", "prepare"):
+            continue
         print(
-            f"  {variant:30s} {max(r.forward):8.1f} {max(r.prepare):8.1f} {max(r.bound):8.1f} {max(r.stage):8.1f}  "
-            f"{max(r.stage) / max(r.bound):.2f}, {ratio_text(r.stage, r.bound)} | "
-            f"{max(r.stage) / max(m.bare):.2f}, {ratio_text(r.stage, m.bare)}"
+            f"  {label:52s} {max(values):9.1f}  {ratio_text(values, bound)} | "
+            f"{ratio_text(values, rates['forward threads'])}"
         )
     print("  serial parts, ms/sample: " + ", ".join(f"{k} {v:.3f}" for k, v in m.parts_ms.items()))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=128, help="images in all")
-    parser.add_argument("--per-shard", type=int, default=PER_SHARD, help="images per shard")
+    parser.add_argument("--images", type=int, help="images per size (default: tiny 4096, mid 512)")
+    parser.add_argument("--per-shard", type=int, help="images per shard (default: tiny 1024, mid 128)")
     parser.add_argument("--rounds", type=int, default=2, help="measured rounds after a warm-up round")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (the forward's default)")
+    parser.add_argument("--threads", type=int, default=cores(), help="torch intra-op threads of this process")
+    parser.add_argument("--processes", type=int, default=cores(), help="processes of the multi-process parts")
     parser.add_argument("--sizes", default="tiny,mid", help="comma-separated sizes to measure: tiny, mid")
-    parser.add_argument(
-        "--variants", default=",".join(VARIANTS), help=f"comma-separated stage variants: {', '.join(VARIANTS)}"
-    )
     add_device_arguments(parser)
     args = parser.parse_args()
     choice = resolve_device(args)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    sizes = set(args.sizes.split(","))
-    variants = [v for v in args.variants.split(",") if v]
-    if unknown := [v for v in variants if v not in VARIANTS] + sorted(sizes - {"tiny", "mid"}):
-        parser.error(f"unknown variant or size: {', '.join(unknown)}")
-    if "default" not in variants:
-        variants.insert(0, "default")  # the bare-encoder ratio is taken at the default threads
+    sizes = [s for s in args.sizes.split(",") if s]
+    if unknown := sorted(set(sizes) - set(SIZES)):
+        parser.error(f"--sizes: unknown size {', '.join(unknown)} (use tiny, mid)")
+    compute = "fp32 (the stage computes fp32 on the CPU)" if not choice.is_cuda else f"autocast {choice.dtype_name}"
+    print(
+        f"256 px JPEGs, batch {BATCH}, {args.rounds} rounds after a warm-up; {choice.describe()}, compute {compute}; "
+        f"{cores()} cores, load average {os.getloadavg()[0]:.2f}"
+    )
     with tempfile.TemporaryDirectory(prefix="gill-bench-precompute-") as tmp:
         root = Path(tmp)
-        write_shards(root, args.images, args.per_shard)
-        compute = "fp32 (the stage computes fp32 on the CPU)" if not choice.is_cuda else f"autocast {choice.dtype_name}"
-        print(
-            f"{args.images} images (256 px JPEG), shards of {args.per_shard}, batch {BATCH}, {torch.get_num_threads()} "
-            f"torch threads, {args.rounds} rounds after a warm-up; {choice.describe()}, compute {compute}; load "
-            f"average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; samples/s (median over passes)"
-        )
-        if "tiny" in sizes:
-            name = "tiny preset (vision 48 wide, 32 px; text 32 wide)"
-            report(measure(name, get_preset("tiny"), root, args.rounds, choice, variants))
-        if "mid" in sizes:
-            mid = mid_config(root / "zoo")
-            name = "mid-size (vision 384 wide x 6, 128 px; text 384 wide x 6)"
-            report(measure(name, mid, root, args.rounds, choice, variants))
+        for size in sizes:
+            images, per_shard = args.images or SIZES[size][0], args.per_shard or SIZES[size][1]
+            write_shards(root / size, images, per_shard)
+            config = get_preset("tiny") if size == "tiny" else mid_config(root / "zoo")
+            name = f"{SIZE_NAMES[size]}, {images} images in shards of {per_shard}"
+            report(measure(name, config, root / size, args.rounds, choice, args.processes), args.processes)
     print(f"total {time.perf_counter() - start:.1f} s")
 
 

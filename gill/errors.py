@@ -20,6 +20,10 @@ class GillError(Exception):
         self.hint = hint
         super().__init__(self.render())
 
+    def __reduce__(self) -> tuple[type, tuple[str, list[str], str | None]]:
+        """Pickled with its parts (an error raised in a worker process keeps its problems and hint)."""
+        return type(self), (self.message, self.problems, self.hint)
+
     def render(self) -> str:
         """The full message: headline, one line per problem, then the hint."""
         lines = [self.message + (":" if self.problems else "")]

@@ -19,6 +19,7 @@ from shard_helpers import killed_python, split_folders, world_samples
 from gill.data.precompute import (
     FrozenEncoders,
     PrecomputeOptions,
+    ShardBatches,
     ShardResult,
     load_encoders,
     output_problems,
@@ -222,18 +223,33 @@ def test_every_preparation_path_writes_the_same_bytes(precomputed, tiny_config, 
             assert new == (split_folders("train", precomputed.workdir).features / result.shard / name).read_bytes()
 
 
-def test_prefetched_keeps_order_raises_at_the_failing_item_and_stops_early():
+def test_batch_feed_keeps_order_switches_between_inline_and_background_and_raises_at_the_failing_batch():
     import threading
     import time
+    from concurrent.futures import ThreadPoolExecutor
 
-    from gill.data.precompute import prefetched
+    from gill.data.precompute import BatchFeed
+
+    made_in = {}
 
     def slow_square(i: int) -> int:
         time.sleep(0.02 * ((7 * i) % 3))  # later items often finish first
+        made_in[i] = threading.current_thread().name
         return i * i
 
-    for threads, depth in [(1, 0), (1, 2), (3, 1), (4, 6)]:
-        assert list(prefetched(slow_square, 10, depth, threads)) == [i * i for i in range(10)]
+    def feed(threads: int, ahead: int, make=slow_square) -> BatchFeed:
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="bg")
+        return BatchFeed(make, 10, lambda i: pool.submit(make, i), ahead, close=lambda: pool.shutdown(wait=False))
+
+    for threads, ahead in [(1, 1), (3, 3), (4, 6)]:
+        with feed(threads, ahead) as batches:
+            assert list(batches) == [i * i for i in range(10)]
+    made_in.clear()
+    with feed(2, 2) as batches:
+        got = [batches.get(i, background=i >= 4) for i in range(10)]
+    assert got == [i * i for i in range(10)]
+    assert all(made_in[i] == "MainThread" for i in range(4)) and made_in[9].startswith("bg")
+    assert BatchFeed(slow_square, 3).get(2, background=True) == 4  # nothing to submit to: inline
 
     def failing(i: int) -> int:
         if i == 4:
@@ -241,8 +257,8 @@ def test_prefetched_keeps_order_raises_at_the_failing_item_and_stops_early():
         return i
 
     seen = []
-    with pytest.raises(InputError, match="broken item 4"):
-        for item in prefetched(failing, 10, 2, 2):
+    with pytest.raises(InputError, match="broken item 4"), feed(2, 2, failing) as batches:
+        for item in batches:
             seen.append(item)
     assert seen == [0, 1, 2, 3]
 
@@ -254,11 +270,12 @@ def test_prefetched_keeps_order_raises_at_the_failing_item_and_stops_early():
         time.sleep(0.01)
         return i
 
-    items = prefetched(record, 100, 2, 2)
-    assert [next(items), next(items)] == [0, 1]
-    items.close()  # the consumer stops: nothing beyond the look-ahead window is started
-    time.sleep(0.1)
-    assert len(started) <= 2 + 3 + 2  # two consumed, at most max(depth, threads) + 1 submitted ahead, two running
+    pool = ThreadPoolExecutor(2)
+    batches = BatchFeed(record, 100, lambda i: pool.submit(record, i), 2)
+    assert [batches.get(0), batches.get(1)] == [0, 1]
+    batches.close()  # the consumer stops: what was not started is cancelled
+    pool.shutdown(wait=True)
+    assert len(started) <= 2 + 2 + 2  # two consumed, two ahead, at most two running when closed
 
 
 def test_forward_threads_apply_while_shards_run_and_are_restored_after_the_last():
@@ -278,66 +295,97 @@ def test_forward_threads_apply_while_shards_run_and_are_restored_after_the_last(
     assert torch.get_num_threads() == before
 
 
-def test_forward_balance_gives_up_threads_only_when_preparing_is_the_slower_part():
-    from gill.data.precompute import ForwardBalance, forward_balance
+def test_pipeline_balance_tries_inline_and_background_and_keeps_the_faster():
+    from gill.data.precompute import BALANCE_MARGIN, PipelineBalance, PipelineSetting, pipeline_balance
 
-    slow_prepare = ForwardBalance(threads=4, preparers=1)
-    assert [slow_prepare.observe(p, f) for p, f in [(0.01, 9.0), (0.2, 0.1), (0.2, 0.1), (0.2, 0.1)]] == [
-        None,  # the first batch carries start-up costs: not counted
-        None,
-        3,  # decided once, after two measured batches
-        None,
-    ]
-    slow_forward = ForwardBalance(threads=2, preparers=1)
-    assert [slow_forward.observe(0.02, 1.0) for _ in range(5)] == [None] * 5
-    two_preparers = ForwardBalance(threads=2, preparers=2)  # 0.3 s a batch each: 0.15 s a batch together
-    assert [two_preparers.observe(0.3, 0.2) for _ in range(3)] == [None] * 3
-    assert [ForwardBalance(threads=1, preparers=1).observe(1.0, 0.1) for _ in range(3)] == [None] * 3  # no fewer
+    def run(balance: PipelineBalance, seconds: dict[bool, float], batches: int = 8) -> list[tuple[int, bool]]:
+        """(threads, background) of each batch of one sample when it takes ``seconds[background]``."""
+        setting, seen = balance.inline, []
+        for _ in range(batches):
+            seen.append((setting.threads, setting.background))
+            setting = balance.observe(seconds[setting.background], 1) or setting
+        return seen
+
+    inline, background = (2, False), (1, True)
+    # batch 0 (start-up) is not counted; batches 1-2 inline on all threads; 3 in the background (not counted: the
+    # pipeline fills), 4-5 in the background; then the faster
+    assert run(PipelineBalance(threads=2, preparers=1), {False: 1.0, True: 0.6}) == [inline] * 3 + [background] * 5
+    assert run(PipelineBalance(threads=2, preparers=1), {False: 0.6, True: 1.0}) == (
+        [inline] * 3 + [background] * 3 + [inline] * 2
+    )
+    waited = PipelineBalance(threads=2, preparers=1)  # the first batch in the background waits for workers to start
+    assert [waited.observe(s, 1) for s in [9.0, 1.0, 1.0, 30.0, 0.6, 0.6]][-1] is None  # no change: kept
+    assert waited.chosen == waited.background
+    assert run(PipelineBalance(threads=8, preparers=3), {False: 0.5, True: 0.5})[-1] == (5, True)  # a tie
+    barely = 1 - BALANCE_MARGIN / 2  # inline faster, but by less than the margin: the background kept
+    assert run(PipelineBalance(threads=4, preparers=1), {False: barely, True: 1.0})[-1] == (3, True)
+    assert PipelineBalance(threads=2, preparers=2).background == PipelineSetting(threads=1, background=True)
+    fast = run(PipelineBalance(threads=2, preparers=1), {False: 0.02, True: 0.01}, batches=40)  # 0.3 s a setting
+    assert fast == [inline] * 16 + [background] * 24  # batch 0, then 15 inline and 15 in the background
+
+    shards = PipelineBalance(threads=2, preparers=1)  # shards of two batches: the trial goes on over shards
+    ran = []
+    for _ in range(6):
+        shards.start_shard()  # each shard's first batch is not counted
+        for _ in range(2):
+            ran.append((shards.current.threads, shards.current.background))
+            shards.observe(0.5 if shards.current.background else 1.0, 1)
+    assert ran == [inline] * 4 + [background] * 8 and shards.chosen == shards.background
 
     cpu = torch.device("cpu")
-    assert forward_balance(PrecomputeOptions(threads=2), cpu).preparers == 2
-    assert forward_balance(PrecomputeOptions(num_workers=3), cpu).preparers == 3
-    assert forward_balance(PrecomputeOptions(forward_threads=2), cpu) is None  # set explicitly
-    assert forward_balance(PrecomputeOptions(prefetch=0), cpu) is None  # no overlap: nothing to balance
-    assert forward_balance(PrecomputeOptions(), torch.device("cuda")) is None  # the forward is not on CPU threads
+    assert pipeline_balance(PrecomputeOptions(threads=2), cpu).preparers == 2
+    assert pipeline_balance(PrecomputeOptions(num_workers=3), cpu).preparers == 3
+    assert pipeline_balance(PrecomputeOptions(forward_threads=2), cpu) is None  # set explicitly
+    assert pipeline_balance(PrecomputeOptions(prefetch=0), cpu) is None  # no overlap asked for
+    assert pipeline_balance(PrecomputeOptions(), torch.device("cuda")) is None  # the forward is on the GPU
 
 
-@pytest.mark.parametrize("slow_part", ["prepare", "forward"])
-def test_a_shard_runs_its_forward_on_fewer_threads_only_while_preparing_is_slower(
-    precomputed, tiny_config, tmp_path, monkeypatch, slow_part
+@pytest.mark.parametrize("faster", ["background", "inline"])
+def test_a_shard_keeps_the_pipeline_setting_its_trial_batches_found_faster(
+    precomputed, tiny_config, tmp_path, monkeypatch, faster
 ):
+    import threading
     import time
 
-    import gill.data.precompute as precompute
-
     encoders = load_encoders(tiny_config, PrecomputeOptions())
-    threads_seen = []
-    real_decode, real_encode = precompute.decode_image, FrozenEncoders.encode
-
-    def decode(sample, shard):
-        if slow_part == "prepare":
-            time.sleep(0.6)  # far above a tiny forward of one sample, even on a loaded machine
-        return real_decode(sample, shard)
+    seen = []
+    real_encode = FrozenEncoders.encode
 
     def encode(self, pixel_values, input_ids):
-        threads_seen.append(torch.get_num_threads())
-        if slow_part == "forward":
-            time.sleep(0.6)  # far above a tiny forward of one sample, even on a loaded machine
+        threads = torch.get_num_threads()
+        seen.append(threads)
+        if faster == "background":
+            time.sleep(0.3 * threads)  # contending threads: more of them, slower
+        else:
+            time.sleep(0.6 / threads)  # a forward that scales with its threads
         return real_encode(self, pixel_values, input_ids)
 
-    monkeypatch.setattr(precompute, "decode_image", decode)
+    prepared_in = []
+    real_getitem = ShardBatches.__getitem__
+
+    def getitem(self, i):
+        prepared_in.append(threading.current_thread().name.startswith("precompute-prepare"))
+        return real_getitem(self, i)
+
     monkeypatch.setattr(FrozenEncoders, "encode", encode)
+    monkeypatch.setattr(ShardBatches, "__getitem__", getitem)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
+    images, options = split_folders("train", precomputed.workdir).images, PrecomputeOptions(batch_size=1)
     try:
-        tar = split_folders("train", precomputed.workdir).images / "00000.tar"
-        precompute_shard(tar, split_folders("train", tmp_path), encoders, PrecomputeOptions(batch_size=1))
+        precompute_shard(images / "00000.tar", split_folders("train", tmp_path), encoders, options)
         assert torch.get_num_threads() == 2  # restored after the shard
+        first, first_prepared_in, seen[:], prepared_in[:] = list(seen), list(prepared_in), [], []
+        precompute_shard(images / "00001.tar", split_folders("train", tmp_path), encoders, options)
     finally:
         torch.set_num_threads(before)
-    assert threads_seen == ([2, 2, 2, 1, 1, 1] if slow_part == "prepare" else [2] * 6)
+    kept = 1 if faster == "background" else 2
+    assert first == [2, 2, 2, 1, 1, 1]  # batch 0, inline trial (1-2), background (3 fills the pipeline, trial 4-5)
+    assert first_prepared_in[:3] == [False] * 3 and all(first_prepared_in[3:6])
+    assert seen == [kept] * 6  # the next shard of the same encoders: no trial
+    assert all(prepared_in) if faster == "background" else not any(prepared_in)
     manifest = read_feature_manifest(split_folders("train", tmp_path).features / "00000")
-    assert manifest["forward_threads"] == threads_seen[-1]  # how it ran, recorded next to device and duration
+    assert manifest["forward_threads"] == kept  # how it ran, recorded next to device and duration
 
 
 def test_crash_mid_shard_leaves_no_feature_folder(precomputed, tiny_config, tmp_path, monkeypatch):
@@ -504,3 +552,70 @@ def test_shard_result_row_has_the_precompute_shards_columns(precomputed):
     row = precomputed.results[0].row()
     assert list(row) == ["split", "shard", "count", "fingerprint", "duration_s", "samples_per_s"]
     assert row["split"] == "train" and row["shard"] == "00000" and row["count"] == 6 and row["samples_per_s"] > 0
+
+
+def test_shard_processes_write_the_same_bytes_in_shard_order_and_skip_up_to_date_shards(
+    precomputed, tiny_config, tmp_path, capsys
+):
+    from flows.command import main
+
+    workdir = tmp_path / "work"
+    shutil.copytree(split_folders("train", precomputed.workdir).images, split_folders("train", workdir).images)
+    results = precompute_split(
+        split_folders("train", workdir), tiny_config, PrecomputeOptions(batch_size=4, processes=2), progress=False
+    )
+    assert [r.shard for r in results] == ["00000", "00001", "00002"] and not any(r.skipped for r in results)
+    assert [(r.fingerprint, r.count) for r in results] == [(r.fingerprint, r.count) for r in precomputed.results]
+    for result in results:
+        for name in ("vision.npy", "sd_text.npy", "keys.json"):
+            new = (split_folders("train", workdir).features / result.shard / name).read_bytes()
+            assert new == (split_folders("train", precomputed.workdir).features / result.shard / name).read_bytes()
+        manifest = read_feature_manifest(split_folders("train", workdir).features / result.shard)
+        assert manifest is not None and manifest["forward_threads"] >= 1  # each process: its share of the cores
+    folder = split_folders("train", workdir).features
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+    argv = ["data", "precompute", "--split", "train", "--workdir", str(workdir), "--processes", "2", "--quiet"]
+    assert main(argv) == 0  # the command's --processes: the same shards, found up to date in the processes
+    assert "3 shards, 16 samples: 0 computed, 3 up to date" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before
+
+
+def test_an_undecodable_image_in_a_shard_process_is_an_error_naming_shard_and_key(precomputed, tiny_config, tmp_path):
+    workdir = tmp_path / "work"
+    samples = [precomputed.samples[k] for k in sorted(precomputed.samples)]
+    broken = ShardSample(key="000000007", caption="a broken picture", jpeg=b"\xff\xd8 not a jpeg", meta={})
+    write_image_shard(split_folders("train", workdir).images / "00000.tar", [*samples[:3], broken])
+    write_image_shard(split_folders("train", workdir).images / "00001.tar", samples[6:12])
+    options = PrecomputeOptions(batch_size=2, processes=2)
+    with pytest.raises(InputError, match=r"00000\.tar.*'000000007'") as err:
+        precompute_split(split_folders("train", workdir), tiny_config, options, progress=False)
+    assert err.value.problems  # the decoder's own message came back from the process with the error
+    features = split_folders("train", workdir).features
+    left = sorted(p.name for p in features.iterdir()) if features.exists() else []
+    assert left in ([], ["00001"])  # the other shard, if it ran beside the broken one, finished whole
+    if left:
+        assert read_feature_manifest(features / "00001") is not None
+
+
+def test_shard_processes_are_validated_naming_the_field(capsys, tmp_path):
+    from flows.command import main
+
+    for bad, device in ((0, "cpu"), (True, "cpu"), (1.5, "cpu"), (2, "cuda")):
+        with pytest.raises(ConfigError) as err:
+            PrecomputeOptions(processes=bad, device=device)  # type: ignore[arg-type]
+        assert any(p.startswith("processes: ") and repr(bad) in p for p in err.value.problems), err.value.problems
+    assert PrecomputeOptions(processes=3, device="cpu").processes == 3
+    argv = ["data", "precompute", "--split", "train", "--workdir", str(tmp_path), "--processes", "0"]
+    assert main(argv) == 2
+    assert "processes: must be an int >= 1, got 0" in capsys.readouterr().err
+
+
+def test_each_shard_process_runs_its_forward_on_its_share_of_the_cores_with_batches_prepared_inline(monkeypatch):
+    import gill.data.precompute as precompute
+
+    monkeypatch.setattr(precompute, "cores", lambda: 8)
+    child = precompute.shard_process_options(PrecomputeOptions(processes=2, num_workers=3, prefetch=4, threads=2))
+    assert (child.processes, child.num_workers, child.prefetch, child.forward_threads) == (1, 0, 0, 4)
+    assert precompute.shard_process_options(PrecomputeOptions(processes=3)).forward_threads == 2
+    monkeypatch.setattr(precompute, "cores", lambda: 2)
+    assert precompute.shard_process_options(PrecomputeOptions(processes=4)).forward_threads == 1  # never 0 (automatic)

@@ -34,8 +34,9 @@ processor, tokenizer) and the forward, so at best it runs at the slower part's s
 of the forward in ``threads`` background threads (default 1) or in ``num_workers`` DataLoader processes (for a
 GPU, which encodes faster than one core decodes JPEGs). The image processor runs once per batch of same-sized
 images instead of once per image (:class:`BatchPreprocessor`, bit-identical output, so stored features and the
-fingerprint do not change). On a CPU the two parts share the cores: when preparing is the slower part, the
-forward gives up a torch thread per preparer (:class:`ForwardBalance`) instead of contending with them.
+fingerprint do not change). On a CPU the two parts share the cores: the forward runs on all of torch's threads
+with batches prepared inline, or on one thread fewer per preparer with batches prepared in the background,
+whichever a few measured batches of the first shard find faster (:class:`PipelineBalance`).
 ``bench/precompute.py`` prints each part's own throughput, their min (the bound) and the stage against it.
 
 Fixes over the official ``scripts/preprocess_sd_embeddings.py`` (official §3.1, 8): one memory-mappable file
@@ -51,13 +52,15 @@ import hashlib
 import io
 import json
 import logging
+import multiprocessing
 import re
 import threading
 import time
-from collections import deque
+import weakref
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -85,6 +88,7 @@ from gill.factory import load_backbones, load_sd_text_encoder, resolve_sources
 from gill.hub import locate
 from gill.presets import tiny_component
 from gill.utils.io import atomic_directory, atomic_write_json, remove_stale_temp_dirs, sha256_file
+from gill.utils.process_farm import ProcessFarm, cores
 
 logger = logging.getLogger(__name__)
 
@@ -124,16 +128,25 @@ class PrecomputeOptions:
     prefetch: int = 2
     """Batches prepared ahead of the forward (per worker process, or in one background thread; 0: no overlap)."""
     num_workers: int = 0
-    """Processes that read, decode, preprocess and tokenise (0: ``threads`` background threads). With a GPU the
-    forward is far faster than JPEG decoding: give them most CPU cores. On a CPU-only machine the forward needs
-    the cores."""
+    """Processes that read, decode, preprocess and tokenise (0: ``threads`` background threads instead). Started
+    with the first shard and kept while the encoders are loaded. With a GPU, whose forward is far faster than JPEG
+    decoding, give them most CPU cores; on a CPU they also keep preparing from slowing the forward down through
+    Python's GIL, which threads share."""
     threads: int = 1
     """Background threads that read, decode, preprocess and tokenise batches when ``num_workers`` is 0 (each
     prepares whole batches; JPEG decoding and torch's resize release the GIL)."""
     forward_threads: int = 0
-    """Torch intra-op threads while a shard's forward runs. 0: automatic: torch's setting (by default one per
-    core), lowered on a CPU device by the number of preparing threads or workers when preparing batches turns out
-    to be the slower part (:class:`ForwardBalance`), so the two parts do not contend for the cores."""
+    """Torch intra-op threads while a shard's forward runs, with batches prepared in the background. 0:
+    automatic: on a CPU device two settings are tried on a few batches of the first shard and the faster is kept
+    (:class:`PipelineBalance`): the forward on torch's threads (by default one per core) with batches prepared
+    inline, or on one thread fewer per preparer with batches prepared in the background."""
+    processes: int = 1
+    """Processes that each precompute whole shards (``gill data precompute`` and the pipeline's stage; the
+    ``precompute-targets`` flow spreads shards over its task runner instead). Each loads its own copy of the
+    encoders, runs its forward on ``cores // processes`` torch threads and prepares its batches inline: on a CPU,
+    where the forward and the preparation share the cores, this keeps every core busy with no hand-over between
+    threads and no shared GIL, which a pipeline inside one process cannot (``bench/precompute.py`` measures both).
+    1: this process, with the pipeline set by the options above. CPU only: with a GPU, use ``num_workers``."""
     batched_preprocess: bool = True
     """Preprocess a batch's same-sized images with one call of each of the image processor's own torchvision ops
     instead of image by image; used only where its output is bit-identical to the processor's (checked when the
@@ -145,6 +158,13 @@ class PrecomputeOptions:
             problems.append(f"batch_size: must be a positive int, got {self.batch_size!r}")
         if self.dtype not in TORCH_DTYPES:
             problems.append(f"dtype: must be one of {sorted(TORCH_DTYPES)}, got {self.dtype!r}")
+        if isinstance(self.processes, bool) or not isinstance(self.processes, int) or self.processes < 1:
+            problems.append(f"processes: must be an int >= 1, got {self.processes!r}")
+        elif self.processes > 1 and not str(self.device).startswith("cpu"):
+            problems.append(
+                f"processes: {self.processes} processes run on the CPU only, got device {self.device!r} "
+                "(with a GPU keep processes=1 and let num_workers processes prepare the batches)"
+            )
         for name in ("prefetch", "num_workers", "forward_threads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -401,6 +421,11 @@ class FrozenEncoders:
     """Dtype of the forward (float32 on CPU)."""
     pixels: BatchPreprocessor
     """``image_processor`` applied to a batch at once where that is bit-identical (see :class:`BatchPreprocessor`)."""
+    pipeline_balances: dict[tuple[int, int, bool], PipelineBalance] = dataclasses.field(
+        default_factory=dict, repr=False
+    )
+    """The :class:`PipelineBalance` of these encoders per (threads, preparers, worker processes): its trial goes on
+    over as many shards as it needs, and later shards run on the setting it kept."""
 
     @property
     def vision_dim(self) -> int:
@@ -577,8 +602,19 @@ class PreparedBatch:
     """(B, 3, H, W) preprocessed images."""
     input_ids: torch.Tensor
     """(B, 77) SD token ids."""
-    prepare_s: float = 0.0
-    """Wall seconds reading, decoding, preprocessing and tokenising this batch took (for :class:`ForwardBalance`)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Tensors travel from a worker process as numpy arrays: plain bytes in the pickle, where torch's own
+        reduction would move each tensor through shared memory and a file-descriptor hand-over that the receiving
+        process runs in Python, taking the GIL from the forward."""
+        state = dict(self.__dict__)
+        state["pixel_values"], state["input_ids"] = self.pixel_values.numpy(), self.input_ids.numpy()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state["pixel_values"] = torch.from_numpy(state["pixel_values"])
+        state["input_ids"] = torch.from_numpy(state["input_ids"])
+        self.__dict__.update(state)
 
     def pin_memory(self) -> PreparedBatch:
         """Page-locked copy, for asynchronous host-to-GPU copies (called by the DataLoader)."""
@@ -628,133 +664,282 @@ class ShardBatches(torch.utils.data.Dataset):
         return (len(self.keys) + self.batch_size - 1) // self.batch_size
 
     def __getitem__(self, i: int) -> PreparedBatch:
-        start = time.perf_counter()
         samples = read_samples(self.index, self.keys[i * self.batch_size : (i + 1) * self.batch_size])
         images = [decode_image(s, self.index.tar.name) for s in samples]
         captions = [s.caption for s in samples]
-        pixel_values = self.pixels(images)  # (B, 3, H, W)
-        input_ids = sd_input_ids(self.sd_tokenizer, captions)  # (B, 77)
         return PreparedBatch(
             keys=[s.key for s in samples],
             captions=captions,
-            pixel_values=pixel_values,
-            input_ids=input_ids,
-            prepare_s=time.perf_counter() - start,
+            pixel_values=self.pixels(images),  # (B, 3, H, W)
+            input_ids=sd_input_ids(self.sd_tokenizer, captions),  # (B, 77)
         )
 
 
-def _as_is(batch: PreparedBatch) -> PreparedBatch:
-    return batch
+class BatchFeed:
+    """A shard's batches in order, each prepared either inline (by the caller, between two forwards) or ahead of
+    time in the background (threads or worker processes); which one may change from one batch to the next.
+
+    ``get(i, background=True)`` keeps batches ``i`` .. ``i + ahead`` submitted, so background preparers always
+    have work; ``get(i, background=False)`` prepares batch ``i`` itself unless it is already under way. An error
+    in preparing a batch is raised when that batch is asked for; closing cancels what has not started.
+    """
+
+    def __init__(
+        self,
+        make: Callable[[int], PreparedBatch],
+        count: int,
+        submit: Callable[[int], Future[PreparedBatch]] | None = None,
+        ahead: int = 0,
+        close: Callable[[], None] = lambda: None,
+        broken: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.make, self.count, self.submit, self.ahead = make, count, submit, ahead
+        self._close, self._broken = close, broken
+        self.pending: dict[int, Future[PreparedBatch]] = {}
+
+    def __len__(self) -> int:
+        return self.count
+
+    def get(self, i: int, background: bool = True) -> PreparedBatch:
+        """Batch ``i``, from the background when it was submitted there, else prepared here."""
+        try:
+            if background and self.submit is not None:
+                for j in range(i, min(self.count, i + 1 + self.ahead)):
+                    if j not in self.pending:
+                        self.pending[j] = self.submit(j)
+            future = self.pending.pop(i, None)
+            return future.result() if future is not None else self.make(i)
+        except BrokenProcessPool:
+            self._broken()  # a worker died: the next shard starts new ones
+            raise
+
+    def __iter__(self) -> Iterator[PreparedBatch]:
+        return (self.get(i) for i in range(self.count))
+
+    def close(self) -> None:
+        """Cancel the batches not started and release the preparing threads (worker processes are kept)."""
+        for future in self.pending.values():
+            future.cancel()
+        self.pending.clear()
+        self._close()
+
+    def __enter__(self) -> BatchFeed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def prepared_batches(
     index: ShardIndex, keys: list[str], encoders: FrozenEncoders, options: PrecomputeOptions
-) -> Iterator[PreparedBatch]:
-    """Encoder inputs of ``keys`` in order, prepared ahead of the forward: in threads, or in worker processes."""
+) -> BatchFeed:
+    """Encoder inputs of ``keys`` in order (a :class:`BatchFeed`), prepared ahead of the forward by ``threads``
+    threads, ``max(prefetch, threads)`` batches ahead, or by the encoders' ``num_workers`` processes, ``prefetch``
+    per worker ahead; ``prefetch`` 0: inline only. JPEG decoding, torch's resize and the Rust tokenizer release the
+    GIL, so threads overlap with the forward; processes also leave it the GIL."""
     batches = ShardBatches(index, keys, encoders.preprocessor(options), encoders.sd_tokenizer, options.batch_size)
+    if options.prefetch == 0:
+        return BatchFeed(batches.__getitem__, len(batches))
     if options.num_workers == 0:
-        return prefetched(batches.__getitem__, len(batches), options.prefetch, options.threads)
-    loader = torch.utils.data.DataLoader(
-        batches,
-        batch_size=None,
-        collate_fn=_as_is,
-        num_workers=options.num_workers,
-        multiprocessing_context=WORKER_CONTEXT,
-        prefetch_factor=max(options.prefetch, 1),
-        pin_memory=encoders.device.type == "cuda",
+        threads = ThreadPoolExecutor(max_workers=options.threads, thread_name_prefix="precompute-prepare")
+        return BatchFeed(
+            batches.__getitem__,
+            len(batches),
+            submit=lambda i: threads.submit(batches.__getitem__, i),
+            ahead=max(options.prefetch, options.threads),
+            close=lambda: threads.shutdown(wait=False, cancel_futures=True),
+        )
+    pool, size = worker_pool(encoders, options), batches.batch_size
+
+    def submit(i: int) -> Future[PreparedBatch]:
+        chunk = keys[i * size : (i + 1) * size]
+        members = ShardIndex(tar=index.tar, members={k: index.members[k] for k in chunk})  # small to send
+        return pool.submit(_prepare_in_worker, members, chunk)
+
+    return BatchFeed(
+        batches.__getitem__,
+        len(batches),
+        submit=submit,
+        ahead=max(options.prefetch, 1) * options.num_workers,
+        broken=lambda: _close_pool(_pool_key(encoders, options)),
     )
-    return _stopping_workers(loader)
 
 
-def _stopping_workers(loader: torch.utils.data.DataLoader) -> Iterator[PreparedBatch]:
-    """Iterate ``loader`` and stop its workers as soon as iteration ends, also on an error.
+# -- worker processes -------------------------------------------------------------------------------------
 
-    After an exception the iterator stays referenced by the traceback, and torch's deferred cleanup then waits
-    for a 5 s join timeout per worker; stopping them here takes milliseconds.
-    """
-    iterator = iter(loader)
-    try:
-        yield from iterator
-    finally:
-        shutdown = getattr(iterator, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
+_WORKER_STATE: dict[str, Any] = {}
+"""In a worker process: the preprocessor and tokenizer its batches use (set once, when it starts)."""
 
 
-def prefetched(make: Callable[[int], T], count: int, depth: int, threads: int = 1) -> Iterator[T]:
-    """``make(0)``, ..., ``make(count - 1)`` in order, computed ahead of the consumer by ``threads`` background
-    threads, at most ``max(depth, threads)`` items ahead (so every thread has work); ``depth`` 0: inline, no overlap.
+def _start_worker(pixels: BatchPreprocessor, sd_tokenizer: Any) -> None:
+    torch.set_num_threads(1)  # the worker is one of the preparers: one core's worth
+    _WORKER_STATE.update(pixels=pixels, sd_tokenizer=sd_tokenizer)
 
-    JPEG decoding, torch's resize and the Rust tokenizer release the GIL, so threads overlap with the forward and
-    with each other. An error in ``make`` is raised to the consumer at that item; when the consumer stops early,
-    items not yet started are cancelled.
-    """
-    if depth <= 0:
-        yield from (make(i) for i in range(count))
-        return
-    ahead = max(depth, threads)
-    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="precompute-prepare")
-    pending: deque[Future[T]] = deque()
-    try:
-        for i in range(count):
-            pending.append(pool.submit(make, i))
-            if len(pending) > ahead:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
+
+def _prepare_in_worker(index: ShardIndex, keys: list[str]) -> PreparedBatch:
+    """One batch, in a worker process (``index`` holds only this batch's members)."""
+    return ShardBatches(index, keys, _WORKER_STATE["pixels"], _WORKER_STATE["sd_tokenizer"], len(keys))[0]
+
+
+_POOLS: dict[tuple[int, int, bool], ProcessPoolExecutor] = {}
+"""(id of the encoders, workers, batched) -> their worker pool, kept while the encoders live."""
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool_key(encoders: FrozenEncoders, options: PrecomputeOptions) -> tuple[int, int, bool]:
+    return id(encoders), options.num_workers, options.batched_preprocess
+
+
+def worker_pool(encoders: FrozenEncoders, options: PrecomputeOptions) -> ProcessPoolExecutor:
+    """The ``options.num_workers`` preparing processes of ``encoders``: started with the first shard that asks
+    for them and kept for every later shard (starting a process and importing torch there takes seconds, as
+    long as preparing thousands of tiny-preset samples), shut down when the encoders are garbage collected."""
+    key = _pool_key(encoders, options)
+    with _POOLS_LOCK:
+        if (pool := _POOLS.get(key)) is None:
+            pool = ProcessPoolExecutor(
+                max_workers=options.num_workers,
+                mp_context=multiprocessing.get_context(WORKER_CONTEXT),
+                initializer=_start_worker,
+                initargs=(encoders.preprocessor(options), encoders.sd_tokenizer),
+            )
+            _POOLS[key] = pool
+            weakref.finalize(encoders, _close_pool, key)
+        return pool
+
+
+def _close_pool(key: tuple[int, int, bool]) -> None:
+    with _POOLS_LOCK:
+        pool = _POOLS.pop(key, None)
+    if pool is not None:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-@dataclass(kw_only=True)
-class ForwardBalance:
-    """Automatic forward threads on a CPU (``forward_threads=0``): when preparing batches is the slower part, the
-    forward gives up one torch thread per preparer for the rest of the shard.
+# -- balancing the two parts on a CPU -------------------------------------------------------------------
 
-    The two parts share the cores. While the forward keeps the preparers waiting, all cores for the forward is
-    right (a large encoder: preparing is a few percent of it). When preparing a batch, divided among the
-    preparers, takes longer than a batch's forward (a small encoder: decoding a JPEG costs more than encoding
-    it), torch's threads would only contend with the preparing threads, and a stalled torch thread holds up the
-    whole parallel op: the forward then runs on ``threads - preparers`` (at least 1), so each part has its cores.
-    Decided once, on the batches after the first (which carries start-up costs), from the measured seconds.
+BALANCE_MARGIN = 0.05
+"""The first setting (all threads, inline) is kept only when it is at least this much faster than the second:
+at equal speed, fewer forward threads leave a core to whatever else runs on the machine."""
+
+
+@dataclass(frozen=True)
+class PipelineSetting:
+    """How a shard's two parts share a CPU."""
+
+    threads: int
+    """torch's intra-op threads for the forward."""
+    background: bool
+    """Batches prepared ahead in the background (True) or inline between forwards (False)."""
+
+
+@dataclass(kw_only=True)
+class PipelineBalance:
+    """Automatic sharing of a CPU between preparing batches and the forward (``forward_threads=0``): two settings
+    are tried one after the other, each for at least ``trial`` batches and ``trial_s`` seconds, after the first
+    batch (which carries the start-up; so does the first in the background, which waits for the pipeline to fill
+    and worker processes to start), and the one whose pipeline took less time per sample (waiting for the
+    batch, forward, storing) is kept.
+
+    * **inline**: the forward on all of torch's threads, each batch prepared between two forwards. Right for a
+      large encoder on few cores: preparing is a few percent of the work, and a preparer running beside the
+      forward would stall its parallel ops (one preempted thread holds up all of them) more than it saves.
+    * **background**: the forward on one thread fewer per preparer, batches prepared ahead by the preparers on
+      the cores left. Right for a small encoder (decoding a JPEG costs more than encoding it), and for many cores.
+
+    Which holds depends on the models, the cores and what else runs on the machine, so it is measured on the first
+    batches of a set of loaded encoders, over as many shards as the trial needs (``FrozenEncoders.pipeline_balances``;
+    the first batch of every shard is not counted), and later shards run on the kept setting: the trial's slower
+    batches are paid once per process, not per shard. The minimum time keeps a trial of
+    fast batches (a few milliseconds each) from being decided by one hiccup of a shared machine.
     """
 
     threads: int
     """torch's intra-op threads when the shard started."""
     preparers: int
-    """Batches prepared in parallel: background threads or worker processes."""
-    probe: int = 2
-    """Batches measured (after the first) before deciding."""
-    prepare_s: float = 0.0
-    forward_s: float = 0.0
-    seen: int = 0
+    """Batches prepared in parallel in the background: threads or worker processes."""
+    processes: bool = False
+    """The preparers are worker processes."""
+    trial: int = 2
+    """Batches measured per setting, at least."""
+    trial_s: float = 0.3
+    """Seconds measured per setting, at least."""
+    totals: dict[PipelineSetting, tuple[float, int, int]] = dataclasses.field(default_factory=dict)
+    """Setting -> (seconds, samples, batches) of its trial."""
+    skip_next: bool = True
+    """The next batch is not counted: the first of a shard, and the first after a switch to the background."""
+    chosen: PipelineSetting | None = None
+    """The setting kept, once decided."""
 
-    def observe(self, prepare_s: float, forward_s: float) -> int | None:
-        """Add one batch's preparing and forward seconds; return the forward threads to switch to, once, else None."""
-        self.seen += 1
-        if self.seen == 1 or self.seen > self.probe + 1:
+    @property
+    def key(self) -> tuple[int, int, bool]:
+        """What the choice depends on besides the encoders: the key of ``FrozenEncoders.pipeline_balances``."""
+        return self.threads, self.preparers, self.processes
+
+    @property
+    def inline(self) -> PipelineSetting:
+        return PipelineSetting(threads=self.threads, background=False)
+
+    @property
+    def background(self) -> PipelineSetting:
+        return PipelineSetting(threads=max(1, self.threads - self.preparers), background=True)
+
+    @property
+    def seconds_per_sample(self) -> dict[PipelineSetting, float]:
+        """Measured time per sample of each setting tried so far."""
+        return {setting: seconds / samples for setting, (seconds, samples, _) in self.totals.items()}
+
+    @property
+    def current(self) -> PipelineSetting:
+        """The setting to run on now: the kept one, or the one on trial."""
+        if self.chosen is not None:
+            return self.chosen
+        return self.background if self.background in self.totals else self.inline
+
+    def start_shard(self) -> None:
+        """A shard begins: its first batch carries the shard's start-up and is not counted."""
+        self.skip_next = True
+
+    def observe(self, seconds: float, samples: int) -> PipelineSetting | None:
+        """Record the batch just done; return the setting for the next batches when it changes, else None."""
+        if self.chosen is not None:
             return None
-        self.prepare_s += prepare_s
-        self.forward_s += forward_s
-        if self.seen <= self.probe:
+        current = self.current
+        if self.skip_next:  # a shard's first batch, or the first in the background (waits for the pipeline to fill)
+            self.skip_next = False
             return None
-        lowered = max(1, self.threads - self.preparers)
-        preparing_bound = self.prepare_s / self.preparers > self.forward_s
-        return lowered if preparing_bound and lowered < self.threads else None
+        spent, counted, batches = self.totals.get(current, (0.0, 0, 0))
+        self.totals[current] = spent + seconds, counted + samples, batches + 1
+        if batches + 1 < self.trial or spent + seconds < self.trial_s:
+            return None
+        if current == self.inline:
+            self.totals[self.background] = (0.0, 0, 0)
+            self.skip_next = True
+            return self.background  # inline measured: now in the background
+        per_sample = self.seconds_per_sample
+        inline_faster = per_sample[self.inline] < (1 - BALANCE_MARGIN) * per_sample[self.background]
+        self.chosen = self.inline if inline_faster else self.background
+        return self.inline if inline_faster else None
 
 
-def forward_balance(options: PrecomputeOptions, device: torch.device) -> ForwardBalance | None:
-    """The automatic balance of a shard's forward threads, or None where it does not apply (threads set
-    explicitly, no overlap, or a device whose forward does not run on torch's CPU threads)."""
-    preparers = options.num_workers or (options.threads if options.prefetch > 0 else 0)
-    if options.forward_threads > 0 or preparers == 0 or device.type != "cpu":
+def pipeline_balance(options: PrecomputeOptions, device: torch.device) -> PipelineBalance | None:
+    """The automatic balance of a shard's pipeline, or None where it does not apply: forward threads set
+    explicitly, no overlap asked for, or a device whose forward does not run on torch's CPU threads (there the
+    batches are always prepared in the background)."""
+    preparers = options.num_workers or options.threads
+    if options.forward_threads > 0 or options.prefetch == 0 or device.type != "cpu":
         return None
-    return ForwardBalance(threads=torch.get_num_threads(), preparers=preparers)
+    return PipelineBalance(threads=torch.get_num_threads(), preparers=preparers, processes=options.num_workers > 0)
 
 
 _THREADS_LOCK = threading.Lock()
 _threads_state = {"users": 0, "before": 0}
 """How many shard forwards run under :func:`torch_threads` now, and torch's setting before the first of them."""
+
+
+def set_torch_threads(count: int) -> None:
+    """Change torch's intra-op threads inside a :func:`torch_threads` block (restored when the block ends)."""
+    with _THREADS_LOCK:
+        torch.set_num_threads(count)
 
 
 @contextmanager
@@ -806,7 +991,7 @@ class ComputedArrays:
     captions: list[str]
     """Captions in row order."""
     forward_threads: int
-    """torch's intra-op threads the forward ran on at the end of the shard (after any :class:`ForwardBalance`)."""
+    """torch's intra-op threads the forward ran on at the end of the shard (after any :class:`PipelineBalance`)."""
 
 
 def compute_arrays(
@@ -822,11 +1007,16 @@ def compute_arrays(
     vision = _open_array(folder / VISION_FILE, (n, encoders.vision_dim), dtype)  # (N, Dv)
     sd_text = _open_array(folder / SD_TEXT_FILE, (n, *encoders.text_shape), dtype)  # (N, 77, Dt)
     row, captions = 0, []
-    with ExitStack() as threads:
-        threads.enter_context(torch_threads(options.forward_threads))
-        balance = forward_balance(options, encoders.device)
-        for batch in prepared_batches(index, keys, encoders, options):
-            start = time.perf_counter()
+    setting = PipelineSetting(threads=options.forward_threads, background=True)
+    if (balance := pipeline_balance(options, encoders.device)) is not None:
+        balance = encoders.pipeline_balances.setdefault(balance.key, balance)  # a trial goes on over shards
+        balance.start_shard()
+        setting = balance.current
+    deciding = balance is not None and balance.chosen is None
+    with prepared_batches(index, keys, encoders, options) as feed, torch_threads(setting.threads):
+        last = time.perf_counter()
+        for i in range(len(feed)):
+            batch = feed.get(i, background=setting.background)
             out = encoders.encode(batch.pixel_values, batch.input_ids)
             size = len(batch.keys)
             vision[row : row + size] = _to_storage(out.vision, dtype, shard, "vision")  # (b, Dv)
@@ -835,12 +1025,14 @@ def compute_arrays(
             captions += batch.captions
             if on_batch is not None:
                 on_batch(size)
-            if balance is not None and (lowered := balance.observe(batch.prepare_s, time.perf_counter() - start)):
-                threads.enter_context(torch_threads(lowered))
-                logger.info(
-                    "shard %s: preparing batches is the slower part; forward on %d torch threads", shard, lowered
-                )
+            now = time.perf_counter()
+            if balance is not None and (change := balance.observe(now - last, size)) is not None:
+                setting = change
+                set_torch_threads(setting.threads)
+            last = now
         forward_threads = torch.get_num_threads()
+    if deciding and balance.chosen is not None:
+        logger.info("shard %s: %s (measured s/sample: %s)", shard, balance.chosen, balance.seconds_per_sample)
     for array in (vision, sd_text):
         if isinstance(array, np.memmap):
             array.flush()
@@ -950,29 +1142,83 @@ def precompute_shard(
     shard_tar, shard, name = Path(shard_tar), Path(shard_tar).stem, split.name
     out = split.features / shard
     remove_stale_temp_dirs(out.parent, target=shard)  # what a killed run left of this shard
-    source_sha256 = sha256_file(shard_tar)
-    fingerprint = canonical_sha256(fingerprint_inputs(encoders, options, source_sha256))
-    if (previous := _up_to_date(out, fingerprint)) is not None:
-        logger.info("feature shard %s/%s is up to date (%d rows), skipping", name, shard, previous["count"])
-        if on_batch is not None:
-            on_batch(previous["count"])
-        return ShardResult.from_manifest(previous, skipped=True)
-    index = index_shard(shard_tar)
-    keys = index.image_keys
-    start = time.perf_counter()
-    with atomic_directory(out) as tmp:
-        computed = compute_arrays(tmp, index, keys, encoders, options, on_batch)
-        atomic_write_json(tmp / KEYS_FILE, {"keys": keys, "captions": computed.captions}, indent=0)
-        duration = time.perf_counter() - start
-        manifest = _manifest(name, portable_root, shard_tar, keys, encoders, options, source_sha256, duration)
-        manifest["forward_threads"] = computed.forward_threads  # how it ran, like device and duration_s
-        manifest["files"] = file_records(tmp)
-        atomic_write_json(tmp / MANIFEST_FILE, manifest)
+    hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="precompute-hash")
+    try:
+        source = hashing.submit(sha256_file, shard_tar)  # hashlib releases the GIL: overlaps with the forward
+        if read_feature_manifest(out) is not None:  # something to compare with: the hash decides first
+            fingerprint = canonical_sha256(fingerprint_inputs(encoders, options, source.result()))
+            if (previous := _up_to_date(out, fingerprint)) is not None:
+                logger.info("feature shard %s/%s is up to date (%d rows), skipping", name, shard, previous["count"])
+                if on_batch is not None:
+                    on_batch(previous["count"])
+                return ShardResult.from_manifest(previous, skipped=True)
+        index = index_shard(shard_tar)
+        keys = index.image_keys
+        start = time.perf_counter()
+        with atomic_directory(out) as tmp:
+            computed = compute_arrays(tmp, index, keys, encoders, options, on_batch)
+            atomic_write_json(tmp / KEYS_FILE, {"keys": keys, "captions": computed.captions}, indent=0)
+            source_sha256 = source.result()
+            duration = time.perf_counter() - start
+            manifest = _manifest(name, portable_root, shard_tar, keys, encoders, options, source_sha256, duration)
+            manifest["forward_threads"] = computed.forward_threads  # how it ran, like device and duration_s
+            manifest["files"] = file_records(tmp)
+            atomic_write_json(tmp / MANIFEST_FILE, manifest)
+    finally:
+        hashing.shutdown(wait=True)
     result = ShardResult.from_manifest(manifest, skipped=False)
     logger.info(
         "precomputed %s/%s: %d rows in %.2f s (%.1f samples/s)", name, shard, len(keys), duration, result.samples_per_s
     )
     return result
+
+
+# -- shard processes (CPU) -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard for a shard process."""
+
+    shard_tar: Path
+    split: SplitFolders
+    portable_root: Path | None = None
+
+
+def shard_process_options(options: PrecomputeOptions) -> PrecomputeOptions:
+    """What each of ``options.processes`` shard processes runs with: its share of the cores for the forward,
+    batches prepared inline, no processes of its own."""
+    threads = max(1, cores() // options.processes)
+    return dataclasses.replace(options, processes=1, num_workers=0, prefetch=0, forward_threads=threads)
+
+
+def _load_in_process(config: GILLConfig, options: PrecomputeOptions) -> tuple[FrozenEncoders, PrecomputeOptions]:
+    return load_encoders(config, options), options
+
+
+def _shard_in_process(
+    state: tuple[FrozenEncoders, PrecomputeOptions], task: ShardTask, report: Callable[[int], None]
+) -> ShardResult:
+    encoders, options = state
+    return precompute_shard(
+        task.shard_tar, task.split, encoders, options, portable_root=task.portable_root, on_batch=report
+    )
+
+
+def shard_processes(
+    config: GILLConfig, options: PrecomputeOptions
+) -> ProcessFarm[tuple[FrozenEncoders, PrecomputeOptions], ShardTask, ShardResult]:
+    """``options.processes`` processes that each load the encoders once and precompute whole shards
+    (:func:`shard_process_options`); enter it to start them, then ``map`` :class:`ShardTask` items."""
+    child = shard_process_options(options)
+    return ProcessFarm(
+        options.processes,
+        _load_in_process,
+        (config, child),
+        _shard_in_process,
+        threads=child.forward_threads,
+        context=WORKER_CONTEXT,
+    )
 
 
 # -- one split --------------------------------------------------------------------------------------------
@@ -1021,15 +1267,24 @@ def precompute_split(
     shards = _require_image_shards(split)
     remove_stale_temp_dirs(split.features)  # temporary shard folders of a killed run
     _warn_orphans(split.features, shards)
-    encoders = load_encoders(config, options)
     total = sum(_expected_count(s) for s in shards)
-    start, results = time.perf_counter(), []
     desc = f"precompute {split.name}"
-    with tqdm(total=total, unit="img", desc=desc, disable=not progress, dynamic_ncols=True) as bar:
-        for shard_tar in shards:
-            results.append(
-                precompute_shard(shard_tar, split, encoders, options, portable_root=portable_root, on_batch=bar.update)
-            )
+    if options.processes > 1:
+        with shard_processes(config, options) as farm:
+            logger.info("%d shard processes ready in %.1f s", options.processes, farm.startup_s)
+            start = time.perf_counter()
+            with tqdm(total=total, unit="img", desc=desc, disable=not progress, dynamic_ncols=True) as bar:
+                results = farm.map([ShardTask(s, split, portable_root) for s in shards], on_progress=bar.update)
+    else:
+        encoders = load_encoders(config, options)
+        start, results = time.perf_counter(), []
+        with tqdm(total=total, unit="img", desc=desc, disable=not progress, dynamic_ncols=True) as bar:
+            for shard_tar in shards:
+                results.append(
+                    precompute_shard(
+                        shard_tar, split, encoders, options, portable_root=portable_root, on_batch=bar.update
+                    )
+                )
     wall, done = time.perf_counter() - start, sum(r.count for r in results if not r.skipped)
     logger.info(
         "precomputed split %s: %d shards (%d skipped), %d new rows in %.1f s (%.1f samples/s)",

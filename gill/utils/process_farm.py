@@ -1,0 +1,235 @@
+"""Processes that each set up once (load models) and then work through items of one shared queue.
+
+The precompute stage uses it on a CPU: there the frozen forward and the preparation of its inputs share the
+cores, and N processes that each do both for whole shards on one core keep N cores busy with no hand-over between
+threads and no shared GIL (a tiny encoder's forward spends most of its time in Python), which a pipeline inside one
+process cannot. Each process holds its own copy of the models.
+
+Items go to whichever process is free; results come back in item order. Progress is reported per unit of work
+(``report(n)`` in the child reaches ``on_progress(n)`` in the parent). The first error stops the farm from starting
+new items: the items in progress finish (their results are kept, as their outputs are written atomically), then the
+error is raised in the parent with its own type and message. A process that dies (killed, out of memory) is reported
+with the item it was working on.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import pickle
+import queue
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+import torch
+
+from gill.errors import GillError
+
+logger = logging.getLogger(__name__)
+
+S = TypeVar("S")
+I = TypeVar("I")  # noqa: E741 - the item type
+R = TypeVar("R")
+
+Kind = Literal["ready", "started", "progress", "done", "skipped", "error"]
+POLL_S = 0.5
+"""How often the parent checks that its processes are alive while it waits for a message."""
+STOP_TIMEOUT_S = 30.0
+"""How long closing waits for a process to finish before terminating it."""
+
+
+class ProcessFarmError(GillError):
+    """A farm process died (killed, out of memory) or could not report its error."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """What a farm process tells the parent."""
+
+    kind: Kind
+    worker: int
+    """Index of the process."""
+    position: int = -1
+    """Position of the item in the list given to :meth:`ProcessFarm.map` (-1: none)."""
+    payload: Any = None
+    """A result (done), a unit count (progress), an exception (error), seconds of setup (ready)."""
+
+
+def cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _picklable(err: BaseException) -> BaseException:
+    try:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:  # noqa: BLE001 - any failure to round-trip: send its text instead
+        return RuntimeError(f"{type(err).__name__}: {err}")
+
+
+def _serve(
+    worker: int,
+    setup: Callable[..., Any],
+    setup_args: tuple[Any, ...],
+    work: Callable[[Any, Any, Callable[[int], None]], Any],
+    threads: int,
+    tasks: Any,
+    results: Any,
+    stop: Any,
+) -> None:
+    """A farm process: set up, then take items until the ``None`` that closes it."""
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    try:
+        state = setup(*setup_args)
+    except BaseException as err:  # noqa: BLE001 - reported to the parent, which raises it
+        results.put(Message("error", worker, payload=_picklable(err)))
+        tasks.get()  # exit only when closed: a process that exits now looks dead to the parent still waiting
+        return
+    results.put(Message("ready", worker, payload=time.perf_counter() - start))
+    while (task := tasks.get()) is not None:
+        position, item = task
+        if stop.is_set():
+            results.put(Message("skipped", worker, position))
+            continue
+        results.put(Message("started", worker, position))
+        try:
+            result = work(state, item, lambda n, p=position: results.put(Message("progress", worker, p, n)))
+        except BaseException as err:  # noqa: BLE001 - reported to the parent, which raises it
+            stop.set()
+            results.put(Message("error", worker, position, _picklable(err)))
+            continue
+        results.put(Message("done", worker, position, result))
+
+
+class ProcessFarm(Generic[S, I, R]):
+    """``processes`` processes running ``setup(*setup_args)`` once, then ``work(state, item, report)`` per item.
+
+    ``setup`` and ``work`` must be module-level functions (they are imported by the new processes), items and
+    results picklable. Use as a context manager: entering starts the processes and waits until each has set up
+    (``startup_s`` is how long that took; a setup error is raised there), leaving closes them.
+    """
+
+    def __init__(
+        self,
+        processes: int,
+        setup: Callable[..., S],
+        setup_args: tuple[Any, ...],
+        work: Callable[[S, I, Callable[[int], None]], R],
+        *,
+        threads: int = 1,
+        context: str = "forkserver",
+    ) -> None:
+        self.processes, self.threads = processes, threads
+        ctx = multiprocessing.get_context(context)
+        self.tasks, self.results, self.stop = ctx.Queue(), ctx.Queue(), ctx.Event()
+        self.workers = [
+            ctx.Process(
+                target=_serve,
+                args=(i, setup, setup_args, work, threads, self.tasks, self.results, self.stop),
+                name=f"gill-farm-{i}",
+                daemon=True,
+            )
+            for i in range(processes)
+        ]
+        self.current: dict[int, int] = {}
+        """Process index -> position of the item it works on."""
+        self.startup_s = 0.0
+
+    def __enter__(self) -> ProcessFarm[S, I, R]:
+        start = time.perf_counter()
+        for process in self.workers:
+            process.start()
+        ready, errors = set(), []
+        try:
+            while len(ready) + len(errors) < self.processes:
+                message = self._next(items=None)
+                if message.kind == "ready":
+                    ready.add(message.worker)
+                elif message.kind == "error":
+                    errors.append(message.payload)
+            if errors:
+                raise errors[0]
+        except BaseException:
+            self.close()
+            raise
+        self.startup_s = time.perf_counter() - start
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def map(self, items: Sequence[I], on_progress: Callable[[int], None] | None = None) -> list[R]:
+        """``work`` over ``items``, results in item order; the first error is raised once the items in progress
+        have finished."""
+        self.stop.clear()
+        for position, item in enumerate(items):
+            self.tasks.put((position, item))
+        results: dict[int, R] = {}
+        first_error: BaseException | None = None
+        ended = 0
+        while ended < len(items):
+            message = self._next(items=items)
+            if message.kind == "started":
+                self.current[message.worker] = message.position
+            elif message.kind == "progress" and on_progress is not None:
+                on_progress(message.payload)
+            elif message.kind in ("done", "skipped", "error"):
+                ended += 1
+                self.current.pop(message.worker, None)
+                if message.kind == "done":
+                    results[message.position] = message.payload
+                elif message.kind == "error" and first_error is None:
+                    first_error = message.payload
+        if first_error is not None:
+            raise first_error
+        return [results[p] for p in range(len(items))]
+
+    def _next(self, items: Sequence[I] | None) -> Message:
+        """The next message; a process that died raises :class:`ProcessFarmError` naming its item."""
+        while True:
+            try:
+                return self.results.get(timeout=POLL_S)
+            except queue.Empty:
+                pass
+            for i, process in enumerate(self.workers):
+                if not process.is_alive():
+                    try:  # what it sent before it died comes first (it may name the item it started)
+                        return self.results.get(timeout=POLL_S)
+                    except queue.Empty:
+                        pass
+                    position = self.current.get(i)
+                    doing = (
+                        f"while working on {items[position]!r}"
+                        if items is not None and position is not None
+                        else ("while setting up" if items is None else "between items")
+                    )
+                    self.close()
+                    raise ProcessFarmError(
+                        f"farm process {i} died {doing} (exit code {process.exitcode})",
+                        hint="a process killed by the system ran out of memory: use fewer processes",
+                    )
+
+    def close(self) -> None:
+        """Let each process finish its item and exit; terminate those that do not within ``STOP_TIMEOUT_S``."""
+        self.stop.set()
+        for process in self.workers:
+            if process.is_alive():
+                self.tasks.put(None)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for process in self.workers:
+            if process.pid is None:
+                continue
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                logger.warning(
+                    "farm process %s did not stop within %.0f s: terminating it", process.name, STOP_TIMEOUT_S
+                )
+                process.terminate()
+                process.join()
+        self.tasks.cancel_join_thread()
+        self.results.cancel_join_thread()
