@@ -53,6 +53,7 @@ import io
 import json
 import logging
 import multiprocessing
+import os
 import re
 import threading
 import time
@@ -771,9 +772,10 @@ _WORKER_STATE: dict[str, Any] = {}
 """In a worker process: the preprocessor and tokenizer its batches use (set once, when it starts)."""
 
 
-def _start_worker(pixels: BatchPreprocessor, sd_tokenizer: Any) -> None:
+def _start_worker(pixels: BatchPreprocessor, sd_tokenizer: Any, started: Any) -> None:
     torch.set_num_threads(1)  # the worker is one of the preparers: one core's worth
     _WORKER_STATE.update(pixels=pixels, sd_tokenizer=sd_tokenizer)
+    started.wait(WORKER_START_TIMEOUT_S)  # every worker up before any takes a batch
 
 
 def _prepare_in_worker(index: ShardIndex, keys: list[str]) -> PreparedBatch:
@@ -781,6 +783,8 @@ def _prepare_in_worker(index: ShardIndex, keys: list[str]) -> PreparedBatch:
     return ShardBatches(index, keys, _WORKER_STATE["pixels"], _WORKER_STATE["sd_tokenizer"], len(keys))[0]
 
 
+WORKER_START_TIMEOUT_S = 300.0
+"""How long a worker process waits for the others to start."""
 _POOLS: dict[tuple[int, int, bool], ProcessPoolExecutor] = {}
 """(id of the encoders, workers, batched) -> their worker pool, kept while the encoders live."""
 _POOLS_LOCK = threading.Lock()
@@ -797,14 +801,20 @@ def worker_pool(encoders: FrozenEncoders, options: PrecomputeOptions) -> Process
     key = _pool_key(encoders, options)
     with _POOLS_LOCK:
         if (pool := _POOLS.get(key)) is None:
+            context = multiprocessing.get_context(WORKER_CONTEXT)
             pool = ProcessPoolExecutor(
                 max_workers=options.num_workers,
-                mp_context=multiprocessing.get_context(WORKER_CONTEXT),
+                mp_context=context,
                 initializer=_start_worker,
-                initargs=(encoders.preprocessor(options), encoders.sd_tokenizer),
+                initargs=(encoders.preprocessor(options), encoders.sd_tokenizer, context.Barrier(options.num_workers)),
             )
             _POOLS[key] = pool
             weakref.finalize(encoders, _close_pool, key)
+            # start every process now (one task each makes the pool spawn them all; none runs a task before all
+            # have started): a process importing torch beside the first batches would slow them down and mislead
+            # the balance's trial of the background setting
+            for started in [pool.submit(os.getpid) for _ in range(options.num_workers)]:
+                started.result()
         return pool
 
 
