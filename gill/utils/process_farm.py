@@ -112,8 +112,8 @@ def _serve(
 
 class Progress:
     """Units of work reported by ``work``: the first report of an item is sent at once, later ones at most every
-    ``PROGRESS_S`` seconds, the rest when the item ends. Each message wakes the queue's feeder thread, whose turn at the GIL costs the work a thread switch,
-    a few percent of a small model's forward when sent per batch."""
+    ``PROGRESS_S`` seconds, the rest when the item ends. Each message wakes the queue's feeder thread, whose turn
+    at the GIL costs the work a thread switch: a few percent of a small model's forward when sent per batch."""
 
     def __init__(self, send: Callable[[int], None]) -> None:
         self.send, self.pending, self.last = send, 0, -PROGRESS_S
