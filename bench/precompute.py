@@ -51,8 +51,8 @@ The tiny forward is best spread over one process per core (2,852/s against 1,960
 one over two threads in one process (41.4/s against 35.4/s), so each size has its own best layout. The tiny
 stage's gap is the cost of mixing the two parts on shared cores: one process doing both serially reaches
 0.94-1.0 of 1/(1/F + 1/P) measured on one core, while each part alone loses nothing when two processes run it at
-once; two processes mixing them lose about 10% (plain processes without the farm's messages lose less, 0.94,
-in a one-off comparison), which this bench has not yet pinned down.
+once; two processes mixing them lose about 10% here, while the same shard processes timed alone, with no other
+layout between rounds, reached 0.92-0.94 of the bound in a one-off comparison: not yet pinned down.
 """
 
 from __future__ import annotations

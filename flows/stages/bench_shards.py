@@ -56,6 +56,7 @@ from flows.store import TABLES, connect
 from gill.config import _Validated
 from gill.errors import ConfigError, GillError, InputError, MissingWeightsError
 from gill.utils.io import atomic_write_bytes
+from gill.utils.process_farm import cores
 
 logger = logging.getLogger(__name__)
 
@@ -423,7 +424,7 @@ def _worker_env(count: int, device: str) -> dict[str, str]:
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     if device == "cpu" and "OMP_NUM_THREADS" not in env:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // count))
+        env["OMP_NUM_THREADS"] = str(max(1, cores() // count))
     return env
 
 

@@ -29,15 +29,16 @@ cast is an error). On CPU the forward always runs in float32; on CUDA it runs un
 dtype. The effective compute dtype and the storage dtype are both part of the fingerprint; the device, the batch
 size and the path of a local model folder (its file hashes identify it) are not.
 
-Throughput: the stage is a two-part pipeline, preparing batches (read the members, decode the JPEGs, image
-processor, tokenizer) and the forward, so at best it runs at the slower part's speed. Batches are prepared ahead
-of the forward in ``threads`` background threads (default 1) or in ``num_workers`` DataLoader processes (for a
-GPU, which encodes faster than one core decodes JPEGs). The image processor runs once per batch of same-sized
-images instead of once per image (:class:`BatchPreprocessor`, bit-identical output, so stored features and the
-fingerprint do not change). On a CPU the two parts share the cores: the forward runs on all of torch's threads
-with batches prepared inline, or on one thread fewer per preparer with batches prepared in the background,
-whichever a few measured batches of the first shard find faster (:class:`PipelineBalance`).
-``bench/precompute.py`` prints each part's own throughput, their min (the bound) and the stage against it.
+Throughput: the stage has two parts, preparing batches (read the members, decode the JPEGs, image processor,
+tokenizer) and the forward. With a GPU they use different hardware and the stage runs at the slower part's speed:
+batches are prepared ahead of the forward in ``threads`` background threads (default 1) or in ``num_workers``
+worker processes (a GPU encodes faster than one core decodes JPEGs). On a CPU they share the cores: ``processes``
+shard processes each precompute whole shards (:func:`shard_processes`), or, in one process, the forward runs on
+all of torch's threads with batches prepared inline or on one thread fewer per preparer with batches prepared in
+the background, whichever its first measured batches find faster (:class:`PipelineBalance`). The image processor
+runs once per batch of same-sized images instead of once per image (:class:`BatchPreprocessor`, bit-identical
+output, so stored features and the fingerprint do not change). ``bench/precompute.py`` measures each part alone,
+the bound and each layout against it.
 
 Fixes over the official ``scripts/preprocess_sd_embeddings.py`` (official §3.1, 8): one memory-mappable file
 per shard instead of one ``.npy`` per caption; resume by fingerprint instead of by file existence (whose
@@ -617,12 +618,6 @@ class PreparedBatch:
         state["input_ids"] = torch.from_numpy(state["input_ids"])
         self.__dict__.update(state)
 
-    def pin_memory(self) -> PreparedBatch:
-        """Page-locked copy, for asynchronous host-to-GPU copies (called by the DataLoader)."""
-        return dataclasses.replace(
-            self, pixel_values=self.pixel_values.pin_memory(), input_ids=self.input_ids.pin_memory()
-        )
-
 
 def decode_image(sample: ShardSample, shard: str) -> Image.Image:
     """Decode a sample's JPEG to RGB; a broken image is an :class:`InputError` naming shard and key."""
@@ -652,7 +647,7 @@ def sd_input_ids(tokenizer: Any, captions: list[str]) -> torch.Tensor:
     return enc["input_ids"]
 
 
-class ShardBatches(torch.utils.data.Dataset):
+class ShardBatches:
     """Batch ``i`` of a shard's keys, read, decoded, preprocessed and tokenised (picklable: runs in workers)."""
 
     def __init__(
@@ -1134,6 +1129,16 @@ def _up_to_date(folder: Path, fingerprint: str) -> dict[str, Any] | None:
     return manifest
 
 
+def _previous_shard(
+    out: Path, encoders: FrozenEncoders, options: PrecomputeOptions, source_sha256: Future[str]
+) -> dict[str, Any] | None:
+    """The manifest of an intact feature shard at ``out`` with this fingerprint, else None; the source tar's hash
+    is awaited only when there is a manifest to compare with (otherwise it is computed beside the forward)."""
+    if read_feature_manifest(out) is None:
+        return None
+    return _up_to_date(out, canonical_sha256(fingerprint_inputs(encoders, options, source_sha256.result())))
+
+
 def precompute_shard(
     shard_tar: Path,
     split: SplitFolders,
@@ -1152,16 +1157,13 @@ def precompute_shard(
     shard_tar, shard, name = Path(shard_tar), Path(shard_tar).stem, split.name
     out = split.features / shard
     remove_stale_temp_dirs(out.parent, target=shard)  # what a killed run left of this shard
-    hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="precompute-hash")
-    try:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="precompute-hash") as hashing:
         source = hashing.submit(sha256_file, shard_tar)  # hashlib releases the GIL: overlaps with the forward
-        if read_feature_manifest(out) is not None:  # something to compare with: the hash decides first
-            fingerprint = canonical_sha256(fingerprint_inputs(encoders, options, source.result()))
-            if (previous := _up_to_date(out, fingerprint)) is not None:
-                logger.info("feature shard %s/%s is up to date (%d rows), skipping", name, shard, previous["count"])
-                if on_batch is not None:
-                    on_batch(previous["count"])
-                return ShardResult.from_manifest(previous, skipped=True)
+        if (previous := _previous_shard(out, encoders, options, source)) is not None:
+            logger.info("feature shard %s/%s is up to date (%d rows), skipping", name, shard, previous["count"])
+            if on_batch is not None:
+                on_batch(previous["count"])
+            return ShardResult.from_manifest(previous, skipped=True)
         index = index_shard(shard_tar)
         keys = index.image_keys
         start = time.perf_counter()
@@ -1174,8 +1176,6 @@ def precompute_shard(
             manifest["forward_threads"] = computed.forward_threads  # how it ran, like device and duration_s
             manifest["files"] = file_records(tmp)
             atomic_write_json(tmp / MANIFEST_FILE, manifest)
-    finally:
-        hashing.shutdown(wait=True)
     result = ShardResult.from_manifest(manifest, skipped=False)
     logger.info(
         "precomputed %s/%s: %d rows in %.2f s (%.1f samples/s)", name, shard, len(keys), duration, result.samples_per_s

@@ -57,7 +57,7 @@ class Message:
     position: int = -1
     """Position of the item in the list given to :meth:`ProcessFarm.map` (-1: none)."""
     payload: Any = None
-    """A result (done), a unit count (progress), an exception (error), seconds of setup (ready)."""
+    """A result (done), a unit count (progress), an exception (error)."""
 
 
 def cores() -> int:
@@ -85,14 +85,13 @@ def _serve(
 ) -> None:
     """A farm process: set up, then take items until the ``None`` that closes it."""
     torch.set_num_threads(threads)
-    start = time.perf_counter()
     try:
         state = setup(*setup_args)
     except BaseException as err:  # noqa: BLE001 - reported to the parent, which raises it
         results.put(Message("error", worker, payload=_picklable(err)))
         tasks.get()  # exit only when closed: a process that exits now looks dead to the parent still waiting
         return
-    results.put(Message("ready", worker, payload=time.perf_counter() - start))
+    results.put(Message("ready", worker))
     while (task := tasks.get()) is not None:
         position, item = task
         if stop.is_set():
