@@ -63,6 +63,15 @@ def data_sources(params: PipelineParams) -> dict[str, str] | None:
     return {k: str(v) for k, v in given.items()}
 
 
+def figures_written(reports: Path) -> str:
+    """The report's figures as a shell pattern naming those written (a PDF lies beside each PNG; the qualitative
+    grids are listed apart), so the list promises no figure a run did not make (the mapper ablation is optional)."""
+    names = sorted(p.stem for p in reports.glob("*.png") if not p.name.startswith("grid_"))
+    if len(names) == 1:
+        return str(reports / f"{names[0]}.png")
+    return str(reports / ("{" + ",".join(names) + "}.png" if names else "*.png"))
+
+
 def locations(workdir: Path, checkpoint: Path | None) -> dict[str, str]:
     """Where every output of the pipeline lives."""
     wd = Workdir.at(workdir)
@@ -78,7 +87,7 @@ def locations(workdir: Path, checkpoint: Path | None) -> dict[str, str]:
         f"{workdir} (or export --format html-bundle / label-studio)",
         "benchmark images": wd.bench,
         "report (open in a browser: tables, figures, every sample)": wd.html_report / "index.html",
-        "figures (PNG and PDF)": wd.bench_reports / "{context_effect,training_*,decision,mapper_ablation}.png",
+        "figures (PNG and PDF)": figures_written(wd.bench_reports),
         "qualitative grids (context -> ground truth / SD / GILL)": wd.bench_reports / "grid_*.png",
         "claims table": f"gill report --workdir {workdir} --claims (DuckDB view claims)",
         "stage cache": wd.prefect,

@@ -163,3 +163,14 @@ def test_make_demo_entry_point_runs_the_flow_in_process(demo_workdir):
     assert len(list((workdir / "data" / "cc3m" / "train").glob("*.tar"))) == 2  # 32 pairs, shards of 16
     assert (workdir / ".prefect" / "home").is_dir()  # Prefect state stays under the workdir
     assert "claims table: gill report" in stdout and "judge them (people): gill annotate add-judge" in stdout
+
+
+def test_the_figures_line_names_only_the_figures_written(tmp_path):
+    from flows.pipeline_support import figures_written
+
+    assert figures_written(tmp_path) == str(tmp_path / "*.png")  # none yet: where they go
+    for name in ("decision", "context_effect", "grid_vist_1cap"):
+        (tmp_path / f"{name}.png").write_bytes(b"")
+    assert figures_written(tmp_path) == str(tmp_path / "{context_effect,decision}.png")  # no mapper_ablation promised
+    (tmp_path / "context_effect.png").unlink()
+    assert figures_written(tmp_path) == str(tmp_path / "decision.png")
