@@ -98,6 +98,8 @@ from gill.presets import get_preset, tiny_zoo_dir
 from gill.synth import SynthConfig, synthesize_world
 from gill.utils.process_farm import ProcessFarm, cores
 
+logger = logging.getLogger("bench.precompute")
+
 SPLIT = "bench"
 BATCH = 32
 SIZES = {"tiny": (4096, 1024), "mid": (512, 128)}
@@ -291,7 +293,7 @@ def fresh_stage(workdir: Path) -> SplitFolders:
 
 
 def measure(
-    name: str, config: GILLConfig, workdir: Path, rounds: int, choice: DeviceChoice, processes: int
+    name: str, config: GILLConfig, workdir: Path, rounds: int, choice: DeviceChoice, processes: int, pin: bool
 ) -> Measurement:
     """Parts and stage layouts, alternating round by round (round 0 warms up)."""
     base = {"batch_size": BATCH, "device": str(choice.device), "dtype": choice.dtype_name}
@@ -311,12 +313,14 @@ def measure(
 
     cpu = PrecomputeOptions(batch_size=BATCH)
     farms: dict[str, ProcessFarm] = {
-        "prepare": ProcessFarm(processes, _part_setup, (config, cpu, tars, False), _prepare_work),
+        "prepare": ProcessFarm(processes, _part_setup, (config, cpu, tars, False), _prepare_work, pin=pin),
     }
     layouts: dict[str, PrecomputeOptions] = {}
     if not choice.is_cuda:
-        farms["forward processes"] = ProcessFarm(processes, _part_setup, (config, cpu, tars, True), _forward_work)
-        farms["stage"] = shard_processes(config, PrecomputeOptions(**base, processes=processes))
+        farms["forward processes"] = ProcessFarm(
+            processes, _part_setup, (config, cpu, tars, True), _forward_work, pin=pin
+        )
+        farms["stage"] = shard_processes(config, PrecomputeOptions(**base, processes=processes, pin_cores=pin))
         layouts[f"--processes {processes}: {processes} shard processes"] = options  # run by its farm
     layouts["default: 1 process, 1 preparing thread"] = options
     layouts[f"--num-workers {processes}: 1 process, {processes} preparing processes"] = PrecomputeOptions(
@@ -329,6 +333,12 @@ def measure(
     try:
         for round_ in range(rounds + 1):
             measured = one_round(encoders, shards, farms, layouts, workdir, choice)
+            logger.info(
+                "round %d%s: %s",
+                round_,
+                " (warm-up)" if round_ == 0 else "",
+                ", ".join(f"{k.split(':')[0]} {v[0]:.0f}" for k, v in measured.by_name.items()),
+            )
             if round_ > 0:
                 for key, values in measured.by_name.items():
                     result.rates.add(key, values[0])
@@ -407,13 +417,22 @@ def main() -> None:
     parser.add_argument("--images", type=int, help="images per size (default: tiny 4096, mid 512)")
     parser.add_argument("--per-shard", type=int, help="images per shard (default: tiny 1024, mid 128)")
     parser.add_argument("--rounds", type=int, default=2, help="measured rounds after a warm-up round")
+    parser.add_argument("--per-round", action="store_true", help="print each round's samples/s as it ends")
     parser.add_argument("--threads", type=int, default=cores(), help="torch intra-op threads of this process")
     parser.add_argument("--processes", type=int, default=cores(), help="processes of the multi-process parts")
+    parser.add_argument(
+        "--pin-cores",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pin each process of the multi-process parts and of --processes to its own cores (as the stage does "
+        "by default)",
+    )
     parser.add_argument("--sizes", default="tiny,mid", help="comma-separated sizes to measure: tiny, mid")
     add_device_arguments(parser)
     args = parser.parse_args()
     choice = resolve_device(args)
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logger.setLevel(logging.INFO if args.per_round else logging.WARNING)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     sizes = [s for s in args.sizes.split(",") if s]
@@ -431,7 +450,8 @@ def main() -> None:
             write_shards(root / size, images, per_shard)
             config = get_preset("tiny") if size == "tiny" else mid_config(root / "zoo")
             name = f"{SIZE_NAMES[size]}, {images} images in shards of {per_shard}"
-            report(measure(name, config, root / size, args.rounds, choice, args.processes), args.processes)
+            measured = measure(name, config, root / size, args.rounds, choice, args.processes, args.pin_cores)
+            report(measured, args.processes)
     print(f"total {time.perf_counter() - start:.1f} s")
 
 

@@ -69,6 +69,8 @@ class Done:
     pid: int
     threads: int
     setup_pid: int
+    cores: tuple[int, ...]
+    """The cores the process may run on."""
 
 
 def wait_for(path: Path, timeout: float = WAIT_S) -> None:
@@ -120,4 +122,5 @@ def work(state: State, step: Step, report: Callable[[int], None]) -> Done:
     if step.fail == "unpicklable":
         raise TwoPartError(f"odd item {step.name}", 7)
     (state.folder / f"finished-{step.name}").touch()
-    return Done(step.name, step.value * 2, os.getpid(), torch.get_num_threads(), state.pid)
+    cores = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else ()
+    return Done(step.name, step.value * 2, os.getpid(), torch.get_num_threads(), state.pid, cores)

@@ -26,6 +26,7 @@ from gill.data.precompute import (
     precompute_shard,
     precompute_split,
     read_feature_manifest,
+    sd_input_ids,
 )
 from gill.data.shards import ShardSample, complete_image_shards, write_image_shard
 from gill.errors import ConfigError, InputError
@@ -74,6 +75,29 @@ def copy_workdir(precomputed: Precomputed, tmp_path: Path) -> Path:
 
 def shard_listing(workdir: Path, shard: str) -> dict:
     return json.loads((split_folders("train", workdir).features / shard / "keys.json").read_text())
+
+
+def test_storage_conversion_has_numpys_bits_and_refuses_overflow():
+    from gill.data.precompute import _to_storage
+
+    values = torch.randn(4, 77, 32, generator=torch.Generator().manual_seed(0)) * 300
+    for dtype in (np.dtype("float16"), np.dtype("float32")):
+        stored = _to_storage(values, dtype, "00007", "sd_text")
+        assert stored.dtype == dtype and stored.tobytes() == values.numpy().astype(dtype).tobytes()
+    assert _to_storage(values.to(torch.bfloat16), np.dtype("float16"), "00007", "vision").dtype == np.float16
+    with pytest.raises(InputError, match=r"feature shard 00007: vision has non-finite values in storage dtype float16"):
+        _to_storage(torch.tensor([[1.0, 7e4]]), np.dtype("float16"), "00007", "vision")
+
+
+def test_caption_ids_equal_the_tokenizers_own_tensors(tiny_config):
+    from gill.factory import load_sd_text_encoder
+
+    tokenizer = load_sd_text_encoder(tiny_config).tokenizer
+    captions = ["a red circle", "", " ".join(["blue square"] * 60), "émoji ✓ and UPPER case"]  # the third truncates
+    want = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    got = sd_input_ids(tokenizer, captions)
+    assert got.dtype == want.dtype == torch.long and got.shape == (4, 77)
+    assert torch.equal(got, want)
 
 
 def test_features_equal_a_direct_forward_of_the_frozen_encoders(precomputed, tiny_config):
@@ -524,13 +548,16 @@ def test_options_are_validated_all_at_once():
     text = str(err.value)
     assert "batch_size" in text and "dtype" in text and "device" in text
     with pytest.raises(ConfigError) as err:
-        PrecomputeOptions(threads=0, forward_threads=-1, num_workers=True, prefetch=1.5, batched_preprocess="yes")
+        PrecomputeOptions(
+            threads=0, forward_threads=-1, num_workers=True, prefetch=1.5, batched_preprocess="yes", pin_cores=1
+        )
     assert err.value.problems == [
         "prefetch: must be an int >= 0, got 1.5",
         "num_workers: must be an int >= 0, got True",
         "forward_threads: must be an int >= 0, got -1",
         "threads: must be an int >= 1, got 0",
         "batched_preprocess: must be true or false, got 'yes'",
+        "pin_cores: must be true or false, got 1",
     ]
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):

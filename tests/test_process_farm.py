@@ -52,6 +52,30 @@ def test_results_come_back_in_item_order_from_every_process_with_their_progress(
     assert_gone(pool)  # leaving the context: every process told to stop, and exited cleanly
 
 
+def test_core_groups_split_the_allowed_cores_into_disjoint_neighbours(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {6, 0, 2, 4, 1}, raising=False)
+    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cores: None, raising=False)
+    assert process_farm.core_groups(2) == [(0, 1), (2, 4)]  # 5 cores, 2 each: core 6 left to the others
+    assert process_farm.core_groups(5) == [(0,), (1,), (2,), (4,), (6,)]
+    assert process_farm.core_groups(6) is None  # more processes than cores: no pinning
+
+
+def test_pinned_processes_run_on_their_own_cores(tmp_path):
+    items = [Step("a", 1, wait_for=("b",)), Step("b", 2, wait_for=("a",))]  # one item in each process
+    with farm(tmp_path, pin=True) as pool:
+        results = pool.map(items)
+    groups = process_farm.core_groups(2)
+    if groups is None:  # fewer than 2 cores (or no affinity on this platform): the processes run where they like
+        assert pool.groups is None
+        assert all(r.cores == tuple(sorted(os.sched_getaffinity(0))) for r in results)
+    else:
+        assert sorted(r.cores for r in results) == sorted(groups) and results[0].cores != results[1].cores
+    (tmp_path / "free").mkdir()
+    with farm(tmp_path / "free", processes=2) as pool:  # not pinned by default
+        free = pool.map([Step("c", 1)])
+    assert pool.groups is None and free[0].cores == tuple(sorted(os.sched_getaffinity(0)))
+
+
 def test_the_first_error_is_raised_with_its_problems_and_later_items_do_not_start(tmp_path):
     items = [Step("ok0", 1), Step("bad", fail="input"), Step("ok2", 2), Step("ok3", 3)]
     with farm(tmp_path, processes=1) as pool:

@@ -110,6 +110,8 @@ STORAGE_DTYPES: dict[str, np.dtype] = {
     "bf16": np.dtype("float16"),
     "fp32": np.dtype("float32"),
 }
+TORCH_STORAGE: dict[np.dtype, torch.dtype] = {np.dtype("float16"): torch.float16, np.dtype("float32"): torch.float32}
+"""The torch dtype that converts to each storage dtype (converted in torch: half the time of numpy's astype)."""
 _SHA256_NAME = re.compile(r"[0-9a-f]{64}")
 T = TypeVar("T")
 
@@ -149,6 +151,9 @@ class PrecomputeOptions:
     where the forward and the preparation share the cores, this keeps every core busy with no hand-over between
     threads and no shared GIL, which a pipeline inside one process cannot (``bench/precompute.py`` measures both).
     1: this process, with the pipeline set by the options above. CPU only: with a GPU, use ``num_workers``."""
+    pin_cores: bool = True
+    """With ``processes`` > 1: run each shard process on its own ``cores // processes`` cores (Linux), so that
+    the scheduler does not move them between cores. Turn it off when other jobs share the machine's cores."""
     batched_preprocess: bool = True
     """Preprocess a batch's same-sized images with one call of each of the image processor's own torchvision ops
     instead of image by image; used only where its output is bit-identical to the processor's (checked when the
@@ -173,8 +178,9 @@ class PrecomputeOptions:
                 problems.append(f"{name}: must be an int >= 0, got {value!r}")
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
             problems.append(f"threads: must be an int >= 1, got {self.threads!r}")
-        if not isinstance(self.batched_preprocess, bool):
-            problems.append(f"batched_preprocess: must be true or false, got {self.batched_preprocess!r}")
+        for name in ("batched_preprocess", "pin_cores"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name}: must be true or false, got {getattr(self, name)!r}")
         problems += _device_problems(self.device)
         if problems:
             raise ConfigError("invalid PrecomputeOptions", problems)
@@ -640,11 +646,14 @@ borrowed" when two calls overlap (huggingface/tokenizers#537); tokenising is a s
 
 
 def sd_input_ids(tokenizer: Any, captions: list[str]) -> torch.Tensor:
-    """SD 1.5 tokenisation: pad to ``model_max_length`` (77), truncate right, no mask -> (B, 77) ids."""
+    """SD 1.5 tokenisation: pad to ``model_max_length`` (77), truncate right, no mask -> (B, 77) ids.
+
+    The ids come back as lists and become one tensor here: the tokenizer's own ``return_tensors="pt"`` checks and
+    flattens the nested lists in Python first, which took half the tokenising time (same ids, same int64 dtype)."""
     max_length = tokenizer.model_max_length
     with _TOKENIZER_LOCK:
-        enc = tokenizer(captions, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
-    return enc["input_ids"]
+        enc = tokenizer(captions, padding="max_length", max_length=max_length, truncation=True)
+    return torch.tensor(enc["input_ids"], dtype=torch.long)
 
 
 class ShardBatches:
@@ -980,13 +989,13 @@ def _open_array(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarr
 
 
 def _to_storage(values: torch.Tensor, dtype: np.dtype, shard: str, what: str) -> np.ndarray:
-    stored = values.float().cpu().numpy().astype(dtype)
-    if not np.isfinite(stored).all():
+    stored = values.float().cpu().to(TORCH_STORAGE[dtype])  # via float32, like numpy's astype: same bits
+    if not bool(torch.isfinite(stored).all()):
         raise InputError(
             f"feature shard {shard}: {what} has non-finite values in storage dtype {dtype.name}",
             ["use dtype='fp32' (values overflow float16) or check the encoder weights"],
         )
-    return stored
+    return stored.numpy()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1227,6 +1236,7 @@ def shard_processes(
         (config, child),
         _shard_in_process,
         threads=child.forward_threads,
+        pin=options.pin_cores,
         context=WORKER_CONTEXT,
     )
 
