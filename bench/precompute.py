@@ -1,8 +1,8 @@
 """How close the precompute stage comes to its bound: its slower part, or both parts sharing the CPU.
 
-Run: ``.venv/bin/python bench/precompute.py [--sizes tiny,mid] [--rounds 2] [--processes N] [--device cpu|cuda]
-[--dtype fp32|fp16|bf16]``. For two model sizes, on the same images and captions, it measures each part of the stage
-alone on the whole machine, then the stage in several layouts:
+Run: ``.venv/bin/python bench/precompute.py [--sizes tiny,mid] [--rounds 4] [--processes N] [--no-pin-cores]
+[--per-round] [--device cpu|cuda] [--dtype fp32|fp16|bf16]``. For two model sizes, on the same images and captions,
+it measures each part of the stage alone on the whole machine, then the stage in several layouts:
 
 * **forward F**: only ``FrozenEncoders.encode`` (vision ``pooler_output`` + SD ``last_hidden_state``) over
   batches preprocessed beforehand. On a CPU, the faster of the two ways to give it every core: one process on
@@ -24,7 +24,8 @@ forward on its share of the cores, batches prepared inline (``gill data precompu
 with the default options (batches prepared in a background thread, forward threads balanced automatically); one
 process with ``--processes`` worker processes preparing the batches (``--num-workers N``, the GPU layout); one
 process preparing inline (``--prefetch 0``). Processes are started and load the encoders before the timing: that
-start-up is paid once per run and printed apart.
+start-up is paid once per run and printed apart. The processes of the multi-process parts and of ``--processes``
+are pinned to their own cores, as the stage's are by default (``--no-pin-cores``: neither).
 
 Parts and stages alternate round by round (round 0 warms up); each ratio is a same-round pair (median and range
 over rounds; the CPU may be shared) and best/best. Sizes: the ``tiny`` preset (vision width 48 at 32 px: its
@@ -33,26 +34,26 @@ forward costs about what decoding a 256 px JPEG does) and a mid-size pair built 
 Images: synthetic CC3M JPEGs at 256 px in img2dataset webdataset shards. The serial cost of each preparation part
 is printed too, with the image processor called image by image and batched.
 
-Figures on a shared 2-core CPU are noisy: run it on a quiet machine and read the stage/bound column. Measured
-on a quiet 2-core VM (AMD EPYC, fp32, defaults): the median of two rounds per run, the range over three full runs
-(the mid-size default and ``--num-workers`` over the last two, after the balance's trial was made to go on over
-shards):
+Figures on a shared 2-core CPU are noisy (a round's figures move by 5-10% on a VM with neighbours, which is why
+the default is 4 rounds): run it on a quiet machine and read the stage/bound median. Measured on a 2-core VM (AMD
+EPYC, fp32, defaults, processes pinned): the median of 4 rounds per run, the range over 3 runs for tiny and 2 for
+mid-size (the second mid-size run had a busy neighbour: its rounds ranged 0.84-1.20):
 
 =======================================  ===========================  ===========================
-stage layout                             tiny (bound 1,567-1,603/s)   mid-size (bound 40.4-41.1/s)
+stage layout                             tiny (bound 1,748-1,891/s)   mid-size (bound 44.8-47.4/s)
 =======================================  ===========================  ===========================
-``--processes 2``: 2 shard processes     0.87-0.90                    0.88-0.90
-default: 1 process, 1 preparing thread   0.64-0.69                    0.96-1.00
-``--num-workers 2``                      0.69-0.76                    0.96-1.00
-``--prefetch 0``: prepared inline        0.50-0.54                    0.95-0.98
+``--processes 2``: 2 shard processes     0.91-0.94 (rounds 0.90-0.97)  0.91-1.03
+default: 1 process, 1 preparing thread   0.67-0.70                    0.95-0.97
+``--num-workers 2``                      0.65-0.69                    0.92-0.98
+``--prefetch 0``: prepared inline        0.48-0.52                    0.95-0.96
 =======================================  ===========================  ===========================
 
-The tiny forward is best spread over one process per core (2,852/s against 1,960/s on two threads), the mid-size
-one over two threads in one process (41.4/s against 35.4/s), so each size has its own best layout. The tiny
-stage's gap is the cost of mixing the two parts on shared cores: one process doing both serially reaches
-0.94-1.0 of 1/(1/F + 1/P) measured on one core, while each part alone loses nothing when two processes run it at
-once; two processes mixing them lose about 10% here, while the same shard processes timed alone, with no other
-layout between rounds, reached 0.92-0.94 of the bound in a one-off comparison: not yet pinned down.
+The tiny forward is best spread over one process per core (3,156-3,248/s against 2,219-2,330/s on two threads),
+the mid-size one over two threads in one process (46-48/s against 39-42/s), so each size has its own best layout.
+The tiny stage's remaining gap is the cost of mixing the two parts on shared cores: one process doing both
+serially reaches 0.94-0.97 of 1/(1/F + 1/P) measured on one core (hashing, indexing and writing the shard add
+about 4%), while each part alone loses nothing when two processes run it at once. Pinning each process to its own
+core gained 1.5-3% in the same rounds; before it, with 2 rounds per run, the tiny median ranged 0.87-0.90.
 """
 
 from __future__ import annotations
@@ -416,7 +417,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, help="images per size (default: tiny 4096, mid 512)")
     parser.add_argument("--per-shard", type=int, help="images per shard (default: tiny 1024, mid 128)")
-    parser.add_argument("--rounds", type=int, default=2, help="measured rounds after a warm-up round")
+    parser.add_argument("--rounds", type=int, default=4, help="measured rounds after a warm-up round")
     parser.add_argument("--per-round", action="store_true", help="print each round's samples/s as it ends")
     parser.add_argument("--threads", type=int, default=cores(), help="torch intra-op threads of this process")
     parser.add_argument("--processes", type=int, default=cores(), help="processes of the multi-process parts")

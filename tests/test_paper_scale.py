@@ -20,9 +20,19 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHES = ("tiny_zoo", "train_step", "retrieval", "scene_metric", "world_sd", "startup", "paper_scale", "paper_shaped")
-"""Every bench this project asks to take --device/--dtype (bench/precompute.py and bench/generation.py are covered
-by their own tests)."""
+BENCHES = (
+    "tiny_zoo",
+    "train_step",
+    "retrieval",
+    "scene_metric",
+    "world_sd",
+    "startup",
+    "paper_scale",
+    "paper_shaped",
+    "precompute",
+    "generation",
+)
+"""Every bench this project asks to take --device/--dtype."""
 STAGES = ("download", "precompute", "train", "bank", "candidates", "vist", "visdial", "cc3m-fid")
 
 
@@ -127,6 +137,28 @@ def test_paper_shaped_smoke_runs_the_real_precompute_trainer_and_pipeline_on_cpu
     assert vision.shape == (16, 64)  # --scale smoke: 16 pairs, vision width 64
     assert (keep / "runs" / "paper-shaped" / "final" / "adapters.safetensors").is_file()
     assert re.search(r"^train\s+[\d.]+ s\s+steps/s [\d.]+, samples/s", out, re.MULTILINE), out
+
+
+def test_precompute_and_generation_benches_print_their_ratios_on_a_small_run(tiny_zoo):
+    """Both throughput benches end to end at a size that runs in seconds (the figures themselves mean nothing
+    here: too few images, one round)."""
+    precompute = _bench(
+        "precompute", "--sizes", "tiny", "--images", "64", "--per-shard", "16", "--rounds", "1", "--processes", "2"
+    )
+    generation = _bench("generation", "--sizes", "tiny", "--batch-size", "2", "--steps", "1", "--rounds", "1")
+    rc, out, err = _finish(precompute, timeout=300)
+    assert rc == 0, f"{out[-2000:]}\n{err[-4000:]}"
+    assert re.search(r"^  bound 1/\(1/F \+ 1/P\) \(the parts share the cores\): \d+\.\d$", out, re.MULTILINE), out
+    ratio = r" +\d+\.\d  (\d+\.\d\d), \d+\.\d\d \(\d+\.\d\d-\d+\.\d\d\) \| \d+\.\d\d, "
+    for layout in ("--processes 2: 2 shard processes", "default: 1 process", "--num-workers 2", "--prefetch 0"):
+        row = re.search(rf"^  {re.escape(layout)}.*?{ratio}", out, re.MULTILINE)
+        assert row and float(row.group(1)) > 0, f"{layout}:\n{out}"
+    assert "64 images in shards of 16" in out and "Traceback" not in err
+    rc, out, err = _finish(generation)
+    assert rc == 0, f"{out[-2000:]}\n{err[-4000:]}"
+    for path in ("gill-gen", "sd"):
+        row = re.search(rf"^tiny +{path} +[\d.]+ +[\d.]+ +(\d\.\d+) \[", out, re.MULTILINE)
+        assert row and float(row.group(1)) > 0, f"{path}:\n{out}"
 
 
 def test_paper_shaped_refuses_bad_sizes_all_at_once(capsys):

@@ -154,8 +154,9 @@ class ProcessFarm(Generic[S, I, R]):
 
     ``pin``: each process runs on its own group of ``cores() // processes`` cores (:func:`core_groups`; ignored
     where there are fewer cores than processes). On a machine given to the farm this spares the processes the
-    scheduler's moves between cores, and their caches the refills that follow: the tiny precompute's shard
-    processes ran about 3% faster pinned (``bench/precompute.py``). Leave it off where other work shares the cores.
+    scheduler's moves between cores, and their caches the refills that follow: the tiny precompute's two shard
+    processes on two cores ran 1.5-3% faster pinned than not, in the same rounds. Leave it off where other work
+    shares the cores: a pinned process cannot move to an idle core.
     """
 
     def __init__(
