@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -124,3 +125,8 @@ def work(state: State, step: Step, report: Callable[[int], None]) -> Done:
     (state.folder / f"finished-{step.name}").touch()
     cores = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else ()
     return Done(step.name, step.value * 2, os.getpid(), torch.get_num_threads(), state.pid, cores)
+
+
+def imported(module: str) -> bool:
+    """Whether ``module`` is imported in this process (a child: before it ran anything but this call)."""
+    return module in sys.modules

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,6 +76,48 @@ def test_pinned_processes_run_on_their_own_cores(tmp_path):
     with farm(tmp_path / "free", processes=2) as pool:  # not pinned by default
         free = pool.map([Step("c", 1)])
     assert pool.groups is None and free[0].cores == tuple(sorted(os.sched_getaffinity(0)))
+
+
+def test_farms_started_together_set_up_at_the_same_time_and_each_works(tmp_path):
+    folders = [tmp_path / "one", tmp_path / "two"]
+    pools = [farm(f, processes=1) for f in folders]
+    for folder, pool in zip(folders, pools, strict=True):
+        folder.mkdir()
+        pool.start()
+    try:
+        for pool in pools:
+            assert pool.wait_ready() is pool and pool.startup_s > 0
+        assert [pool.map([Step("s", i)])[0].doubled for i, pool in enumerate(pools)] == [0, 2]
+    finally:
+        for pool in pools:
+            pool.close()
+    assert all(len(list(f.glob("setup-*"))) == 1 for f in folders)
+    for pool in pools:
+        assert_gone(pool)
+
+
+PRELOAD_PROBE = """
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from farm_helpers import imported
+from gill.utils.process_farm import worker_context
+
+context = worker_context("forkserver", preload=tuple(sys.argv[1:]))
+with ProcessPoolExecutor(1, mp_context=context) as pool:
+    print(pool.submit(imported, "wave").result())
+"""
+
+
+def test_a_forkserver_context_starts_processes_with_its_preloaded_modules_imported():
+    """In fresh interpreters (a forkserver preloads only when it starts): a module nothing else imports is there
+    in the child when asked for, and only then."""
+    here = Path(__file__).parent
+    runs = [
+        subprocess.Popen([sys.executable, "-c", PRELOAD_PROBE, *preload], cwd=here, stdout=subprocess.PIPE, text=True)
+        for preload in (("wave",), ())
+    ]
+    assert [run.communicate(timeout=120)[0].strip() for run in runs] == ["True", "False"]
+    assert [run.returncode for run in runs] == [0, 0]
 
 
 def test_the_first_error_is_raised_with_its_problems_and_later_items_do_not_start(tmp_path):

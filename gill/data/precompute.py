@@ -53,7 +53,6 @@ import hashlib
 import io
 import json
 import logging
-import multiprocessing
 import os
 import re
 import threading
@@ -90,7 +89,7 @@ from gill.factory import load_backbones, load_sd_text_encoder, resolve_sources
 from gill.hub import locate
 from gill.presets import tiny_component
 from gill.utils.io import atomic_directory, atomic_write_json, remove_stale_temp_dirs, sha256_file
-from gill.utils.process_farm import ProcessFarm, cores
+from gill.utils.process_farm import ProcessFarm, cores, worker_context
 
 logger = logging.getLogger(__name__)
 
@@ -805,7 +804,7 @@ def worker_pool(encoders: FrozenEncoders, options: PrecomputeOptions) -> Process
     key = _pool_key(encoders, options)
     with _POOLS_LOCK:
         if (pool := _POOLS.get(key)) is None:
-            context = multiprocessing.get_context(WORKER_CONTEXT)
+            context = worker_context(WORKER_CONTEXT, preload=(__name__,))
             pool = ProcessPoolExecutor(
                 max_workers=options.num_workers,
                 mp_context=context,

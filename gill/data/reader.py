@@ -45,6 +45,7 @@ from gill.data.shards import WORKER_CONTEXT, SplitFolders, complete_image_shards
 from gill.errors import ConfigError, InputError
 from gill.tokenization import ImgTokens
 from gill.utils.io import sha256_file
+from gill.utils.process_farm import worker_context
 
 logger = logging.getLogger(__name__)
 
@@ -436,7 +437,7 @@ class TrainingData(Dataset):
         yields after its first ``k`` examples; any other ``k`` still covers each remaining example once.
         """
         batches = self.batch_indices(batch_size, seed=seed, epoch=epoch, start=start, drop_last=drop_last)
-        context = WORKER_CONTEXT if num_workers > 0 else None
+        context = worker_context(WORKER_CONTEXT, preload=(__name__,)) if num_workers > 0 else None
         return DataLoader(
             self,
             batch_sampler=batches,

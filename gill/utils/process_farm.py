@@ -22,6 +22,7 @@ import queue
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from multiprocessing.context import BaseContext
 from typing import Any, Generic, Literal, TypeVar
 
 import torch
@@ -63,6 +64,20 @@ class Message:
 def cores() -> int:
     """CPU cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def worker_context(name: str, preload: Sequence[str] = ()) -> BaseContext:
+    """The multiprocessing context ``name``; for ``forkserver``, its server is asked to import ``preload`` (and
+    ``__main__``, its default) once, before it forks any process.
+
+    A process forked from the server starts with those modules already imported: importing torch and
+    transformers anew takes a few seconds of CPU per process, which several farms and worker pools started at once
+    on a few cores pay one after the other. The server is started by the first process of a forkserver context:
+    a later call cannot change what a running server preloaded (its processes then import the rest themselves)."""
+    context = multiprocessing.get_context(name)
+    if name == "forkserver":
+        context.set_forkserver_preload(["__main__", *dict.fromkeys(preload)])
+    return context
 
 
 def core_groups(processes: int) -> list[tuple[int, ...]] | None:
@@ -173,7 +188,7 @@ class ProcessFarm(Generic[S, I, R]):
         self.processes, self.threads = processes, threads
         self.groups = core_groups(processes) if pin else None
         """Each process's cores, where pinned."""
-        ctx = multiprocessing.get_context(context)
+        ctx = worker_context(context, preload=("torch", setup.__module__, work.__module__))
         self.tasks, self.results, self.stop = ctx.Queue(), ctx.Queue(), ctx.Event()
         self.workers = [
             ctx.Process(
@@ -197,11 +212,22 @@ class ProcessFarm(Generic[S, I, R]):
         self.current: dict[int, int] = {}
         """Process index -> position of the item it works on."""
         self.startup_s = 0.0
+        """Seconds from :meth:`start` until every process had set up."""
+        self._started = 0.0
 
     def __enter__(self) -> ProcessFarm[S, I, R]:
-        start = time.perf_counter()
+        self.start()
+        return self.wait_ready()
+
+    def start(self) -> None:
+        """Start the processes without waiting for them (:meth:`wait_ready` waits): several farms can then set up
+        at the same time. Entering the farm does both."""
+        self._started = time.perf_counter()
         for process in self.workers:
             process.start()
+
+    def wait_ready(self) -> ProcessFarm[S, I, R]:
+        """Wait until every process has set up; raise the first setup error (after closing the farm)."""
         ready, errors = set(), []
         try:
             while len(ready) + len(errors) < self.processes:
@@ -215,7 +241,7 @@ class ProcessFarm(Generic[S, I, R]):
         except BaseException:
             self.close()
             raise
-        self.startup_s = time.perf_counter() - start
+        self.startup_s = time.perf_counter() - self._started
         return self
 
     def __exit__(self, *exc: object) -> None:
