@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from annotations.votes import VOTE_VALUES, VoteRow, read_votes, write_confident
-from gill.decision import macro_f1 as indexed_macro_f1
+from gill.scores import macro_f1 as indexed_macro_f1
 
 DECISION_CLASSES = ("gen", "ret")
 """The classes of the decision classifier and of the macro-F1 (``same`` is not a decision)."""
@@ -93,7 +93,7 @@ def aggregate_file(votes_path: str | os.PathLike[str], out_path: str | os.PathLi
 
 
 def macro_f1(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str] = DECISION_CLASSES) -> float:
-    """Macro-averaged F1 over ``classes`` of string labels: :func:`gill.decision.macro_f1` (torchmetrics' multiclass
+    """Macro-averaged F1 over ``classes`` of string labels: :func:`gill.scores.macro_f1` (torchmetrics' multiclass
     F1 with ``average="macro"``) on each label's index in ``classes``.
 
     Per class ``F1 = 2 TP / (2 TP + FP + FN)``; classes absent from both ``y_true`` and ``y_pred``

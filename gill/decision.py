@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from gill.adapters import DecisionHead
 from gill.errors import InputError
 from gill.model import GILLModel
+from gill.scores import confusion_matrix, macro_f1
 
 if TYPE_CHECKING:
     from gill.model import GILLModel
@@ -175,45 +176,6 @@ class DecisionFitResult:
             lines.append(f"  {who} macro-F1, leave-one-out:        {self.human_loo_f1:.4f}")
         lines.append(f"  official notebook (OPT-6.7B): best-on-test {NOTEBOOK_BEST_F1}, final {NOTEBOOK_LAST_F1}")
         return "\n".join(lines)
-
-
-# -- metric ---------------------------------------------------------------------------------------------------------
-
-
-def macro_f1(y_true: torch.Tensor | Sequence[int], y_pred: torch.Tensor | Sequence[int], num_classes: int = 2) -> float:
-    """Macro-F1 as torchmetrics' ``multiclass_f1_score(average="macro")``: per class ``2TP / (2TP + FP + FN)``,
-    averaged over the classes that occur in the targets or the predictions (0.0 when there are none).
-
-    The project's one macro-F1: :func:`annotations.aggregate.macro_f1` maps string labels to class indices and
-    calls it. A label outside ``range(num_classes)`` belongs to no class."""
-    t = torch.as_tensor(y_true, dtype=torch.long).reshape(-1)
-    p = torch.as_tensor(y_pred, dtype=torch.long).reshape(-1)
-    if t.shape != p.shape:
-        raise ValueError(f"y_true has {t.numel()} items but y_pred {p.numel()}")
-    classes = torch.arange(num_classes).unsqueeze(1)  # (C, 1)
-    is_t, is_p = t.unsqueeze(0) == classes, p.unsqueeze(0) == classes  # (C, N)
-    tp = (is_t & is_p).sum(1).double()
-    fp = (~is_t & is_p).sum(1).double()
-    fn = (is_t & ~is_p).sum(1).double()
-    denom = 2 * tp + fp + fn
-    present = denom > 0
-    if not present.any():
-        return 0.0
-    return float((2 * tp[present] / denom[present]).mean())
-
-
-def confusion_matrix(
-    y_true: torch.Tensor | Sequence[int], y_pred: torch.Tensor | Sequence[int], num_classes: int = 2
-) -> tuple[tuple[int, ...], ...]:
-    """``counts[true][predicted]``: how many examples of each true class got each predicted class (labels outside
-    ``range(num_classes)`` are not counted)."""
-    t = torch.as_tensor(y_true, dtype=torch.long).reshape(-1)
-    p = torch.as_tensor(y_pred, dtype=torch.long).reshape(-1)
-    if t.shape != p.shape:
-        raise ValueError(f"y_true has {t.numel()} items but y_pred {p.numel()}")
-    inside = (t >= 0) & (t < num_classes) & (p >= 0) & (p < num_classes)
-    counts = torch.bincount(t[inside] * num_classes + p[inside], minlength=num_classes * num_classes)
-    return tuple(tuple(int(c) for c in row) for row in counts.reshape(num_classes, num_classes).tolist())
 
 
 # -- features -------------------------------------------------------------------------------------------------------

@@ -62,7 +62,8 @@ def test_only_gill_ui_imports_gradio():
 
 
 def test_a_judging_session_imports_no_model_stack(tmp_path):
-    """add-judge, status and export on a fresh work folder, each as its own ``gill`` process."""
+    """add-judge, status and export on a fresh work folder, and the human baseline and confident labels of the
+    shipped votes, each as its own ``gill`` process."""
     workdir = str(tmp_path / "w")
     rc, out, stack = gill("annotate", "add-judge", "alice", "--workdir", workdir)
     assert (rc, stack) == (0, []) and "/judge?token=" in out
@@ -72,6 +73,10 @@ def test_a_judging_session_imports_no_model_stack(tmp_path):
     assert (rc, stack) == (0, []) and "wrote" in out
     rc, _, stack = gill("annotate", "status", "--workdir", str(tmp_path / "none"))  # bad input: exit 2, still light
     assert (rc, stack) == (2, [])
+    rc, out, stack = gill("annotate", "human-baseline")  # the shipped PartiPrompts votes, scored with the macro-F1
+    assert (rc, stack) == (0, []) and "human macro-F1, leave-one-out" in out
+    rc, out, stack = gill("annotate", "aggregate", "--out", str(tmp_path / "confident.tsv"))
+    assert (rc, stack) == (0, []) and (tmp_path / "confident.tsv").is_file()
 
 
 def _command_paths(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):

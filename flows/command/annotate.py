@@ -1,12 +1,12 @@
 """``gill annotate``: the judging commands of the ``gill`` CLI (votes in and out of the judging store, Label
-Studio, the judging app), none of which imports the model stack.
+Studio, the judging app, the confident labels and human baseline of a votes TSV), none of which imports the model
+stack.
 
 :func:`add_annotate_parsers` registers the ``annotate`` group on the top-level parser and returns the group's
 subparsers, so more ``gill annotate <command>`` subcommands can be added to it. The commands that need the model
-stack (:data:`STACK_COMMANDS`: ``aggregate`` and ``human-baseline`` score with :mod:`gill.decision`'s macro-F1,
-``build`` and ``simulate`` run stages) live in :mod:`flows.command.annotate_work`: here they are deferred stubs
-(:func:`flows.command.defer`), so ``gill annotate status`` starts without torch and ``gill annotate build``
-imports it when it runs.
+stack (:data:`STACK_COMMANDS`: ``build`` and ``simulate`` run stages) live in :mod:`flows.command.annotate_work`:
+here they are deferred stubs (:func:`flows.command.defer`), so ``gill annotate status`` starts without torch and
+``gill annotate build`` imports it when it runs.
 """
 
 from __future__ import annotations
@@ -27,11 +27,10 @@ from annotations.label_studio import (
 from annotations.store import JudgingStore, store_path
 from flows.command import add_group, defer
 from flows.command.annotate_app import add_app_parsers
+from flows.command.annotate_votes import add_aggregate, add_human_baseline
 from gill.errors import InputError
 
 STACK_COMMANDS = {
-    "aggregate": "confident labels of a votes TSV (official rule), official layout",
-    "human-baseline": "human macro-F1 (official and leave-one-out) and agreement",
     "build": "candidates: an SD-baseline image and the top bank image per prompt",
     "simulate": "let the SIMULATED answer-key panel judge the world items (own panel)",
 }
@@ -65,8 +64,12 @@ def add_annotate_parsers(
         else:
             stack[name](commands.add_parser(name, help=STACK_COMMANDS[name]))
 
-    stack_command("aggregate")
-    stack_command("human-baseline")
+    add_aggregate(
+        commands.add_parser("aggregate", help="confident labels of a votes TSV (official rule), official layout")
+    )
+    add_human_baseline(
+        commands.add_parser("human-baseline", help="human macro-F1 (official and leave-one-out) and agreement")
+    )
     stack_command("build")
 
     p = commands.add_parser("export", help="export the judging store: official-tsv, label-studio or html-bundle")
